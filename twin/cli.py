@@ -1,0 +1,322 @@
+"""The `twin` command line: parse arguments and dispatch to the library, nothing else.
+
+Every user error is a TwinError: printed as one line on stderr, exit status 2, no traceback.
+Heavy modules (JAX) are imported inside the handlers so `twin info` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from twin.errors import ConfigError, TwinError
+
+
+def print_json(value) -> None:
+    print(json.dumps(value, indent=2, allow_nan=False, default=float))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'36x64' -> (36, 64)."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size {text!r}: write HEIGHTxWIDTH, e.g. 36x64") from None
+    if height < 8 or width < 8:
+        raise ConfigError(f"--size {text!r}: both sides must be at least 8 pixels")
+    return height, width
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def cmd_simulate(args) -> int:
+    from twin.data.simulate import simulate
+    from twin.data.store import write_session
+
+    ds = simulate(
+        n_neurons=args.neurons,
+        n_train_images=args.train_images,
+        n_test_images=args.test_images,
+        repeats=args.repeats,
+        size=parse_size(args.size),
+        seed=args.seed,
+    )
+    write_session(ds, args.out)
+    print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from twin.data.importers import from_arrays, from_sensorium
+    from twin.data.store import write_session
+
+    if args.format == "arrays":
+        ds = from_arrays(args.path, seed=args.seed)
+    else:
+        ds = from_sensorium(args.path)
+    write_session(ds, args.out)
+    print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from twin.data.store import format_info, open_session, session_info
+
+    info = session_info(open_session(args.store))
+    if args.json:
+        print_json(info)
+    else:
+        print(format_info(info))
+    return 0
+
+
+# ---------------------------------------------------------------------------- twin
+
+
+def cmd_fit(args) -> int:
+    from twin.fit import fit_command
+
+    return fit_command(
+        stores=args.stores,
+        out=args.out,
+        config_path=args.config,
+        seeds=args.seeds,
+        resume=args.resume,
+        max_epochs=args.max_epochs,
+    )
+
+
+def cmd_evaluate(args) -> int:
+    from twin.evaluate import evaluate_run
+
+    results = evaluate_run(args.run, stores=args.store, tier=args.tier)
+    if args.json:
+        print_json(results[0] if len(results) == 1 else results)
+    else:
+        from twin.evaluate import format_results
+
+        print(format_results(results))
+    return 0
+
+
+# ---------------------------------------------------------------------------- MEIs
+
+
+def cmd_mei(args) -> int:
+    from twin.mei.run import mei_command
+
+    summary = mei_command(
+        run=args.run,
+        neurons=args.neurons,
+        seeds=args.seeds,
+        recipe=args.recipe,
+        config_path=args.config,
+        out=args.out,
+        deis=args.deis,
+        session=args.session,
+        validator=args.validator,
+    )
+    if args.json:
+        print_json(summary)
+    return 0
+
+
+# ---------------------------------------------------------------------------- closed loop
+
+
+def cmd_select(args) -> int:
+    from twin.loop.select import format_selection, select_neurons
+
+    selection = select_neurons(args.run, n=args.n, min_distance=args.min_distance)
+    if args.json:
+        print_json(selection)
+    else:
+        print(format_selection(selection))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from twin.loop.export import export_stimuli
+
+    manifest = export_stimuli(
+        args.meis, args.out, monitor_path=args.monitor, repeats=args.repeats, seed=args.seed
+    )
+    print(f"wrote {len(manifest)} presentations to {args.out}")
+    return 0
+
+
+def cmd_respond(args) -> int:
+    from twin.loop.respond import respond_to_stimuli
+
+    respond_to_stimuli(args.stimuli, animal=args.animal, out=args.out, seed=args.seed)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_closeloop(args) -> int:
+    from twin.loop.closeloop import closeloop
+
+    summary = closeloop(args.run, args.stimuli, args.responses, args.out)
+    print_json({k: v for k, v in summary.items() if k != "neurons"})
+    return 0
+
+
+def cmd_loop(args) -> int:
+    from twin.loop.run import run_loop
+
+    run_loop(
+        args.out,
+        session=args.session,
+        neurons=args.neurons,
+        seeds=args.seeds,
+        recipe=args.recipe,
+        config_path=args.config,
+        seed=args.seed,
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------- tools
+
+
+def cmd_bench(args) -> int:
+    from twin.bench import bench_command
+
+    return bench_command(quick=args.quick, as_json=args.json, peer=not args.no_peer)
+
+
+def cmd_convert(args) -> int:
+    from twin.convert import convert_neuralpredictors
+
+    convert_neuralpredictors(args.checkpoint, out=args.out, stores=args.store)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twin", description="Digital twins and most exciting inputs: the inception loop."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("simulate", help="write a session store of the simulated animal")
+    p.add_argument("out", help="store to write (.zarr)")
+    p.add_argument("--neurons", type=int, default=100)
+    p.add_argument("--train-images", type=int, default=2000)
+    p.add_argument("--test-images", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--size", default="36x64", help="HEIGHTxWIDTH (default 36x64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_simulate)
+
+    p = commands.add_parser("import", help="import a recording into a session store")
+    p.add_argument("format", choices=["arrays", "sensorium"])
+    p.add_argument("path", help="arrays: a .npz file; sensorium: a folder or .zip")
+    p.add_argument("out", help="store to write (.zarr)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tier split when none is given")
+    p.set_defaults(handler=cmd_import)
+
+    p = commands.add_parser("info", help="summarize a session store")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_info)
+
+    p = commands.add_parser("fit", help="fit a digital twin to one or more session stores")
+    p.add_argument("stores", nargs="+")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--config", help="TOML file overriding defaults")
+    p.add_argument("--seeds", type=int, help="ensemble members (overrides [fit].ensemble_size)")
+    p.add_argument("--max-epochs", type=int, help="overrides [fit].max_epochs")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.set_defaults(handler=cmd_fit)
+
+    p = commands.add_parser("evaluate", help="score a run on a tier")
+    p.add_argument("run")
+    p.add_argument("--store", nargs="+", help="stores to score on (default: the run's own)")
+    p.add_argument("--tier", default="test")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = commands.add_parser("mei", help="most exciting inputs for many neurons and seeds at once")
+    p.add_argument("run")
+    p.add_argument("--neurons", default="all", help="all, START:STOP or a list 3,7,9")
+    p.add_argument("--seeds", type=int, help="initializations per neuron")
+    p.add_argument("--recipe", default="walker2019", help="walker2019, sinz_ga or lucid")
+    p.add_argument("--config", help="TOML file with a [mei] table")
+    p.add_argument("--out", required=True, help="MEI store to write (.zarr)")
+    p.add_argument("--deis", type=int, default=0, help="diverse exciting inputs per neuron")
+    p.add_argument("--session", type=int, default=0, help="session index within the run")
+    p.add_argument("--validator", help="a second run whose model picks the best seed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_mei)
+
+    p = commands.add_parser("select", help="choose neurons for a closed loop")
+    p.add_argument("run")
+    p.add_argument("--n", type=int, default=50)
+    p.add_argument("--min-distance", type=float, default=20.0, help="micrometres")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_select)
+
+    p = commands.add_parser("export", help="MEIs and controls as PNG stimuli for the rig")
+    p.add_argument("meis")
+    p.add_argument("--out", required=True)
+    p.add_argument("--monitor", help="monitor calibration TOML")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_export)
+
+    p = commands.add_parser("respond", help="show exported stimuli to the simulated animal")
+    p.add_argument("stimuli")
+    p.add_argument("--animal", required=True, help="simulated session store")
+    p.add_argument("--out", required=True, help="responses .npz")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_respond)
+
+    p = commands.add_parser("closeloop", help="compare the rig's responses with the twin")
+    p.add_argument("run")
+    p.add_argument("stimuli")
+    p.add_argument("responses")
+    p.add_argument("--out", required=True, help="report directory")
+    p.set_defaults(handler=cmd_closeloop)
+
+    p = commands.add_parser("loop", help="the whole inception loop, on the simulated animal")
+    p.add_argument("out")
+    p.add_argument("--session", help="start from this store instead of simulating")
+    p.add_argument("--neurons", type=int, default=16, help="neurons to select")
+    p.add_argument("--seeds", type=int, help="MEI seeds per neuron")
+    p.add_argument("--recipe", default="walker2019")
+    p.add_argument("--config", help="TOML file overriding defaults")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_loop)
+
+    p = commands.add_parser("bench", help="throughput suite, with the PyTorch peer if installed")
+    p.add_argument("--quick", action="store_true", help="small shapes (CI)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-peer", action="store_true", help="skip the PyTorch peer")
+    p.set_defaults(handler=cmd_bench)
+
+    p = commands.add_parser("convert", help="import a checkpoint from another toolkit")
+    p.add_argument("source", choices=["neuralpredictors"])
+    p.add_argument("checkpoint", help="state dict (.pth)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--store", nargs="+", help="session stores the model was trained on")
+    p.set_defaults(handler=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except TwinError as error:
+        print(f"twin {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"twin {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The closed loop: neuron selection, rig export, response ingest and the report."""

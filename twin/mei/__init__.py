@@ -1,0 +1,1 @@
+"""Most exciting inputs: batched gradient ascent over (neuron, seed) pairs in one compiled program."""
