@@ -35,7 +35,7 @@ sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from neuralpredictors.layers.cores import Stacked2dCore  # noqa: E402
+from neuralpredictors.layers.cores import SE2dCore  # noqa: E402
 from neuralpredictors.layers.encoders import FiringRateEncoder  # noqa: E402
 from neuralpredictors.layers.readouts import FullGaussian2d, MultiReadoutSharedParametersBase  # noqa: E402
 from neuralpredictors.layers.shifters import MLPShifter  # noqa: E402
@@ -57,21 +57,21 @@ def build_model(
     data_key: str = "session",
     seed: int = 0,
 ) -> FiringRateEncoder:
-    """The Sensorium baseline as sinzlab/sensorium builds it (one session called ``data_key``).
+    """The Sensorium baseline as sinzlab/sensorium builds it (SE2dCore without SE blocks, full
+    Gaussian readout, optional MLP shifter; one session called ``data_key``).
 
     Input (batch, 1, y, x); output (batch, n_neurons). With ``grid_mean_predictor`` the readout
     positions come from an MLP on random cortical coordinates (n_neurons, 2).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    core = Stacked2dCore(
+    core = SE2dCore(
         input_channels=1,
         hidden_channels=channels,
         input_kern=9,
         hidden_kern=7,
         layers=layers,
         gamma_input=6.3831,
-        gamma_hidden=0.0,
         skip=0,
         final_nonlinearity=True,
         bias=False,
@@ -84,6 +84,7 @@ def build_model(
         stack=-1,
         depth_separable=True,
         use_avg_reg=False,
+        n_se_blocks=0,
     )
     out_shape = (channels, image_shape[0] - 8, image_shape[1] - 8)
     readout_kwargs = {}
