@@ -1,0 +1,174 @@
+"""Ingest the rig's responses to the exported stimuli and score the MEIs against their controls.
+
+Per neuron of the manifest: trials of its MEI vs trials of its strongest natural control
+(one-sided Welch t-test, MEI > control), the measured MEI / best-natural-image ratio, and the
+twin's predicted response next to the measured mean for each of its stimuli. Everything is
+measured on the ingested responses (the animal's), never on the twin's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from twin.errors import RunError, StimulusError
+from twin.loop.export import CONTROLS
+from twin.loop.files import MANIFEST, read_manifest, read_responses, staging_dir
+
+P_VALUE = 0.05
+
+
+def run_unit_ids(run: str | Path, session: int) -> np.ndarray:
+    """The unit ids of one session of a run, from its sessions.json."""
+    path = Path(run) / "sessions.json"
+    try:
+        sessions = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: not found; pass a run directory written by `twin fit`") from None
+    if not 0 <= session < len(sessions):
+        raise RunError(
+            f"{path}: the stimuli were made for session {session} but the run has"
+            f" {len(sessions)}; pass the run the MEIs came from"
+        )
+    return np.asarray(sessions[session]["unit_id"], np.int64)
+
+
+def match_trials(manifest: dict, data: dict, responses_path, stimuli_path) -> dict[int, np.ndarray]:
+    """Trial indices per manifest stimulus id; unknown or unshown stimulus ids raise StimulusError."""
+    known = {s["stimulus_id"] for s in manifest["stimuli"]}
+    shown = set(np.unique(data["stimulus_id"]).tolist())
+    extra = sorted(shown - known)
+    if extra:
+        raise StimulusError(
+            f"{responses_path}: stimulus_id {extra[0]} ({len(extra)} unknown ids in all) is not in"
+            f" {Path(stimuli_path) / MANIFEST}; pass the responses recorded for these stimuli"
+        )
+    missing = sorted(known - shown)
+    if missing:
+        files = {s["stimulus_id"]: s["file"] for s in manifest["stimuli"]}
+        raise StimulusError(
+            f"{responses_path}: no trials of stimulus_id {missing[0]} ({files[missing[0]]};"
+            f" {len(missing)} missing in all); record every stimulus in the manifest"
+        )
+    return {i: np.flatnonzero(data["stimulus_id"] == i) for i in sorted(known)}
+
+
+def check_neurons(manifest: dict, data: dict, unit_ids: np.ndarray, responses_path, run) -> None:
+    """Recorded unit ids must belong to the run's session and include every stimulus' neuron."""
+    foreign = np.setdiff1d(data["unit_id"], unit_ids)
+    if len(foreign):
+        raise StimulusError(
+            f"{responses_path}: unit_id {foreign[0]} ({len(foreign)} in all) is not a neuron of"
+            f" session {manifest['session']} of {run}; match the rig's cells to the run's unit ids"
+        )
+    wanted = np.unique([s["unit_id"] for s in manifest["stimuli"]])
+    absent = np.setdiff1d(wanted, data["unit_id"])
+    if len(absent):
+        raise StimulusError(
+            f"{responses_path}: unit_id {absent[0]} ({len(absent)} in all) has stimuli in the"
+            f" manifest but no responses; record those neurons"
+        )
+
+
+def finite(value) -> float | None:
+    """JSON-safe float: NaN and inf become null."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def welch_greater(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """One-sided Welch t-test of mean(a) > mean(b): (t, p). NaN when either has < 2 trials."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan")
+    if np.var(a) == 0 and np.var(b) == 0:
+        return float("nan"), 0.0 if a.mean() > b.mean() else 1.0
+    result = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
+    return float(result.statistic), float(result.pvalue)
+
+
+def neuron_statistics(unit: int, stimuli: list[dict], trials: dict, column: np.ndarray) -> dict:
+    """Statistics of one neuron; stimuli are its manifest entries, column its responses (trial,)."""
+    by_kind: dict[str, list[np.ndarray]] = {}
+    measured = []
+    for stimulus in stimuli:
+        values = column[trials[stimulus["stimulus_id"]]]
+        by_kind.setdefault(stimulus["kind"], []).append(values)
+        measured.append(
+            {
+                "stimulus_id": stimulus["stimulus_id"],
+                "kind": stimulus["kind"],
+                "predicted": stimulus["predicted_response"],
+                "measured": float(values.mean()),
+                "sem": finite(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None,
+                "trials": len(values),
+            }
+        )
+    mei = by_kind["mei"][0]
+    controls = {kind: by_kind[kind][0] for kind in CONTROLS if kind in by_kind}
+    strongest = max(controls, key=lambda kind: controls[kind].mean())
+    t, p = welch_greater(mei, controls[strongest])
+    natural = controls.get("natural")
+    ratio = mei.mean() / natural.mean() if natural is not None and natural.mean() > 0 else np.nan
+    return {
+        "unit_id": unit,
+        "neuron_index": stimuli[0]["neuron_index"],
+        "mei_response": float(mei.mean()),
+        "control_responses": {kind: float(values.mean()) for kind, values in controls.items()},
+        "dei_responses": [float(v.mean()) for v in by_kind.get("dei", [])],
+        "strongest_control": strongest,
+        "t": finite(t),
+        "p": finite(p),
+        "mei_beats_controls": bool(p < P_VALUE) if np.isfinite(p) else False,
+        "mei_over_best_natural": finite(ratio),
+        "predicted_mei": stimuli[[s["kind"] for s in stimuli].index("mei")]["predicted_response"],
+        "stimuli": measured,
+    }
+
+
+def summarize(manifest: dict, data: dict, trials: dict) -> dict:
+    """summary.json: population numbers and one entry per neuron with an MEI and a control shown
+    (a neuron whose MEI or both controls were rejected at export is left out)."""
+    per_unit: dict[int, list[dict]] = {}
+    for stimulus in manifest["stimuli"]:
+        per_unit.setdefault(stimulus["unit_id"], []).append(stimulus)
+    neurons = []
+    for unit, stimuli in per_unit.items():
+        kinds = {s["kind"] for s in stimuli}
+        if "mei" not in kinds or not kinds & set(CONTROLS):
+            continue
+        column = data["responses"][:, int(np.flatnonzero(data["unit_id"] == unit)[0])]
+        neurons.append(neuron_statistics(unit, stimuli, trials, column))
+    pairs = np.array([(m["predicted"], m["measured"]) for n in neurons for m in n["stimuli"]])
+    correlation = np.corrcoef(pairs.T)[0, 1] if len(pairs) > 2 and np.all(pairs.std(0) > 0) else np.nan
+    ratios = np.array([n["mei_over_best_natural"] for n in neurons if n["mei_over_best_natural"] is not None])
+    return {
+        "n_neurons": len(neurons),
+        "median_mei_over_best_natural": finite(np.median(ratios)) if len(ratios) else None,
+        "fraction_mei_beats_controls_p05": (
+            finite(np.mean([n["mei_beats_controls"] for n in neurons])) if neurons else None
+        ),
+        "prediction_correlation": finite(correlation),
+        "neurons": neurons,
+    }
+
+
+def closeloop(run: str | Path, stimuli: str | Path, responses: str | Path, out: str | Path) -> dict:
+    """Match responses.npz to the manifest of ``stimuli``, score every neuron, write the report.
+
+    Writes ``out/summary.json``, ``out/index.html`` and the report's PNGs (atomically) and returns
+    the summary dict.
+    """
+    from twin.loop.report import write_report
+
+    manifest = read_manifest(stimuli)
+    data = read_responses(responses)
+    check_neurons(manifest, data, run_unit_ids(run, manifest["session"]), responses, run)
+    trials = match_trials(manifest, data, responses, stimuli)
+    summary = summarize(manifest, data, trials)
+    with staging_dir(out) as tmp:
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
+        write_report(tmp, summary, manifest, Path(stimuli), Path(run))
+    return summary

@@ -1,0 +1,235 @@
+"""The closed-loop report: PNG figures and one self-contained index.html (images embedded).
+
+Figures: fit_curves.png (the run's metrics.jsonl), prediction_scatter.png (twin vs animal, one
+point per shown stimulus), mei_grid.png (each neuron's MEI next to its controls, as shown on the
+screen), responses_bar.png (mean ± s.e.m. response to the MEI and each control, per neuron).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+KIND_COLORS = {"mei": "#c0392b", "dei": "#e67e22", "natural": "#2c7fb8", "natural_masked": "#7fcdbb"}
+GRID_MAX_NEURONS = 32  # rows of the MEI grid; larger loops show the first ones
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """The run's metrics.jsonl as a list of dicts (empty when the file is missing)."""
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_fit_curves(metrics: list[dict], path: Path) -> bool:
+    """One panel per group of numeric series in metrics.jsonl (losses, correlations, rest)."""
+    keys = sorted({k for row in metrics for k, v in row.items() if isinstance(v, int | float)})
+    keys = [k for k in keys if k != "epoch" and not isinstance(metrics[0].get(k), bool)]
+    if not keys:
+        return False
+    groups = {
+        "loss": [k for k in keys if "loss" in k],
+        "correlation": [k for k in keys if "corr" in k],
+    }
+    groups["other"] = [k for k in keys if k not in groups["loss"] + groups["correlation"]]
+    groups = {name: series for name, series in groups.items() if series}
+    epochs = [row.get("epoch", i) for i, row in enumerate(metrics)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
+    for ax, (name, series) in zip(axes[0], groups.items()):
+        for key in series:
+            values = [row.get(key, np.nan) for row in metrics]
+            ax.plot(epochs, values, marker=".", label=key)
+        if name == "other" and all("lr" in k or "learning" in k for k in series):
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+    fig.suptitle("fit curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_prediction_scatter(summary: dict, path: Path) -> None:
+    """Twin's predicted response vs the measured mean (± s.e.m.) for every shown stimulus."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    points = [m for n in summary["neurons"] for m in n["stimuli"]]
+    for kind, color in KIND_COLORS.items():
+        chosen = [m for m in points if m["kind"] == kind]
+        if chosen:
+            ax.errorbar(
+                [m["predicted"] for m in chosen],
+                [m["measured"] for m in chosen],
+                yerr=[m["sem"] or 0.0 for m in chosen],
+                fmt="o",
+                ms=4,
+                color=color,
+                label=kind,
+                alpha=0.8,
+            )
+    if points:
+        top = max(max(m["predicted"] for m in points), max(m["measured"] for m in points))
+        ax.plot([0, top], [0, top], color="0.6", lw=0.8, ls="--")
+    r = summary["prediction_correlation"]
+    ax.set_title(f"predicted vs measured (r = {r:.2f})" if r is not None else "predicted vs measured")
+    ax.set_xlabel("twin prediction")
+    ax.set_ylabel("measured mean response")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_mei_grid(summary: dict, manifest: dict, stimuli: Path, path: Path) -> None:
+    """Rows: neurons; columns: MEI, DEIs, controls, as shown on the screen."""
+    neurons = summary["neurons"][:GRID_MAX_NEURONS]
+    files = {s["stimulus_id"]: s["file"] for s in manifest["stimuli"]}
+    order = {"mei": 0, "dei": 1, "natural": 2, "natural_masked": 3}
+    rows = [sorted(n["stimuli"], key=lambda m: (order[m["kind"]], m["stimulus_id"])) for n in neurons]
+    columns = max((len(row) for row in rows), default=1)
+    height, width = manifest["screen_shape"]
+    fig, axes = plt.subplots(
+        max(len(rows), 1),
+        columns,
+        figsize=(1.9 * columns * width / max(height, width) + 0.6, 1.25 * max(len(rows), 1) + 0.4),
+        squeeze=False,
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (neuron, row) in enumerate(zip(neurons, rows)):
+        for c, shown in enumerate(row):
+            ax = axes[r, c]
+            ax.imshow(np.asarray(Image.open(stimuli / files[shown["stimulus_id"]])), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{shown['kind']} {shown['measured']:.2f}", fontsize=7)
+        axes[r, 0].text(
+            -0.05, 0.5, f"unit {neuron['unit_id']}", transform=axes[r, 0].transAxes,
+            ha="right", va="center", fontsize=7,
+        )
+    fig.suptitle("stimuli as shown (title: measured mean response)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_response_bars(summary: dict, path: Path) -> None:
+    """Grouped bars per neuron: mean ± s.e.m. measured response to the MEI and to each control."""
+    neurons = summary["neurons"]
+    kinds = ["mei", "natural", "natural_masked"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(neurons) + 2), 3.6))
+    x = np.arange(len(neurons))
+    width = 0.8 / len(kinds)
+    for k, kind in enumerate(kinds):
+        means, sems = [], []
+        for neuron in neurons:
+            shown = [m for m in neuron["stimuli"] if m["kind"] == kind]
+            means.append(shown[0]["measured"] if shown else np.nan)
+            sems.append((shown[0]["sem"] or 0.0) if shown else 0.0)
+        ax.bar(x + (k - 1) * width, means, width, yerr=sems, color=KIND_COLORS[kind], label=kind)
+    for i, neuron in enumerate(neurons):
+        if neuron["mei_beats_controls"]:
+            ax.text(i - width, neuron["mei_response"], "*", ha="center", va="bottom")
+    ax.set_xticks(x, [str(n["unit_id"]) for n in neurons], rotation=90, fontsize=7)
+    ax.set_xlabel("unit id (* MEI > strongest control, p < 0.05)")
+    ax.set_ylabel("measured response")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def embed(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{path.name}">'
+
+
+def number(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}g}"
+
+
+def neuron_table(summary: dict) -> str:
+    header = (
+        "<tr><th>unit</th><th>MEI</th><th>natural</th><th>natural masked</th><th>DEIs</th>"
+        "<th>MEI / best natural</th><th>t</th><th>p</th><th>beats controls</th>"
+        "<th>predicted MEI</th></tr>"
+    )
+    rows = []
+    for n in summary["neurons"]:
+        controls = n["control_responses"]
+        rows.append(
+            "<tr>"
+            f"<td>{n['unit_id']}</td><td>{number(n['mei_response'])}</td>"
+            f"<td>{number(controls.get('natural'))}</td>"
+            f"<td>{number(controls.get('natural_masked'))}</td>"
+            f"<td>{', '.join(number(v) for v in n['dei_responses']) or '–'}</td>"
+            f"<td>{number(n['mei_over_best_natural'])}</td><td>{number(n['t'])}</td>"
+            f"<td>{number(n['p'], 2)}</td><td>{'yes' if n['mei_beats_controls'] else 'no'}</td>"
+            f"<td>{number(n['predicted_mei'])}</td>"
+            "</tr>"
+        )
+    return f"<table>{header}{''.join(rows)}</table>"
+
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1100px; }
+img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
+table { border-collapse: collapse; font-size: 13px; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f3f3f3; }
+.numbers td:first-child { text-align: left; }
+"""
+
+
+def write_report(folder: Path, summary: dict, manifest: dict, stimuli: Path, run: Path) -> Path:
+    """Write the PNGs and index.html into ``folder``; returns the html path."""
+    figures = []
+    if plot_fit_curves(read_metrics(run), folder / "fit_curves.png"):
+        figures.append(("Fit of the twin", folder / "fit_curves.png"))
+    plot_prediction_scatter(summary, folder / "prediction_scatter.png")
+    plot_mei_grid(summary, manifest, stimuli, folder / "mei_grid.png")
+    plot_response_bars(summary, folder / "responses_bar.png")
+    figures += [
+        ("Measured responses: MEI vs controls", folder / "responses_bar.png"),
+        ("Twin prediction vs measured response", folder / "prediction_scatter.png"),
+        ("Stimuli", folder / "mei_grid.png"),
+    ]
+    target = manifest["target"]
+    numbers = [
+        ("neurons", summary["n_neurons"]),
+        ("median MEI / best natural image (measured)", number(summary["median_mei_over_best_natural"])),
+        ("fraction of MEIs beating controls, p < 0.05", number(summary["fraction_mei_beats_controls_p05"])),
+        ("prediction correlation (twin vs measured)", number(summary["prediction_correlation"])),
+        ("stimuli shown / rejected at export", f"{len(manifest['stimuli'])} / {len(manifest['rejected'])}"),
+        ("repeats per stimulus", manifest["repeats"]),
+        (
+            "target mean luminance / RMS contrast",
+            f"{target['mean_luminance']:.3g} / {target['rms_contrast']:.3g} cd/m²",
+        ),
+        ("run", html.escape(str(run))),
+        ("stimuli", html.escape(str(stimuli))),
+    ]
+    body = [
+        "<h1>Inception loop report</h1>",
+        '<table class="numbers">'
+        + "".join(f"<tr><td>{name}</td><td>{value}</td></tr>" for name, value in numbers)
+        + "</table>",
+    ]
+    for title, path in figures:
+        body += [f"<h2>{title}</h2>", embed(path)]
+    body += ["<h2>Per neuron</h2>", neuron_table(summary)]
+    page = (
+        '<!doctype html><html><head><meta charset="utf-8"><title>twin: inception loop</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
+    )
+    (folder / "index.html").write_text(page)
+    return folder / "index.html"
