@@ -54,6 +54,7 @@ def build_model(
     *,
     shifter: bool = False,
     grid_mean_predictor: bool = False,
+    gauss_type: str = "full",
     data_key: str = "session",
     seed: int = 0,
 ) -> FiringRateEncoder:
@@ -104,7 +105,7 @@ def build_model(
         init_sigma=0.1,
         bias=True,
         feature_reg_weight=0.0076,
-        gauss_type="full",
+        gauss_type=gauss_type,
         **readout_kwargs,
     )
     shift = None

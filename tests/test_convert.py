@@ -1,0 +1,97 @@
+"""neuralpredictors checkpoints -> twin: same predictions in eval mode, clear errors for bad files."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("neuralpredictors")
+
+import jax.numpy as jnp  # noqa: E402
+
+from benchmarks.peer_torch import build_model  # noqa: E402
+from twin.convert import read_state_dict, twin_from_state_dict  # noqa: E402
+from twin.errors import ConfigError  # noqa: E402
+
+SHAPE = (20, 24)
+
+
+def random_peer(**options):
+    """A peer model with random weights everywhere and non-trivial BatchNorm running statistics."""
+    model = build_model(30, SHAPE, channels=8, layers=3, seed=1, **options)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.5, generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+    return model.eval()
+
+
+def state_of(model) -> dict[str, np.ndarray]:
+    return {key: value.numpy() for key, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"gauss_type": "isotropic"}, {"shifter": True, "grid_mean_predictor": True}],
+    ids=["full", "isotropic", "shifter+grid_predictor"],
+)
+def test_predictions_match_pytorch(options):
+    peer = random_peer(**options)
+    generator = torch.Generator().manual_seed(2)
+    images = torch.randn(6, 1, *SHAPE, generator=generator)
+    pupil = torch.randn(6, 2, generator=generator) if options.get("shifter") else None
+    with torch.no_grad():
+        expected = peer(images, data_key="session", pupil_center=pupil).numpy()
+
+    model, config, keys = twin_from_state_dict(state_of(peer), SHAPE)
+    predicted = model(
+        jnp.asarray(images.numpy().transpose(0, 2, 3, 1)),
+        0,
+        pupil_center=None if pupil is None else jnp.asarray(pupil.numpy()),
+    )
+
+    assert keys == ["session"]
+    assert (config.core_layers, config.core_channels, config.hidden_kernel) == (3, 8, 7)
+    assert config.shifter == bool(options.get("shifter"))
+    assert config.gauss_type == options.get("gauss_type", "full")
+    np.testing.assert_allclose(np.asarray(predicted), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_reads_a_saved_state_dict(tmp_path):
+    peer = random_peer()
+    path = tmp_path / "model.pth"
+    torch.save(peer.state_dict(), path)
+    state = read_state_dict(path)
+    assert set(state) == set(peer.state_dict())
+    np.testing.assert_array_equal(state["readout.session.bias"], peer.readout["session"].bias.detach().numpy())
+
+
+def test_whole_pickled_model_is_refused(tmp_path):
+    path = tmp_path / "model.pth"
+    torch.save(random_peer(), path)
+    with pytest.raises(ConfigError, match="model.pth: not a loadable weights-only state dict"):
+        read_state_dict(path)
+
+
+def test_missing_and_unknown_keys_are_listed():
+    state = state_of(random_peer())
+    del state["core.features.layer1.norm.running_var"]
+    state["readout.session.extra"] = np.zeros(3, np.float32)
+    with pytest.raises(ConfigError) as error:
+        twin_from_state_dict(state, SHAPE, source="model.pth")
+    message = str(error.value)
+    assert "missing keys: core.features.layer1.norm.running_var" in message
+    assert "unknown keys: readout.session.extra" in message
+    assert "\n" not in message
+
+
+def test_wrong_shape_is_named():
+    state = state_of(random_peer())
+    state["readout.session.bias"] = state["readout.session.bias"][:-1]
+    state["readout.session._features"] = state["readout.session._features"][..., :-1]
+    state["readout.session.sigma"] = state["readout.session.sigma"][:, :-1]
+    with pytest.raises(ConfigError, match="readout.session._mu maps to shape"):
+        twin_from_state_dict(state, SHAPE, source="model.pth")
