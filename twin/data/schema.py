@@ -1,0 +1,206 @@
+"""The session schema: variable names, dims and dtypes, and ``validate``.
+
+A session is an ``xarray.Dataset``:
+
+| name | dims | dtype |
+|---|---|---|
+| images | (trial, y, x) or (trial, channel, y, x) | uint8 or float32, pixel units 0..255 |
+| responses | (trial, neuron) | float32 |
+| tier | (trial,) | str: train / validation / test / final_test |
+| image_id | (trial,) | int64, same id = same image |
+| behavior | (trial, behavior_var) | float32, optional; coordinate behavior_var holds the names |
+| pupil_center | (trial, xy) | float32, optional |
+| unit_id | (neuron,) | int64 |
+| cell_x, cell_y, cell_z | (neuron,) | float32 micrometres, optional |
+
+Stores written by ``twin.data.store.write_session`` add normalization statistics (``stats_*``,
+computed on train trials); simulated sessions add ground truth (``gt_*``) and
+``attrs["simulated"] = True``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from twin.errors import SessionError
+
+SCHEMA_VERSION = 1
+TIERS = ("train", "validation", "test", "final_test")
+BEHAVIOR_NAMES = ("pupil", "pupil_derivative", "running")
+
+# name -> (allowed dims, allowed dtypes); optional variables may be absent.
+REQUIRED = {
+    "images": ((("trial", "y", "x"), ("trial", "channel", "y", "x")), ("uint8", "float32")),
+    "responses": ((("trial", "neuron"),), ("float32",)),
+    "tier": ((("trial",),), ("str",)),
+    "image_id": ((("trial",),), ("int64",)),
+    "unit_id": ((("neuron",),), ("int64",)),
+}
+OPTIONAL = {
+    "behavior": ((("trial", "behavior_var"),), ("float32",)),
+    "pupil_center": ((("trial", "xy"),), ("float32",)),
+    "cell_x": ((("neuron",),), ("float32",)),
+    "cell_y": ((("neuron",),), ("float32",)),
+    "cell_z": ((("neuron",),), ("float32",)),
+}
+# Variables whose values must be finite.
+FINITE = ("images", "responses", "behavior", "pupil_center", "cell_x", "cell_y", "cell_z")
+
+
+def dtype_name(array) -> str:
+    """'str' for any string dtype (object, <U, StringDType), else the numpy dtype name."""
+    kind = np.dtype(array.dtype).kind
+    return "str" if kind in "OUT" else np.dtype(array.dtype).name
+
+
+def strings(values) -> np.ndarray:
+    """Any string array (object, <U, numpy StringDType) as a fixed-width <U array."""
+    return np.asarray(values, dtype=object).astype(str)
+
+
+def fail(source, message: str):
+    raise SessionError(f"{source}: {message}")
+
+
+def check_variable(ds: xr.Dataset, name: str, dims_options, dtypes, source) -> None:
+    var = ds[name]
+    if var.dims not in dims_options:
+        wanted = " or ".join(str(d) for d in dims_options)
+        fail(source, f"variable {name!r} has dims {var.dims}; it must have dims {wanted}")
+    got = dtype_name(var)
+    if got not in dtypes:
+        fail(source, f"variable {name!r} has dtype {got}; convert it to {' or '.join(dtypes)}")
+
+
+def validate(ds: xr.Dataset, source, *, values: bool = True) -> xr.Dataset:
+    """Check ``ds`` against the session schema and return it unchanged.
+
+    ``source`` names the file in error messages. ``values=False`` checks names, dims, dtypes
+    and tiers only (cheap on a lazy store); ``values=True`` also reads the data to reject NaN/inf.
+    Raises SessionError with one line naming the file, the variable and the fix.
+    """
+    if not isinstance(ds, xr.Dataset):
+        fail(source, f"expected an xarray Dataset, got {type(ds).__name__}")
+    for name, (dims, dtypes) in REQUIRED.items():
+        if name not in ds.variables:
+            fail(source, f"variable {name!r} is missing; add it ({dims[0]}, {dtypes[0]})")
+        check_variable(ds, name, dims, dtypes, source)
+    for name, (dims, dtypes) in OPTIONAL.items():
+        if name in ds.variables:
+            check_variable(ds, name, dims, dtypes, source)
+    n_neurons = ds.sizes["neuron"]
+    if n_neurons == 0:
+        fail(source, "variable 'responses' has 0 neurons; record at least one neuron")
+    if ds.sizes["trial"] == 0:
+        fail(source, "variable 'responses' has 0 trials; record at least one train and one test trial")
+    if ds.sizes["y"] < 2 or ds.sizes["x"] < 2:
+        fail(source, f"variable 'images' is {ds.sizes['y']}x{ds.sizes['x']} pixels; images must be 2-D")
+    tier = strings(ds["tier"].values)
+    unknown = sorted(set(np.unique(tier)) - set(TIERS))
+    if unknown:
+        fail(source, f"variable 'tier' has unknown label {unknown[0]!r}; use one of {', '.join(TIERS)}")
+    for needed in ("train", "test"):
+        if not np.any(tier == needed):
+            fail(source, f"variable 'tier' has no {needed!r} trials; assign some trials to {needed!r}")
+    unit_id = np.asarray(ds["unit_id"].values)
+    if len(np.unique(unit_id)) != len(unit_id):
+        fail(source, "variable 'unit_id' has duplicate ids; give every neuron its own id")
+    if values:
+        for name in FINITE:
+            if name in ds.variables and not np.isfinite(np.asarray(ds[name].values)).all():
+                fail(source, f"variable {name!r} contains NaN or inf; remove or fill those values")
+        images = np.asarray(ds["images"].values)
+        if images.dtype == np.float32 and images.size and (images.min() < 0 or images.max() > 255):
+            fail(source, "variable 'images' leaves the pixel range 0..255; rescale it to pixel units")
+    return ds
+
+
+def as_dtype(array, dtype: str, name: str, source) -> np.ndarray:
+    """``array`` converted to ``dtype`` if it holds numbers of a compatible kind, else SessionError."""
+    array = np.asarray(array)
+    kinds = {"float32": "biuf", "int64": "biu", "uint8": "u"}[dtype]
+    if array.dtype.kind not in kinds:
+        fail(source, f"variable {name!r} has dtype {array.dtype}; convert it to {dtype}")
+    return array.astype(dtype, copy=False)
+
+
+def make_session(
+    source,
+    *,
+    images,
+    responses,
+    tier,
+    image_id,
+    behavior=None,
+    behavior_names=None,
+    pupil_center=None,
+    unit_id=None,
+    cell_xyz=None,
+    attrs=None,
+) -> xr.Dataset:
+    """Build a session Dataset from plain arrays, checking shapes before xarray sees them.
+
+    images: (trial, y, x) or (trial, channel, y, x), uint8 kept, other numbers -> float32;
+    responses: (trial, neuron); tier: (trial,) str; image_id: (trial,) int; behavior: (trial, k);
+    pupil_center: (trial, 2); unit_id: (neuron,) (default 0..n-1); cell_xyz: (neuron, 3).
+    Returns a validated session (values checked).
+    """
+    images = np.asarray(images)
+    if images.ndim not in (3, 4):
+        fail(source, f"variable 'images' has shape {images.shape}; give (trial, y, x) or (trial, channel, y, x)")
+    images = images if images.dtype == np.uint8 else as_dtype(images, "float32", "images", source)
+    responses = as_dtype(responses, "float32", "responses", source)
+    if responses.ndim != 2:
+        fail(source, f"variable 'responses' has shape {responses.shape}; give (trial, neuron)")
+    n_trials, n_neurons = responses.shape
+    tier = np.asarray(tier)
+    if tier.dtype.kind not in "OUT":
+        fail(source, f"variable 'tier' has dtype {tier.dtype}; give strings like 'train', 'test'")
+    per_trial = {"images": images, "tier": tier, "image_id": np.asarray(image_id)}
+    if behavior is not None:
+        behavior = as_dtype(behavior, "float32", "behavior", source)
+        behavior = behavior[:, None] if behavior.ndim == 1 else behavior
+        per_trial["behavior"] = behavior
+    if pupil_center is not None:
+        pupil_center = as_dtype(pupil_center, "float32", "pupil_center", source)
+        per_trial["pupil_center"] = pupil_center
+    for name, array in per_trial.items():
+        if len(array) != n_trials:
+            fail(source, f"variable {name!r} has {len(array)} trials but 'responses' has {n_trials}; give both the same length")
+    unit_id = np.arange(n_neurons) if unit_id is None else unit_id
+    unit_id = as_dtype(unit_id, "int64", "unit_id", source)
+    if unit_id.shape != (n_neurons,):
+        fail(source, f"variable 'unit_id' has shape {unit_id.shape} but 'responses' has {n_neurons} neurons; give one id per neuron")
+    dims = ("trial", "y", "x") if images.ndim == 3 else ("trial", "channel", "y", "x")
+    data = {
+        "images": (dims, images),
+        "responses": (("trial", "neuron"), responses),
+        "tier": ("trial", strings(tier).astype(object)),
+        "image_id": ("trial", as_dtype(image_id, "int64", "image_id", source)),
+        "unit_id": ("neuron", unit_id),
+    }
+    coords = {}
+    if behavior is not None:
+        if behavior.ndim != 2:
+            fail(source, f"variable 'behavior' has shape {behavior.shape}; give (trial, behavior_var)")
+        k = behavior.shape[1]
+        if behavior_names is None:
+            behavior_names = BEHAVIOR_NAMES if k == 3 else [f"behavior_{i}" for i in range(k)]
+        if len(behavior_names) != k:
+            fail(source, f"variable 'behavior_names' has {len(behavior_names)} names for {k} behavior variables; give one name each")
+        data["behavior"] = (("trial", "behavior_var"), behavior)
+        coords["behavior_var"] = strings(behavior_names).astype(object)
+    if pupil_center is not None:
+        if pupil_center.shape[1:] != (2,):
+            fail(source, f"variable 'pupil_center' has shape {pupil_center.shape}; give (trial, 2)")
+        data["pupil_center"] = (("trial", "xy"), pupil_center)
+        coords["xy"] = np.array(["x", "y"], dtype=object)
+    if cell_xyz is not None:
+        cell_xyz = as_dtype(cell_xyz, "float32", "cell_xyz", source)
+        if cell_xyz.shape != (n_neurons, 3):
+            fail(source, f"variable 'cell_xyz' has shape {cell_xyz.shape}; give ({n_neurons}, 3): one x, y, z per neuron")
+        for axis, name in enumerate(("cell_x", "cell_y", "cell_z")):
+            data[name] = ("neuron", cell_xyz[:, axis])
+    ds = xr.Dataset(data, coords=coords, attrs={"schema_version": SCHEMA_VERSION, **(attrs or {})})
+    return validate(ds, source)

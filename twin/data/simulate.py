@@ -1,0 +1,322 @@
+"""The simulated animal: natural-like images and a V1-like population with known parameters.
+
+Images are dead-leaves scenes (occluding disks: sharp edges, scale-invariant sizes) mixed with
+1/f noise texture, in pixel units 0..255 around a mean gray of 128. Neurons are Gabor models
+with receptive fields spread over the field:
+
+- ``simple``: rectified, squared linear Gabor drive, relu(<x, even>)^2;
+- ``complex``: phase-invariant energy, <x, even>^2 + <x, odd>^2 (quadrature pair);
+- ``simple_normalized`` / ``complex_normalized``: the same drive divided by the local contrast
+  energy of an annular surround (divisive normalization, surround suppression).
+
+Here x = (pixels - 128) / 128. A Naka-Rushton output turns the drive g into the mean response
+baseline + rmax * g / (g + c50). Trial responses are compound Poisson-gamma draws with that
+mean, multiplied by a trial gain that follows running speed: non-negative, exactly zero on
+many trials and overdispersed, like deconvolved calcium signals.
+
+Ground truth is stored as ``gt_*`` variables; ``ground_truth(ds)`` returns it without the
+prefix, ``mean_response(params, images, xp)`` evaluates the noise-free population with numpy
+or jax.numpy (so it can be differentiated), and ``respond`` shows new images to the animal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from twin import metrics
+from twin.data.schema import make_session, strings
+from twin.errors import SessionError
+
+GRAY = 128.0
+KINDS = ("simple", "complex", "simple_normalized", "complex_normalized")
+KIND_FRACTIONS = (0.4, 0.3, 0.15, 0.15)
+# Largest deviation from gray of a stored optimal stimulus (pixel units): it stays in 3..253.
+OPTIMAL_PEAK = 125.0
+# Mean of one calcium event in units of the neuron's rmax, and the gamma shape of event sizes;
+# together they set the noise level (oracle correlations about 0.5-0.8 at 10 repeats).
+EVENT_SIZE = 0.12
+EVENT_SHAPE = 2.0
+# Standard deviation of the log trial gain that follows running speed.
+GAIN_SD = 0.25
+
+
+def natural_images(n: int, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Natural-like images (n, y, x) uint8: dead leaves (edges) + 1/f texture, mean near 128."""
+    height, width = size
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    leaves = np.broadcast_to(rng.normal(0, 1, (n, 1, 1)), (n, height, width)).astype(np.float32)
+    # Disk radii with density ~ r^-3 between r_min and r_max (scale-invariant dead leaves).
+    r_min, r_max = 0.05 * height, 0.8 * height
+    for _ in range(24):
+        u = rng.uniform(0, 1, (n, 1, 1))
+        radius = 1 / np.sqrt(r_min**-2 - u * (r_min**-2 - r_max**-2))
+        cy = rng.uniform(0, height, (n, 1, 1))
+        cx = rng.uniform(0, width, (n, 1, 1))
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+        leaves = np.where(inside, rng.normal(0, 1, (n, 1, 1)).astype(np.float32), leaves)
+    f = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
+    f[0, 0] = np.inf
+    spectrum = rng.normal(size=(n, *f.shape)) + 1j * rng.normal(size=(n, *f.shape))
+    texture = np.fft.irfft2(spectrum / f, s=size)
+
+    def standardize(a):
+        a = a - a.mean(axis=(1, 2), keepdims=True)
+        return a / (a.std(axis=(1, 2), keepdims=True) + 1e-6)
+
+    scene = standardize(standardize(leaves) + 0.5 * standardize(texture))
+    contrast = rng.uniform(15, 40, (n, 1, 1))
+    luminance = GRAY + rng.normal(0, 8, (n, 1, 1))
+    return np.clip(np.round(luminance + contrast * scene), 0, 255).astype(np.uint8)
+
+
+def gabors(n_neurons: int, size: tuple[int, int], rng: np.random.Generator) -> dict:
+    """Receptive-field parameters and unit-norm quadrature filters, each (neuron, y, x)."""
+    height, width = size
+    scale = height / 36
+    sigma = rng.uniform(2.2, 3.8, n_neurons) * scale
+    margin = 1.5 * sigma
+    p = {
+        "sigma": sigma,
+        "x": rng.uniform(margin, width - 1 - margin),
+        "y": rng.uniform(margin, height - 1 - margin),
+        "orientation": rng.uniform(0, np.pi, n_neurons),
+        "wavelength": rng.uniform(2.4, 3.4, n_neurons) * sigma,
+        "phase": rng.uniform(0, 2 * np.pi, n_neurons),
+        "aspect": rng.uniform(0.6, 1.0, n_neurons),
+    }
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    dx = xx - p["x"][:, None, None]
+    dy = yy - p["y"][:, None, None]
+    cos, sin = np.cos(p["orientation"])[:, None, None], np.sin(p["orientation"])[:, None, None]
+    along, across = dx * cos + dy * sin, -dx * sin + dy * cos
+    s = sigma[:, None, None]
+    envelope = np.exp(-(along**2 + (p["aspect"][:, None, None] * across) ** 2) / (2 * s**2))
+    angle = 2 * np.pi * along / p["wavelength"][:, None, None] + p["phase"][:, None, None]
+
+    def zero_mean(f):  # remove the response to mean luminance, keeping the filter local
+        return f - envelope * f.sum(axis=(1, 2), keepdims=True) / envelope.sum(axis=(1, 2), keepdims=True)
+
+    def dot(a, b):
+        return (a * b).sum(axis=(1, 2), keepdims=True)
+
+    even = zero_mean(envelope * np.cos(angle))
+    odd = zero_mean(envelope * np.sin(angle))
+    # An exact quadrature pair (orthogonal, equal norm) makes every phase equally optimal.
+    odd = odd - even * dot(odd, even) / dot(even, even)
+    odd = odd * np.sqrt(dot(even, even) / dot(odd, odd))
+    norm = np.sqrt(dot(even, even))
+    # Surround: Gaussian ring around the receptive field, weights summing to 1.
+    r2 = dx**2 + dy**2
+    ring = np.clip(np.exp(-r2 / (2 * (2.5 * s) ** 2)) - np.exp(-r2 / (2 * s**2)), 0, None)
+    p["filter_even"] = (even / norm).astype(np.float32)
+    p["filter_odd"] = (odd / norm).astype(np.float32)
+    p["surround"] = (ring / ring.sum(axis=(1, 2), keepdims=True)).astype(np.float32)
+    return p
+
+
+def drive(params: dict, images, xp=np):
+    """Normalized drive g (n, neurons) of images (n, y, x) in pixel units; see the module doc."""
+    x = (xp.asarray(images, dtype=xp.float32) - GRAY) / GRAY
+    x = x.reshape(x.shape[0], -1)
+    n_neurons = params["filter_even"].shape[0]
+    even = x @ xp.asarray(params["filter_even"]).reshape(n_neurons, -1).T
+    odd = x @ xp.asarray(params["filter_odd"]).reshape(n_neurons, -1).T
+    is_complex = xp.asarray(params["complex"])
+    energy = is_complex * (even**2 + odd**2) + (1 - is_complex) * xp.maximum(even, 0.0) ** 2
+    surround = (x**2) @ xp.asarray(params["surround"]).reshape(n_neurons, -1).T
+    return energy / (1.0 + xp.asarray(params["norm_weight"]) * surround)
+
+
+def mean_response(params: dict, images, xp=np):
+    """Noise-free responses (n, neurons) to images (n, y, x) in pixel units 0..255.
+
+    ``params`` is ``ground_truth(ds)``; ``xp`` is numpy or jax.numpy (only array operations both
+    provide, so ``jax.grad`` goes through it with xp=jax.numpy).
+    """
+    g = drive(params, images, xp)
+    c50 = xp.asarray(params["c50"])
+    return xp.asarray(params["baseline"]) + xp.asarray(params["rmax"]) * g / (g + c50)
+
+
+def draw_behavior(n: int, rng: np.random.Generator):
+    """Per-trial standard normal state z (n,), behavior (n, 3) and pupil_center (n, 2).
+
+    Running speed rises with z, pupil follows it loosely; z sets the trial gain.
+    """
+    z = rng.normal(size=n)
+    running = 5 * np.logaddexp(0, 2 * z)
+    pupil = 20 + 3 * z + rng.normal(0, 2, n)
+    behavior = np.stack([pupil, rng.normal(0, 1, n), running], axis=1)
+    pupil_center = rng.normal(0, 1.5, (n, 2)) + [32.0, 18.0]
+    return z, behavior.astype(np.float32), pupil_center.astype(np.float32)
+
+
+def noisy_responses(params: dict, mean: np.ndarray, z: np.ndarray, rng: np.random.Generator):
+    """Trial responses (..., neurons) with mean ``mean`` (..., neurons) and trial states z (...).
+
+    Compound Poisson-gamma: events ~ Poisson(gain * mean / event_size), each of gamma size
+    (shape EVENT_SHAPE, mean event_size); gain = exp(GAIN_SD * z - GAIN_SD^2 / 2) has mean 1.
+    """
+    sd = float(params["gain_sd"])
+    gain = np.exp(sd * z - sd**2 / 2)[..., None]
+    size = np.asarray(params["event_size"])
+    shape = float(params["event_shape"])
+    events = rng.poisson(gain * mean / size)
+    amounts = rng.gamma(np.maximum(events, 1) * shape, size / shape)
+    return np.where(events > 0, amounts, 0.0).astype(np.float32)
+
+
+def simulate(
+    n_neurons: int,
+    n_train_images: int,
+    n_test_images: int,
+    repeats: int,
+    size: tuple[int, int] = (36, 64),
+    seed: int = 0,
+) -> xr.Dataset:
+    """A session of the simulated animal, with ground truth as ``gt_*`` variables.
+
+    ``n_train_images`` images are shown once each; 10% of them form the validation tier.
+    ``n_test_images`` images are shown ``repeats`` times each (tier test). Trials are in random
+    order. Returns a validated session Dataset (write it with ``write_session``).
+    """
+    for name, value, least in (
+        ("--neurons", n_neurons, 1),
+        ("--train-images", n_train_images, 2),
+        ("--test-images", n_test_images, 1),
+        ("--repeats", repeats, 1),
+    ):
+        if value < least:
+            raise SessionError(f"simulate: {name} {value}: give at least {least}")
+    rng = np.random.default_rng(seed)
+    height, width = size
+    train_images = natural_images(n_train_images, size, rng)
+    test_images = natural_images(n_test_images, size, rng)
+
+    params = gabors(n_neurons, size, rng)
+    counts = np.floor(np.array(KIND_FRACTIONS) * n_neurons).astype(int)
+    counts[0] += n_neurons - counts.sum()
+    kind = rng.permutation(np.repeat(np.array(KINDS), counts))
+    params["kind"] = kind
+    params["complex"] = np.char.startswith(kind, "complex").astype(np.float32)
+    normalized = np.char.endswith(kind, "normalized")
+    surround = (((train_images.astype(np.float32) - GRAY) / GRAY) ** 2).reshape(
+        n_train_images, -1
+    ) @ params["surround"].reshape(n_neurons, -1).T
+    weight = rng.uniform(1.0, 4.0, n_neurons) / np.median(surround, axis=0)
+    params["norm_weight"] = np.where(normalized, weight, 0.0).astype(np.float32)
+    # Half-saturation near the upper quartile of each neuron's drive: responses are sparse.
+    g = drive(params, train_images)
+    params["c50"] = (np.quantile(g, 0.75, axis=0) * rng.uniform(0.7, 1.5, n_neurons)).astype(np.float32)
+    params["rmax"] = np.exp(rng.normal(0, 0.4, n_neurons)).astype(np.float32)
+    params["baseline"] = (0.02 * params["rmax"]).astype(np.float32)
+    params["event_size"] = (EVENT_SIZE * params["rmax"]).astype(np.float32)
+    params["event_shape"] = np.float32(EVENT_SHAPE)
+    params["gain_sd"] = np.float32(GAIN_SD)
+    # Under a fixed L2 norm the even Gabor is the optimum of simple and complex cells (their
+    # drive grows with the projection on the unit-norm filters); each neuron's norm is the largest
+    # that keeps its Gabor inside the pixel range. Normalized cells have no closed form: NaN.
+    params["optimal_norm"] = OPTIMAL_PEAK / np.abs(params["filter_even"]).max(axis=(1, 2))
+    gabor = GRAY + params["optimal_norm"][:, None, None] * params["filter_even"]
+    params["optimal_stimulus"] = np.where(~normalized[:, None, None], gabor, np.nan)
+
+    n_validation = max(1, n_train_images // 10) if n_train_images >= 10 else 0
+    image_tier = np.array(["validation"] * n_validation + ["train"] * (n_train_images - n_validation))
+    image_tier = rng.permutation(image_tier)
+    images = np.concatenate([train_images, np.repeat(test_images, repeats, axis=0)])
+    image_id = np.concatenate(
+        [np.arange(n_train_images), np.repeat(np.arange(n_test_images) + n_train_images, repeats)]
+    )
+    tier = np.concatenate([image_tier, np.full(n_test_images * repeats, "test")])
+    order = rng.permutation(len(images))
+    images, image_id, tier = images[order], image_id[order], tier[order]
+
+    mean = mean_response(params, images)
+    z, behavior, pupil_center = draw_behavior(len(images), rng)
+    responses = noisy_responses(params, mean, z, rng)
+    # Retinotopy: cortical position follows receptive-field position (10 um per pixel).
+    cell_xyz = np.stack(
+        [
+            10 * params["x"] + rng.normal(0, 15, n_neurons),
+            10 * params["y"] + rng.normal(0, 15, n_neurons),
+            rng.uniform(200, 400, n_neurons),
+        ],
+        axis=1,
+    )
+    ds = make_session(
+        "simulate",
+        images=images,
+        responses=responses,
+        tier=tier,
+        image_id=image_id,
+        behavior=behavior,
+        pupil_center=pupil_center,
+        cell_xyz=cell_xyz,
+        attrs={
+            "simulated": True,
+            "source": f"twin simulate seed {seed}",
+            "animal": "simulated",
+            "seed": seed,
+        },
+    )
+    neuron_dims = {
+        0: (),
+        1: ("neuron",),
+        3: ("neuron", "y", "x"),
+    }
+    for name, value in params.items():
+        value = np.asarray(value)
+        if value.dtype.kind == "U":
+            value = value.astype(object)
+        elif value.dtype.kind == "f":
+            value = value.astype(np.float32)
+        ds[f"gt_{name}"] = (neuron_dims[value.ndim], value)
+    return ds
+
+
+def ground_truth(ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """The ground-truth parameters of a simulated session: {name without 'gt_': array}."""
+    names = [str(n) for n in ds.variables if str(n).startswith("gt_")]
+    if not names:
+        raise SessionError(
+            f"{ds.attrs.get('session', 'session')}: no gt_* variables; this is not a simulated"
+            " session (write one with twin simulate)"
+        )
+    return {name[3:]: np.asarray(ds[name].values) for name in names}
+
+
+def respond(session_or_params, images, repeats: int = 1, seed: int = 0):
+    """Show images (n, y, x) in pixel units to the simulated animal.
+
+    ``session_or_params`` is a simulated session (Dataset) or ``ground_truth(ds)``. Returns
+    (mean (n, neurons) noise-free, noisy (repeats, n, neurons)) float32; each noisy trial draws
+    its own behavioral state.
+    """
+    params = (
+        ground_truth(session_or_params)
+        if isinstance(session_or_params, xr.Dataset)
+        else session_or_params
+    )
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != params["filter_even"].shape[1:]:
+        raise SessionError(
+            f"respond: images have shape {images.shape}; give (n, {params['filter_even'].shape[1]},"
+            f" {params['filter_even'].shape[2]}) in pixel units"
+        )
+    rng = np.random.default_rng(seed)
+    mean = mean_response(params, images).astype(np.float32)
+    z = rng.normal(size=(repeats, len(images)))
+    return mean, noisy_responses(params, mean[None], z, rng)
+
+
+def ground_truth_ceiling(ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """Scores (neuron,) of the noise-free responses against the recorded test tier (twin.metrics):
+    the best a perfect twin can do on this session. Keys: single_trial_correlation,
+    correlation_to_average and, with repeats, feve."""
+    test = ds.isel(trial=np.flatnonzero(strings(ds["tier"].values) == "test"))
+    images = np.asarray(test["images"].values)
+    predictions = mean_response(ground_truth(ds), images)
+    scores = metrics.score(test["responses"].values, predictions, test["image_id"].values)
+    scores.pop("oracle_correlation", None)
+    return scores

@@ -1,0 +1,234 @@
+"""Session stores on disk: zarr v3 through xarray, written atomically, read lazily.
+
+``write_dataset`` builds a store beside the target and renames it into place at the end, so an
+interrupted write (even ``kill -9``) never leaves a readable store at the target path.
+``write_session`` validates a session, adds its normalization statistics (``stats_*``, computed
+on train trials) and writes it; ``open_session`` opens and checks one without reading the data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+import twin
+from twin import metrics
+from twin.data.schema import SCHEMA_VERSION, TIERS, strings, validate
+from twin.errors import SessionError
+
+# Trial chunks of about this many bytes: large enough to read fast, small enough to stream.
+CHUNK_BYTES = 8 * 2**20
+
+
+def write_dataset(ds: xr.Dataset, path, encoding: dict | None = None) -> Path:
+    """Write ``ds`` to the zarr v3 store ``path`` atomically and return the path.
+
+    The store is written to a hidden sibling folder and renamed onto ``path`` only when complete;
+    an existing store at ``path`` is replaced. Encodings carried over from an opened store are
+    dropped; pass ``encoding`` ({name: {"chunks": ...}}) to set chunks.
+    """
+    path = Path(path)
+    if path.exists() and not (path / "zarr.json").is_file():
+        raise SessionError(
+            f"{path}: exists and is not a zarr store; remove it or choose another output path"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    ds = ds.copy(deep=False)
+    for variable in ds.variables.values():
+        variable.encoding = {}
+    try:
+        ds.to_zarr(partial, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            partial.rename(path)
+            shutil.rmtree(old)
+        else:
+            partial.rename(path)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return path
+
+
+def trial_chunks(ds: xr.Dataset) -> dict:
+    """Encoding that chunks every per-trial variable along trial only (~CHUNK_BYTES a chunk)."""
+    encoding = {}
+    for name, var in ds.data_vars.items():
+        if var.dims and var.dims[0] == "trial":
+            row_bytes = max(1, var.dtype.itemsize * int(np.prod(var.shape[1:])))
+            rows = int(np.clip(CHUNK_BYTES // row_bytes, 1, var.shape[0]))
+            encoding[name] = {"chunks": (rows, *var.shape[1:])}
+    return encoding
+
+
+def mean_std(values: np.ndarray, axis) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(values, dtype=np.float64)
+    return values.mean(axis=axis).astype(np.float32), values.std(axis=axis).astype(np.float32)
+
+
+def statistics(ds: xr.Dataset) -> xr.Dataset:
+    """Normalization statistics over the train trials of session ``ds``, as ``stats_*`` variables.
+
+    stats_image_mean/std: () or (channel,), over all train pixels; stats_image_pixel_mean/std:
+    (y, x) or (channel, y, x); stats_image_min/max: () pixel range of train images;
+    stats_response_mean/std: (neuron,); stats_behavior_mean/std: (behavior_var,);
+    stats_pupil_center_mean/std: (xy,).
+    """
+    train = ds.isel(trial=np.flatnonzero(strings(ds["tier"].values) == "train"))
+    images = train["images"]
+    pixel_dims = images.dims[1:]
+    global_dims = tuple(d for d in pixel_dims if d == "channel")
+    pixels = np.asarray(images.values)
+    global_axes = (0, *range(pixels.ndim - 2, pixels.ndim))
+    stats = {}
+    stats["stats_image_mean"], stats["stats_image_std"] = (
+        (global_dims, a) for a in mean_std(pixels, global_axes)
+    )
+    stats["stats_image_pixel_mean"], stats["stats_image_pixel_std"] = (
+        (pixel_dims, a) for a in mean_std(pixels, 0)
+    )
+    stats["stats_image_min"] = ((), np.float32(pixels.min()))
+    stats["stats_image_max"] = ((), np.float32(pixels.max()))
+    for name, dim in (("responses", "neuron"), ("behavior", "behavior_var"), ("pupil_center", "xy")):
+        if name in ds:
+            key = "response" if name == "responses" else name
+            stats[f"stats_{key}_mean"], stats[f"stats_{key}_std"] = (
+                ((dim,), a) for a in mean_std(train[name].values, 0)
+            )
+    return xr.Dataset(stats)
+
+
+def write_session(ds: xr.Dataset, path) -> Path:
+    """Validate session ``ds``, add its train-trial statistics and write it atomically to ``path``."""
+    path = Path(path)
+    validate(ds, path)
+    ds = ds.drop_vars([name for name in ds.variables if str(name).startswith("stats_")])
+    ds = xr.merge([ds, statistics(ds)], combine_attrs="override")
+    ds.attrs = {
+        **ds.attrs,
+        "schema_version": SCHEMA_VERSION,
+        "session": ds.attrs.get("session") or path.name.removesuffix(".zarr"),
+        "created_by": f"twin {twin.__version__}",
+    }
+    return write_dataset(ds, path, encoding=trial_chunks(ds))
+
+
+def open_dataset(path) -> xr.Dataset:
+    """Open any zarr store written by ``write_dataset`` lazily (no data read, no dask)."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise SessionError(
+            f"{path}: no zarr store here; check the path (stores are written by twin simulate,"
+            " twin import or twin mei)"
+        )
+    try:
+        return xr.open_dataset(path, engine="zarr", consolidated=False, chunks=None)
+    except Exception as error:  # zarr raises many kinds for damaged stores
+        raise SessionError(f"{path}: cannot be read as a zarr store ({error}); rewrite it") from None
+
+
+def open_session(path) -> xr.Dataset:
+    """Open the session store ``path`` lazily and check its schema (names, dims, dtypes, tiers)."""
+    path = Path(path)
+    ds = open_dataset(path)
+    validate(ds, path, values=False)
+    if "stats_response_std" not in ds:
+        raise SessionError(
+            f"{path}: variable 'stats_response_std' is missing; write the store with"
+            " twin.data.store.write_session (twin import / twin simulate)"
+        )
+    return ds
+
+
+def value_range(values) -> list[float]:
+    values = np.asarray(values)
+    return [float(values.min()), float(values.max())]
+
+
+def session_info(ds: xr.Dataset) -> dict:
+    """Summary of a session for people and scripts (JSON-ready).
+
+    Keys: session, source, trials {tier: n}, neurons, image_shape, image_dtype,
+    repeats_per_test_image {min, median, max}, behavior (names), pupil_center (bool),
+    ranges {images, responses, behavior {name: [lo, hi]}, pupil_center}, simulated,
+    oracle_correlation (mean over neurons, test tier, when images repeat) and for simulated
+    sessions ground_truth_ceiling (mean scores of the noise-free responses on the test tier).
+    """
+    tier = strings(ds["tier"].values)
+    image_id = np.asarray(ds["image_id"].values)
+    _, repeats = np.unique(image_id[tier == "test"], return_counts=True)
+    behavior = [str(n) for n in ds["behavior_var"].values] if "behavior" in ds else []
+    info = {
+        "session": str(ds.attrs.get("session", "")),
+        "source": str(ds.attrs.get("source", "")),
+        "trials": {name: int(np.sum(tier == name)) for name in TIERS if np.any(tier == name)},
+        "neurons": int(ds.sizes["neuron"]),
+        "image_shape": [int(ds.sizes[d]) for d in ds["images"].dims[1:]],
+        "image_dtype": str(ds["images"].dtype),
+        "repeats_per_test_image": {
+            "min": int(repeats.min()),
+            "median": float(np.median(repeats)),
+            "max": int(repeats.max()),
+        },
+        "behavior": behavior,
+        "pupil_center": "pupil_center" in ds,
+        "ranges": {
+            "images": value_range(ds["images"].values),
+            "responses": value_range(ds["responses"].values),
+        },
+        "simulated": bool(ds.attrs.get("simulated", False)),
+    }
+    test = tier == "test"
+    if repeats.max() > 1:
+        oracle = metrics.oracle_correlation(np.asarray(ds["responses"].values)[test], image_id[test])
+        info["oracle_correlation"] = float(np.mean(oracle))
+    if behavior:
+        values = np.asarray(ds["behavior"].values)
+        info["ranges"]["behavior"] = {n: value_range(values[:, i]) for i, n in enumerate(behavior)}
+    if "pupil_center" in ds:
+        info["ranges"]["pupil_center"] = value_range(ds["pupil_center"].values)
+    if info["simulated"]:
+        from twin.data.simulate import ground_truth_ceiling
+
+        info["ground_truth_ceiling"] = {
+            name: float(np.nanmean(scores)) for name, scores in ground_truth_ceiling(ds).items()
+        }
+    return info
+
+
+def format_info(info: dict) -> str:
+    """``session_info`` as aligned text lines."""
+    ranges = info["ranges"]
+    lines = [
+        f"session      {info['session']}  ({info['source'] or 'unknown source'})",
+        "trials       " + ", ".join(f"{n} {tier}" for tier, n in info["trials"].items()),
+        f"neurons      {info['neurons']}",
+        f"images       {' x '.join(map(str, info['image_shape']))} {info['image_dtype']},"
+        f" pixel values {ranges['images'][0]:g}..{ranges['images'][1]:g}",
+        "test repeats {min}..{max} per image (median {median:g})".format(
+            **info["repeats_per_test_image"]
+        ),
+        f"responses    {ranges['responses'][0]:.4g}..{ranges['responses'][1]:.4g}",
+        "behavior     "
+        + (
+            ", ".join(f"{n} {lo:.3g}..{hi:.3g}" for n, (lo, hi) in ranges["behavior"].items())
+            if info["behavior"]
+            else "none"
+        ),
+        "pupil center "
+        + ("{:.3g}..{:.3g}".format(*ranges["pupil_center"]) if info["pupil_center"] else "none"),
+    ]
+    if "oracle_correlation" in info:
+        lines.append(f"oracle r     {info['oracle_correlation']:.3f} (test tier, mean over neurons)")
+    if "ground_truth_ceiling" in info:
+        lines.append(
+            "ground truth ceiling on test (noise-free responses): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in info["ground_truth_ceiling"].items())
+        )
+    return "\n".join(lines)
