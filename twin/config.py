@@ -40,6 +40,8 @@ class ModelConfig:
     hidden_kernel: int = 7
     depth_separable: bool = True
     pad_input: bool = False
+    # Biases of the hidden (depth-separable) convs; Sensorium's SE2dCore uses core_bias=False.
+    core_bias: bool = False
     # Indices of the layers whose outputs are concatenated for the readout (-1: last only).
     stack: tuple[int, ...] = (-1,)
     # Flax convention: running = momentum * running + (1 - momentum) * batch.
@@ -82,35 +84,52 @@ class FitConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MEIConfig:
-    """One MEI recipe. Named presets live in twin.mei.recipes; a TOML [mei] table overrides fields."""
+    """One MEI recipe. Named presets live in twin.mei.recipes; a TOML [mei] table overrides fields.
+
+    Defaults: Walker et al. 2019 (the inception loop). Images are in normalized units (0 = mean
+    gray); pixel-unit values below are converted with the session's normalization.
+    """
 
     recipe: str = "walker2019"
     steps: int = 1000
     optimizer: str = "sgd"  # "sgd", "adam" or "adamw" (optax)
     learning_rate: float = 3.0
-    final_learning_rate: float = 0.125  # linear schedule from learning_rate to this
-    normalize_gradient: bool = True  # step = lr / mean(|grad|) * grad (Walker 2019)
-    weight_decay: float = 0.0
-    parametrization: str = "pixel"  # "pixel" or "fourier"
-    fourier_decay: float = 1.0  # lucid: spectrum scaled by 1 / max(f, 1 / max(h, w)) ** decay
-    init: str = "normal"  # "normal" (pixel noise) or "fourier" (lucid random spectrum)
-    init_std: float = 0.06
-    # Gradient preconditioning in Fourier space: each frequency scaled 1 / max(1, r ** (2 * p)).
+    final_learning_rate: float = 0.125
+    schedule: str = "linear"  # learning rate: "constant", "linear" or "cosine" to the final rate
+    # step = step_gain * lr / mean(|grad|) * grad (Walker 2019: gain 0.1 / 255).
+    normalize_gradient: bool = True
+    step_gain: float = 0.1 / 255
+    weight_decay: float = 0.0  # adamw only
+    parametrization: str = "pixel"  # "pixel" or "fourier" (lucid)
+    fourier_decay: float = 1.0  # spectrum scaled by 1 / max(f, 1 / max(h, w)) ** decay
+    fourier_init_std: float = 0.01  # lucid random spectrum
+    # Pixel initialization N(init_mean, init_std) in pixel units, clipped to 0..255.
+    init_mean: float = 128.0
+    init_std: float = 8.0
+    # Gradient preconditioning in Fourier space: each frequency scaled 1 / max(1, r ** (2 * p));
+    # 0 disables (pixel parametrization only).
     precondition: float = 0.1
-    blur_target: str = "image"  # "image", "gradient" or "none"
-    blur_sigma: float = 1.5
+    blur_target: str = "image"  # Gaussian blur of the "image", the "gradient", or "none"
+    blur_sigma: float = 1.5  # pixels, falling linearly to final_blur_sigma
     final_blur_sigma: float = 0.01
     # Fixed L2 norm of the image in normalized units after each step; 0 disables.
     norm: float = 0.0
-    # Clip to the pixel range of the training images after each step.
+    # Clip to the 0..255 pixel range after each step (fourier: squash with a sigmoid).
     clip_range: bool = True
     jitter: int = 0  # max random translation in pixels per step
-    scale_jitter: float = 0.0  # max relative random scaling per step
+    scale_jitter: float = 0.0  # max relative random zoom per step
     # Stop a (neuron, seed) pair when its activation improves less than this relative amount
     # over `window` steps; 0 runs all steps.
     tolerance: float = 0.0
     window: int = 50
     seeds: int = 4
+    # (neuron, seed) pairs per compiled chunk; 0 picks the largest that fits device memory.
+    chunk_size: int = 0
+    # Diverse exciting inputs: each keeps >= dei_fraction of its MEI's activation.
+    dei_fraction: float = 0.85
+    dei_steps: int = 300
+    dei_learning_rate: float = 0.05
+    dei_penalty: float = 10.0  # weight of the activation constraint against diversity
 
 
 SECTIONS: dict[str, type] = {

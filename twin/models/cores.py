@@ -1,0 +1,205 @@
+"""Stacked2dCore: the convolutional core of the Sensorium baseline, in flax.nnx.
+
+Images are channels last: ``(batch, y, x, channel)``. Parameter layout (for converters from
+neuralpredictors' ``SE2dCore`` / ``Stacked2dCore`` state dicts, whose conv weights are OIHW):
+
+- ``layers[0].conv.kernel``: ``(k, k, in, out)`` HWIO (torch ``features.layer0.conv.weight``
+  transposed (2, 3, 1, 0)); ``layers[0].conv.bias`` ``(out,)`` only when ``bias`` and no BatchNorm.
+- depth-separable hidden layers ``layers[l].conv`` (torch ``features.layer{l}.ds_conv``):
+  ``in_conv.kernel`` ``(1, 1, C, C)`` HWIO (``in_depth_conv``), ``spatial.kernel`` ``(k, k, C)``
+  (``spatial_conv.weight[:, 0]`` transposed (1, 2, 0)), ``out_conv.kernel`` ``(1, 1, C, C)``
+  (``out_depth_conv``); each has ``.bias`` ``(C,)`` only when ``bias=True``.
+- plain hidden layers: ``layers[l].conv.kernel`` ``(k, k, C, C)`` HWIO (torch ``layer{l}.conv``).
+- ``layers[l].norm``: ``nnx.BatchNorm`` with ``scale``, ``bias`` (torch ``weight``, ``bias``) and
+  batch statistics ``mean``, ``var`` (torch ``running_mean``, ``running_var``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+LAPLACE = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32)
+
+
+def xavier_normal(shape: tuple[int, ...], fan_in: int, fan_out: int, key: jax.Array) -> jax.Array:
+    """torch.nn.init.xavier_normal_: N(0, 2 / (fan_in + fan_out))."""
+    return jax.random.normal(key, shape) * math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """Depthwise 2d cross-correlation as k*k shifted multiply-adds (XLA CPU runs grouped convs slowly).
+
+    x: (b, y, x, c); kernel: (k, k, c); zero padding ``padding`` on each side; stride 1.
+    Returns (b, y + 2 * padding - k + 1, x + 2 * padding - k + 1, c).
+    """
+    k = kernel.shape[0]
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    h = x.shape[1] - k + 1
+    w = x.shape[2] - k + 1
+    out = x[:, :h, :w, :] * kernel[0, 0]
+    for i in range(k):
+        for j in range(k):
+            if i or j:
+                out = out + x[:, i : i + h, j : j + w, :] * kernel[i, j]
+    return out
+
+
+def conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """Dense 2d cross-correlation. x: (b, y, x, in); kernel: (k, k, in, out) HWIO."""
+    if kernel.shape[0] == 1 and padding == 0:
+        return x @ kernel[0, 0]
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(1, 1),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+
+def laplace_l2norm(kernel: jax.Array, padding: int = 1) -> jax.Array:
+    """neuralpredictors' LaplaceL2norm (avg=False) of a conv kernel.
+
+    kernel: (k, k, in, out) HWIO. Each (k, k) filter is cross-correlated with the 3x3 Laplace
+    filter with zero padding ``padding``; returns sum(laplace ** 2) / sum(kernel ** 2).
+    """
+    k = kernel.shape[0]
+    filters = kernel.reshape(k, k, -1)
+    lap = depthwise_conv(filters[None], jnp.broadcast_to(LAPLACE[:, :, None], (3, 3) + filters.shape[2:]), padding)
+    return jnp.sum(lap**2) / jnp.sum(kernel**2)
+
+
+class Conv(nnx.Module):
+    """Dense conv, kernel (k, k, in, out) HWIO, optional bias (out,), zero padding ``padding``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, padding: int, bias: bool, *, rngs: nnx.Rngs):
+        receptive = kernel * kernel
+        self.kernel = nnx.Param(
+            xavier_normal(
+                (kernel, kernel, in_channels, out_channels),
+                in_channels * receptive,
+                out_channels * receptive,
+                rngs.params(),
+            )
+        )
+        self.bias = nnx.Param(jnp.zeros(out_channels)) if bias else None
+        self.padding = padding
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: (b, y, x, in) -> (b, y', x', out)."""
+        y = conv(x, self.kernel[...], self.padding)
+        return y if self.bias is None else y + self.bias[...]
+
+
+class DepthwiseConv(nnx.Module):
+    """Depthwise conv, kernel (k, k, channels), optional bias (channels,), zero padding."""
+
+    def __init__(self, channels: int, kernel: int, padding: int, bias: bool, *, rngs: nnx.Rngs):
+        receptive = kernel * kernel
+        self.kernel = nnx.Param(
+            xavier_normal((kernel, kernel, channels), receptive, channels * receptive, rngs.params())
+        )
+        self.bias = nnx.Param(jnp.zeros(channels)) if bias else None
+        self.padding = padding
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: (b, y, x, c) -> (b, y', x', c)."""
+        y = depthwise_conv(x, self.kernel[...], self.padding)
+        return y if self.bias is None else y + self.bias[...]
+
+
+class DepthSeparable(nnx.Module):
+    """1x1 conv -> k x k depthwise conv -> 1x1 conv (neuralpredictors DepthSeparableConv2d)."""
+
+    def __init__(self, channels: int, kernel: int, padding: int, bias: bool, *, rngs: nnx.Rngs):
+        self.in_conv = Conv(channels, channels, 1, 0, bias, rngs=rngs)
+        self.spatial = DepthwiseConv(channels, kernel, padding, bias, rngs=rngs)
+        self.out_conv = Conv(channels, channels, 1, 0, bias, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: (b, y, x, c) -> (b, y, x, c)."""
+        return self.out_conv(self.spatial(self.in_conv(x)))
+
+
+class Layer(nnx.Module):
+    """conv (dense or depth-separable) -> BatchNorm -> ELU."""
+
+    def __init__(self, conv_module: nnx.Module, channels: int, momentum: float, eps: float, *, rngs: nnx.Rngs):
+        self.conv = conv_module
+        self.norm = nnx.BatchNorm(channels, momentum=momentum, epsilon=eps, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: (b, y, x, in) -> (b, y', x', channels)."""
+        return jax.nn.elu(self.norm(self.conv(x)))
+
+
+class Stacked2dCore(nnx.Module):
+    """Stacked conv layers (neuralpredictors SE2dCore without SE blocks, as in Sensorium 2022).
+
+    Layer 0: ``input_kernel`` conv (padding k // 2 if ``pad_input`` else 0), BatchNorm, ELU.
+    Layers 1..: ``hidden_kernel`` conv, depth-separable if ``depth_separable``, 'same' padding,
+    BatchNorm, ELU. The conv bias is off when followed by BatchNorm (layer 0) and set by ``bias``
+    in hidden layers (Sensorium: ``core_bias=False``). BatchNorm ``momentum`` is flax's
+    (= 1 - PyTorch's). The outputs of the layers listed in ``stack`` are concatenated on channels.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        layers: int = 4,
+        channels: int = 64,
+        input_kernel: int = 9,
+        hidden_kernel: int = 7,
+        depth_separable: bool = True,
+        pad_input: bool = False,
+        stack: tuple[int, ...] = (-1,),
+        bias: bool = False,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+        gamma_input: float = 6.3831,
+        rngs: nnx.Rngs,
+    ):
+        first = Conv(in_channels, channels, input_kernel, input_kernel // 2 if pad_input else 0, False, rngs=rngs)
+        modules = [Layer(first, channels, momentum, eps, rngs=rngs)]
+        for _ in range(1, layers):
+            if depth_separable:
+                hidden = DepthSeparable(channels, hidden_kernel, hidden_kernel // 2, bias, rngs=rngs)
+            else:
+                hidden = Conv(channels, channels, hidden_kernel, hidden_kernel // 2, bias, rngs=rngs)
+            modules.append(Layer(hidden, channels, momentum, eps, rngs=rngs))
+        self.layers = nnx.List(modules)
+        self.stack = tuple(range(layers)[i] for i in stack)
+        self.input_kernel = input_kernel
+        self.pad_input = pad_input
+        self.channels = channels
+        self.gamma_input = gamma_input
+
+    def output_shape(self, image_shape: tuple[int, int]) -> tuple[int, int, int]:
+        """(y, x, channels) of the core output for images of ``image_shape`` (y, x)."""
+        shrink = 0 if self.pad_input else self.input_kernel - 1
+        return image_shape[0] - shrink, image_shape[1] - shrink, self.channels * len(self.stack)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: (b, y, x, in) -> (b, y', x', channels * len(stack))."""
+        outputs = []
+        for layer in self.layers:
+            x = layer(x)
+            outputs.append(x)
+        if len(self.stack) == 1:
+            return outputs[self.stack[0]]
+        return jnp.concatenate([outputs[i] for i in self.stack], axis=-1)
+
+    def laplace(self) -> jax.Array:
+        """LaplaceL2norm of the first layer's kernels (Laplace padding 1, as SE2dCore)."""
+        return laplace_l2norm(self.layers[0].conv.kernel[...])
+
+    def regularizer(self) -> jax.Array:
+        """gamma_input * LaplaceL2norm(first layer)."""
+        return self.gamma_input * self.laplace()

@@ -1,0 +1,254 @@
+"""Twin: one shared core, one readout (and optional shifter) per session, ELU + 1 output.
+
+Layout of a Twin's state (for converters from a neuralpredictors FiringRateEncoder):
+``core`` (see twin.models.cores), ``readouts[i]`` (see twin.models.readouts) for session i,
+``shifters[i].layers[j]`` (nnx.Linear, kernel = torch ``shifter.<key>.mlp[2 j].weight.T``).
+Models are built in training mode (nnx convention); call ``.eval()`` for predictions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from twin.config import ModelConfig
+from twin.errors import ConfigError
+from twin.models.cores import Stacked2dCore
+from twin.models.readouts import FactorizedReadout, GaussianReadout
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadoutSpec:
+    """What a session's readout needs: neuron count, mean responses (n,) for the bias, and
+    cortex positions (n, 2 or 3) in micrometres for the grid-mean predictor (or None)."""
+
+    n_neurons: int
+    mean_response: np.ndarray
+    positions: np.ndarray | None = None
+
+
+class Shifter(nnx.Module):
+    """Pupil centre -> readout grid shift: MLP 2 -> hidden -> hidden -> 2 with tanh after each layer
+    (neuralpredictors MLPShifter, shift_layers=3)."""
+
+    def __init__(self, hidden: int, *, rngs: nnx.Rngs):
+        self.layers = nnx.List(
+            [nnx.Linear(2, hidden, rngs=rngs), nnx.Linear(hidden, hidden, rngs=rngs), nnx.Linear(hidden, 2, rngs=rngs)]
+        )
+
+    def __call__(self, pupil_center: jax.Array) -> jax.Array:
+        """pupil_center: (b, 2) -> shift (b, 2) in grid units."""
+        x = pupil_center
+        for layer in self.layers:
+            x = jnp.tanh(layer(x))
+        return x
+
+
+def check_config(config: ModelConfig) -> None:
+    """Raise ConfigError for model settings that name no implementation."""
+    if config.readout not in ("gaussian", "factorized"):
+        raise ConfigError(f"config [model].readout = {config.readout!r}; use 'gaussian' or 'factorized'")
+    if config.gauss_type not in ("full", "isotropic"):
+        raise ConfigError(f"config [model].gauss_type = {config.gauss_type!r}; use 'full' or 'isotropic'")
+    if config.readout == "factorized" and (config.shifter or config.grid_mean_predictor):
+        raise ConfigError(
+            "config [model].readout = 'factorized' has no grid; set shifter and grid_mean_predictor to false"
+        )
+
+
+class Twin(nnx.Module):
+    """Digital twin of several sessions: ``Stacked2dCore`` + per-session readouts -> ELU(x) + 1.
+
+    in_channels: image channels; image_shape: (y, x); readouts: one ReadoutSpec per session;
+    n_behavior: behavior variables, appended as constant image channels when
+    ``config.use_behavior``.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        in_channels: int,
+        image_shape: tuple[int, int],
+        readouts: list[ReadoutSpec],
+        n_behavior: int = 0,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        check_config(config)
+        self.use_behavior = config.use_behavior and n_behavior > 0
+        self.core = Stacked2dCore(
+            in_channels + (n_behavior if self.use_behavior else 0),
+            layers=config.core_layers,
+            channels=config.core_channels,
+            input_kernel=config.input_kernel,
+            hidden_kernel=config.hidden_kernel,
+            depth_separable=config.depth_separable,
+            pad_input=config.pad_input,
+            stack=config.stack,
+            bias=config.core_bias,
+            momentum=config.batch_norm_momentum,
+            eps=config.batch_norm_eps,
+            gamma_input=config.gamma_input,
+            rngs=rngs,
+        )
+        in_shape = self.core.output_shape(tuple(image_shape))
+        modules = []
+        for spec in readouts:
+            if config.readout == "gaussian":
+                positions = spec.positions if config.grid_mean_predictor else None
+                if config.grid_mean_predictor and positions is None:
+                    raise ConfigError(
+                        "config [model].grid_mean_predictor = true needs neuron positions (cell_x/cell_y) in the"
+                        " session store; set it to false or add the positions"
+                    )
+                modules.append(
+                    GaussianReadout(
+                        in_shape,
+                        spec.mean_response,
+                        gauss_type=config.gauss_type,
+                        init_mu_range=config.init_mu_range,
+                        init_sigma=config.init_sigma,
+                        gamma_readout=config.gamma_readout,
+                        positions=positions,
+                        grid_hidden=config.grid_mean_hidden,
+                        rngs=rngs,
+                    )
+                )
+            else:
+                modules.append(
+                    FactorizedReadout(in_shape, spec.mean_response, gamma_readout=config.gamma_readout, rngs=rngs)
+                )
+        self.readouts = nnx.List(modules)
+        self.shifters = (
+            nnx.List([Shifter(config.shifter_hidden, rngs=rngs) for _ in readouts]) if config.shifter else None
+        )
+        self.image_shape = tuple(image_shape)
+        self.in_channels = in_channels
+        self.n_behavior = n_behavior
+
+    @property
+    def n_neurons(self) -> list[int]:
+        """Neurons per session."""
+        return [readout.n_neurons for readout in self.readouts]
+
+    def __call__(
+        self,
+        images: jax.Array,
+        session: int = 0,
+        *,
+        behavior: jax.Array | None = None,
+        pupil_center: jax.Array | None = None,
+        neurons: jax.Array | None = None,
+    ) -> jax.Array:
+        """Predicted responses (b, n), or (b, k) for ``neurons`` (k,) int indices.
+
+        images: (b, y, x, channel) normalized; behavior: (b, n_behavior), needed when the twin
+        uses behavior; pupil_center: (b, 2), needed with a shifter; session: static int.
+        """
+        x = images
+        if self.use_behavior:
+            if behavior is None:
+                raise ValueError("this twin uses behavior channels; pass behavior=(batch, n_behavior)")
+            b, h, w, _ = images.shape
+            channels = jnp.broadcast_to(behavior[:, None, None, :], (b, h, w, behavior.shape[-1]))
+            x = jnp.concatenate([images, channels.astype(images.dtype)], axis=-1)
+        fmap = self.core(x)
+        shift = None
+        if self.shifters is not None:
+            if pupil_center is None:
+                raise ValueError("this twin has a shifter; pass pupil_center=(batch, 2)")
+            shift = self.shifters[session](pupil_center)
+        return jax.nn.elu(self.readouts[session](fmap, shift=shift, neurons=neurons)) + 1
+
+    def regularizer(self, session: int = 0) -> jax.Array:
+        """Laplace-L2 on the first layer (x gamma_input) + the session readout's L1 (x gamma_readout)."""
+        return self.core.regularizer() + self.readouts[session].regularizer()
+
+
+class Ensemble(nnx.Module):
+    """Twins of different seeds held as one Twin whose variables carry a leading member axis.
+
+    ``members``: a Twin with every array stacked along axis 0 (size ``size``). Calls run the
+    members with nnx.vmap; ``__call__`` returns the member mean (b, n), ``member_outputs`` all of
+    them (members, b, n).
+    """
+
+    def __init__(self, members: Twin, size: int):
+        self.members = members
+        self.size = size
+
+    def member_outputs(
+        self,
+        images: jax.Array,
+        session: int = 0,
+        *,
+        behavior: jax.Array | None = None,
+        pupil_center: jax.Array | None = None,
+        neurons: jax.Array | None = None,
+    ) -> jax.Array:
+        """(members, b, n or k): every member's prediction (same arguments as Twin.__call__)."""
+
+        @nnx.vmap(in_axes=(0, None, None, None, None), out_axes=0)
+        def run(model, images, behavior, pupil_center, neurons):
+            return model(images, session, behavior=behavior, pupil_center=pupil_center, neurons=neurons)
+
+        return run(self.members, images, behavior, pupil_center, neurons)
+
+    def __call__(
+        self,
+        images: jax.Array,
+        session: int = 0,
+        *,
+        behavior: jax.Array | None = None,
+        pupil_center: jax.Array | None = None,
+        neurons: jax.Array | None = None,
+    ) -> jax.Array:
+        """(b, n or k): the member mean of Twin.__call__."""
+        outputs = self.member_outputs(
+            images, session, behavior=behavior, pupil_center=pupil_center, neurons=neurons
+        )
+        return outputs.mean(axis=0)
+
+    def regularizer(self, session: int = 0) -> jax.Array:
+        """(members,): each member's Twin.regularizer(session)."""
+
+        @nnx.vmap(in_axes=0, out_axes=0)
+        def run(model):
+            return model.regularizer(session)
+
+        return run(self.members)
+
+    def member(self, index: int) -> Twin:
+        """A standalone copy of member ``index``."""
+        graphdef, state = nnx.split(self.members)
+        return nnx.merge(graphdef, jax.tree.map(lambda x: x[index], state))
+
+    @property
+    def n_neurons(self) -> list[int]:
+        """Neurons per session."""
+        return self.members.n_neurons
+
+
+def stack_twins(models: list[Twin]) -> Ensemble:
+    """An Ensemble from Twins of identical structure (e.g. trained separately)."""
+    graphdef, _ = nnx.split(models[0])
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(m) for m in models])
+    return Ensemble(nnx.merge(graphdef, stacked), len(models))
+
+
+def make_ensemble(
+    config: ModelConfig,
+    in_channels: int,
+    image_shape: tuple[int, int],
+    readouts: list[ReadoutSpec],
+    n_behavior: int,
+    seeds: list[int],
+) -> Ensemble:
+    """One Twin per seed (each exactly ``Twin(..., rngs=nnx.Rngs(seed))``), stacked."""
+    return stack_twins(
+        [Twin(config, in_channels, image_shape, readouts, n_behavior, rngs=nnx.Rngs(seed)) for seed in seeds]
+    )
