@@ -1,0 +1,180 @@
+"""Image and gradient operations of the MEI recipes: blur, Fourier preconditioning, jitter,
+constraints and schedules. Pure jax.numpy on batches ``(pairs, y, x)``; no host syncs."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from twin.config import MEIConfig
+from twin.errors import ConfigError
+
+
+def blur_radius(*sigmas: float) -> int:
+    """Static kernel radius covering 4 standard deviations of the widest sigma in a schedule."""
+    return max(1, math.ceil(4.0 * max(sigmas)))
+
+
+def gaussian_kernel(sigma: jax.Array, radius: int) -> jax.Array:
+    """(2 * radius + 1,) normalized Gaussian weights; ``sigma`` may be traced."""
+    offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    weights = jnp.exp(-0.5 * (offsets / jnp.maximum(sigma, 1e-6)) ** 2)
+    return weights / weights.sum()
+
+
+def gaussian_blur(images: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
+    """Separable Gaussian blur of ``images (..., y, x)`` with mirrored edges (scipy's 'reflect')."""
+    kernel = gaussian_kernel(sigma, radius)
+    lead = [(0, 0)] * (images.ndim - 2)
+    padded = jnp.pad(images, lead + [(radius, radius), (0, 0)], mode="symmetric")
+    height, width = images.shape[-2:]
+    rows = sum(kernel[k] * padded[..., k : k + height, :] for k in range(2 * radius + 1))
+    padded = jnp.pad(rows, lead + [(0, 0), (radius, radius)], mode="symmetric")
+    return sum(kernel[k] * padded[..., :, k : k + width] for k in range(2 * radius + 1))
+
+
+def frequency_radius(height: int, width: int) -> np.ndarray:
+    """(y, x // 2 + 1) spatial frequency of each rfft2 coefficient in cycles per image."""
+    fy = np.fft.fftfreq(height) * height
+    fx = np.fft.rfftfreq(width) * width
+    return np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2).astype(np.float32)
+
+
+# The 2-D real FFTs below are small matrix products instead of jnp.fft: XLA's CPU FFT fails on
+# batches sharded over devices, and at MEI image sizes the products cost little.
+
+
+def dft_matrices(height: int, width: int):
+    """Cosine/sine matrices of the orthonormal DFT along y (y, y) and the real DFT along x
+    (x // 2 + 1, x), and the weight of each x frequency in the inverse (2 for paired ones)."""
+    ky = np.arange(height)
+    angle_y = 2 * np.pi * np.outer(ky, ky) / height
+    kx = np.arange(width // 2 + 1)
+    angle_x = 2 * np.pi * np.outer(kx, np.arange(width)) / width
+    weight = np.full(len(kx), 2.0)
+    weight[0] = 1.0
+    if width % 2 == 0:
+        weight[-1] = 1.0
+    return (
+        np.cos(angle_y) / np.sqrt(height),
+        np.sin(angle_y) / np.sqrt(height),
+        np.cos(angle_x) / np.sqrt(width),
+        np.sin(angle_x) / np.sqrt(width),
+        weight,
+    )
+
+
+def rfft2(images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Orthonormal rfft2 of ``images (..., y, x)`` -> (real, imag) each ``(..., y, x // 2 + 1)``;
+    equals ``np.fft.rfft2(images, norm="ortho")``."""
+    cy, sy, cx, sx, _ = (jnp.asarray(m, jnp.float32) for m in dft_matrices(*images.shape[-2:]))
+    hi = jax.lax.Precision.HIGHEST
+    real = jnp.einsum("...yx,kx->...yk", images, cx, precision=hi)
+    imag = -jnp.einsum("...yx,kx->...yk", images, sx, precision=hi)
+    # Along y: multiply by exp(-2 pi i ky y / h).
+    out_real = jnp.einsum("vy,...yk->...vk", cy, real, precision=hi) + jnp.einsum(
+        "vy,...yk->...vk", sy, imag, precision=hi
+    )
+    out_imag = jnp.einsum("vy,...yk->...vk", cy, imag, precision=hi) - jnp.einsum(
+        "vy,...yk->...vk", sy, real, precision=hi
+    )
+    return out_real, out_imag
+
+
+def irfft2(real: jax.Array, imag: jax.Array, width: int) -> jax.Array:
+    """Orthonormal inverse of rfft2: (real, imag) ``(..., y, x // 2 + 1)`` -> ``(..., y, x)``;
+    equals ``np.fft.irfft2(real + 1j * imag, s=(y, width), norm="ortho")``."""
+    height = real.shape[-2]
+    cy, sy, cx, sx, weight = (jnp.asarray(m, jnp.float32) for m in dft_matrices(height, width))
+    hi = jax.lax.Precision.HIGHEST
+    # Along y: multiply by exp(+2 pi i ky y / h).
+    y_real = jnp.einsum("vy,...yk->...vk", cy, real, precision=hi) - jnp.einsum(
+        "vy,...yk->...vk", sy, imag, precision=hi
+    )
+    y_imag = jnp.einsum("vy,...yk->...vk", cy, imag, precision=hi) + jnp.einsum(
+        "vy,...yk->...vk", sy, real, precision=hi
+    )
+    # Along x: Hermitian symmetry; the imaginary parts of the unpaired frequencies drop out.
+    return jnp.einsum("...yk,kx->...yx", y_real * weight, cx, precision=hi) - jnp.einsum(
+        "...yk,kx->...yx", y_imag * weight, sx, precision=hi
+    )
+
+
+def precondition(gradient: jax.Array, power: float) -> jax.Array:
+    """Walker 2019: scale each frequency of ``gradient (..., y, x)`` by 1 / max(1, r ** (2 * power))."""
+    height, width = gradient.shape[-2:]
+    scale = 1.0 / np.maximum(1.0, frequency_radius(height, width) ** (2.0 * power))
+    real, imag = rfft2(gradient)
+    return irfft2(real * scale, imag * scale, width)
+
+
+def transform(images: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """Translate ``images (p, y, x)`` by ``shift (p, 2)`` pixels and zoom by ``scale (p,)`` about
+    the centre; uncovered pixels become 0 (the mean gray in normalized units)."""
+    height, width = images.shape[-2:]
+    centre = jnp.array([height / 2.0, width / 2.0])
+
+    def one(image, offset, factor):
+        translation = (1.0 - factor) * centre + offset
+        return jax.image.scale_and_translate(
+            image,
+            (height, width),
+            (0, 1),
+            jnp.stack([factor, factor]),
+            translation,
+            method="linear",
+            antialias=False,
+        )
+
+    return jax.vmap(one)(images, shift.astype(jnp.float32), scale)
+
+
+def random_transform(images: jax.Array, keys: jax.Array, jitter: int, scale_jitter: float):
+    """Per-pair random integer shift in [-jitter, jitter] and zoom in [1 - s, 1 + s]."""
+    if jitter == 0 and scale_jitter == 0.0:
+        return images
+    shift_keys, scale_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+    shift = jax.vmap(lambda k: jax.random.randint(k, (2,), -jitter, jitter + 1))(shift_keys)
+    scale = jax.vmap(
+        lambda k: jax.random.uniform(k, (), minval=1 - scale_jitter, maxval=1 + scale_jitter)
+    )(scale_keys)
+    return transform(images, shift, scale)
+
+
+def set_norm(images: jax.Array, norm: float) -> jax.Array:
+    """Rescale each image of ``(p, y, x)`` to L2 norm ``norm`` (about 0, the mean gray)."""
+    current = jnp.sqrt(jnp.sum(images**2, axis=(-2, -1), keepdims=True))
+    return images * (norm / jnp.maximum(current, 1e-8))
+
+
+def normalize_gradient(gradient: jax.Array, gain: float) -> jax.Array:
+    """Walker 2019: gain / mean(|grad|) * grad, per image of ``(p, y, x)``."""
+    mean = jnp.mean(jnp.abs(gradient), axis=(-2, -1), keepdims=True)
+    return gradient * (gain / (mean + 1e-12))
+
+
+def schedule(start: float, end: float, steps: int, kind: str) -> optax.Schedule:
+    """Value per step: "constant" (start), "linear" or "cosine" from start to end."""
+    if kind == "constant":
+        return optax.constant_schedule(start)
+    if kind == "linear":
+        return optax.linear_schedule(start, end, max(steps - 1, 1))
+    if kind == "cosine":
+        return optax.cosine_decay_schedule(start, max(steps - 1, 1), alpha=end / start)
+    raise ConfigError(f"[mei].schedule = {kind!r}: use constant, linear or cosine")
+
+
+def optimizer(config: MEIConfig) -> optax.GradientTransformation:
+    """The optax optimizer of a recipe with its learning-rate schedule (ascent: feed -grad)."""
+    rate = schedule(config.learning_rate, config.final_learning_rate, config.steps, config.schedule)
+    if config.optimizer == "sgd":
+        return optax.sgd(rate)
+    if config.optimizer == "adam":
+        return optax.adam(rate)
+    if config.optimizer == "adamw":
+        return optax.adamw(rate, weight_decay=config.weight_decay)
+    raise ConfigError(f"[mei].optimizer = {config.optimizer!r}: use sgd, adam or adamw")

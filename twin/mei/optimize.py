@@ -1,0 +1,364 @@
+"""Batched gradient ascent: every (neuron, seed) pair in one jitted program.
+
+The eval-mode model is split with ``nnx.split`` and merged inside a pure function; the steps run in
+``lax.while_loop`` (all pairs step together; the loop ends when every pair has stopped or after
+``steps``). Each image is paired with its own target neuron: the per-pair objective is vmapped over
+pairs, so the model reads out one neuron per image (``neurons=(1,)``), never all targets for every
+image. Pairs are sharded over the local devices and cut into chunks that fit device memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from twin.config import MEIConfig
+from twin.errors import ConfigError
+from twin.mei import ops
+from twin.mei.params import Parametrization
+
+# objective(model, images (p, y, x), targets {name: (p, ...)}) -> (p,) values to maximize.
+Objective = Callable[[nnx.Module, jax.Array, dict], jax.Array]
+
+BLUR_TARGETS = ("image", "gradient", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class MEIResult:
+    """MEIs of ``n`` neurons x ``seeds`` initializations, in normalized image units."""
+
+    images: np.ndarray  # (n, seeds, y, x)
+    activations: np.ndarray  # (n, seeds) generator's response to the final image
+    best_seed: np.ndarray  # (n,) by the validator if given, else by the generator
+    steps: np.ndarray  # (n, seeds) steps each pair ran before stopping
+    validator_activations: np.ndarray | None = None  # (n, seeds)
+
+    def best_images(self) -> np.ndarray:
+        """(n, y, x) the chosen seed's image per neuron."""
+        return self.images[np.arange(len(self.best_seed)), self.best_seed]
+
+    def best_activations(self) -> np.ndarray:
+        """(n,) the generator's response to the chosen image."""
+        return self.activations[np.arange(len(self.best_seed)), self.best_seed]
+
+
+def neuron_objective(session: int = 0, behavior=None, pupil_center=None) -> Objective:
+    """Response of neuron ``targets["neuron"][i]`` to image i; behavior (k,) and pupil_center (2,)
+    are held fixed (e.g. at their training means) when the model uses them."""
+    extra = {}
+    if behavior is not None:
+        extra["behavior"] = jnp.asarray(behavior, jnp.float32)[None]
+    if pupil_center is not None:
+        extra["pupil_center"] = jnp.asarray(pupil_center, jnp.float32)[None]
+
+    def objective(model, images, targets):
+        def one(image, neuron):
+            return model(image[None, :, :, None], session, neurons=neuron[None], **extra)[0, 0]
+
+        return jax.vmap(one)(images, targets["neuron"])
+
+    return objective
+
+
+def pair_keys(seed: int, neurons: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """(p, 2) uint32 key of each (neuron, seed index) pair: the same pair gets the same key
+    however pairs are batched, chunked or sharded."""
+    base = jax.random.PRNGKey(seed)
+    keys = jax.vmap(lambda n, s: jax.random.fold_in(jax.random.fold_in(base, n), s))(
+        jnp.asarray(neurons, jnp.uint32), jnp.asarray(seeds, jnp.uint32)
+    )
+    return np.asarray(keys)
+
+
+def split_model(model: nnx.Module):
+    """(graphdef, state) of an eval-mode copy of ``model`` (the caller's model is not touched)."""
+    copy = nnx.merge(*nnx.split(model))
+    copy.eval()
+    return nnx.split(copy)
+
+
+def check_config(config: MEIConfig) -> None:
+    if config.blur_target not in BLUR_TARGETS:
+        raise ConfigError(f"[mei].blur_target = {config.blur_target!r}: use image, gradient or none")
+    if config.steps < 1 or config.seeds < 1:
+        raise ConfigError("[mei].steps and [mei].seeds must be at least 1")
+    if config.tolerance > 0 and config.window < 1:
+        raise ConfigError("[mei].window must be at least 1 when [mei].tolerance > 0")
+    ops.optimizer(config)
+
+
+def make_ascent(graphdef, objective: Objective, config: MEIConfig, param: Parametrization):
+    """Pure function (state, keys (p, 2), targets, start | None) -> (images (p, y, x),
+    values (p,), steps (p,)) running the whole recipe for a batch of pairs."""
+    pixel = not param.fourier
+    blur_sigma = ops.schedule(config.blur_sigma, config.final_blur_sigma, config.steps, "linear")
+    radius = ops.blur_radius(config.blur_sigma, config.final_blur_sigma)
+    tx = ops.optimizer(config)
+    stopping = config.tolerance > 0
+
+    def image_of(params, targets):
+        images = param.to_image(params)
+        return images * targets["mask"] if "mask" in targets else images
+
+    def constrain(params, sigma):
+        # Walker 2019 order: step, clip to the pixel range, blur the image.
+        if config.norm > 0:
+            params = ops.set_norm(params, config.norm)
+        if config.clip_range:
+            params = jnp.clip(params, *param.pixel_range)
+        if config.blur_target == "image":
+            params = ops.gaussian_blur(params, sigma, radius)
+        return params
+
+    def run(state, keys, targets, start):
+        model = nnx.merge(graphdef, state)
+        init_keys, loop_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+        params = jax.vmap(param.init)(init_keys) if start is None else start
+        n = params.shape[0]
+
+        def loss(params, step_keys):
+            images = image_of(params, targets)
+            images = ops.random_transform(images, step_keys, config.jitter, config.scale_jitter)
+            values = objective(model, images, targets)
+            return -values.sum(), values
+
+        def body(carry):
+            t, params, opt_state, active, history, steps = carry
+            sigma = blur_sigma(t)
+            step_keys = jax.vmap(jax.random.fold_in, (0, None))(loop_keys, t)
+            gradient, values = jax.grad(loss, has_aux=True)(params, step_keys)
+            ascent = -gradient
+            if pixel and config.blur_target == "gradient":
+                ascent = ops.gaussian_blur(ascent, sigma, radius)
+            if pixel and config.precondition > 0:
+                ascent = ops.precondition(ascent, config.precondition)
+            if config.normalize_gradient:
+                ascent = ops.normalize_gradient(ascent, config.step_gain)
+            updates, new_state = tx.update(-ascent, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            if pixel:
+                new_params = constrain(new_params, sigma)
+
+            # Stopped pairs keep their image and optimizer state (a masked update, no host sync).
+            def keep(new, old):
+                mask = active.reshape(active.shape + (1,) * (new.ndim - 1))
+                return jnp.where(mask, new, old) if new.ndim and new.shape[0] == n else new
+
+            params = keep(new_params, params)
+            opt_state = jax.tree.map(keep, new_state, opt_state)
+            steps = steps + active
+            if stopping:
+                slot = t % config.window
+                previous = history[slot]
+                gain = (values - previous) / (jnp.abs(previous) + 1e-8)
+                active = active & ~((t >= config.window) & (gain < config.tolerance))
+                history = history.at[slot].set(values)
+            return t + 1, params, opt_state, active, history, steps
+
+        def cond(carry):
+            return (carry[0] < config.steps) & jnp.any(carry[3])
+
+        history = jnp.zeros((config.window if stopping else 1, n), jnp.float32)
+        carry = (
+            jnp.int32(0),
+            params,
+            tx.init(params),
+            jnp.ones(n, bool),
+            history,
+            jnp.zeros(n, jnp.int32),
+        )
+        _, params, _, _, _, steps = jax.lax.while_loop(cond, body, carry)
+        images = image_of(params, targets)
+        return images, objective(model, images, targets), steps
+
+    return run
+
+
+def pair_mesh(devices=None) -> jax.sharding.Mesh:
+    """1-D mesh over the local devices; Auto axis type so convolutions shard along the batch."""
+    devices = list(devices) if devices is not None else jax.local_devices()
+    return jax.sharding.Mesh(
+        np.array(devices), ("pairs",), axis_types=(jax.sharding.AxisType.Auto,)
+    )
+
+
+def available_bytes(device) -> int:
+    """Free memory of ``device`` (host RAM for CPU devices)."""
+    stats = device.memory_stats()
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def auto_chunk_size(fn, args_for, unit: int, n_pairs: int, devices) -> int:
+    """Pairs per chunk that use at most half of the free device memory, from XLA's memory
+    analysis of the program compiled for a small probe batch; a multiple of ``unit``."""
+    probe = unit * 4
+    analysis = jax.jit(fn).lower(*args_for(probe)).compile().memory_analysis()
+    used = (
+        analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+    ) if analysis is not None else 0
+    per_pair = max(used / probe, 1.0)
+    budget = 0.5 * min(available_bytes(d) for d in devices) * len(devices)
+    size = max(unit, int(budget / per_pair) // unit * unit)
+    return min(size, math.ceil(n_pairs / unit) * unit)
+
+
+def run_pairs(
+    model: nnx.Module,
+    objective: Objective,
+    targets: dict[str, np.ndarray],
+    keys: np.ndarray,
+    config: MEIConfig,
+    param: Parametrization,
+    *,
+    start: np.ndarray | None = None,
+    group: int = 1,
+    devices=None,
+    progress: bool = True,
+    desc: str = "MEIs",
+):
+    """Run the recipe for ``p`` pairs, chunked and sharded.
+
+    targets: per-pair arrays {name: (p, ...)}, e.g. "neuron" (p,), optional "mask" (p, y, x);
+    keys: (p, 2) uint32; start: optional initial parameters (p, ...); group: pairs whose objective
+    is coupled (DEIs of one neuron) stay in one chunk. Returns numpy images (p, y, x), values (p,),
+    steps (p,).
+    """
+    check_config(config)
+    graphdef, state = split_model(model)
+    mesh = pair_mesh(devices)
+    n_devices = mesh.devices.size
+    unit = math.lcm(group, n_devices)
+    n_pairs = len(keys)
+    run = make_ascent(graphdef, objective, config, param)
+    shard = NamedSharding(mesh, P("pairs"))
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+
+    def rows(size: int, first: int):
+        """Indices of one chunk; past the end, whole groups of the last pairs are repeated."""
+        index = np.arange(first, first + size)
+        beyond = index >= n_pairs
+        index[beyond] = n_pairs - group + (index[beyond] - n_pairs) % group
+        return index
+
+    def chunk_args(index):
+        args = [keys[index], {k: v[index] for k, v in targets.items()}]
+        args.append(None if start is None else start[index])
+        return [jax.device_put(a, shard) for a in args]
+
+    chunk = config.chunk_size
+    if chunk <= 0:
+        chunk = auto_chunk_size(
+            run, lambda size: [state, *chunk_args(rows(size, 0))], unit, n_pairs, mesh.devices.flat
+        )
+    chunk = math.ceil(chunk / unit) * unit
+    compiled = jax.jit(run)
+    starts = range(0, n_pairs, chunk)
+    images, values, steps = [], [], []
+    pending = None
+    for first in tqdm(starts, desc=desc, unit="chunk", disable=not progress):
+        # Dispatch this chunk before copying the previous one back, so the device never waits.
+        dispatched = compiled(state, *chunk_args(rows(chunk, first)))
+        if pending is not None:
+            for out, array in zip((images, values, steps), pending):
+                out.append(np.asarray(array))
+        pending = dispatched
+    for out, array in zip((images, values, steps), pending):
+        out.append(np.asarray(array))
+    return tuple(np.concatenate(out)[:n_pairs] for out in (images, values, steps))
+
+
+def evaluate_pairs(
+    model: nnx.Module,
+    objective: Objective,
+    images: np.ndarray,
+    targets: dict[str, np.ndarray],
+    *,
+    batch_size: int = 256,
+    devices=None,
+) -> np.ndarray:
+    """(p,) objective values of fixed ``images (p, y, x)`` (e.g. a validator scoring MEIs)."""
+    graphdef, state = split_model(model)
+    mesh = pair_mesh(devices)
+    shard = NamedSharding(mesh, P("pairs"))
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    batch = math.ceil(min(batch_size, len(images)) / mesh.devices.size) * mesh.devices.size
+
+    @jax.jit
+    def score(state, images, targets):
+        return objective(nnx.merge(graphdef, state), images, targets)
+
+    out = []
+    for first in range(0, len(images), batch):
+        index = np.minimum(np.arange(first, first + batch), len(images) - 1)
+        part = {k: jax.device_put(v[index], shard) for k, v in targets.items()}
+        out.append(np.asarray(score(state, jax.device_put(images[index], shard), part)))
+    return np.concatenate(out)[: len(images)]
+
+
+def optimize_meis(
+    model: nnx.Module,
+    session: int,
+    neurons,
+    config: MEIConfig,
+    *,
+    image_shape: tuple[int, int],
+    pixel_range: tuple[float, float],
+    seed: int = 0,
+    validator: nnx.Module | None = None,
+    mask: np.ndarray | None = None,
+    behavior=None,
+    pupil_center=None,
+    devices=None,
+    progress: bool = True,
+) -> MEIResult:
+    """MEIs of ``neurons (n,)`` of ``session``, ``config.seeds`` initializations each.
+
+    model: anything with the Twin call signature (Twin, Ensemble: objective = member mean, or the
+    ground-truth adapter). pixel_range: normalized values of pixel 0 and 255. mask: optional
+    (y, x) or (n, y, x) multiplied into every image. validator: a distinct model that picks the
+    best seed. devices: defaults to all local devices.
+    """
+    neurons = np.asarray(neurons, np.int64).reshape(-1)
+    seeds = config.seeds
+    pair_neuron = np.repeat(neurons, seeds)
+    pair_seed = np.tile(np.arange(seeds), len(neurons))
+    targets = {"neuron": pair_neuron.astype(np.int32)}
+    if mask is not None:
+        mask = np.broadcast_to(np.asarray(mask, np.float32), (len(neurons), *image_shape))
+        targets["mask"] = np.repeat(mask, seeds, axis=0)
+    param = Parametrization(config, image_shape, pixel_range)
+    objective = neuron_objective(session, behavior, pupil_center)
+    images, values, steps = run_pairs(
+        model, objective, targets, pair_keys(seed, pair_neuron, pair_seed), config, param,
+        devices=devices, progress=progress,
+    )
+    shape = (len(neurons), seeds)
+    activations = values.reshape(shape)
+    scores = activations
+    validator_activations = None
+    if validator is not None:
+        validator_activations = evaluate_pairs(
+            validator, objective, images, targets, devices=devices
+        ).reshape(shape)
+        scores = validator_activations
+    return MEIResult(
+        images=images.reshape(*shape, *image_shape),
+        activations=activations,
+        best_seed=np.argmax(scores, axis=1),
+        steps=steps.reshape(shape),
+        validator_activations=validator_activations,
+    )

@@ -1,0 +1,103 @@
+"""Image parametrizations: what gradient ascent updates, and how it becomes an image.
+
+Images are ``(pairs, y, x)`` in normalized units, where 0 is the mean gray of the training images.
+- pixel: the parameters are the image.
+- fourier (lucid): the parameters are a real/imaginary spectrum ``(pairs, 2, y, x // 2 + 1)``
+  scaled by 1 / max(f, 1 / max(y, x)) ** decay (f in cycles per pixel) and inverted with the
+  orthonormal inverse FFT; with range clipping the result is squashed into the pixel range by a
+  sigmoid that maps 0 to 0, as lucid squashes into [0, 1].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from twin.config import MEIConfig
+from twin.errors import ConfigError
+from twin.mei import ops
+
+PARAMETRIZATIONS = ("pixel", "fourier")
+
+
+def pixels_to_normalized(pixels, pixel_range: tuple[float, float]):
+    """Pixel units 0..255 -> normalized units, given the normalized values of 0 and 255."""
+    lo, hi = pixel_range
+    return lo + (hi - lo) * (pixels / 255.0)
+
+
+def fourier_scale(height: int, width: int, decay: float) -> np.ndarray:
+    """(y, x // 2 + 1) lucid spectrum scale 1 / max(f, 1 / max(h, w)) ** decay."""
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.rfftfreq(width)[None, :]
+    frequency = np.sqrt(fx**2 + fy**2)
+    return (1.0 / np.maximum(frequency, 1.0 / max(height, width)) ** decay).astype(np.float32)
+
+
+def fourier_to_image(spectrum: jax.Array, scale: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """``spectrum (..., 2, y, x // 2 + 1)`` -> image ``(..., y, x)`` (orthonormal inverse FFT)."""
+    return ops.irfft2(spectrum[..., 0, :, :] * scale, spectrum[..., 1, :, :] * scale, shape[1])
+
+
+def image_to_fourier(images: jax.Array, scale: jax.Array) -> jax.Array:
+    """Inverse of fourier_to_image: ``images (..., y, x)`` -> ``(..., 2, y, x // 2 + 1)``."""
+    real, imag = ops.rfft2(images)
+    return jnp.stack([real / scale, imag / scale], axis=-3)
+
+
+def squash(values: jax.Array, pixel_range: tuple[float, float]) -> jax.Array:
+    """Sigmoid from the real line into (lo, hi) that maps 0 to 0 (needs lo < 0 < hi)."""
+    lo, hi = pixel_range
+    offset = np.log(-lo / hi)  # logit of the position of 0 within (lo, hi)
+    return lo + (hi - lo) * jax.nn.sigmoid(values - offset)
+
+
+def unsquash(images: jax.Array, pixel_range: tuple[float, float]) -> jax.Array:
+    """Inverse of squash for images strictly inside the range."""
+    lo, hi = pixel_range
+    fraction = jnp.clip((images - lo) / (hi - lo), 1e-4, 1 - 1e-4)
+    return jnp.log(fraction / (1 - fraction)) + np.log(-lo / hi)
+
+
+class Parametrization:
+    """Maps parameters to images for one recipe and image shape."""
+
+    def __init__(self, config: MEIConfig, image_shape: tuple[int, int], pixel_range):
+        if config.parametrization not in PARAMETRIZATIONS:
+            raise ConfigError(
+                f"[mei].parametrization = {config.parametrization!r}: use pixel or fourier"
+            )
+        self.config = config
+        self.shape = tuple(image_shape)
+        self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
+        self.scale = jnp.asarray(fourier_scale(*self.shape, config.fourier_decay))
+
+    @property
+    def fourier(self) -> bool:
+        return self.config.parametrization == "fourier"
+
+    def init(self, key: jax.Array) -> jax.Array:
+        """One random initialization: pixel noise N(init_mean, init_std) clipped to 0..255 and
+        normalized (Walker 2019), or a lucid random spectrum with sd ``fourier_init_std``."""
+        config = self.config
+        if self.fourier:
+            shape = (2, self.shape[0], self.shape[1] // 2 + 1)
+            return config.fourier_init_std * jax.random.normal(key, shape, jnp.float32)
+        noise = config.init_mean + config.init_std * jax.random.normal(key, self.shape)
+        return pixels_to_normalized(jnp.clip(noise, 0.0, 255.0), self.pixel_range)
+
+    def to_image(self, params: jax.Array) -> jax.Array:
+        """``params (p, ...)`` -> images ``(p, y, x)``."""
+        if not self.fourier:
+            return params
+        image = fourier_to_image(params, self.scale, self.shape)
+        return squash(image, self.pixel_range) if self.config.clip_range else image
+
+    def from_image(self, images: jax.Array) -> jax.Array:
+        """Parameters that reproduce ``images (p, y, x)`` (used to start from an MEI)."""
+        if not self.fourier:
+            return images
+        if self.config.clip_range:
+            images = unsquash(images, self.pixel_range)
+        return image_to_fourier(images, self.scale)
