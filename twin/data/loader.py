@@ -1,0 +1,217 @@
+"""Sessions in memory and their batches: numpy only, normalized with the stored statistics.
+
+``load_session`` reads a whole store chunk by chunk into float32 arrays (images channels-last)
+and normalizes them once, as neuralpredictors' NeuroNormalizer does: images (x - mean) / std
+(global or per pixel), responses divided by their train std floored at
+``DataConfig.response_std_floor`` times the mean std, behavior divided by its std, pupil center
+standardized. ``batches`` then only indexes these arrays with a permutation per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from twin.config import DataConfig
+from twin.data.schema import TIERS, strings, validate
+from twin.data.store import open_session
+from twin.errors import ConfigError, SessionError
+
+
+@dataclasses.dataclass
+class SessionData:
+    """One session in memory, normalized.
+
+    images: (trial, y, x, channel) float32; responses: (trial, neuron) float32, divided by
+    response_std (neuron,); tier, image_id: (trial,); behavior: (trial, k) | None;
+    pupil_center: (trial, 2) | None; unit_id: (neuron,); cell_xyz: (neuron, 3) | None.
+    image_mean, image_std: float32 arrays broadcasting against one image in the layout of
+    ``normalize_images``: () or (y, x) for one channel; (channel,) or (y, x, channel) for several.
+    image_min, image_max: the pixel range of the train images (pixel units).
+    """
+
+    name: str
+    path: str
+    images: np.ndarray
+    responses: np.ndarray
+    response_std: np.ndarray
+    tier: np.ndarray
+    image_id: np.ndarray
+    behavior: np.ndarray | None
+    pupil_center: np.ndarray | None
+    unit_id: np.ndarray
+    cell_xyz: np.ndarray | None
+    image_mean: np.ndarray
+    image_std: np.ndarray
+    image_min: float = 0.0
+    image_max: float = 255.0
+    behavior_names: tuple[str, ...] = ()
+
+    @property
+    def n_neurons(self) -> int:
+        return self.responses.shape[1]
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(y, x)."""
+        return self.images.shape[1:3]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[3]
+
+    def normalize_images(self, pixels) -> np.ndarray:
+        """Pixel units -> normalized: (..., y, x) for one channel, (..., y, x, channel) for several."""
+        return ((np.asarray(pixels, dtype=np.float32) - self.image_mean) / self.image_std).astype(np.float32)
+
+    def denormalize_images(self, z) -> np.ndarray:
+        """Normalized -> pixel units, the inverse of ``normalize_images`` (same layouts)."""
+        return (np.asarray(z, dtype=np.float32) * self.image_std + self.image_mean).astype(np.float32)
+
+    @property
+    def pixel_range(self):
+        """(lo, hi): the train images' pixel range in normalized units; floats for global
+        normalization, arrays shaped like image_mean for per-pixel normalization."""
+        lo, hi = self.normalize_images(self.image_min), self.normalize_images(self.image_max)
+        return (float(lo), float(hi)) if lo.ndim == 0 else (lo, hi)
+
+    @property
+    def mean_response(self) -> np.ndarray:
+        """(neuron,) mean over train trials, normalized units."""
+        return self.responses[self.tier == "train"].mean(axis=0)
+
+    def trials(self, tier: str) -> np.ndarray:
+        """Indices (n,) of the trials of ``tier``."""
+        return np.flatnonzero(self.tier == tier)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One batch from one session: images (b, y, x, c), responses (b, n), behavior (b, k) | None,
+    pupil_center (b, 2) | None, trials (b,) indices into the session's trials."""
+
+    session: int
+    images: np.ndarray
+    responses: np.ndarray
+    behavior: np.ndarray | None
+    pupil_center: np.ndarray | None
+    trials: np.ndarray
+
+
+def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
+    """Read the session store ``path`` into memory, normalized as ``config`` says."""
+    if config.image_normalization not in ("global", "per_pixel"):
+        raise ConfigError(
+            f"[data].image_normalization = {config.image_normalization!r}; use 'global' or 'per_pixel'"
+        )
+    path = Path(path)
+    ds = open_session(path)
+    # One read per variable (chunk by chunk inside zarr), then checks on the values in memory.
+    ds = validate(ds.load(), path)
+    channels_last = ds["images"].dims[1] == "channel"
+    prefix = "stats_image" if config.image_normalization == "global" else "stats_image_pixel"
+    mean = ds[f"{prefix}_mean"].values.astype(np.float32)
+    std = ds[f"{prefix}_std"].values.astype(np.float32)
+    if channels_last:
+        mean, std = np.moveaxis(mean, 0, -1), np.moveaxis(std, 0, -1)
+    std = np.where(std > 0, std, np.float32(1))
+    images = ds["images"].values
+    images = np.moveaxis(images, 1, -1) if channels_last else images[..., None]
+    images = (images - (mean if channels_last else mean[..., None])) / (
+        std if channels_last else std[..., None]
+    )
+
+    response_std = ds["stats_response_std"].values.astype(np.float32)
+    floor = np.float32(config.response_std_floor * response_std.mean())
+    response_std = np.maximum(response_std, floor) if floor > 0 else np.ones_like(response_std)
+    responses = ds["responses"].values / response_std
+
+    behavior = pupil_center = None
+    behavior_names = ()
+    if "behavior" in ds:
+        behavior_std = ds["stats_behavior_std"].values
+        behavior = ds["behavior"].values / np.where(behavior_std > 0, behavior_std, 1)
+        behavior_names = tuple(strings(ds["behavior_var"].values))
+    if "pupil_center" in ds:
+        eye_std = ds["stats_pupil_center_std"].values
+        pupil_center = (ds["pupil_center"].values - ds["stats_pupil_center_mean"].values) / np.where(
+            eye_std > 0, eye_std, 1
+        )
+    cell_xyz = None
+    if all(f"cell_{a}" in ds for a in "xyz"):
+        cell_xyz = np.stack([ds[f"cell_{a}"].values for a in "xyz"], axis=1).astype(np.float32)
+    return SessionData(
+        name=str(ds.attrs.get("session") or path.name.removesuffix(".zarr")),
+        path=str(path),
+        images=np.ascontiguousarray(images, dtype=np.float32),
+        responses=np.ascontiguousarray(responses, dtype=np.float32),
+        response_std=response_std,
+        tier=strings(ds["tier"].values),
+        image_id=ds["image_id"].values.astype(np.int64),
+        behavior=None if behavior is None else behavior.astype(np.float32),
+        pupil_center=None if pupil_center is None else pupil_center.astype(np.float32),
+        unit_id=ds["unit_id"].values.astype(np.int64),
+        cell_xyz=cell_xyz,
+        image_mean=mean,
+        image_std=std,
+        image_min=float(ds["stats_image_min"].values),
+        image_max=float(ds["stats_image_max"].values),
+        behavior_names=behavior_names,
+    )
+
+
+def load_sessions(paths: Sequence, config: DataConfig = DataConfig()) -> list[SessionData]:
+    """``load_session`` for each path; every session must have the same image shape."""
+    sessions = [load_session(path, config) for path in paths]
+    shapes = {s.images.shape[1:] for s in sessions}
+    if len(shapes) > 1:
+        raise SessionError(
+            f"{sessions[-1].path}: variable 'images' is {sessions[-1].images.shape[1:]} (y, x, c)"
+            f" but {sessions[0].path} has {sessions[0].images.shape[1:]}; fit sessions with one"
+            " image shape together"
+        )
+    return sessions
+
+
+def batches(
+    sessions: Sequence[SessionData],
+    tier: str,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> Iterator[Batch]:
+    """One epoch of batches of ``tier`` over all sessions.
+
+    Each session's trials are split into batches (in a random order per ``seed`` when
+    ``shuffle``); batches then alternate between sessions until all are used, so every trial
+    appears exactly once. ``drop_last`` leaves out each session's final short batch.
+    """
+    if tier not in TIERS:
+        raise ConfigError(f"tier {tier!r}: use one of {', '.join(TIERS)}")
+    if batch_size < 1:
+        raise ConfigError(f"[data].batch_size = {batch_size}: use a positive number")
+    rng = np.random.default_rng(seed)
+    plans = []
+    for session in sessions:
+        trials = session.trials(tier)
+        if shuffle:
+            trials = rng.permutation(trials)
+        stop = len(trials) - len(trials) % batch_size if drop_last else len(trials)
+        plans.append([trials[i : i + batch_size] for i in range(0, stop, batch_size)])
+    for step in range(max((len(plan) for plan in plans), default=0)):
+        for index, plan in enumerate(plans):
+            if step < len(plan):
+                session, trials = sessions[index], plan[step]
+                yield Batch(
+                    session=index,
+                    images=session.images[trials],
+                    responses=session.responses[trials],
+                    behavior=None if session.behavior is None else session.behavior[trials],
+                    pupil_center=None if session.pupil_center is None else session.pupil_center[trials],
+                    trials=trials,
+                )
