@@ -1,0 +1,225 @@
+"""Recordings from other formats as session Datasets (write them with ``write_session``).
+
+- ``from_arrays``: one .npz file of arrays (no pickles).
+- ``from_sensorium``: the Sensorium 2022 / neuralpredictors file tree, a folder or a .zip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from twin.data.schema import make_session
+from twin.errors import SessionError
+
+ARRAY_KEYS = (
+    "images",
+    "responses",
+    "tiers",
+    "image_ids",
+    "behavior",
+    "behavior_names",
+    "pupil_center",
+    "neuron_ids",
+    "cell_xyz",
+)
+# Fractions of distinct images per tier when a recording comes without tiers.
+SPLIT = {"train": 0.8, "validation": 0.1, "test": 0.1}
+
+
+def image_ids_from_pixels(images: np.ndarray) -> np.ndarray:
+    """(trial,) int64 ids, equal exactly for byte-identical images, numbered by first appearance."""
+    digests = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
+    ids: dict[bytes, int] = {}
+    return np.array([ids.setdefault(d, len(ids)) for d in digests], dtype=np.int64)
+
+
+def split_tiers(image_id: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(trial,) tiers: a seeded 80/10/10 split of the distinct images (at least one test image);
+    all repeats of an image land in the same tier."""
+    unique = np.random.default_rng(seed).permutation(np.unique(image_id))
+    n_test = max(1, round(SPLIT["test"] * len(unique)))
+    n_validation = round(SPLIT["validation"] * len(unique))
+    labels = np.array(["test"] * n_test + ["validation"] * n_validation, dtype=object)
+    labels = np.concatenate([labels, np.full(len(unique) - len(labels), "train", dtype=object)])
+    lookup = dict(zip(unique.tolist(), labels))
+    return np.array([lookup[i] for i in image_id.tolist()], dtype=object)
+
+
+def from_arrays(npz_path, seed: int = 0) -> xr.Dataset:
+    """Session from an .npz with keys images (n, y, x) | (n, c, y, x), responses (n, neurons) and
+    optional tiers (n,) str, image_ids (n,), behavior (n, k), behavior_names (k,), pupil_center
+    (n, 2), neuron_ids (neurons,), cell_xyz (neurons, 3). Missing image_ids come from hashing the
+    image bytes; missing tiers from ``split_tiers(image_ids, seed)``."""
+    path = Path(npz_path)
+    if not path.is_file():
+        raise SessionError(f"{path}: no such file; pass an .npz file with images and responses")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise SessionError(f"{path}: not a readable .npz file ({error}); save it with np.savez") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise SessionError(f"{path}: holds one array, not named arrays; save it with np.savez(images=..., responses=...)")
+    with npz:
+        unknown = sorted(set(npz.files) - set(ARRAY_KEYS))
+        if unknown:
+            raise SessionError(f"{path}: unknown key {unknown[0]!r}; use {', '.join(ARRAY_KEYS)}")
+        for key in ("images", "responses"):
+            if key not in npz.files:
+                raise SessionError(f"{path}: variable {key!r} is missing; add it to the .npz")
+        arrays = {}
+        for key in npz.files:
+            try:
+                arrays[key] = npz[key]
+            except ValueError:
+                raise SessionError(
+                    f"{path}: variable {key!r} is an object array; save numbers or fixed-width strings"
+                ) from None
+    images = arrays["images"]
+    if images.ndim not in (3, 4):
+        raise SessionError(
+            f"{path}: variable 'images' has shape {images.shape}; give (trial, y, x) or (trial, channel, y, x)"
+        )
+    image_id = arrays.get("image_ids")
+    if image_id is None:
+        image_id = image_ids_from_pixels(images)
+    tier = arrays.get("tiers")
+    if tier is None:
+        tier = split_tiers(np.asarray(image_id), seed)
+    return make_session(
+        path,
+        images=images,
+        responses=arrays["responses"],
+        tier=tier,
+        image_id=image_id,
+        behavior=arrays.get("behavior"),
+        behavior_names=arrays.get("behavior_names"),
+        pupil_center=arrays.get("pupil_center"),
+        unit_id=arrays.get("neuron_ids"),
+        cell_xyz=arrays.get("cell_xyz"),
+        attrs={"source": f"{path.name} (twin import arrays, seed {seed})"},
+    )
+
+
+class FileTree:
+    """Read-only .npy files of a neuralpredictors tree inside a folder or a .zip."""
+
+    MARKER = "meta/trials/tiers.npy"
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.zip = None
+        if path.is_dir():
+            roots = [path] + sorted(p for p in path.iterdir() if p.is_dir())
+            found = [r for r in roots if (r / self.MARKER).is_file()]
+            self.prefix = str(found[0]) + "/" if found else None
+        elif zipfile.is_zipfile(path):
+            self.zip = zipfile.ZipFile(path)
+            names = [n for n in self.zip.namelist() if n.endswith(self.MARKER)]
+            self.prefix = min(names, key=len)[: -len(self.MARKER)] if names else None
+            self.names = set(self.zip.namelist())
+        else:
+            raise SessionError(f"{path}: neither a folder nor a .zip; pass a Sensorium data folder or its .zip")
+        if self.prefix is None:
+            raise SessionError(f"{path}: no {self.MARKER} inside; pass the folder that holds data/ and meta/")
+
+    def close(self) -> None:
+        if self.zip is not None:
+            self.zip.close()
+
+    def exists(self, name: str) -> bool:
+        if self.zip is not None:
+            return self.prefix + name in self.names
+        return Path(self.prefix + name).is_file()
+
+    def has_folder(self, name: str) -> bool:
+        return self.exists(f"{name}/0.npy")
+
+    def load(self, name: str) -> np.ndarray:
+        if not self.exists(name):
+            raise SessionError(f"{self.path}: file {name} is missing; every trial needs one")
+        try:
+            if self.zip is not None:
+                return np.load(io.BytesIO(self.zip.read(self.prefix + name)), allow_pickle=False)
+            return np.load(self.prefix + name, allow_pickle=False)
+        except ValueError as error:
+            raise SessionError(f"{self.path}: file {name} cannot be read without pickle ({error}); save it as a plain array") from None
+
+    def stack(self, folder: str, n: int) -> np.ndarray:
+        """data/<folder>/<i>.npy for i < n, stacked: (n, ...)."""
+        first = self.load(f"{folder}/0.npy")
+        out = np.empty((n, *first.shape), dtype=first.dtype)
+        out[0] = first
+        for i in range(1, n):
+            item = self.load(f"{folder}/{i}.npy")
+            if item.shape != first.shape:
+                raise SessionError(
+                    f"{self.path}: file {folder}/{i}.npy has shape {item.shape} but {folder}/0.npy has"
+                    f" {first.shape}; give every trial the same shape"
+                )
+            out[i] = item
+        return out
+
+
+def downscale(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Block-average (n, [c,] y, x) down to ``size`` when y, x are integer multiples of it
+    (144x256 -> 36x64, the Sensorium baseline's x0.25); otherwise unchanged."""
+    if size is None:
+        return images
+    (height, width), (y, x) = size, images.shape[-2:]
+    if (y, x) == (height, width) or y % height or x % width or y // height != x // width:
+        return images
+    k = y // height
+    blocks = images.reshape(*images.shape[:-2], height, k, width, k).astype(np.float32)
+    return blocks.mean(axis=(-3, -1))
+
+
+def from_sensorium(path, size: tuple[int, int] | None = (36, 64)) -> xr.Dataset:
+    """Session from a Sensorium 2022 / neuralpredictors tree (folder or .zip): data/images/<i>.npy
+    (c, y, x), data/responses/<i>.npy (neurons,), optional data/behavior, data/pupil_center,
+    meta/trials/tiers.npy, optional meta/trials/frame_image_id.npy, meta/neurons/unit_ids.npy,
+    meta/neurons/cell_motor_coordinates.npy. Images are block-averaged to ``size`` when they are
+    an integer multiple of it; a single channel is dropped."""
+    path = Path(path)
+    if not path.exists():
+        raise SessionError(f"{path}: no such folder or .zip; pass the Sensorium data folder or its .zip")
+    tree = FileTree(path)
+    try:
+        return session_from_tree(tree, path, size)
+    finally:
+        tree.close()
+
+
+def session_from_tree(tree: FileTree, path: Path, size) -> xr.Dataset:
+    tier = tree.load("meta/trials/tiers.npy")
+    n = len(tier)
+    images = tree.stack("data/images", n)
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    images = downscale(images, size)
+    optional = {
+        name: tree.stack(f"data/{name}", n) if tree.has_folder(f"data/{name}") else None
+        for name in ("behavior", "pupil_center")
+    }
+    meta = {
+        name: tree.load(f"meta/{name}.npy") if tree.exists(f"meta/{name}.npy") else None
+        for name in ("trials/frame_image_id", "neurons/unit_ids", "neurons/cell_motor_coordinates")
+    }
+    image_id = meta["trials/frame_image_id"]
+    return make_session(
+        path,
+        images=images,
+        responses=tree.stack("data/responses", n),
+        tier=tier,
+        image_id=image_ids_from_pixels(images) if image_id is None else image_id,
+        behavior=optional["behavior"],
+        pupil_center=optional["pupil_center"],
+        unit_id=meta["neurons/unit_ids"],
+        cell_xyz=meta["neurons/cell_motor_coordinates"],
+        attrs={"source": f"{path.name} (twin import sensorium)"},
+    )
