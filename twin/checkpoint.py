@@ -1,0 +1,237 @@
+"""Run directories and orbax checkpoints.
+
+A run directory holds::
+
+    config.toml          every value the run used (twin.config.save_config)
+    sessions.json        [{name, path, unit_id, n_neurons, image_shape, channels, n_behavior,
+                           has_positions}] one per session, in readout order
+    metrics.jsonl        one line per epoch (written by twin.fit)
+    checkpoints/latest/  orbax: everything needed to resume (written each epoch)
+    checkpoints/best/    orbax: the model state with the best validation score
+    fit_curves.png, summary.json
+
+A checkpoint step holds ``arrays`` (a flat dict name -> array; names join the pytree path with
+dots, random keys are stored as their raw key data) and ``meta`` (JSON). Orbax writes each step
+to a temporary folder and renames it when complete, so a killed process leaves the previous step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from twin.config import RunConfig, load_config, save_config
+from twin.errors import RunError
+from twin.models.twin import Ensemble, ReadoutSpec, Twin, make_ensemble
+
+
+def key_name(entry) -> str:
+    """One pytree path entry as a plain name (dict key, attribute or index)."""
+    for attribute in ("key", "name", "idx"):
+        if hasattr(entry, attribute):
+            return str(getattr(entry, attribute))
+    return str(entry)
+
+
+def tree_to_arrays(tree: Any) -> dict[str, np.ndarray]:
+    """Flat {dotted path: numpy array} of a pytree's leaves; typed random keys become key data."""
+    arrays = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        arrays[".".join(key_name(entry) for entry in path)] = np.asarray(leaf)
+    return arrays
+
+
+def arrays_to_tree(arrays: dict[str, np.ndarray], template: Any, source: str) -> Any:
+    """Inverse of tree_to_arrays: fill ``template``'s structure (arrays or ShapeDtypeStructs)."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves = []
+    for path, leaf in flat:
+        name = ".".join(key_name(entry) for entry in path)
+        if name not in arrays:
+            raise RunError(f"{source}: checkpoint has no array {name}; the run's config does not match it")
+        value = arrays[name]
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaves.append(jax.random.wrap_key_data(jnp.asarray(value)))
+            continue
+        if tuple(value.shape) != tuple(leaf.shape):
+            raise RunError(
+                f"{source}: {name} has shape {value.shape} in the checkpoint but {leaf.shape} in the"
+                " model; the run's config or sessions do not match the checkpoint"
+            )
+        leaves.append(jnp.asarray(value, dtype=leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def manager(path: str | Path) -> ocp.CheckpointManager:
+    """Synchronous orbax manager keeping only the newest step under ``path``."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, enable_async_checkpointing=False
+    )
+    return ocp.CheckpointManager(Path(path).absolute(), options=options)
+
+
+def save_step(path: str | Path, step: int, trees: dict[str, Any], meta: dict) -> None:
+    """Write checkpoint ``step`` under ``path``: each pytree in ``trees`` flattened under its
+    name, and ``meta`` as JSON. Steps >= ``step`` are removed first (a best checkpoint may move
+    back after a resume); older ones go once the new step is complete."""
+    arrays = {
+        f"{name}.{key}": value for name, tree in trees.items() for key, value in tree_to_arrays(tree).items()
+    }
+    with manager(path) as checkpoints:
+        for old in checkpoints.all_steps():
+            if old >= step:
+                checkpoints.delete(old)
+        checkpoints.save(
+            step,
+            args=ocp.args.Composite(arrays=ocp.args.PyTreeSave(arrays), meta=ocp.args.JsonSave(meta)),
+        )
+
+
+def restore_step(path: str | Path, templates: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+    """(trees shaped like ``templates``, meta) of the newest step under ``path``."""
+    with manager(path) as checkpoints:
+        step = checkpoints.latest_step()
+        if step is None:
+            raise RunError(f"{path}: no checkpoint found; fit the run first (twin fit ... --out RUN)")
+        restored = checkpoints.restore(
+            step, args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore())
+        )
+    arrays = restored["arrays"]
+    trees = {}
+    for name, template in templates.items():
+        prefix = name + "."
+        own = {key[len(prefix) :]: value for key, value in arrays.items() if key.startswith(prefix)}
+        trees[name] = arrays_to_tree(own, template, str(path))
+    return trees, restored["meta"]
+
+
+def latest_step(path: str | Path) -> int | None:
+    """Newest complete step under ``path``, or None."""
+    if not Path(path).exists():
+        return None
+    with manager(path) as checkpoints:
+        return checkpoints.latest_step()
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def session_record(data) -> dict:
+    """What sessions.json keeps of a SessionData: enough to rebuild the model without the store."""
+    return {
+        "name": data.name,
+        "path": str(Path(data.path).absolute()),
+        "unit_id": [int(u) for u in data.unit_id],
+        "n_neurons": int(data.responses.shape[1]),
+        "image_shape": [int(s) for s in data.images.shape[1:3]],
+        "channels": int(data.images.shape[3]),
+        "n_behavior": 0 if data.behavior is None else int(data.behavior.shape[1]),
+        "has_positions": data.cell_xyz is not None,
+    }
+
+
+def readout_specs(sessions) -> list[ReadoutSpec]:
+    """One ReadoutSpec per SessionData (train mean responses, cortex positions)."""
+    return [ReadoutSpec(s.responses.shape[1], s.mean_response, s.cell_xyz) for s in sessions]
+
+
+def make_model(config: RunConfig, records: list[dict], specs: list[ReadoutSpec]) -> Twin | Ensemble:
+    """A Twin (fit.ensemble_size 1, seed fit.seed) or an Ensemble of seeds fit.seed + i."""
+    first = records[0]
+    for record in records[1:]:
+        if record["image_shape"] != first["image_shape"] or record["channels"] != first["channels"]:
+            raise RunError(
+                f"{record['path']}: images are {record['image_shape']} x {record['channels']} channels but"
+                f" {first['path']} has {first['image_shape']} x {first['channels']}; fit sessions of one"
+                " image size together"
+            )
+    n_behavior = max(record["n_behavior"] for record in records)
+    args = (config.model, first["channels"], tuple(first["image_shape"]), specs, n_behavior)
+    if config.fit.ensemble_size == 1:
+        return Twin(*args, rngs=nnx.Rngs(config.fit.seed))
+    seeds = [config.fit.seed + i for i in range(config.fit.ensemble_size)]
+    return make_ensemble(*args, seeds)
+
+
+def abstract_model(config: RunConfig, records: list[dict]) -> Twin | Ensemble:
+    """The run's model with placeholder values (shapes from sessions.json), to restore into."""
+    specs = [
+        ReadoutSpec(
+            r["n_neurons"],
+            np.zeros(r["n_neurons"], np.float32),
+            np.zeros((r["n_neurons"], 3), np.float32) if r["has_positions"] else None,
+        )
+        for r in records
+    ]
+    return make_model(config, records, specs)
+
+
+@dataclasses.dataclass
+class Run:
+    """A fitted run: its config, model (eval mode), sessions (SessionData, or [] when not
+    loaded), the sessions.json records and the run directory."""
+
+    config: RunConfig
+    model: Twin | Ensemble
+    sessions: list
+    records: list[dict]
+    path: Path
+
+
+def write_run_files(run_dir: Path, config: RunConfig, records: list[dict]) -> None:
+    """config.toml and sessions.json (each written atomically)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.toml")
+    tmp = run_dir / "sessions.json.tmp"
+    tmp.write_text(json.dumps(records, indent=1))
+    tmp.replace(run_dir / "sessions.json")
+
+
+def save_run_model(run_dir: str | Path, model: Twin | Ensemble, config: RunConfig, sessions) -> None:
+    """Write a complete run directory (config, sessions.json, best checkpoint) for ``model``
+    fitted on ``sessions`` (list of SessionData)."""
+    run_dir = Path(run_dir)
+    write_run_files(run_dir, config, [session_record(s) for s in sessions])
+    save_step(run_dir / "checkpoints" / "best", 0, {"model": nnx.state(model)}, {"epoch": 0})
+
+
+def read_run_files(run_dir: Path) -> tuple[RunConfig, list[dict]]:
+    """config.toml and sessions.json of a run directory (RunError when missing)."""
+    for name in ("config.toml", "sessions.json"):
+        if not (run_dir / name).exists():
+            raise RunError(f"{run_dir}: no {name}; pass a run directory written by twin fit")
+    return load_config(run_dir / "config.toml"), json.loads((run_dir / "sessions.json").read_text())
+
+
+def load_run(run_dir: str | Path, load_sessions: bool = True) -> Run:
+    """The run's best model in eval mode, with its sessions loaded from the recorded stores
+    (``load_sessions=False`` skips them, e.g. to score the model on other stores)."""
+    run_dir = Path(run_dir)
+    config, records = read_run_files(run_dir)
+    model = nnx.eval_shape(lambda: abstract_model(config, records))
+    graphdef, abstract = nnx.split(model)
+    trees, _ = restore_step(run_dir / "checkpoints" / "best", {"model": abstract})
+    model = nnx.merge(graphdef, trees["model"])
+    model.eval()
+    sessions = []
+    if load_sessions:
+        from twin.data.loader import load_sessions as load
+
+        for record in records:
+            if not Path(record["path"]).exists():
+                raise RunError(
+                    f"{run_dir / 'sessions.json'}: store {record['path']} not found; restore it or"
+                    " pass the stores explicitly (--store)"
+                )
+        sessions = load([r["path"] for r in records], config.data)
+    return Run(config=config, model=model, sessions=sessions, records=records, path=run_dir)

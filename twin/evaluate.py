@@ -1,0 +1,161 @@
+"""Score a fitted run on a tier of its sessions (or of other stores with the same neurons).
+
+Per session: single-trial correlation, correlation to average, FEVE (neurons with FEV >= 0.15),
+oracle correlation and fraction of oracle (twin.metrics, Sensorium definitions), as means and
+per neuron. Simulated sessions also get the ground-truth ceiling: the simulator's noise-free
+responses scored the same way, and the twin's fraction of it (correlation to average).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from twin import metrics
+from twin.checkpoint import load_run
+from twin.errors import RunError
+from twin.fit import forward, predict_trials
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def apply_model(graphdef, state, arrays: dict, session: int) -> jax.Array:
+    """A split model's prediction (b, n) for a dict of batch arrays."""
+    return forward(nnx.merge(graphdef, state), arrays, session)
+
+
+def predict(model, session: int, data, trials: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Predictions (k, n) of ``model`` (Twin or Ensemble, as it is: use eval mode) for
+    ``trials`` (k,) of SessionData ``data``, which is readout ``session`` of the model."""
+    graphdef, state = nnx.split(model)
+    return predict_trials(lambda arrays: apply_model(graphdef, state, arrays, session), data, trials, batch_size)
+
+
+def finite_or_none(values: np.ndarray) -> list:
+    """Per-neuron values as a JSON list (NaN, e.g. FEVE of filtered neurons, as null)."""
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def mean_scores(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """Neuron means of per-neuron scores (FEVE over the neurons that pass the FEV filter)."""
+    means = {}
+    for name, values in scores.items():
+        finite = values[np.isfinite(values)]
+        means[name] = float(finite.mean()) if finite.size else None
+    return means
+
+
+def ground_truth_scores(data, trials: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-neuron scores of the simulator's noise-free responses for ``trials`` of a simulated
+    session (in the session's normalized response units)."""
+    from twin.data.simulate import ground_truth, mean_response
+    from twin.data.store import open_session
+
+    ds = open_session(data.path)
+    images = np.asarray(ds["images"].isel(trial=trials).values, dtype=np.float32)
+    truth = mean_response(ground_truth(ds), images) / data.response_std
+    scores = metrics.score(data.responses[trials], truth, data.image_id[trials])
+    scores.pop("oracle_correlation", None)
+    return scores
+
+
+def is_simulated(data) -> bool:
+    from twin.data.store import open_session
+
+    return bool(open_session(data.path).attrs.get("simulated", False))
+
+
+def score_session(model, session: int, data, tier: str = "test", batch_size: int = 128) -> dict:
+    """Scores of ``model`` on one tier of SessionData ``data`` (readout ``session``):
+    {"tier", "single_trial_correlation", "correlation_to_average", "feve", "oracle_correlation",
+    "fraction_of_oracle", "n_neurons", "n_trials", "per_neuron": {name: [...]}} plus
+    "ground_truth_ceiling" and "fraction_of_ceiling" for simulated sessions. FEVE and the oracle
+    are None when no image of the tier is repeated."""
+    trials = np.flatnonzero(data.tier == tier)
+    if trials.size == 0:
+        tiers = ", ".join(sorted(set(np.asarray(data.tier).tolist())))
+        raise RunError(f"{data.path}: no {tier!r} trials; pass --tier with one of {tiers}")
+    predictions = predict(model, session, data, trials, batch_size)
+    scores = metrics.score(data.responses[trials], predictions, data.image_id[trials])
+    result = {
+        "tier": tier,
+        "session": data.name,
+        "store": str(data.path),
+        **mean_scores(scores),
+        "n_neurons": int(data.responses.shape[1]),
+        "n_trials": int(trials.size),
+    }
+    result.setdefault("feve", None)
+    result.setdefault("oracle_correlation", None)
+    result["fraction_of_oracle"] = (
+        metrics.fraction_of_oracle(scores["single_trial_correlation"], scores["oracle_correlation"])
+        if "oracle_correlation" in scores
+        else None
+    )
+    if is_simulated(data):
+        ceiling = mean_scores(ground_truth_scores(data, trials))
+        result["ground_truth_ceiling"] = ceiling
+        result["fraction_of_ceiling"] = result["correlation_to_average"] / ceiling["correlation_to_average"]
+    result["per_neuron"] = {
+        "unit_id": [int(u) for u in data.unit_id],
+        **{name: finite_or_none(values) for name, values in scores.items()},
+    }
+    return result
+
+
+def check_neurons(data, record: dict, store: str) -> None:
+    """RunError unless the store's neurons and images are the ones the run's session was fit on."""
+    unit_id = [int(u) for u in data.unit_id]
+    if unit_id != record["unit_id"]:
+        raise RunError(
+            f"{store}: unit_id has {len(unit_id)} neurons that differ from the {len(record['unit_id'])}"
+            f" of the run's session {record['name']!r}; pass the store the run was fitted on"
+        )
+    if list(data.images.shape[1:3]) != record["image_shape"]:
+        raise RunError(
+            f"{store}: images are {list(data.images.shape[1:3])} but the run was fitted on"
+            f" {record['image_shape']}; pass a store with the run's image size"
+        )
+
+
+def evaluate_run(run_dir: str | Path, stores: list[str] | None = None, tier: str = "test") -> list[dict]:
+    """score_session for every session of the run (one dict each), on the run's own stores or on
+    ``stores`` (one per session, in the run's order, with the same neurons)."""
+    from twin.data.loader import load_sessions
+
+    run = load_run(run_dir, load_sessions=stores is None)
+    sessions = run.sessions
+    if stores is not None:
+        if len(stores) != len(run.records):
+            raise RunError(
+                f"--store: {len(stores)} stores given but the run has {len(run.records)} sessions;"
+                " pass one store per session, in the run's order"
+            )
+        sessions = load_sessions(stores, run.config.data)
+        for data, record, store in zip(sessions, run.records, stores):
+            check_neurons(data, record, store)
+    batch_size = run.config.data.batch_size
+    return [score_session(run.model, index, data, tier, batch_size) for index, data in enumerate(sessions)]
+
+
+def format_results(results: list[dict]) -> str:
+    """A few lines per session: the mean scores (and the ground-truth ceiling when simulated)."""
+
+    def number(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    lines = []
+    for r in results:
+        lines.append(f"{r['session']} ({r['tier']}, {r['n_neurons']} neurons, {r['n_trials']} trials)")
+        for name in ("single_trial_correlation", "correlation_to_average", "feve", "oracle_correlation", "fraction_of_oracle"):
+            lines.append(f"  {name:26s} {number(r[name])}")
+        if "ground_truth_ceiling" in r:
+            ceiling = r["ground_truth_ceiling"]
+            lines.append(
+                f"  ground-truth ceiling: r to average {number(ceiling['correlation_to_average'])},"
+                f" twin reaches {r['fraction_of_ceiling']:.1%} of it"
+            )
+    return "\n".join(lines)

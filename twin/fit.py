@@ -1,0 +1,473 @@
+"""Fit a twin (or an ensemble) to session stores: the Sensorium 2022 training protocol in JAX.
+
+Loss: Poisson NLL summed over batch and neurons, times sqrt(n_train / batch) (``scale_loss``),
+plus ``model.regularizer(session)``. Adam. With several sessions one optimizer step sums the
+gradients of one batch of each session. After each epoch the single-trial correlation on the
+validation tier drives a plateau schedule: no improvement above ``tolerance`` for ``patience``
+epochs multiplies the learning rate by ``lr_decay_factor`` (at most ``max_lr_decays`` times, not
+below ``min_learning_rate``) and restores the best weights; the next plateau stops the run.
+
+Ensembles train all members at once: the pure train step of one Twin is vmapped over the members'
+stacked state; the schedule follows the members' mean validation correlation.
+
+Crash safety: each epoch ends with an atomic orbax checkpoint (``checkpoints/latest``) holding
+the model, optimizer and schedule state and the best weights. The data order of an epoch is a
+function of (data.shuffle_seed, epoch) and the readout's sampling rng lives in the model state,
+so a resumed run repeats the numbers of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from twin import checkpoint, distributed, metrics
+from twin.config import RunConfig, load_config
+from twin.errors import ConfigError, RunError, TwinError
+from twin.models.twin import Ensemble
+
+# Added to predictions inside the log (neuralpredictors' PoissonLoss bias).
+POISSON_EPS = 1e-8
+
+
+@dataclasses.dataclass
+class Schedule:
+    """Plateau schedule state (JSON-serializable, stored in every checkpoint)."""
+
+    learning_rate: float
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    decays: int = 0
+
+
+def plateau_step(schedule: Schedule, score: float, epoch: int, fit) -> str:
+    """Update ``schedule`` with the validation ``score`` of ``epoch`` (in place).
+
+    Returns "improved", "wait", "decay" (learning rate lowered: restore the best weights when
+    fit.restore_best) or "stop".
+    """
+    if score > schedule.best_score + fit.tolerance:
+        schedule.best_score = score
+        schedule.best_epoch = epoch
+        schedule.bad_epochs = 0
+        return "improved"
+    schedule.bad_epochs += 1
+    if schedule.bad_epochs < fit.patience:
+        return "wait"
+    if schedule.decays >= fit.max_lr_decays or schedule.learning_rate <= fit.min_learning_rate:
+        return "stop"
+    schedule.learning_rate = max(schedule.learning_rate * fit.lr_decay_factor, fit.min_learning_rate)
+    schedule.decays += 1
+    schedule.bad_epochs = 0
+    return "decay"
+
+
+def epoch_seed(config: RunConfig, epoch: int) -> int:
+    """Shuffling seed of one epoch: a function of (data.shuffle_seed, epoch) only."""
+    return int(np.random.SeedSequence([config.data.shuffle_seed, epoch]).generate_state(1)[0])
+
+
+def batch_arrays(batch) -> dict[str, np.ndarray]:
+    """A loader Batch as a dict of arrays (optional inputs left out when None)."""
+    arrays = {"images": batch.images, "responses": batch.responses}
+    if batch.behavior is not None:
+        arrays["behavior"] = batch.behavior
+    if batch.pupil_center is not None:
+        arrays["pupil_center"] = batch.pupil_center
+    return arrays
+
+
+def forward(model, arrays: dict, session: int) -> jax.Array:
+    """model(images, session, behavior=..., pupil_center=...) from a dict of batch arrays."""
+    return model(
+        arrays["images"],
+        session,
+        behavior=arrays.get("behavior"),
+        pupil_center=arrays.get("pupil_center"),
+    )
+
+
+def make_train_step(graphdef, tx, n_train: list[int], scale_loss: bool, ensemble: bool):
+    """Jitted step(params, rest, opt_state, lr, batches, sessions) -> (params, rest, opt_state,
+    metrics). ``batches``: tuple of batch dicts, one per entry of the static tuple ``sessions``;
+    their gradients are summed into one Adam step. Metrics: loss, poisson, regularizer (summed
+    over the batches; per member for ensembles)."""
+
+    def loss_fn(params, rest, arrays, session):
+        # copy: fresh Variables at this trace level, so BatchNorm may update its statistics.
+        model = nnx.merge(graphdef, params, rest, copy=True)
+        predictions = forward(model, arrays, session)
+        poisson = jnp.sum(predictions - arrays["responses"] * jnp.log(predictions + POISSON_EPS))
+        scale = math.sqrt(n_train[session] / arrays["images"].shape[0]) if scale_loss else 1.0
+        regularizer = model.regularizer(session)
+        loss = scale * poisson + regularizer
+        _, _, rest = nnx.split(model, nnx.Param, ...)
+        return loss, (rest, {"loss": loss, "poisson": poisson, "regularizer": regularizer})
+
+    def member_step(params, rest, opt_state, lr, batches, sessions):
+        grads = jax.tree.map(jnp.zeros_like, params)
+        totals = {"loss": 0.0, "poisson": 0.0, "regularizer": 0.0}
+        for arrays, session in zip(batches, sessions):
+            (_, (rest, values)), g = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, arrays, session)
+            grads = jax.tree.map(jnp.add, grads, g)
+            totals = {k: totals[k] + values[k] for k in totals}
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, jax.tree.map(lambda u: -lr * u, updates))
+        return params, rest, opt_state, totals
+
+    def step(params, rest, opt_state, lr, batches, sessions):
+        if ensemble:
+            return jax.vmap(member_step, in_axes=(0, 0, 0, None, None, None))(
+                params, rest, opt_state, lr, batches, sessions
+            )
+        return member_step(params, rest, opt_state, lr, batches, sessions)
+
+    return jax.jit(step, static_argnames="sessions")
+
+
+def make_predict(graphdef, ensemble: bool):
+    """Jitted predict(params, rest, arrays, session) -> (b, n), or (members, b, n) for ensembles;
+    ``graphdef`` must be in eval mode."""
+
+    def member_predict(params, rest, arrays, session):
+        return forward(nnx.merge(graphdef, params, rest), arrays, session)
+
+    def predict(params, rest, arrays, session):
+        if ensemble:
+            return jax.vmap(member_predict, in_axes=(0, 0, None, None))(params, rest, arrays, session)
+        return member_predict(params, rest, arrays, session)
+
+    return jax.jit(predict, static_argnames="session")
+
+
+def predict_trials(apply, data, trials: np.ndarray, batch_size: int, mesh=None) -> np.ndarray:
+    """Predictions for ``trials`` (k,) of SessionData ``data``, in that order.
+
+    apply(arrays) -> (..., b, n) for a dict of batch arrays (images, optional behavior and
+    pupil_center); the batch axis is the second to last. Returns (..., k, n) numpy.
+    """
+    outputs = []
+    for start in range(0, len(trials), batch_size):
+        index = trials[start : start + batch_size]
+        arrays = {"images": data.images[index]}
+        if data.behavior is not None:
+            arrays["behavior"] = data.behavior[index]
+        if data.pupil_center is not None:
+            arrays["pupil_center"] = data.pupil_center[index]
+        if mesh is not None:
+            arrays = distributed.shard_batch(arrays, mesh)
+        outputs.append(np.asarray(apply(arrays)))
+    return np.concatenate(outputs, axis=-2)
+
+
+def validation_score(predict, params, rest, sessions, batch_size, mesh) -> float:
+    """Mean single-trial correlation on the validation tier over all neurons of all sessions
+    (for ensembles: the mean of the members' scores)."""
+    scores = []
+    for index, data in enumerate(sessions):
+        trials = np.flatnonzero(data.tier == "validation")
+        predictions = predict_trials(
+            lambda arrays: predict(params, rest, arrays, index), data, trials, batch_size, mesh
+        )
+        predictions = predictions.reshape((-1,) + predictions.shape[-2:])
+        scores.append(
+            np.stack([metrics.single_trial_correlation(data.responses[trials], p) for p in predictions])
+        )
+    return float(np.concatenate(scores, axis=1).mean())
+
+
+def train_groups(batches, n_sessions: int):
+    """Group consecutive loader batches into optimizer steps: one batch per session each."""
+    group = []
+    for batch in batches:
+        if any(b.session == batch.session for b in group):
+            yield group
+            group = []
+        group.append(batch)
+        if len(group) == n_sessions:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """fit_curves.png: train loss, validation correlation and learning rate per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.2), constrained_layout=True)
+    axes[0].plot(epochs, [h["loss"] for h in history])
+    axes[0].set(xlabel="epoch", ylabel="train loss (per step)")
+    axes[1].plot(epochs, [h["validation_correlation"] for h in history])
+    best = max(history, key=lambda h: h["validation_correlation"])
+    axes[1].plot(best["epoch"], best["validation_correlation"], "o", color="C3")
+    axes[1].set(xlabel="epoch", ylabel="validation single-trial r")
+    axes[2].semilogy(epochs, [h["learning_rate"] for h in history])
+    axes[2].set(xlabel="epoch", ylabel="learning rate")
+    tmp = path.with_name(path.stem + ".tmp.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    tmp.replace(path)
+
+
+def read_history(path: Path, last_epoch: int) -> list[dict]:
+    """metrics.jsonl lines up to ``last_epoch`` (later ones belong to an epoch that was lost)."""
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [line for line in lines if line["epoch"] <= last_epoch]
+
+
+def write_lines(path: Path, lines: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    tmp.replace(path)
+
+
+def check_sessions(sessions, paths) -> None:
+    for data, path in zip(sessions, paths):
+        for tier in ("train", "validation"):
+            if not np.any(data.tier == tier):
+                raise RunError(f"{path}: no {tier} trials; fitting needs train and validation tiers")
+
+
+def fit(
+    config: RunConfig,
+    store_paths: list[str],
+    workdir: str | Path,
+    resume: bool = False,
+    *,
+    devices: list | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fit ``config`` to the session stores and write the run directory ``workdir``.
+
+    resume: continue from checkpoints/latest (the config and stores must be the run's own).
+    devices: devices of the data mesh (default: all). Returns the summary (also summary.json).
+    """
+    from twin.data.loader import batches, load_sessions
+
+    workdir = Path(workdir)
+    latest_dir = workdir / "checkpoints" / "latest"
+    best_dir = workdir / "checkpoints" / "best"
+    if not resume and checkpoint.latest_step(latest_dir) is not None:
+        raise RunError(f"{workdir}: already holds a fitted run; pass --resume to continue it or choose another --out")
+    sessions = load_sessions(store_paths, config.data)
+    check_sessions(sessions, store_paths)
+    records = [checkpoint.session_record(s) for s in sessions]
+    if resume and (workdir / "sessions.json").exists():
+        saved_config, saved_records = checkpoint.read_run_files(workdir)
+        if dataclasses.replace(saved_config, fit=dataclasses.replace(saved_config.fit, max_epochs=0)) != (
+            dataclasses.replace(config, fit=dataclasses.replace(config.fit, max_epochs=0))
+        ):
+            raise RunError(f"{workdir / 'config.toml'}: differs from the config given; resume with the run's own config")
+        if [r["unit_id"] for r in saved_records] != [r["unit_id"] for r in records]:
+            raise RunError(f"{workdir / 'sessions.json'}: the stores given are not the run's; resume with the same stores")
+    checkpoint.write_run_files(workdir, config, records)
+
+    fit_config = config.fit
+    model = checkpoint.make_model(config, records, checkpoint.readout_specs(sessions))
+    ensemble = isinstance(model, Ensemble)
+    target = model.members if ensemble else model
+    graphdef, params, rest = nnx.split(target, nnx.Param, ...)
+    target.eval()
+    eval_graphdef = nnx.split(target, nnx.Param, ...)[0]
+    target.train()
+
+    tx = optax.scale_by_adam()
+    opt_state = jax.vmap(tx.init)(params) if ensemble else tx.init(params)
+    schedule = Schedule(learning_rate=fit_config.learning_rate)
+    best_params, best_rest = params, rest
+    start = 0
+    step_meta = checkpoint.latest_step(latest_dir) if resume else None
+    if step_meta is not None:
+        templates = {"params": params, "rest": rest, "opt": opt_state, "best_params": params, "best_rest": rest}
+        trees, meta = checkpoint.restore_step(latest_dir, templates)
+        params, rest, opt_state = trees["params"], trees["rest"], trees["opt"]
+        best_params, best_rest = trees["best_params"], trees["best_rest"]
+        schedule = Schedule(**meta["schedule"])
+        start = meta["epoch"]
+        if schedule.best_epoch and checkpoint.latest_step(best_dir) != schedule.best_epoch:
+            save_best(model, target, best_params, best_rest, best_dir, schedule)
+    history = read_history(workdir / "metrics.jsonl", start)
+    write_lines(workdir / "metrics.jsonl", history)
+
+    mesh = distributed.data_mesh(devices)
+    params, rest, opt_state = distributed.replicate((params, rest, opt_state), mesh)
+    n_train = [int(np.sum(s.tier == "train")) for s in sessions]
+    train_step = make_train_step(graphdef, tx, n_train, fit_config.scale_loss, ensemble)
+    predict = make_predict(eval_graphdef, ensemble)
+    batch_size = config.data.batch_size
+    n_steps = sum(math.ceil(n / batch_size) for n in n_train)
+
+    started = time.time()
+    stopped = "max_epochs"
+    for epoch in range(start + 1, fit_config.max_epochs + 1):
+        epoch_start = time.time()
+        totals = {"loss": 0.0, "poisson": 0.0, "regularizer": 0.0}
+        n_done = 0
+        lr = jnp.float32(schedule.learning_rate)
+        loader = batches(sessions, "train", batch_size, shuffle=True, seed=epoch_seed(config, epoch))
+        with tqdm(total=n_steps, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress) as bar:
+            for group in train_groups(loader, len(sessions)):
+                arrays = distributed.shard_batch(tuple(batch_arrays(b) for b in group), mesh)
+                sessions_in_step = tuple(int(b.session) for b in group)
+                params, rest, opt_state, values = train_step(params, rest, opt_state, lr, arrays, sessions_in_step)
+                totals = {k: totals[k] + values[k] for k in totals}
+                n_done += 1
+                bar.update(len(group))
+        totals = {k: float(jnp.mean(v)) for k, v in totals.items()}
+        if not all(math.isfinite(v) for v in totals.values()):
+            raise TwinError(
+                f"{workdir}: the training loss became {totals['loss']} in epoch {epoch}; stopped, the last good"
+                f" checkpoint (epoch {start}) is kept; lower [fit].learning_rate or check the store's responses"
+            )
+        score = validation_score(predict, params, rest, sessions, batch_size, mesh)
+        lr_used = schedule.learning_rate
+        action = plateau_step(schedule, score, epoch, fit_config)
+        if action == "improved":
+            best_params, best_rest = params, rest
+            save_best(model, target, best_params, best_rest, best_dir, schedule)
+        elif action == "decay" and fit_config.restore_best:
+            params, rest = best_params, best_rest
+        line = {
+            "epoch": epoch,
+            "loss": totals["loss"] / n_done,
+            "poisson": totals["poisson"] / n_done,
+            "regularizer": totals["regularizer"] / n_done,
+            "validation_correlation": score,
+            "learning_rate": lr_used,
+            "event": action,
+            "seconds": time.time() - epoch_start,
+        }
+        history.append(line)
+        write_lines(workdir / "metrics.jsonl", history)
+        checkpoint.save_step(
+            latest_dir,
+            epoch,
+            {"params": params, "rest": rest, "opt": opt_state, "best_params": best_params, "best_rest": best_rest},
+            {"epoch": epoch, "schedule": dataclasses.asdict(schedule)},
+        )
+        start = epoch
+        if progress:
+            tqdm.write(
+                f"epoch {epoch:3d}  loss {line['loss']:.4g}  validation r {score:.4f}  lr {lr_used:.2g}"
+                + ("" if action == "wait" else f"  {action}")
+            )
+        if action == "stop":
+            stopped = "plateau"
+            break
+
+    nnx.update(target, best_params, best_rest)
+    model.eval()
+    summary = {
+        "epochs": start,
+        "stopped": stopped,
+        "best_epoch": schedule.best_epoch,
+        "best_validation_correlation": schedule.best_score,
+        "learning_rate_decays": schedule.decays,
+        "seconds": time.time() - started,
+        "ensemble_size": fit_config.ensemble_size,
+        "n_parameters": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
+        "sessions": [
+            {"name": data.name, "path": record["path"], **tier_means(model, index, data, batch_size)}
+            for index, (data, record) in enumerate(zip(sessions, records))
+        ],
+    }
+    if history:
+        plot_curves(history, workdir / "fit_curves.png")
+    tmp = workdir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(workdir / "summary.json")
+    return summary
+
+
+def save_best(model, target, params, rest, best_dir: Path, schedule: Schedule) -> None:
+    """checkpoints/best: the full model state (Twin or Ensemble) with the best weights."""
+    nnx.update(target, params, rest)
+    checkpoint.save_step(
+        best_dir,
+        schedule.best_epoch,
+        {"model": nnx.state(model)},
+        {"epoch": schedule.best_epoch, "validation_correlation": schedule.best_score},
+    )
+
+
+def tier_means(model, index: int, data, batch_size: int) -> dict:
+    """Mean scores of ``model`` (eval mode) on session ``index`` per tier present (validation, test)."""
+    from twin.evaluate import score_session
+
+    return {
+        tier: {k: v for k, v in score_session(model, index, data, tier, batch_size).items() if k != "per_neuron"}
+        for tier in ("validation", "test")
+        if np.any(data.tier == tier)
+    }
+
+
+def format_summary(summary: dict, workdir) -> str:
+    """One screen: epochs, best validation score, per-session test scores, where things are."""
+    lines = [
+        f"fit {workdir}: {summary['epochs']} epochs ({summary['stopped']}), {summary['seconds']:.0f} s,"
+        f" {summary['n_parameters']:,} parameters, ensemble of {summary['ensemble_size']}",
+        f"best validation single-trial r {summary['best_validation_correlation']:.4f} at epoch"
+        f" {summary['best_epoch']} ({summary['learning_rate_decays']} learning-rate decays)",
+    ]
+    for session in summary["sessions"]:
+        for tier in ("validation", "test"):
+            if tier in session:
+                s = session[tier]
+                text = f"  {session['name']} {tier}: r {s['single_trial_correlation']:.4f}, r to average {s['correlation_to_average']:.4f}"
+                if s["feve"] is not None:
+                    text += f", FEVE {s['feve']:.4f}, oracle r {s['oracle_correlation']:.4f}"
+                if "ground_truth_ceiling" in s:
+                    text += f", {s['fraction_of_ceiling']:.0%} of the ground-truth ceiling"
+                lines.append(text)
+    lines.append(f"  run: {workdir}/ (config.toml, metrics.jsonl, checkpoints/, fit_curves.png, summary.json)")
+    return "\n".join(lines)
+
+
+def fit_command(
+    stores: list[str],
+    out: str,
+    config_path: str | None = None,
+    seeds: int | None = None,
+    resume: bool = False,
+    max_epochs: int | None = None,
+) -> int:
+    """`twin fit`: config from --config (or, with --resume, the run's config.toml), overrides
+    from --seeds / --max-epochs, then fit and print the summary."""
+    run_config = Path(out) / "config.toml"
+    if config_path is not None:
+        config = load_config(config_path)
+    elif resume and run_config.exists():
+        config = load_config(run_config)
+    else:
+        config = RunConfig()
+    overrides = {}
+    if seeds is not None:
+        if seeds < 1:
+            raise ConfigError(f"--seeds {seeds}: pass at least 1 ensemble member")
+        overrides["ensemble_size"] = seeds
+    if max_epochs is not None:
+        if max_epochs < 1:
+            raise ConfigError(f"--max-epochs {max_epochs}: pass at least 1")
+        overrides["max_epochs"] = max_epochs
+    config = dataclasses.replace(config, fit=dataclasses.replace(config.fit, **overrides))
+    summary = fit(config, stores, out, resume=resume)
+    print(format_summary(summary, out))
+    return 0
