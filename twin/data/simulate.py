@@ -26,7 +26,7 @@ import xarray as xr
 
 from twin import metrics
 from twin.data.schema import make_session, strings
-from twin.errors import SessionError
+from twin.errors import ConfigError, SessionError
 
 GRAY = 128.0
 KINDS = ("simple", "complex", "simple_normalized", "complex_normalized")
@@ -188,7 +188,7 @@ def simulate(
         ("--repeats", repeats, 1),
     ):
         if value < least:
-            raise SessionError(f"simulate: {name} {value}: give at least {least}")
+            raise ConfigError(f"simulate: {name} {value}: give at least {least}")
     rng = np.random.default_rng(seed)
     height, width = size
     train_images = natural_images(n_train_images, size, rng)
