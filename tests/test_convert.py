@@ -95,3 +95,43 @@ def test_wrong_shape_is_named():
     state["readout.session.sigma"] = state["readout.session.sigma"][:, :-1]
     with pytest.raises(ConfigError, match="readout.session._mu maps to shape"):
         twin_from_state_dict(state, SHAPE, source="model.pth")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from twin.data.simulate import simulate
+    from twin.data.store import write_session
+
+    path = tmp_path_factory.mktemp("store") / "sim.zarr"
+    write_session(simulate(30, 20, 2, 2, size=SHAPE, seed=0), path)
+    return path
+
+
+def test_cli_writes_a_run_that_predicts_like_pytorch(tmp_path, store):
+    from twin.checkpoint import load_run
+    from twin.cli import main
+
+    peer = random_peer(grid_mean_predictor=True)
+    checkpoint = tmp_path / "model.pth"
+    torch.save(peer.state_dict(), checkpoint)
+    run_dir = tmp_path / "run"
+    assert main(["convert", "neuralpredictors", str(checkpoint), "--out", str(run_dir), "--store", str(store)]) == 0
+
+    run = load_run(run_dir)
+    images = run.sessions[0].images[:5]
+    with torch.no_grad():
+        expected = peer(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), data_key="session").numpy()
+    np.testing.assert_allclose(np.asarray(run.model(jnp.asarray(images))), expected, rtol=1e-4, atol=1e-6)
+    assert run.config.model.grid_mean_predictor
+
+
+def test_cli_needs_one_matching_store_per_readout(tmp_path, store, capsys):
+    from twin.cli import main
+
+    checkpoint = tmp_path / "model.pth"
+    torch.save(build_model(31, SHAPE, channels=8, layers=3).state_dict(), checkpoint)
+    assert main(["convert", "neuralpredictors", str(checkpoint), "--out", str(tmp_path / "a")]) == 2
+    assert "1 readouts (session) need as many --store arguments (got 0)" in capsys.readouterr().err
+    assert main(["convert", "neuralpredictors", str(checkpoint), "--out", str(tmp_path / "b"), "--store", str(store)]) == 2
+    assert "30 neurons but readout.session has 31" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -26,7 +26,6 @@ from twin.models.twin import ReadoutSpec, Twin
 # Buffers that carry no learned state: the Laplace filter of the core regularizer and
 # BatchNorm's step counter (twin's BatchNorm momentum is fixed, not cumulative).
 IGNORED = re.compile(r"core\._input_weights_regularizer\..*|.*\.num_batches_tracked")
-SENSORIUM_IMAGE_SHAPE = (36, 64)
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -167,7 +166,7 @@ def parameter_sources(model: Twin, keys: list[str]) -> list[tuple[nnx.Variable, 
 
 def twin_from_state_dict(
     state: dict[str, np.ndarray],
-    image_shape: tuple[int, int] = SENSORIUM_IMAGE_SHAPE,
+    image_shape: tuple[int, int],
     n_behavior: int = 0,
     source: str = "<state dict>",
 ) -> tuple[Twin, ModelConfig, list[str]]:
@@ -211,8 +210,7 @@ def convert_neuralpredictors(checkpoint: str | Path, out: str | Path, stores: li
     """Write run directory ``out`` from a neuralpredictors state dict file ``checkpoint``.
 
     stores: the session stores the model was trained on, one per readout in state dict order;
-    they set the image shape, behavior channels and the sessions recorded in the run. Without
-    them the run assumes the Sensorium image shape (36, 64) and records no sessions.
+    they give the image shape, behavior channels, normalization and neuron ids of the run.
     """
     from twin.checkpoint import save_run_model
     from twin.data.loader import load_sessions
@@ -221,24 +219,29 @@ def convert_neuralpredictors(checkpoint: str | Path, out: str | Path, stores: li
     if out.exists():
         raise RunError(f"{out}: run directory already exists; choose a new --out")
     state = read_state_dict(checkpoint)
+    config, in_channels = infer_config(state, str(checkpoint))
     keys = data_keys(state)
+    if not stores or len(stores) != len(keys):
+        raise ConfigError(
+            f"{checkpoint}: {len(keys)} readouts ({', '.join(keys)}) need as many --store arguments"
+            f" (got {len(stores or [])}): the session stores the model was trained on, in this order"
+        )
     data_config = DataConfig()
-    sessions = load_sessions(stores, data_config) if stores else []
-    image_shape, n_behavior = SENSORIUM_IMAGE_SHAPE, 0
-    if sessions:
-        if len(sessions) != len(keys):
-            raise ConfigError(
-                f"{checkpoint}: {len(keys)} readouts ({', '.join(keys)}) but {len(sessions)} --store; pass one store per readout"
+    sessions = load_sessions(stores, data_config)
+    n_behavior = in_channels - sessions[0].channels
+    for session, key in zip(sessions, keys):
+        n = len(state[f"readout.{key}.bias"]) if f"readout.{key}.bias" in state else 0
+        if session.n_neurons != n:
+            raise RunError(f"{session.path}: {session.n_neurons} neurons but readout.{key} has {n}; pass the store it was trained on")
+        # Behavior enters as extra image channels only when the first layer has room for them.
+        behavior = 0 if session.behavior is None else session.behavior.shape[1]
+        if n_behavior < 0 or (n_behavior and behavior != n_behavior):
+            raise RunError(
+                f"{session.path}: {session.channels} image channels + {behavior} behavior variables, but the"
+                f" checkpoint's first layer takes {in_channels} channels; pass the store it was trained on"
             )
-        for session, key in zip(sessions, keys):
-            n = len(state.get(f"readout.{key}.bias", []))
-            if session.responses.shape[1] != n:
-                raise RunError(
-                    f"{session.path}: {session.responses.shape[1]} neurons but readout.{key} has {n}; pass the store it was trained on"
-                )
-        image_shape = sessions[0].images.shape[1:3]
-        first_in = state["core.features.layer0.conv.weight"].shape[1] if "core.features.layer0.conv.weight" in state else 0
-        n_behavior = max(first_in - sessions[0].images.shape[3], 0)
-    model, model_config, _ = twin_from_state_dict(state, image_shape, n_behavior, str(checkpoint))
+        if config.grid_mean_predictor and session.cell_xyz is None:
+            raise RunError(f"{session.path}: readout.{key} predicts positions from cell_x/cell_y, which this store lacks")
+    model, model_config, _ = twin_from_state_dict(state, sessions[0].image_shape, n_behavior, str(checkpoint))
     save_run_model(out, model, RunConfig(data=data_config, model=model_config), sessions)
     return out
