@@ -138,7 +138,8 @@ def plot_response_bars(summary: dict, path: Path) -> None:
         ax.bar(x + (k - 1) * width, means, width, yerr=sems, color=KIND_COLORS[kind], label=kind)
     for i, neuron in enumerate(neurons):
         if neuron["mei_beats_controls"]:
-            ax.text(i - width, neuron["mei_response"], "*", ha="center", va="bottom")
+            mei = [m for m in neuron["stimuli"] if m["kind"] == "mei"][0]
+            ax.text(i - width, mei["measured"] + (mei["sem"] or 0.0), "*", ha="center", va="bottom")
     ax.set_xticks(x, [str(n["unit_id"]) for n in neurons], rotation=90, fontsize=7)
     ax.set_xlabel("unit id (* MEI > strongest control, p < 0.05)")
     ax.set_ylabel("measured response")

@@ -1,0 +1,132 @@
+"""A miniature `twin loop` end to end, and the pieces checked on what it wrote."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from twin.cli import main
+from twin.data.store import open_session
+from twin.loop.files import read_responses, write_responses
+from twin.loop.monitor import Monitor, png_to_model
+from twin.loop.predict import twin_responses
+
+TINY = """
+[loop]
+simulated_neurons = 24
+train_images = 240
+test_images = 12
+repeats = 4
+size = [18, 32]
+rig_repeats = 4
+min_distance = 5.0
+mei_seeds = 2
+[model]
+core_layers = 1
+core_channels = 8
+input_kernel = 5
+[data]
+batch_size = 32
+[fit]
+max_epochs = 3
+[mei]
+steps = 20
+"""
+
+
+@pytest.fixture(scope="module")
+def loop_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loop")
+    (root / "tiny.toml").write_text(TINY)
+    assert main(["loop", str(root / "out"), "--neurons", "3", "--config", str(root / "tiny.toml")]) == 0
+    return root / "out"
+
+
+def test_loop_writes_every_stage(loop_dir):
+    for name in ["session.zarr", "run", "selection.json", "meis.zarr", "stimuli/manifest.csv", "responses.npz", "report/index.html"]:
+        assert (loop_dir / name).exists(), name
+    result = json.loads((loop_dir / "loop.json").read_text())
+    summary = json.loads((loop_dir / "report" / "summary.json").read_text())
+    assert list(summary) == [
+        "n_neurons", "median_mei_over_best_natural", "fraction_mei_beats_controls_p05",
+        "prediction_correlation", "neurons",
+    ]
+    assert result["n_neurons"] == summary["n_neurons"] >= 1
+    assert set(result["seconds"]) == {"simulate", "fit", "select", "mei", "export", "respond", "closeloop", "total"}
+    selection = json.loads((loop_dir / "selection.json").read_text())
+    assert {n["unit_id"] for n in summary["neurons"]} <= set(selection["unit_id"])
+
+
+def test_selection_rules(loop_dir):
+    selection = json.loads((loop_dir / "selection.json").read_text())
+    assert 1 <= len(selection["neuron_index"]) <= 3
+    assert len(set(selection["neuron_index"])) == len(selection["neuron_index"])
+    gains = [n["gain_over_ln"] for n in selection["neurons"]]
+    assert gains == sorted(gains, reverse=True)
+    for n in selection["neurons"]:
+        assert n["oracle"] >= selection["thresholds"]["oracle"]
+        assert n["fraction_of_oracle"] >= selection["thresholds"]["fraction_of_oracle"]
+    xyz = np.array([n["position"] for n in selection["neurons"]])
+    distances = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)[np.triu_indices(len(xyz), 1)]
+    assert np.all(distances >= 5.0)
+
+
+def test_export_manifest_on_target_and_interleaved(loop_dir):
+    manifest = json.loads((loop_dir / "stimuli" / "manifest.json").read_text())
+    target = manifest["target"]
+    stimuli = manifest["stimuli"]
+    assert {s["kind"] for s in stimuli} <= {"mei", "natural", "natural_masked"}
+    for s in stimuli:
+        assert abs(s["mean_luminance"] / target["mean_luminance"] - 1) <= 0.05
+        assert abs(s["rms_contrast"] / target["rms_contrast"] - 1) <= 0.05
+    for r in manifest["rejected"]:
+        assert r["off_target"] > 0.05
+    n = len(stimuli)
+    order = manifest["order"]
+    assert len(order) == n * manifest["repeats"]
+    for block in range(manifest["repeats"]):  # every repeat block shows each stimulus once
+        assert sorted(order[block * n : (block + 1) * n]) == list(range(n))
+    with open(loop_dir / "stimuli" / "manifest.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [int(r["stimulus_id"]) for r in rows] == order
+    assert [r["file"] for r in rows] == [stimuli[i]["file"] for i in order]
+
+
+def test_png_round_trip_and_twin_prediction(loop_dir):
+    """PNG -> model space gives the exported stimulus, and the twin's response to it is the
+    manifest's prediction."""
+    from twin.checkpoint import load_run
+
+    manifest = json.loads((loop_dir / "stimuli" / "manifest.json").read_text())
+    values = dict(manifest["monitor"])
+    monitor = Monitor(**values | {"screen": tuple(values["screen"]) if values["screen"] else None})
+    shape = tuple(manifest["model_shape"])
+    images = np.stack([png_to_model(loop_dir / "stimuli" / s["file"], monitor, shape) for s in manifest["stimuli"]])
+    # the default monitor is linear, so model space is the PNG's 8-bit grid
+    np.testing.assert_allclose(images, np.round(images), atol=1e-3)
+    assert abs(images.mean() - open_session(loop_dir / "session.zarr")["images"].values.mean()) < 5
+    run = load_run(loop_dir / "run")
+    for s, image in zip(manifest["stimuli"], images):
+        predicted = twin_responses(run, 0, image[None], np.array([s["neuron_index"]]))[0, 0]
+        assert predicted == pytest.approx(s["predicted_response"], rel=1e-4, abs=1e-5)
+
+
+def test_rig_responses_match_manifest(loop_dir):
+    manifest = json.loads((loop_dir / "stimuli" / "manifest.json").read_text())
+    data = read_responses(loop_dir / "responses.npz")
+    assert data["stimulus_id"].tolist() == manifest["order"]
+    session = open_session(loop_dir / "session.zarr")
+    assert data["unit_id"].tolist() == session["unit_id"].values.tolist()
+
+
+def test_closeloop_cli_reports_missing_stimulus(loop_dir, tmp_path, capsys):
+    data = read_responses(loop_dir / "responses.npz")
+    keep = data["stimulus_id"] != 0
+    bad = tmp_path / "bad.npz"
+    write_responses(bad, data["responses"][keep], data["stimulus_id"][keep], data["unit_id"])
+    args = ["closeloop", str(loop_dir / "run"), str(loop_dir / "stimuli"), str(bad), "--out", str(tmp_path / "report")]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "no trials of stimulus_id 0" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "report").exists()

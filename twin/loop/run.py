@@ -1,0 +1,217 @@
+"""`twin loop OUT/`: the whole inception loop on the simulated animal, one progress line per stage.
+
+simulate -> fit -> select -> MEIs -> export -> respond -> closeloop (+ report). Everything lands
+in OUT/: session.zarr, config.toml (what fit and MEIs used), run/, selection.json, meis.zarr,
+stimuli/, responses.npz, report/ (index.html, summary.json) and loop.json (timings and numbers).
+
+The default sizes fit a 2-core CPU in under 10 minutes. A ``--config`` TOML file may override any
+[data], [model], [fit], [mei] value and, in a [loop] table, the LOOP values below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import tomllib
+from pathlib import Path
+
+import tomli_w
+
+from twin.config import config_from_dict
+from twin.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Sizes of the simulated experiment and the rig session ([loop] table)."""
+
+    simulated_neurons: int = 100
+    train_images: int = 2000
+    test_images: int = 50
+    repeats: int = 10  # of each test image in the simulated recording
+    size: tuple[int, int] = (36, 64)
+    rig_repeats: int = 10  # presentations of each exported stimulus
+    min_distance: float = 20.0  # µm between selected neurons
+    mei_seeds: int = 4
+
+
+# The small twin and short MEI schedule the loop fits by default (a preset over the Sensorium
+# defaults in twin.config, like the MEI recipes).
+SMALL_TWIN = {
+    "model": {"core_layers": 3, "core_channels": 32, "hidden_kernel": 5},
+    "fit": {"max_epochs": 40, "patience": 3, "max_lr_decays": 2},
+    "mei": {"steps": 400},
+}
+
+
+def loop_config(config_path: str | Path | None) -> tuple[LoopConfig, dict]:
+    """(LoopConfig, the set run-config values as a dict of sections): the loop preset under the
+    file's values. Only values set are kept, so a [mei] value changes the chosen recipe, not all."""
+    values = {}
+    if config_path is not None:
+        try:
+            values = tomllib.loads(Path(config_path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{config_path}: config file not found; pass an existing TOML file") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{config_path}: not valid TOML ({error}); fix the syntax") from None
+    loop = values.pop("loop", {})
+    fields = {f.name: f.type for f in dataclasses.fields(LoopConfig)}
+    unknown = set(loop) - set(fields)
+    if unknown:
+        raise ConfigError(
+            f"{config_path}: unknown key [loop].{sorted(unknown)[0]}; known keys: {', '.join(fields)}"
+        )
+    if "size" in loop:
+        loop["size"] = tuple(loop["size"])
+    merged = {name: SMALL_TWIN.get(name, {}) | values.get(name, {}) for name in set(SMALL_TWIN) | set(values)}
+    config_from_dict(merged, str(config_path or "twin loop"))  # check names and types now
+    return LoopConfig(**loop), merged
+
+
+class Stages:
+    """Prints `[i/n] stage: message (seconds)` and keeps the timings."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def run(self, name: str, function, describe):
+        index = self.names.index(name) + 1
+        print(f"[{index}/{len(self.names)}] {name} ...", flush=True)
+        began = time.perf_counter()
+        result = function()
+        self.seconds[name] = round(time.perf_counter() - began, 1)
+        print(f"[{index}/{len(self.names)}] {name}: {describe(result)} ({self.seconds[name]:.0f} s)", flush=True)
+        return result
+
+
+def run_loop(
+    out: str | Path,
+    session: str | Path | None = None,
+    neurons: int = 16,
+    seeds: int | None = None,
+    recipe: str = "walker2019",
+    config_path: str | Path | None = None,
+    seed: int = 0,
+) -> dict:
+    """Run the inception loop into ``out``; returns loop.json's content.
+
+    session: start from this session store instead of simulating one (the rig stages run only
+    when it is a simulated session); neurons: how many to select; seeds: MEI initializations per
+    neuron (default [loop].mei_seeds).
+    """
+    from twin.data.simulate import simulate
+    from twin.data.store import open_session, write_session
+    from twin.fit import fit_command
+    from twin.loop.closeloop import closeloop
+    from twin.loop.export import export_stimuli
+    from twin.loop.respond import respond_to_stimuli
+    from twin.loop.select import select_neurons
+    from twin.mei.run import mei_command
+
+    out = Path(out)
+    loop, run_config = loop_config(config_path)
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / "config.toml"
+    config_file.write_text(tomli_w.dumps(run_config))
+    store = out / "session.zarr" if session is None else Path(session)
+    simulated = session is None or bool(open_session(store).attrs.get("simulated"))
+    names = ["simulate"] * (session is None) + ["fit", "select", "mei", "export"]
+    names += ["respond", "closeloop"] * simulated
+    stages = Stages(names)
+    if session is None:
+        stages.run(
+            "simulate",
+            lambda: write_session(
+                simulate(loop.simulated_neurons, loop.train_images, loop.test_images, loop.repeats, loop.size, seed),
+                store,
+            ),
+            lambda _: f"{loop.simulated_neurons} neurons, {loop.train_images} + {loop.test_images}x{loop.repeats} images -> {store}",
+        )
+    run = out / "run"
+    stages.run(
+        "fit",
+        lambda: fit_command(stores=[str(store)], out=str(run), config_path=str(config_file), seeds=None, resume=False, max_epochs=None),
+        lambda _: f"twin in {run}",
+    )
+    selection = stages.run(
+        "select",
+        lambda: select_neurons(run, n=neurons, min_distance=loop.min_distance),
+        lambda s: f"{len(s['neuron_index'])} neurons: " + ",".join(str(u) for u in s["unit_id"]),
+    )
+    (out / "selection.json").write_text(json.dumps(selection, indent=1))
+    mei = stages.run(
+        "mei",
+        lambda: mei_command(
+            run=str(run),
+            neurons=",".join(str(i) for i in selection["neuron_index"]),
+            seeds=seeds or loop.mei_seeds,
+            recipe=recipe,
+            config_path=str(config_file),
+            out=str(out / "meis.zarr"),
+            deis=0,
+            session=0,
+            validator=None,
+        ),
+        lambda m: f"recipe {recipe}, median MEI / best natural under the twin {m['median_ratio']:.2f}"
+        + (f", on the animal {m['median_true_ratio']:.2f}" if m.get("median_true_ratio") is not None else ""),
+    )
+    manifest = stages.run(
+        "export",
+        lambda: export_stimuli(out / "meis.zarr", out / "stimuli", repeats=loop.rig_repeats, seed=seed),
+        lambda m: f"{len(m['stimuli'])} stimuli x {m['repeats']} repeats, {len(m['rejected'])} rejected -> {out / 'stimuli'}",
+    )
+    result = {
+        "out": str(out),
+        "session": str(store),
+        "neurons": selection["unit_id"],
+        "twin_median_mei_over_best_natural": mei.get("median_ratio"),
+        "true_median_mei_over_best_natural": mei.get("median_true_ratio"),
+        "stimuli": len(manifest["stimuli"]),
+        "rejected": len(manifest["rejected"]),
+    }
+    if simulated:
+        stages.run(
+            "respond",
+            lambda: respond_to_stimuli(out / "stimuli", animal=store, out=out / "responses.npz", seed=seed + 1),
+            lambda r: f"{r['responses'].shape[0]} trials x {r['responses'].shape[1]} neurons -> {out / 'responses.npz'}",
+        )
+        summary = stages.run(
+            "closeloop",
+            lambda: closeloop(run, out / "stimuli", out / "responses.npz", out / "report"),
+            lambda s: f"report in {out / 'report' / 'index.html'}",
+        )
+        result |= {k: v for k, v in summary.items() if k != "neurons"}
+    result["seconds"] = stages.seconds | {"total": round(time.perf_counter() - stages.start, 1)}
+    (out / "loop.json").write_text(json.dumps(result, indent=1))
+    print(format_result(result, simulated))
+    return result
+
+
+def format_result(result: dict, simulated: bool) -> str:
+    """The final summary block."""
+
+    def show(value):
+        return "n/a" if value is None else f"{value:.2f}"
+
+    lines = [f"inception loop done in {result['seconds']['total']:.0f} s: {result['out']}"]
+    if simulated:
+        lines += [
+            f"  neurons: {result['n_neurons']}",
+            f"  median MEI / best natural image, measured: {show(result['median_mei_over_best_natural'])}"
+            f" (noise-free truth {show(result['true_median_mei_over_best_natural'])},"
+            f" twin {show(result['twin_median_mei_over_best_natural'])})",
+            f"  MEIs beating controls (p < 0.05): {show(result['fraction_mei_beats_controls_p05'])}",
+            f"  prediction correlation, twin vs animal: {show(result['prediction_correlation'])}",
+            f"  report: {Path(result['out']) / 'report' / 'index.html'}",
+        ]
+    else:
+        lines += [
+            f"  stimuli for the rig: {Path(result['out']) / 'stimuli'} (manifest.csv)",
+            f"  then: twin closeloop {Path(result['out']) / 'run'} {Path(result['out']) / 'stimuli'}"
+            f" RESPONSES.npz --out {Path(result['out']) / 'report'}",
+        ]
+    return "\n".join(lines)

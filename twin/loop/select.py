@@ -1,0 +1,208 @@
+"""Choose neurons for a closed loop the way the inception-loop studies do (Walker et al. 2019).
+
+1. reliable: oracle correlation on the test repeats in the top half of the session;
+2. well predicted: the twin's fraction of oracle (correlation to average / oracle) in the top half
+   of the reliable neurons;
+3. ranked by the twin's gain over a linear-nonlinear (LN) model fit to the same trials (ridge
+   regression on pixels + a binned output nonlinearity), when ``ln`` is on;
+4. taken in rank order, skipping neurons within ``edge`` µm of the imaging field's border and
+   neurons closer than ``min_distance`` µm to one already chosen (when the session has positions).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from twin.metrics import correlation, correlation_to_average, oracle_correlation
+
+RIDGE_PENALTIES = np.logspace(-1, 5, 13)  # times the mean squared singular value
+NONLINEARITY_BINS = 20
+
+
+def nonlinearity(drive: np.ndarray, responses: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per neuron, the LN output nonlinearity as (bin centres, mean response) over quantile bins.
+
+    drive, responses: (trials, neurons).
+    """
+    edges = np.linspace(0, 1, NONLINEARITY_BINS + 1)
+    curves = []
+    for n in range(drive.shape[1]):
+        bins = np.quantile(drive[:, n], edges)
+        which = np.clip(np.searchsorted(bins, drive[:, n], side="right") - 1, 0, NONLINEARITY_BINS - 1)
+        counts = np.bincount(which, minlength=NONLINEARITY_BINS)
+        keep = counts > 0
+        centre = np.bincount(which, drive[:, n], NONLINEARITY_BINS)[keep] / counts[keep]
+        mean = np.bincount(which, responses[:, n], NONLINEARITY_BINS)[keep] / counts[keep]
+        curves.append((centre, mean))
+    return curves
+
+
+def fit_ln(train_x, train_y, val_x, val_y):
+    """Ridge-regression LN model, penalty chosen per neuron on the validation trials.
+
+    x: (trials, pixels), y: (trials, neurons). Returns predict(x) -> (trials, neurons).
+    """
+    mean_x, mean_y = train_x.mean(0), train_y.mean(0)
+    u, s, vt = np.linalg.svd(train_x - mean_x, full_matrices=False)
+    uty = u.T @ (train_y - mean_y)
+    best_score = np.full(train_y.shape[1], -np.inf)
+    weights = np.zeros((train_x.shape[1], train_y.shape[1]))
+    for penalty in RIDGE_PENALTIES * np.mean(s**2):
+        w = vt.T @ ((s / (s**2 + penalty))[:, None] * uty)
+        score = correlation(val_y, (val_x - mean_x) @ w)
+        better = score > best_score
+        weights[:, better], best_score[better] = w[:, better], score[better]
+    curves = nonlinearity((train_x - mean_x) @ weights, train_y)
+
+    def predict(x):
+        drive = (x - mean_x) @ weights
+        return np.stack([np.interp(drive[:, n], *curves[n]) for n in range(drive.shape[1])], axis=1)
+
+    return predict
+
+
+def ln_correlations(data) -> np.ndarray:
+    """Correlation to average (neuron,) on the test tier of an LN model fit to the train trials.
+
+    data: SessionData. Validation trials pick the ridge penalty (the last tenth of the train
+    trials when the session has none).
+    """
+    images = data.images.reshape(len(data.images), -1)
+    train = np.flatnonzero(data.tier == "train")
+    validation = np.flatnonzero(data.tier == "validation")
+    if len(validation) == 0:
+        train, validation = train[: len(train) * 9 // 10], train[len(train) * 9 // 10 :]
+    predict = fit_ln(images[train], data.responses[train], images[validation], data.responses[validation])
+    test = data.tier == "test"
+    return correlation_to_average(data.responses[test], predict(images[test]), data.image_id[test])
+
+
+def spaced(order: np.ndarray, xyz: np.ndarray | None, n: int, min_distance: float, edge: float):
+    """Greedy pick in rank order: (chosen indices, n skipped at the edge, n skipped as too close)."""
+    chosen, at_edge, too_close = [], 0, 0
+    if xyz is not None:
+        lo, hi = xyz[:, :2].min(0), xyz[:, :2].max(0)
+    for i in order:
+        if len(chosen) == n:
+            break
+        if xyz is not None:
+            if np.any(xyz[i, :2] - lo < edge) or np.any(hi - xyz[i, :2] < edge):
+                at_edge += 1
+                continue
+            if chosen and np.min(np.linalg.norm(xyz[chosen] - xyz[i], axis=1)) < min_distance:
+                too_close += 1
+                continue
+        chosen.append(int(i))
+    return chosen, at_edge, too_close
+
+
+def select_neurons(
+    run: str | Path,
+    n: int = 50,
+    min_distance: float = 20.0,
+    edge: float | None = None,
+    session: int = 0,
+    ln: bool = True,
+) -> dict:
+    """Pick up to ``n`` neurons of one session of a run for a closed loop (see the module doc).
+
+    edge: margin (µm) from the imaging field's border; default ``min_distance``. Returns a dict
+    with ``neuron_index`` and ``unit_id`` (lists, in rank order), ``neurons`` (per neuron: its
+    scores and position), the thresholds used and how many neurons each rule excluded.
+    """
+    from twin.checkpoint import load_run
+    from twin.errors import ConfigError
+    from twin.loop.predict import predict
+
+    if n < 1:
+        raise ConfigError(f"--n {n}: select at least one neuron")
+    loaded = load_run(run)
+    if not 0 <= session < len(loaded.sessions):
+        raise ConfigError(f"{run}: session {session} does not exist; the run has {len(loaded.sessions)}")
+    data = loaded.sessions[session]
+    edge = min_distance if edge is None else edge
+    test = data.tier == "test"
+    oracle = oracle_correlation(data.responses[test], data.image_id[test])
+    twin_r = correlation_to_average(
+        data.responses[test], predict(loaded.model, data, session, data.images[test]), data.image_id[test]
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = twin_r / oracle
+    oracle_threshold = float(np.nanmedian(oracle))
+    reliable = np.nan_to_num(oracle, nan=-np.inf) >= oracle_threshold
+    fraction_threshold = float(np.nanmedian(fraction[reliable]))
+    good = reliable & (np.nan_to_num(fraction, nan=-np.inf) >= fraction_threshold)
+    ln_r = ln_correlations(data) if ln else np.full(len(oracle), np.nan)
+    rank_by = np.nan_to_num(twin_r - ln_r, nan=-np.inf) if ln else np.nan_to_num(fraction, nan=-np.inf)
+    candidates = np.flatnonzero(good)
+    order = candidates[np.argsort(-rank_by[candidates], kind="stable")]
+    chosen, at_edge, too_close = spaced(order, data.cell_xyz, n, min_distance, edge)
+
+    def value(x):
+        return None if not np.isfinite(x) else float(x)
+
+    neurons = [
+        {
+            "neuron_index": i,
+            "unit_id": int(data.unit_id[i]),
+            "oracle": value(oracle[i]),
+            "twin_correlation": value(twin_r[i]),
+            "fraction_of_oracle": value(fraction[i]),
+            "ln_correlation": value(ln_r[i]),
+            "gain_over_ln": value(twin_r[i] - ln_r[i]),
+            "position": None if data.cell_xyz is None else [float(v) for v in data.cell_xyz[i]],
+        }
+        for i in chosen
+    ]
+    return {
+        "run": str(run),
+        "session": session,
+        "requested": n,
+        "neuron_index": chosen,
+        "unit_id": [int(data.unit_id[i]) for i in chosen],
+        "ranked_by": "twin - LN correlation to average" if ln else "twin fraction of oracle",
+        "thresholds": {
+            "oracle": oracle_threshold,
+            "fraction_of_oracle": fraction_threshold,
+            "min_distance_um": min_distance if data.cell_xyz is not None else None,
+            "edge_um": edge if data.cell_xyz is not None else None,
+        },
+        "excluded": {
+            "unreliable": int(np.sum(~reliable)),
+            "poorly_predicted": int(np.sum(reliable & ~good)),
+            "field_edge": at_edge,
+            "too_close": too_close,
+        },
+        "neurons": neurons,
+    }
+
+
+def format_selection(selection: dict) -> str:
+    """A readable table of the selection and why."""
+    t, ex = selection["thresholds"], selection["excluded"]
+    lines = [
+        f"{len(selection['neurons'])} of {selection['requested']} requested neurons from {selection['run']}"
+        f" (session {selection['session']}), ranked by {selection['ranked_by']}",
+        f"kept: oracle >= {t['oracle']:.3f} (top half), fraction of oracle >= {t['fraction_of_oracle']:.3f}"
+        + (
+            f", >= {t['edge_um']:g} um from the field edge, >= {t['min_distance_um']:g} um apart"
+            if t["min_distance_um"] is not None
+            else " (no cell positions: no spacing rule)"
+        ),
+        f"excluded: {ex['unreliable']} unreliable, {ex['poorly_predicted']} poorly predicted,"
+        f" {ex['field_edge']} at the field edge, {ex['too_close']} too close",
+        f"{'index':>6} {'unit':>8} {'oracle':>7} {'twin r':>7} {'frac':>6} {'LN r':>7} {'gain':>7}",
+    ]
+
+    def show(x):
+        return "   nan" if x is None else f"{x:6.3f}"
+
+    for n in selection["neurons"]:
+        lines.append(
+            f"{n['neuron_index']:>6} {n['unit_id']:>8} {show(n['oracle']):>7} {show(n['twin_correlation']):>7}"
+            f" {show(n['fraction_of_oracle']):>6} {show(n['ln_correlation']):>7} {show(n['gain_over_ln']):>7}"
+        )
+    lines.append("neurons for `twin mei --neurons`: " + ",".join(str(i) for i in selection["neuron_index"]))
+    return "\n".join(lines)
