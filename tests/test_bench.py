@@ -1,0 +1,33 @@
+"""`twin bench --quick --json`: the suite runs end to end and reports every measurement (no speed checks)."""
+
+import json
+
+from twin.bench import QUICK, peer_available
+from twin.cli import main
+
+
+def test_quick_json_has_every_measurement(capsys):
+    assert main(["bench", "--quick", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+
+    assert results["quick"] is True
+    assert results["shapes"]["neurons"] == QUICK.neurons
+    for key in ("date", "cpu", "platform", "versions"):
+        assert results["machine"][key]
+    assert results["loader"]["trials_s"] > 0
+    for name in ("forward", "train"):
+        row = results[name]
+        assert row["img_s"] > 0 and row["compile_s"] > 0
+        assert row["flops_per_img"] > 0 and row["gflop_s"] > 0
+    assert sorted(results["mei"], key=int) == [str(n) for n in QUICK.mei_neurons]
+    for row in results["mei"].values():
+        assert row["image_step_s"] > 0 and row["flops_per_image_step"] > 0 and row["steps_timed"] >= 2
+    # Training costs more than predicting: about 3x the forward FLOPs per image.
+    assert 2 < results["train"]["flops_per_img"] / results["forward"]["flops_per_img"] < 5
+
+    if peer_available() is None:
+        assert set(results["peer"]) == {"default", "malloc_tuned"}
+        assert "glibc.malloc" in results["peer"]["malloc_tuned"]["glibc_tunables"]
+        assert set(results["ratios"]) == {"forward", "train"} | {f"mei_{n}" for n in QUICK.mei_neurons}
+    else:
+        assert "skipped" in results["peer"] and results["ratios"] == {}

@@ -1,0 +1,399 @@
+"""Throughput suite behind ``twin bench``: twin (JAX) next to the PyTorch peer, same machine, same run.
+
+Measured after compilation, medians over a few repeats after one warm-up call:
+- loader: trials/s of ``twin.data.loader.batches`` over a whole training epoch in memory,
+- forward: images/s of the eval-mode Twin (nnx.split/merge + jax.jit),
+- train: images/s of one Adam step on the Poisson loss + regularizers (train mode),
+- mei: image-steps/s of the MEI engine (``twin.mei.optimize.make_ascent``) running the peer's loop
+  (SGD, fixed L2 norm each step, no blur) for 1, 16, 128 and 1,024 neurons at once,
+each with its compile time, XLA's FLOP count per step (``compiled.cost_analysis()``) and the
+achieved FLOP/s. Default shapes: the Sensorium 2022 baseline (7,776 neurons, 1x36x64, batch 128,
+4 layers x 64 channels); ``quick``: tiny shapes that only check the suite runs.
+
+The peer (benchmarks/peer_torch.py, neuralpredictors 0.3.0) runs in child processes, once with
+the default glibc malloc and once with the tunables that stop it returning big buffers to the OS
+on every free; ratios are against the faster of the two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from twin.config import ModelConfig
+from twin.models.twin import ReadoutSpec, Twin
+
+PEER_SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "peer_torch.py"
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+MEI_NORM = 25.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """Model and workload sizes of one suite run."""
+
+    neurons: int
+    height: int
+    width: int
+    batch: int
+    channels: int
+    layers: int
+    n_train: int  # training trials: the loader's epoch and the loss scale sqrt(n_train / batch)
+    mei_neurons: tuple[int, ...]
+    # Image-steps per timed MEI call (steps = budget // neurons, at least 2, at most max_steps).
+    mei_budget: int
+    mei_max_steps: int
+    repeats: int
+    peer_mei_neurons: int
+    peer_mei_steps: int
+
+    def peer_arguments(self) -> list[str]:
+        shapes = {k: getattr(self, k) for k in ("neurons", "height", "width", "batch", "channels", "layers", "n_train")}
+        return [
+            "--shapes", json.dumps(shapes),
+            "--repeats", str(self.repeats),
+            "--mei-neurons", str(self.peer_mei_neurons),
+            "--mei-steps", str(self.peer_mei_steps),
+        ]  # fmt: skip
+
+
+FULL = Shapes(7776, 36, 64, 128, 64, 4, 4500, (1, 16, 128, 1024), 1024, 200, 3, 3, 30)
+QUICK = Shapes(24, 20, 24, 4, 8, 2, 64, (1, 2), 4, 2, 1, 2, 3)
+
+
+def machine_info() -> dict:
+    """Host, CPU model, accelerator, library versions and the date (UTC)."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("jax", "jaxlib", "flax", "optax", "numpy"):
+        versions[package] = importlib.metadata.version(package)
+    device = jax.devices()[0]
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": platform.node(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "platform": device.platform,
+        "device": device.device_kind,
+        "devices": jax.device_count(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def median_seconds(run, repeats: int) -> float:
+    """Median wall time of ``run()`` (which must block until done) after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def compile_with_cost(jitted, *args) -> tuple[object, float, float]:
+    """(compiled, compile seconds, FLOPs of one call by XLA's cost analysis)."""
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    seconds = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return compiled, seconds, float((cost or {}).get("flops", 0.0))
+
+
+def throughput(work: float, seconds: float, compile_s: float, flops: float, unit: str) -> dict:
+    """One result row: rate in ``unit`` per second, compile time, FLOPs per unit, FLOP/s."""
+    return {
+        f"{unit}_s": work / seconds,
+        "compile_s": compile_s,
+        f"flops_per_{unit}": flops / work,
+        "gflop_s": flops / seconds / 1e9,
+        "seconds": seconds,
+    }
+
+
+def build_twin(shapes: Shapes) -> Twin:
+    """The Sensorium baseline twin at ``shapes`` (one session, random weights)."""
+    config = ModelConfig(core_layers=shapes.layers, core_channels=shapes.channels)
+    spec = ReadoutSpec(shapes.neurons, np.ones(shapes.neurons, np.float32))
+    return Twin(config, 1, (shapes.height, shapes.width), [spec], rngs=nnx.Rngs(0))
+
+
+def sample_batch(shapes: Shapes) -> tuple[jax.Array, jax.Array]:
+    """Random images (b, y, x, 1) and Poisson responses (b, neurons)."""
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((shapes.batch, shapes.height, shapes.width, 1), np.float32)
+    responses = rng.poisson(1.0, (shapes.batch, shapes.neurons)).astype(np.float32)
+    return jnp.asarray(images), jnp.asarray(responses)
+
+
+def bench_forward(shapes: Shapes) -> dict:
+    """Eval-mode predictions of a batch: images/s."""
+    model = build_twin(shapes)
+    model.eval()
+    graphdef, state = nnx.split(model)
+    images, _ = sample_batch(shapes)
+
+    @jax.jit
+    def forward(state, images):
+        return nnx.merge(graphdef, state)(images)
+
+    compiled, compile_s, flops = compile_with_cost(forward, state, images)
+    seconds = median_seconds(lambda: compiled(state, images).block_until_ready(), shapes.repeats)
+    return throughput(shapes.batch, seconds, compile_s, flops, "img")
+
+
+def bench_train(shapes: Shapes) -> dict:
+    """One training step (train mode, Adam, Poisson loss x sqrt(n_train / batch) + regularizers): images/s."""
+    model = build_twin(shapes)
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.adam(0.009)
+    opt_state = tx.init(params)
+    images, responses = sample_batch(shapes)
+    scale = (shapes.n_train / shapes.batch) ** 0.5
+
+    def loss_fn(params, rest, images, responses):
+        # copy: fresh variables at this trace level, so BatchNorm may update its statistics.
+        model = nnx.merge(graphdef, params, rest, copy=True)
+        output = model(images)
+        poisson = jnp.sum(output - responses * jnp.log(output + 1e-12))
+        loss = scale * poisson + model.regularizer(0)
+        return loss, nnx.state(model, nnx.Not(nnx.Param))
+
+    @jax.jit
+    def train_step(params, rest, opt_state, images, responses):
+        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, images, responses)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), rest, opt_state, loss
+
+    compiled, compile_s, flops = compile_with_cost(train_step, params, rest, opt_state, images, responses)
+    carry = [params, rest, opt_state]
+
+    def step():
+        *new, loss = compiled(*carry, images, responses)
+        carry[:] = new
+        loss.block_until_ready()
+
+    seconds = median_seconds(step, shapes.repeats)
+    return throughput(shapes.batch, seconds, compile_s, flops, "img")
+
+
+def bench_mei(shapes: Shapes) -> dict:
+    """The MEI engine on the peer's loop for each count of neurons at once: image-steps/s."""
+    from twin.mei.optimize import make_ascent, neuron_objective, split_model
+    from twin.mei.params import Parametrization
+    from twin.mei.recipes import RECIPES
+
+    model = build_twin(shapes)
+    graphdef, state = split_model(model)
+    objective = neuron_objective(0)
+    image_shape = (shapes.height, shapes.width)
+    results = {}
+    for n in shapes.mei_neurons:
+        steps = max(2, min(shapes.mei_max_steps, shapes.mei_budget // n))
+        config = dataclasses.replace(
+            RECIPES["sinz_ga"], steps=steps, blur_target="none", clip_range=False, norm=MEI_NORM, seeds=1
+        )
+        run = jax.jit(make_ascent(graphdef, objective, config, Parametrization(config, image_shape, (-2.0, 2.0))))
+        neurons = jnp.arange(n, dtype=jnp.int32) % shapes.neurons
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(n))
+        targets = {"neuron": neurons}
+        compiled, compile_s, _ = compile_with_cost(run, state, keys, targets, None)
+        seconds = median_seconds(lambda: jax.block_until_ready(compiled(state, keys, targets, None)), shapes.repeats)
+
+        # FLOPs of one step: the gradient of the objective for n images (the update is negligible).
+        @jax.jit
+        def gradient(state, images, targets):
+            model = nnx.merge(graphdef, state)
+            return jax.grad(lambda x: objective(model, x, targets).sum())(images)
+
+        _, _, flops = compile_with_cost(gradient, state, jnp.zeros((n, *image_shape)), targets)
+        row = throughput(n * steps, seconds, compile_s, flops * steps, "image_step")
+        results[str(n)] = {**row, "steps_timed": steps}
+    return results
+
+
+def bench_loader(shapes: Shapes) -> dict:
+    """``batches`` over one shuffled training epoch of an in-memory session: trials/s."""
+    from twin.data.loader import batches
+
+    session = synthetic_session(shapes)
+
+    def epoch():
+        for _ in batches([session], "train", shapes.batch, shuffle=True, seed=0):
+            pass
+
+    seconds = median_seconds(epoch, shapes.repeats)
+    return {"trials_s": shapes.n_train / seconds, "seconds": seconds, "trials": shapes.n_train}
+
+
+def synthetic_session(shapes: Shapes):
+    """A SessionData of ``n_train`` random training trials at ``shapes`` (normalized units)."""
+    from twin.data.loader import SessionData
+
+    rng = np.random.default_rng(0)
+    n, neurons = shapes.n_train, shapes.neurons
+    return SessionData(
+        name="bench",
+        path="",
+        images=rng.standard_normal((n, shapes.height, shapes.width, 1), np.float32),
+        responses=rng.random((n, neurons), np.float32),
+        response_std=np.ones(neurons, np.float32),
+        tier=np.full(n, "train", object),
+        image_id=np.arange(n, dtype=np.int64),
+        behavior=None,
+        pupil_center=None,
+        unit_id=np.arange(neurons, dtype=np.int64),
+        cell_xyz=None,
+        image_mean=np.zeros((), np.float32),
+        image_std=np.ones((), np.float32),
+    )
+
+
+def peer_available() -> str | None:
+    """None when the peer can run here, else why not."""
+    if not PEER_SCRIPT.is_file():
+        return f"{PEER_SCRIPT} not found (run from a source checkout)"
+    for package in ("torch", "neuralpredictors"):
+        if importlib.util.find_spec(package) is None:
+            return f"{package} not installed (pip install 'twin[torch]')"
+    return None
+
+
+def run_peer(shapes: Shapes) -> dict:
+    """The peer in two child processes: {"default": {...}, "malloc_tuned": {...}} or {"skipped": why}."""
+    reason = peer_available()
+    if reason:
+        return {"skipped": reason}
+    results = {}
+    for name, tunables in (("default", None), ("malloc_tuned", MALLOC_TUNABLES)):
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        if tunables:
+            env["GLIBC_TUNABLES"] = tunables
+        done = subprocess.run(
+            [sys.executable, str(PEER_SCRIPT), *shapes.peer_arguments()],
+            env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+            return {"skipped": f"peer failed ({name}): {tail[0]}"}
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return results
+
+
+PARTS = {"loader": bench_loader, "forward": bench_forward, "train": bench_train, "mei": bench_mei}
+
+
+def ratios(results: dict) -> dict:
+    """twin / peer for forward, train and each MEI neuron count, against the faster peer setting."""
+    peer = results["peer"]
+    if "skipped" in peer:
+        return {}
+    best = {
+        key: max(run[key] for run in peer.values())
+        for key in ("forward_img_s", "train_img_s", "mei_image_steps_s")
+    }
+    out = {}
+    for name in ("forward", "train"):
+        if name in results:
+            out[name] = results[name]["img_s"] / best[f"{name}_img_s"]
+    for n, row in results.get("mei", {}).items():
+        out[f"mei_{n}"] = row["image_step_s"] / best["mei_image_steps_s"]
+    return out
+
+
+def run_suite(quick: bool = False, peer: bool = True, parts: tuple[str, ...] = tuple(PARTS)) -> dict:
+    """The measurements named in ``parts`` (all by default), the peer's and the ratios, as one
+    JSON-ready dict."""
+    shapes = QUICK if quick else FULL
+    results = {"machine": machine_info(), "quick": quick, "shapes": dataclasses.asdict(shapes)}
+    for name in parts:
+        results[name] = PARTS[name](shapes)
+    results["peer"] = run_peer(shapes) if peer else {"skipped": "--no-peer"}
+    results["ratios"] = ratios(results)
+    return results
+
+
+def format_results(results: dict) -> str:
+    """A plain-text table of ``run_suite``'s results."""
+    machine = results["machine"]
+    lines = [
+        f"twin bench{' --quick' if results['quick'] else ''}  {machine['date']}  {machine['cpu']}"
+        f" ({machine['cpu_count']} cores, {machine['platform']}: {machine['device']})",
+        "  " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
+    ]
+    if "loader" in results:
+        lines.append(f"  loader   {results['loader']['trials_s']:12,.0f} trials/s (batches over one training epoch)")
+    peer = results["peer"]
+    faster = {}
+    if "skipped" not in peer:
+        for key in ("forward_img_s", "train_img_s", "mei_image_steps_s"):
+            faster[key] = max(run[key] for run in peer.values())
+    header = f"  {'':22}{'twin':>12}{'peer':>10}{'ratio':>8}{'compile s':>11}{'GFLOP/step':>12}{'GFLOP/s':>9}"
+    lines.append(header)
+
+    def row(label, value, peer_key, compile_s, gflop_step, gflop_s):
+        peer_value = faster.get(peer_key)
+        peer_text = f"{peer_value:10,.1f}" if peer_value else f"{'-':>10}"
+        ratio = f"{value / peer_value:7.2f}x" if peer_value else f"{'-':>8}"
+        lines.append(
+            f"  {label:22}{value:12,.1f}{peer_text}{ratio}{compile_s:11.1f}{gflop_step:12.3f}{gflop_s:9.1f}"
+        )
+
+    shapes = results["shapes"]
+    for name in ("forward", "train"):
+        if name in results:
+            r = results[name]
+            step_gflop = r["flops_per_img"] * shapes["batch"] / 1e9
+            row(f"{name} img/s", r["img_s"], f"{name}_img_s", r["compile_s"], step_gflop, r["gflop_s"])
+    for n, r in results.get("mei", {}).items():
+        step_gflop = r["flops_per_image_step"] * int(n) / 1e9
+        row(f"mei {n:>5} image-steps/s", r["image_step_s"], "mei_image_steps_s", r["compile_s"], step_gflop, r["gflop_s"])
+    if "skipped" in peer:
+        lines.append(f"  peer skipped: {peer['skipped']}")
+    else:
+        first = next(iter(peer.values()))
+        lines.append(f"  peer: torch {first['torch']}, neuralpredictors {first['neuralpredictors']}, {first['threads']} threads")
+        for name, run in peer.items():
+            lines.append(
+                f"    {name:13} forward {run['forward_img_s']:8,.1f} img/s  train {run['train_img_s']:7,.1f} img/s"
+                f"  mei {run['mei_image_steps_s']:7,.1f} image-steps/s (one neuron at a time)"
+            )
+    return "\n".join(lines)
+
+
+def bench_command(
+    quick: bool = False, as_json: bool = False, peer: bool = True, parts: tuple[str, ...] = tuple(PARTS)
+) -> int:
+    """``twin bench``: run the suite (or ``parts`` of it), print the table or JSON. Returns the exit status."""
+    results = run_suite(quick=quick, peer=peer, parts=parts)
+    if as_json:
+        print(json.dumps(results, indent=2, allow_nan=False))
+    else:
+        print(format_results(results))
+    return 0
