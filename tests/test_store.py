@@ -178,3 +178,6 @@ def test_write_killed_mid_way_leaves_no_valid_store(tmp_path):
     assert not target.exists()
     with pytest.raises(SessionError):
         open_session(target)
+    # The next write clears what the killed writer left beside the target.
+    write_session(simulate(3, 10, 2, 2, size=(8, 8), seed=0), target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]

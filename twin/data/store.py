@@ -24,6 +24,20 @@ from twin.errors import SessionError
 CHUNK_BYTES = 8 * 2**20
 
 
+def remove_abandoned(path: Path) -> None:
+    """Delete partial stores beside ``path`` left by writers that were killed (their pid is gone)."""
+    for partial in path.parent.glob(f".{path.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except PermissionError:  # alive, owned by someone else
+            pass
+
+
 def write_dataset(ds: xr.Dataset, path, encoding: dict | None = None) -> Path:
     """Write ``ds`` to the zarr v3 store ``path`` atomically and return the path.
 
@@ -37,6 +51,7 @@ def write_dataset(ds: xr.Dataset, path, encoding: dict | None = None) -> Path:
             f"{path}: exists and is not a zarr store; remove it or choose another output path"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(path)
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     ds = ds.copy(deep=False)
     for variable in ds.variables.values():
