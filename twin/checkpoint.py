@@ -157,10 +157,16 @@ def make_model(config: RunConfig, records: list[dict], specs: list[ReadoutSpec])
             )
     n_behavior = max(record["n_behavior"] for record in records)
     args = (config.model, first["channels"], tuple(first["image_shape"]), specs, n_behavior)
-    if config.fit.ensemble_size == 1:
-        return Twin(*args, rngs=nnx.Rngs(config.fit.seed))
     seeds = [config.fit.seed + i for i in range(config.fit.ensemble_size)]
-    return make_ensemble(*args, seeds)
+
+    # One compiled initializer instead of one eager compilation per initializer op.
+    @nnx.jit
+    def create():
+        if config.fit.ensemble_size == 1:
+            return Twin(*args, rngs=nnx.Rngs(config.fit.seed))
+        return make_ensemble(*args, seeds)
+
+    return create()
 
 
 def abstract_model(config: RunConfig, records: list[dict]) -> Twin | Ensemble:

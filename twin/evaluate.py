@@ -69,16 +69,28 @@ def is_simulated(data) -> bool:
 
 
 def score_session(model, session: int, data, tier: str = "test", batch_size: int = 128) -> dict:
-    """Scores of ``model`` on one tier of SessionData ``data`` (readout ``session``):
-    {"tier", "single_trial_correlation", "correlation_to_average", "feve", "oracle_correlation",
-    "fraction_of_oracle", "n_neurons", "n_trials", "per_neuron": {name: [...]}} plus
-    "ground_truth_ceiling" and "fraction_of_ceiling" for simulated sessions. FEVE and the oracle
-    are None when no image of the tier is repeated."""
+    """Scores of ``model`` (eval mode) on one tier of SessionData ``data`` (readout ``session``);
+    see score_predictions."""
+    trials = tier_trials(data, tier)
+    return score_predictions(data, tier, predict(model, session, data, trials, batch_size))
+
+
+def tier_trials(data, tier: str) -> np.ndarray:
+    """Trial indices (k,) of ``tier`` in ``data``; RunError when there are none."""
     trials = np.flatnonzero(data.tier == tier)
     if trials.size == 0:
         tiers = ", ".join(sorted(set(np.asarray(data.tier).tolist())))
         raise RunError(f"{data.path}: no {tier!r} trials; pass --tier with one of {tiers}")
-    predictions = predict(model, session, data, trials, batch_size)
+    return trials
+
+
+def score_predictions(data, tier: str, predictions: np.ndarray) -> dict:
+    """Scores of ``predictions`` (k, n) for the trials of ``tier`` of SessionData ``data``:
+    {"tier", "session", "store", "single_trial_correlation", "correlation_to_average", "feve",
+    "oracle_correlation", "fraction_of_oracle", "n_neurons", "n_trials", "per_neuron": {name:
+    [...]}} plus "ground_truth_ceiling" and "fraction_of_ceiling" for simulated sessions. FEVE
+    and the oracle are None when no image of the tier is repeated."""
+    trials = tier_trials(data, tier)
     scores = metrics.score(data.responses[trials], predictions, data.image_id[trials])
     result = {
         "tier": tier,

@@ -171,9 +171,9 @@ def predict_trials(apply, data, trials: np.ndarray, batch_size: int, mesh=None) 
     return np.concatenate(outputs, axis=-2)
 
 
-def validation_score(predict, params, rest, sessions, batch_size, mesh) -> float:
-    """Mean single-trial correlation on the validation tier over all neurons of all sessions
-    (for ensembles: the mean of the members' scores)."""
+def validation_scores(predict, params, rest, sessions, batch_size, mesh) -> np.ndarray:
+    """(members,) mean single-trial correlation on the validation tier over all neurons of all
+    sessions, per ensemble member ((1,) for a single twin)."""
     scores = []
     for index, data in enumerate(sessions):
         trials = np.flatnonzero(data.tier == "validation")
@@ -184,7 +184,7 @@ def validation_score(predict, params, rest, sessions, batch_size, mesh) -> float
         scores.append(
             np.stack([metrics.single_trial_correlation(data.responses[trials], p) for p in predictions])
         )
-    return float(np.concatenate(scores, axis=1).mean())
+    return np.concatenate(scores, axis=1).mean(axis=1)
 
 
 def train_groups(batches, n_sessions: int):
@@ -331,13 +331,15 @@ def fit(
                 totals = {k: totals[k] + values[k] for k in totals}
                 n_done += 1
                 bar.update(len(group))
+        member_loss = np.atleast_1d(np.asarray(totals["loss"])) / n_done
         totals = {k: float(jnp.mean(v)) for k, v in totals.items()}
         if not all(math.isfinite(v) for v in totals.values()):
             raise TwinError(
-                f"{workdir}: the training loss became {totals['loss']} in epoch {epoch}; stopped, the last good"
+                f"{workdir}: the training loss is not finite ({totals['loss']}) in epoch {epoch}; stopped, the last good"
                 f" checkpoint (epoch {start}) is kept; lower [fit].learning_rate or check the store's responses"
             )
-        score = validation_score(predict, params, rest, sessions, batch_size, mesh)
+        member_scores = validation_scores(predict, params, rest, sessions, batch_size, mesh)
+        score = float(member_scores.mean())
         lr_used = schedule.learning_rate
         action = plateau_step(schedule, score, epoch, fit_config)
         if action == "improved":
@@ -355,6 +357,9 @@ def fit(
             "event": action,
             "seconds": time.time() - epoch_start,
         }
+        if ensemble:
+            line["member_loss"] = member_loss.tolist()
+            line["member_validation_correlation"] = member_scores.tolist()
         history.append(line)
         write_lines(workdir / "metrics.jsonl", history)
         checkpoint.save_step(
@@ -385,7 +390,7 @@ def fit(
         "ensemble_size": fit_config.ensemble_size,
         "n_parameters": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
         "sessions": [
-            {"name": data.name, "path": record["path"], **tier_means(model, index, data, batch_size)}
+            {"name": data.name, "path": record["path"], **tier_means(predict, best_params, best_rest, index, data, batch_size, mesh)}
             for index, (data, record) in enumerate(zip(sessions, records))
         ],
     }
@@ -408,15 +413,22 @@ def save_best(model, target, params, rest, best_dir: Path, schedule: Schedule) -
     )
 
 
-def tier_means(model, index: int, data, batch_size: int) -> dict:
-    """Mean scores of ``model`` (eval mode) on session ``index`` per tier present (validation, test)."""
-    from twin.evaluate import score_session
+def tier_means(predict, params, rest, index: int, data, batch_size: int, mesh) -> dict:
+    """Mean scores (twin.evaluate.score_predictions without per_neuron) of session ``index`` per
+    tier present (validation, test); ensembles are scored by their member mean."""
+    from twin.evaluate import score_predictions
 
-    return {
-        tier: {k: v for k, v in score_session(model, index, data, tier, batch_size).items() if k != "per_neuron"}
-        for tier in ("validation", "test")
-        if np.any(data.tier == tier)
-    }
+    means = {}
+    for tier in ("validation", "test"):
+        trials = np.flatnonzero(data.tier == tier)
+        if trials.size:
+            predictions = predict_trials(
+                lambda arrays: predict(params, rest, arrays, index), data, trials, batch_size, mesh
+            )
+            predictions = predictions.reshape((-1,) + predictions.shape[-2:]).mean(axis=0)
+            scores = score_predictions(data, tier, predictions)
+            means[tier] = {k: v for k, v in scores.items() if k != "per_neuron"}
+    return means
 
 
 def format_summary(summary: dict, workdir) -> str:

@@ -1,0 +1,176 @@
+"""Fitting: plateau schedule, run directory, resume after kill -9, non-finite loss, devices, ensembles."""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from twin import checkpoint
+from twin.config import DataConfig, FitConfig, ModelConfig, RunConfig, save_config
+from twin.data import loader
+from twin.data.simulate import simulate
+from twin.data.store import write_session
+from twin.errors import RunError, TwinError
+from twin.fit import Schedule, fit, plateau_step
+
+# 72 train trials in 3 batches of 24 (divisible by the 4 test devices), 8 validation, 8 test.
+CONFIG = RunConfig(
+    data=DataConfig(batch_size=24),
+    model=ModelConfig(core_layers=2, core_channels=4, input_kernel=5, hidden_kernel=3),
+    fit=FitConfig(max_epochs=6, learning_rate=0.01),
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "sim.zarr"
+    write_session(simulate(8, 80, 4, 2, size=(12, 16), seed=2), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, store):
+    """An uninterrupted 6-epoch fit on all 4 devices: (run dir, metrics lines)."""
+    run = tmp_path_factory.mktemp("runs") / "reference"
+    fit(CONFIG, [store], run, progress=False)
+    return run, read_metrics(run)
+
+
+def read_metrics(run):
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k != "seconds"} for line in lines]
+
+
+def assert_same_numbers(lines, expected, rtol):
+    assert [line["epoch"] for line in lines] == [line["epoch"] for line in expected]
+    for line, want in zip(lines, expected):
+        for key in ("loss", "poisson", "regularizer", "validation_correlation", "learning_rate"):
+            assert line[key] == pytest.approx(want[key], rel=rtol, abs=1e-7), (line["epoch"], key)
+
+
+def test_plateau_schedule_decays_restores_then_stops():
+    fit_config = FitConfig(learning_rate=0.01, patience=2, max_lr_decays=1, lr_decay_factor=0.5, tolerance=0.01)
+    schedule = Schedule(learning_rate=fit_config.learning_rate)
+    actions = [plateau_step(schedule, s, e, fit_config) for e, s in enumerate([0.1, 0.2, 0.205, 0.1, 0.3], 1)]
+    assert actions == ["improved", "improved", "wait", "decay", "improved"]
+    assert schedule.learning_rate == 0.005 and schedule.best_epoch == 5
+    assert [plateau_step(schedule, 0.3, e, fit_config) for e in (6, 7)] == ["wait", "stop"]
+
+
+def test_min_learning_rate_bounds_the_decay():
+    fit_config = FitConfig(learning_rate=0.01, patience=1, min_learning_rate=0.004, lr_decay_factor=0.3)
+    schedule = Schedule(learning_rate=0.01, best_score=1.0)
+    assert plateau_step(schedule, 0.5, 1, fit_config) == "decay"
+    assert schedule.learning_rate == 0.004
+    assert plateau_step(schedule, 0.5, 2, fit_config) == "stop"
+
+
+def test_run_directory(reference):
+    run, lines = reference
+    assert [line["epoch"] for line in lines] == list(range(1, 7))
+    assert all(math.isfinite(line["loss"]) for line in lines)
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    for name in ("config.toml", "sessions.json", "fit_curves.png", "summary.json"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    best = max(lines, key=lambda line: line["validation_correlation"])
+    assert summary["best_epoch"] == best["epoch"]
+    assert checkpoint.latest_step(run / "checkpoints" / "best") == best["epoch"]
+    assert checkpoint.latest_step(run / "checkpoints" / "latest") == 6
+    assert summary["sessions"][0]["validation"]["single_trial_correlation"] == pytest.approx(
+        best["validation_correlation"], abs=1e-5
+    )
+
+
+def test_refuses_to_overwrite_a_run(reference, store):
+    with pytest.raises(RunError, match="--resume"):
+        fit(CONFIG, [store], reference[0], progress=False)
+
+
+def test_one_device_gives_the_same_losses(tmp_path, store, reference):
+    assert len(jax.devices()) == 4
+    fit(CONFIG, [store], tmp_path / "one", devices=jax.devices()[:1], progress=False)
+    assert_same_numbers(read_metrics(tmp_path / "one"), reference[1], rtol=1e-5)
+
+
+FIT_SCRIPT = """
+import sys
+import jax
+jax.config.update("jax_num_cpu_devices", 4)
+from twin.config import load_config
+from twin.fit import fit
+fit(load_config(sys.argv[1]), [sys.argv[2]], sys.argv[3], progress=False)
+"""
+
+
+def test_resume_after_kill_reaches_the_same_numbers(tmp_path, store, reference):
+    save_config(CONFIG, tmp_path / "config.toml")
+    run = tmp_path / "run"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", FIT_SCRIPT, str(tmp_path / "config.toml"), store, str(run)], env=env
+    )
+    metrics_path = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics_path.exists() and len(metrics_path.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = checkpoint.latest_step(run / "checkpoints" / "latest")
+    assert killed_at is not None and killed_at < CONFIG.fit.max_epochs, "the run was not killed mid-way"
+
+    fit(CONFIG, [store], run, resume=True, progress=False)
+    assert_same_numbers(read_metrics(run), reference[1], rtol=1e-6)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_validation_correlation"] == pytest.approx(
+        json.loads((reference[0] / "summary.json").read_text())["best_validation_correlation"], rel=1e-6
+    )
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, store, monkeypatch):
+    from twin.fit import epoch_seed
+
+    original = loader.batches
+    poisoned = epoch_seed(CONFIG, 2)
+
+    def batches(sessions, tier, batch_size, *, shuffle, seed=0, drop_last=False):
+        for batch in original(sessions, tier, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last):
+            if seed == poisoned:
+                batch = dataclasses.replace(batch, responses=batch.responses * np.nan)
+            yield batch
+
+    monkeypatch.setattr(loader, "batches", batches)
+    with pytest.raises(TwinError, match="not finite.*epoch 2.*epoch 1"):
+        fit(CONFIG, [store], tmp_path / "run", progress=False)
+    assert checkpoint.latest_step(tmp_path / "run" / "checkpoints" / "latest") == 1
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_ensemble_members_train_like_single_twins(tmp_path, store, reference):
+    # Members of seeds 0 and 1; member 0 must follow the seed-0 reference (no decay in 2 epochs).
+    pair = dataclasses.replace(CONFIG, fit=dataclasses.replace(CONFIG.fit, max_epochs=2, ensemble_size=2))
+    fit(pair, [store], tmp_path / "pair", progress=False)
+    lines = read_metrics(tmp_path / "pair")
+    for line, want in zip(lines, reference[1][:2]):
+        member_loss = line["member_loss"]
+        assert member_loss[0] == pytest.approx(want["loss"], rel=1e-5)
+        assert line["member_validation_correlation"][0] == pytest.approx(want["validation_correlation"], rel=1e-4)
+        assert member_loss[1] != pytest.approx(member_loss[0], rel=1e-3)
+    run = checkpoint.load_run(tmp_path / "pair")
+    assert run.model.size == 2
+    images = run.sessions[0].images[:6]
+    np.testing.assert_allclose(
+        np.asarray(run.model(images, 0)),
+        np.mean([np.asarray(run.model.member(i)(images, 0)) for i in range(2)], axis=0),
+        rtol=1e-5,
+    )
