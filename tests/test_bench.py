@@ -12,6 +12,7 @@ def test_quick_json_has_every_measurement(capsys):
 
     assert results["quick"] is True
     assert results["shapes"]["neurons"] == QUICK.neurons
+    assert results["matmul_peak"]["gflop_s"] > 0
     for key in ("date", "cpu", "platform", "versions"):
         assert results["machine"][key]
     assert results["loader"]["trials_s"] > 0
@@ -22,6 +23,7 @@ def test_quick_json_has_every_measurement(capsys):
     assert sorted(results["mei"], key=int) == [str(n) for n in QUICK.mei_neurons]
     for row in results["mei"].values():
         assert row["image_step_s"] > 0 and row["flops_per_image_step"] > 0 and row["steps_timed"] >= 2
+        assert row["chunk"] <= QUICK.mei_chunk
     # Training costs more than predicting: about 3x the forward FLOPs per image.
     assert 2 < results["train"]["flops_per_img"] / results["forward"]["flops_per_img"] < 5
 

@@ -56,9 +56,11 @@ class Shapes:
     layers: int
     n_train: int  # training trials: the loader's epoch and the loss scale sqrt(n_train / batch)
     mei_neurons: tuple[int, ...]
-    # Image-steps per timed MEI call (steps = budget // neurons, at least 2, at most max_steps).
+    # Image-steps per timed MEI call (steps = budget // neurons, at least 2, at most max_steps);
+    # at most mei_chunk pairs per compiled call.
     mei_budget: int
     mei_max_steps: int
+    mei_chunk: int
     repeats: int
     peer_mei_neurons: int
     peer_mei_steps: int
@@ -73,8 +75,8 @@ class Shapes:
         ]  # fmt: skip
 
 
-FULL = Shapes(7776, 36, 64, 128, 64, 4, 4500, (1, 16, 128, 1024), 1024, 200, 3, 3, 30)
-QUICK = Shapes(24, 20, 24, 4, 8, 2, 64, (1, 2), 4, 2, 1, 2, 3)
+FULL = Shapes(7776, 36, 64, 128, 64, 4, 4500, (1, 16, 128, 1024), 512, 100, 128, 3, 3, 30)
+QUICK = Shapes(24, 20, 24, 4, 8, 2, 64, (1, 4), 8, 2, 2, 1, 2, 3)
 
 
 def machine_info() -> dict:
@@ -134,6 +136,16 @@ def throughput(work: float, seconds: float, compile_s: float, flops: float, unit
         "gflop_s": flops / seconds / 1e9,
         "seconds": seconds,
     }
+
+
+def bench_matmul(quick: bool) -> dict:
+    """Measured float32 matmul peak of the default device (the yardstick for achieved FLOP/s)."""
+    n = 256 if quick else (2048 if jax.devices()[0].platform == "cpu" else 8192)
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    compiled = matmul.lower(a).compile()
+    seconds = median_seconds(lambda: compiled(a).block_until_ready(), 3)
+    return {"n": n, "gflop_s": 2 * n**3 / seconds / 1e9}
 
 
 def build_twin(shapes: Shapes) -> Twin:
@@ -204,7 +216,13 @@ def bench_train(shapes: Shapes) -> dict:
 
 
 def bench_mei(shapes: Shapes) -> dict:
-    """The MEI engine on the peer's loop for each count of neurons at once: image-steps/s."""
+    """The MEI engine on the peer's loop for each count of neurons at once: image-steps/s.
+
+    Pairs beyond ``mei_chunk`` run as several calls of one compiled chunk, as the engine chunks
+    to fit memory. FLOPs per image-step: XLA's count for the objective's gradient of one image
+    (the image update adds little; XLA counts a while loop's body only once, so the loop itself
+    cannot be counted).
+    """
     from twin.mei.optimize import make_ascent, neuron_objective, split_model
     from twin.mei.params import Parametrization
     from twin.mei.recipes import RECIPES
@@ -213,28 +231,35 @@ def bench_mei(shapes: Shapes) -> dict:
     graphdef, state = split_model(model)
     objective = neuron_objective(0)
     image_shape = (shapes.height, shapes.width)
+
+    @jax.jit
+    def gradient(state, images, targets):
+        model = nnx.merge(graphdef, state)
+        return jax.grad(lambda x: objective(model, x, targets).sum())(images)
+
+    one = {"neuron": jnp.zeros(1, jnp.int32)}
+    _, _, flops_per_image_step = compile_with_cost(gradient, state, jnp.zeros((1, *image_shape)), one)
     results = {}
     for n in shapes.mei_neurons:
         steps = max(2, min(shapes.mei_max_steps, shapes.mei_budget // n))
+        chunk = min(n, shapes.mei_chunk)
         config = dataclasses.replace(
             RECIPES["sinz_ga"], steps=steps, blur_target="none", clip_range=False, norm=MEI_NORM, seeds=1
         )
         run = jax.jit(make_ascent(graphdef, objective, config, Parametrization(config, image_shape, (-2.0, 2.0))))
-        neurons = jnp.arange(n, dtype=jnp.int32) % shapes.neurons
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(n))
-        targets = {"neuron": neurons}
-        compiled, compile_s, _ = compile_with_cost(run, state, keys, targets, None)
-        seconds = median_seconds(lambda: jax.block_until_ready(compiled(state, keys, targets, None)), shapes.repeats)
+        chunks = []
+        for first in range(0, n, chunk):
+            index = jnp.arange(first, first + chunk)
+            keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(index)
+            chunks.append((keys, {"neuron": (index % shapes.neurons).astype(jnp.int32)}))
+        compiled, compile_s, _ = compile_with_cost(run, state, *chunks[0], None)
 
-        # FLOPs of one step: the gradient of the objective for n images (the update is negligible).
-        @jax.jit
-        def gradient(state, images, targets):
-            model = nnx.merge(graphdef, state)
-            return jax.grad(lambda x: objective(model, x, targets).sum())(images)
+        def all_chunks():
+            jax.block_until_ready([compiled(state, keys, targets, None) for keys, targets in chunks])
 
-        _, _, flops = compile_with_cost(gradient, state, jnp.zeros((n, *image_shape)), targets)
-        row = throughput(n * steps, seconds, compile_s, flops * steps, "image_step")
-        results[str(n)] = {**row, "steps_timed": steps}
+        seconds = median_seconds(all_chunks, shapes.repeats)
+        row = throughput(n * steps, seconds, compile_s, flops_per_image_step * n * steps, "image_step")
+        results[str(n)] = {**row, "steps_timed": steps, "chunk": chunk}
     return results
 
 
@@ -332,8 +357,12 @@ def run_suite(quick: bool = False, peer: bool = True, parts: tuple[str, ...] = t
     JSON-ready dict."""
     shapes = QUICK if quick else FULL
     results = {"machine": machine_info(), "quick": quick, "shapes": dataclasses.asdict(shapes)}
+    results["matmul_peak"] = bench_matmul(quick)
     for name in parts:
+        print(f"twin bench: {name} ...", file=sys.stderr, flush=True)
         results[name] = PARTS[name](shapes)
+    if peer:
+        print("twin bench: PyTorch peer ...", file=sys.stderr, flush=True)
     results["peer"] = run_peer(shapes) if peer else {"skipped": "--no-peer"}
     results["ratios"] = ratios(results)
     return results
@@ -354,7 +383,9 @@ def format_results(results: dict) -> str:
     if "skipped" not in peer:
         for key in ("forward_img_s", "train_img_s", "mei_image_steps_s"):
             faster[key] = max(run[key] for run in peer.values())
-    header = f"  {'':22}{'twin':>12}{'peer':>10}{'ratio':>8}{'compile s':>11}{'GFLOP/step':>12}{'GFLOP/s':>9}"
+    peak = results["matmul_peak"]["gflop_s"]
+    lines.append(f"  matmul peak {peak:,.0f} GFLOP/s (float32, {results['matmul_peak']['n']}^2)")
+    header = f"  {'':24}{'twin':>10}{'peer':>10}{'ratio':>8}{'compile s':>11}{'GFLOP/step':>12}{'GFLOP/s':>9}{'of peak':>9}"
     lines.append(header)
 
     def row(label, value, peer_key, compile_s, gflop_step, gflop_s):
@@ -362,7 +393,8 @@ def format_results(results: dict) -> str:
         peer_text = f"{peer_value:10,.1f}" if peer_value else f"{'-':>10}"
         ratio = f"{value / peer_value:7.2f}x" if peer_value else f"{'-':>8}"
         lines.append(
-            f"  {label:22}{value:12,.1f}{peer_text}{ratio}{compile_s:11.1f}{gflop_step:12.3f}{gflop_s:9.1f}"
+            f"  {label:24}{value:10,.1f}{peer_text}{ratio}{compile_s:11.1f}{gflop_step:12.3f}{gflop_s:9.1f}"
+            f"{gflop_s / peak:9.0%}"
         )
 
     shapes = results["shapes"]
