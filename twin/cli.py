@@ -85,6 +85,9 @@ def cmd_fit(args) -> int:
         seeds=args.seeds,
         resume=args.resume,
         max_epochs=args.max_epochs,
+        coordinator=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
     )
 
 
@@ -230,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="ensemble members (overrides [fit].ensemble_size)")
     p.add_argument("--max-epochs", type=int, help="overrides [fit].max_epochs")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0 (jax.distributed)")
+    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-host: this process, 0 .. N-1")
     p.set_defaults(handler=cmd_fit)
 
     p = commands.add_parser("evaluate", help="score a run on a tier")

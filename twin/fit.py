@@ -460,9 +460,14 @@ def fit_command(
     seeds: int | None = None,
     resume: bool = False,
     max_epochs: int | None = None,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
 ) -> int:
     """`twin fit`: config from --config (or, with --resume, the run's config.toml), overrides
-    from --seeds / --max-epochs, then fit and print the summary."""
+    from --seeds / --max-epochs, then fit and print the summary. coordinator, num_processes,
+    process_id: multi-host set-up (twin.distributed.initialize)."""
+    distributed.initialize(coordinator, num_processes, process_id)
     run_config = Path(out) / "config.toml"
     if config_path is not None:
         config = load_config(config_path)
