@@ -74,14 +74,15 @@ def gabors(n_neurons: int, size: tuple[int, int], rng: np.random.Generator) -> d
     """Receptive-field parameters and unit-norm quadrature filters, each (neuron, y, x)."""
     height, width = size
     scale = height / 36
-    sigma = rng.uniform(2.2, 3.8, n_neurons) * scale
-    margin = 1.5 * sigma
+    # Mouse V1 at the Sensorium scale (~2 degrees per pixel at 36x64): receptive fields 10-20
+    # degrees wide, preferred wavelengths 15-35 degrees; centres cover the middle of the screen.
+    sigma = rng.uniform(2.5, 4.5, n_neurons) * scale
     p = {
         "sigma": sigma,
-        "x": rng.uniform(margin, width - 1 - margin),
-        "y": rng.uniform(margin, height - 1 - margin),
+        "x": rng.uniform(0.15, 0.85, n_neurons) * (width - 1),
+        "y": rng.uniform(0.2, 0.8, n_neurons) * (height - 1),
         "orientation": rng.uniform(0, np.pi, n_neurons),
-        "wavelength": rng.uniform(2.4, 3.4, n_neurons) * sigma,
+        "wavelength": rng.uniform(2.8, 4.0, n_neurons) * sigma,
         "phase": rng.uniform(0, 2 * np.pi, n_neurons),
         "aspect": rng.uniform(0.6, 1.0, n_neurons),
     }
@@ -206,9 +207,10 @@ def simulate(
     ) @ params["surround"].reshape(n_neurons, -1).T
     weight = rng.uniform(1.0, 4.0, n_neurons) / np.median(surround, axis=0)
     params["norm_weight"] = np.where(normalized, weight, 0.0).astype(np.float32)
-    # Half-saturation near the upper quartile of each neuron's drive: responses are sparse.
+    # Half-saturation near the mean drive: graded responses, most of the range in use.
     g = drive(params, train_images)
-    params["c50"] = (np.quantile(g, 0.75, axis=0) * rng.uniform(0.7, 1.5, n_neurons)).astype(np.float32)
+    c50 = np.maximum(g.mean(axis=0), 1e-6) * rng.uniform(0.7, 1.5, n_neurons)
+    params["c50"] = c50.astype(np.float32)
     params["rmax"] = np.exp(rng.normal(0, 0.4, n_neurons)).astype(np.float32)
     params["baseline"] = (0.02 * params["rmax"]).astype(np.float32)
     params["event_size"] = (EVENT_SIZE * params["rmax"]).astype(np.float32)
