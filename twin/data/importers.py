@@ -62,9 +62,13 @@ def from_arrays(npz_path, seed: int = 0) -> xr.Dataset:
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise SessionError(f"{path}: not a readable .npz file ({error}); save it with np.savez") from None
+        raise SessionError(
+            f"{path}: not a readable .npz file ({error}); save it with np.savez"
+        ) from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise SessionError(f"{path}: holds one array, not named arrays; save it with np.savez(images=..., responses=...)")
+        raise SessionError(
+            f"{path}: holds one array, not named arrays; save np.savez(path, images=..., responses=...)"
+        )
     with npz:
         unknown = sorted(set(npz.files) - set(ARRAY_KEYS))
         if unknown:
@@ -78,12 +82,14 @@ def from_arrays(npz_path, seed: int = 0) -> xr.Dataset:
                 arrays[key] = npz[key]
             except ValueError:
                 raise SessionError(
-                    f"{path}: variable {key!r} is an object array; save numbers or fixed-width strings"
+                    f"{path}: variable {key!r} is an object array; save numbers or fixed-width"
+                    " strings"
                 ) from None
     images = arrays["images"]
     if images.ndim not in (3, 4):
         raise SessionError(
-            f"{path}: variable 'images' has shape {images.shape}; give (trial, y, x) or (trial, channel, y, x)"
+            f"{path}: variable 'images' has shape {images.shape}; give (trial, y, x) or"
+            " (trial, channel, y, x)"
         )
     image_id = arrays.get("image_ids")
     if image_id is None:
@@ -124,9 +130,13 @@ class FileTree:
             self.prefix = min(names, key=len)[: -len(self.MARKER)] if names else None
             self.names = set(self.zip.namelist())
         else:
-            raise SessionError(f"{path}: neither a folder nor a .zip; pass a Sensorium data folder or its .zip")
+            raise SessionError(
+                f"{path}: neither a folder nor a .zip; pass a Sensorium data folder or its .zip"
+            )
         if self.prefix is None:
-            raise SessionError(f"{path}: no {self.MARKER} inside; pass the folder that holds data/ and meta/")
+            raise SessionError(
+                f"{path}: no {self.MARKER} inside; pass the folder that holds data/ and meta/"
+            )
 
     def close(self) -> None:
         if self.zip is not None:
@@ -147,8 +157,11 @@ class FileTree:
             if self.zip is not None:
                 return np.load(io.BytesIO(self.zip.read(self.prefix + name)), allow_pickle=False)
             return np.load(self.prefix + name, allow_pickle=False)
-        except ValueError as error:
-            raise SessionError(f"{self.path}: file {name} cannot be read without pickle ({error}); save it as a plain array") from None
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
+            raise SessionError(
+                f"{self.path}: file {name} is not a plain .npy array ({error}); save it with"
+                " np.save (no pickles)"
+            ) from None
 
     def stack(self, folder: str, n: int) -> np.ndarray:
         """data/<folder>/<i>.npy for i < n, stacked: (n, ...)."""
@@ -187,7 +200,9 @@ def from_sensorium(path, size: tuple[int, int] | None = (36, 64)) -> xr.Dataset:
     an integer multiple of it; a single channel is dropped."""
     path = Path(path)
     if not path.exists():
-        raise SessionError(f"{path}: no such folder or .zip; pass the Sensorium data folder or its .zip")
+        raise SessionError(
+            f"{path}: no such folder or .zip; pass the Sensorium data folder or its .zip"
+        )
     tree = FileTree(path)
     try:
         return session_from_tree(tree, path, size)
@@ -196,6 +211,7 @@ def from_sensorium(path, size: tuple[int, int] | None = (36, 64)) -> xr.Dataset:
 
 
 def session_from_tree(tree: FileTree, path: Path, size) -> xr.Dataset:
+    """The session held by ``tree`` (see ``from_sensorium``)."""
     tier = tree.load("meta/trials/tiers.npy")
     n = len(tier)
     images = tree.stack("data/images", n)

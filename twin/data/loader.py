@@ -65,7 +65,8 @@ class SessionData:
 
     def normalize_images(self, pixels) -> np.ndarray:
         """Pixel units -> normalized: (..., y, x) for one channel, (..., y, x, channel) for several."""
-        return ((np.asarray(pixels, dtype=np.float32) - self.image_mean) / self.image_std).astype(np.float32)
+        pixels = np.asarray(pixels, dtype=np.float32)
+        return ((pixels - self.image_mean) / self.image_std).astype(np.float32)
 
     def denormalize_images(self, z) -> np.ndarray:
         """Normalized -> pixel units, the inverse of ``normalize_images`` (same layouts)."""
@@ -212,6 +213,8 @@ def batches(
                     images=session.images[trials],
                     responses=session.responses[trials],
                     behavior=None if session.behavior is None else session.behavior[trials],
-                    pupil_center=None if session.pupil_center is None else session.pupil_center[trials],
+                    pupil_center=(
+                        None if session.pupil_center is None else session.pupil_center[trials]
+                    ),
                     trials=trials,
                 )

@@ -148,7 +148,10 @@ def make_session(
     """
     images = np.asarray(images)
     if images.ndim not in (3, 4):
-        fail(source, f"variable 'images' has shape {images.shape}; give (trial, y, x) or (trial, channel, y, x)")
+        fail(
+            source,
+            f"variable 'images' has shape {images.shape}; give (trial, y, x) or (trial, channel, y, x)",
+        )
     images = images if images.dtype == np.uint8 else as_dtype(images, "float32", "images", source)
     responses = as_dtype(responses, "float32", "responses", source)
     if responses.ndim != 2:
@@ -167,11 +170,19 @@ def make_session(
         per_trial["pupil_center"] = pupil_center
     for name, array in per_trial.items():
         if len(array) != n_trials:
-            fail(source, f"variable {name!r} has {len(array)} trials but 'responses' has {n_trials}; give both the same length")
+            fail(
+                source,
+                f"variable {name!r} has {len(array)} trials but 'responses' has {n_trials};"
+                " give both the same length",
+            )
     unit_id = np.arange(n_neurons) if unit_id is None else unit_id
     unit_id = as_dtype(unit_id, "int64", "unit_id", source)
     if unit_id.shape != (n_neurons,):
-        fail(source, f"variable 'unit_id' has shape {unit_id.shape} but 'responses' has {n_neurons} neurons; give one id per neuron")
+        fail(
+            source,
+            f"variable 'unit_id' has shape {unit_id.shape} but 'responses' has {n_neurons}"
+            " neurons; give one id per neuron",
+        )
     dims = ("trial", "y", "x") if images.ndim == 3 else ("trial", "channel", "y", "x")
     data = {
         "images": (dims, images),
@@ -183,12 +194,18 @@ def make_session(
     coords = {}
     if behavior is not None:
         if behavior.ndim != 2:
-            fail(source, f"variable 'behavior' has shape {behavior.shape}; give (trial, behavior_var)")
+            fail(
+                source, f"variable 'behavior' has shape {behavior.shape}; give (trial, behavior_var)"
+            )
         k = behavior.shape[1]
         if behavior_names is None:
             behavior_names = BEHAVIOR_NAMES if k == 3 else [f"behavior_{i}" for i in range(k)]
         if len(behavior_names) != k:
-            fail(source, f"variable 'behavior_names' has {len(behavior_names)} names for {k} behavior variables; give one name each")
+            fail(
+                source,
+                f"variable 'behavior_names' has {len(behavior_names)} names for {k} behavior"
+                " variables; give one name each",
+            )
         data["behavior"] = (("trial", "behavior_var"), behavior)
         coords["behavior_var"] = strings(behavior_names).astype(object)
     if pupil_center is not None:
@@ -199,7 +216,11 @@ def make_session(
     if cell_xyz is not None:
         cell_xyz = as_dtype(cell_xyz, "float32", "cell_xyz", source)
         if cell_xyz.shape != (n_neurons, 3):
-            fail(source, f"variable 'cell_xyz' has shape {cell_xyz.shape}; give ({n_neurons}, 3): one x, y, z per neuron")
+            fail(
+                source,
+                f"variable 'cell_xyz' has shape {cell_xyz.shape}; give ({n_neurons}, 3):"
+                " one x, y, z per neuron",
+            )
         for axis, name in enumerate(("cell_x", "cell_y", "cell_z")):
             data[name] = ("neuron", cell_xyz[:, axis])
     ds = xr.Dataset(data, coords=coords, attrs={"schema_version": SCHEMA_VERSION, **(attrs or {})})
