@@ -278,7 +278,12 @@ def fit(
             raise RunError(f"{workdir / 'config.toml'}: differs from the config given; resume with the run's own config")
         if [r["unit_id"] for r in saved_records] != [r["unit_id"] for r in records]:
             raise RunError(f"{workdir / 'sessions.json'}: the stores given are not the run's; resume with the same stores")
-    checkpoint.write_run_files(workdir, config, records)
+    # Several hosts share the run directory: process 0 writes the plain files, every process
+    # takes part in the orbax checkpoints.
+    primary = jax.process_index() == 0
+    progress = progress and primary
+    if primary:
+        checkpoint.write_run_files(workdir, config, records)
 
     fit_config = config.fit
     model = checkpoint.make_model(config, records, checkpoint.readout_specs(sessions))
@@ -305,7 +310,8 @@ def fit(
         if schedule.best_epoch and checkpoint.latest_step(best_dir) != schedule.best_epoch:
             save_best(model, target, best_params, best_rest, best_dir, schedule)
     history = read_history(workdir / "metrics.jsonl", start)
-    write_lines(workdir / "metrics.jsonl", history)
+    if primary:
+        write_lines(workdir / "metrics.jsonl", history)
 
     mesh = distributed.data_mesh(devices)
     params, rest, opt_state = distributed.replicate((params, rest, opt_state), mesh)
@@ -361,7 +367,8 @@ def fit(
             line["member_loss"] = member_loss.tolist()
             line["member_validation_correlation"] = member_scores.tolist()
         history.append(line)
-        write_lines(workdir / "metrics.jsonl", history)
+        if primary:
+            write_lines(workdir / "metrics.jsonl", history)
         checkpoint.save_step(
             latest_dir,
             epoch,
@@ -394,11 +401,12 @@ def fit(
             for index, (data, record) in enumerate(zip(sessions, records))
         ],
     }
-    if history:
+    if primary and history:
         plot_curves(history, workdir / "fit_curves.png")
-    tmp = workdir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(workdir / "summary.json")
+    if primary:
+        tmp = workdir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(workdir / "summary.json")
     return summary
 
 
