@@ -120,9 +120,17 @@ def cmd_mei(args) -> int:
         deis=args.deis,
         session=args.session,
         validator=args.validator,
+        progress=not args.json,
     )
     if args.json:
         print_json(summary)
+    else:
+        true_ratio = summary["median_true_ratio"]
+        print(
+            f"wrote {args.out}: {len(summary['neurons'])} neurons, recipe {summary['recipe']},"
+            f" median MEI / best natural image {summary['median_ratio']:.2f} under the twin"
+            + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
+        )
     return 0
 
 
@@ -146,7 +154,15 @@ def cmd_export(args) -> int:
     manifest = export_stimuli(
         args.meis, args.out, monitor_path=args.monitor, repeats=args.repeats, seed=args.seed
     )
-    print(f"wrote {len(manifest)} presentations to {args.out}")
+    print(
+        f"wrote {args.out}: {len(manifest['stimuli'])} stimuli x {manifest['repeats']} repeats ="
+        f" {len(manifest['order'])} presentations (manifest.csv);"
+        f" {len(manifest['rejected'])} rejected as off target"
+        + "".join(
+            f"\n  rejected {r['kind']} of unit {r['unit_id']}: {100 * r['off_target']:.0f}% off target"
+            for r in manifest["rejected"]
+        )
+    )
     return 0
 
 

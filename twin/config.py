@@ -96,9 +96,10 @@ class MEIConfig:
     learning_rate: float = 3.0
     final_learning_rate: float = 0.125
     schedule: str = "linear"  # learning rate: "constant", "linear" or "cosine" to the final rate
-    # step = step_gain * lr / mean(|grad|) * grad (Walker 2019: gain 0.1 / 255).
+    # step = step_gain * lr / mean(|grad|) * grad, step_gain in pixel levels (Walker 2019: 0.1 of
+    # a level per unit of lr, written 0.1 / 255 for images scaled to 0..1).
     normalize_gradient: bool = True
-    step_gain: float = 0.1 / 255
+    step_gain: float = 0.1
     weight_decay: float = 0.0  # adamw only
     parametrization: str = "pixel"  # "pixel" or "fourier" (lucid)
     fourier_decay: float = 1.0  # spectrum scaled by 1 / max(f, 1 / max(h, w)) ** decay

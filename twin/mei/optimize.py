@@ -27,6 +27,7 @@ from twin.config import MEIConfig
 from twin.errors import ConfigError
 from twin.mei import ops
 from twin.mei.params import Parametrization
+from twin.models.twin import Ensemble
 
 # objective(model, images (p, y, x), targets {name: (p, ...)}) -> (p,) values to maximize.
 Objective = Callable[[nnx.Module, jax.Array, dict], jax.Array]
@@ -53,14 +54,20 @@ class MEIResult:
         return self.activations[np.arange(len(self.best_seed)), self.best_seed]
 
 
-def neuron_objective(session: int = 0, behavior=None, pupil_center=None) -> Objective:
-    """Response of neuron ``targets["neuron"][i]`` to image i; behavior (k,) and pupil_center (2,)
-    are held fixed (e.g. at their training means) when the model uses them."""
+def fixed_inputs(behavior=None, pupil_center=None) -> dict:
+    """Model keyword arguments for one image: behavior (1, k) and pupil_center (1, 2) held fixed
+    (e.g. at their training means); empty when not given."""
     extra = {}
     if behavior is not None:
-        extra["behavior"] = jnp.asarray(behavior, jnp.float32)[None]
+        extra["behavior"] = jnp.asarray(behavior, jnp.float32).reshape(1, -1)
     if pupil_center is not None:
-        extra["pupil_center"] = jnp.asarray(pupil_center, jnp.float32)[None]
+        extra["pupil_center"] = jnp.asarray(pupil_center, jnp.float32).reshape(1, 2)
+    return extra
+
+
+def neuron_objective(session: int = 0, behavior=None, pupil_center=None) -> Objective:
+    """Response of neuron ``targets["neuron"][i]`` to image i (one neuron read out per image)."""
+    extra = fixed_inputs(behavior, pupil_center)
 
     def objective(model, images, targets):
         def one(image, neuron):
@@ -82,10 +89,22 @@ def pair_keys(seed: int, neurons: np.ndarray, seeds: np.ndarray) -> np.ndarray:
 
 
 def split_model(model: nnx.Module):
-    """(graphdef, state) of an eval-mode copy of ``model`` (the caller's model is not touched)."""
+    """(graphdef, state, stacked) of an eval-mode copy of ``model`` (the caller's model is not
+    touched). For an Ensemble it is the split of the stacked members (``stacked`` True): members
+    are then vmapped with jax.vmap in ``apply_model``, since nnx.vmap cannot run inside the
+    per-pair vmap."""
     copy = nnx.merge(*nnx.split(model))
     copy.eval()
-    return nnx.split(copy)
+    if isinstance(copy, Ensemble):
+        return (*nnx.split(copy.members), True)
+    return (*nnx.split(copy), False)
+
+
+def apply_model(graphdef, state, stacked: bool, fn: Callable[[nnx.Module], jax.Array]):
+    """``fn(model)`` of the merged model, or its mean over the members of a stacked ensemble."""
+    if not stacked:
+        return fn(nnx.merge(graphdef, state))
+    return jax.vmap(lambda member: fn(nnx.merge(graphdef, member)))(state).mean(axis=0)
 
 
 def check_config(config: MEIConfig) -> None:
@@ -98,7 +117,9 @@ def check_config(config: MEIConfig) -> None:
     ops.optimizer(config)
 
 
-def make_ascent(graphdef, objective: Objective, config: MEIConfig, param: Parametrization):
+def make_ascent(
+    graphdef, stacked: bool, objective: Objective, config: MEIConfig, param: Parametrization
+):
     """Pure function (state, keys (p, 2), targets, start | None) -> (images (p, y, x),
     values (p,), steps (p,)) running the whole recipe for a batch of pairs."""
     pixel = not param.fourier
@@ -122,7 +143,9 @@ def make_ascent(graphdef, objective: Objective, config: MEIConfig, param: Parame
         return params
 
     def run(state, keys, targets, start):
-        model = nnx.merge(graphdef, state)
+        def evaluate(images):
+            return apply_model(graphdef, state, stacked, lambda m: objective(m, images, targets))
+
         init_keys, loop_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
         params = jax.vmap(param.init)(init_keys) if start is None else start
         n = params.shape[0]
@@ -130,7 +153,7 @@ def make_ascent(graphdef, objective: Objective, config: MEIConfig, param: Parame
         def loss(params, step_keys):
             images = image_of(params, targets)
             images = ops.random_transform(images, step_keys, config.jitter, config.scale_jitter)
-            values = objective(model, images, targets)
+            values = evaluate(images)
             return -values.sum(), values
 
         def body(carry):
@@ -144,7 +167,7 @@ def make_ascent(graphdef, objective: Objective, config: MEIConfig, param: Parame
             if pixel and config.precondition > 0:
                 ascent = ops.precondition(ascent, config.precondition)
             if config.normalize_gradient:
-                ascent = ops.normalize_gradient(ascent, config.step_gain)
+                ascent = ops.normalize_gradient(ascent, config.step_gain * param.pixel_unit)
             updates, new_state = tx.update(-ascent, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             if pixel:
@@ -180,7 +203,7 @@ def make_ascent(graphdef, objective: Objective, config: MEIConfig, param: Parame
         )
         _, params, _, _, _, steps = jax.lax.while_loop(cond, body, carry)
         images = image_of(params, targets)
-        return images, objective(model, images, targets), steps
+        return images, evaluate(images), steps
 
     return run
 
@@ -238,12 +261,12 @@ def run_pairs(
     steps (p,).
     """
     check_config(config)
-    graphdef, state = split_model(model)
+    graphdef, state, stacked = split_model(model)
     mesh = pair_mesh(devices)
     n_devices = mesh.devices.size
     unit = math.lcm(group, n_devices)
     n_pairs = len(keys)
-    run = make_ascent(graphdef, objective, config, param)
+    run = make_ascent(graphdef, stacked, objective, config, param)
     shard = NamedSharding(mesh, P("pairs"))
     state = jax.device_put(state, NamedSharding(mesh, P()))
 
@@ -291,7 +314,7 @@ def evaluate_pairs(
     devices=None,
 ) -> np.ndarray:
     """(p,) objective values of fixed ``images (p, y, x)`` (e.g. a validator scoring MEIs)."""
-    graphdef, state = split_model(model)
+    graphdef, state, stacked = split_model(model)
     mesh = pair_mesh(devices)
     shard = NamedSharding(mesh, P("pairs"))
     state = jax.device_put(state, NamedSharding(mesh, P()))
@@ -299,7 +322,7 @@ def evaluate_pairs(
 
     @jax.jit
     def score(state, images, targets):
-        return objective(nnx.merge(graphdef, state), images, targets)
+        return apply_model(graphdef, state, stacked, lambda m: objective(m, images, targets))
 
     out = []
     for first in range(0, len(images), batch):
@@ -318,19 +341,23 @@ def optimize_meis(
     image_shape: tuple[int, int],
     pixel_range: tuple[float, float],
     seed: int = 0,
+    image_stats=None,
     validator: nnx.Module | None = None,
     mask: np.ndarray | None = None,
     behavior=None,
     pupil_center=None,
+    objective: Objective | None = None,
     devices=None,
     progress: bool = True,
 ) -> MEIResult:
     """MEIs of ``neurons (n,)`` of ``session``, ``config.seeds`` initializations each.
 
     model: anything with the Twin call signature (Twin, Ensemble: objective = member mean, or the
-    ground-truth adapter). pixel_range: normalized values of pixel 0 and 255. mask: optional
+    ground-truth adapter). pixel_range: (lo, hi) valid normalized values; image_stats: (mean, std)
+    in pixel units (see Parametrization; without it pixel_range is 0..255). mask: optional
     (y, x) or (n, y, x) multiplied into every image. validator: a distinct model that picks the
-    best seed. devices: defaults to all local devices.
+    best seed. objective: per-pair objective (default ``neuron_objective``; see twin.mei.diverse
+    for population objectives). devices: defaults to all local devices.
     """
     neurons = np.asarray(neurons, np.int64).reshape(-1)
     seeds = config.seeds
@@ -340,8 +367,9 @@ def optimize_meis(
     if mask is not None:
         mask = np.broadcast_to(np.asarray(mask, np.float32), (len(neurons), *image_shape))
         targets["mask"] = np.repeat(mask, seeds, axis=0)
-    param = Parametrization(config, image_shape, pixel_range)
-    objective = neuron_objective(session, behavior, pupil_center)
+    param = Parametrization(config, image_shape, pixel_range, image_stats)
+    if objective is None:
+        objective = neuron_objective(session, behavior, pupil_center)
     images, values, steps = run_pairs(
         model, objective, targets, pair_keys(seed, pair_neuron, pair_seed), config, param,
         devices=devices, progress=progress,

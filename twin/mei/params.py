@@ -49,7 +49,7 @@ def image_to_fourier(images: jax.Array, scale: jax.Array) -> jax.Array:
 def squash(values: jax.Array, pixel_range: tuple[float, float]) -> jax.Array:
     """Sigmoid from the real line into (lo, hi) that maps 0 to 0 (needs lo < 0 < hi)."""
     lo, hi = pixel_range
-    offset = np.log(-lo / hi)  # logit of the position of 0 within (lo, hi)
+    offset = np.log(hi / -lo)  # minus the logit of the position of 0 within (lo, hi)
     return lo + (hi - lo) * jax.nn.sigmoid(values - offset)
 
 
@@ -57,20 +57,33 @@ def unsquash(images: jax.Array, pixel_range: tuple[float, float]) -> jax.Array:
     """Inverse of squash for images strictly inside the range."""
     lo, hi = pixel_range
     fraction = jnp.clip((images - lo) / (hi - lo), 1e-4, 1 - 1e-4)
-    return jnp.log(fraction / (1 - fraction)) + np.log(-lo / hi)
+    return jnp.log(fraction / (1 - fraction)) + np.log(hi / -lo)
 
 
 class Parametrization:
-    """Maps parameters to images for one recipe and image shape."""
+    """Maps parameters to images for one recipe and image shape.
 
-    def __init__(self, config: MEIConfig, image_shape: tuple[int, int], pixel_range):
+    pixel_range: (lo, hi) valid normalized values (floats, or (y, x) arrays for per-pixel
+    normalization); image_stats: (mean, std) of the normalization in pixel units, used to place
+    the pixel-unit initialization (without it pixel_range is taken to be 0..255).
+    """
+
+    def __init__(
+        self, config: MEIConfig, image_shape: tuple[int, int], pixel_range, image_stats=None
+    ):
         if config.parametrization not in PARAMETRIZATIONS:
             raise ConfigError(
                 f"[mei].parametrization = {config.parametrization!r}: use pixel or fourier"
             )
         self.config = config
         self.shape = tuple(image_shape)
-        self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
+        self.pixel_range = (np.float32(pixel_range[0]), np.float32(pixel_range[1]))
+        self.image_stats = image_stats
+        # One pixel level in normalized units: 1 / std of the normalization.
+        if image_stats is None:
+            self.pixel_unit = (self.pixel_range[1] - self.pixel_range[0]) / np.float32(255)
+        else:
+            self.pixel_unit = 1 / np.asarray(image_stats[1], np.float32)
         self.scale = jnp.asarray(fourier_scale(*self.shape, config.fourier_decay))
 
     @property
@@ -85,7 +98,11 @@ class Parametrization:
             shape = (2, self.shape[0], self.shape[1] // 2 + 1)
             return config.fourier_init_std * jax.random.normal(key, shape, jnp.float32)
         noise = config.init_mean + config.init_std * jax.random.normal(key, self.shape)
-        return pixels_to_normalized(jnp.clip(noise, 0.0, 255.0), self.pixel_range)
+        pixels = jnp.clip(noise, 0.0, 255.0)
+        if self.image_stats is None:
+            return pixels_to_normalized(pixels, self.pixel_range)
+        mean, std = self.image_stats
+        return (pixels - mean) / std
 
     def to_image(self, params: jax.Array) -> jax.Array:
         """``params (p, ...)`` -> images ``(p, y, x)``."""

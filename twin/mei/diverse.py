@@ -1,0 +1,156 @@
+"""Beyond single MEIs: diverse exciting inputs (DEIs) and population objectives.
+
+- DEIs: for each neuron, D images that each keep >= ``dei_fraction`` of the MEI's activation while
+  their mean pairwise pixel distance grows (the constraint enters as a hinge penalty).
+- One-hot control: drive the target neuron while holding all others at their mean response.
+- Most inhibitory input: minimize the target's response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from twin.config import MEIConfig
+from twin.mei.optimize import (
+    MEIResult,
+    Objective,
+    evaluate_pairs,
+    fixed_inputs,
+    neuron_objective,
+    optimize_meis,
+    pair_keys,
+    run_pairs,
+)
+from twin.mei.params import Parametrization
+
+
+def dei_objective(base: Objective, fraction: float, penalty: float, group: int) -> Objective:
+    """Per image: mean RMS pixel distance to the other ``group - 1`` images of its neuron plus
+    ``penalty`` x min(0, activation / (fraction x MEI activation) - 1).
+
+    targets: "neuron" (p,) and "mei_activation" (p,); pairs come in consecutive groups.
+    """
+
+    def objective(model, images, targets):
+        activation = base(model, images, targets)
+        floor = fraction * targets["mei_activation"]
+        constraint = jnp.minimum(activation / floor - 1.0, 0.0)
+        flat = images.reshape(-1, group, images.shape[-2] * images.shape[-1])
+        squared = jnp.sum((flat[:, :, None] - flat[:, None]) ** 2, axis=-1) / flat.shape[-1]
+        distance = jnp.sqrt(squared + 1e-12) * (1.0 - jnp.eye(group))
+        diversity = distance.sum(-1).reshape(-1) / (group - 1)
+        return diversity + penalty * constraint
+
+    return objective
+
+
+def dei_config(config: MEIConfig) -> MEIConfig:
+    """The recipe's constraints (norm, clip, image blur) with Adam on pixels at dei_learning_rate
+    for dei_steps; no jitter (diversity is measured on the images themselves)."""
+    return dataclasses.replace(
+        config,
+        steps=config.dei_steps,
+        optimizer="adam",
+        learning_rate=config.dei_learning_rate,
+        final_learning_rate=config.dei_learning_rate,
+        schedule="constant",
+        normalize_gradient=False,
+        parametrization="pixel",
+        precondition=0.0,
+        jitter=0,
+        scale_jitter=0.0,
+        tolerance=0.0,
+    )
+
+
+def diverse_images(
+    model,
+    session: int,
+    neurons,
+    meis: np.ndarray,
+    mei_activations: np.ndarray,
+    config: MEIConfig,
+    n_deis: int,
+    *,
+    pixel_range: tuple[float, float],
+    seed: int = 0,
+    behavior=None,
+    pupil_center=None,
+    devices=None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_deis`` DEIs per neuron, started from the MEI ``meis (n, y, x)`` plus pixel noise
+    (``init_std``). Returns images (n, n_deis, y, x) and activations (n, n_deis)."""
+    neurons = np.asarray(neurons, np.int64).reshape(-1)
+    if n_deis < 2:
+        raise ValueError("diverse_images needs at least 2 images per neuron")
+    config = dei_config(config)
+    n, height, width = meis.shape
+    rng = np.random.default_rng(seed)
+    lo, hi = pixel_range
+    noise = rng.normal(0, config.init_std * (hi - lo) / 255.0, (n, n_deis, height, width))
+    start = np.clip(meis[:, None] + noise, lo, hi).reshape(n * n_deis, height, width)
+    targets = {
+        "neuron": np.repeat(neurons, n_deis).astype(np.int32),
+        "mei_activation": np.repeat(mei_activations, n_deis).astype(np.float32),
+    }
+    base = neuron_objective(session, behavior, pupil_center)
+    objective = dei_objective(base, config.dei_fraction, config.dei_penalty, n_deis)
+    keys = pair_keys(seed, targets["neuron"], np.tile(np.arange(n_deis), n))
+    images, _, _ = run_pairs(
+        model, objective, targets, keys, config, Parametrization(config, (height, width), pixel_range),
+        start=start.astype(np.float32), group=n_deis, devices=devices, progress=progress, desc="DEIs",
+    )
+    activations = evaluate_pairs(model, base, images, targets, devices=devices)
+    return images.reshape(n, n_deis, height, width), activations.reshape(n, n_deis)
+
+
+def control_objective(
+    session: int, mean_response, weight: float = 1.0, behavior=None, pupil_center=None
+) -> Objective:
+    """One-hot control: the target's response minus ``weight`` x the mean squared deviation of all
+    other neurons from ``mean_response (neurons,)`` (normalized response units)."""
+    extra = fixed_inputs(behavior, pupil_center)
+    mean_response = jnp.asarray(mean_response, jnp.float32)
+
+    def objective(model, images, targets):
+        def one(image, neuron):
+            population = model(image[None, :, :, None], session, **extra)[0]
+            others = jnp.arange(population.shape[0]) != neuron
+            deviation = jnp.sum(others * (population - mean_response) ** 2) / others.sum()
+            return population[neuron] - weight * deviation
+
+        return jax.vmap(one)(images, targets["neuron"])
+
+    return objective
+
+
+def inhibit_objective(session: int, behavior=None, pupil_center=None) -> Objective:
+    """Most inhibitory input: the negated response of the target neuron."""
+    base = neuron_objective(session, behavior, pupil_center)
+    return lambda model, images, targets: -base(model, images, targets)
+
+
+def control_inputs(model, session: int, neurons, config: MEIConfig, *, mean_response,
+                   weight: float = 1.0, behavior=None, pupil_center=None, **kwargs) -> MEIResult:
+    """One-hot control images; ``activations`` hold the control objective. Other keyword
+    arguments as optimize_meis (image_shape, pixel_range, seed, devices, ...)."""
+    objective = control_objective(session, mean_response, weight, behavior, pupil_center)
+    return optimize_meis(model, session, neurons, config, objective=objective, **kwargs)
+
+
+def inhibitory_inputs(model, session: int, neurons, config: MEIConfig, *, behavior=None,
+                      pupil_center=None, **kwargs) -> MEIResult:
+    """Most inhibitory inputs; ``activations`` are responses and ``best_seed`` the lowest."""
+    objective = inhibit_objective(session, behavior, pupil_center)
+    result = optimize_meis(model, session, neurons, config, objective=objective, **kwargs)
+    validator = result.validator_activations
+    return dataclasses.replace(
+        result,
+        activations=-result.activations,
+        validator_activations=None if validator is None else -validator,
+    )

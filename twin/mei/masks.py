@@ -1,0 +1,109 @@
+"""Masks from an MEI (Walker et al. 2019): where the MEI differs from gray.
+
+- ``walker_mask``: |MEI - mean| > threshold (pixel units), blobs smaller than ``min_blob`` pixels
+  dropped, convex hull, dilated, blurred; values in [0, 1].
+- ``gaussian_mask``: a Gaussian envelope fitted to the MEI's contrast energy.
+- ``tight_mask``: the Walker mask eroded step by step until the model's activation falls to
+  ``fraction`` (90%) of the full-mask value; the last mask above it.
+
+A mask m shows an image as mean + m * (image - mean); in normalized units (mean 0), m * image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.path import Path as Polygon
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from twin.mei.optimize import Objective, evaluate_pairs
+
+THRESHOLD = 16.0  # pixel units
+MIN_BLOB = 50  # pixels
+DILATE = 2  # pixels
+BLUR = 1.5  # pixels
+
+
+def convex_hull(region: np.ndarray) -> np.ndarray:
+    """Filled convex hull (y, x) bool of a boolean region (the region itself when degenerate)."""
+    points = np.argwhere(region)
+    if len(points) < 3:
+        return region
+    try:
+        hull = ConvexHull(points)
+    except QhullError:  # collinear points
+        return region
+    polygon = Polygon(points[hull.vertices])
+    grid = np.argwhere(np.ones_like(region, bool))
+    inside = polygon.contains_points(grid, radius=0.5) | polygon.contains_points(grid, radius=-0.5)
+    return inside.reshape(region.shape) | region
+
+
+def hull_region(
+    mei: np.ndarray, mean: float, threshold: float = THRESHOLD, min_blob: int = MIN_BLOB,
+    dilate: int = DILATE,
+) -> np.ndarray:
+    """(y, x) bool: thresholded |mei - mean| (pixel units), small blobs dropped, convex hull,
+    dilated. Without a blob of ``min_blob`` pixels the largest blob is kept."""
+    above = np.abs(np.asarray(mei, np.float64) - mean) > threshold
+    labels, count = ndimage.label(above)
+    if count == 0:
+        return above
+    sizes = ndimage.sum(above, labels, index=np.arange(1, count + 1))
+    keep = np.flatnonzero(sizes >= min_blob) + 1
+    if len(keep) == 0:
+        keep = [int(np.argmax(sizes)) + 1]
+    region = convex_hull(np.isin(labels, keep))
+    return ndimage.binary_dilation(region, iterations=dilate) if dilate else region
+
+
+def walker_mask(
+    mei: np.ndarray, mean: float, threshold: float = THRESHOLD, min_blob: int = MIN_BLOB,
+    dilate: int = DILATE, blur: float = BLUR,
+) -> np.ndarray:
+    """Walker 2019 mask (y, x) in [0, 1] of ``mei (y, x)`` in pixel units around gray ``mean``;
+    all zeros when no pixel passes the threshold."""
+    region = hull_region(mei, mean, threshold, min_blob, dilate).astype(np.float64)
+    return np.clip(ndimage.gaussian_filter(region, blur, mode="constant"), 0, 1) if blur else region
+
+
+def gaussian_mask(mei: np.ndarray, mean: float, width: float = 2.0) -> np.ndarray:
+    """(y, x) Gaussian envelope, peak 1, fitted to the contrast energy (mei - mean)^2: its centre
+    and covariance, widened ``width`` times in standard deviations."""
+    energy = (np.asarray(mei, np.float64) - mean) ** 2
+    total = energy.sum()
+    if total == 0:
+        return np.zeros_like(energy)
+    yy, xx = np.mgrid[: energy.shape[0], : energy.shape[1]]
+    coords = np.stack([yy.ravel(), xx.ravel()], 1).astype(np.float64)
+    weights = energy.ravel() / total
+    centre = weights @ coords
+    offset = coords - centre
+    covariance = (offset * weights[:, None]).T @ offset + 1e-3 * np.eye(2)
+    distance = np.einsum("pi,ij,pj->p", offset, np.linalg.inv(covariance), offset)
+    return np.exp(-0.5 * distance / width**2).reshape(energy.shape)
+
+
+def tight_mask(
+    model,
+    objective: Objective,
+    mei: np.ndarray,
+    neuron: int,
+    image_std: float,
+    fraction: float = 0.9,
+    blur: float = BLUR,
+) -> np.ndarray:
+    """(y, x) Walker mask of ``mei (y, x)`` (normalized units, mean 0; ``image_std`` converts the
+    pixel threshold) eroded until the activation falls below ``fraction`` of the full-mask one."""
+    region = hull_region(mei * image_std, 0.0)
+    regions = [region]
+    while regions[-1].any():
+        regions.append(ndimage.binary_erosion(regions[-1]))
+    masks = np.stack(
+        [ndimage.gaussian_filter(r.astype(np.float64), blur, mode="constant") for r in regions]
+    ).astype(np.float32)
+    values = evaluate_pairs(
+        model, objective, masks * mei[None], {"neuron": np.full(len(masks), neuron, np.int32)}
+    )
+    below = np.flatnonzero(values < fraction * values[0])
+    return masks[below[0] - 1] if len(below) else masks[-1]

@@ -1,0 +1,224 @@
+"""`twin mei`: MEIs of a fitted run's neurons, validated, written as a store and a PNG grid."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from twin.errors import ConfigError
+
+
+def parse_neurons(spec: str, n_neurons: int) -> np.ndarray:
+    """'all', 'START:STOP' (Python slice, end exclusive) or '3,7,9' -> sorted-as-given indices."""
+    text = str(spec).strip()
+    hint = "write all, START:STOP (e.g. 0:100) or a list like 3,7,9"
+    if text == "all":
+        return np.arange(n_neurons)
+    if ":" in text:
+        match = re.fullmatch(r"(\d*):(\d*)", text)
+        if not match:
+            raise ConfigError(f"--neurons {spec!r}: not a range; {hint}")
+        start = int(match[1]) if match[1] else 0
+        stop = int(match[2]) if match[2] else n_neurons
+        if not start < stop <= n_neurons:
+            raise ConfigError(
+                f"--neurons {spec!r}: the session has neurons 0..{n_neurons - 1}; give"
+                f" 0 <= START < STOP <= {n_neurons}"
+            )
+        return np.arange(start, stop)
+    try:
+        neurons = np.array([int(part) for part in text.split(",")])
+    except ValueError:
+        raise ConfigError(f"--neurons {spec!r}: not a list of integers; {hint}") from None
+    bad = neurons[(neurons < 0) | (neurons >= n_neurons)]
+    if len(bad):
+        raise ConfigError(
+            f"--neurons {spec!r}: neuron {bad[0]} is out of range; the session has neurons"
+            f" 0..{n_neurons - 1}"
+        )
+    if len(np.unique(neurons)) != len(neurons):
+        raise ConfigError(f"--neurons {spec!r}: a neuron is listed twice; list each once")
+    return neurons
+
+
+def plot_grid(images: np.ndarray, titles: list[str], path: Path) -> None:
+    """PNG of images (n, y, x) in pixel units 0..255, gray scale, up to 8 per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    cols = min(n, 8)
+    rows = -(-n // cols)
+    height, width = images.shape[1:]
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cols * 1.6 * width / max(height, width) + 0.2, rows * 1.3), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def finite(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def mei_command(
+    run: str,
+    neurons: str = "all",
+    seeds: int | None = None,
+    recipe: str = "walker2019",
+    config_path: str | None = None,
+    out: str = "meis.zarr",
+    deis: int = 0,
+    session: int = 0,
+    validator: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Optimize, validate and store the MEIs of ``neurons`` of ``session`` of the run ``run``.
+
+    Writes the MEI store ``out`` and ``<out stem>.png`` beside it; returns the summary
+    {"recipe", "median_ratio", "median_true_ratio", "neurons": [{"id", "activation",
+    "best_natural_activation", "ratio", "true_ratio", "optimum_correlation"}]}.
+    """
+    from twin.checkpoint import load_run
+    from twin.data.simulate import ground_truth
+    from twin.data.store import open_session
+    from twin.mei import diverse, validate
+    from twin.mei.optimize import neuron_objective, optimize_meis
+    from twin.mei.recipes import recipe_config
+    from twin.mei.store import config_toml, meis_dataset, write_meis
+
+    config = recipe_config(recipe, config_path, seeds)
+    if deis == 1 or deis < 0:
+        raise ConfigError(f"--deis {deis}: give 0 (none) or at least 2 images per neuron")
+    out = Path(out)
+    if out.suffix != ".zarr":
+        raise ConfigError(f"--out {out}: name the MEI store with a .zarr suffix")
+    loaded = load_run(run)
+    if not 0 <= session < len(loaded.sessions):
+        raise ConfigError(
+            f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}"
+        )
+    data = loaded.sessions[session]
+    index = parse_neurons(neurons, data.n_neurons)
+    validator_model = None
+    if validator is not None:
+        validator_model = load_run(validator, load_sessions=False).model
+        if validator_model.n_neurons[session] != data.n_neurons:
+            raise ConfigError(
+                f"--validator {validator}: session {session} has {validator_model.n_neurons[session]}"
+                f" neurons there but {data.n_neurons} in {run}; pass a run fit on the same session"
+            )
+    model = loaded.model
+    train = data.trials("train")
+    fixed = {
+        "behavior": None if data.behavior is None else data.behavior[train].mean(0),
+        "pupil_center": None if data.pupil_center is None else data.pupil_center[train].mean(0),
+    }
+    image_stats = (data.image_mean, data.image_std)
+    result = optimize_meis(
+        model, session, index, config, image_shape=data.image_shape,
+        pixel_range=data.pixel_range, image_stats=image_stats, validator=validator_model,
+        progress=progress, **fixed,
+    )
+    best = result.best_images()
+    activation = result.best_activations()
+    natural_activation, natural_index = validate.best_natural(
+        model, session, data.images[train], index, **fixed
+    )
+    objective = neuron_objective(session, **fixed)
+    contrast_rms, contrast_activation = validate.contrast_tuning(
+        model, objective, best, index, data.pixel_range
+    )
+    shift_activation = validate.shift_robustness(model, objective, best, index)
+
+    n = len(index)
+    nan = np.full(n, np.nan, np.float32)
+    true_activation = true_natural = true_ratio = correlation = nan
+    true_trial = np.full(n, -1, np.int64)
+    ds_session = open_session(data.path)
+    if ds_session.attrs.get("simulated"):
+        params = ground_truth(ds_session)
+        pixels = data.denormalize_images(best)
+        train_pixels = data.denormalize_images(data.images[train][..., 0])
+        true_activation = validate.true_responses(params, pixels, index)
+        true_natural, true_where = validate.true_best_natural(params, train_pixels, index)
+        true_trial = train[true_where]
+        true_ratio = true_activation / true_natural
+        correlation = validate.optimum_correlation(pixels, params["optimal_stimulus"][index])
+
+    dei_images = dei_activations = None
+    if deis:
+        dei_images, dei_activations = diverse.diverse_images(
+            model, session, index, best, activation, config, deis,
+            pixel_range=data.pixel_range, progress=progress, **fixed,
+        )
+
+    variables = {
+        "images": result.images,
+        "activations": result.activations,
+        "best_seed": result.best_seed,
+        "steps": result.steps,
+        "validator_activations": result.validator_activations,
+        "unit_id": data.unit_id[index],
+        "neuron_index": index,
+        "best_natural_activation": natural_activation,
+        "best_natural_trial": train[natural_index],
+        "ratio": activation / natural_activation,
+        "true_activation": true_activation,
+        "true_best_natural": true_natural,
+        "true_best_natural_trial": true_trial,
+        "true_ratio": true_ratio,
+        "optimum_correlation": correlation,
+        "contrast_rms": contrast_rms,
+        "contrast_activation": contrast_activation,
+        "shift_offset": validate.shift_offsets(),
+        "shift_activation": shift_activation,
+        "deis": dei_images,
+        "dei_activations": dei_activations,
+    }
+    attrs = {
+        "run": str(Path(run).absolute()),
+        "session": session,
+        "store": str(Path(data.path).absolute()),
+        "recipe": config.recipe,
+        "mei_config": config_toml(config),
+        "image_mean": float(np.mean(data.image_mean)),
+        "image_std": float(np.mean(data.image_std)),
+        "true_ratio_control": "the ground truth's best train image",
+    }
+    write_meis(meis_dataset(variables, attrs), out)
+    plot_grid(
+        data.denormalize_images(best),
+        [f"unit {u}: {r:.2f}x" for u, r in zip(data.unit_id[index], variables["ratio"])],
+        out.with_suffix(".png"),
+    )
+    ratios = variables["ratio"]
+    return {
+        "recipe": config.recipe,
+        "median_ratio": finite(np.median(ratios)),
+        "median_true_ratio": finite(np.median(true_ratio)) if np.isfinite(true_ratio).any() else None,
+        "neurons": [
+            {
+                "id": int(data.unit_id[neuron]),
+                "activation": finite(activation[i]),
+                "best_natural_activation": finite(natural_activation[i]),
+                "ratio": finite(ratios[i]),
+                "true_ratio": finite(true_ratio[i]),
+                "optimum_correlation": finite(correlation[i]),
+            }
+            for i, neuron in enumerate(index)
+        ],
+    }
