@@ -122,3 +122,22 @@ def test_bad_requests(stores, tmp_path):
     write_session(simulate(3, 10, 2, 2, size=(12, 12), seed=0), tmp_path / "c.zarr")
     with pytest.raises(SessionError, match="one image shape"):
         load_sessions([stores[0], tmp_path / "c.zarr"], DataConfig())
+
+
+@pytest.mark.parametrize("normalization", ["global", "per_pixel"])
+def test_channel_images_come_channels_last(tmp_path, normalization):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 2, 8, 10), dtype=np.uint8)
+    images[:, 1] //= 4  # channels with different statistics
+    ds = make_session(
+        "channels", images=images, responses=rng.random((20, 3)),
+        tier=["train"] * 15 + ["test"] * 5, image_id=np.arange(20),
+    )
+    write_session(ds, tmp_path / "c.zarr")
+    session = load_session(tmp_path / "c.zarr", DataConfig(image_normalization=normalization))
+    assert session.images.shape == (20, 8, 10, 2) and session.channels == 2
+    train = session.images[:15]
+    np.testing.assert_allclose(train.mean(axis=(0, 1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(train.std(axis=(0, 1, 2)), 1, rtol=0.05)
+    pixels = np.moveaxis(images[:3], 1, -1)
+    np.testing.assert_allclose(session.normalize_images(pixels), session.images[:3], rtol=1e-5, atol=1e-5)
