@@ -1,0 +1,71 @@
+"""`twin mei` end to end on a tiny simulated session and a tiny (unfitted) twin."""
+
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from twin.checkpoint import readout_specs, save_run_model
+from twin.cli import main
+from twin.config import DataConfig, ModelConfig, RunConfig
+from twin.data.loader import load_session
+from twin.data.simulate import simulate
+from twin.data.store import write_session
+from twin.mei.store import open_meis
+from twin.models.twin import Twin
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mei_run")
+    write_session(simulate(6, 40, 2, 2, size=(18, 32), seed=3), root / "sim.zarr")
+    data = load_session(root / "sim.zarr", DataConfig())
+    config = RunConfig(
+        model=ModelConfig(core_layers=2, core_channels=4, input_kernel=5, hidden_kernel=3)
+    )
+    model = Twin(config.model, 1, (18, 32), readout_specs([data]), rngs=nnx.Rngs(0))
+    model.eval()
+    save_run_model(root / "run", model, config, [data])
+    (root / "mei.toml").write_text("[mei]\nsteps = 6\nchunk_size = 4\ndei_steps = 3\n")
+    return root
+
+
+def test_mei_command_writes_store_grid_and_summary(run_dir, capsys):
+    out = run_dir / "meis.zarr"
+    argv = ["mei", str(run_dir / "run"), "--neurons", "0,2,5", "--seeds", "2", "--deis", "2",
+            "--config", str(run_dir / "mei.toml"), "--out", str(out), "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["recipe"] == "walker2019"
+    assert [n["id"] for n in summary["neurons"]] == [0, 2, 5]
+    keys = {"id", "activation", "best_natural_activation", "ratio", "true_ratio", "optimum_correlation"}
+    assert all(set(n) == keys for n in summary["neurons"])
+    ds = open_meis(out)
+    assert ds["images"].shape == (3, 2, 18, 32) and ds["deis"].shape == (3, 2, 18, 32)
+    np.testing.assert_array_equal(ds["neuron_index"].values, [0, 2, 5])
+    ratio = ds["activations"].values.max(1) / ds["best_natural_activation"].values
+    np.testing.assert_allclose(ds["ratio"].values, ratio, rtol=1e-5)
+    assert np.all(np.isfinite(ds["true_ratio"].values))
+    assert summary["median_true_ratio"] == pytest.approx(float(np.median(ds["true_ratio"].values)))
+    attrs = ds.attrs
+    assert attrs["recipe"] == "walker2019" and "steps = 6" in attrs["mei_config"]
+    assert (run_dir / "meis.png").stat().st_size > 0
+    assert ds["contrast_activation"].shape == (3, 7) and ds["shift_activation"].shape == (3, 4)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--neurons", "0:99"], "--neurons '0:99'"),
+        (["--neurons", "1;2"], "not a list of integers"),
+        (["--session", "3"], "--session 3"),
+        (["--recipe", "nope"], "unknown recipe"),
+        (["--deis", "1"], "--deis 1"),
+    ],
+)
+def test_bad_arguments_exit_2_without_output(run_dir, capsys, extra, message):
+    out = run_dir / "bad.zarr"
+    assert main(["mei", str(run_dir / "run"), "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not (run_dir / "bad.png").exists()
