@@ -21,7 +21,7 @@ repeats = 4
 size = [18, 32]
 rig_repeats = 4
 min_distance = 5.0
-mei_seeds = 2
+mei_seeds = 1
 [model]
 core_layers = 1
 core_channels = 8
@@ -29,9 +29,9 @@ input_kernel = 5
 [data]
 batch_size = 32
 [fit]
-max_epochs = 3
+max_epochs = 1
 [mei]
-steps = 20
+steps = 10
 """
 
 

@@ -31,30 +31,34 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+FIT_PANELS = {  # panel title: substrings of the metrics.jsonl keys drawn in it
+    "training loss": ("loss", "poisson"),
+    "validation correlation": ("corr",),
+    "learning rate": ("learning_rate", "lr"),
+}
+
+
 def plot_fit_curves(metrics: list[dict], path: Path) -> bool:
-    """One panel per group of numeric series in metrics.jsonl (losses, correlations, rest)."""
-    keys = sorted({k for row in metrics for k, v in row.items() if isinstance(v, int | float)})
-    keys = [k for k in keys if k != "epoch" and not isinstance(metrics[0].get(k), bool)]
-    if not keys:
-        return False
-    groups = {
-        "loss": [k for k in keys if "loss" in k],
-        "correlation": [k for k in keys if "corr" in k],
+    """Loss, validation correlation and learning rate per epoch from metrics.jsonl."""
+    numeric = sorted(
+        {k for row in metrics for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    )
+    panels = {
+        title: [k for k in numeric if any(part in k for part in parts)] for title, parts in FIT_PANELS.items()
     }
-    groups["other"] = [k for k in keys if k not in groups["loss"] + groups["correlation"]]
-    groups = {name: series for name, series in groups.items() if series}
+    panels = {title: keys for title, keys in panels.items() if keys}
+    if not panels:
+        return False
     epochs = [row.get("epoch", i) for i, row in enumerate(metrics)]
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
-    for ax, (name, series) in zip(axes[0], groups.items()):
-        for key in series:
-            values = [row.get(key, np.nan) for row in metrics]
-            ax.plot(epochs, values, marker=".", label=key)
-        if name == "other" and all("lr" in k or "learning" in k for k in series):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels.items()):
+        for key in keys:
+            ax.plot(epochs, [row.get(key, np.nan) for row in metrics], marker=".", label=key)
+        if title == "learning rate":
             ax.set_yscale("log")
         ax.set_xlabel("epoch")
-        ax.set_title(name)
+        ax.set_title(title)
         ax.legend(fontsize=7)
-    fig.suptitle("fit curves")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -117,7 +121,7 @@ def plot_mei_grid(summary: dict, manifest: dict, stimuli: Path, path: Path) -> N
             ha="right", va="center", fontsize=7,
         )
     fig.suptitle("stimuli as shown (title: measured mean response)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from twin.metrics import correlation, correlation_to_average, oracle_correlation
 
-RIDGE_PENALTIES = np.logspace(-1, 5, 13)  # times the mean squared singular value
+RIDGE_PENALTIES = np.logspace(-3, 3, 13)  # times the mean eigenvalue of the Gram matrix
 NONLINEARITY_BINS = 20
 
 
@@ -45,16 +45,18 @@ def fit_ln(train_x, train_y, val_x, val_y):
     x: (trials, pixels), y: (trials, neurons). Returns predict(x) -> (trials, neurons).
     """
     mean_x, mean_y = train_x.mean(0), train_y.mean(0)
-    u, s, vt = np.linalg.svd(train_x - mean_x, full_matrices=False)
-    uty = u.T @ (train_y - mean_y)
+    centred = train_x - mean_x
+    # One eigendecomposition of the (pixels, pixels) Gram matrix serves every penalty.
+    eigenvalues, vectors = np.linalg.eigh(centred.T @ centred)
+    projected = vectors.T @ (centred.T @ (train_y - mean_y))
     best_score = np.full(train_y.shape[1], -np.inf)
     weights = np.zeros((train_x.shape[1], train_y.shape[1]))
-    for penalty in RIDGE_PENALTIES * np.mean(s**2):
-        w = vt.T @ ((s / (s**2 + penalty))[:, None] * uty)
+    for penalty in RIDGE_PENALTIES * np.mean(eigenvalues):
+        w = vectors @ (projected / (eigenvalues + penalty)[:, None])
         score = correlation(val_y, (val_x - mean_x) @ w)
         better = score > best_score
         weights[:, better], best_score[better] = w[:, better], score[better]
-    curves = nonlinearity((train_x - mean_x) @ weights, train_y)
+    curves = nonlinearity(centred @ weights, train_y)
 
     def predict(x):
         drive = (x - mean_x) @ weights
@@ -63,13 +65,22 @@ def fit_ln(train_x, train_y, val_x, val_y):
     return predict
 
 
+def pooled(images: np.ndarray) -> np.ndarray:
+    """(trials, y, x, channel) -> (trials, features): 2x2 average pooling when the image is larger
+    than 16x16, so the LN model has a few hundred weights per neuron, not thousands."""
+    n, y, x, c = images.shape
+    if min(y, x) > 16:
+        images = images[:, : y // 2 * 2, : x // 2 * 2].reshape(n, y // 2, 2, x // 2, 2, c).mean((2, 4))
+    return images.reshape(n, -1).astype(np.float64)
+
+
 def ln_correlations(data) -> np.ndarray:
     """Correlation to average (neuron,) on the test tier of an LN model fit to the train trials.
 
     data: SessionData. Validation trials pick the ridge penalty (the last tenth of the train
     trials when the session has none).
     """
-    images = data.images.reshape(len(data.images), -1)
+    images = pooled(data.images)
     train = np.flatnonzero(data.tier == "train")
     validation = np.flatnonzero(data.tier == "validation")
     if len(validation) == 0:
