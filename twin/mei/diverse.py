@@ -49,8 +49,8 @@ def dei_objective(base: Objective, fraction: float, penalty: float, group: int) 
 
 
 def dei_config(config: MEIConfig) -> MEIConfig:
-    """The recipe's constraints (norm, clip, image blur) with Adam on pixels at dei_learning_rate
-    for dei_steps; no jitter (diversity is measured on the images themselves)."""
+    """The recipe's constraints (norm, pixel range) with Adam on pixels at dei_learning_rate for
+    dei_steps; no blur or jitter (diversity is measured on the images themselves)."""
     return dataclasses.replace(
         config,
         steps=config.dei_steps,
@@ -61,6 +61,7 @@ def dei_config(config: MEIConfig) -> MEIConfig:
         normalize_gradient=False,
         parametrization="pixel",
         precondition=0.0,
+        blur_target="none",
         jitter=0,
         scale_jitter=0.0,
         tolerance=0.0,

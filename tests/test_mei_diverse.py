@@ -1,0 +1,67 @@
+"""DEIs, population objectives and the tight mask on the tiny twin of test_mei_engine."""
+
+import jax.numpy as jnp
+import numpy as np
+from test_mei_engine import RANGE, SHAPE, config, toy
+
+from twin.mei.diverse import (
+    control_objective,
+    diverse_images,
+    inhibitory_inputs,
+)
+from scipy import ndimage
+
+from twin.mei.masks import BLUR, hull_region, tight_mask
+from twin.mei.optimize import evaluate_pairs, neuron_objective, optimize_meis
+
+
+def test_deis_keep_the_activation_and_spread_out():
+    model = toy()
+    cfg = config(steps=30, step_gain=2.0, dei_steps=40, dei_learning_rate=0.05)
+    meis = optimize_meis(model, 0, [1, 4], cfg, image_shape=SHAPE, pixel_range=RANGE, progress=False)
+    images, activations = diverse_images(
+        model, 0, [1, 4], meis.best_images(), meis.best_activations(), cfg, 3,
+        pixel_range=RANGE, progress=False,
+    )
+    assert images.shape == (2, 3, *SHAPE) and activations.shape == (2, 3)
+    assert np.all(activations >= 0.85 * meis.best_activations()[:, None])
+    # Mean pairwise RMS distance grew well beyond the starting noise (init_std pixel levels).
+    flat = images.reshape(2, 3, -1)
+    distance = np.sqrt(((flat[:, :, None] - flat[:, None]) ** 2).mean(-1))
+    start = cfg.init_std * (RANGE[1] - RANGE[0]) / 255 * np.sqrt(2)
+    assert distance[:, 0, 1].min() > 2 * start
+
+
+def test_most_inhibitory_input_lowers_the_response():
+    model = toy()
+    cfg = config(steps=20, step_gain=2.0)
+    low = inhibitory_inputs(model, 0, [0, 3], cfg, image_shape=SHAPE, pixel_range=RANGE, progress=False)
+    gray = evaluate_pairs(model, neuron_objective(0), np.zeros((2, *SHAPE), np.float32), {"neuron": np.array([0, 3])})
+    assert np.all(low.best_activations() < gray)
+    np.testing.assert_array_equal(low.best_seed, low.activations.argmin(1))
+
+
+def test_control_objective_penalizes_the_other_neurons():
+    model = toy()
+    mean = np.linspace(0.5, 1.5, 6).astype(np.float32)
+    images = np.random.default_rng(0).normal(size=(2, *SHAPE)).astype(np.float32)
+    values = evaluate_pairs(model, control_objective(0, mean, weight=2.0), images, {"neuron": np.array([1, 5])})
+    population = np.asarray(model(jnp.asarray(images)[..., None]))
+    for i, target in enumerate([1, 5]):
+        others = np.delete(np.arange(6), target)
+        expected = population[i, target] - 2.0 * np.mean((population[i, others] - mean[others]) ** 2)
+        np.testing.assert_allclose(values[i], expected, rtol=1e-4)
+
+
+def test_tight_mask_keeps_ninety_percent():
+    model = toy()
+    meis = optimize_meis(model, 0, [2], config(steps=30, step_gain=4.0, seeds=1), image_shape=SHAPE,
+                         pixel_range=RANGE, progress=False)
+    mei = meis.best_images()[0]
+    mask = tight_mask(model, neuron_objective(0), mei, 2, image_std=64.0)
+    assert mask.shape == SHAPE and 0 <= mask.min() and mask.max() <= 1
+    full = ndimage.gaussian_filter(hull_region(mei * 64.0, 0.0).astype(np.float64), BLUR, mode="constant")
+    assert np.all(mask <= full + 1e-6) and mask.sum() < full.sum()
+    both = np.stack([full * mei, mask * mei]).astype(np.float32)
+    values = evaluate_pairs(model, neuron_objective(0), both, {"neuron": np.array([2, 2])})
+    assert values[1] >= 0.9 * values[0]
