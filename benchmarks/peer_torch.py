@@ -3,7 +3,7 @@
 Run as its own process (``twin bench`` starts it twice: with and without the glibc malloc
 tunables, which must be set before the process starts) and prints one JSON object::
 
-    python benchmarks/peer_torch.py [--quick]
+    python benchmarks/peer_torch.py [--shapes JSON] [--repeats 3] [--mei-neurons 3] [--mei-steps 30]
 
 Measures, after warm-up, medians over a few repeats:
 - forward images/s (eval mode, no grad, batch 128),
@@ -40,10 +40,9 @@ from neuralpredictors.layers.encoders import FiringRateEncoder  # noqa: E402
 from neuralpredictors.layers.readouts import FullGaussian2d, MultiReadoutSharedParametersBase  # noqa: E402
 from neuralpredictors.layers.shifters import MLPShifter  # noqa: E402
 
-# Shapes of the Sensorium 2022 baseline; QUICK: tiny shapes for CI (correctness only).
-FULL = dict(neurons=7776, height=36, width=64, batch=128, channels=64, layers=4, n_train=4500)
-QUICK = dict(neurons=24, height=20, width=24, batch=4, channels=8, layers=4, n_train=64)
-MEI_NORM = 10.0
+# Shapes of the Sensorium 2022 baseline (twin bench passes its own, e.g. tiny ones for CI).
+SENSORIUM = dict(neurons=7776, height=36, width=64, batch=128, channels=64, layers=4, n_train=4500)
+MEI_NORM = 25.0
 
 
 def build_model(
@@ -157,7 +156,7 @@ def measure(shapes: dict, repeats: int, mei_neurons: int, mei_steps: int) -> dic
         loss.backward()
         optimizer.step()
 
-    train_rate = median_rate(batch, train_step, max(1, repeats // 2))
+    train_rate = median_rate(batch, train_step, repeats)
 
     model.eval()
     for parameter in model.parameters():
@@ -192,19 +191,18 @@ def measure(shapes: dict, repeats: int, mei_neurons: int, mei_steps: int) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny shapes (CI)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--shapes", type=json.loads, default=SENSORIUM, help="JSON dict like SENSORIUM")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up")
+    parser.add_argument("--mei-neurons", type=int, default=3, help="neurons optimized in a timed MEI call")
+    parser.add_argument("--mei-steps", type=int, default=30, help="steps per neuron in a timed MEI call")
     args = parser.parse_args(argv)
-    shapes = QUICK if args.quick else FULL
-    repeats = 2 if args.quick else args.repeats
-    mei_neurons, mei_steps = (2, 3) if args.quick else (3, 30)
     result = {
         "torch": torch.__version__,
         "neuralpredictors": importlib.metadata.version("neuralpredictors"),
         "threads": torch.get_num_threads(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        "shapes": shapes,
-        **measure(shapes, repeats, mei_neurons, mei_steps),
+        "shapes": args.shapes,
+        **measure(args.shapes, args.repeats, args.mei_neurons, args.mei_steps),
     }
     print(json.dumps(result))
     return 0

@@ -6,8 +6,8 @@ Measured after compilation, medians over a few repeats after one warm-up call:
 - train: images/s of one Adam step on the Poisson loss + regularizers (train mode),
 - mei: image-steps/s of the MEI engine (``twin.mei.optimize.make_ascent``) running the peer's loop
   (SGD, fixed L2 norm each step, no blur) for 1, 16, 128 and 1,024 neurons at once,
-each with its compile time, XLA's FLOP count per step (``compiled.cost_analysis()``) and the
-achieved FLOP/s. Default shapes: the Sensorium 2022 baseline (7,776 neurons, 1x36x64, batch 128,
+each with its compile time, XLA's FLOP count per step (``compiled.cost_analysis()``), the
+achieved FLOP/s and its share of the measured float32 matmul peak. Default shapes: the Sensorium 2022 baseline (7,776 neurons, 1x36x64, batch 128,
 4 layers x 64 channels); ``quick``: tiny shapes that only check the suite runs.
 
 The peer (benchmarks/peer_torch.py, neuralpredictors 0.3.0) runs in child processes, once with
@@ -373,7 +373,7 @@ def format_results(results: dict) -> str:
     machine = results["machine"]
     lines = [
         f"twin bench{' --quick' if results['quick'] else ''}  {machine['date']}  {machine['cpu']}"
-        f" ({machine['cpu_count']} cores, {machine['platform']}: {machine['device']})",
+        f" ({machine['cpu_count']} cores; JAX on {machine['devices']} {machine['device']} device(s))",
         "  " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
     ]
     if "loader" in results:
