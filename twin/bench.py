@@ -228,7 +228,7 @@ def bench_mei(shapes: Shapes) -> dict:
     from twin.mei.recipes import RECIPES
 
     model = build_twin(shapes)
-    graphdef, state = split_model(model)
+    graphdef, state, stacked = split_model(model)
     objective = neuron_objective(0)
     image_shape = (shapes.height, shapes.width)
 
@@ -246,7 +246,8 @@ def bench_mei(shapes: Shapes) -> dict:
         config = dataclasses.replace(
             RECIPES["sinz_ga"], steps=steps, blur_target="none", clip_range=False, norm=MEI_NORM, seeds=1
         )
-        run = jax.jit(make_ascent(graphdef, objective, config, Parametrization(config, image_shape, (-2.0, 2.0))))
+        param = Parametrization(config, image_shape, (-2.0, 2.0))
+        run = jax.jit(make_ascent(graphdef, stacked, objective, config, param))
         chunks = []
         for first in range(0, n, chunk):
             index = jnp.arange(first, first + chunk)
