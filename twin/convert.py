@@ -29,7 +29,7 @@ IGNORED = re.compile(r"core\._input_weights_regularizer\..*|.*\.num_batches_trac
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """The tensors of a PyTorch state dict file as float32 numpy arrays (torch.load, weights only)."""
+    """The tensors of a PyTorch state dict file as numpy arrays (torch.load, weights only)."""
     try:
         import torch
     except ImportError:
@@ -196,6 +196,14 @@ def twin_from_state_dict(
             f"{source}: state dict does not match the Sensorium baseline layout; "
             f"missing keys: {', '.join(missing) or 'none'}; unknown keys: {', '.join(unknown) or 'none'}"
         )
+    assigned = {id(variable) for variable, _, _ in pairs}
+    unmapped = [
+        ".".join(map(str, path))
+        for path, node in nnx.iter_graph(model)
+        if isinstance(node, (nnx.Param, nnx.BatchStat)) and id(node) not in assigned
+    ]
+    if unmapped:
+        raise ConfigError(f"{source}: the twin has parameters no checkpoint key fills: {', '.join(unmapped)}")
     for variable, key, layout in pairs:
         value = np.asarray(state[key], np.float32)
         value = layout(value) if layout is not None else value
