@@ -25,6 +25,12 @@ def specs(*counts, positions=False):
     ]
 
 
+@nnx.jit(static_argnums=(2,))
+def predict(model, x, session=0, behavior=None, pupil_center=None, neurons=None):
+    """One compiled forward per configuration: much faster in tests than op-by-op dispatch."""
+    return model(x, session, behavior=behavior, pupil_center=pupil_center, neurons=neurons)
+
+
 def images(b=3, h=12, w=16, c=1, seed=1):
     return jax.random.normal(jax.random.key(seed), (b, h, w, c))
 
@@ -47,15 +53,15 @@ def test_twin_shapes(changes, in_channels, shape):
     x = images(c=in_channels)
     kwargs = {"behavior": jnp.ones((3, 2)), "pupil_center": jnp.zeros((3, 2))}
     fmap_channels = 8 * len(config.stack)
-    core_in = x if not model.use_behavior else jnp.concatenate([x, jnp.ones((3, 12, 16, 2))], -1)
-    assert model.core(core_in).shape == shape[:3] + (fmap_channels,)
+    in_shape = model.core.output_shape((12, 16))
+    assert in_shape == shape[1:3] + (fmap_channels,)
     for mode in (model.train, model.eval):
         mode()
-        out0 = model(x, 0, **kwargs)
-        out1 = model(x, 1, **kwargs)
+        out0 = predict(model, x, 0, **kwargs)
+        out1 = predict(model, x, 1, **kwargs)
         assert out0.shape == (3, 7) and out1.shape == (3, 4)
         assert bool(jnp.all(out0 > 0)) and bool(jnp.all(jnp.isfinite(out0)))
-        assert model(x, 0, neurons=jnp.array([6, 0]), **kwargs).shape == (3, 2)
+        assert predict(model, x, 0, neurons=jnp.array([6, 0]), **kwargs).shape == (3, 2)
     assert model.regularizer(1).shape == ()
 
 
@@ -177,15 +183,16 @@ def test_neuron_subset_equals_indexed_full_readout():
     model.eval()
     x = images()
     pupil = jnp.array([[0.1, -0.2], [0.5, 0.3], [0.0, 0.0]])
-    full = model(x, pupil_center=pupil)
+    full = predict(model, x, pupil_center=pupil)
     neurons = jnp.array([8, 2, 2, 5])
-    np.testing.assert_allclose(model(x, pupil_center=pupil, neurons=neurons), full[:, neurons], rtol=1e-6)
+    np.testing.assert_allclose(predict(model, x, pupil_center=pupil, neurons=neurons), full[:, neurons], rtol=1e-6)
     factorized = Twin(dataclasses.replace(SMALL, readout="factorized"), 1, (12, 16), specs(9), rngs=nnx.Rngs(0))
     factorized.eval()
-    np.testing.assert_allclose(factorized(x, neurons=neurons), factorized(x)[:, neurons], rtol=1e-6)
-    grid = Twin(dataclasses.replace(SMALL, grid_mean_predictor=True), 1, (12, 16), specs(9, positions=True), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(predict(factorized, x, neurons=neurons), predict(factorized, x)[:, neurons], rtol=1e-6)
+    config = dataclasses.replace(SMALL, grid_mean_predictor=True)
+    grid = Twin(config, 1, (12, 16), specs(9, positions=True), rngs=nnx.Rngs(0))
     grid.eval()
-    np.testing.assert_allclose(grid(x, neurons=neurons), grid(x)[:, neurons], rtol=1e-6)
+    np.testing.assert_allclose(predict(grid, x, neurons=neurons), predict(grid, x)[:, neurons], rtol=1e-6)
 
 
 def test_factorized_readout_against_numpy():
@@ -206,8 +213,8 @@ def test_train_sampling_is_seeded_and_differs_from_eval():
 
     x = images()
     a, b = build(), build()
-    first, again = a(x), a(x)
-    np.testing.assert_array_equal(first, b(x))
+    first, again = predict(a, x), predict(a, x)
+    np.testing.assert_array_equal(first, predict(b, x))
     assert not np.allclose(first, again)
     # With sigma = 0 the sampled positions are mu: training differs from eval only by BatchNorm.
     c = build()
@@ -248,12 +255,32 @@ def test_ensemble_mean_equals_members():
     for seed in (0, 7, 9):
         model = Twin(config, 1, (12, 16), specs(5, 3), rngs=nnx.Rngs(seed))
         model.eval()
-        members.append(model(x, 1, pupil_center=pupil))
-    outputs = ensemble.member_outputs(x, 1, pupil_center=pupil)
+        members.append(predict(model, x, 1, pupil_center=pupil))
+    outputs = nnx.jit(lambda e, x, p: e.member_outputs(x, 1, pupil_center=p))(ensemble, x, pupil)
     assert outputs.shape == (3, 3, 3)
     np.testing.assert_allclose(outputs, np.stack(members), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ensemble(x, 1, pupil_center=pupil), np.mean(members, axis=0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ensemble.member(1)(x, 1, pupil_center=pupil), members[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict(ensemble, x, 1, pupil_center=pupil), np.mean(members, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict(ensemble.member(1), x, 1, pupil_center=pupil), members[1], rtol=1e-5, atol=1e-6)
     assert ensemble.regularizer(0).shape == (3,)
     neurons = jnp.array([2, 0])
-    np.testing.assert_allclose(ensemble(x, 1, pupil_center=pupil, neurons=neurons), ensemble(x, 1, pupil_center=pupil)[:, neurons], rtol=1e-6)
+    np.testing.assert_allclose(
+        predict(ensemble, x, 1, pupil_center=pupil, neurons=neurons), outputs.mean(axis=0)[:, neurons], rtol=1e-5
+    )
+
+
+def test_depthwise_conv_gradient_equals_grouped_conv_gradient():
+    x = images(b=2, h=7, w=9, c=3)
+    kernel = jax.random.normal(jax.random.key(8), (5, 5, 3))
+    weights = jax.random.normal(jax.random.key(9), (2, 7, 9, 3))
+
+    def grouped(x, kernel):
+        out = jax.lax.conv_general_dilated(
+            x, kernel[:, :, None, :], (1, 1), ((2, 2), (2, 2)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=3,
+        )
+        return jnp.sum(out * weights)
+
+    expected = jax.grad(grouped, argnums=(0, 1))(x, kernel)
+    actual = jax.grad(lambda x, k: jnp.sum(depthwise_conv(x, k, 2) * weights), argnums=(0, 1))(x, kernel)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)

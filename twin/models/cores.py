@@ -16,6 +16,7 @@ neuralpredictors' ``SE2dCore`` / ``Stacked2dCore`` state dicts, whose conv weigh
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -31,15 +32,9 @@ def xavier_normal(shape: tuple[int, ...], fan_in: int, fan_out: int, key: jax.Ar
     return jax.random.normal(key, shape) * math.sqrt(2.0 / (fan_in + fan_out))
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
-    """Depthwise 2d cross-correlation as k*k shifted multiply-adds (XLA CPU runs grouped convs slowly).
-
-    x: (b, y, x, c); kernel: (k, k, c); zero padding ``padding`` on each side; stride 1.
-    Returns (b, y + 2 * padding - k + 1, x + 2 * padding - k + 1, c).
-    """
+def shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Valid depthwise cross-correlation: x (b, Y, X, c), kernel (k, k, c) -> (b, Y-k+1, X-k+1, c)."""
     k = kernel.shape[0]
-    if padding:
-        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     h = x.shape[1] - k + 1
     w = x.shape[2] - k + 1
     out = x[:, :h, :w, :] * kernel[0, 0]
@@ -48,6 +43,68 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
             if i or j:
                 out = out + x[:, i : i + h, j : j + w, :] * kernel[i, j]
     return out
+
+
+def pad_hw(x: jax.Array, padding: int) -> jax.Array:
+    """Zero-pad the two spatial axes of (b, y, x, c) by ``padding`` on each side."""
+    return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
+
+
+def kernel_gradient(xp: jax.Array, g: jax.Array, chunk: int = 8) -> jax.Array:
+    """d/dkernel of shifted_sum: xp (b, Y, X, c) padded input, g (b, h, w, c) -> (k, k, c).
+
+    For ``chunk`` images at a time, a scan over the w output columns adds h shifted products into
+    a small (chunk, k, k, c) accumulator that stays in cache; k*k full-size reductions instead run
+    ~50x slower on XLA CPU.
+    """
+    b, h, w, c = g.shape
+    k = xp.shape[1] - h + 1
+    extra = -b % chunk
+    if extra:
+        xp = jnp.pad(xp, ((0, extra), (0, 0), (0, 0), (0, 0)))
+        g = jnp.pad(g, ((0, extra), (0, 0), (0, 0), (0, 0)))
+    xp = xp.reshape((-1, chunk) + xp.shape[1:])
+    g = g.reshape((-1, chunk) + g.shape[1:])
+
+    def images(pair):
+        xp, g = pair
+
+        def column(acc, x):
+            window = jax.lax.dynamic_slice_in_dim(xp, x, k, axis=2)  # (chunk, Y, k, c)
+            grad = jax.lax.dynamic_index_in_dim(g, x, axis=2, keepdims=False)  # (chunk, h, c)
+            for y in range(h):
+                acc = acc + window[:, y : y + k] * grad[:, y, None, None, :]
+            return acc, None
+
+        acc, _ = jax.lax.scan(column, jnp.zeros((chunk, k, k, c), g.dtype), jnp.arange(w))
+        return acc.sum(axis=0)
+
+    return jax.lax.map(images, (xp, g)).sum(axis=0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """Depthwise 2d cross-correlation as k*k shifted multiply-adds (XLA CPU runs grouped convs slowly).
+
+    x: (b, y, x, c); kernel: (k, k, c); zero padding ``padding`` on each side; stride 1.
+    Returns (b, y + 2 * padding - k + 1, x + 2 * padding - k + 1, c). The gradient is hand-written:
+    the input's is the same op with the flipped kernel, the kernel's a scan (kernel_gradient).
+    """
+    return shifted_sum(pad_hw(x, padding), kernel)
+
+
+def depthwise_forward(x, kernel, padding):
+    return depthwise_conv(x, kernel, padding), (x, kernel)
+
+
+def depthwise_backward(padding, residuals, g):
+    x, kernel = residuals
+    k = kernel.shape[0]
+    grad_x = shifted_sum(pad_hw(g, k - 1 - padding), kernel[::-1, ::-1])
+    return grad_x, kernel_gradient(pad_hw(x, padding), g)
+
+
+depthwise_conv.defvjp(depthwise_forward, depthwise_backward)
 
 
 def conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
