@@ -130,3 +130,31 @@ def test_closeloop_cli_reports_missing_stimulus(loop_dir, tmp_path, capsys):
     error = capsys.readouterr().err
     assert "no trials of stimulus_id 0" in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "report").exists()
+
+
+def test_export_with_monitor_lists_rejected_stimuli(loop_dir, tmp_path, capsys):
+    pixel = [0, 64, 128, 192, 255]
+    luminance = [round(70 * (p / 255) ** 2.2 + 0.5, 3) for p in pixel]
+    monitor = tmp_path / "monitor.toml"
+    monitor.write_text(
+        f"[calibration]\npixel = {pixel}\nluminance = {luminance}\n[screen]\nheight = 36\nwidth = 64\n"
+        "[target]\nmean_luminance = 30.0\nrms_contrast = 24.0\n"  # too much contrast for small stimuli
+    )
+    out = tmp_path / "stimuli"
+    args = ["export", str(loop_dir / "meis.zarr"), "--out", str(out), "--monitor", str(monitor), "--repeats", "2"]
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rejected"] and all(r["off_target"] > 0.05 for r in manifest["rejected"])
+    printed = capsys.readouterr().out
+    assert printed.count("rejected natural_masked") + printed.count("rejected mei") == len(manifest["rejected"])
+    assert manifest["monitor"]["gamma"] == pytest.approx(2.2, rel=0.02)
+    pngs = sorted(p.name for p in (out / "stimuli").iterdir())
+    assert pngs == sorted(s["file"].split("/")[1] for s in manifest["stimuli"])
+    from PIL import Image
+
+    assert Image.open(out / manifest["stimuli"][0]["file"]).size == (64, 36)
+    assert len(manifest["order"]) == 2 * len(manifest["stimuli"])
+
+    monitor.write_text("[calibration]\npixel = [0, 255]\n")
+    assert main(["export", str(loop_dir / "meis.zarr"), "--out", str(tmp_path / "again"), "--monitor", str(monitor)]) == 2
+    assert "monitor.toml" in capsys.readouterr().err and not (tmp_path / "again").exists()

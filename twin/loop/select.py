@@ -1,8 +1,8 @@
 """Choose neurons for a closed loop the way the inception-loop studies do (Walker et al. 2019).
 
 1. reliable: oracle correlation on the test repeats in the top half of the session;
-2. well predicted: the twin's fraction of oracle (correlation to average / oracle) in the top half
-   of the reliable neurons;
+2. well predicted: the twin's fraction of oracle (single-trial test correlation / oracle, both
+   single-trial measures) in the top half of the reliable neurons;
 3. ranked by the twin's gain over a linear-nonlinear (LN) model fit to the same trials (ridge
    regression on pixels + a binned output nonlinearity), when ``ln`` is on;
 4. taken in rank order, skipping neurons within ``edge`` µm of the imaging field's border and
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from twin.metrics import correlation, correlation_to_average, oracle_correlation
+from twin.metrics import correlation, oracle_correlation, single_trial_correlation
 
 RIDGE_PENALTIES = np.logspace(-3, 3, 13)  # times the mean eigenvalue of the Gram matrix
 NONLINEARITY_BINS = 20
@@ -75,7 +75,7 @@ def pooled(images: np.ndarray) -> np.ndarray:
 
 
 def ln_correlations(data) -> np.ndarray:
-    """Correlation to average (neuron,) on the test tier of an LN model fit to the train trials.
+    """Single-trial correlation (neuron,) on the test tier of an LN model fit to the train trials.
 
     data: SessionData. Validation trials pick the ridge penalty (the last tenth of the train
     trials when the session has none).
@@ -87,7 +87,7 @@ def ln_correlations(data) -> np.ndarray:
         train, validation = train[: len(train) * 9 // 10], train[len(train) * 9 // 10 :]
     predict = fit_ln(images[train], data.responses[train], images[validation], data.responses[validation])
     test = data.tier == "test"
-    return correlation_to_average(data.responses[test], predict(images[test]), data.image_id[test])
+    return single_trial_correlation(data.responses[test], predict(images[test]))
 
 
 def spaced(order: np.ndarray, xyz: np.ndarray | None, n: int, min_distance: float, edge: float):
@@ -136,8 +136,8 @@ def select_neurons(
     edge = min_distance if edge is None else edge
     test = data.tier == "test"
     oracle = oracle_correlation(data.responses[test], data.image_id[test])
-    twin_r = correlation_to_average(
-        data.responses[test], predict(loaded.model, data, session, data.images[test]), data.image_id[test]
+    twin_r = single_trial_correlation(
+        data.responses[test], predict(loaded.model, data, session, data.images[test])
     )
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = twin_r / oracle
@@ -173,7 +173,7 @@ def select_neurons(
         "requested": n,
         "neuron_index": chosen,
         "unit_id": [int(data.unit_id[i]) for i in chosen],
-        "ranked_by": "twin - LN correlation to average" if ln else "twin fraction of oracle",
+        "ranked_by": "twin - LN single-trial correlation" if ln else "twin fraction of oracle",
         "thresholds": {
             "oracle": oracle_threshold,
             "fraction_of_oracle": fraction_threshold,
