@@ -25,12 +25,6 @@ def specs(*counts, positions=False):
     ]
 
 
-@nnx.jit(static_argnums=(2,))
-def predict(model, x, session=0, behavior=None, pupil_center=None, neurons=None):
-    """One compiled forward per configuration: much faster in tests than op-by-op dispatch."""
-    return model(x, session, behavior=behavior, pupil_center=pupil_center, neurons=neurons)
-
-
 def images(b=3, h=12, w=16, c=1, seed=1):
     return jax.random.normal(jax.random.key(seed), (b, h, w, c))
 
@@ -39,12 +33,14 @@ def images(b=3, h=12, w=16, c=1, seed=1):
     "changes, in_channels, shape",
     [
         ({}, 1, (3, 8, 12, 7)),
-        ({"depth_separable": False, "pad_input": True}, 2, (3, 12, 16, 7)),
-        ({"stack": (0, -1)}, 1, (3, 8, 12, 7)),
-        ({"gauss_type": "isotropic", "shifter": True}, 1, (3, 8, 12, 7)),
+        (
+            {"depth_separable": False, "pad_input": True, "stack": (0, -1), "gauss_type": "isotropic",
+             "shifter": True, "use_behavior": True, "core_bias": True},
+            2,
+            (3, 12, 16, 7),
+        ),
         ({"grid_mean_predictor": True}, 1, (3, 8, 12, 7)),
         ({"readout": "factorized"}, 1, (3, 8, 12, 7)),
-        ({"use_behavior": True, "core_bias": True}, 1, (3, 8, 12, 7)),
     ],
 )
 def test_twin_shapes(changes, in_channels, shape):
@@ -53,15 +49,14 @@ def test_twin_shapes(changes, in_channels, shape):
     x = images(c=in_channels)
     kwargs = {"behavior": jnp.ones((3, 2)), "pupil_center": jnp.zeros((3, 2))}
     fmap_channels = 8 * len(config.stack)
-    in_shape = model.core.output_shape((12, 16))
-    assert in_shape == shape[1:3] + (fmap_channels,)
+    assert model.core.output_shape((12, 16)) == shape[1:3] + (fmap_channels,)
     for mode in (model.train, model.eval):
         mode()
-        out0 = predict(model, x, 0, **kwargs)
-        out1 = predict(model, x, 1, **kwargs)
+        out0 = model(x, 0, **kwargs)
+        out1 = model(x, 1, **kwargs)
         assert out0.shape == (3, 7) and out1.shape == (3, 4)
         assert bool(jnp.all(out0 > 0)) and bool(jnp.all(jnp.isfinite(out0)))
-        assert predict(model, x, 0, neurons=jnp.array([6, 0]), **kwargs).shape == (3, 2)
+        assert model(x, 0, neurons=jnp.array([6, 0]), **kwargs).shape == (3, 2)
     assert model.regularizer(1).shape == ()
 
 
@@ -183,16 +178,15 @@ def test_neuron_subset_equals_indexed_full_readout():
     model.eval()
     x = images()
     pupil = jnp.array([[0.1, -0.2], [0.5, 0.3], [0.0, 0.0]])
-    full = predict(model, x, pupil_center=pupil)
+    full = model(x, pupil_center=pupil)
     neurons = jnp.array([8, 2, 2, 5])
-    np.testing.assert_allclose(predict(model, x, pupil_center=pupil, neurons=neurons), full[:, neurons], rtol=1e-6)
+    np.testing.assert_allclose(model(x, pupil_center=pupil, neurons=neurons), full[:, neurons], rtol=1e-6)
     factorized = Twin(dataclasses.replace(SMALL, readout="factorized"), 1, (12, 16), specs(9), rngs=nnx.Rngs(0))
     factorized.eval()
-    np.testing.assert_allclose(predict(factorized, x, neurons=neurons), predict(factorized, x)[:, neurons], rtol=1e-6)
-    config = dataclasses.replace(SMALL, grid_mean_predictor=True)
-    grid = Twin(config, 1, (12, 16), specs(9, positions=True), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(factorized(x, neurons=neurons), factorized(x)[:, neurons], rtol=1e-6)
+    grid = Twin(dataclasses.replace(SMALL, grid_mean_predictor=True), 1, (12, 16), specs(9, positions=True), rngs=nnx.Rngs(0))
     grid.eval()
-    np.testing.assert_allclose(predict(grid, x, neurons=neurons), predict(grid, x)[:, neurons], rtol=1e-6)
+    np.testing.assert_allclose(grid(x, neurons=neurons), grid(x)[:, neurons], rtol=1e-6)
 
 
 def test_factorized_readout_against_numpy():
@@ -213,8 +207,8 @@ def test_train_sampling_is_seeded_and_differs_from_eval():
 
     x = images()
     a, b = build(), build()
-    first, again = predict(a, x), predict(a, x)
-    np.testing.assert_array_equal(first, predict(b, x))
+    first, again = a(x), a(x)
+    np.testing.assert_array_equal(first, b(x))
     assert not np.allclose(first, again)
     # With sigma = 0 the sampled positions are mu: training differs from eval only by BatchNorm.
     c = build()
@@ -255,17 +249,15 @@ def test_ensemble_mean_equals_members():
     for seed in (0, 7, 9):
         model = Twin(config, 1, (12, 16), specs(5, 3), rngs=nnx.Rngs(seed))
         model.eval()
-        members.append(predict(model, x, 1, pupil_center=pupil))
-    outputs = nnx.jit(lambda e, x, p: e.member_outputs(x, 1, pupil_center=p))(ensemble, x, pupil)
+        members.append(model(x, 1, pupil_center=pupil))
+    outputs = ensemble.member_outputs(x, 1, pupil_center=pupil)
     assert outputs.shape == (3, 3, 3)
     np.testing.assert_allclose(outputs, np.stack(members), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(predict(ensemble, x, 1, pupil_center=pupil), np.mean(members, axis=0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(predict(ensemble.member(1), x, 1, pupil_center=pupil), members[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ensemble(x, 1, pupil_center=pupil), np.mean(members, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ensemble.member(1)(x, 1, pupil_center=pupil), members[1], rtol=1e-5, atol=1e-6)
     assert ensemble.regularizer(0).shape == (3,)
     neurons = jnp.array([2, 0])
-    np.testing.assert_allclose(
-        predict(ensemble, x, 1, pupil_center=pupil, neurons=neurons), outputs.mean(axis=0)[:, neurons], rtol=1e-5
-    )
+    np.testing.assert_allclose(ensemble(x, 1, pupil_center=pupil, neurons=neurons), ensemble(x, 1, pupil_center=pupil)[:, neurons], rtol=1e-6)
 
 
 def test_depthwise_conv_gradient_equals_grouped_conv_gradient():
