@@ -155,6 +155,17 @@ def test_export_with_monitor_lists_rejected_stimuli(loop_dir, tmp_path, capsys):
     assert Image.open(out / manifest["stimuli"][0]["file"]).size == (64, 36)
     assert len(manifest["order"]) == 2 * len(manifest["stimuli"])
 
+    monitor.write_text(
+        f"[calibration]\npixel = {pixel}\nluminance = {luminance}\n[target]\nrms_contrast = 60.0\n"
+    )
+    assert main(["export", str(loop_dir / "meis.zarr"), "--out", str(tmp_path / "none"), "--monitor", str(monitor)]) == 2
+    assert "off the target luminance/contrast" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
     monitor.write_text("[calibration]\npixel = [0, 255]\n")
     assert main(["export", str(loop_dir / "meis.zarr"), "--out", str(tmp_path / "again"), "--monitor", str(monitor)]) == 2
     assert "monitor.toml" in capsys.readouterr().err and not (tmp_path / "again").exists()
+
+
+def test_loop_refuses_a_used_folder(loop_dir, capsys):
+    assert main(["loop", str(loop_dir)]) == 2
+    assert "already holds a loop" in capsys.readouterr().err

@@ -83,8 +83,9 @@ def targets(monitor: Monitor, train_images: np.ndarray) -> tuple[float, float]:
 def render(pixels: np.ndarray, monitor: Monitor, mean: float, contrast: float) -> dict:
     """Match one model-space image (y, x) to the targets and quantize it for the screen.
 
-    Returns screen (y, x) uint8 at model size, model (y, x) float64: the quantized image seen in
-    model space, and the achieved mean luminance and RMS contrast (cd/m²).
+    Returns screen (y, x) uint8 at model size; model (y, x) float64: the quantized image seen in
+    model space; matched (y, x): the matched image before quantization, in model space; and the
+    achieved mean luminance and RMS contrast (cd/m²).
     """
     matched = match_luminance(
         monitor.model_to_luminance(pixels), mean, contrast, monitor.black, monitor.white
@@ -126,7 +127,7 @@ def export_stimuli(
     own seeded random order, so repeats are interleaved over the session.
     """
     from twin.data.store import open_session
-    from twin.errors import ConfigError
+    from twin.errors import ConfigError, StimulusError
     from twin.mei.store import open_meis
 
     if repeats < 1:
@@ -150,8 +151,13 @@ def export_stimuli(
         else:
             accepted.append((record, shown))
 
+    if not accepted:
+        raise StimulusError(
+            f"{monitor_path or 'the default monitor'}: all {len(rejected)} stimuli of {meis} end more"
+            f" than {TOLERANCE:.0%} off the target luminance/contrast; lower [target].rms_contrast"
+        )
     neuron_index = np.array([record["neuron_index"] for record, _ in accepted], int)
-    images = np.stack([shown["model"] for _, shown in accepted]) if accepted else np.zeros((0,) + model_shape)
+    images = np.stack([shown["model"] for _, shown in accepted])
     predicted = own_neuron_responses(store.attrs["run"], int(store.attrs["session"]), neuron_index, images)
 
     stimuli = []

@@ -117,6 +117,8 @@ def run_loop(
 
     out = Path(out)
     loop, run_config = loop_config(config_path)
+    if (out / "run").exists():
+        raise ConfigError(f"{out}: already holds a loop (run/); choose another OUT or remove it")
     out.mkdir(parents=True, exist_ok=True)
     config_file = out / "config.toml"
     config_file.write_text(tomli_w.dumps(run_config))
