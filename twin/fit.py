@@ -299,14 +299,15 @@ def fit(
     schedule = Schedule(learning_rate=fit_config.learning_rate)
     best_params, best_rest = params, rest
     start = 0
-    step_meta = checkpoint.latest_step(latest_dir) if resume else None
-    if step_meta is not None:
+    stopped = "max_epochs"
+    if resume and checkpoint.latest_step(latest_dir) is not None:
         templates = {"params": params, "rest": rest, "opt": opt_state, "best_params": params, "best_rest": rest}
         trees, meta = checkpoint.restore_step(latest_dir, templates)
         params, rest, opt_state = trees["params"], trees["rest"], trees["opt"]
         best_params, best_rest = trees["best_params"], trees["best_rest"]
         schedule = Schedule(**meta["schedule"])
         start = meta["epoch"]
+        stopped = meta["stopped"]
         if schedule.best_epoch and checkpoint.latest_step(best_dir) != schedule.best_epoch:
             save_best(model, target, best_params, best_rest, best_dir, schedule)
     history = read_history(workdir / "metrics.jsonl", start)
@@ -322,8 +323,9 @@ def fit(
     n_steps = sum(math.ceil(n / batch_size) for n in n_train)
 
     started = time.time()
-    stopped = "max_epochs"
-    for epoch in range(start + 1, fit_config.max_epochs + 1):
+    # A run that stopped on its plateau stays stopped when resumed.
+    last_epoch = start if stopped == "plateau" else fit_config.max_epochs
+    for epoch in range(start + 1, last_epoch + 1):
         epoch_start = time.time()
         totals = {"loss": 0.0, "poisson": 0.0, "regularizer": 0.0}
         n_done = 0
@@ -369,11 +371,13 @@ def fit(
         history.append(line)
         if primary:
             write_lines(workdir / "metrics.jsonl", history)
+        if action == "stop":
+            stopped = "plateau"
         checkpoint.save_step(
             latest_dir,
             epoch,
             {"params": params, "rest": rest, "opt": opt_state, "best_params": best_params, "best_rest": best_rest},
-            {"epoch": epoch, "schedule": dataclasses.asdict(schedule)},
+            {"epoch": epoch, "schedule": dataclasses.asdict(schedule), "stopped": stopped},
         )
         start = epoch
         if progress:
@@ -382,7 +386,6 @@ def fit(
                 + ("" if action == "wait" else f"  {action}")
             )
         if action == "stop":
-            stopped = "plateau"
             break
 
     nnx.update(target, best_params, best_rest)
