@@ -108,6 +108,7 @@ def apply_model(graphdef, state, stacked: bool, fn: Callable[[nnx.Module], jax.A
 
 
 def check_config(config: MEIConfig) -> None:
+    """ConfigError for recipe values the engine cannot run."""
     if config.blur_target not in BLUR_TARGETS:
         raise ConfigError(f"[mei].blur_target = {config.blur_target!r}: use image, gradient or none")
     if config.steps < 1 or config.seeds < 1:
