@@ -118,6 +118,7 @@ def neuron_statistics(unit: int, stimuli: list[dict], trials: dict, column: np.n
         "mei_response": float(mei.mean()),
         "control_responses": {kind: float(values.mean()) for kind, values in controls.items()},
         "dei_responses": [float(v.mean()) for v in by_kind.get("dei", [])],
+        "p_by_control": {kind: finite(welch_greater(mei, values)[1]) for kind, values in controls.items()},
         "strongest_control": strongest,
         "t": finite(t),
         "p": finite(p),
