@@ -106,10 +106,10 @@ def test_png_round_trip_and_twin_prediction(loop_dir):
     # the default monitor is linear, so model space is the PNG's 8-bit grid
     np.testing.assert_allclose(images, np.round(images), atol=1e-3)
     assert abs(images.mean() - open_session(loop_dir / "session.zarr")["images"].values.mean()) < 5
-    run = load_run(loop_dir / "run")
-    for s, image in zip(manifest["stimuli"], images):
-        predicted = twin_responses(run, 0, image[None], np.array([s["neuron_index"]]))[0, 0]
-        assert predicted == pytest.approx(s["predicted_response"], rel=1e-4, abs=1e-5)
+    neurons = np.array([s["neuron_index"] for s in manifest["stimuli"]])
+    responses = twin_responses(load_run(loop_dir / "run"), 0, images, np.unique(neurons))
+    predicted = responses[np.arange(len(neurons)), np.searchsorted(np.unique(neurons), neurons)]
+    np.testing.assert_allclose(predicted, [s["predicted_response"] for s in manifest["stimuli"]], rtol=1e-4, atol=1e-5)
 
 
 def test_rig_responses_match_manifest(loop_dir):
@@ -169,3 +169,23 @@ def test_export_with_monitor_lists_rejected_stimuli(loop_dir, tmp_path, capsys):
 def test_loop_refuses_a_used_folder(loop_dir, capsys):
     assert main(["loop", str(loop_dir)]) == 2
     assert "already holds a loop" in capsys.readouterr().err
+
+
+def test_deis_travel_through_export_rig_and_closeloop(loop_dir, tmp_path):
+    from twin.data.store import write_dataset
+    from twin.loop.closeloop import closeloop
+    from twin.loop.export import export_stimuli
+    from twin.loop.respond import respond_to_stimuli
+    from twin.mei.store import open_meis
+
+    meis = open_meis(loop_dir / "meis.zarr").load()
+    first = meis["images"].values[:, :1]
+    meis["deis"] = (("neuron", "dei", "y", "x"), np.concatenate([first, 0.5 * first], axis=1))
+    write_dataset(meis, tmp_path / "deis.zarr")
+    manifest = export_stimuli(tmp_path / "deis.zarr", tmp_path / "stimuli", repeats=3, seed=2)
+    kinds = [s["kind"] for s in manifest["stimuli"] + manifest["rejected"]]
+    assert kinds.count("dei") == 2 * meis.sizes["neuron"]
+    respond_to_stimuli(tmp_path / "stimuli", loop_dir / "session.zarr", tmp_path / "r.npz", seed=3)
+    summary = closeloop(loop_dir / "run", tmp_path / "stimuli", tmp_path / "r.npz", tmp_path / "report")
+    shown = [s for s in manifest["stimuli"] if s["kind"] == "dei"]
+    assert sum(len(n["dei_responses"]) for n in summary["neurons"]) == len(shown)
