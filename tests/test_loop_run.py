@@ -99,8 +99,7 @@ def test_png_round_trip_and_twin_prediction(loop_dir):
     from twin.checkpoint import load_run
 
     manifest = json.loads((loop_dir / "stimuli" / "manifest.json").read_text())
-    values = dict(manifest["monitor"])
-    monitor = Monitor(**values | {"screen": tuple(values["screen"]) if values["screen"] else None})
+    monitor = Monitor.from_dict(manifest["monitor"])
     shape = tuple(manifest["model_shape"])
     images = np.stack([png_to_model(loop_dir / "stimuli" / s["file"], monitor, shape) for s in manifest["stimuli"]])
     # the default monitor is linear, so model space is the PNG's 8-bit grid

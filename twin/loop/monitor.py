@@ -73,7 +73,14 @@ class Monitor:
         return (np.asarray(luminance, np.float64) - self.black) / (self.white - self.black) * 255.0
 
     def to_dict(self) -> dict:
+        """JSON-ready fields (as stored in manifest.json)."""
         return dataclasses.asdict(self) | {"screen": list(self.screen) if self.screen else None}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Monitor:
+        """The inverse of ``to_dict``."""
+        screen = values.get("screen")
+        return cls(**values | {"screen": tuple(screen) if screen else None})
 
 
 def fit_gamma(pixel: np.ndarray, luminance: np.ndarray) -> tuple[float, float, float]:

@@ -18,9 +18,7 @@ from twin.loop.monitor import Monitor, png_to_model
 
 def load_shown_images(stimuli: str | Path, manifest: dict, shape: tuple[int, int]) -> np.ndarray:
     """Every manifest stimulus as the eye sees it: (stimuli, y, x) model space 0..255."""
-    monitor_values = dict(manifest["monitor"])
-    screen = monitor_values.pop("screen")
-    monitor = Monitor(**monitor_values, screen=tuple(screen) if screen else None)
+    monitor = Monitor.from_dict(manifest["monitor"])
     images = []
     for stimulus in manifest["stimuli"]:
         path = Path(stimuli) / stimulus["file"]
