@@ -33,9 +33,13 @@ KINDS = ("simple", "complex", "simple_normalized", "complex_normalized")
 KIND_FRACTIONS = (0.4, 0.3, 0.15, 0.15)
 # Largest deviation from gray of a stored optimal stimulus (pixel units): it stays in 3..253.
 OPTIMAL_PEAK = 125.0
-# Mean of one calcium event in units of the neuron's rmax, and the gamma shape of event sizes;
-# together they set the noise level (oracle correlations about 0.5-0.8 at 10 repeats).
-EVENT_SIZE = 0.12
+# Half-saturation constant c50 drawn uniformly in this range times the neuron's strongest drive
+# over the training images: the optimal stimulus then evokes about 1.7x the best natural response.
+C50_OVER_BEST_NATURAL = (1.5, 3.0)
+# Mean of one calcium event in units of the neuron's mean response to natural images, and the
+# gamma shape of event sizes; together they set the noise level (oracle correlations about
+# 0.5-0.8 at 10 repeats).
+EVENT_SIZE = 0.8
 EVENT_SHAPE = 2.0
 # Standard deviation of the log trial gain that follows running speed.
 GAIN_SD = 0.25
@@ -207,13 +211,16 @@ def simulate(
     ) @ params["surround"].reshape(n_neurons, -1).T
     weight = rng.uniform(1.0, 4.0, n_neurons) / np.maximum(np.median(surround, axis=0), 1e-6)
     params["norm_weight"] = np.where(normalized, weight, 0.0).astype(np.float32)
-    # Half-saturation near the mean drive: graded responses, most of the range in use.
+    # Half-saturation above the strongest natural drive: natural images use the expansive part
+    # of the curve and leave headroom, so a better stimulus can drive a neuron harder (as MEIs
+    # do in vivo) instead of meeting a ceiling the best natural image already reaches.
     g = drive(params, train_images)
-    c50 = np.maximum(g.mean(axis=0), 1e-6) * rng.uniform(0.7, 1.5, n_neurons)
+    c50 = np.maximum(g.max(axis=0), 1e-6) * rng.uniform(*C50_OVER_BEST_NATURAL, n_neurons)
     params["c50"] = c50.astype(np.float32)
     params["rmax"] = np.exp(rng.normal(0, 0.4, n_neurons)).astype(np.float32)
-    params["baseline"] = (0.02 * params["rmax"]).astype(np.float32)
-    params["event_size"] = (EVENT_SIZE * params["rmax"]).astype(np.float32)
+    natural_mean = params["rmax"] * (g / (g + c50)).mean(axis=0)
+    params["baseline"] = (0.02 * natural_mean).astype(np.float32)
+    params["event_size"] = (EVENT_SIZE * natural_mean).astype(np.float32)
     params["event_shape"] = np.float32(EVENT_SHAPE)
     params["gain_sd"] = np.float32(GAIN_SD)
     # Under a fixed L2 norm the even Gabor is the optimum of simple and complex cells (their
