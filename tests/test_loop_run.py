@@ -137,7 +137,7 @@ def test_export_with_monitor_lists_rejected_stimuli(loop_dir, tmp_path, capsys):
     monitor = tmp_path / "monitor.toml"
     monitor.write_text(
         f"[calibration]\npixel = {pixel}\nluminance = {luminance}\n[screen]\nheight = 36\nwidth = 64\n"
-        "[target]\nmean_luminance = 30.0\nrms_contrast = 24.0\n"  # too much contrast for small stimuli
+        "[target]\nmean_luminance = 30.0\nrms_contrast = 36.0\n"  # too much contrast for masked stimuli
     )
     out = tmp_path / "stimuli"
     args = ["export", str(loop_dir / "meis.zarr"), "--out", str(out), "--monitor", str(monitor), "--repeats", "2"]
