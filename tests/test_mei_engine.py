@@ -6,10 +6,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
-from twin.config import MEIConfig
 from twin.mei.optimize import evaluate_pairs, neuron_objective, optimize_meis
 from twin.mei.recipes import RECIPES
 from twin.models.twin import Ensemble

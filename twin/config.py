@@ -190,16 +190,20 @@ def config_from_dict(values: dict[str, Any], source: str = "<config>") -> RunCon
     )
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a (partial) TOML config; unset fields keep their defaults."""
+def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """Parse the TOML file ``path``; a missing file or bad syntax is a one-line ConfigError."""
     path = Path(path)
     try:
-        values = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found; pass an existing TOML file") from None
+        raise ConfigError(f"{path}: {what} file not found; pass an existing TOML file") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML ({error}); fix the syntax") from None
-    return config_from_dict(values, str(path))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a (partial) TOML config; unset fields keep their defaults."""
+    return config_from_dict(read_toml(path), str(path))
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

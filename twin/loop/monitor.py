@@ -22,13 +22,13 @@ A monitor TOML file has a required ``[calibration]`` table and optional ``[scree
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy.optimize import minimize_scalar
 
+from twin.config import read_toml
 from twin.errors import ConfigError
 
 # Screen size when the monitor file gives none: Sensorium images (36x64) are the rig's 144x256
@@ -105,12 +105,7 @@ def load_monitor(path: str | Path | None) -> Monitor:
     if path is None:
         return Monitor()
     path = Path(path)
-    try:
-        values = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: monitor file not found; pass an existing TOML file") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML ({error}); fix the syntax") from None
+    values = read_toml(path, "monitor")
     table = values.get("calibration")
     if not isinstance(table, dict) or "pixel" not in table or "luminance" not in table:
         raise ConfigError(

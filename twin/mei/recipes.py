@@ -10,10 +10,9 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 
-from twin.config import MEIConfig, section_from_dict
+from twin.config import MEIConfig, read_toml, section_from_dict
 from twin.errors import ConfigError
 
 RECIPES: dict[str, MEIConfig] = {
@@ -62,13 +61,7 @@ def recipe_config(name: str, config_path: str | Path | None = None, seeds: int |
     config = RECIPES.get(name, MEIConfig(recipe=name))
     if config_path is not None:
         path = Path(config_path)
-        try:
-            values = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found; pass an existing TOML file") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: not valid TOML ({error}); fix the syntax") from None
-        table = values.get("mei")
+        table = read_toml(path).get("mei")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: no [mei] table; add one with the recipe fields to change")
         checked = section_from_dict(MEIConfig, table, str(path), "mei")
