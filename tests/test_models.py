@@ -276,3 +276,15 @@ def test_depthwise_conv_gradient_equals_grouped_conv_gradient():
     actual = jax.grad(lambda x, k: jnp.sum(depthwise_conv(x, k, 2) * weights), argnums=(0, 1))(x, kernel)
     for a, e in zip(actual, expected):
         np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
+
+
+def test_output_nonlinearity_is_elu_plus_one_and_stays_positive():
+    from twin.models.twin import elu1
+
+    x = jnp.array([-1e4, -200.0, -30.0, -17.0, -1.0, 0.0, 0.5, 3.0])
+    out = jax.jit(elu1)(x)
+    # Equal up to float32 rounding of 1 (elu(x) + 1 loses exp(x) below ~6e-8; elu1 keeps it).
+    np.testing.assert_allclose(out[3:], jax.nn.elu(x[3:]) + 1, rtol=1e-6, atol=6e-8)
+    np.testing.assert_allclose(out[:4], np.exp(np.asarray(x[:4], np.float64)), rtol=1e-6)
+    assert bool(jnp.all(out >= 0))
+    assert bool(jnp.all(jnp.isfinite(jax.jit(lambda v: jnp.log(elu1(v) + 1e-8))(x))))

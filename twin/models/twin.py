@@ -21,6 +21,12 @@ from twin.models.cores import Stacked2dCore
 from twin.models.readouts import FactorizedReadout, GaussianReadout
 
 
+def elu1(x: jax.Array) -> jax.Array:
+    """ELU(x) + 1, written so it stays positive: compiled as exp(x) - 1 + 1 it can round to zero or
+    below for very negative x, and the Poisson loss's log(prediction) then turns NaN."""
+    return jnp.where(x > 0, x + 1, jnp.exp(jnp.minimum(x, 0)))
+
+
 @dataclasses.dataclass(frozen=True)
 class ReadoutSpec:
     """What a session's readout needs: neuron count, mean responses (n,) for the bias, and
@@ -162,7 +168,7 @@ class Twin(nnx.Module):
             if pupil_center is None:
                 raise ValueError("this twin has a shifter; pass pupil_center=(batch, 2)")
             shift = self.shifters[session](pupil_center)
-        return jax.nn.elu(self.readouts[session](fmap, shift=shift, neurons=neurons)) + 1
+        return elu1(self.readouts[session](fmap, shift=shift, neurons=neurons))
 
     def regularizer(self, session: int = 0) -> jax.Array:
         """Laplace-L2 on the first layer (x gamma_input) + the session readout's L1 (x gamma_readout)."""
