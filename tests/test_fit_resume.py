@@ -11,27 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from test_fit import CONFIG, assert_same_numbers, read_metrics
+# The session and the uninterrupted reference fit are test_fit's module fixtures.
+from test_fit import CONFIG, assert_same_numbers, read_metrics, reference, store  # noqa: F401
 from twin import checkpoint
 from twin.config import save_config
-from twin.data.simulate import simulate
-from twin.data.store import write_session
 from twin.fit import fit
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("store") / "sim.zarr"
-    write_session(simulate(8, 80, 4, 2, size=(12, 16), seed=2), path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, store):
-    """An uninterrupted fit on all 4 devices: (run dir, metrics lines)."""
-    run = tmp_path_factory.mktemp("runs") / "reference"
-    fit(CONFIG, [store], run, progress=False)
-    return run, read_metrics(run)
 
 
 FIT_SCRIPT = """
