@@ -85,8 +85,10 @@ def feve(
     trials = np.concatenate(groups)
     residual = np.asarray(responses, np.float64)[trials] - np.asarray(predictions, np.float64)[trials]
     mse = (residual**2).mean(axis=0)
-    scores = 1 - (mse - noise) / (total - noise)
-    return np.where((total - noise) / total >= min_fev, scores, np.nan)
+    # Silent neurons (no variance) divide by zero; the FEV filter turns them into NaN.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores = 1 - (mse - noise) / (total - noise)
+        return np.where((total - noise) / total >= min_fev, scores, np.nan)
 
 
 def oracle_correlation(responses: np.ndarray, image_id: np.ndarray) -> np.ndarray:
