@@ -288,3 +288,51 @@ def test_output_nonlinearity_is_elu_plus_one_and_stays_positive():
     np.testing.assert_allclose(out[2:4], np.exp(np.asarray(x[2:4], np.float64)), rtol=1e-6)
     assert bool(jnp.all(out >= 0))
     assert bool(jnp.all(jnp.isfinite(jax.jit(lambda v: jnp.log(elu1(v) + 1e-8))(x))))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"depth_separable": False, "core_bias": True, "stack": (0, -1)},
+        {"pad_input": True, "stack": (1,), "gauss_type": "isotropic", "shifter": True, "use_behavior": True},
+        {"grid_mean_predictor": True, "core_bias": True},
+    ],
+)
+def test_target_responses_on_receptive_fields_equal_full_maps(changes):
+    """One neuron per image from its receptive field equals the whole map read at that neuron, in
+    value and in the gradient w.r.t. the image, for readout points anywhere, edges included."""
+    config = dataclasses.replace(SMALL, init_mu_range=1.3, **changes)
+    model = Twin(config, 1, (14, 20), specs(25, positions=True), n_behavior=2, rngs=nnx.Rngs(3))
+    rng = np.random.default_rng(0)
+    for layer in model.core.layers:  # BatchNorm statistics far from identity
+        layer.norm.mean[...] = jnp.asarray(rng.normal(size=8), jnp.float32)
+        layer.norm.bias[...] = jnp.asarray(rng.normal(size=8), jnp.float32)
+    model.eval()
+    b = 25
+    x = images(b=b, h=14, w=20, seed=4)
+    neurons = jnp.asarray(rng.permutation(25), jnp.int32)
+    kwargs = {"behavior": jnp.asarray(rng.normal(size=(b, 2)), jnp.float32)} if config.use_behavior else {}
+    if config.shifter:
+        kwargs["pupil_center"] = jnp.asarray(rng.normal(size=(b, 2)) * 3, jnp.float32)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def both(state, x):
+        model = nnx.merge(graphdef, state)
+        full = lambda x: model(x, **kwargs)[jnp.arange(b), neurons]  # noqa: E731
+        window = lambda x: model.target_responses(x, neurons=neurons, **kwargs)  # noqa: E731
+        return full(x), window(x), jax.grad(lambda x: full(x).sum())(x), jax.grad(lambda x: window(x).sum())(x)
+
+    full, window, full_grad, window_grad = both(state, x)
+    np.testing.assert_allclose(window, full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(window_grad, full_grad, rtol=1e-4, atol=1e-6 * float(jnp.abs(full_grad).max()))
+    assert float(jnp.abs(full_grad).max()) > 0
+
+
+def test_target_responses_of_a_factorized_readout_read_the_full_map():
+    model = Twin(dataclasses.replace(SMALL, readout="factorized"), 1, (12, 16), specs(7), rngs=nnx.Rngs(0))
+    model.eval()
+    neurons = jnp.array([6, 0, 3])
+    expected = model(images())[jnp.arange(3), neurons]
+    np.testing.assert_allclose(model.target_responses(images(), neurons=neurons), expected, rtol=1e-6)

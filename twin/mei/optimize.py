@@ -27,7 +27,7 @@ from twin.config import MEIConfig
 from twin.errors import ConfigError
 from twin.mei import ops
 from twin.mei.params import Parametrization
-from twin.models.twin import Ensemble
+from twin.models.twin import Ensemble, Twin
 
 # objective(model, images (p, y, x), targets {name: (p, ...)}) -> (p,) values to maximize.
 Objective = Callable[[nnx.Module, jax.Array, dict], jax.Array]
@@ -66,14 +66,23 @@ def fixed_inputs(behavior=None, pupil_center=None) -> dict:
 
 
 def neuron_objective(session: int = 0, behavior=None, pupil_center=None) -> Objective:
-    """Response of neuron ``targets["neuron"][i]`` to image i (one neuron read out per image)."""
+    """Response of neuron ``targets["neuron"][i]`` to image i (one neuron read out per image).
+
+    A Twin computes it on each neuron's receptive field only (Twin.target_responses); other
+    models with the Twin call signature run each image on its own and read out its neuron.
+    """
     extra = fixed_inputs(behavior, pupil_center)
 
     def objective(model, images, targets):
+        neurons = targets["neuron"]
+        if isinstance(model, Twin):
+            batch = {k: jnp.broadcast_to(v, (len(images), v.shape[1])) for k, v in extra.items()}
+            return model.target_responses(images[..., None], session, neurons=neurons, **batch)
+
         def one(image, neuron):
             return model(image[None, :, :, None], session, neurons=neuron[None], **extra)[0, 0]
 
-        return jax.vmap(one)(images, targets["neuron"])
+        return jax.vmap(one)(images, neurons)
 
     return objective
 

@@ -154,6 +154,15 @@ class Conv(nnx.Module):
         y = conv(x, self.kernel[...], self.padding)
         return y if self.bias is None else y + self.bias[...]
 
+    def window(self, x: jax.Array, inside: jax.Array | None) -> jax.Array:
+        """Unpadded conv of windows cut from a larger map: x (b, y, x, in), zeroed where ``inside``
+        (b, y, x) is 0 (outside the map, where __call__ would see its zero padding); no padding, so
+        the output is (b, y - k + 1, x - k + 1, out)."""
+        if inside is not None:
+            x = x * inside[..., None]
+        y = conv(x, self.kernel[...], 0)
+        return y if self.bias is None else y + self.bias[...]
+
 
 class DepthwiseConv(nnx.Module):
     """Depthwise conv, kernel (k, k, channels), optional bias (channels,), zero padding."""
@@ -171,6 +180,11 @@ class DepthwiseConv(nnx.Module):
         y = depthwise_conv(x, self.kernel[...], self.padding)
         return y if self.bias is None else y + self.bias[...]
 
+    def window(self, x: jax.Array, inside: jax.Array) -> jax.Array:
+        """As Conv.window: x (b, y, x, c) zeroed where ``inside`` (b, y, x) is 0, no padding."""
+        y = depthwise_conv(x * inside[..., None], self.kernel[...], 0)
+        return y if self.bias is None else y + self.bias[...]
+
 
 class DepthSeparable(nnx.Module):
     """1x1 conv -> k x k depthwise conv -> 1x1 conv (neuralpredictors DepthSeparableConv2d)."""
@@ -183,6 +197,11 @@ class DepthSeparable(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: (b, y, x, c) -> (b, y, x, c)."""
         return self.out_conv(self.spatial(self.in_conv(x)))
+
+    def window(self, x: jax.Array, inside: jax.Array) -> jax.Array:
+        """As Conv.window: (b, y, x, c) -> (b, y - k + 1, x - k + 1, c); the depthwise conv's input
+        is zeroed where ``inside`` (b, y, x) is 0."""
+        return self.out_conv(self.spatial.window(self.in_conv(x), inside))
 
 
 class Layer(nnx.Module):
@@ -235,6 +254,7 @@ class Stacked2dCore(nnx.Module):
         self.layers = nnx.List(modules)
         self.stack = tuple(range(layers)[i] for i in stack)
         self.input_kernel = input_kernel
+        self.hidden_kernel = hidden_kernel
         self.pad_input = pad_input
         self.channels = channels
         self.gamma_input = gamma_input
@@ -253,6 +273,39 @@ class Stacked2dCore(nnx.Module):
         if len(self.stack) == 1:
             return outputs[self.stack[0]]
         return jnp.concatenate([outputs[i] for i in self.stack], axis=-1)
+
+    @property
+    def halo(self) -> int:
+        """Output pixels on each side that one output pixel depends on through the hidden layers."""
+        return (len(self.layers) - 1) * (self.hidden_kernel // 2)
+
+    def window(self, x: jax.Array, inside: jax.Array) -> jax.Array:
+        """The core's output on small windows of its output map, computed from the input those
+        windows depend on only (e.g. one neuron's readout point: a fraction of the whole map).
+
+        x: (b, h + 2 * halo + input_kernel - 1, w + 2 * halo + input_kernel - 1, in) input windows,
+        zero where they lie outside the (zero-padded, with ``pad_input``) image; inside:
+        (b, h + 2 * halo, w + 2 * halo), 1.0 where the first layer's output pixel lies inside the
+        output map, else 0.0. Returns (b, h, w, channels * len(stack)): ``__call__``'s output at
+        the windows' central h x w pixels, and 0 outside the map (as a readout's zero padding).
+        """
+        first = self.layers[0]
+        x = jax.nn.elu(first.norm(first.conv.window(x, None)))
+        outputs = [x]
+        for layer in self.layers[1:]:
+            margin = (inside.shape[1] - x.shape[1]) // 2
+            mask = inside[:, margin : inside.shape[1] - margin, margin : inside.shape[2] - margin]
+            x = jax.nn.elu(layer.norm(layer.conv.window(x, mask)))
+            outputs.append(x)
+        h, w = x.shape[1:3]
+        margin = (inside.shape[1] - h) // 2
+        mask = inside[:, margin : margin + h, margin : margin + w, None]
+
+        def centre(y):
+            top, left = (y.shape[1] - h) // 2, (y.shape[2] - w) // 2
+            return y[:, top : top + h, left : left + w]
+
+        return jnp.concatenate([centre(outputs[i]) for i in self.stack], axis=-1) * mask
 
     def laplace(self) -> jax.Array:
         """LaplaceL2norm of the first layer's kernels (Laplace padding 1, as SE2dCore)."""

@@ -155,20 +155,89 @@ class Twin(nnx.Module):
         images: (b, y, x, channel) normalized; behavior: (b, n_behavior), needed when the twin
         uses behavior; pupil_center: (b, 2), needed with a shifter; session: static int.
         """
-        x = images
-        if self.use_behavior:
-            if behavior is None:
-                raise ValueError("this twin uses behavior channels; pass behavior=(batch, n_behavior)")
-            b, h, w, _ = images.shape
-            channels = jnp.broadcast_to(behavior[:, None, None, :], (b, h, w, behavior.shape[-1]))
-            x = jnp.concatenate([images, channels.astype(images.dtype)], axis=-1)
-        fmap = self.core(x)
-        shift = None
-        if self.shifters is not None:
-            if pupil_center is None:
-                raise ValueError("this twin has a shifter; pass pupil_center=(batch, 2)")
-            shift = self.shifters[session](pupil_center)
+        fmap = self.core(self.core_input(images, behavior))
+        shift = self.shift(session, pupil_center)
         return elu1(self.readouts[session](fmap, shift=shift, neurons=neurons))
+
+    def core_input(self, images: jax.Array, behavior: jax.Array | None) -> jax.Array:
+        """images (b, y, x, channel) with the behavior variables (b, n_behavior) appended as
+        constant channels when the twin uses them."""
+        if not self.use_behavior:
+            return images
+        if behavior is None:
+            raise ValueError("this twin uses behavior channels; pass behavior=(batch, n_behavior)")
+        b, h, w, _ = images.shape
+        channels = jnp.broadcast_to(behavior[:, None, None, :], (b, h, w, behavior.shape[-1]))
+        return jnp.concatenate([images, channels.astype(images.dtype)], axis=-1)
+
+    def shift(self, session: int, pupil_center: jax.Array | None) -> jax.Array | None:
+        """Readout grid shift (b, 2) from the session's shifter, or None without shifters."""
+        if self.shifters is None:
+            return None
+        if pupil_center is None:
+            raise ValueError("this twin has a shifter; pass pupil_center=(batch, 2)")
+        return self.shifters[session](pupil_center)
+
+    def target_responses(
+        self,
+        images: jax.Array,
+        session: int = 0,
+        *,
+        neurons: jax.Array,
+        behavior: jax.Array | None = None,
+        pupil_center: jax.Array | None = None,
+    ) -> jax.Array:
+        """(b,) response of neuron ``neurons[i]`` to image i: ``self(images)[i, neurons[i]]``.
+
+        images: (b, y, x, channel); neurons: (b,) int; behavior, pupil_center as __call__. With an
+        eval-mode Gaussian readout, each neuron reads one bilinear (2, 2) patch, so the core runs
+        on that patch's receptive field only (a 28 x 28 input window for the Sensorium core instead
+        of the 36 x 64 image: ~9x fewer FLOPs, same values to float rounding). Otherwise each
+        image runs the whole core and reads out its one neuron.
+        """
+        readout = self.readouts[session]
+        if not (isinstance(readout, GaussianReadout) and readout.deterministic):
+
+            def one(image, neuron, extra):
+                return self(image[None], session, neurons=neuron[None], **extra)[0, 0]
+
+            extra = {"behavior": behavior, "pupil_center": pupil_center}
+            return jax.vmap(one)(images, neurons, {k: v for k, v in extra.items() if v is not None})
+
+        core = self.core
+        x = self.core_input(images, behavior)
+        map_h, map_w, _ = core.output_shape(self.image_shape)
+        # The readout point as GaussianReadout computes it (eval mode: mu, then the shift).
+        grid = readout.grid_means(neurons)
+        shift = self.shift(session, pupil_center)
+        if shift is not None:
+            grid = grid + shift
+        ix = (grid[:, 0] + 1) * 0.5 * (map_w - 1)
+        iy = (grid[:, 1] + 1) * 0.5 * (map_h - 1)
+        x0, y0 = jnp.floor(ix), jnp.floor(iy)
+        fx, fy = ix - x0, iy - y0
+        x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
+
+        # Input window of the map window rows y0 - halo .. y0 + 1 + halo (and columns likewise):
+        # in the image padded by `lead`, it starts at (y0 + 1, x0 + 1) for any readout point
+        # inside the map (y0, x0 >= -1). Points outside are clamped and then masked to zero.
+        halo, kernel = core.halo, core.input_kernel
+        lead = halo + 1 + (kernel // 2 if core.pad_input else 0)
+        size = 2 + 2 * halo + kernel - 1
+        padded = jnp.pad(x, ((0, 0), (lead, lead), (lead, lead), (0, 0)))
+        windows = jax.vmap(
+            lambda image, y, x: jax.lax.dynamic_slice(image, (y + 1, x + 1, 0), (size, size, image.shape[-1]))
+        )(padded, y0, x0)
+        offsets = jnp.arange(2 + 2 * halo) - halo
+        rows = (y0[:, None] + offsets >= 0) & (y0[:, None] + offsets < map_h)
+        cols = (x0[:, None] + offsets >= 0) & (x0[:, None] + offsets < map_w)
+        inside = (rows[:, :, None] & cols[:, None, :]).astype(x.dtype)
+        patch = core.window(windows, inside)  # (b, 2, 2, c)
+
+        weights = jnp.stack([1 - fy, fy], -1)[:, :, None] * jnp.stack([1 - fx, fx], -1)[:, None, :]
+        features = readout.features[...][neurons]
+        value = jnp.einsum("bijc,bij,bc->b", patch, weights, features) + readout.bias[...][neurons]
+        return elu1(value)
 
     def regularizer(self, session: int = 0) -> jax.Array:
         """Laplace-L2 on the first layer (x gamma_input) + the session readout's L1 (x gamma_readout)."""
