@@ -121,7 +121,14 @@ def cmd_mei(args) -> int:
         session=args.session,
         validator=args.validator,
         progress=not args.json,
+        coordinator=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
     )
+    import jax
+
+    if jax.process_index() != 0:
+        return 0  # process 0 reports for all hosts
     if args.json:
         print_json(summary)
     else:
@@ -214,6 +221,13 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def add_multihost_flags(p: argparse.ArgumentParser) -> None:
+    """--coordinator, --num-processes, --process-id: passed to jax.distributed.initialize."""
+    p.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0 (jax.distributed)")
+    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-host: this process, 0 .. N-1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twin", description="Digital twins and most exciting inputs: the inception loop."
@@ -249,9 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="ensemble members (overrides [fit].ensemble_size)")
     p.add_argument("--max-epochs", type=int, help="overrides [fit].max_epochs")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0 (jax.distributed)")
-    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
-    p.add_argument("--process-id", type=int, help="multi-host: this process, 0 .. N-1")
+    add_multihost_flags(p)
     p.set_defaults(handler=cmd_fit)
 
     p = commands.add_parser("evaluate", help="score a run on a tier")
@@ -272,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", type=int, default=0, help="session index within the run")
     p.add_argument("--validator", help="a second run whose model picks the best seed")
     p.add_argument("--json", action="store_true")
+    add_multihost_flags(p)
     p.set_defaults(handler=cmd_mei)
 
     p = commands.add_parser("select", help="choose neurons for a closed loop")

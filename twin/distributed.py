@@ -3,13 +3,14 @@
 Single host: the mesh spans the local devices. Several hosts: call ``initialize`` first (before
 any other JAX call) in every process; each process then loads the same batches (same seed, same
 order) and contributes its own slice of every batch, so the global batch is split over all
-devices of all hosts.
+devices of all hosts. ``gather`` brings a result split over hosts back to every process.
 """
 
 from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 
@@ -39,8 +40,12 @@ def data_mesh(devices: list | None = None) -> jax.sharding.Mesh:
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
-    """Every leaf of ``tree`` copied to all devices of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Every leaf of ``tree`` copied to all devices of ``mesh`` (identical in every process)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    # device_put cannot place typed PRNG keys (nnx rng streams) on other hosts' devices.
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
 
 
 def shard_batch(tree, mesh: jax.sharding.Mesh):
@@ -65,3 +70,18 @@ def shard_batch(tree, mesh: jax.sharding.Mesh):
         return jax.make_array_from_process_local_data(sharding, local, x.shape)
 
     return jax.tree.map(place, tree)
+
+
+def gather(tree):
+    """Every leaf of ``tree`` (arrays on a mesh, possibly split over hosts) as a whole numpy
+    array in every process."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def agreed_minimum(value: int) -> int:
+    """The smallest of ``value`` over all processes (e.g. a chunk size that fits every host)."""
+    if jax.process_count() == 1:
+        return value
+    return int(np.min(multihost_utils.process_allgather(np.int64(value))))

@@ -4,7 +4,8 @@ The eval-mode model is split with ``nnx.split`` and merged inside a pure functio
 ``lax.while_loop`` (all pairs step together; the loop ends when every pair has stopped or after
 ``steps``). Each image is paired with its own target neuron: the per-pair objective is vmapped over
 pairs, so the model reads out one neuron per image (``neurons=(1,)``), never all targets for every
-image. Pairs are sharded over the local devices and cut into chunks that fit device memory.
+image. Pairs are sharded over all devices (of all hosts after twin.distributed.initialize) and cut
+into chunks that fit device memory.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from twin import distributed
 from twin.config import MEIConfig
 from twin.errors import ConfigError
 from twin.mei import ops
@@ -218,14 +218,6 @@ def make_ascent(
     return run
 
 
-def pair_mesh(devices=None) -> jax.sharding.Mesh:
-    """1-D mesh over the local devices; Auto axis type so convolutions shard along the batch."""
-    devices = list(devices) if devices is not None else jax.local_devices()
-    return jax.sharding.Mesh(
-        np.array(devices), ("pairs",), axis_types=(jax.sharding.AxisType.Auto,)
-    )
-
-
 def available_bytes(device) -> int:
     """Free memory of ``device`` (host RAM for CPU devices)."""
     stats = device.memory_stats()
@@ -234,9 +226,10 @@ def available_bytes(device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def auto_chunk_size(fn, args_for, unit: int, n_pairs: int, devices) -> int:
+def auto_chunk_size(fn, args_for, unit: int, n_pairs: int, mesh: jax.sharding.Mesh) -> int:
     """Pairs per chunk that use at most half of the free device memory, from XLA's memory
-    analysis of the program compiled for a small probe batch; a multiple of ``unit``."""
+    analysis of the program compiled for a small probe batch; a multiple of ``unit``, the same
+    in every process (the smallest any host can hold)."""
     probe = unit * 4
     analysis = jax.jit(fn).lower(*args_for(probe)).compile().memory_analysis()
     used = (
@@ -244,9 +237,10 @@ def auto_chunk_size(fn, args_for, unit: int, n_pairs: int, devices) -> int:
         + analysis.output_size_in_bytes
     ) if analysis is not None else 0
     per_pair = max(used / probe, 1.0)
-    budget = 0.5 * min(available_bytes(d) for d in devices) * len(devices)
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    budget = 0.5 * min(available_bytes(d) for d in local) * mesh.devices.size
     size = max(unit, int(budget / per_pair) // unit * unit)
-    return min(size, math.ceil(n_pairs / unit) * unit)
+    return distributed.agreed_minimum(min(size, math.ceil(n_pairs / unit) * unit))
 
 
 def run_pairs(
@@ -267,18 +261,18 @@ def run_pairs(
 
     targets: per-pair arrays {name: (p, ...)}, e.g. "neuron" (p,), optional "mask" (p, y, x);
     keys: (p, 2) uint32; start: optional initial parameters (p, ...); group: pairs whose objective
-    is coupled (DEIs of one neuron) stay in one chunk. Returns numpy images (p, y, x), values (p,),
-    steps (p,).
+    is coupled (DEIs of one neuron) stay in one chunk; devices: default all devices of all
+    processes (every process then makes the same call with the same arguments). Returns numpy
+    images (p, y, x), values (p,), steps (p,), in every process.
     """
     check_config(config)
     graphdef, state, stacked = split_model(model)
-    mesh = pair_mesh(devices)
+    mesh = distributed.data_mesh(devices)
     n_devices = mesh.devices.size
     unit = math.lcm(group, n_devices)
     n_pairs = len(keys)
     run = make_ascent(graphdef, stacked, objective, config, param)
-    shard = NamedSharding(mesh, P("pairs"))
-    state = jax.device_put(state, NamedSharding(mesh, P()))
+    state = distributed.replicate(state, mesh)
 
     def rows(size: int, first: int):
         """Indices of one chunk; past the end, whole groups of the last pairs are repeated."""
@@ -290,28 +284,27 @@ def run_pairs(
     def chunk_args(index):
         args = [keys[index], {k: v[index] for k, v in targets.items()}]
         args.append(None if start is None else start[index])
-        return [jax.device_put(a, shard) for a in args]
+        return distributed.shard_batch(args, mesh)
 
     chunk = config.chunk_size
     if chunk <= 0:
         chunk = auto_chunk_size(
-            run, lambda size: [state, *chunk_args(rows(size, 0))], unit, n_pairs, mesh.devices.flat
+            run, lambda size: [state, *chunk_args(rows(size, 0))], unit, n_pairs, mesh
         )
     chunk = math.ceil(chunk / unit) * unit
     compiled = jax.jit(run)
     starts = range(0, n_pairs, chunk)
-    images, values, steps = [], [], []
+    outputs = []
     pending = None
+    progress = progress and jax.process_index() == 0
     for first in tqdm(starts, desc=desc, unit="chunk", disable=not progress):
         # Dispatch this chunk before copying the previous one back, so the device never waits.
         dispatched = compiled(state, *chunk_args(rows(chunk, first)))
         if pending is not None:
-            for out, array in zip((images, values, steps), pending):
-                out.append(np.asarray(array))
+            outputs.append(distributed.gather(pending))
         pending = dispatched
-    for out, array in zip((images, values, steps), pending):
-        out.append(np.asarray(array))
-    return tuple(np.concatenate(out)[:n_pairs] for out in (images, values, steps))
+    outputs.append(distributed.gather(pending))
+    return tuple(np.concatenate(out)[:n_pairs] for out in zip(*outputs))
 
 
 def evaluate_pairs(
@@ -325,9 +318,8 @@ def evaluate_pairs(
 ) -> np.ndarray:
     """(p,) objective values of fixed ``images (p, y, x)`` (e.g. a validator scoring MEIs)."""
     graphdef, state, stacked = split_model(model)
-    mesh = pair_mesh(devices)
-    shard = NamedSharding(mesh, P("pairs"))
-    state = jax.device_put(state, NamedSharding(mesh, P()))
+    mesh = distributed.data_mesh(devices)
+    state = distributed.replicate(state, mesh)
     batch = math.ceil(min(batch_size, len(images)) / mesh.devices.size) * mesh.devices.size
 
     @jax.jit
@@ -337,8 +329,8 @@ def evaluate_pairs(
     out = []
     for first in range(0, len(images), batch):
         index = np.minimum(np.arange(first, first + batch), len(images) - 1)
-        part = {k: jax.device_put(v[index], shard) for k, v in targets.items()}
-        out.append(np.asarray(score(state, jax.device_put(images[index], shard), part)))
+        part = distributed.shard_batch([images[index], {k: v[index] for k, v in targets.items()}], mesh)
+        out.append(distributed.gather(score(state, *part)))
     return np.concatenate(out)[: len(images)]
 
 
@@ -367,7 +359,7 @@ def optimize_meis(
     in pixel units (see Parametrization; without it pixel_range is 0..255). mask: optional
     (y, x) or (n, y, x) multiplied into every image. validator: a distinct model that picks the
     best seed. objective: per-pair objective (default ``neuron_objective``; see twin.mei.diverse
-    for population objectives). devices: defaults to all local devices.
+    for population objectives). devices: defaults to all devices of all processes.
     """
     neurons = np.asarray(neurons, np.int64).reshape(-1)
     seeds = config.seeds

@@ -85,13 +85,22 @@ def mei_command(
     session: int = 0,
     validator: str | None = None,
     progress: bool = True,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
 ) -> dict:
     """Optimize, validate and store the MEIs of ``neurons`` of ``session`` of the run ``run``.
 
     Writes the MEI store ``out`` and ``<out stem>.png`` beside it; returns the summary
     {"recipe", "median_ratio", "median_true_ratio", "neurons": [{"id", "activation",
     "best_natural_activation", "ratio", "true_ratio", "optimum_correlation"}]}.
+    coordinator, num_processes, process_id: multi-host set-up (twin.distributed.initialize);
+    every process runs the same command, the (neuron, seed) pairs are split over all their
+    devices, and process 0 writes the outputs.
     """
+    import jax
+
+    from twin import distributed
     from twin.checkpoint import load_run
     from twin.data.simulate import ground_truth
     from twin.data.store import open_session
@@ -100,6 +109,9 @@ def mei_command(
     from twin.mei.recipes import recipe_config
     from twin.mei.store import config_toml, meis_dataset, write_meis
 
+    distributed.initialize(coordinator, num_processes, process_id)
+    primary = jax.process_index() == 0
+    progress = progress and primary
     config = recipe_config(recipe, config_path, seeds)
     if deis == 1 or deis < 0:
         raise ConfigError(f"--deis {deis}: give 0 (none) or at least 2 images per neuron")
@@ -199,12 +211,13 @@ def mei_command(
         "image_std": float(np.mean(data.image_std)),
         "true_ratio_control": "the ground truth's best train image",
     }
-    write_meis(meis_dataset(variables, attrs), out)
-    plot_grid(
-        data.denormalize_images(best),
-        [f"unit {u}: {r:.2f}x" for u, r in zip(data.unit_id[index], variables["ratio"])],
-        out.with_suffix(".png"),
-    )
+    if primary:
+        write_meis(meis_dataset(variables, attrs), out)
+        plot_grid(
+            data.denormalize_images(best),
+            [f"unit {u}: {r:.2f}x" for u, r in zip(data.unit_id[index], variables["ratio"])],
+            out.with_suffix(".png"),
+        )
     ratios = variables["ratio"]
     return {
         "recipe": config.recipe,
