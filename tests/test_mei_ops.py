@@ -1,5 +1,6 @@
 """MEI image operations and parametrizations against numpy / scipy references."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -100,6 +101,28 @@ def test_transform_integer_shift_and_identity():
     expected[2:, :-3] = x[0, :-2, 3:]
     np.testing.assert_allclose(shifted[0], expected, atol=1e-5)
     np.testing.assert_allclose(shifted[1], x[1], atol=1e-5)
+
+
+def test_transform_rotation_and_zoom():
+    x = RNG.normal(size=(1, 9, 9)).astype(np.float32)
+    turned = ops.transform(jnp.asarray(x), jnp.zeros((1, 2)), jnp.ones(1), jnp.array([90.0]))
+    np.testing.assert_allclose(turned[0], np.rot90(x[0]), atol=1e-5)  # counter-clockwise
+    dot = np.zeros((1, 9, 9), np.float32)
+    dot[0, 4, 6] = 1.0  # 2 px right of the centre
+    zoomed = np.asarray(ops.transform(jnp.asarray(dot), jnp.array([[1, 0]]), jnp.array([1.5]), jnp.array([0.0])))
+    # Zoomed 1.5x about the centre (3 px right), then 1 px down; bilinear spread around it.
+    assert np.unravel_index(zoomed[0].argmax(), (9, 9)) == (5, 7) and zoomed[0, 5, 7] == pytest.approx(1.0)
+    assert zoomed[0, 5, 8] == pytest.approx(1 / 3, abs=1e-6) and zoomed[0, 3, 7] == 0.0
+
+
+def test_random_transform_stays_within_its_ranges():
+    x = jnp.asarray(RNG.normal(size=(64, 9, 11)).astype(np.float32))
+    keys = jax.random.split(jax.random.PRNGKey(0), 64)
+    np.testing.assert_array_equal(ops.random_transform(x, keys, 0, 0.0, 0.0), x)
+    turned = np.asarray(ops.random_transform(x, keys, 0, 0.0, 10.0))
+    assert not np.allclose(turned, x)
+    # A rotation of at most 10 degrees moves the centre pixel's neighbours by less than a pixel.
+    np.testing.assert_allclose(turned[:, 4, 5], np.asarray(x)[:, 4, 5], atol=1e-5)
 
 
 def test_norm_and_normalized_gradient():

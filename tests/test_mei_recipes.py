@@ -26,7 +26,7 @@ def test_presets_match_the_reference():
     assert (lucid.parametrization, lucid.optimizer, lucid.learning_rate, lucid.steps) == (
         "fourier", "adam", 0.05, 512
     )
-    assert lucid.fourier_init_std == 0.01 and lucid.jitter > 0 and lucid.scale_jitter > 0
+    assert lucid.fourier_init_std == 0.01 and lucid.jitter > 0 and lucid.scale_jitter > 0 and lucid.rotate == 10.0
     assert all(config.recipe == name for name, config in RECIPES.items())
 
 

@@ -119,6 +119,7 @@ class MEIConfig:
     clip_range: bool = True
     jitter: int = 0  # max random translation in pixels per step
     scale_jitter: float = 0.0  # max relative random zoom per step
+    rotate: float = 0.0  # max random rotation in degrees per step
     # Stop a (neuron, seed) pair when its activation improves less than this relative amount
     # over `window` steps; 0 runs all steps.
     tolerance: float = 0.0

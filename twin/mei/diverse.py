@@ -64,6 +64,7 @@ def dei_config(config: MEIConfig) -> MEIConfig:
         blur_target="none",
         jitter=0,
         scale_jitter=0.0,
+        rotate=0.0,
         tolerance=0.0,
     )
 

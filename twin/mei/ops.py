@@ -112,37 +112,42 @@ def precondition(gradient: jax.Array, power: float) -> jax.Array:
     return irfft2(real * scale, imag * scale, width)
 
 
-def transform(images: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-    """Translate ``images (p, y, x)`` by ``shift (p, 2)`` pixels and zoom by ``scale (p,)`` about
-    the centre; uncovered pixels become 0 (the mean gray in normalized units)."""
+def transform(images: jax.Array, shift: jax.Array, scale: jax.Array, angle: jax.Array | None = None) -> jax.Array:
+    """Zoom ``images (p, y, x)`` by ``scale (p,)`` and rotate by ``angle (p,)`` degrees
+    (counter-clockwise as displayed) about the centre, then translate by ``shift (p, 2)`` (dy, dx)
+    pixels; bilinear, and uncovered pixels become 0 (the mean gray in normalized units)."""
     height, width = images.shape[-2:]
-    centre = jnp.array([height / 2.0, width / 2.0])
+    centre = jnp.array([(height - 1) / 2.0, (width - 1) / 2.0])
+    grid = jnp.stack(jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")).reshape(2, -1)
+    if angle is None:
+        angle = jnp.zeros(len(images))
 
-    def one(image, offset, factor):
-        translation = (1.0 - factor) * centre + offset
-        return jax.image.scale_and_translate(
-            image,
-            (height, width),
-            (0, 1),
-            jnp.stack([factor, factor]),
-            translation,
-            method="linear",
-            antialias=False,
-        )
+    def one(image, offset, factor, degrees):
+        # Inverse map: output pixel -> source pixel.
+        radians = jnp.deg2rad(degrees)
+        cos, sin = jnp.cos(radians), jnp.sin(radians)
+        dy, dx = (grid - (centre + offset)[:, None]) / factor
+        source = jnp.stack([cos * dy + sin * dx, cos * dx - sin * dy]) + centre[:, None]
+        sampled = jax.scipy.ndimage.map_coordinates(image, list(source), order=1, mode="constant")
+        return sampled.reshape(height, width)
 
-    return jax.vmap(one)(images, shift.astype(jnp.float32), scale)
+    return jax.vmap(one)(images, shift.astype(jnp.float32), scale, angle)
 
 
-def random_transform(images: jax.Array, keys: jax.Array, jitter: int, scale_jitter: float):
-    """Per-pair random integer shift in [-jitter, jitter] and zoom in [1 - s, 1 + s]."""
-    if jitter == 0 and scale_jitter == 0.0:
+def random_transform(
+    images: jax.Array, keys: jax.Array, jitter: int, scale_jitter: float, rotate: float = 0.0
+) -> jax.Array:
+    """Per-pair random integer shift in [-jitter, jitter], zoom in [1 - s, 1 + s] and rotation in
+    [-rotate, rotate] degrees (lucid's transforms)."""
+    if jitter == 0 and scale_jitter == 0.0 and rotate == 0.0:
         return images
-    shift_keys, scale_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+    shift_keys, scale_keys, angle_keys = jax.vmap(lambda k: jax.random.split(k, 3), out_axes=1)(keys)
     shift = jax.vmap(lambda k: jax.random.randint(k, (2,), -jitter, jitter + 1))(shift_keys)
     scale = jax.vmap(
         lambda k: jax.random.uniform(k, (), minval=1 - scale_jitter, maxval=1 + scale_jitter)
     )(scale_keys)
-    return transform(images, shift, scale)
+    angle = jax.vmap(lambda k: jax.random.uniform(k, (), minval=-rotate, maxval=rotate))(angle_keys)
+    return transform(images, shift, scale, angle)
 
 
 def set_norm(images: jax.Array, norm: float) -> jax.Array:

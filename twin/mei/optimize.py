@@ -162,7 +162,9 @@ def make_ascent(
 
         def loss(params, step_keys):
             images = image_of(params, targets)
-            images = ops.random_transform(images, step_keys, config.jitter, config.scale_jitter)
+            images = ops.random_transform(
+                images, step_keys, config.jitter, config.scale_jitter, config.rotate
+            )
             values = evaluate(images)
             return -values.sum(), values
 

@@ -4,7 +4,8 @@
 - sinz_ga: Sinz-lab gradient ascent (mei library, EGG baseline): SGD lr 1, gradient blur sigma 1,
   fixed L2 norm, pixel range clipped, 1000 steps.
 - lucid: lucid/lucent feature visualization: Fourier parametrization, Adam lr 0.05, 512 steps,
-  jitter and scale jitter (rotation is not used).
+  random jitter, scale and rotation each step (lucid's transform robustness; lucid rotates by up
+  to 10 degrees).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ RECIPES: dict[str, MEIConfig] = {
         blur_target="none",
         jitter=2,
         scale_jitter=0.1,
+        rotate=10.0,
     ),
 }
 
