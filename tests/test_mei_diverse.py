@@ -1,13 +1,17 @@
 """DEIs, population objectives and the tight mask on the tiny twin of test_mei_engine."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from test_mei_engine import RANGE, SHAPE, config, toy
 
 from twin.mei.diverse import (
     control_objective,
     diverse_images,
     inhibitory_inputs,
+    pairwise_distance,
 )
 from scipy import ndimage
 
@@ -30,6 +34,37 @@ def test_deis_keep_the_activation_and_spread_out():
     distance = np.sqrt(((flat[:, :, None] - flat[:, None]) ** 2).mean(-1))
     start = cfg.init_std * (RANGE[1] - RANGE[0]) / 255 * np.sqrt(2)
     assert distance[:, 0, 1].min() > 2 * start
+
+
+def test_population_deis_spread_the_population_response():
+    """DEIs by population-response cosine keep the activation and differ more in the population
+    response than DEIs by pixel distance from the same start."""
+    model = toy()
+    cfg = config(steps=30, step_gain=2.0, dei_steps=40, dei_learning_rate=0.05)
+    meis = optimize_meis(model, 0, [1, 4], cfg, image_shape=SHAPE, pixel_range=RANGE, progress=False)
+    spread = {}
+    for kind in ("pixel", "population"):
+        images, activations = diverse_images(
+            model, 0, [1, 4], meis.best_images(), meis.best_activations(),
+            dataclasses.replace(cfg, dei_diversity=kind), 3, pixel_range=RANGE, progress=False,
+        )
+        assert np.all(activations >= 0.85 * meis.best_activations()[:, None])
+        responses = np.asarray(model(jnp.asarray(images.reshape(6, *SHAPE, 1)))).reshape(2, 3, -1)
+        unit = responses / np.linalg.norm(responses, axis=-1, keepdims=True)
+        spread[kind] = 1 - np.einsum("gid,gjd->gij", unit, unit)[:, [0, 0, 1], [1, 2, 2]].mean()
+    assert spread["population"] > 1.5 * spread["pixel"]
+
+
+def test_pairwise_distance_against_numpy():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(6, 5)).astype(np.float32)
+    pixel = np.asarray(pairwise_distance(jnp.asarray(features), 3, "pixel"))
+    cosine = np.asarray(pairwise_distance(jnp.asarray(features), 3, "population"))
+    a, b, c = features[:3]
+    rms = lambda u, v: np.sqrt(np.mean((u - v) ** 2))  # noqa: E731
+    cos = lambda u, v: 1 - u @ v / np.linalg.norm(u) / np.linalg.norm(v)  # noqa: E731
+    assert pixel[0] == pytest.approx((rms(a, b) + rms(a, c)) / 2, rel=1e-5)
+    assert cosine[2] == pytest.approx((cos(c, a) + cos(c, b)) / 2, rel=1e-4)
 
 
 def test_most_inhibitory_input_lowers_the_response():

@@ -7,6 +7,7 @@ import pytest
 
 from twin.config import MEIConfig
 from twin.errors import ConfigError
+from twin.mei.optimize import check_config
 from twin.mei.recipes import RECIPES, recipe_config
 from twin.mei.run import parse_neurons
 
@@ -62,6 +63,20 @@ def test_unknown_recipe_and_bad_seeds():
         recipe_config("lucid", seeds=0)
     with pytest.raises(ConfigError, match="config file not found"):
         recipe_config("lucid", "/nonexistent/mei.toml")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"blur_target": "mask"}, "blur_target = 'mask'"),
+        ({"dei_diversity": "cosine"}, "dei_diversity = 'cosine': use pixel or population"),
+        ({"optimizer": "lbfgs"}, "optimizer = 'lbfgs'"),
+        ({"seeds": 0}, "seeds must be at least 1"),
+    ],
+)
+def test_engine_refuses_values_it_cannot_run(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(dataclasses.replace(RECIPES["walker2019"], **changes))
 
 
 def test_neuron_specs():

@@ -132,6 +132,7 @@ class MEIConfig:
     dei_steps: int = 300
     dei_learning_rate: float = 0.05
     dei_penalty: float = 10.0  # weight of the activation constraint against diversity
+    dei_diversity: str = "pixel"  # "pixel" (RMS difference) or "population" (response cosine)
 
 
 SECTIONS: dict[str, type] = {

@@ -1,7 +1,10 @@
 """Beyond single MEIs: diverse exciting inputs (DEIs) and population objectives.
 
 - DEIs: for each neuron, D images that each keep >= ``dei_fraction`` of the MEI's activation while
-  their mean pairwise pixel distance grows (the constraint enters as a hinge penalty).
+  their mean pairwise distance grows (the constraint enters as a hinge penalty). Distance
+  (``dei_diversity``): "pixel", the RMS pixel difference, or "population", the cosine distance
+  between the session's population responses to the two images (images that drive the rest of
+  the population differently, not only look different).
 - One-hot control: drive the target neuron while holding all others at their mean response.
 - Most inhibitory input: minimize the target's response.
 """
@@ -9,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,24 +32,53 @@ from twin.mei.optimize import (
 from twin.mei.params import Parametrization
 
 
-def dei_objective(base: Objective, fraction: float, penalty: float, group: int) -> Objective:
-    """Per image: mean RMS pixel distance to the other ``group - 1`` images of its neuron plus
+def pairwise_distance(features: jax.Array, group: int, kind: str) -> jax.Array:
+    """(p,) mean distance of each row of ``features (p, d)`` to the other ``group - 1`` rows of its
+    group (consecutive rows): RMS difference ("pixel") or 1 - cosine ("population")."""
+    grouped = features.reshape(-1, group, features.shape[-1])
+    if kind == "pixel":
+        squared = jnp.sum((grouped[:, :, None] - grouped[:, None]) ** 2, axis=-1) / grouped.shape[-1]
+        distance = jnp.sqrt(squared + 1e-12)
+    else:
+        unit = grouped / jnp.sqrt(jnp.sum(grouped**2, axis=-1, keepdims=True) + 1e-12)
+        distance = 1.0 - jnp.einsum("gid,gjd->gij", unit, unit)
+    distance = distance * (1.0 - jnp.eye(group))
+    return distance.sum(-1).reshape(-1) / (group - 1)
+
+
+def dei_objective(
+    base: Objective, fraction: float, penalty: float, group: int, population: Callable | None = None
+) -> Objective:
+    """Per image: its mean distance to the other ``group - 1`` images of its neuron plus
     ``penalty`` x min(0, activation / (fraction x MEI activation) - 1).
 
     targets: "neuron" (p,) and "mei_activation" (p,); pairs come in consecutive groups.
+    population: ``(model, images (p, y, x)) -> (p, neurons)`` responses to measure the distance
+    between (cosine), or None for the RMS pixel distance.
     """
 
     def objective(model, images, targets):
         activation = base(model, images, targets)
         floor = fraction * targets["mei_activation"]
         constraint = jnp.minimum(activation / floor - 1.0, 0.0)
-        flat = images.reshape(-1, group, images.shape[-2] * images.shape[-1])
-        squared = jnp.sum((flat[:, :, None] - flat[:, None]) ** 2, axis=-1) / flat.shape[-1]
-        distance = jnp.sqrt(squared + 1e-12) * (1.0 - jnp.eye(group))
-        diversity = distance.sum(-1).reshape(-1) / (group - 1)
+        if population is None:
+            diversity = pairwise_distance(images.reshape(len(images), -1), group, "pixel")
+        else:
+            diversity = pairwise_distance(population(model, images), group, "population")
         return diversity + penalty * constraint
 
     return objective
+
+
+def population_responses(session: int, behavior=None, pupil_center=None) -> Callable:
+    """``(model, images (p, y, x)) -> (p, neurons)``: the whole session's responses."""
+    extra = fixed_inputs(behavior, pupil_center)
+
+    def responses(model, images):
+        batch = {k: jnp.broadcast_to(v, (len(images), v.shape[1])) for k, v in extra.items()}
+        return model(images[..., None], session, **batch)
+
+    return responses
 
 
 def dei_config(config: MEIConfig) -> MEIConfig:
@@ -101,7 +134,10 @@ def diverse_images(
         "mei_activation": np.repeat(mei_activations, n_deis).astype(np.float32),
     }
     base = neuron_objective(session, behavior, pupil_center)
-    objective = dei_objective(base, config.dei_fraction, config.dei_penalty, n_deis)
+    population = None
+    if config.dei_diversity == "population":
+        population = population_responses(session, behavior, pupil_center)
+    objective = dei_objective(base, config.dei_fraction, config.dei_penalty, n_deis, population)
     keys = pair_keys(seed, targets["neuron"], np.tile(np.arange(n_deis), n))
     images, _, _ = run_pairs(
         model, objective, targets, keys, config, Parametrization(config, (height, width), pixel_range),

@@ -33,6 +33,7 @@ from twin.models.twin import Ensemble, Twin
 Objective = Callable[[nnx.Module, jax.Array, dict], jax.Array]
 
 BLUR_TARGETS = ("image", "gradient", "none")
+DEI_DIVERSITIES = ("pixel", "population")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +125,8 @@ def check_config(config: MEIConfig) -> None:
         raise ConfigError("[mei].steps and [mei].seeds must be at least 1")
     if config.tolerance > 0 and config.window < 1:
         raise ConfigError("[mei].window must be at least 1 when [mei].tolerance > 0")
+    if config.dei_diversity not in DEI_DIVERSITIES:
+        raise ConfigError(f"[mei].dei_diversity = {config.dei_diversity!r}: use pixel or population")
     ops.optimizer(config)
 
 
