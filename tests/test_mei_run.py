@@ -9,6 +9,7 @@ from flax import nnx
 from twin.checkpoint import readout_specs, save_run_model
 from twin.cli import main
 from twin.config import DataConfig, ModelConfig, RunConfig
+from twin.data.importers import from_arrays
 from twin.data.loader import load_session
 from twin.data.simulate import simulate
 from twin.data.store import write_session
@@ -69,3 +70,22 @@ def test_bad_arguments_exit_2_without_output(run_dir, capsys, extra, message):
     assert main(["mei", str(run_dir / "run"), "--out", str(out), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists() and not (run_dir / "bad.png").exists()
+
+
+def test_two_channel_sessions_are_refused_in_one_line(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "color.npz",
+        images=rng.integers(0, 255, (30, 2, 18, 32), dtype=np.uint8),
+        responses=rng.random((30, 4)).astype(np.float32),
+    )
+    write_session(from_arrays(tmp_path / "color.npz"), tmp_path / "color.zarr")
+    data = load_session(tmp_path / "color.zarr", DataConfig())
+    config = RunConfig(model=ModelConfig(core_layers=2, core_channels=4, input_kernel=5, hidden_kernel=3))
+    model = Twin(config.model, 2, (18, 32), readout_specs([data]), rngs=nnx.Rngs(0))
+    save_run_model(tmp_path / "run", model, config, [data])
+    out = tmp_path / "meis.zarr"
+    assert main(["mei", str(tmp_path / "run"), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "color.zarr: images have 2 channels" in error and len(error.strip().splitlines()) == 1
+    assert not out.exists()

@@ -124,6 +124,11 @@ def mei_command(
             f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}"
         )
     data = loaded.sessions[session]
+    if data.channels != 1:
+        raise ConfigError(
+            f"{data.path}: images have {data.channels} channels; twin mei optimizes one-channel"
+            " (grayscale) images: fit the twin on a one-channel store to synthesize its MEIs"
+        )
     index = parse_neurons(neurons, data.n_neurons)
     validator_model = None
     if validator is not None:
