@@ -55,6 +55,20 @@ def test_population_deis_spread_the_population_response():
     assert spread["population"] > 1.5 * spread["pixel"]
 
 
+def test_deis_keep_the_fraction_even_without_the_penalty():
+    """With no penalty the ascent only spreads the images; those that lose too much activation
+    are moved back toward their MEI until they keep the fraction."""
+    model = toy()
+    cfg = config(steps=30, step_gain=2.0, dei_steps=40, dei_learning_rate=0.2, dei_penalty=0.0)
+    meis = optimize_meis(model, 0, [1, 4], cfg, image_shape=SHAPE, pixel_range=RANGE, progress=False)
+    images, activations = diverse_images(
+        model, 0, [1, 4], meis.best_images(), meis.best_activations(), cfg, 3,
+        pixel_range=RANGE, progress=False,
+    )
+    assert np.all(activations >= 0.85 * meis.best_activations()[:, None])
+    assert not np.allclose(images, meis.best_images()[:, None])
+
+
 def test_pairwise_distance_against_numpy():
     rng = np.random.default_rng(0)
     features = rng.normal(size=(6, 5)).astype(np.float32)

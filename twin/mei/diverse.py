@@ -119,7 +119,8 @@ def diverse_images(
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n_deis`` DEIs per neuron, started from the MEI ``meis (n, y, x)`` plus pixel noise
-    (``init_std``). Returns images (n, n_deis, y, x) and activations (n, n_deis)."""
+    (``init_std``), each keeping at least ``dei_fraction`` of ``mei_activations (n,)``. Returns
+    images (n, n_deis, y, x) and activations (n, n_deis)."""
     neurons = np.asarray(neurons, np.int64).reshape(-1)
     if n_deis < 2:
         raise ValueError("diverse_images needs at least 2 images per neuron")
@@ -144,6 +145,18 @@ def diverse_images(
         start=start.astype(np.float32), group=n_deis, devices=devices, progress=progress, desc="DEIs",
     )
     activations = evaluate_pairs(model, base, images, targets, devices=devices)
+    # The hinge penalty lets a few DEIs end just under the floor: move those back toward their
+    # MEI (blend factor 0.9, 0.8, ..., 0 = the MEI itself) until they keep the fraction.
+    floor = config.dei_fraction * targets["mei_activation"]
+    mei_rows = np.repeat(meis, n_deis, axis=0).astype(np.float32)
+    for blend in np.linspace(0.9, 0.0, 10):
+        low = np.flatnonzero(activations < floor)
+        if len(low) == 0:
+            break
+        blended = mei_rows[low] + np.float32(blend) * (images[low] - mei_rows[low])
+        values = evaluate_pairs(model, base, blended, {k: v[low] for k, v in targets.items()}, devices=devices)
+        kept = values >= floor[low]
+        images[low[kept]], activations[low[kept]] = blended[kept], values[kept]
     return images.reshape(n, n_deis, height, width), activations.reshape(n, n_deis)
 
 
