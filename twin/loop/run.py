@@ -4,8 +4,8 @@ simulate -> fit -> select -> MEIs -> export -> respond -> closeloop (+ report). 
 in OUT/: session.zarr, config.toml (what fit and MEIs used), run/, selection.json, meis.zarr,
 stimuli/, responses.npz, report/ (index.html, summary.json) and loop.json (timings and numbers).
 
-The default sizes run in about a minute on an idle 2-core CPU. A ``--config`` TOML file may override any
-[data], [model], [fit], [mei] value and, in a [loop] table, the LOOP values below.
+The default sizes run in about a minute on an idle 2-core CPU. A ``--config`` TOML file may
+override any [data], [model], [fit], [mei] value and, in a [loop] table, the LOOP values below.
 """
 
 from __future__ import annotations
