@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from twin.config import ModelConfig
 from twin.mei.optimize import evaluate_pairs, neuron_objective, optimize_meis
 from twin.mei.recipes import RECIPES
-from twin.models.twin import Ensemble
+from twin.models.twin import Ensemble, ReadoutSpec, make_ensemble
 
 SHAPE = (12, 16)
 RANGE = (-2.0, 2.0)
@@ -134,3 +135,30 @@ def test_mask_multiplies_the_image():
     result = run(model, [0], config(), mask=mask)
     assert np.all(result.images[..., mask == 0] == 0)
     assert np.any(result.images[..., mask == 1] != 0)
+
+
+def test_two_channel_twin_ensemble_batched_sharded_and_alone_agree():
+    """A real (receptive-field) twin ensemble on (channel, y, x) images: lucid's Fourier images
+    with jitter, zoom and rotation under a mask, on 4 devices and on 1, and one neuron alone."""
+    model_config = ModelConfig(core_layers=3, core_channels=8, input_kernel=5, hidden_kernel=3, init_mu_range=0.8)
+    specs = [ReadoutSpec(6, np.ones(6, np.float32))]
+    ensemble = make_ensemble(model_config, 2, SHAPE, specs, 0, [0, 1])
+    ensemble.eval()
+    cfg = dataclasses.replace(RECIPES["lucid"], steps=8, seeds=2, chunk_size=4)
+    mask = np.zeros(SHAPE, np.float32)
+    mask[2:10, 3:13] = 1.0
+    shape = (2, *SHAPE)
+    four = optimize_meis(ensemble, 0, [0, 3, 5], cfg, image_shape=shape, pixel_range=RANGE, mask=mask, progress=False)
+    one = optimize_meis(
+        ensemble, 0, [0, 3, 5], cfg, image_shape=shape, pixel_range=RANGE, mask=mask, progress=False,
+        devices=jax.devices()[:1],
+    )
+    alone = optimize_meis(ensemble, 0, [3], cfg, image_shape=shape, pixel_range=RANGE, mask=mask, progress=False)
+    assert four.images.shape == (3, 2, 2, *SHAPE)
+    np.testing.assert_allclose(four.images, one.images, atol=1e-5)
+    np.testing.assert_allclose(alone.images[0], four.images[1], atol=1e-5)
+    np.testing.assert_allclose(alone.activations[0], four.activations[1], rtol=1e-5)
+    assert np.all(four.images[..., 0, :] == 0) and np.any(four.images[:, :, 1, 5, 5] != four.images[:, :, 0, 5, 5])
+    # Stored activations are the ensemble's responses to the stored images.
+    responses = ensemble(jnp.moveaxis(jnp.asarray(four.images.reshape(6, *shape)), 1, -1))
+    np.testing.assert_allclose(four.activations.reshape(-1), responses[np.arange(6), np.repeat([0, 3, 5], 2)], rtol=1e-5)

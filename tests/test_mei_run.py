@@ -72,7 +72,10 @@ def test_bad_arguments_exit_2_without_output(run_dir, capsys, extra, message):
     assert not out.exists() and not (run_dir / "bad.png").exists()
 
 
-def test_two_channel_sessions_are_refused_in_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("normalization", ["global", "per_pixel"])
+def test_two_channel_meis_are_stored_channel_first_and_export_refuses_them(tmp_path, capsys, normalization):
+    """A twin of a two-channel (e.g. UV/green) session: MEIs (neuron, seed, channel, y, x) within
+    each channel's pixel range; `twin export` (a gray-scale monitor) refuses them in one line."""
     rng = np.random.default_rng(0)
     np.savez(
         tmp_path / "color.npz",
@@ -80,12 +83,31 @@ def test_two_channel_sessions_are_refused_in_one_line(tmp_path, capsys):
         responses=rng.random((30, 4)).astype(np.float32),
     )
     write_session(from_arrays(tmp_path / "color.npz"), tmp_path / "color.zarr")
-    data = load_session(tmp_path / "color.zarr", DataConfig())
-    config = RunConfig(model=ModelConfig(core_layers=2, core_channels=4, input_kernel=5, hidden_kernel=3))
+    config = RunConfig(
+        data=DataConfig(image_normalization=normalization),
+        model=ModelConfig(core_layers=2, core_channels=4, input_kernel=5, hidden_kernel=3),
+    )
+    data = load_session(tmp_path / "color.zarr", config.data)
     model = Twin(config.model, 2, (18, 32), readout_specs([data]), rngs=nnx.Rngs(0))
+    model.eval()
     save_run_model(tmp_path / "run", model, config, [data])
+    (tmp_path / "mei.toml").write_text("[mei]\nsteps = 20\n")
     out = tmp_path / "meis.zarr"
-    assert main(["mei", str(tmp_path / "run"), "--out", str(out)]) == 2
+    argv = ["mei", str(tmp_path / "run"), "--seeds", "2", "--deis", "2", "--config", str(tmp_path / "mei.toml"),
+            "--out", str(out), "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["median_ratio"] > 0
+    ds = open_meis(out)
+    assert ds["images"].dims == ("neuron", "seed", "channel", "y", "x") and ds["images"].shape == (4, 2, 2, 18, 32)
+    assert ds["deis"].shape == (4, 2, 2, 18, 32)
+    assert ds["image_mean"].dims == (("channel",) if normalization == "global" else ("channel", "y", "x"))
+    pixels = (ds["images"] * ds["image_std"] + ds["image_mean"]).values
+    assert pixels.min() >= data.image_min - 1e-3 and pixels.max() <= data.image_max + 1e-3
+    assert np.all(ds["activations"].values > 0) and (tmp_path / "meis.png").stat().st_size > 0
+
+    stimuli = tmp_path / "stimuli"
+    assert main(["export", str(out), "--out", str(stimuli)]) == 2
     error = capsys.readouterr().err
-    assert "color.zarr: images have 2 channels" in error and len(error.strip().splitlines()) == 1
-    assert not out.exists()
+    assert "meis.zarr: images have 2 channels" in error and len(error.strip().splitlines()) == 1
+    assert not stimuli.exists()

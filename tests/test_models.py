@@ -291,26 +291,26 @@ def test_output_nonlinearity_is_elu_plus_one_and_stays_positive():
 
 
 @pytest.mark.parametrize(
-    "changes",
+    "changes, in_channels",
     [
-        {},
-        {"depth_separable": False, "core_bias": True, "stack": (0, -1)},
-        {"pad_input": True, "stack": (1,), "gauss_type": "isotropic", "shifter": True, "use_behavior": True},
-        {"grid_mean_predictor": True, "core_bias": True},
+        ({}, 1),
+        ({"depth_separable": False, "core_bias": True, "stack": (0, -1)}, 2),
+        ({"pad_input": True, "stack": (1,), "gauss_type": "isotropic", "shifter": True, "use_behavior": True}, 1),
+        ({"grid_mean_predictor": True, "core_bias": True}, 1),
     ],
 )
-def test_target_responses_on_receptive_fields_equal_full_maps(changes):
+def test_target_responses_on_receptive_fields_equal_full_maps(changes, in_channels):
     """One neuron per image from its receptive field equals the whole map read at that neuron, in
     value and in the gradient w.r.t. the image, for readout points anywhere, edges included."""
     config = dataclasses.replace(SMALL, init_mu_range=1.3, **changes)
-    model = Twin(config, 1, (14, 20), specs(25, positions=True), n_behavior=2, rngs=nnx.Rngs(3))
+    model = Twin(config, in_channels, (14, 20), specs(25, positions=True), n_behavior=2, rngs=nnx.Rngs(3))
     rng = np.random.default_rng(0)
     for layer in model.core.layers:  # BatchNorm statistics far from identity
         layer.norm.mean[...] = jnp.asarray(rng.normal(size=8), jnp.float32)
         layer.norm.bias[...] = jnp.asarray(rng.normal(size=8), jnp.float32)
     model.eval()
     b = 25
-    x = images(b=b, h=14, w=20, seed=4)
+    x = images(b=b, h=14, w=20, c=in_channels, seed=4)
     neurons = jnp.asarray(rng.permutation(25), jnp.int32)
     kwargs = {"behavior": jnp.asarray(rng.normal(size=(b, 2)), jnp.float32)} if config.use_behavior else {}
     if config.shifter:

@@ -49,14 +49,14 @@ def gather_stimuli(meis, session) -> list[dict]:
     """
     from twin.mei.masks import walker_mask
 
-    mean, std = float(meis.attrs["image_mean"]), float(meis.attrs["image_std"])
-    images = meis["images"].values * std + mean
+    images = (meis["images"] * meis["image_std"] + meis["image_mean"]).values
+    mean = float(meis["image_mean"].mean())
     best_seed = meis["best_seed"].values.astype(int)
     trials = meis["best_natural_trial"].values.astype(int)
     natural = np.asarray(session["images"].isel(trial=trials).values, np.float64)
     if natural.ndim == 4:
         natural = natural[:, 0]
-    deis = meis["deis"].values * std + mean if "deis" in meis else None
+    deis = (meis["deis"] * meis["image_std"] + meis["image_mean"]).values if "deis" in meis else None
     stimuli = []
     for i, unit in enumerate(meis["unit_id"].values.astype(int)):
         neuron = {"unit_id": int(unit), "neuron_index": int(meis["neuron_index"].values[i])}
@@ -134,6 +134,11 @@ def export_stimuli(
         raise ConfigError(f"--repeats {repeats}: show each stimulus at least once")
     monitor = load_monitor(monitor_path)
     store = open_meis(meis)
+    if "channel" in store["images"].dims:
+        raise ConfigError(
+            f"{meis}: images have {store.sizes['channel']} channels; twin export renders one-channel"
+            " stimuli for a gray-scale monitor, so export one-channel MEIs"
+        )
     session = open_session(store.attrs["store"])
     train = np.asarray(session["images"].values[session["tier"].values == "train"], np.float64)
     mean, contrast = targets(monitor, train)

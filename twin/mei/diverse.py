@@ -24,6 +24,7 @@ from twin.mei.optimize import (
     Objective,
     evaluate_pairs,
     fixed_inputs,
+    model_input,
     neuron_objective,
     optimize_meis,
     pair_keys,
@@ -53,7 +54,7 @@ def dei_objective(
     ``penalty`` x min(0, activation / (fraction x MEI activation) - 1).
 
     targets: "neuron" (p,) and "mei_activation" (p,); pairs come in consecutive groups.
-    population: ``(model, images (p, y, x)) -> (p, neurons)`` responses to measure the distance
+    population: ``(model, images (p, ...)) -> (p, neurons)`` responses to measure the distance
     between (cosine), or None for the RMS pixel distance.
     """
 
@@ -71,12 +72,12 @@ def dei_objective(
 
 
 def population_responses(session: int, behavior=None, pupil_center=None) -> Callable:
-    """``(model, images (p, y, x)) -> (p, neurons)``: the whole session's responses."""
+    """``(model, images (p, [channel,] y, x)) -> (p, neurons)``: the whole session's responses."""
     extra = fixed_inputs(behavior, pupil_center)
 
     def responses(model, images):
         batch = {k: jnp.broadcast_to(v, (len(images), v.shape[1])) for k, v in extra.items()}
-        return model(images[..., None], session, **batch)
+        return model(model_input(images), session, **batch)
 
     return responses
 
@@ -118,18 +119,18 @@ def diverse_images(
     devices=None,
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n_deis`` DEIs per neuron, started from the MEI ``meis (n, y, x)`` plus pixel noise
-    (``init_std``), each keeping at least ``dei_fraction`` of ``mei_activations (n,)``. Returns
-    images (n, n_deis, y, x) and activations (n, n_deis)."""
+    """``n_deis`` DEIs per neuron, started from the MEI ``meis (n, [channel,] y, x)`` plus pixel
+    noise (``init_std``), each keeping at least ``dei_fraction`` of ``mei_activations (n,)``.
+    Returns images (n, n_deis, [channel,] y, x) and activations (n, n_deis)."""
     neurons = np.asarray(neurons, np.int64).reshape(-1)
     if n_deis < 2:
         raise ValueError("diverse_images needs at least 2 images per neuron")
     config = dei_config(config)
-    n, height, width = meis.shape
+    n, image_shape = len(meis), meis.shape[1:]
     rng = np.random.default_rng(seed)
     lo, hi = pixel_range
-    noise = rng.normal(0, config.init_std * (hi - lo) / 255.0, (n, n_deis, height, width))
-    start = np.clip(meis[:, None] + noise, lo, hi).reshape(n * n_deis, height, width)
+    noise = rng.normal(0, config.init_std * (hi - lo) / 255.0, (n, n_deis, *image_shape))
+    start = np.clip(meis[:, None] + noise, lo, hi).reshape(n * n_deis, *image_shape)
     targets = {
         "neuron": np.repeat(neurons, n_deis).astype(np.int32),
         "mei_activation": np.repeat(mei_activations, n_deis).astype(np.float32),
@@ -141,7 +142,7 @@ def diverse_images(
     objective = dei_objective(base, config.dei_fraction, config.dei_penalty, n_deis, population)
     keys = pair_keys(seed, targets["neuron"], np.tile(np.arange(n_deis), n))
     images, _, _ = run_pairs(
-        model, objective, targets, keys, config, Parametrization(config, (height, width), pixel_range),
+        model, objective, targets, keys, config, Parametrization(config, image_shape, pixel_range),
         start=start.astype(np.float32), group=n_deis, devices=devices, progress=progress, desc="DEIs",
     )
     activations = evaluate_pairs(model, base, images, targets, devices=devices)
@@ -157,7 +158,7 @@ def diverse_images(
         values = evaluate_pairs(model, base, blended, {k: v[low] for k, v in targets.items()}, devices=devices)
         kept = values >= floor[low]
         images[low[kept]], activations[low[kept]] = blended[kept], values[kept]
-    return images.reshape(n, n_deis, height, width), activations.reshape(n, n_deis)
+    return images.reshape(n, n_deis, *image_shape), activations.reshape(n, n_deis)
 
 
 def control_objective(
@@ -170,7 +171,7 @@ def control_objective(
 
     def objective(model, images, targets):
         def one(image, neuron):
-            population = model(image[None, :, :, None], session, **extra)[0]
+            population = model(model_input(image[None]), session, **extra)[0]
             others = jnp.arange(population.shape[0]) != neuron
             deviation = jnp.sum(others * (population - mean_response) ** 2) / others.sum()
             return population[neuron] - weight * deviation

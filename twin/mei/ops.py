@@ -1,5 +1,7 @@
 """Image and gradient operations of the MEI recipes: blur, Fourier preconditioning, jitter,
-constraints and schedules. Pure jax.numpy on batches ``(pairs, y, x)``; no host syncs."""
+constraints and schedules. Pure jax.numpy on batches ``(pairs, y, x)`` or ``(pairs, channel, y,
+x)``: spatial operations act on the last two axes of every channel alike, norms on whole images.
+No host syncs."""
 
 from __future__ import annotations
 
@@ -113,7 +115,7 @@ def precondition(gradient: jax.Array, power: float) -> jax.Array:
 
 
 def transform(images: jax.Array, shift: jax.Array, scale: jax.Array, angle: jax.Array | None = None) -> jax.Array:
-    """Zoom ``images (p, y, x)`` by ``scale (p,)`` and rotate by ``angle (p,)`` degrees
+    """Zoom ``images (p, [channel,] y, x)`` by ``scale (p,)`` and rotate by ``angle (p,)`` degrees
     (counter-clockwise as displayed) about the centre, then translate by ``shift (p, 2)`` (dy, dx)
     pixels; bilinear, and uncovered pixels become 0 (the mean gray in normalized units)."""
     height, width = images.shape[-2:]
@@ -128,8 +130,11 @@ def transform(images: jax.Array, shift: jax.Array, scale: jax.Array, angle: jax.
         cos, sin = jnp.cos(radians), jnp.sin(radians)
         dy, dx = (grid - (centre + offset)[:, None]) / factor
         source = jnp.stack([cos * dy + sin * dx, cos * dx - sin * dy]) + centre[:, None]
-        sampled = jax.scipy.ndimage.map_coordinates(image, list(source), order=1, mode="constant")
-        return sampled.reshape(height, width)
+        def sample(plane):
+            sampled = jax.scipy.ndimage.map_coordinates(plane, list(source), order=1, mode="constant")
+            return sampled.reshape(height, width)
+
+        return sample(image) if image.ndim == 2 else jax.vmap(sample)(image)
 
     return jax.vmap(one)(images, shift.astype(jnp.float32), scale, angle)
 
@@ -150,15 +155,20 @@ def random_transform(
     return transform(images, shift, scale, angle)
 
 
+def image_axes(images: jax.Array) -> tuple[int, ...]:
+    """The axes of one image in a batch ``(p, ...)``: all but the first."""
+    return tuple(range(1, images.ndim))
+
+
 def set_norm(images: jax.Array, norm: float) -> jax.Array:
-    """Rescale each image of ``(p, y, x)`` to L2 norm ``norm`` (about 0, the mean gray)."""
-    current = jnp.sqrt(jnp.sum(images**2, axis=(-2, -1), keepdims=True))
+    """Rescale each image of ``(p, [channel,] y, x)`` to L2 norm ``norm`` (about 0, the mean gray)."""
+    current = jnp.sqrt(jnp.sum(images**2, axis=image_axes(images), keepdims=True))
     return images * (norm / jnp.maximum(current, 1e-8))
 
 
-def normalize_gradient(gradient: jax.Array, gain: float) -> jax.Array:
-    """Walker 2019: gain / mean(|grad|) * grad, per image of ``(p, y, x)``."""
-    mean = jnp.mean(jnp.abs(gradient), axis=(-2, -1), keepdims=True)
+def normalize_gradient(gradient: jax.Array, gain) -> jax.Array:
+    """Walker 2019: gain / mean(|grad|) * grad, per image of ``(p, [channel,] y, x)``."""
+    mean = jnp.mean(jnp.abs(gradient), axis=image_axes(gradient), keepdims=True)
     return gradient * (gain / (mean + 1e-12))
 
 

@@ -29,7 +29,7 @@ from twin.mei import ops
 from twin.mei.params import Parametrization
 from twin.models.twin import Ensemble, Twin
 
-# objective(model, images (p, y, x), targets {name: (p, ...)}) -> (p,) values to maximize.
+# objective(model, images (p, [channel,] y, x), targets {name: (p, ...)}) -> (p,) values to maximize.
 Objective = Callable[[nnx.Module, jax.Array, dict], jax.Array]
 
 BLUR_TARGETS = ("image", "gradient", "none")
@@ -40,14 +40,14 @@ DEI_DIVERSITIES = ("pixel", "population")
 class MEIResult:
     """MEIs of ``n`` neurons x ``seeds`` initializations, in normalized image units."""
 
-    images: np.ndarray  # (n, seeds, y, x)
+    images: np.ndarray  # (n, seeds, [channel,] y, x)
     activations: np.ndarray  # (n, seeds) generator's response to the final image
     best_seed: np.ndarray  # (n,) by the validator if given, else by the generator
     steps: np.ndarray  # (n, seeds) steps each pair ran before stopping
     validator_activations: np.ndarray | None = None  # (n, seeds)
 
     def best_images(self) -> np.ndarray:
-        """(n, y, x) the chosen seed's image per neuron."""
+        """(n, [channel,] y, x) the chosen seed's image per neuron."""
         return self.images[np.arange(len(self.best_seed)), self.best_seed]
 
     def best_activations(self) -> np.ndarray:
@@ -66,6 +66,11 @@ def fixed_inputs(behavior=None, pupil_center=None) -> dict:
     return extra
 
 
+def model_input(images: jax.Array) -> jax.Array:
+    """Engine images (p, y, x) or (p, channel, y, x) -> the model's (p, y, x, channel)."""
+    return images[..., None] if images.ndim == 3 else jnp.moveaxis(images, 1, -1)
+
+
 def neuron_objective(session: int = 0, behavior=None, pupil_center=None) -> Objective:
     """Response of neuron ``targets["neuron"][i]`` to image i (one neuron read out per image).
 
@@ -78,10 +83,10 @@ def neuron_objective(session: int = 0, behavior=None, pupil_center=None) -> Obje
         neurons = targets["neuron"]
         if isinstance(model, Twin):
             batch = {k: jnp.broadcast_to(v, (len(images), v.shape[1])) for k, v in extra.items()}
-            return model.target_responses(images[..., None], session, neurons=neurons, **batch)
+            return model.target_responses(model_input(images), session, neurons=neurons, **batch)
 
         def one(image, neuron):
-            return model(image[None, :, :, None], session, neurons=neuron[None], **extra)[0, 0]
+            return model(model_input(image[None]), session, neurons=neuron[None], **extra)[0, 0]
 
         return jax.vmap(one)(images, neurons)
 
@@ -133,7 +138,7 @@ def check_config(config: MEIConfig) -> None:
 def make_ascent(
     graphdef, stacked: bool, objective: Objective, config: MEIConfig, param: Parametrization
 ):
-    """Pure function (state, keys (p, 2), targets, start | None) -> (images (p, y, x),
+    """Pure function (state, keys (p, 2), targets, start | None) -> (images (p, *image_shape),
     values (p,), steps (p,)) running the whole recipe for a batch of pairs."""
     pixel = not param.fourier
     blur_sigma = ops.schedule(config.blur_sigma, config.final_blur_sigma, config.steps, "linear")
@@ -143,7 +148,10 @@ def make_ascent(
 
     def image_of(params, targets):
         images = param.to_image(params)
-        return images * targets["mask"] if "mask" in targets else images
+        if "mask" not in targets:
+            return images
+        # One (y, x) mask per pair, shared by its channels.
+        return images * jnp.expand_dims(targets["mask"], tuple(range(1, images.ndim - 2)))
 
     def constrain(params, sigma):
         # Walker 2019 order: step, clip to the pixel range, blur the image.
@@ -265,10 +273,11 @@ def run_pairs(
     """Run the recipe for ``p`` pairs, chunked and sharded.
 
     targets: per-pair arrays {name: (p, ...)}, e.g. "neuron" (p,), optional "mask" (p, y, x);
+    images are (p, *param.shape);
     keys: (p, 2) uint32; start: optional initial parameters (p, ...); group: pairs whose objective
     is coupled (DEIs of one neuron) stay in one chunk; devices: default all devices of all
     processes (every process then makes the same call with the same arguments). Returns numpy
-    images (p, y, x), values (p,), steps (p,), in every process.
+    images (p, *param.shape), values (p,), steps (p,), in every process.
     """
     check_config(config)
     graphdef, state, stacked = split_model(model)
@@ -321,7 +330,8 @@ def evaluate_pairs(
     batch_size: int = 256,
     devices=None,
 ) -> np.ndarray:
-    """(p,) objective values of fixed ``images (p, y, x)`` (e.g. a validator scoring MEIs)."""
+    """(p,) objective values of fixed ``images (p, [channel,] y, x)`` (e.g. a validator scoring
+    MEIs)."""
     graphdef, state, stacked = split_model(model)
     mesh = distributed.data_mesh(devices)
     state = distributed.replicate(state, mesh)
@@ -345,7 +355,7 @@ def optimize_meis(
     neurons,
     config: MEIConfig,
     *,
-    image_shape: tuple[int, int],
+    image_shape: tuple[int, ...],
     pixel_range: tuple[float, float],
     seed: int = 0,
     image_stats=None,
@@ -360,9 +370,10 @@ def optimize_meis(
     """MEIs of ``neurons (n,)`` of ``session``, ``config.seeds`` initializations each.
 
     model: anything with the Twin call signature (Twin, Ensemble: objective = member mean, or the
-    ground-truth adapter). pixel_range: (lo, hi) valid normalized values; image_stats: (mean, std)
-    in pixel units (see Parametrization; without it pixel_range is 0..255). mask: optional
-    (y, x) or (n, y, x) multiplied into every image. validator: a distinct model that picks the
+    ground-truth adapter). image_shape: (y, x), or (channel, y, x) for a model of several image
+    channels. pixel_range: (lo, hi) valid normalized values; image_stats: (mean, std) in pixel
+    units (see Parametrization; without it pixel_range is 0..255). mask: optional (y, x) or
+    (n, y, x) multiplied into every image (every channel). validator: a distinct model that picks the
     best seed. objective: per-pair objective (default ``neuron_objective``; see twin.mei.diverse
     for population objectives). devices: defaults to all devices of all processes.
     """
@@ -372,7 +383,7 @@ def optimize_meis(
     pair_seed = np.tile(np.arange(seeds), len(neurons))
     targets = {"neuron": pair_neuron.astype(np.int32)}
     if mask is not None:
-        mask = np.broadcast_to(np.asarray(mask, np.float32), (len(neurons), *image_shape))
+        mask = np.broadcast_to(np.asarray(mask, np.float32), (len(neurons), *image_shape[-2:]))
         targets["mask"] = np.repeat(mask, seeds, axis=0)
     param = Parametrization(config, image_shape, pixel_range, image_stats)
     if objective is None:

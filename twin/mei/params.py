@@ -1,8 +1,9 @@
 """Image parametrizations: what gradient ascent updates, and how it becomes an image.
 
-Images are ``(pairs, y, x)`` in normalized units, where 0 is the mean gray of the training images.
+Images are ``(pairs, y, x)``, or ``(pairs, channel, y, x)`` for several channels, in normalized
+units, where 0 is the mean gray of the training images.
 - pixel: the parameters are the image.
-- fourier (lucid): the parameters are a real/imaginary spectrum ``(pairs, 2, y, x // 2 + 1)``
+- fourier (lucid): the parameters are a real/imaginary spectrum ``(pairs, [channel,] 2, y, x // 2 + 1)``
   scaled by 1 / max(f, 1 / max(y, x)) ** decay (f in cycles per pixel) and inverted with the
   orthonormal inverse FFT; with range clipping the result is squashed into the pixel range by a
   sigmoid that maps 0 to 0, as lucid squashes into [0, 1].
@@ -35,9 +36,9 @@ def fourier_scale(height: int, width: int, decay: float) -> np.ndarray:
     return (1.0 / np.maximum(frequency, 1.0 / max(height, width)) ** decay).astype(np.float32)
 
 
-def fourier_to_image(spectrum: jax.Array, scale: jax.Array, shape: tuple[int, int]) -> jax.Array:
-    """``spectrum (..., 2, y, x // 2 + 1)`` -> image ``(..., y, x)`` (orthonormal inverse FFT)."""
-    return ops.irfft2(spectrum[..., 0, :, :] * scale, spectrum[..., 1, :, :] * scale, shape[1])
+def fourier_to_image(spectrum: jax.Array, scale: jax.Array, width: int) -> jax.Array:
+    """``spectrum (..., 2, y, x // 2 + 1)`` -> image ``(..., y, width)`` (orthonormal inverse FFT)."""
+    return ops.irfft2(spectrum[..., 0, :, :] * scale, spectrum[..., 1, :, :] * scale, width)
 
 
 def image_to_fourier(images: jax.Array, scale: jax.Array) -> jax.Array:
@@ -63,9 +64,11 @@ def unsquash(images: jax.Array, pixel_range: tuple[float, float]) -> jax.Array:
 class Parametrization:
     """Maps parameters to images for one recipe and image shape.
 
-    pixel_range: (lo, hi) valid normalized values (floats, or (y, x) arrays for per-pixel
-    normalization); image_stats: (mean, std) of the normalization in pixel units, used to place
-    the pixel-unit initialization (without it pixel_range is taken to be 0..255).
+    image_shape: (y, x), or (channel, y, x) for several channels; pixel_range: (lo, hi) valid
+    normalized values (floats, or arrays broadcasting against one image, e.g. (y, x) for per-pixel
+    or (channel, 1, 1) for per-channel normalization); image_stats: (mean, std) of the
+    normalization in pixel units (same layouts), used to place the pixel-unit initialization
+    (without it pixel_range is taken to be 0..255).
     """
 
     def __init__(
@@ -84,7 +87,7 @@ class Parametrization:
             self.pixel_unit = (self.pixel_range[1] - self.pixel_range[0]) / np.float32(255)
         else:
             self.pixel_unit = 1 / np.asarray(image_stats[1], np.float32)
-        self.scale = jnp.asarray(fourier_scale(*self.shape, config.fourier_decay))
+        self.scale = jnp.asarray(fourier_scale(*self.shape[-2:], config.fourier_decay))
 
     @property
     def fourier(self) -> bool:
@@ -95,7 +98,8 @@ class Parametrization:
         normalized (Walker 2019), or a lucid random spectrum with sd ``fourier_init_std``."""
         config = self.config
         if self.fourier:
-            shape = (2, self.shape[0], self.shape[1] // 2 + 1)
+            height, width = self.shape[-2:]
+            shape = (*self.shape[:-2], 2, height, width // 2 + 1)
             return config.fourier_init_std * jax.random.normal(key, shape, jnp.float32)
         noise = config.init_mean + config.init_std * jax.random.normal(key, self.shape)
         pixels = jnp.clip(noise, 0.0, 255.0)
@@ -105,14 +109,14 @@ class Parametrization:
         return (pixels - mean) / std
 
     def to_image(self, params: jax.Array) -> jax.Array:
-        """``params (p, ...)`` -> images ``(p, y, x)``."""
+        """``params (p, ...)`` -> images ``(p, *image_shape)``."""
         if not self.fourier:
             return params
-        image = fourier_to_image(params, self.scale, self.shape)
+        image = fourier_to_image(params, self.scale, self.shape[-1])
         return squash(image, self.pixel_range) if self.config.clip_range else image
 
     def from_image(self, images: jax.Array) -> jax.Array:
-        """Parameters that reproduce ``images (p, y, x)`` (used to start from an MEI)."""
+        """Parameters that reproduce ``images (p, *image_shape)`` (used to start from an MEI)."""
         if not self.fourier:
             return images
         if self.config.clip_range:

@@ -43,13 +43,31 @@ def parse_neurons(spec: str, n_neurons: int) -> np.ndarray:
     return neurons
 
 
+def stats_channels_first(array) -> np.ndarray:
+    """A normalization array of a session (``SessionData.image_mean`` layouts: () or (y, x) for
+    one channel, (channel,) or (y, x, channel) for several) with the channel axis first."""
+    array = np.asarray(array, np.float32)
+    return np.moveaxis(array, -1, 0) if array.ndim == 3 else array
+
+
+def broadcastable(array: np.ndarray) -> np.ndarray:
+    """A channels-first normalization array that broadcasts against (channel, y, x) images:
+    per-channel values (channel,) become (channel, 1, 1)."""
+    return array[:, None, None] if array.ndim == 1 else array
+
+
 def plot_grid(images: np.ndarray, titles: list[str], path: Path) -> None:
-    """PNG of images (n, y, x) in pixel units 0..255, gray scale, up to 8 per row."""
+    """PNG of images (n, y, x) in pixel units 0..255, gray scale, up to 8 per row; images
+    (n, channel, y, x) show their channels side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if images.ndim == 4:
+        gap = np.full((*images.shape[:1], images.shape[2], 1), 255.0, np.float32)
+        parts = [part for channel in np.moveaxis(images, 1, 0) for part in (channel, gap)]
+        images = np.concatenate(parts[:-1], axis=2)
     n = len(images)
     cols = min(n, 8)
     rows = -(-n // cols)
@@ -124,11 +142,6 @@ def mei_command(
             f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}"
         )
     data = loaded.sessions[session]
-    if data.channels != 1:
-        raise ConfigError(
-            f"{data.path}: images have {data.channels} channels; twin mei optimizes one-channel"
-            " (grayscale) images: fit the twin on a one-channel store to synthesize its MEIs"
-        )
     index = parse_neurons(neurons, data.n_neurons)
     validator_model = None
     if validator is not None:
@@ -144,11 +157,15 @@ def mei_command(
         "behavior": None if data.behavior is None else data.behavior[train].mean(0),
         "pupil_center": None if data.pupil_center is None else data.pupil_center[train].mean(0),
     }
-    image_stats = (data.image_mean, data.image_std)
+    # The engine's layout: (y, x) images, or (channel, y, x) for several channels.
+    image_shape = data.image_shape if data.channels == 1 else (data.channels, *data.image_shape)
+    image_mean, image_std = stats_channels_first(data.image_mean), stats_channels_first(data.image_std)
+    engine_mean, engine_std = broadcastable(image_mean), broadcastable(image_std)
+    pixel_range = tuple(broadcastable(stats_channels_first(v)) for v in data.pixel_range)
     result = optimize_meis(
-        model, session, index, config, image_shape=data.image_shape,
-        pixel_range=data.pixel_range, image_stats=image_stats, validator=validator_model,
-        progress=progress, **fixed,
+        model, session, index, config, image_shape=image_shape, pixel_range=pixel_range,
+        image_stats=(engine_mean, engine_std), validator=validator_model, progress=progress,
+        **fixed,
     )
     best = result.best_images()
     activation = result.best_activations()
@@ -157,7 +174,7 @@ def mei_command(
     )
     objective = neuron_objective(session, **fixed)
     contrast_rms, contrast_activation = validate.contrast_tuning(
-        model, objective, best, index, data.pixel_range
+        model, objective, best, index, pixel_range
     )
     shift_activation = validate.shift_robustness(model, objective, best, index)
 
@@ -180,7 +197,7 @@ def mei_command(
     if deis:
         dei_images, dei_activations = diverse.diverse_images(
             model, session, index, best, activation, config, deis,
-            pixel_range=data.pixel_range, progress=progress, **fixed,
+            pixel_range=pixel_range, progress=progress, **fixed,
         )
 
     variables = {
@@ -205,6 +222,8 @@ def mei_command(
         "shift_activation": shift_activation,
         "deis": dei_images,
         "dei_activations": dei_activations,
+        "image_mean": image_mean,
+        "image_std": image_std,
     }
     attrs = {
         "run": str(Path(run).absolute()),
@@ -212,14 +231,12 @@ def mei_command(
         "store": str(Path(data.path).absolute()),
         "recipe": config.recipe,
         "mei_config": config_toml(config),
-        "image_mean": float(np.mean(data.image_mean)),
-        "image_std": float(np.mean(data.image_std)),
         "true_ratio_control": "the ground truth's best train image",
     }
     if primary:
         write_meis(meis_dataset(variables, attrs), out)
         plot_grid(
-            data.denormalize_images(best),
+            best * engine_std + engine_mean,
             [f"unit {u}: {r:.2f}x" for u, r in zip(data.unit_id[index], variables["ratio"])],
             out.with_suffix(".png"),
         )

@@ -1,13 +1,15 @@
 """The MEI store: an xarray Dataset written atomically as zarr v3 (twin.data.store.write_dataset).
 
-Variables (images in normalized units; pixels = images * image_std + image_mean):
-images (neuron, seed, y, x), activations (neuron, seed), best_seed (neuron,), steps
+Variables (images in normalized units; pixels = images * image_std + image_mean, broadcast by
+dimension name): images (neuron, seed, y, x), or (neuron, seed, channel, y, x) for a model of
+several image channels; image_mean, image_std: (), (y, x), (channel,) or (channel, y, x), the
+session's normalization; activations (neuron, seed), best_seed (neuron,), steps
 (neuron, seed), unit_id, neuron_index (neuron,), best_natural_activation, best_natural_trial,
 ratio (neuron,), true_ratio, optimum_correlation, true_activation, true_best_natural,
 true_best_natural_trial (neuron,; NaN / -1 for recorded sessions), contrast_rms,
 contrast_activation (neuron, contrast), shift_offset (shift, yx), shift_activation (neuron, shift),
-optional validator_activations (neuron, seed), deis (neuron, dei, y, x), dei_activations
-(neuron, dei). attrs: run, session, store, recipe, mei_config (TOML), image_mean, image_std.
+optional validator_activations (neuron, seed), deis (neuron, dei, [channel,] y, x),
+dei_activations (neuron, dei). attrs: run, session, store, recipe, mei_config (TOML).
 """
 
 from __future__ import annotations
@@ -35,7 +37,18 @@ DIMS = {
     "deis": ("neuron", "dei", "y", "x"),
     "dei_activations": ("neuron", "dei"),
 }
-REQUIRED = ("images", "activations", "best_seed", "unit_id", "neuron_index")
+IMAGE_DIMS = {0: (), 1: ("channel",), 2: ("y", "x"), 3: ("channel", "y", "x")}
+REQUIRED = ("images", "activations", "best_seed", "unit_id", "neuron_index", "image_mean", "image_std")
+
+
+def dims_of(name: str, value: np.ndarray) -> tuple[str, ...]:
+    """The dimension names of variable ``name`` holding ``value``."""
+    if name in ("image_mean", "image_std"):
+        return IMAGE_DIMS[value.ndim]
+    dims = DIMS.get(name, ("neuron",))
+    if name in ("images", "deis") and value.ndim == 5:
+        return dims[:2] + ("channel",) + dims[2:]
+    return dims
 
 
 def config_toml(config: MEIConfig) -> str:
@@ -46,7 +59,7 @@ def config_toml(config: MEIConfig) -> str:
 def meis_dataset(variables: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
     """Dataset from arrays named as in the module doc (None values are left out)."""
     data = {
-        name: (DIMS.get(name, ("neuron",)), np.asarray(value))
+        name: (dims_of(name, np.asarray(value)), np.asarray(value))
         for name, value in variables.items()
         if value is not None
     }

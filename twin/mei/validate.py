@@ -112,13 +112,15 @@ def contrast_tuning(
     pixel_range,
     factors=CONTRAST_FACTORS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Activation vs RMS contrast: each image (n, y, x) scaled about the mean gray by ``factors``
-    and clipped to the pixel range. Returns rms (n, factors) and activation (n, factors)."""
-    scaled = np.clip(images[:, None] * np.asarray(factors)[None, :, None, None], *pixel_range)
+    """Activation vs RMS contrast: each image (n, [channel,] y, x) scaled about the mean gray by
+    ``factors`` and clipped to the pixel range. Returns rms (n, factors) over the image's values
+    and activation (n, factors)."""
+    factors = np.asarray(factors).reshape(1, -1, *([1] * (images.ndim - 1)))
+    scaled = np.clip(images[:, None] * factors, *pixel_range)
     n, k = scaled.shape[:2]
     flat = scaled.reshape(n * k, *images.shape[1:]).astype(np.float32)
     values = evaluate_pairs(model, objective, flat, {"neuron": np.repeat(neurons, k)})
-    return scaled.std(axis=(2, 3)), values.reshape(n, k)
+    return scaled.reshape(n, k, -1).std(axis=2), values.reshape(n, k)
 
 
 def shift_offsets(shift: int = SHIFT) -> np.ndarray:
@@ -129,8 +131,8 @@ def shift_offsets(shift: int = SHIFT) -> np.ndarray:
 def shift_robustness(
     model: nnx.Module, objective: Objective, images: np.ndarray, neurons, shift: int = SHIFT
 ) -> np.ndarray:
-    """(n, 4) activation of each image (n, y, x) translated by ``shift_offsets(shift)`` (the
-    uncovered border becomes mean gray)."""
+    """(n, 4) activation of each image (n, [channel,] y, x) translated by ``shift_offsets(shift)``
+    (the uncovered border becomes mean gray)."""
     offsets = shift_offsets(shift)
     n, k = len(images), len(offsets)
     repeated = jnp.asarray(np.repeat(images, k, axis=0), jnp.float32)
