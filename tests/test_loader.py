@@ -37,6 +37,23 @@ def test_per_pixel_normalization(stores):
     assert lo.shape == (16, 24) and (lo < hi).all()
 
 
+@pytest.mark.parametrize("normalization", ["global", "per_pixel"])
+def test_one_channel_stored_with_a_channel_axis_loads_as_one_channel(tmp_path, normalization):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (20, 8, 10), dtype=np.uint8)
+    common = dict(
+        responses=rng.random((20, 3)).astype(np.float32), tier=["train"] * 15 + ["test"] * 5, image_id=np.arange(20)
+    )
+    write_session(make_session("flat", images=pixels, **common), tmp_path / "flat.zarr")
+    write_session(make_session("axis", images=pixels[:, None], **common), tmp_path / "axis.zarr")
+    config = DataConfig(image_normalization=normalization)
+    flat, axis = load_session(tmp_path / "flat.zarr", config), load_session(tmp_path / "axis.zarr", config)
+    assert axis.images.shape == (20, 8, 10, 1) and axis.channels == 1
+    assert axis.image_mean.shape == flat.image_mean.shape == ((8, 10) if normalization == "per_pixel" else ())
+    np.testing.assert_allclose(axis.images, flat.images, rtol=1e-6)
+    np.testing.assert_allclose(axis.normalize_images(pixels), flat.images[..., 0], rtol=1e-6)
+
+
 def test_normalize_and_denormalize_are_inverse(stores):
     session = load_session(stores[0], DataConfig())
     pixels = np.linspace(0, 255, 16 * 24).reshape(16, 24)

@@ -55,11 +55,12 @@ def test_population_deis_spread_the_population_response():
     assert spread["population"] > 1.5 * spread["pixel"]
 
 
-def test_deis_keep_the_fraction_even_without_the_penalty():
+@pytest.mark.parametrize("norm", [0.0, 3.0])
+def test_deis_keep_the_fraction_even_without_the_penalty(norm):
     """With no penalty the ascent only spreads the images; those that lose too much activation
-    are moved back toward their MEI until they keep the fraction."""
+    are moved back toward their MEI until they keep the fraction, within the recipe's norm."""
     model = toy()
-    cfg = config(steps=30, step_gain=2.0, dei_steps=40, dei_learning_rate=0.2, dei_penalty=0.0)
+    cfg = config(steps=30, step_gain=2.0, dei_steps=40, dei_learning_rate=0.2, dei_penalty=0.0, norm=norm)
     meis = optimize_meis(model, 0, [1, 4], cfg, image_shape=SHAPE, pixel_range=RANGE, progress=False)
     images, activations = diverse_images(
         model, 0, [1, 4], meis.best_images(), meis.best_activations(), cfg, 3,
@@ -67,6 +68,9 @@ def test_deis_keep_the_fraction_even_without_the_penalty():
     )
     assert np.all(activations >= 0.85 * meis.best_activations()[:, None])
     assert not np.allclose(images, meis.best_images()[:, None])
+    assert np.all(images >= RANGE[0]) and np.all(images <= RANGE[1])
+    if norm:
+        np.testing.assert_allclose(np.linalg.norm(images.reshape(6, -1), axis=1), norm, rtol=1e-3)
 
 
 def test_pairwise_distance_against_numpy():

@@ -13,7 +13,8 @@ from twin.data.importers import from_arrays
 from twin.data.loader import load_session
 from twin.data.simulate import simulate
 from twin.data.store import write_session
-from twin.mei.store import open_meis
+from twin.errors import SessionError
+from twin.mei.store import meis_dataset, open_meis, write_meis
 from twin.models.twin import Twin
 
 
@@ -72,14 +73,24 @@ def test_bad_arguments_exit_2_without_output(run_dir, capsys, extra, message):
     assert not out.exists() and not (run_dir / "bad.png").exists()
 
 
-@pytest.mark.parametrize("normalization", ["global", "per_pixel"])
-def test_two_channel_meis_are_stored_channel_first_and_export_refuses_them(tmp_path, capsys, normalization):
-    """A twin of a two-channel (e.g. UV/green) session: MEIs (neuron, seed, channel, y, x) within
-    each channel's pixel range; `twin export` (a gray-scale monitor) refuses them in one line."""
+def test_a_store_without_its_normalization_asks_for_a_new_run(tmp_path):
+    variables = {"images": np.zeros((1, 1, 4, 4)), "activations": np.ones((1, 1)), "best_seed": np.zeros(1),
+                 "unit_id": np.zeros(1), "neuron_index": np.zeros(1)}  # fmt: skip
+    write_meis(meis_dataset(variables, {}), tmp_path / "old.zarr")
+    with pytest.raises(SessionError, match="old.zarr: variable 'image_mean' is missing; .* run twin mei again"):
+        open_meis(tmp_path / "old.zarr")
+
+
+@pytest.mark.parametrize("channels, normalization", [(2, "global"), (2, "per_pixel"), (1, "per_pixel")])
+def test_meis_of_stores_with_a_channel_axis(tmp_path, capsys, channels, normalization):
+    """Stores whose images are (trial, channel, y, x): two channels (e.g. UV/green) give MEIs
+    (neuron, seed, channel, y, x) within each channel's pixel range, which `twin export` (a
+    gray-scale monitor) refuses in one line; one channel gives (neuron, seed, y, x) MEIs that it
+    exports."""
     rng = np.random.default_rng(0)
     np.savez(
         tmp_path / "color.npz",
-        images=rng.integers(0, 255, (30, 2, 18, 32), dtype=np.uint8),
+        images=rng.integers(0, 255, (30, channels, 18, 32), dtype=np.uint8),
         responses=rng.random((30, 4)).astype(np.float32),
     )
     write_session(from_arrays(tmp_path / "color.npz"), tmp_path / "color.zarr")
@@ -88,7 +99,7 @@ def test_two_channel_meis_are_stored_channel_first_and_export_refuses_them(tmp_p
         model=ModelConfig(core_layers=2, core_channels=4, input_kernel=5, hidden_kernel=3),
     )
     data = load_session(tmp_path / "color.zarr", config.data)
-    model = Twin(config.model, 2, (18, 32), readout_specs([data]), rngs=nnx.Rngs(0))
+    model = Twin(config.model, channels, (18, 32), readout_specs([data]), rngs=nnx.Rngs(0))
     model.eval()
     save_run_model(tmp_path / "run", model, config, [data])
     (tmp_path / "mei.toml").write_text("[mei]\nsteps = 20\n")
@@ -99,14 +110,20 @@ def test_two_channel_meis_are_stored_channel_first_and_export_refuses_them(tmp_p
     summary = json.loads(capsys.readouterr().out)
     assert summary["median_ratio"] > 0
     ds = open_meis(out)
-    assert ds["images"].dims == ("neuron", "seed", "channel", "y", "x") and ds["images"].shape == (4, 2, 2, 18, 32)
-    assert ds["deis"].shape == (4, 2, 2, 18, 32)
-    assert ds["image_mean"].dims == (("channel",) if normalization == "global" else ("channel", "y", "x"))
+    image_dims = ("channel", "y", "x") if channels > 1 else ("y", "x")
+    assert ds["images"].dims == ("neuron", "seed", *image_dims)
+    assert ds["images"].shape == (4, 2, *([channels] if channels > 1 else []), 18, 32)
+    assert ds["deis"].shape == ds["images"].shape
+    assert ds["image_mean"].dims == (("channel",) if normalization == "global" else image_dims)
     pixels = (ds["images"] * ds["image_std"] + ds["image_mean"]).values
     assert pixels.min() >= data.image_min - 1e-3 and pixels.max() <= data.image_max + 1e-3
     assert np.all(ds["activations"].values > 0) and (tmp_path / "meis.png").stat().st_size > 0
 
     stimuli = tmp_path / "stimuli"
+    if channels == 1:
+        assert main(["export", str(out), "--out", str(stimuli)]) == 0
+        assert (stimuli / "manifest.csv").exists()
+        return
     assert main(["export", str(out), "--out", str(stimuli)]) == 2
     error = capsys.readouterr().err
     assert "meis.zarr: images have 2 channels" in error and len(error.strip().splitlines()) == 1

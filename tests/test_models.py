@@ -331,8 +331,17 @@ def test_target_responses_on_receptive_fields_equal_full_maps(changes, in_channe
 
 
 def test_target_responses_of_a_factorized_readout_read_the_full_map():
-    model = Twin(dataclasses.replace(SMALL, readout="factorized"), 1, (12, 16), specs(7), rngs=nnx.Rngs(0))
+    config = dataclasses.replace(SMALL, readout="factorized", use_behavior=True)
+    model = Twin(config, 1, (12, 16), specs(7), n_behavior=2, rngs=nnx.Rngs(0))
     model.eval()
     neurons = jnp.array([6, 0, 3])
-    expected = model(images())[jnp.arange(3), neurons]
-    np.testing.assert_allclose(model.target_responses(images(), neurons=neurons), expected, rtol=1e-6)
+    behavior = jax.random.normal(jax.random.key(2), (3, 2))
+    expected = model(images(), behavior=behavior)[jnp.arange(3), neurons]
+    window = model.target_responses(images(), neurons=neurons, behavior=behavior)
+    np.testing.assert_allclose(window, expected, rtol=1e-6)
+
+
+def test_target_responses_need_eval_mode_for_a_gaussian_readout():
+    model = Twin(SMALL, 1, (12, 16), specs(7), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="call model.eval"):
+        model.target_responses(images(), neurons=jnp.array([6, 0, 3]))

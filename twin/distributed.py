@@ -84,4 +84,4 @@ def agreed_minimum(value: int) -> int:
     """The smallest of ``value`` over all processes (e.g. a chunk size that fits every host)."""
     if jax.process_count() == 1:
         return value
-    return int(np.min(multihost_utils.process_allgather(np.int64(value))))
+    return int(np.min(multihost_utils.process_allgather(np.int32(value))))

@@ -75,7 +75,7 @@ class SessionData:
     @property
     def pixel_range(self):
         """(lo, hi): the train images' pixel range in normalized units; floats for global
-        normalization, arrays shaped like image_mean for per-pixel normalization."""
+        normalization of one channel, else arrays shaped like image_mean."""
         lo, hi = self.normalize_images(self.image_min), self.normalize_images(self.image_max)
         return (float(lo), float(hi)) if lo.ndim == 0 else (lo, hi)
 
@@ -121,6 +121,10 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
     std = np.where(std > 0, std, np.float32(1))
     images = ds["images"].values
     images = np.moveaxis(images, 1, -1) if channels_last else images[..., None]
+    if channels_last and images.shape[-1] == 1:
+        # One channel stored with a channel axis: keep the one-channel layouts () and (y, x).
+        mean, std = mean[..., 0], std[..., 0]
+        channels_last = False
     images = (images - (mean if channels_last else mean[..., None])) / (
         std if channels_last else std[..., None]
     )

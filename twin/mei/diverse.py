@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from twin.config import MEIConfig
+from twin.mei import ops
 from twin.mei.optimize import (
     MEIResult,
     Objective,
@@ -155,6 +156,9 @@ def diverse_images(
         if len(low) == 0:
             break
         blended = mei_rows[low] + np.float32(blend) * (images[low] - mei_rows[low])
+        if config.norm > 0:  # the recipe's constraints, in the engine's order
+            blended = np.asarray(ops.set_norm(jnp.asarray(blended), config.norm))
+        blended = np.clip(blended, lo, hi) if config.clip_range else blended
         values = evaluate_pairs(model, base, blended, {k: v[low] for k, v in targets.items()}, devices=devices)
         kept = values >= floor[low]
         images[low[kept]], activations[low[kept]] = blended[kept], values[kept]

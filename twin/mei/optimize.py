@@ -130,6 +130,8 @@ def check_config(config: MEIConfig) -> None:
         raise ConfigError("[mei].steps and [mei].seeds must be at least 1")
     if config.tolerance > 0 and config.window < 1:
         raise ConfigError("[mei].window must be at least 1 when [mei].tolerance > 0")
+    if not 0 < config.dei_fraction <= 1:
+        raise ConfigError(f"[mei].dei_fraction = {config.dei_fraction}: give a fraction in (0, 1]")
     if config.dei_diversity not in DEI_DIVERSITIES:
         raise ConfigError(f"[mei].dei_diversity = {config.dei_diversity!r}: use pixel or population")
     ops.optimizer(config)
@@ -232,27 +234,28 @@ def make_ascent(
 
 
 def available_bytes(device) -> int:
-    """Free memory of ``device`` (host RAM for CPU devices)."""
+    """Free memory of ``device``; CPU devices share the host's free RAM equally."""
     stats = device.memory_stats()
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return free // len(jax.local_devices())
 
 
 def auto_chunk_size(fn, args_for, unit: int, n_pairs: int, mesh: jax.sharding.Mesh) -> int:
-    """Pairs per chunk that use at most half of the free device memory, from XLA's memory
-    analysis of the program compiled for a small probe batch; a multiple of ``unit``, the same
-    in every process (the smallest any host can hold)."""
+    """Pairs per chunk that use at most half of every device's free memory, from XLA's memory
+    analysis (per device) of the program compiled for a small probe batch; a multiple of
+    ``unit``, the same in every process (the smallest any host can hold)."""
     probe = unit * 4
     analysis = jax.jit(fn).lower(*args_for(probe)).compile().memory_analysis()
     used = (
         analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
         + analysis.output_size_in_bytes
     ) if analysis is not None else 0
-    per_pair = max(used / probe, 1.0)
     local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-    budget = 0.5 * min(available_bytes(d) for d in local) * mesh.devices.size
-    size = max(unit, int(budget / per_pair) // unit * unit)
+    # `used` is one device's share of `probe` pairs, so the chunk scales with budget / used.
+    budget = 0.5 * min(available_bytes(d) for d in local)
+    size = max(unit, int(probe * budget / max(used, 1)) // unit * unit)
     return distributed.agreed_minimum(min(size, math.ceil(n_pairs / unit) * unit))
 
 

@@ -75,6 +75,11 @@ def open_meis(path) -> xr.Dataset:
     """Open an MEI store lazily and check it has the MEI variables."""
     ds = open_dataset(path)
     missing = [name for name in REQUIRED if name not in ds]
+    if "images" in ds and missing == ["image_mean", "image_std"]:
+        raise SessionError(
+            f"{path}: variable 'image_mean' is missing; the store was written by an older twin,"
+            " run twin mei again to write it"
+        )
     if missing:
         raise SessionError(
             f"{path}: variable {missing[0]!r} is missing; this is not an MEI store (write one with"

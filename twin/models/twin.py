@@ -189,24 +189,27 @@ class Twin(nnx.Module):
     ) -> jax.Array:
         """(b,) response of neuron ``neurons[i]`` to image i: ``self(images)[i, neurons[i]]``.
 
-        images: (b, y, x, channel); neurons: (b,) int; behavior, pupil_center as __call__. With an
-        eval-mode Gaussian readout, each neuron reads one bilinear (2, 2) patch, so the core runs
+        images: (b, y, x, channel); neurons: (b,) int; behavior, pupil_center as __call__. In eval
+        mode with a Gaussian readout, each neuron reads one bilinear (2, 2) patch, so the core runs
         on that patch's receptive field only (a 28 x 28 input window for the Sensorium core instead
         of the 36 x 64 image: ~9x fewer FLOPs, same values to float rounding). Otherwise each
         image runs the whole core and reads out its one neuron.
         """
-        readout = self.readouts[session]
-        if not (isinstance(readout, GaussianReadout) and readout.deterministic):
+        readout, core = self.readouts[session], self.core
+        gaussian = isinstance(readout, GaussianReadout)
+        if gaussian and not readout.deterministic:
+            raise ValueError("target_responses reads fixed readout points: call model.eval() first")
+        if not (gaussian and all(layer.norm.use_running_average for layer in core.layers)):
 
             def one(image, neuron, extra):
+                extra = {k: v[None] for k, v in extra.items()}
                 return self(image[None], session, neurons=neuron[None], **extra)[0, 0]
 
             extra = {"behavior": behavior, "pupil_center": pupil_center}
             return jax.vmap(one)(images, neurons, {k: v for k, v in extra.items() if v is not None})
 
-        core = self.core
         x = self.core_input(images, behavior)
-        map_h, map_w, _ = core.output_shape(self.image_shape)
+        map_h, map_w, _ = core.output_shape(x.shape[1:3])
         # The readout point as GaussianReadout computes it (eval mode: mu, then the shift).
         grid = readout.grid_means(neurons)
         shift = self.shift(session, pupil_center)
