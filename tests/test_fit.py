@@ -44,7 +44,10 @@ def read_metrics(run):
     return [{k: v for k, v in line.items() if k != "seconds"} for line in lines]
 
 
-def assert_same_numbers(lines, expected, rtol, keys=("loss", "poisson", "regularizer", "validation_correlation", "learning_rate")):
+METRICS = ("loss", "poisson", "regularizer", "validation_correlation", "learning_rate")
+
+
+def assert_same_numbers(lines, expected, rtol, keys=METRICS):
     assert [line["epoch"] for line in lines] == [line["epoch"] for line in expected]
     for line, want in zip(lines, expected):
         for key in keys:

@@ -5,6 +5,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import ndimage
 from test_mei_engine import RANGE, SHAPE, config, toy
 
 from twin.mei.diverse import (
@@ -13,8 +14,6 @@ from twin.mei.diverse import (
     inhibitory_inputs,
     pairwise_distance,
 )
-from scipy import ndimage
-
 from twin.mei.masks import BLUR, hull_region, tight_mask
 from twin.mei.optimize import evaluate_pairs, neuron_objective, optimize_meis
 

@@ -158,7 +158,9 @@ def test_two_channel_twin_ensemble_batched_sharded_and_alone_agree():
     np.testing.assert_allclose(four.images, one.images, atol=1e-5)
     np.testing.assert_allclose(alone.images[0], four.images[1], atol=1e-5)
     np.testing.assert_allclose(alone.activations[0], four.activations[1], rtol=1e-5)
-    assert np.all(four.images[..., 0, :] == 0) and np.any(four.images[:, :, 1, 5, 5] != four.images[:, :, 0, 5, 5])
+    assert np.all(four.images[..., 0, :] == 0)  # the mask
+    assert np.any(four.images[:, :, 1, 5, 5] != four.images[:, :, 0, 5, 5])  # channels differ
     # Stored activations are the ensemble's responses to the stored images.
     responses = ensemble(jnp.moveaxis(jnp.asarray(four.images.reshape(6, *shape)), 1, -1))
-    np.testing.assert_allclose(four.activations.reshape(-1), responses[np.arange(6), np.repeat([0, 3, 5], 2)], rtol=1e-5)
+    expected = responses[np.arange(6), np.repeat([0, 3, 5], 2)]
+    np.testing.assert_allclose(four.activations.reshape(-1), expected, rtol=1e-5)

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import numpy as np
-
 from test_fit import assert_same_numbers, read_metrics, reference, store  # noqa: F401
 from test_mei_run import run_dir  # noqa: F401
+
 from twin.cli import main
 from twin.mei.store import open_meis
 
