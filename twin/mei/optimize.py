@@ -2,10 +2,10 @@
 
 The eval-mode model is split with ``nnx.split`` and merged inside a pure function; the steps run in
 ``lax.while_loop`` (all pairs step together; the loop ends when every pair has stopped or after
-``steps``). Each image is paired with its own target neuron: the per-pair objective is vmapped over
-pairs, so the model reads out one neuron per image (``neurons=(1,)``), never all targets for every
-image. Pairs are sharded over all devices (of all hosts after twin.distributed.initialize) and cut
-into chunks that fit device memory.
+``steps``). Each image is paired with its own target neuron and the model reads out that neuron
+only, never all targets for every image; a Twin computes it from the neuron's receptive field
+alone (Twin.target_responses). Pairs are sharded over all devices (of all hosts after
+twin.distributed.initialize) and cut into chunks that fit device memory.
 """
 
 from __future__ import annotations
