@@ -25,6 +25,20 @@ class Constant(nnx.Variable):
     """A non-trainable array that travels with the model state (e.g. the grid predictor's input)."""
 
 
+def grid_corners(grid: jax.Array, height: int, width: int):
+    """Points ``grid (..., 2)`` as (x, y) in [-1, 1] on a (height, width) map (align_corners=True)
+    -> (x0, y0) int top-left pixels of their bilinear patches and (fx, fy) fractional offsets."""
+    ix = (grid[..., 0] + 1) * 0.5 * (width - 1)
+    iy = (grid[..., 1] + 1) * 0.5 * (height - 1)
+    x0, y0 = jnp.floor(ix), jnp.floor(iy)
+    return x0.astype(jnp.int32), y0.astype(jnp.int32), ix - x0, iy - y0
+
+
+def bilinear_weights(fx: jax.Array, fy: jax.Array) -> jax.Array:
+    """(..., 2, 2) weights of a bilinear patch's (y, x) corners from offsets fx, fy (...)."""
+    return jnp.stack([1 - fy, fy], -1)[..., :, None] * jnp.stack([1 - fx, fx], -1)[..., None, :]
+
+
 def sample_image(fmap: jax.Array, x0, y0, fx, fy, features: jax.Array) -> jax.Array:
     """One image's readout: fmap (y, x, c); x0, y0 (n,) int top-left corners (pixel units, may lie
     outside the map); fx, fy (n,) fractional offsets; features (n, c) -> (n,).
@@ -38,9 +52,7 @@ def sample_image(fmap: jax.Array, x0, y0, fx, fy, features: jax.Array) -> jax.Ar
     start = jnp.stack([jnp.clip(y0 + 1, 0, h), jnp.clip(x0 + 1, 0, w)], axis=-1)
     dims = jax.lax.GatherDimensionNumbers(offset_dims=(1, 2, 3), collapsed_slice_dims=(), start_index_map=(0, 1))
     patch = jax.lax.gather(padded, start, dims, (2, 2, c), mode="clip")  # (n, 2, 2, c)
-    wy = jnp.stack([1 - fy, fy], axis=-1)
-    wx = jnp.stack([1 - fx, fx], axis=-1)
-    weights = jnp.where(inside[:, None, None], wy[:, :, None] * wx[:, None, :], 0.0)
+    weights = jnp.where(inside[:, None, None], bilinear_weights(fx, fy), 0.0)
     return jnp.einsum("nijc,nij,nc->n", patch, weights, features)
 
 
@@ -56,11 +68,7 @@ def bilinear_readout(fmap: jax.Array, grid: jax.Array, features: jax.Array) -> j
     runs ~5x slower on XLA CPU, mostly writing and faulting in fresh memory.
     """
     b, h, w, c = fmap.shape
-    ix = (grid[..., 0] + 1) * 0.5 * (w - 1)
-    iy = (grid[..., 1] + 1) * 0.5 * (h - 1)
-    x0 = jnp.floor(ix)
-    y0 = jnp.floor(iy)
-    corners = (x0.astype(jnp.int32), y0.astype(jnp.int32), ix - x0, iy - y0)
+    corners = grid_corners(grid, h, w)
     sample = jax.checkpoint(sample_image)
     if grid.ndim == 2:
         return jax.lax.map(lambda image: sample(image, *corners, features), fmap)

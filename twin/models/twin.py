@@ -18,7 +18,7 @@ from flax import nnx
 from twin.config import ModelConfig
 from twin.errors import ConfigError
 from twin.models.cores import Stacked2dCore
-from twin.models.readouts import FactorizedReadout, GaussianReadout
+from twin.models.readouts import FactorizedReadout, GaussianReadout, bilinear_weights, grid_corners
 
 
 def elu1(x: jax.Array) -> jax.Array:
@@ -215,11 +215,7 @@ class Twin(nnx.Module):
         shift = self.shift(session, pupil_center)
         if shift is not None:
             grid = grid + shift
-        ix = (grid[:, 0] + 1) * 0.5 * (map_w - 1)
-        iy = (grid[:, 1] + 1) * 0.5 * (map_h - 1)
-        x0, y0 = jnp.floor(ix), jnp.floor(iy)
-        fx, fy = ix - x0, iy - y0
-        x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
+        x0, y0, fx, fy = grid_corners(grid, map_h, map_w)
 
         # Input window of the map window rows y0 - halo .. y0 + 1 + halo (and columns likewise):
         # in the image padded by `lead`, it starts at (y0 + 1, x0 + 1) for any readout point
@@ -237,9 +233,9 @@ class Twin(nnx.Module):
         inside = (rows[:, :, None] & cols[:, None, :]).astype(x.dtype)
         patch = core.window(windows, inside)  # (b, 2, 2, c)
 
-        weights = jnp.stack([1 - fy, fy], -1)[:, :, None] * jnp.stack([1 - fx, fx], -1)[:, None, :]
         features = readout.features[...][neurons]
-        value = jnp.einsum("bijc,bij,bc->b", patch, weights, features) + readout.bias[...][neurons]
+        value = jnp.einsum("bijc,bij,bc->b", patch, bilinear_weights(fx, fy), features)
+        value = value + readout.bias[...][neurons]
         return elu1(value)
 
     def regularizer(self, session: int = 0) -> jax.Array:
