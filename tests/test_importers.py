@@ -56,7 +56,9 @@ def test_arrays_without_optional_keys_find_repeats_and_split_by_image(tmp_path):
     tier = ds.tier.values
     for i in np.unique(ids):
         assert len(set(tier[ids == i])) == 1
+    # Every image repeats: the design names no test set, so the seeded 80/10/10 split stands.
     assert [np.sum(tier == t) // 3 for t in ("train", "validation", "test")] == [80, 10, 10]
+    assert "every image repeats" in ds.attrs["tier_split"]
     assert list(from_arrays(tmp_path / "r.npz", seed=4).tier.values) == list(tier)
     assert list(from_arrays(tmp_path / "r.npz", seed=5).tier.values) != list(tier)
     assert "behavior" not in ds and "cell_x" not in ds
@@ -64,8 +66,29 @@ def test_arrays_without_optional_keys_find_repeats_and_split_by_image(tmp_path):
 
 
 def test_split_keeps_a_test_image_for_tiny_recordings():
-    tiers = split_tiers(np.array([0, 0, 1, 1, 2]), seed=0)
+    tiers, _ = split_tiers(np.array([0, 1, 2]), seed=0)
     assert "test" in set(tiers) and "train" in set(tiers)
+
+
+def test_split_puts_repeated_images_in_test():
+    # Images 0..19 shown once, images 100..104 shown 4 times each (the lab's test set).
+    image_id = np.random.default_rng(0).permutation(np.r_[np.arange(20), np.repeat(np.arange(100, 105), 4)])
+    tiers, note = split_tiers(image_id, seed=3)
+    assert set(image_id[tiers == "test"]) == set(range(100, 105))
+    assert np.sum(tiers == "test") == 20
+    assert (np.sum(tiers == "train"), np.sum(tiers == "validation")) == (18, 2)
+    assert "5 images shown more than once are the test tier" in note
+    assert list(split_tiers(image_id, seed=3)[0]) == list(tiers)
+
+
+def test_split_without_repeats_says_so(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 6, 6), dtype=np.uint8)
+    np.savez(tmp_path / "r.npz", images=images, responses=rng.gamma(1.0, 1.0, (40, 3)))
+    write_session(from_arrays(tmp_path / "r.npz"), tmp_path / "r.zarr")
+    ds = open_session(tmp_path / "r.zarr")
+    assert "no image repeats" in ds.attrs["tier_split"]
+    assert [int(np.sum(ds.tier.values == t)) for t in ("train", "validation", "test")] == [32, 4, 4]
 
 
 def test_arrays_with_channels(tmp_path):

@@ -2,6 +2,10 @@
 
 - ``from_arrays``: one .npz file of arrays (no pickles).
 - ``from_sensorium``: the Sensorium 2022 / neuralpredictors file tree, a folder or a .zip.
+- ``shift_responses``: signed responses (dF/F) made non-negative by an explicit, recorded shift.
+
+Both importers take ``pixel_range`` (lo, hi): the image values shown as black and white, for
+images whose range cannot be inferred (see ``twin.data.schema.infer_pixel_range``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from twin.data.schema import make_session
+from twin.data.schema import make_session, stated_pixel_range
 from twin.errors import SessionError
 
 ARRAY_KEYS = (
@@ -28,8 +32,9 @@ ARRAY_KEYS = (
     "neuron_ids",
     "cell_xyz",
 )
-# Fractions of distinct images per tier when a recording comes without tiers.
+# Fractions of distinct images per tier when a recording comes without tiers and no image repeats.
 SPLIT = {"train": 0.8, "validation": 0.1, "test": 0.1}
+SHIFTS = ("neuron", "global")
 
 
 def image_ids_from_pixels(images: np.ndarray) -> np.ndarray:
@@ -39,23 +44,74 @@ def image_ids_from_pixels(images: np.ndarray) -> np.ndarray:
     return np.array([ids.setdefault(d, len(ids)) for d in digests], dtype=np.int64)
 
 
-def split_tiers(image_id: np.ndarray, seed: int = 0) -> np.ndarray:
-    """(trial,) tiers: a seeded 80/10/10 split of the distinct images (at least one test image);
-    all repeats of an image land in the same tier."""
-    unique = np.random.default_rng(seed).permutation(np.unique(image_id))
-    n_test = max(1, round(SPLIT["test"] * len(unique)))
-    n_validation = round(SPLIT["validation"] * len(unique))
-    labels = np.array(["test"] * n_test + ["validation"] * n_validation, dtype=object)
-    labels = np.concatenate([labels, np.full(len(unique) - len(labels), "train", dtype=object)])
-    lookup = dict(zip(unique.tolist(), labels))
-    return np.array([lookup[i] for i in image_id.tolist()], dtype=object)
+def split_tiers(image_id: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
+    """(trial,) tiers and a sentence saying how they were chosen; all trials of an image share a
+    tier.
+
+    When some images are shown more than once (and others once), the repeated images are the
+    test tier (the experiment's repeats give the oracle and FEVE) and the others are split
+    seeded 8:1 into train/validation. Otherwise the distinct images are split seeded 80/10/10
+    (at least one test image) and the test tier has no repeats.
+    """
+    unique, counts = np.unique(image_id, return_counts=True)
+    repeated = counts > 1
+    rng = np.random.default_rng(seed)
+    if repeated.any() and not repeated.all():
+        rest = rng.permutation(unique[~repeated])
+        n_validation = round(SPLIT["validation"] / (1 - SPLIT["test"]) * len(rest))
+        labels = ["test"] * int(repeated.sum()) + ["validation"] * n_validation
+        labels += ["train"] * (len(rest) - n_validation)
+        order = np.concatenate([unique[repeated], rest])
+        note = (
+            f"twin import: the {int(repeated.sum())} images shown more than once are the test tier;"
+            f" the other images split train/validation by image (seed {seed})"
+        )
+    else:
+        order = rng.permutation(unique)
+        n_test = max(1, round(SPLIT["test"] * len(order)))
+        n_validation = round(SPLIT["validation"] * len(order))
+        labels = ["test"] * n_test + ["validation"] * n_validation
+        labels += ["train"] * (len(order) - len(labels))
+        note = f"twin import: seeded split by image (seed {seed}); " + (
+            "every image repeats, so every tier holds repeats"
+            if repeated.any()
+            else "no image repeats, so the test tier has no repeats (oracle and FEVE are n/a)"
+        )
+    lookup = dict(zip(order.tolist(), labels))
+    return np.array([lookup[i] for i in image_id.tolist()], dtype=object), note
 
 
-def from_arrays(npz_path, seed: int = 0) -> xr.Dataset:
+def shift_responses(ds: xr.Dataset, how: str) -> xr.Dataset:
+    """``ds`` with responses made non-negative by subtracting each neuron's minimum
+    (``how="neuron"``) or the minimum over all neurons (``how="global"``).
+
+    The subtracted values are kept as ``response_offset`` (neuron,) and ``attrs["response_shift"]``
+    is ``how``, so the original values are responses + response_offset.
+    """
+    if how not in SHIFTS:
+        raise SessionError(f"--shift-responses {how!r}: use neuron or global")
+    responses = ds["responses"].values
+    offset = responses.min(axis=0) if how == "neuron" else np.full(responses.shape[1], responses.min())
+    offset = offset.astype(np.float32)
+    ds = ds.assign(
+        responses=(("trial", "neuron"), responses - offset),
+        response_offset=("neuron", offset),
+    )
+    ds.attrs = {**ds.attrs, "response_shift": how}
+    return ds
+
+
+def range_attrs(pixel_range, source) -> dict:
+    """{"pixel_range": [lo, hi]} for a stated range, {} to infer it."""
+    return {} if pixel_range is None else {"pixel_range": list(stated_pixel_range(pixel_range, source))}
+
+
+def from_arrays(npz_path, seed: int = 0, pixel_range=None) -> xr.Dataset:
     """Session from an .npz with keys images (n, y, x) | (n, c, y, x), responses (n, neurons) and
     optional tiers (n,) str, image_ids (n,), behavior (n, k), behavior_names (k,), pupil_center
     (n, 2), neuron_ids (neurons,), cell_xyz (neurons, 3). Missing image_ids come from hashing the
-    image bytes; missing tiers from ``split_tiers(image_ids, seed)``."""
+    image bytes; missing tiers from ``split_tiers(image_ids, seed)`` (attrs["tier_split"] says
+    how). pixel_range: (lo, hi) stated image range, else inferred."""
     path = Path(npz_path)
     if not path.is_file():
         raise SessionError(f"{path}: no such file; pass an .npz file with images and responses")
@@ -94,9 +150,10 @@ def from_arrays(npz_path, seed: int = 0) -> xr.Dataset:
     image_id = arrays.get("image_ids")
     if image_id is None:
         image_id = image_ids_from_pixels(images)
+    attrs = {"source": f"{path.name} (twin import arrays, seed {seed})"}
     tier = arrays.get("tiers")
-    if tier is None:
-        tier = split_tiers(np.asarray(image_id), seed)
+    if tier is None and np.ndim(image_id) == 1:
+        tier, attrs["tier_split"] = split_tiers(np.asarray(image_id), seed)
     return make_session(
         path,
         images=images,
@@ -108,7 +165,7 @@ def from_arrays(npz_path, seed: int = 0) -> xr.Dataset:
         pupil_center=arrays.get("pupil_center"),
         unit_id=arrays.get("neuron_ids"),
         cell_xyz=arrays.get("cell_xyz"),
-        attrs={"source": f"{path.name} (twin import arrays, seed {seed})"},
+        attrs=attrs | range_attrs(pixel_range, path),
     )
 
 
@@ -192,12 +249,13 @@ def downscale(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return blocks.mean(axis=(-3, -1))
 
 
-def from_sensorium(path, size: tuple[int, int] | None = (36, 64)) -> xr.Dataset:
+def from_sensorium(path, size: tuple[int, int] | None = (36, 64), pixel_range=None) -> xr.Dataset:
     """Session from a Sensorium 2022 / neuralpredictors tree (folder or .zip): data/images/<i>.npy
     (c, y, x), data/responses/<i>.npy (neurons,), optional data/behavior, data/pupil_center,
     meta/trials/tiers.npy, optional meta/trials/frame_image_id.npy, meta/neurons/unit_ids.npy,
     meta/neurons/cell_motor_coordinates.npy. Images are block-averaged to ``size`` when they are
-    an integer multiple of it; a single channel is dropped."""
+    an integer multiple of it; a single channel is dropped. pixel_range: (lo, hi) stated image
+    range, else inferred."""
     path = Path(path)
     if not path.exists():
         raise SessionError(
@@ -205,12 +263,12 @@ def from_sensorium(path, size: tuple[int, int] | None = (36, 64)) -> xr.Dataset:
         )
     tree = FileTree(path)
     try:
-        return session_from_tree(tree, path, size)
+        return session_from_tree(tree, path, size, pixel_range)
     finally:
         tree.close()
 
 
-def session_from_tree(tree: FileTree, path: Path, size) -> xr.Dataset:
+def session_from_tree(tree: FileTree, path: Path, size, pixel_range=None) -> xr.Dataset:
     """The session held by ``tree`` (see ``from_sensorium``)."""
     tier = tree.load("meta/trials/tiers.npy")
     n = len(tier)
@@ -237,5 +295,5 @@ def session_from_tree(tree: FileTree, path: Path, size) -> xr.Dataset:
         pupil_center=optional["pupil_center"],
         unit_id=meta["neurons/unit_ids"],
         cell_xyz=meta["neurons/cell_motor_coordinates"],
-        attrs={"source": f"{path.name} (twin import sensorium)"},
+        attrs={"source": f"{path.name} (twin import sensorium)"} | range_attrs(pixel_range, path),
     )

@@ -4,7 +4,7 @@ A session is an ``xarray.Dataset``:
 
 | name | dims | dtype |
 |---|---|---|
-| images | (trial, y, x) or (trial, channel, y, x) | uint8 or float32, pixel units 0..255 |
+| images | (trial, y, x) or (trial, channel, y, x) | uint8 or float32, within attrs pixel_range |
 | responses | (trial, neuron) | float32 |
 | tier | (trial,) | str: train / validation / test / final_test |
 | image_id | (trial,) | int64, same id = same image |
@@ -12,6 +12,13 @@ A session is an ``xarray.Dataset``:
 | pupil_center | (trial, xy) | float32, optional |
 | unit_id | (neuron,) | int64 |
 | cell_x, cell_y, cell_z | (neuron,) | float32 micrometres, optional |
+
+| response_offset | (neuron,) | float32, optional: what ``--shift-responses`` subtracted |
+
+``attrs["pixel_range"] = [lo, hi]``: the image values shown as black and white (screen levels 0 and
+255). Importers infer it (``infer_pixel_range``) or take it as stated; stores without it get it
+inferred the same way when read (``pixel_range``). Responses may be signed (dF/F); losses that need
+non-negative rates refuse them when fitting.
 
 Stores written by ``twin.data.store.write_session`` add normalization statistics (``stats_*``,
 computed on train trials); simulated sessions add ground truth (``gt_*``) and
@@ -43,9 +50,13 @@ OPTIONAL = {
     "cell_x": ((("neuron",),), ("float32",)),
     "cell_y": ((("neuron",),), ("float32",)),
     "cell_z": ((("neuron",),), ("float32",)),
+    "response_offset": ((("neuron",),), ("float32",)),
 }
 # Variables whose values must be finite.
-FINITE = ("images", "responses", "behavior", "pupil_center", "cell_x", "cell_y", "cell_z")
+FINITE = (
+    "images", "responses", "behavior", "pupil_center", "cell_x", "cell_y", "cell_z", "response_offset"
+)
+PIXEL_RANGE_FIX = "state the values shown as black and white with `twin import ... --pixel-range LO,HI`"
 
 
 def dtype_name(array) -> str:
@@ -61,6 +72,60 @@ def strings(values) -> np.ndarray:
 
 def fail(source, message: str):
     raise SessionError(f"{source}: {message}")
+
+
+def infer_pixel_range(images) -> tuple[float, float] | None:
+    """The pixel range implied by ``images`` (any shape): uint8 -> (0, 255); floats within 0..1
+    -> (0, 1); floats within 0..255 with a maximum above 1 -> (0, 255); anything else (negative
+    values, values above 255, e.g. z-scored images) -> None (the user must state it)."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return (0.0, 255.0)
+    if images.size == 0:
+        return None
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0 or hi > 255:
+        return None
+    return (0.0, 1.0) if hi <= 1 else (0.0, 255.0)
+
+
+def stated_pixel_range(value, source) -> tuple[float, float]:
+    """``value`` ([lo, hi] from attrs or --pixel-range) as two finite floats with lo < hi."""
+    try:
+        lo, hi = (float(v) for v in np.asarray(value, dtype=np.float64).reshape(2))
+    except (TypeError, ValueError):
+        fail(source, f"attribute 'pixel_range' is {value!r}, not two numbers; {PIXEL_RANGE_FIX}")
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        fail(source, f"attribute 'pixel_range' is {lo:g},{hi:g}; give finite LO < HI ({PIXEL_RANGE_FIX})")
+    return lo, hi
+
+
+def pixel_range(ds: xr.Dataset, source) -> tuple[float, float]:
+    """(lo, hi) image values shown as black and white: ``attrs["pixel_range"]``, else inferred
+    as ``infer_pixel_range`` does (from the dtype, the stored train range ``stats_image_min/max``,
+    or the images). SessionError when it cannot be inferred."""
+    if "pixel_range" in ds.attrs:
+        return stated_pixel_range(ds.attrs["pixel_range"], source)
+    images = ds["images"]
+    if images.dtype != np.uint8 and "stats_image_min" in ds and "stats_image_max" in ds:
+        values = np.array([ds["stats_image_min"].values, ds["stats_image_max"].values], np.float32)
+    else:
+        values = np.asarray(images.values)
+    inferred = infer_pixel_range(values)
+    if inferred is None:
+        lo, hi = float(values.min()), float(values.max())
+        fail(
+            source,
+            f"variable 'images' has values {lo:g}..{hi:g}, not the pixel range 0..255 or 0..1;"
+            f" {PIXEL_RANGE_FIX}",
+        )
+    return inferred
+
+
+def to_levels(values, pixel_range: tuple[float, float]) -> np.ndarray:
+    """Image values in a store's pixel range -> screen levels 0..255 (float64, any shape)."""
+    lo, hi = pixel_range
+    return (np.asarray(values, np.float64) - lo) * (255.0 / (hi - lo))
 
 
 def check_variable(ds: xr.Dataset, name: str, dims_options, dtypes, source) -> None:
@@ -106,22 +171,34 @@ def validate(ds: xr.Dataset, source, *, values: bool = True) -> xr.Dataset:
     unit_id = np.asarray(ds["unit_id"].values)
     if len(np.unique(unit_id)) != len(unit_id):
         fail(source, "variable 'unit_id' has duplicate ids; give every neuron its own id")
+    if "pixel_range" in ds.attrs:
+        stated_pixel_range(ds.attrs["pixel_range"], source)
     if values:
         for name in FINITE:
             if name in ds.variables and not np.isfinite(np.asarray(ds[name].values)).all():
                 fail(source, f"variable {name!r} contains NaN or inf; remove or fill those values")
+        lo, hi = pixel_range(ds, source)
         images = np.asarray(ds["images"].values)
-        if images.dtype == np.float32 and images.size and (images.min() < 0 or images.max() > 255):
-            fail(source, "variable 'images' leaves the pixel range 0..255; rescale it to pixel units")
+        if images.min() < lo or images.max() > hi:
+            fail(
+                source,
+                f"variable 'images' has values {float(images.min()):g}..{float(images.max()):g}"
+                f" outside its pixel range {lo:g}..{hi:g}; {PIXEL_RANGE_FIX}",
+            )
     return ds
 
 
 def as_dtype(array, dtype: str, name: str, source) -> np.ndarray:
     """``array`` converted to ``dtype`` if it holds numbers of a compatible kind, else SessionError."""
     array = np.asarray(array)
-    kinds = {"float32": "biuf", "int64": "biu", "uint8": "u"}[dtype]
+    # Booleans are refused: True/False are not rates, pixels or positions.
+    kinds = {"float32": "iuf", "int64": "iu", "uint8": "u"}[dtype]
     if array.dtype.kind not in kinds:
-        fail(source, f"variable {name!r} has dtype {array.dtype}; convert it to {dtype}")
+        fail(
+            source,
+            f"variable {name!r} has dtype {array.dtype}; cast it to {dtype}"
+            f" (np.asarray(values, dtype=np.{dtype}))",
+        )
     return array.astype(dtype, copy=False)
 
 
@@ -144,7 +221,8 @@ def make_session(
     images: (trial, y, x) or (trial, channel, y, x), uint8 kept, other numbers -> float32;
     responses: (trial, neuron); tier: (trial,) str; image_id: (trial,) int; behavior: (trial, k);
     pupil_center: (trial, 2); unit_id: (neuron,) (default 0..n-1); cell_xyz: (neuron, 3).
-    Returns a validated session (values checked).
+    ``attrs["pixel_range"]``, when given, states the images' range; otherwise it is inferred
+    (``infer_pixel_range``) and added. Returns a validated session (values checked).
     """
     images = np.asarray(images)
     if images.ndim not in (3, 4):
@@ -160,7 +238,11 @@ def make_session(
     tier = np.asarray(tier)
     if tier.dtype.kind not in "OUT":
         fail(source, f"variable 'tier' has dtype {tier.dtype}; give strings like 'train', 'test'")
-    per_trial = {"images": images, "tier": tier, "image_id": np.asarray(image_id)}
+    image_id = np.asarray(image_id)
+    for name, array in (("tier", tier), ("image_id", image_id)):
+        if array.ndim != 1:
+            fail(source, f"variable {name!r} has shape {array.shape}; give one value per trial (trial,)")
+    per_trial = {"images": images, "tier": tier, "image_id": image_id}
     if behavior is not None:
         behavior = as_dtype(behavior, "float32", "behavior", source)
         behavior = behavior[:, None] if behavior.ndim == 1 else behavior
@@ -224,4 +306,6 @@ def make_session(
         for axis, name in enumerate(("cell_x", "cell_y", "cell_z")):
             data[name] = ("neuron", cell_xyz[:, axis])
     ds = xr.Dataset(data, coords=coords, attrs={"schema_version": SCHEMA_VERSION, **(attrs or {})})
-    return validate(ds, source)
+    validate(ds, source)
+    ds.attrs["pixel_range"] = list(pixel_range(ds, source))
+    return ds
