@@ -48,14 +48,30 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def parse_pixel_range(text: str | None) -> tuple[float, float] | None:
+    """'0,1' -> (0.0, 1.0); None stays None (the importer infers the range)."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--pixel-range {text!r}: write LO,HI, e.g. 0,1 or -2.5,2.5") from None
+    if not lo < hi:
+        raise ConfigError(f"--pixel-range {text!r}: LO must be below HI")
+    return lo, hi
+
+
 def cmd_import(args) -> int:
-    from twin.data.importers import from_arrays, from_sensorium
+    from twin.data.importers import from_arrays, from_sensorium, shift_responses
     from twin.data.store import write_session
 
+    pixel_range = parse_pixel_range(args.pixel_range)
     if args.format == "arrays":
-        ds = from_arrays(args.path, seed=args.seed)
+        ds = from_arrays(args.path, seed=args.seed, pixel_range=pixel_range)
     else:
-        ds = from_sensorium(args.path)
+        ds = from_sensorium(args.path, pixel_range=pixel_range)
+    if args.shift_responses:
+        ds = shift_responses(ds, args.shift_responses)
     write_session(ds, args.out)
     print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
     return 0
@@ -248,7 +264,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("format", choices=["arrays", "sensorium"])
     p.add_argument("path", help="arrays: a .npz file; sensorium: a folder or .zip")
     p.add_argument("out", help="store to write (.zarr)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the tier split when none is given")
+    p.add_argument(
+        "--seed", type=int, default=0,
+        help="seed of the tier split when none is given (images shown more than once become the"
+        " test tier; the rest is split train/validation by image)",
+    )
+    p.add_argument(
+        "--pixel-range", metavar="LO,HI",
+        help="image values shown as black and white; needed when the images are not uint8, 0..1"
+        " or 0..255 floats (e.g. z-scored: --pixel-range=-2.5,2.5)",
+    )
+    p.add_argument(
+        "--shift-responses", choices=["neuron", "global"],
+        help="subtract each neuron's minimum (neuron) or the overall minimum (global) from the"
+        " responses, e.g. dF/F for the Poisson loss; the store keeps the offsets (response_offset)",
+    )
     p.set_defaults(handler=cmd_import)
 
     p = commands.add_parser("info", help="summarize a session store")

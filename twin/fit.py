@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from twin import checkpoint, distributed, metrics
 from twin.config import RunConfig, load_config
-from twin.errors import ConfigError, RunError, TwinError
+from twin.errors import ConfigError, RunError, SessionError, TwinError
 from twin.models.twin import Ensemble
 
 # Added to predictions inside the log (neuralpredictors' PoissonLoss bias).
@@ -240,10 +240,19 @@ def write_lines(path: Path, lines: list[dict]) -> None:
 
 
 def check_sessions(sessions, paths) -> None:
+    """RunError/SessionError for sessions the fit cannot use: a tier missing, or responses the
+    Poisson loss cannot take (it needs non-negative rates; signed dF/F is refused)."""
     for data, path in zip(sessions, paths):
         for tier in ("train", "validation"):
             if not np.any(data.tier == tier):
                 raise RunError(f"{path}: no {tier} trials; fitting needs train and validation tiers")
+        lowest = float((data.responses * data.response_std).min())
+        if lowest < 0:
+            raise SessionError(
+                f"{path}: variable 'responses' has minimum {lowest:.4g} but the poisson loss needs"
+                " non-negative rates; deconvolve, or shift to non-negative with"
+                " `twin import ... --shift-responses neuron`"
+            )
 
 
 def fit(

@@ -13,12 +13,19 @@ EPS = 1e-8
 
 
 def correlation(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Pearson r along ``axis`` (std with ddof=0, eps 1e-8 added), e.g. (trial, neuron) -> (neuron,)."""
+    """Pearson r along ``axis`` (std with ddof=0, eps 1e-8 added), e.g. (trial, neuron) -> (neuron,).
+
+    Where ``x`` or ``y`` is constant along ``axis`` (a silent or constant neuron, a constant
+    prediction) r is exactly 0, not NaN: such neurons count as unpredicted in every mean.
+    """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    x = (x - x.mean(axis=axis, keepdims=True)) / (x.std(axis=axis, keepdims=True) + EPS)
-    y = (y - y.mean(axis=axis, keepdims=True)) / (y.std(axis=axis, keepdims=True) + EPS)
-    return (x * y).mean(axis=axis)
+    x = x - x.mean(axis=axis, keepdims=True)
+    y = y - y.mean(axis=axis, keepdims=True)
+    constant = (np.ptp(x, axis=axis) == 0) | (np.ptp(y, axis=axis) == 0) if x.size else False
+    x = x / (x.std(axis=axis, keepdims=True) + EPS)
+    y = y / (y.std(axis=axis, keepdims=True) + EPS)
+    return np.where(constant, 0.0, (x * y).mean(axis=axis))
 
 
 def single_trial_correlation(responses: np.ndarray, predictions: np.ndarray) -> np.ndarray:

@@ -103,7 +103,9 @@ def shift_responses(ds: xr.Dataset, how: str) -> xr.Dataset:
 
 def range_attrs(pixel_range, source) -> dict:
     """{"pixel_range": [lo, hi]} for a stated range, {} to infer it."""
-    return {} if pixel_range is None else {"pixel_range": list(stated_pixel_range(pixel_range, source))}
+    if pixel_range is None:
+        return {}
+    return {"pixel_range": list(stated_pixel_range(pixel_range, source)), "pixel_range_from": "stated"}
 
 
 def from_arrays(npz_path, seed: int = 0, pixel_range=None) -> xr.Dataset:

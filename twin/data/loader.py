@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from twin.config import DataConfig
-from twin.data.schema import TIERS, strings, validate
+from twin.data.schema import TIERS, pixel_range, strings, validate
 from twin.data.store import open_session
 from twin.errors import ConfigError, SessionError
 
@@ -29,8 +29,9 @@ class SessionData:
     response_std (neuron,); tier, image_id: (trial,); behavior: (trial, k) | None;
     pupil_center: (trial, 2) | None; unit_id: (neuron,); cell_xyz: (neuron, 3) | None.
     image_mean, image_std: float32 arrays broadcasting against one image in the layout of
-    ``normalize_images``: () or (y, x) for one channel; (channel,) or (y, x, channel) for several.
-    image_min, image_max: the pixel range of the train images (pixel units).
+    ``normalize_images``: () or (y, x) for one channel; (channel,) or (y, x, channel) for several;
+    in pixel levels 0..255 (the store's pixel_range mapped onto 0..255), the units of MEI recipes,
+    masks and rig images. image_min, image_max: the range of the train images (pixel levels).
     """
 
     name: str
@@ -129,6 +130,11 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         std if channels_last else std[..., None]
     )
 
+    # Everything after loading speaks pixel levels 0..255: the store's pixel_range (e.g. 0..1)
+    # maps onto them here; normalized images are the same whatever the store's range.
+    lo, hi = pixel_range(ds, path)
+    level = np.float32(255 / (hi - lo))
+
     response_std = ds["stats_response_std"].values.astype(np.float32)
     floor = np.float32(config.response_std_floor * response_std.mean())
     response_std = np.maximum(response_std, floor) if floor > 0 else np.ones_like(response_std)
@@ -160,10 +166,10 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         pupil_center=None if pupil_center is None else pupil_center.astype(np.float32),
         unit_id=ds["unit_id"].values.astype(np.int64),
         cell_xyz=cell_xyz,
-        image_mean=mean,
-        image_std=std,
-        image_min=float(ds["stats_image_min"].values),
-        image_max=float(ds["stats_image_max"].values),
+        image_mean=((mean - lo) * level).astype(np.float32),
+        image_std=(std * level).astype(np.float32),
+        image_min=float((ds["stats_image_min"].values - lo) * level),
+        image_max=float((ds["stats_image_max"].values - lo) * level),
         behavior_names=behavior_names,
     )
 

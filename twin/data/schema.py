@@ -56,7 +56,7 @@ OPTIONAL = {
 FINITE = (
     "images", "responses", "behavior", "pupil_center", "cell_x", "cell_y", "cell_z", "response_offset"
 )
-PIXEL_RANGE_FIX = "state the values shown as black and white with `twin import ... --pixel-range LO,HI`"
+PIXEL_RANGE_FIX = "state the values shown as black and white with `twin import ... --pixel-range=LO,HI`"
 
 
 def dtype_name(array) -> str:
@@ -307,5 +307,7 @@ def make_session(
             data[name] = ("neuron", cell_xyz[:, axis])
     ds = xr.Dataset(data, coords=coords, attrs={"schema_version": SCHEMA_VERSION, **(attrs or {})})
     validate(ds, source)
-    ds.attrs["pixel_range"] = list(pixel_range(ds, source))
+    if "pixel_range" not in ds.attrs:
+        ds.attrs["pixel_range"] = list(pixel_range(ds, source))
+        ds.attrs["pixel_range_from"] = f"inferred from {images.dtype} images"
     return ds

@@ -17,11 +17,15 @@ import xarray as xr
 
 import twin
 from twin import metrics
-from twin.data.schema import SCHEMA_VERSION, TIERS, strings, validate
+from twin.data.schema import SCHEMA_VERSION, TIERS, pixel_range, strings, validate
 from twin.errors import SessionError
 
 # Trial chunks of about this many bytes: large enough to read fast, small enough to stream.
 CHUNK_BYTES = 8 * 2**20
+# `twin info` calls a neuron sparse when fewer train trials than this count or fraction are non-zero.
+SPARSE_TRIALS = 10
+SPARSE_FRACTION = 0.01
+SHOW_UNITS = 5  # unit ids listed per kind of quiet neuron
 
 
 def remove_abandoned(path: Path) -> None:
@@ -166,42 +170,80 @@ def value_range(values) -> list[float]:
     return [float(values.min()), float(values.max())]
 
 
+def few_units(mask: np.ndarray, unit_id: np.ndarray) -> dict:
+    """{"count", "unit_ids"}: how many neurons ``mask`` (neuron,) marks and up to SHOW_UNITS ids."""
+    return {"count": int(mask.sum()), "unit_ids": [int(u) for u in unit_id[mask][:SHOW_UNITS]]}
+
+
+def quiet_neurons(train_responses: np.ndarray, unit_id: np.ndarray) -> dict:
+    """Neurons whose train responses (trial, neuron) carry (almost) no signal, each as
+    ``few_units``: all_zero (every response 0), constant (one non-zero value throughout) and
+    sparse (non-zero on fewer than max(10, 1%) of the train trials). Their correlations are 0
+    (twin.metrics.correlation) and FEVE NaN, which pull scores down or leave them out."""
+    lo, hi = train_responses.min(axis=0), train_responses.max(axis=0)
+    nonzero = np.count_nonzero(train_responses, axis=0)
+    all_zero = (lo == 0) & (hi == 0)
+    constant = (lo == hi) & ~all_zero
+    sparse = (nonzero < max(SPARSE_TRIALS, SPARSE_FRACTION * len(train_responses))) & (lo != hi)
+    return {
+        "all_zero": few_units(all_zero, unit_id),
+        "constant": few_units(constant, unit_id),
+        "sparse": few_units(sparse, unit_id),
+    }
+
+
 def session_info(ds: xr.Dataset) -> dict:
     """Summary of a session for people and scripts (JSON-ready).
 
-    Keys: session, source, trials {tier: n}, neurons, image_shape, image_dtype,
-    repeats_per_test_image {min, median, max}, behavior (names), pupil_center (bool),
-    ranges {images, responses, behavior {name: [lo, hi]}, pupil_center}, simulated,
-    oracle_correlation (mean over neurons, test tier, when images repeat) and for simulated
-    sessions ground_truth_ceiling (mean scores of the noise-free responses on the test tier).
+    Keys: session, source, trials {tier: n}, tier_split (how twin import chose tiers, or ""),
+    neurons, quiet_neurons (see ``quiet_neurons``), image_shape, image_dtype, pixel_range [lo, hi]
+    (values shown as black and white) and pixel_range_from, repeats_per_test_image {min, median,
+    max}, test_repeats (bool: FEVE and oracle need them), responses_signed (bool), response_shift
+    ("" or what twin import subtracted), behavior (names), pupil_center (bool), ranges {images,
+    responses, behavior {name: [lo, hi]}, pupil_center}, simulated, oracle_correlation (mean over
+    neurons, test tier, when images repeat) and for simulated sessions ground_truth_ceiling (mean
+    scores of the noise-free responses on the test tier).
     """
     tier = strings(ds["tier"].values)
     image_id = np.asarray(ds["image_id"].values)
     _, repeats = np.unique(image_id[tier == "test"], return_counts=True)
     behavior = [str(n) for n in ds["behavior_var"].values] if "behavior" in ds else []
+    responses = np.asarray(ds["responses"].values)
+    unit_id = np.asarray(ds["unit_id"].values)
     info = {
         "session": str(ds.attrs.get("session", "")),
         "source": str(ds.attrs.get("source", "")),
         "trials": {name: int(np.sum(tier == name)) for name in TIERS if np.any(tier == name)},
+        "tier_split": str(ds.attrs.get("tier_split", "")),
         "neurons": int(ds.sizes["neuron"]),
+        "quiet_neurons": quiet_neurons(responses[tier == "train"], unit_id),
         "image_shape": [int(ds.sizes[d]) for d in ds["images"].dims[1:]],
         "image_dtype": str(ds["images"].dtype),
+        "pixel_range": list(pixel_range(ds, ds.attrs.get("session", "store"))),
+        "pixel_range_from": (
+            str(ds.attrs.get("pixel_range_from", "stated"))
+            if "pixel_range" in ds.attrs
+            else "inferred when read"
+        ),
         "repeats_per_test_image": {
             "min": int(repeats.min()),
             "median": float(np.median(repeats)),
             "max": int(repeats.max()),
         },
+        "test_repeats": bool(repeats.max() > 1),
+        "responses_signed": bool(responses.min() < 0),
+        "response_shift": str(ds.attrs.get("response_shift", "")),
         "behavior": behavior,
         "pupil_center": "pupil_center" in ds,
         "ranges": {
             "images": value_range(ds["images"].values),
-            "responses": value_range(ds["responses"].values),
+            "responses": value_range(responses),
         },
         "simulated": bool(ds.attrs.get("simulated", False)),
     }
     test = tier == "test"
-    if repeats.max() > 1:
-        oracle = metrics.oracle_correlation(np.asarray(ds["responses"].values)[test], image_id[test])
+    if info["test_repeats"]:
+        oracle = metrics.oracle_correlation(responses[test], image_id[test])
         info["oracle_correlation"] = float(np.mean(oracle))
     if behavior:
         values = np.asarray(ds["behavior"].values)
@@ -217,19 +259,50 @@ def session_info(ds: xr.Dataset) -> dict:
     return info
 
 
+def format_quiet(quiet: dict) -> str:
+    """``quiet_neurons`` as one phrase, e.g. '2 all-zero (units 3, 4), 1 sparse (unit 9)'."""
+    names = {
+        "all_zero": "all-zero",
+        "constant": "constant",
+        "sparse": f"sparse (< max({SPARSE_TRIALS}, {SPARSE_FRACTION:.0%}) non-zero train trials)",
+    }
+    parts = []
+    for key, name in names.items():
+        count, ids = quiet[key]["count"], quiet[key]["unit_ids"]
+        if count:
+            more = ", ..." if count > len(ids) else ""
+            parts.append(f"{count} {name}: unit_id {', '.join(map(str, ids))}{more}")
+    return "; ".join(parts)
+
+
 def format_info(info: dict) -> str:
     """``session_info`` as aligned text lines."""
     ranges = info["ranges"]
+    quiet = format_quiet(info["quiet_neurons"])
+    lo, hi = info["pixel_range"]
+    repeats = "test repeats {min}..{max} per image (median {median:g})".format(
+        **info["repeats_per_test_image"]
+    )
+    if not info["test_repeats"]:
+        repeats += "; no test image repeats, so oracle and FEVE are n/a"
+    responses = f"responses    {ranges['responses'][0]:.4g}..{ranges['responses'][1]:.4g}"
+    if info["responses_signed"]:
+        responses += (
+            " (signed: the poisson loss needs non-negative rates; deconvolve, or re-import with"
+            " --shift-responses)"
+        )
+    if info["response_shift"]:
+        responses += f" (shifted at import: {info['response_shift']} minimum subtracted)"
     lines = [
         f"session      {info['session']}  ({info['source'] or 'unknown source'})",
         "trials       " + ", ".join(f"{n} {tier}" for tier, n in info["trials"].items()),
-        f"neurons      {info['neurons']}",
+        *([f"tiers        {info['tier_split']}"] if info["tier_split"] else []),
+        f"neurons      {info['neurons']}" + (f" ({quiet})" if quiet else ""),
         f"images       {' x '.join(map(str, info['image_shape']))} {info['image_dtype']},"
-        f" pixel values {ranges['images'][0]:g}..{ranges['images'][1]:g}",
-        "test repeats {min}..{max} per image (median {median:g})".format(
-            **info["repeats_per_test_image"]
-        ),
-        f"responses    {ranges['responses'][0]:.4g}..{ranges['responses'][1]:.4g}",
+        f" pixel values {ranges['images'][0]:g}..{ranges['images'][1]:g},"
+        f" black..white {lo:g}..{hi:g} ({info['pixel_range_from']})",
+        repeats,
+        responses,
         "behavior     "
         + (
             ", ".join(f"{n} {lo:.3g}..{hi:.3g}" for n, (lo, hi) in ranges["behavior"].items())

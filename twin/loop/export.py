@@ -45,15 +45,19 @@ CSV_FIELDS = (
 def gather_stimuli(meis, session) -> list[dict]:
     """Candidate stimuli in model space: dicts with kind, neuron, seed and pixels (y, x) 0..255.
 
-    meis: the MEI store (xarray); session: the session store it was made from (xarray).
+    meis: the MEI store (xarray; image_mean/std in pixel levels 0..255); session: the session store
+    it was made from (xarray; its images are mapped from its pixel_range to 0..255).
     """
+    from twin.data.schema import pixel_range, to_levels
     from twin.mei.masks import walker_mask
 
     images = (meis["images"] * meis["image_std"] + meis["image_mean"]).values
     mean = float(meis["image_mean"].mean())
     best_seed = meis["best_seed"].values.astype(int)
     trials = meis["best_natural_trial"].values.astype(int)
-    natural = np.asarray(session["images"].isel(trial=trials).values, np.float64)
+    natural = to_levels(
+        session["images"].isel(trial=trials).values, pixel_range(session, meis.attrs["store"])
+    )
     if natural.ndim == 4:
         natural = natural[:, 0]
     deis = (meis["deis"] * meis["image_std"] + meis["image_mean"]).values if "deis" in meis else None
@@ -126,6 +130,7 @@ def export_stimuli(
     The presentation order shows every accepted stimulus once per repeat block, each block in its
     own seeded random order, so repeats are interleaved over the session.
     """
+    from twin.data.schema import pixel_range, to_levels
     from twin.data.store import open_session
     from twin.errors import ConfigError, StimulusError
     from twin.mei.store import open_meis
@@ -140,7 +145,10 @@ def export_stimuli(
             " stimuli for a gray-scale monitor, so export one-channel MEIs"
         )
     session = open_session(store.attrs["store"])
-    train = np.asarray(session["images"].values[session["tier"].values == "train"], np.float64)
+    train = to_levels(
+        session["images"].values[session["tier"].values == "train"],
+        pixel_range(session, store.attrs["store"]),
+    )
     mean, contrast = targets(monitor, train)
     model_shape = tuple(int(s) for s in store["images"].shape[-2:])
     screen_shape = monitor.screen or (UPSAMPLE * model_shape[0], UPSAMPLE * model_shape[1])

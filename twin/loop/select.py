@@ -124,7 +124,7 @@ def select_neurons(
     scores and position), the thresholds used and how many neurons each rule excluded.
     """
     from twin.checkpoint import load_run
-    from twin.errors import ConfigError
+    from twin.errors import ConfigError, SessionError
     from twin.loop.predict import predict
 
     if n < 1:
@@ -135,6 +135,12 @@ def select_neurons(
     data = loaded.sessions[session]
     edge = min_distance if edge is None else edge
     test = data.tier == "test"
+    if len(np.unique(data.image_id[test])) == np.count_nonzero(test):
+        raise SessionError(
+            f"{data.path}: the test tier has no repeated images, and selection needs the oracle"
+            " reliability of repeats; import the recording with its repeated images (twin import"
+            " puts images shown more than once in the test tier)"
+        )
     oracle = oracle_correlation(data.responses[test], data.image_id[test])
     twin_r = single_trial_correlation(
         data.responses[test], predict(loaded.model, data, session, data.images[test])
