@@ -138,9 +138,9 @@ def test_images_outside_known_ranges_need_a_stated_range(tmp_path):
     ds = open_session(tmp_path / "r.zarr")
     assert ds.attrs["pixel_range"] == [-3.2, 3.2] and ds.attrs["pixel_range_from"] == "stated"
     assert "black..white -3.2..3.2 (stated)" in run_cli(["info", tmp_path / "r.zarr"])[1]
-    argv[-1] = "--pixel-range=-1,1"
-    code, _, err = run_cli(argv[:-1] + ["--overwrite", argv[-1]])
-    assert code == 2 and "outside its pixel range -1..1" in err
+    argv[-2:] = [tmp_path / "narrow.zarr", "--pixel-range=-1,1"]
+    code, _, err = run_cli(argv)
+    assert code == 2 and "outside its pixel range -1..1" in err and not argv[-2].exists()
 
 
 def test_stores_without_the_attribute_get_it_inferred(tmp_path):
