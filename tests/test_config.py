@@ -44,8 +44,8 @@ def test_sensorium_fit_defaults():
     [
         ("[fit]\npatiense = 3\n", r"unknown key \[fit\]\.patiense"),
         ("[fitt]\npatience = 3\n", r"unknown section \[fitt\]"),
-        ("[fit]\npatience = 'five'\n", r"\[fit\]\.patience = 'five' must be a int"),
-        ("[fit]\nrestore_best = 1\n", r"\[fit\]\.restore_best = 1 must be a bool"),
+        ("[fit]\npatience = 'five'\n", r"\[fit\]\.patience = 'five' must be an integer"),
+        ("[fit]\nrestore_best = 1\n", r"\[fit\]\.restore_best = 1 must be true or false"),
         ("[fit\n", "not valid TOML"),
     ],
 )

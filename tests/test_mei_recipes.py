@@ -7,7 +7,6 @@ import pytest
 
 from twin.config import MEIConfig
 from twin.errors import ConfigError
-from twin.mei.optimize import check_config
 from twin.mei.recipes import RECIPES, recipe_config
 from twin.mei.run import parse_neurons
 
@@ -34,9 +33,10 @@ def test_presets_match_the_reference():
 def test_toml_overrides_a_preset_and_defines_custom_recipes(tmp_path):
     path = tmp_path / "mei.toml"
     path.write_text('[mei]\nsteps = 200\nnorm = 10\nrecipe = "mine"\n[fit]\nmax_epochs = 3\n')
-    config = recipe_config("sinz_ga", path, seeds=3)
+    config, sources = recipe_config("sinz_ga", path, seeds=3)
     assert config == dataclasses.replace(RECIPES["sinz_ga"], steps=200, norm=10.0, recipe="mine", seeds=3)
-    custom = recipe_config("fancy", path)
+    assert sources == ["recipe sinz_ga", f"--config {path}", "--seeds 3"]
+    custom, _ = recipe_config("fancy", path)
     assert custom == dataclasses.replace(MEIConfig(), steps=200, norm=10.0, recipe="mine")
 
 
@@ -59,7 +59,7 @@ def test_bad_recipe_files(tmp_path, text, message):
 def test_unknown_recipe_and_bad_seeds():
     with pytest.raises(ConfigError, match="unknown recipe"):
         recipe_config("walker2020")
-    with pytest.raises(ConfigError, match="--seeds 0"):
+    with pytest.raises(ConfigError, match=r"\[mei\]\.seeds = 0 is out of range; use an integer >= 1"):
         recipe_config("lucid", seeds=0)
     with pytest.raises(ConfigError, match="config file not found"):
         recipe_config("lucid", "/nonexistent/mei.toml")
@@ -69,14 +69,14 @@ def test_unknown_recipe_and_bad_seeds():
     "changes, message",
     [
         ({"blur_target": "mask"}, "blur_target = 'mask'"),
-        ({"dei_diversity": "cosine"}, "dei_diversity = 'cosine': use pixel or population"),
+        ({"dei_diversity": "cosine"}, "dei_diversity = 'cosine' is not a known value; use one of 'pixel', 'population'"),
         ({"optimizer": "lbfgs"}, "optimizer = 'lbfgs'"),
-        ({"seeds": 0}, "seeds must be at least 1"),
+        ({"seeds": 0}, "seeds = 0 is out of range"),
     ],
 )
-def test_engine_refuses_values_it_cannot_run(changes, message):
+def test_configs_refuse_values_the_engine_cannot_run(changes, message):
     with pytest.raises(ConfigError, match=message):
-        check_config(dataclasses.replace(RECIPES["walker2019"], **changes))
+        dataclasses.replace(RECIPES["walker2019"], **changes)
 
 
 def test_neuron_specs():

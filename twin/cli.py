@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from twin.errors import ConfigError, TwinError
@@ -15,6 +16,23 @@ from twin.errors import ConfigError, TwinError
 
 def print_json(value) -> None:
     print(json.dumps(value, indent=2, allow_nan=False, default=float))
+
+
+def at_least(low: float, kind: type = int):
+    """argparse ``type=``: a finite ``kind`` (int or float) >= ``low``; argparse prints anything else
+    as one usage error and exits 2."""
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not (math.isfinite(value) and value >= low):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; use {what} >= {low}")
+        return value
+
+    return parse
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -150,7 +168,8 @@ def cmd_mei(args) -> int:
     else:
         true_ratio = summary["median_true_ratio"]
         print(
-            f"wrote {args.out}: {len(summary['neurons'])} neurons, recipe {summary['recipe']},"
+            f"wrote {args.out}: {len(summary['neurons'])} neurons, recipe {summary['recipe']}"
+            f" ({'; '.join(summary['config_sources'])}),"
             f" median MEI / best natural image {summary['median_ratio']:.2f} under the twin"
             + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
         )
@@ -240,8 +259,8 @@ def cmd_convert(args) -> int:
 def add_multihost_flags(p: argparse.ArgumentParser) -> None:
     """--coordinator, --num-processes, --process-id: passed to jax.distributed.initialize."""
     p.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0 (jax.distributed)")
-    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
-    p.add_argument("--process-id", type=int, help="multi-host: this process, 0 .. N-1")
+    p.add_argument("--num-processes", type=at_least(1), help="multi-host: number of processes")
+    p.add_argument("--process-id", type=at_least(0), help="multi-host: this process, 0 .. N-1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,12 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("simulate", help="write a session store of the simulated animal")
     p.add_argument("out", help="store to write (.zarr)")
-    p.add_argument("--neurons", type=int, default=100)
-    p.add_argument("--train-images", type=int, default=2000)
-    p.add_argument("--test-images", type=int, default=50)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--neurons", type=at_least(1), default=100)
+    p.add_argument("--train-images", type=at_least(2), default=2000)
+    p.add_argument("--test-images", type=at_least(1), default=50)
+    p.add_argument("--repeats", type=at_least(1), default=10)
     p.add_argument("--size", default="36x64", help="HEIGHTxWIDTH (default 36x64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.set_defaults(handler=cmd_simulate)
 
     p = commands.add_parser("import", help="import a recording into a session store")
@@ -265,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="arrays: a .npz file; sensorium: a folder or .zip")
     p.add_argument("out", help="store to write (.zarr)")
     p.add_argument(
-        "--seed", type=int, default=0,
+        "--seed", type=at_least(0), default=0,
         help="seed of the tier split when none is given (images shown more than once become the"
         " test tier; the rest is split train/validation by image)",
     )
@@ -290,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stores", nargs="+")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--config", help="TOML file overriding defaults")
-    p.add_argument("--seeds", type=int, help="ensemble members (overrides [fit].ensemble_size)")
-    p.add_argument("--max-epochs", type=int, help="overrides [fit].max_epochs")
+    p.add_argument("--seeds", type=at_least(1), help="ensemble members (overrides [fit].ensemble_size)")
+    p.add_argument("--max-epochs", type=at_least(1), help="overrides [fit].max_epochs")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     add_multihost_flags(p)
     p.set_defaults(handler=cmd_fit)
@@ -306,12 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("mei", help="most exciting inputs for many neurons and seeds at once")
     p.add_argument("run")
     p.add_argument("--neurons", default="all", help="all, START:STOP or a list 3,7,9")
-    p.add_argument("--seeds", type=int, help="initializations per neuron")
-    p.add_argument("--recipe", default="walker2019", help="walker2019, sinz_ga or lucid")
+    p.add_argument("--seeds", type=at_least(1), help="initializations per neuron")
+    p.add_argument("--recipe", help="walker2019, sinz_ga or lucid (default: the run's [mei].recipe)")
     p.add_argument("--config", help="TOML file with a [mei] table")
     p.add_argument("--out", required=True, help="MEI store to write (.zarr)")
-    p.add_argument("--deis", type=int, default=0, help="diverse exciting inputs per neuron")
-    p.add_argument("--session", type=int, default=0, help="session index within the run")
+    p.add_argument("--deis", type=at_least(0), default=0, help="diverse exciting inputs per neuron")
+    p.add_argument("--session", type=at_least(0), default=0, help="session index within the run")
     p.add_argument("--validator", help="a second run whose model picks the best seed")
     p.add_argument("--json", action="store_true")
     add_multihost_flags(p)
@@ -319,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("select", help="choose neurons for a closed loop")
     p.add_argument("run")
-    p.add_argument("--n", type=int, default=50)
-    p.add_argument("--min-distance", type=float, default=20.0, help="micrometres")
+    p.add_argument("--n", type=at_least(1), default=50)
+    p.add_argument("--min-distance", type=at_least(0, float), default=20.0, help="micrometres")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_select)
 
@@ -328,15 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("meis")
     p.add_argument("--out", required=True)
     p.add_argument("--monitor", help="monitor calibration TOML")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=at_least(1), default=10)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.set_defaults(handler=cmd_export)
 
     p = commands.add_parser("respond", help="show exported stimuli to the simulated animal")
     p.add_argument("stimuli")
     p.add_argument("--animal", required=True, help="simulated session store")
     p.add_argument("--out", required=True, help="responses .npz")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.set_defaults(handler=cmd_respond)
 
     p = commands.add_parser("closeloop", help="compare the rig's responses with the twin")
@@ -349,11 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("loop", help="the whole inception loop, on the simulated animal")
     p.add_argument("out")
     p.add_argument("--session", help="start from this store instead of simulating")
-    p.add_argument("--neurons", type=int, default=16, help="neurons to select")
-    p.add_argument("--seeds", type=int, help="MEI seeds per neuron")
+    p.add_argument("--neurons", type=at_least(1), default=16, help="neurons to select")
+    p.add_argument("--seeds", type=at_least(1), help="MEI seeds per neuron")
     p.add_argument("--recipe", default="walker2019")
     p.add_argument("--config", help="TOML file overriding defaults")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.set_defaults(handler=cmd_loop)
 
     p = commands.add_parser("bench", help="throughput suite, with the PyTorch peer if installed")

@@ -32,7 +32,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from twin import checkpoint, distributed, metrics
-from twin.config import RunConfig, load_config
+from twin.config import RunConfig, check_image_size, load_config
 from twin.errors import ConfigError, RunError, SessionError, TwinError
 from twin.models.twin import Ensemble
 
@@ -279,10 +279,12 @@ def fit(
     sessions = load_sessions(store_paths, config.data)
     check_sessions(sessions, store_paths)
     records = [checkpoint.session_record(s) for s in sessions]
+    for record in records:
+        check_image_size(config.model, record["image_shape"], record["path"])
     if resume and (workdir / "sessions.json").exists():
         saved_config, saved_records = checkpoint.read_run_files(workdir)
-        if dataclasses.replace(saved_config, fit=dataclasses.replace(saved_config.fit, max_epochs=0)) != (
-            dataclasses.replace(config, fit=dataclasses.replace(config.fit, max_epochs=0))
+        if dataclasses.replace(saved_config, fit=dataclasses.replace(saved_config.fit, max_epochs=1)) != (
+            dataclasses.replace(config, fit=dataclasses.replace(config.fit, max_epochs=1))
         ):
             raise RunError(f"{workdir / 'config.toml'}: differs from the config given; resume with the run's own config")
         if [r["unit_id"] for r in saved_records] != [r["unit_id"] for r in records]:

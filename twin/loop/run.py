@@ -15,25 +15,28 @@ import json
 import time
 import tomllib
 from pathlib import Path
+from typing import ClassVar
 
 import tomli_w
 
-from twin.config import config_from_dict
+from twin.config import Checked, config_from_dict, integer, integers, number, section_from_dict
 from twin.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
-class LoopConfig:
+class LoopConfig(Checked):
     """Sizes of the simulated experiment and the rig session ([loop] table)."""
 
-    simulated_neurons: int = 100
-    train_images: int = 2000
-    test_images: int = 50
-    repeats: int = 10  # of each test image in the simulated recording
-    size: tuple[int, int] = (36, 64)
-    rig_repeats: int = 10  # presentations of each exported stimulus
-    min_distance: float = 20.0  # µm between selected neurons
-    mei_seeds: int = 4
+    TABLE: ClassVar[str] = "loop"
+
+    simulated_neurons: int = integer(100, 1)
+    train_images: int = integer(2000, 2)  # 10% of them validate
+    test_images: int = integer(50, 1)
+    repeats: int = integer(10, 1)  # of each test image in the simulated recording
+    size: tuple[int, int] = integers((36, 64), lo=8, length=2)  # (y, x) pixels
+    rig_repeats: int = integer(10, 1)  # presentations of each exported stimulus
+    min_distance: float = number(20.0, 0)  # µm between selected neurons
+    mei_seeds: int = integer(4, 1)
 
 
 # The small twin the loop fits by default (a preset over the Sensorium defaults in twin.config,
@@ -59,18 +62,10 @@ def loop_config(config_path: str | Path | None) -> tuple[LoopConfig, dict]:
             raise ConfigError(f"{config_path}: config file not found; pass an existing TOML file") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{config_path}: not valid TOML ({error}); fix the syntax") from None
-    loop = values.pop("loop", {})
-    fields = {f.name: f.type for f in dataclasses.fields(LoopConfig)}
-    unknown = set(loop) - set(fields)
-    if unknown:
-        raise ConfigError(
-            f"{config_path}: unknown key [loop].{sorted(unknown)[0]}; known keys: {', '.join(fields)}"
-        )
-    if "size" in loop:
-        loop["size"] = tuple(loop["size"])
+    loop = section_from_dict(LoopConfig, values.pop("loop", {}), str(config_path))
     merged = {name: SMALL_TWIN.get(name, {}) | values.get(name, {}) for name in set(SMALL_TWIN) | set(values)}
     config_from_dict(merged, str(config_path or "twin loop"))  # check names and types now
-    return LoopConfig(**loop), merged
+    return loop, merged
 
 
 class Stages:

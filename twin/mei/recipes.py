@@ -50,26 +50,52 @@ RECIPES: dict[str, MEIConfig] = {
 }
 
 
-def recipe_config(name: str, config_path: str | Path | None = None, seeds: int | None = None):
-    """The preset ``name`` with the fields of ``config_path``'s [mei] table and ``seeds`` applied.
+def recipe_config(
+    name: str | None,
+    config_path: str | Path | None = None,
+    seeds: int | None = None,
+    run_mei: MEIConfig | None = None,
+    run_source: str = "run config.toml",
+) -> tuple[MEIConfig, list[str]]:
+    """(the MEI config, the sources that set it, e.g. ["recipe walker2019", "--seeds 3"]).
 
-    A name that is not a preset starts from the MEIConfig defaults and needs a config file.
+    Lowest to highest: the preset ``name`` (None: the run's own recipe, else walker2019); the
+    fields of the run's [mei] table ``run_mei`` (read from ``run_source``) that differ from the
+    MEIConfig defaults, applied only when ``name`` is the run's recipe; the fields of
+    ``config_path``'s [mei] table; ``seeds``. A name that is neither a preset nor the run's
+    recipe starts from the MEIConfig defaults and needs a config file.
     """
-    if name not in RECIPES and config_path is None:
+    own = run_mei is not None and name in (None, run_mei.recipe)
+    if name is None:
+        name = run_mei.recipe if run_mei is not None else MEIConfig().recipe
+    if name not in RECIPES and not own and config_path is None:
         raise ConfigError(
             f"--recipe {name!r}: unknown recipe; use {', '.join(RECIPES)} or pass --config FILE"
             " with a [mei] table"
         )
     config = RECIPES.get(name, MEIConfig(recipe=name))
+    sources = [f"recipe {name}"]
+    if run_mei is not None and not own:
+        sources.append(f"{run_source} [mei] skipped (the run's recipe is {run_mei.recipe})")
+    if own:
+        defaults = MEIConfig()
+        changed = {
+            field.name: getattr(run_mei, field.name)
+            for field in dataclasses.fields(MEIConfig)
+            if field.name != "recipe" and getattr(run_mei, field.name) != getattr(defaults, field.name)
+        }
+        if changed:
+            config = dataclasses.replace(config, **changed)
+            sources.append(f"{run_source} [mei]")
     if config_path is not None:
         path = Path(config_path)
         table = read_toml(path).get("mei")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: no [mei] table; add one with the recipe fields to change")
-        checked = section_from_dict(MEIConfig, table, str(path), "mei")
+        checked = section_from_dict(MEIConfig, table, str(path))
         config = dataclasses.replace(config, **{key: getattr(checked, key) for key in table})
+        sources.append(f"--config {path}")
     if seeds is not None:
-        if seeds < 1:
-            raise ConfigError(f"--seeds {seeds}: must be at least 1")
         config = dataclasses.replace(config, seeds=seeds)
-    return config
+        sources.append(f"--seeds {seeds}")
+    return config, sources

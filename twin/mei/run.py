@@ -96,7 +96,7 @@ def mei_command(
     run: str,
     neurons: str = "all",
     seeds: int | None = None,
-    recipe: str = "walker2019",
+    recipe: str | None = None,
     config_path: str | None = None,
     out: str = "meis.zarr",
     deis: int = 0,
@@ -110,8 +110,10 @@ def mei_command(
     """Optimize, validate and store the MEIs of ``neurons`` of ``session`` of the run ``run``.
 
     Writes the MEI store ``out`` and ``<out stem>.png`` beside it; returns the summary
-    {"recipe", "median_ratio", "median_true_ratio", "neurons": [{"id", "activation",
-    "best_natural_activation", "ratio", "true_ratio", "optimum_correlation"}]}.
+    {"recipe", "config_sources", "median_ratio", "median_true_ratio", "neurons": [{"id",
+    "activation", "best_natural_activation", "ratio", "true_ratio", "optimum_correlation"}]}.
+    recipe: a preset or custom recipe name; None uses the run's own [mei] recipe (see
+    twin.mei.recipes.recipe_config for how the run's [mei], ``config_path`` and ``seeds`` apply).
     coordinator, num_processes, process_id: multi-host set-up (twin.distributed.initialize);
     every process runs the same command, the (neuron, seed) pairs are split over all their
     devices, and process 0 writes the outputs.
@@ -119,7 +121,7 @@ def mei_command(
     import jax
 
     from twin import distributed
-    from twin.checkpoint import load_run
+    from twin.checkpoint import load_run, read_run_files
     from twin.data.simulate import ground_truth
     from twin.data.store import open_session
     from twin.mei import diverse, validate
@@ -130,7 +132,10 @@ def mei_command(
     distributed.initialize(coordinator, num_processes, process_id)
     primary = jax.process_index() == 0
     progress = progress and primary
-    config = recipe_config(recipe, config_path, seeds)
+    run_config, _ = read_run_files(Path(run))
+    config, config_sources = recipe_config(
+        recipe, config_path, seeds, run_config.mei, str(Path(run) / "config.toml")
+    )
     if deis == 1 or deis < 0:
         raise ConfigError(f"--deis {deis}: give 0 (none) or at least 2 images per neuron")
     out = Path(out)
@@ -231,6 +236,7 @@ def mei_command(
         "store": str(Path(data.path).absolute()),
         "recipe": config.recipe,
         "mei_config": config_toml(config),
+        "config_sources": config_sources,
         "true_ratio_control": "the ground truth's best train image",
     }
     if primary:
@@ -243,6 +249,7 @@ def mei_command(
     ratios = variables["ratio"]
     return {
         "recipe": config.recipe,
+        "config_sources": config_sources,
         "median_ratio": finite(np.median(ratios)),
         "median_true_ratio": finite(np.median(true_ratio)) if np.isfinite(true_ratio).any() else None,
         "neurons": [
