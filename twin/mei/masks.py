@@ -1,6 +1,6 @@
 """Masks from an MEI (Walker et al. 2019): where the MEI differs from gray.
 
-- ``walker_mask``: |MEI - mean| > threshold (pixel units), blobs smaller than ``min_blob`` pixels
+- ``walker_mask``: |MEI - mean| > threshold (pixel levels 0..255), blobs smaller than ``min_blob`` pixels
   dropped, convex hull, dilated, blurred; values in [0, 1].
 - ``gaussian_mask``: a Gaussian envelope fitted to the MEI's contrast energy.
 - ``tight_mask``: the Walker mask eroded step by step until the model's activation falls to
@@ -18,7 +18,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from twin.mei.optimize import Objective, evaluate_pairs
 
-THRESHOLD = 16.0  # pixel units
+THRESHOLD = 16.0  # pixel levels 0..255 (twin.data.loader maps any store range onto them)
 MIN_BLOB = 50  # pixels
 DILATE = 2  # pixels
 BLUR = 1.5  # pixels
@@ -43,7 +43,7 @@ def hull_region(
     mei: np.ndarray, mean: float, threshold: float = THRESHOLD, min_blob: int = MIN_BLOB,
     dilate: int = DILATE,
 ) -> np.ndarray:
-    """(y, x) bool: thresholded |mei - mean| (pixel units), small blobs dropped, convex hull,
+    """(y, x) bool: thresholded |mei - mean| (pixel levels), small blobs dropped, convex hull,
     dilated. Without a blob of ``min_blob`` pixels the largest blob is kept."""
     above = np.abs(np.asarray(mei, np.float64) - mean) > threshold
     labels, count = ndimage.label(above)
@@ -61,7 +61,7 @@ def walker_mask(
     mei: np.ndarray, mean: float, threshold: float = THRESHOLD, min_blob: int = MIN_BLOB,
     dilate: int = DILATE, blur: float = BLUR,
 ) -> np.ndarray:
-    """Walker 2019 mask (y, x) in [0, 1] of ``mei (y, x)`` in pixel units around gray ``mean``;
+    """Walker 2019 mask (y, x) in [0, 1] of ``mei (y, x)`` in pixel levels around gray ``mean``;
     all zeros when no pixel passes the threshold."""
     region = hull_region(mei, mean, threshold, min_blob, dilate).astype(np.float64)
     return np.clip(ndimage.gaussian_filter(region, blur, mode="constant"), 0, 1) if blur else region

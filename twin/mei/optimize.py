@@ -375,7 +375,7 @@ def optimize_meis(
     model: anything with the Twin call signature (Twin, Ensemble: objective = member mean, or the
     ground-truth adapter). image_shape: (y, x), or (channel, y, x) for a model of several image
     channels. pixel_range: (lo, hi) valid normalized values; image_stats: (mean, std) in pixel
-    units (see Parametrization; without it pixel_range is 0..255). mask: optional (y, x) or
+    levels 0..255 (see Parametrization; without it pixel_range is 0..255). mask: optional (y, x) or
     (n, y, x) multiplied into every image (every channel). validator: a distinct model that picks the
     best seed. objective: per-pair objective (default ``neuron_objective``; see twin.mei.diverse
     for population objectives). devices: defaults to all devices of all processes.

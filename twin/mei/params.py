@@ -67,7 +67,8 @@ class Parametrization:
     image_shape: (y, x), or (channel, y, x) for several channels; pixel_range: (lo, hi) valid
     normalized values (floats, or arrays broadcasting against one image, e.g. (y, x) for per-pixel
     or (channel, 1, 1) for per-channel normalization); image_stats: (mean, std) of the
-    normalization in pixel units (same layouts), used to place the pixel-unit initialization
+    normalization in pixel levels 0..255 (same layouts; the loader maps the store's pixel_range
+    onto 0..255, so recipes written for 0..255 fit any store), used to place the initialization
     (without it pixel_range is taken to be 0..255).
     """
 
