@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from twin.config import RunConfig, load_config, save_config
-from twin.errors import RunError
+from twin.errors import RunError, TwinWarning
 from twin.models.twin import Ensemble, ReadoutSpec, Twin, make_ensemble
 
 
@@ -127,7 +128,10 @@ def latest_step(path: str | Path) -> int | None:
 
 
 def session_record(data) -> dict:
-    """What sessions.json keeps of a SessionData: enough to rebuild the model without the store."""
+    """What sessions.json keeps of a SessionData: enough to rebuild the model without the store,
+    and the store's content digest (None for a store written before digests)."""
+    from twin.data.digest import content_digest
+
     return {
         "name": data.name,
         "path": str(Path(data.path).absolute()),
@@ -137,6 +141,7 @@ def session_record(data) -> dict:
         "channels": int(data.images.shape[3]),
         "n_behavior": 0 if data.behavior is None else int(data.behavior.shape[1]),
         "has_positions": data.cell_xyz is not None,
+        "digest": content_digest(data.path),
     }
 
 
@@ -219,9 +224,67 @@ def read_run_files(run_dir: Path) -> tuple[RunConfig, list[dict]]:
     return load_config(run_dir / "config.toml"), json.loads((run_dir / "sessions.json").read_text())
 
 
-def load_run(run_dir: str | Path, load_sessions: bool = True) -> Run:
-    """The run's best model in eval mode, with its sessions loaded from the recorded stores
-    (``load_sessions=False`` skips them, e.g. to score the model on other stores)."""
+def check_store_digests(
+    run_dir: Path, records: list[dict], paths: list, explicit: bool = False, fix: str | None = None
+) -> None:
+    """Compare the content digest of each store in ``paths`` with the one sessions.json recorded
+    for that session (``records``, same order).
+
+    A store that differs is refused (RunError ending in ``fix``), or only warned about when the
+    user named it (``explicit``, --store). A session whose store had no digest when the run was fit
+    is warned about; runs written before digests (records without "digest") are not checked.
+    """
+    from twin.data.digest import content_digest, short
+
+    where = run_dir / "sessions.json"
+    for record, path in zip(records, paths):
+        if "digest" not in record:
+            continue
+        if record["digest"] is None:
+            warnings.warn(
+                f"{where}: store {path} had no digest when the run was fit (written before twin kept"
+                " store digests); its content is not checked",
+                TwinWarning,
+                stacklevel=3,
+            )
+            continue
+        now = content_digest(path)
+        if now == record["digest"]:
+            continue
+        digests = f"digest {short(record['digest'])} now {short(now)}"
+        if explicit:
+            warnings.warn(
+                f"{where}: store {path} differs from the store session {record['name']!r} was fit on"
+                f" ({digests}); using it as --store asks",
+                TwinWarning,
+                stacklevel=3,
+            )
+        else:
+            fix = fix or f"restore it, or pass --store {path} explicitly to use it anyway"
+            raise RunError(f"{where}: store {path} changed since the run was fit ({digests}); {fix}")
+
+
+def check_neurons(data, record: dict, store: str) -> None:
+    """RunError unless the store's neurons and images are the ones the run's session was fit on."""
+    unit_id = [int(u) for u in data.unit_id]
+    if unit_id != record["unit_id"]:
+        raise RunError(
+            f"{store}: unit_id has {len(unit_id)} neurons that differ from the {len(record['unit_id'])}"
+            f" of the run's session {record['name']!r}; pass the store the run was fitted on"
+        )
+    if list(data.images.shape[1:3]) != record["image_shape"]:
+        raise RunError(
+            f"{store}: images are {list(data.images.shape[1:3])} but the run was fitted on"
+            f" {record['image_shape']}; pass a store with the run's image size"
+        )
+
+
+def load_run(run_dir: str | Path, load_sessions: bool = True, stores: list | None = None) -> Run:
+    """The run's best model in eval mode, with its sessions loaded from the recorded stores, or
+    from ``stores`` (one per session, in the run's order: --store) when given
+    (``load_sessions=False`` skips them, e.g. for a validator model). A recorded store whose
+    content changed since the run was fit is refused; a store passed in ``stores`` that differs
+    from the recorded one is only warned about (its neurons and image size must be the run's)."""
     run_dir = Path(run_dir)
     config, records = read_run_files(run_dir)
     model = nnx.eval_shape(lambda: abstract_model(config, records))
@@ -229,15 +292,27 @@ def load_run(run_dir: str | Path, load_sessions: bool = True) -> Run:
     trees, _ = restore_step(run_dir / "checkpoints" / "best", {"model": abstract})
     model = nnx.merge(graphdef, trees["model"])
     model.eval()
-    sessions = []
-    if load_sessions:
-        from twin.data.loader import load_sessions as load
+    if stores is None and not load_sessions:
+        return Run(config=config, model=model, sessions=[], records=records, path=run_dir)
+    from twin.data.loader import load_sessions as load
 
-        for record in records:
-            if not Path(record["path"]).exists():
+    if stores is None:
+        stores = [record["path"] for record in records]
+        for store in stores:
+            if not Path(store).exists():
                 raise RunError(
-                    f"{run_dir / 'sessions.json'}: store {record['path']} not found; restore it or"
+                    f"{run_dir / 'sessions.json'}: store {store} not found; restore it or"
                     " pass the stores explicitly (--store)"
                 )
-        sessions = load([r["path"] for r in records], config.data)
+        check_store_digests(run_dir, records, stores)
+    else:
+        if len(stores) != len(records):
+            raise RunError(
+                f"--store: {len(stores)} stores given but the run has {len(records)} sessions;"
+                " pass one store per session, in the run's order"
+            )
+        check_store_digests(run_dir, records, stores, explicit=True)
+    sessions = load(stores, config.data)
+    for data, record, store in zip(sessions, records, stores):
+        check_neurons(data, record, store)
     return Run(config=config, model=model, sessions=sessions, records=records, path=run_dir)

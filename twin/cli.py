@@ -10,8 +10,9 @@ import argparse
 import json
 import math
 import sys
+import warnings
 
-from twin.errors import ConfigError, TwinError
+from twin.errors import ConfigError, TwinError, TwinWarning
 
 
 def print_json(value) -> None:
@@ -96,13 +97,23 @@ def cmd_import(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from twin.data.store import format_info, open_session, session_info
+    from twin.data.digest import content_digest, format_check, format_digest, verify_store
+    from twin.data.store import format_info, load_values, open_session, session_info
 
-    info = session_info(open_session(args.store))
+    if args.check:
+        report = verify_store(args.store)
+        if args.json:
+            print_json(report)
+        else:
+            print(format_check(report))
+        return 2 if report["problems"] else 0
+    info = session_info(load_values(open_session(args.store), args.store))
+    info["digest"] = content_digest(args.store)
     if args.json:
         print_json(info)
     else:
         print(format_info(info))
+        print(format_digest(info["digest"]))
     return 0
 
 
@@ -158,6 +169,7 @@ def cmd_mei(args) -> int:
         coordinator=args.coordinator,
         num_processes=args.num_processes,
         process_id=args.process_id,
+        stores=args.store,
     )
     import jax
 
@@ -182,7 +194,7 @@ def cmd_mei(args) -> int:
 def cmd_select(args) -> int:
     from twin.loop.select import format_selection, select_neurons
 
-    selection = select_neurons(args.run, n=args.n, min_distance=args.min_distance)
+    selection = select_neurons(args.run, n=args.n, min_distance=args.min_distance, stores=args.store)
     if args.json:
         print_json(selection)
     else:
@@ -303,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("info", help="summarize a session store")
     p.add_argument("store")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="verify every chunk against the store's digest and decode it (exit 2 when damaged)",
+    )
     p.set_defaults(handler=cmd_info)
 
     p = commands.add_parser("fit", help="fit a digital twin to one or more session stores")
@@ -332,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deis", type=at_least(0), default=0, help="diverse exciting inputs per neuron")
     p.add_argument("--session", type=at_least(0), default=0, help="session index within the run")
     p.add_argument("--validator", help="a second run whose model picks the best seed")
+    p.add_argument("--store", nargs="+", help="session stores to use instead of the run's own")
     p.add_argument("--json", action="store_true")
     add_multihost_flags(p)
     p.set_defaults(handler=cmd_mei)
@@ -340,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--n", type=at_least(1), default=50)
     p.add_argument("--min-distance", type=at_least(0, float), default=20.0, help="micrometres")
+    p.add_argument("--store", nargs="+", help="session stores to use instead of the run's own")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_select)
 
@@ -390,10 +409,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line_warnings(command: str):
+    """A warnings.showwarning that prints a TwinWarning as one stderr line, others as usual."""
+    show = warnings.showwarning
+
+    def show_warning(message, category, *args, **kwargs):
+        if issubclass(category, TwinWarning):
+            print(f"twin {command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return show_warning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", TwinWarning)
+            warnings.showwarning = one_line_warnings(args.command)
+            return args.handler(args)
     except TwinError as error:
         print(f"twin {args.command}: error: {error}", file=sys.stderr)
         return 2

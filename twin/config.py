@@ -40,26 +40,25 @@ class Rule(NamedTuple):
     says: Callable[[Any], str]
 
 
-def bounds(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> tuple[Callable, str]:
-    """(test, text) of the interval between lo and hi, e.g. (.., ">= 1") or (.., "in (0, 1]")."""
+def bounds(lo: float, hi: float | None, lo_open: bool, hi_open: bool) -> tuple[Callable, str]:
+    """(test, text) of the interval from lo to hi (None: no upper end), e.g. (.., ">= 1") or
+    (.., "in (0, 1]")."""
 
     def test(value) -> bool:
-        above = lo is None or (value > lo if lo_open else value >= lo)
+        above = value > lo if lo_open else value >= lo
         below = hi is None or (value < hi if hi_open else value <= hi)
         return above and below
 
     if hi is None:
         text = f"{'>' if lo_open else '>='} {lo:g}"
-    elif lo is None:
-        text = f"{'<' if hi_open else '<='} {hi:g}"
     else:
         text = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
     return test, text
 
 
-def integer(default: int, lo: int, hi: int | None = None, *, odd: bool = False):
-    """An int field of ``default`` in [lo, hi] (odd only, when ``odd``)."""
-    test, text = bounds(lo, hi, False, False)
+def integer(default: int, lo: int, *, odd: bool = False):
+    """An int field of ``default``, at least ``lo`` (and odd, when ``odd``)."""
+    test, text = bounds(lo, None, False, False)
     valid = Valid(
         lambda value: test(value) and (not odd or value % 2 == 1),
         f"{'an odd' if odd else 'an'} integer {text}",
@@ -69,7 +68,7 @@ def integer(default: int, lo: int, hi: int | None = None, *, odd: bool = False):
 
 def number(
     default: float,
-    lo: float | None = None,
+    lo: float,
     hi: float | None = None,
     *,
     lo_open: bool = False,
@@ -122,7 +121,14 @@ def shown(value) -> str:
     return repr(value)
 
 
-KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list of integers"}
+# What a value of each field type must be, for type errors.
+KINDS = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    tuple: "a list of integers",
+}
 
 
 def typed(value, default, where: str):
@@ -352,7 +358,9 @@ def section_from_dict(cls: type, values: dict[str, Any], source: str):
     """Build the config dataclass ``cls`` from the table ``values`` of the file ``source``;
     unknown keys and values the class refuses raise a ConfigError that names ``source``."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{source}: {cls.TABLE} = {shown(values)} is not a table; write [{cls.TABLE}] and its keys")
+        raise ConfigError(
+            f"{source}: {cls.TABLE} = {shown(values)} is not a table; write [{cls.TABLE}] and its keys"
+        )
     known = [field.name for field in dataclasses.fields(cls)]
     for key in values:
         if key not in known:

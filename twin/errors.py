@@ -22,3 +22,7 @@ class RunError(TwinError):
 
 class StimulusError(TwinError):
     """Exported stimuli, manifests or rig responses do not match each other."""
+
+
+class TwinWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints one line)."""

@@ -118,39 +118,12 @@ def score_predictions(data, tier: str, predictions: np.ndarray) -> dict:
     return result
 
 
-def check_neurons(data, record: dict, store: str) -> None:
-    """RunError unless the store's neurons and images are the ones the run's session was fit on."""
-    unit_id = [int(u) for u in data.unit_id]
-    if unit_id != record["unit_id"]:
-        raise RunError(
-            f"{store}: unit_id has {len(unit_id)} neurons that differ from the {len(record['unit_id'])}"
-            f" of the run's session {record['name']!r}; pass the store the run was fitted on"
-        )
-    if list(data.images.shape[1:3]) != record["image_shape"]:
-        raise RunError(
-            f"{store}: images are {list(data.images.shape[1:3])} but the run was fitted on"
-            f" {record['image_shape']}; pass a store with the run's image size"
-        )
-
-
 def evaluate_run(run_dir: str | Path, stores: list[str] | None = None, tier: str = "test") -> list[dict]:
     """score_session for every session of the run (one dict each), on the run's own stores or on
     ``stores`` (one per session, in the run's order, with the same neurons)."""
-    from twin.data.loader import load_sessions
-
-    run = load_run(run_dir, load_sessions=stores is None)
-    sessions = run.sessions
-    if stores is not None:
-        if len(stores) != len(run.records):
-            raise RunError(
-                f"--store: {len(stores)} stores given but the run has {len(run.records)} sessions;"
-                " pass one store per session, in the run's order"
-            )
-        sessions = load_sessions(stores, run.config.data)
-        for data, record, store in zip(sessions, run.records, stores):
-            check_neurons(data, record, store)
+    run = load_run(run_dir, stores=stores)
     batch_size = run.config.data.batch_size
-    return [score_session(run.model, index, data, tier, batch_size) for index, data in enumerate(sessions)]
+    return [score_session(run.model, index, data, tier, batch_size) for index, data in enumerate(run.sessions)]
 
 
 def format_results(results: list[dict]) -> str:

@@ -289,6 +289,9 @@ def fit(
             raise RunError(f"{workdir / 'config.toml'}: differs from the config given; resume with the run's own config")
         if [r["unit_id"] for r in saved_records] != [r["unit_id"] for r in records]:
             raise RunError(f"{workdir / 'sessions.json'}: the stores given are not the run's; resume with the same stores")
+        checkpoint.check_store_digests(
+            workdir, saved_records, store_paths, fix="resume with the stores the run was fit on, or fit a new run on it"
+        )
     # Several hosts share the run directory: process 0 writes the plain files, every process
     # takes part in the orbax checkpoints.
     primary = jax.process_index() == 0

@@ -17,7 +17,7 @@ import numpy as np
 
 from twin.config import DataConfig
 from twin.data.schema import TIERS, pixel_range, strings, validate
-from twin.data.store import open_session
+from twin.data.store import load_values, open_session
 from twin.errors import ConfigError, SessionError
 
 
@@ -112,7 +112,7 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
     path = Path(path)
     ds = open_session(path)
     # One read per variable (chunk by chunk inside zarr), then checks on the values in memory.
-    ds = validate(ds.load(), path)
+    ds = validate(load_values(ds, path), path)
     channels_last = ds["images"].dims[1] == "channel"
     prefix = "stats_image" if config.image_normalization == "global" else "stats_image_pixel"
     mean = ds[f"{prefix}_mean"].values.astype(np.float32)

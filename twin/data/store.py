@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 import twin
 from twin import metrics
+from twin.data.digest import FIX, check_digest, damaged_chunk, write_digest
 from twin.data.schema import SCHEMA_VERSION, TIERS, pixel_range, strings, validate
 from twin.errors import SessionError
 
@@ -62,6 +64,7 @@ def write_dataset(ds: xr.Dataset, path, encoding: dict | None = None) -> Path:
         variable.encoding = {}
     try:
         ds.to_zarr(partial, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
+        write_digest(partial)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)
@@ -76,13 +79,16 @@ def write_dataset(ds: xr.Dataset, path, encoding: dict | None = None) -> Path:
 
 
 def trial_chunks(ds: xr.Dataset) -> dict:
-    """Encoding that chunks every per-trial variable along trial only (~CHUNK_BYTES a chunk)."""
+    """Encoding of a session: every variable compressed with zstd and checksummed with CRC32C
+    (a chunk damaged on disk fails when read instead of decoding to wrong values), per-trial
+    variables chunked along trial only (~CHUNK_BYTES a chunk)."""
     encoding = {}
-    for name, var in ds.data_vars.items():
+    for name, var in ds.variables.items():
+        encoding[name] = {"compressors": [ZstdCodec(), Crc32cCodec()]}
         if var.dims and var.dims[0] == "trial":
             row_bytes = max(1, var.dtype.itemsize * int(np.prod(var.shape[1:])))
             rows = int(np.clip(CHUNK_BYTES // row_bytes, 1, var.shape[0]))
-            encoding[name] = {"chunks": (rows, *var.shape[1:])}
+            encoding[name]["chunks"] = (rows, *var.shape[1:])
     return encoding
 
 
@@ -139,17 +145,31 @@ def write_session(ds: xr.Dataset, path) -> Path:
 
 
 def open_dataset(path) -> xr.Dataset:
-    """Open any zarr store written by ``write_dataset`` lazily (no data read, no dask)."""
+    """Open any zarr store written by ``write_dataset`` lazily (no data read, no dask); a store
+    with a digest is checked against it first (twin.data.digest.check_digest: a stat per chunk)."""
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise SessionError(
             f"{path}: no zarr store here; check the path (stores are written by twin simulate,"
             " twin import or twin mei)"
         )
+    check_digest(path)
     try:
         return xr.open_dataset(path, engine="zarr", consolidated=False, chunks=None)
     except Exception as error:  # zarr raises many kinds for damaged stores
         raise SessionError(f"{path}: cannot be read as a zarr store ({error}); rewrite it") from None
+
+
+def load_values(ds: xr.Dataset, path) -> xr.Dataset:
+    """``ds.load()`` for a dataset opened from the store ``path``; a chunk that fails its
+    checksum or cannot be decoded becomes one SessionError line naming the array and chunk."""
+    try:
+        return ds.load()
+    except Exception:  # codecs raise ValueError, RuntimeError, ...
+        damaged = damaged_chunk(path)
+        if damaged is None:
+            raise
+        raise SessionError(f"{path}: {damaged}; {FIX}") from None
 
 
 def open_session(path) -> xr.Dataset:

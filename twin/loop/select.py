@@ -116,12 +116,14 @@ def select_neurons(
     edge: float | None = None,
     session: int = 0,
     ln: bool = True,
+    stores: list[str] | None = None,
 ) -> dict:
     """Pick up to ``n`` neurons of one session of a run for a closed loop (see the module doc).
 
     edge: margin (µm) from the imaging field's border; default ``min_distance``. Returns a dict
     with ``neuron_index`` and ``unit_id`` (lists, in rank order), ``neurons`` (per neuron: its
     scores and position), the thresholds used and how many neurons each rule excluded.
+    stores: the run's sessions from these stores instead of the recorded ones (--store).
     """
     from twin.checkpoint import load_run
     from twin.errors import ConfigError, SessionError
@@ -129,7 +131,7 @@ def select_neurons(
 
     if n < 1:
         raise ConfigError(f"--n {n}: select at least one neuron")
-    loaded = load_run(run)
+    loaded = load_run(run, stores=stores)
     if not 0 <= session < len(loaded.sessions):
         raise ConfigError(f"{run}: session {session} does not exist; the run has {len(loaded.sessions)}")
     data = loaded.sessions[session]

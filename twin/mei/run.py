@@ -106,6 +106,7 @@ def mei_command(
     coordinator: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    stores: list[str] | None = None,
 ) -> dict:
     """Optimize, validate and store the MEIs of ``neurons`` of ``session`` of the run ``run``.
 
@@ -116,7 +117,8 @@ def mei_command(
     twin.mei.recipes.recipe_config for how the run's [mei], ``config_path`` and ``seeds`` apply).
     coordinator, num_processes, process_id: multi-host set-up (twin.distributed.initialize);
     every process runs the same command, the (neuron, seed) pairs are split over all their
-    devices, and process 0 writes the outputs.
+    devices, and process 0 writes the outputs. stores: the run's sessions from these stores
+    instead of the recorded ones (--store; twin.checkpoint.load_run).
     """
     import jax
 
@@ -141,7 +143,7 @@ def mei_command(
     out = Path(out)
     if out.suffix != ".zarr":
         raise ConfigError(f"--out {out}: name the MEI store with a .zarr suffix")
-    loaded = load_run(run)
+    loaded = load_run(run, stores=stores)
     if not 0 <= session < len(loaded.sessions):
         raise ConfigError(
             f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}"
