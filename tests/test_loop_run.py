@@ -12,36 +12,6 @@ from twin.loop.files import read_responses, write_responses
 from twin.loop.monitor import Monitor, png_to_model
 from twin.loop.predict import twin_responses
 
-TINY = """
-[loop]
-simulated_neurons = 24
-train_images = 240
-test_images = 12
-repeats = 4
-size = [18, 32]
-rig_repeats = 4
-min_distance = 5.0
-mei_seeds = 1
-[model]
-core_layers = 1
-core_channels = 8
-input_kernel = 5
-[data]
-batch_size = 32
-[fit]
-max_epochs = 1
-[mei]
-steps = 10
-"""
-
-
-@pytest.fixture(scope="module")
-def loop_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loop")
-    (root / "tiny.toml").write_text(TINY)
-    assert main(["loop", str(root / "out"), "--neurons", "3", "--config", str(root / "tiny.toml")]) == 0
-    return root / "out"
-
 
 def test_loop_writes_every_stage(loop_dir):
     for name in ["session.zarr", "run", "selection.json", "meis.zarr", "stimuli/manifest.csv", "responses.npz", "report/index.html"]:
@@ -50,7 +20,7 @@ def test_loop_writes_every_stage(loop_dir):
     summary = json.loads((loop_dir / "report" / "summary.json").read_text())
     assert list(summary) == [
         "n_neurons", "median_mei_over_best_natural", "fraction_mei_beats_controls_p05",
-        "prediction_correlation", "neurons",
+        "prediction_correlation", "units_without_responses", "neurons",
     ]
     assert result["n_neurons"] == summary["n_neurons"] >= 1
     assert set(result["seconds"]) == {"simulate", "fit", "select", "mei", "export", "respond", "closeloop", "total"}
@@ -167,7 +137,7 @@ def test_export_with_monitor_lists_rejected_stimuli(loop_dir, tmp_path, capsys):
 
 def test_loop_refuses_a_used_folder(loop_dir, capsys):
     assert main(["loop", str(loop_dir)]) == 2
-    assert "already holds a loop" in capsys.readouterr().err
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
 
 
 def test_deis_travel_through_export_rig_and_closeloop(loop_dir, tmp_path):

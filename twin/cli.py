@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+from pathlib import Path
 import warnings
 
 from twin.errors import ConfigError, TwinError, TwinWarning
@@ -53,7 +55,9 @@ def parse_size(text: str) -> tuple[int, int]:
 def cmd_simulate(args) -> int:
     from twin.data.simulate import simulate
     from twin.data.store import write_session
+    from twin.outputs import check_output
 
+    check_output(args.out, args.overwrite, "store", flag="OUT")
     ds = simulate(
         n_neurons=args.neurons,
         n_train_images=args.train_images,
@@ -62,7 +66,7 @@ def cmd_simulate(args) -> int:
         size=parse_size(args.size),
         seed=args.seed,
     )
-    write_session(ds, args.out)
+    write_session(ds, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
     return 0
 
@@ -83,7 +87,9 @@ def parse_pixel_range(text: str | None) -> tuple[float, float] | None:
 def cmd_import(args) -> int:
     from twin.data.importers import from_arrays, from_sensorium, shift_responses
     from twin.data.store import write_session
+    from twin.outputs import check_output
 
+    check_output(args.out, args.overwrite, "store", flag="OUT")
     pixel_range = parse_pixel_range(args.pixel_range)
     if args.format == "arrays":
         ds = from_arrays(args.path, seed=args.seed, pixel_range=pixel_range)
@@ -91,7 +97,7 @@ def cmd_import(args) -> int:
         ds = from_sensorium(args.path, pixel_range=pixel_range)
     if args.shift_responses:
         ds = shift_responses(ds, args.shift_responses)
-    write_session(ds, args.out)
+    write_session(ds, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
     return 0
 
@@ -99,6 +105,7 @@ def cmd_import(args) -> int:
 def cmd_info(args) -> int:
     from twin.data.digest import content_digest, format_check, format_digest, verify_store
     from twin.data.store import format_info, load_values, open_session, session_info
+    from twin.outputs import abandoned
 
     if args.check:
         report = verify_store(args.store)
@@ -109,11 +116,14 @@ def cmd_info(args) -> int:
         return 2 if report["problems"] else 0
     info = session_info(load_values(open_session(args.store), args.store))
     info["digest"] = content_digest(args.store)
+    info["abandoned_writes"] = [str(path) for path in abandoned(Path(args.store).absolute().parent)]
     if args.json:
         print_json(info)
     else:
         print(format_info(info))
         print(format_digest(info["digest"]))
+        for path in info["abandoned_writes"]:
+            print(f"abandoned    {path}: left by a killed write; the next write in that folder removes it")
     return 0
 
 
@@ -133,6 +143,7 @@ def cmd_fit(args) -> int:
         coordinator=args.coordinator,
         num_processes=args.num_processes,
         process_id=args.process_id,
+        overwrite=args.overwrite,
     )
 
 
@@ -169,6 +180,7 @@ def cmd_mei(args) -> int:
         coordinator=args.coordinator,
         num_processes=args.num_processes,
         process_id=args.process_id,
+        overwrite=args.overwrite,
         stores=args.store,
     )
     import jax
@@ -206,7 +218,12 @@ def cmd_export(args) -> int:
     from twin.loop.export import export_stimuli
 
     manifest = export_stimuli(
-        args.meis, args.out, monitor_path=args.monitor, repeats=args.repeats, seed=args.seed
+        args.meis,
+        args.out,
+        monitor_path=args.monitor,
+        repeats=args.repeats,
+        seed=args.seed,
+        overwrite=args.overwrite,
     )
     print(
         f"wrote {args.out}: {len(manifest['stimuli'])} stimuli x {manifest['repeats']} repeats ="
@@ -223,7 +240,9 @@ def cmd_export(args) -> int:
 def cmd_respond(args) -> int:
     from twin.loop.respond import respond_to_stimuli
 
-    respond_to_stimuli(args.stimuli, animal=args.animal, out=args.out, seed=args.seed)
+    respond_to_stimuli(
+        args.stimuli, animal=args.animal, out=args.out, seed=args.seed, overwrite=args.overwrite
+    )
     print(f"wrote {args.out}")
     return 0
 
@@ -231,7 +250,7 @@ def cmd_respond(args) -> int:
 def cmd_closeloop(args) -> int:
     from twin.loop.closeloop import closeloop
 
-    summary = closeloop(args.run, args.stimuli, args.responses, args.out)
+    summary = closeloop(args.run, args.stimuli, args.responses, args.out, overwrite=args.overwrite)
     print_json({k: v for k, v in summary.items() if k != "neurons"})
     return 0
 
@@ -247,6 +266,7 @@ def cmd_loop(args) -> int:
         recipe=args.recipe,
         config_path=args.config,
         seed=args.seed,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -263,7 +283,7 @@ def cmd_bench(args) -> int:
 def cmd_convert(args) -> int:
     from twin.convert import convert_neuralpredictors
 
-    convert_neuralpredictors(args.checkpoint, out=args.out, stores=args.store)
+    convert_neuralpredictors(args.checkpoint, out=args.out, stores=args.store, overwrite=args.overwrite)
     print(f"wrote {args.out}")
     return 0
 
@@ -273,6 +293,15 @@ def add_multihost_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0 (jax.distributed)")
     p.add_argument("--num-processes", type=at_least(1), help="multi-host: number of processes")
     p.add_argument("--process-id", type=at_least(0), help="multi-host: this process, 0 .. N-1")
+
+
+def add_overwrite_flag(p: argparse.ArgumentParser) -> None:
+    """--overwrite: every command that writes refuses an existing output without it."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output written by twin (atomically, at the end of the work)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=at_least(1), default=10)
     p.add_argument("--size", default="36x64", help="HEIGHTxWIDTH (default 36x64)")
     p.add_argument("--seed", type=at_least(0), default=0)
+    add_overwrite_flag(p)
     p.set_defaults(handler=cmd_simulate)
 
     p = commands.add_parser("import", help="import a recording into a session store")
@@ -310,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="subtract each neuron's minimum (neuron) or the overall minimum (global) from the"
         " responses, e.g. dF/F for the Poisson loss; the store keeps the offsets (response_offset)",
     )
+    add_overwrite_flag(p)
     p.set_defaults(handler=cmd_import)
 
     p = commands.add_parser("info", help="summarize a session store")
@@ -330,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=at_least(1), help="overrides [fit].max_epochs")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     add_multihost_flags(p)
+    add_overwrite_flag(p)
     p.set_defaults(handler=cmd_fit)
 
     p = commands.add_parser("evaluate", help="score a run on a tier")
@@ -352,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", nargs="+", help="session stores to use instead of the run's own")
     p.add_argument("--json", action="store_true")
     add_multihost_flags(p)
+    add_overwrite_flag(p)
     p.set_defaults(handler=cmd_mei)
 
     p = commands.add_parser("select", help="choose neurons for a closed loop")
@@ -368,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--monitor", help="monitor calibration TOML")
     p.add_argument("--repeats", type=at_least(1), default=10)
     p.add_argument("--seed", type=at_least(0), default=0)
+    add_overwrite_flag(p)
     p.set_defaults(handler=cmd_export)
 
     p = commands.add_parser("respond", help="show exported stimuli to the simulated animal")
@@ -375,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--animal", required=True, help="simulated session store")
     p.add_argument("--out", required=True, help="responses .npz")
     p.add_argument("--seed", type=at_least(0), default=0)
+    add_overwrite_flag(p)
     p.set_defaults(handler=cmd_respond)
 
     p = commands.add_parser("closeloop", help="compare the rig's responses with the twin")
@@ -382,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stimuli")
     p.add_argument("responses")
     p.add_argument("--out", required=True, help="report directory")
+    add_overwrite_flag(p)
     p.set_defaults(handler=cmd_closeloop)
 
     p = commands.add_parser("loop", help="the whole inception loop, on the simulated animal")
@@ -392,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="walker2019")
     p.add_argument("--config", help="TOML file overriding defaults")
     p.add_argument("--seed", type=at_least(0), default=0)
+    add_overwrite_flag(p)
     p.set_defaults(handler=cmd_loop)
 
     p = commands.add_parser("bench", help="throughput suite, with the PyTorch peer if installed")
@@ -405,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="state dict (.pth)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--store", nargs="+", help="session stores the model was trained on")
+    add_overwrite_flag(p)
     p.set_defaults(handler=cmd_convert)
     return parser
 
@@ -422,7 +460,8 @@ def one_line_warnings(command: str):
     return show_warning
 
 
-def main(argv: list[str] | None = None) -> int:
+def dispatch(argv: list[str] | None) -> int:
+    """Parse and run one command: its exit status, 2 on a user error, 130 when interrupted."""
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
@@ -435,6 +474,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"twin {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `twin` command; exit status 141 when the reader of its output went away (`| head`)."""
+    try:
+        try:
+            return dispatch(argv)
+        finally:
+            sys.stdout.flush()  # output buffered for a closed pipe fails here, --help's too
+    except BrokenPipeError:
+        # Python's recipe (signal module docs): send the rest to devnull so the flush at exit
+        # does not fail again, and end as a process killed by SIGPIPE would, without a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -214,8 +214,11 @@ def twin_from_state_dict(
     return model, config, keys
 
 
-def convert_neuralpredictors(checkpoint: str | Path, out: str | Path, stores: list[str] | None = None) -> Path:
-    """Write run directory ``out`` from a neuralpredictors state dict file ``checkpoint``.
+def convert_neuralpredictors(
+    checkpoint: str | Path, out: str | Path, stores: list[str] | None = None, overwrite: bool = False
+) -> Path:
+    """Write run directory ``out`` from a neuralpredictors state dict file ``checkpoint``
+    (atomically; an existing run is replaced only with ``overwrite``).
 
     stores: the session stores the model was trained on, one per readout in state dict order;
     they give the image shape, behavior channels, normalization and neuron ids of the run.
@@ -223,9 +226,9 @@ def convert_neuralpredictors(checkpoint: str | Path, out: str | Path, stores: li
     from twin.checkpoint import save_run_model
     from twin.data.loader import load_sessions
 
-    out = Path(out)
-    if out.exists():
-        raise RunError(f"{out}: run directory already exists; choose a new --out")
+    from twin.outputs import check_output, output
+
+    out = check_output(out, overwrite)
     state = read_state_dict(checkpoint)
     config, in_channels = infer_config(state, str(checkpoint))
     keys = data_keys(state)
@@ -251,5 +254,6 @@ def convert_neuralpredictors(checkpoint: str | Path, out: str | Path, stores: li
         if config.grid_mean_predictor and session.cell_xyz is None:
             raise RunError(f"{session.path}: readout.{key} predicts positions from cell_x/cell_y, which this store lacks")
     model, model_config, _ = twin_from_state_dict(state, sessions[0].image_shape, n_behavior, str(checkpoint))
-    save_run_model(out, model, RunConfig(data=data_config, model=model_config), sessions)
+    with output(out, overwrite) as staged:
+        save_run_model(staged, model, RunConfig(data=data_config, model=model_config), sessions)
     return out

@@ -24,5 +24,9 @@ class StimulusError(TwinError):
     """Exported stimuli, manifests or rig responses do not match each other."""
 
 
+class OutputError(TwinError):
+    """An output path cannot or must not be written (exists, parent missing, not writable)."""
+
+
 class TwinWarning(UserWarning):
     """Something the user should know that does not stop the command (the CLI prints one line)."""

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from twin import checkpoint, distributed, metrics
 from twin.config import RunConfig, check_image_size, load_config
 from twin.errors import ConfigError, RunError, SessionError, TwinError
+from twin.outputs import check_output, output_in_place
 from twin.models.twin import Ensemble
 
 # Added to predictions inside the log (neuralpredictors' PoissonLoss bias).
@@ -488,11 +489,44 @@ def fit_command(
     coordinator: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    overwrite: bool = False,
 ) -> int:
     """`twin fit`: config from --config (or, with --resume, the run's config.toml), overrides
     from --seeds / --max-epochs, then fit and print the summary. coordinator, num_processes,
-    process_id: multi-host set-up (twin.distributed.initialize)."""
+    process_id: multi-host set-up (twin.distributed.initialize).
+
+    A new run directory is written in place, so a killed fit can be resumed; a fit that fails
+    before its first checkpoint leaves nothing. ``overwrite`` replaces an existing run only when
+    the new fit succeeds (twin.outputs.output_in_place).
+    """
     distributed.initialize(coordinator, num_processes, process_id)
+    primary = jax.process_index() == 0
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite: pass one; --resume continues the run in --out")
+    if resume:
+        checkpoint.read_run_files(Path(out))
+    elif primary:
+        check_output(out, overwrite)
+    config = fit_config_from(out, config_path, resume, seeds, max_epochs)
+    if resume or not primary:
+        summary = fit(config, stores, out, resume=resume)
+    else:
+        with output_in_place(out, overwrite, keep=has_checkpoint):
+            summary = fit(config, stores, out)
+    print(format_summary(summary, out))
+    return 0
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a (killed or failed) fit in ``run_dir`` saved an epoch that --resume can continue."""
+    return checkpoint.latest_step(Path(run_dir) / "checkpoints" / "latest") is not None
+
+
+def fit_config_from(
+    out: str, config_path: str | None, resume: bool, seeds: int | None, max_epochs: int | None
+) -> RunConfig:
+    """The config of `twin fit`: --config, else the run's own with --resume, else the defaults;
+    then --seeds and --max-epochs."""
     run_config = Path(out) / "config.toml"
     if config_path is not None:
         config = load_config(config_path)
@@ -509,7 +543,4 @@ def fit_command(
         if max_epochs < 1:
             raise ConfigError(f"--max-epochs {max_epochs}: pass at least 1")
         overrides["max_epochs"] = max_epochs
-    config = dataclasses.replace(config, fit=dataclasses.replace(config.fit, **overrides))
-    summary = fit(config, stores, out, resume=resume)
-    print(format_summary(summary, out))
-    return 0
+    return dataclasses.replace(config, fit=dataclasses.replace(config.fit, **overrides))

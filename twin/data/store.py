@@ -8,8 +8,6 @@ on train trials) and writes it; ``open_session`` opens and checks one without re
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from twin import metrics
 from twin.data.digest import FIX, check_digest, damaged_chunk, write_digest
 from twin.data.schema import SCHEMA_VERSION, TIERS, pixel_range, strings, validate
 from twin.errors import SessionError
+from twin.outputs import output
 
 # Trial chunks of about this many bytes: large enough to read fast, small enough to stream.
 CHUNK_BYTES = 8 * 2**20
@@ -30,52 +29,20 @@ SPARSE_FRACTION = 0.01
 SHOW_UNITS = 5  # unit ids listed per kind of quiet neuron
 
 
-def remove_abandoned(path: Path) -> None:
-    """Delete partial stores beside ``path`` left by writers that were killed (their pid is gone)."""
-    for partial in path.parent.glob(f".{path.name}.partial-*"):
-        pid = partial.name.rsplit("-", 1)[1]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(partial, ignore_errors=True)
-        except PermissionError:  # alive, owned by someone else
-            pass
-
-
-def write_dataset(ds: xr.Dataset, path, encoding: dict | None = None) -> Path:
+def write_dataset(ds: xr.Dataset, path, encoding: dict | None = None, overwrite: bool = False) -> Path:
     """Write ``ds`` to the zarr v3 store ``path`` atomically and return the path.
 
-    The store is written to a hidden sibling folder and renamed onto ``path`` only when complete;
-    an existing store at ``path`` is replaced. Encodings carried over from an opened store are
-    dropped; pass ``encoding`` ({name: {"chunks": ...}}) to set chunks.
+    The store is written to a hidden sibling folder and renamed onto ``path`` only when complete
+    (twin.outputs.output): an existing ``path`` is refused unless ``overwrite``. Encodings carried
+    over from an opened store are dropped; pass ``encoding`` ({name: {"chunks": ...}}) to set chunks.
     """
-    path = Path(path)
-    if path.exists() and not (path / "zarr.json").is_file():
-        raise SessionError(
-            f"{path}: exists and is not a zarr store; remove it or choose another output path"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(path)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     ds = ds.copy(deep=False)
     for variable in ds.variables.values():
         variable.encoding = {}
-    try:
-        ds.to_zarr(partial, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
+    with output(path, overwrite, "store") as partial:
+        ds.to_zarr(partial, mode="a", consolidated=False, zarr_format=3, encoding=encoding)
         write_digest(partial)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            partial.rename(path)
-            shutil.rmtree(old)
-        else:
-            partial.rename(path)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return path
+    return Path(path)
 
 
 def trial_chunks(ds: xr.Dataset) -> dict:
@@ -129,8 +96,9 @@ def statistics(ds: xr.Dataset) -> xr.Dataset:
     return xr.Dataset(stats)
 
 
-def write_session(ds: xr.Dataset, path) -> Path:
-    """Validate session ``ds``, add its train-trial statistics and write it atomically to ``path``."""
+def write_session(ds: xr.Dataset, path, overwrite: bool = False) -> Path:
+    """Validate session ``ds``, add its train-trial statistics and write it atomically to ``path``
+    (an existing store is replaced only with ``overwrite``)."""
     path = Path(path)
     validate(ds, path)
     ds = ds.drop_vars([name for name in ds.variables if str(name).startswith("stats_")])
@@ -141,7 +109,7 @@ def write_session(ds: xr.Dataset, path) -> Path:
         "session": ds.attrs.get("session") or path.name.removesuffix(".zarr"),
         "created_by": f"twin {twin.__version__}",
     }
-    return write_dataset(ds, path, encoding=trial_chunks(ds))
+    return write_dataset(ds, path, encoding=trial_chunks(ds), overwrite=overwrite)
 
 
 def open_dataset(path) -> xr.Dataset:

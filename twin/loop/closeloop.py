@@ -9,14 +9,15 @@ measured on the ingested responses (the animal's), never on the twin's.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
-from twin.errors import RunError, StimulusError
+from twin.errors import RunError, StimulusError, TwinWarning
 from twin.loop.export import CONTROLS
-from twin.loop.files import MANIFEST, read_manifest, read_responses, staging_dir
+from twin.loop.files import MANIFEST, read_manifest, read_responses
 
 P_VALUE = 0.05
 
@@ -28,12 +29,19 @@ def run_unit_ids(run: str | Path, session: int) -> np.ndarray:
         sessions = json.loads(path.read_text())
     except FileNotFoundError:
         raise RunError(f"{path}: not found; pass a run directory written by `twin fit`") from None
+    except (OSError, ValueError) as error:
+        raise RunError(f"{path}: not readable JSON ({error}); pass a run directory written by `twin fit`") from None
+    if not isinstance(sessions, list):
+        raise RunError(f"{path}: not a list of sessions; pass a run directory written by `twin fit`")
     if not 0 <= session < len(sessions):
         raise RunError(
             f"{path}: the stimuli were made for session {session} but the run has"
             f" {len(sessions)}; pass the run the MEIs came from"
         )
-    return np.asarray(sessions[session]["unit_id"], np.int64)
+    try:
+        return np.asarray(sessions[session]["unit_id"], np.int64)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise RunError(f"{path}: session {session} has no list of integer unit_id; fit the run again") from None
 
 
 def match_trials(manifest: dict, data: dict, responses_path, stimuli_path) -> dict[int, np.ndarray]:
@@ -56,8 +64,11 @@ def match_trials(manifest: dict, data: dict, responses_path, stimuli_path) -> di
     return {i: np.flatnonzero(data["stimulus_id"] == i) for i in sorted(known)}
 
 
-def check_neurons(manifest: dict, data: dict, unit_ids: np.ndarray, responses_path, run) -> None:
-    """Recorded unit ids must belong to the run's session and include every stimulus' neuron."""
+def check_neurons(manifest: dict, data: dict, unit_ids: np.ndarray, responses_path, run) -> list[int]:
+    """Recorded unit ids must belong to the run's session and include some stimulus' neuron.
+
+    Returns the stimuli's unit ids without responses (neurons lost on the rig), sorted.
+    """
     foreign = np.setdiff1d(data["unit_id"], unit_ids)
     if len(foreign):
         raise StimulusError(
@@ -66,11 +77,12 @@ def check_neurons(manifest: dict, data: dict, unit_ids: np.ndarray, responses_pa
         )
     wanted = np.unique([s["unit_id"] for s in manifest["stimuli"]])
     absent = np.setdiff1d(wanted, data["unit_id"])
-    if len(absent):
+    if len(absent) == len(wanted):
         raise StimulusError(
-            f"{responses_path}: unit_id {absent[0]} ({len(absent)} in all) has stimuli in the"
-            f" manifest but no responses; record those neurons"
+            f"{responses_path}: none of the {len(wanted)} units with stimuli in the manifest has"
+            " responses; record those neurons and match the rig's cells to the run's unit ids"
         )
+    return [int(unit) for unit in absent]
 
 
 def finite(value) -> float | None:
@@ -131,14 +143,16 @@ def neuron_statistics(unit: int, stimuli: list[dict], trials: dict, column: np.n
 
 def summarize(manifest: dict, data: dict, trials: dict) -> dict:
     """summary.json: population numbers and one entry per neuron with an MEI and a control shown
-    (a neuron whose MEI or both controls were rejected at export is left out)."""
+    (a neuron whose MEI or both controls were rejected at export is left out, and so is a neuron
+    without responses, listed in units_without_responses)."""
     per_unit: dict[int, list[dict]] = {}
     for stimulus in manifest["stimuli"]:
         per_unit.setdefault(stimulus["unit_id"], []).append(stimulus)
+    recorded = set(data["unit_id"].tolist())
     neurons = []
     for unit, stimuli in per_unit.items():
         kinds = {s["kind"] for s in stimuli}
-        if "mei" not in kinds or not kinds & set(CONTROLS):
+        if unit not in recorded or "mei" not in kinds or not kinds & set(CONTROLS):
             continue
         column = data["responses"][:, int(np.flatnonzero(data["unit_id"] == unit)[0])]
         neurons.append(neuron_statistics(unit, stimuli, trials, column))
@@ -152,24 +166,37 @@ def summarize(manifest: dict, data: dict, trials: dict) -> dict:
             finite(np.mean([n["mei_beats_controls"] for n in neurons])) if neurons else None
         ),
         "prediction_correlation": finite(correlation),
+        "units_without_responses": sorted(set(per_unit) - recorded),
         "neurons": neurons,
     }
 
 
-def closeloop(run: str | Path, stimuli: str | Path, responses: str | Path, out: str | Path) -> dict:
+def closeloop(
+    run: str | Path, stimuli: str | Path, responses: str | Path, out: str | Path, overwrite: bool = False
+) -> dict:
     """Match responses.npz to the manifest of ``stimuli``, score every neuron, write the report.
 
     Writes ``out/summary.json``, ``out/index.html`` and the report's PNGs (atomically) and returns
     the summary dict.
     """
     from twin.loop.report import write_report
+    from twin.outputs import check_output, output
 
+    check_output(out, overwrite)
     manifest = read_manifest(stimuli)
     data = read_responses(responses)
-    check_neurons(manifest, data, run_unit_ids(run, manifest["session"]), responses, run)
+    lost = check_neurons(manifest, data, run_unit_ids(run, manifest["session"]), responses, run)
+    if lost:
+        # a neuron lost on the rig is normal: the others are scored, the report lists the lost ones
+        warnings.warn(
+            f"{responses}: {len(lost)} units with stimuli have no responses and are left out:"
+            f" unit_id {', '.join(map(str, lost))}",
+            TwinWarning,
+            stacklevel=2,
+        )
     trials = match_trials(manifest, data, responses, stimuli)
     summary = summarize(manifest, data, trials)
-    with staging_dir(out) as tmp:
+    with output(out, overwrite) as tmp:
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
         write_report(tmp, summary, manifest, Path(stimuli), Path(run))
     return summary

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from twin.loop.files import MANIFEST, staging_dir
+from twin.loop.files import MANIFEST
 from twin.loop.monitor import UPSAMPLE, Monitor, load_monitor, match_luminance, upsample
 
 TOLERANCE = 0.05  # relative deviation from the luminance/contrast targets that rejects a stimulus
@@ -124,8 +124,11 @@ def export_stimuli(
     monitor_path: str | Path | None = None,
     repeats: int = 10,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict:
     """Write PNG stimuli and their manifest for the rig; returns the manifest (see module doc).
+
+    ``out`` is checked before any work and an existing one replaced only with ``overwrite``.
 
     The presentation order shows every accepted stimulus once per repeat block, each block in its
     own seeded random order, so repeats are interleaved over the session.
@@ -134,7 +137,9 @@ def export_stimuli(
     from twin.data.store import open_session
     from twin.errors import ConfigError, StimulusError
     from twin.mei.store import open_meis
+    from twin.outputs import check_output, output
 
+    check_output(out, overwrite)
     if repeats < 1:
         raise ConfigError(f"--repeats {repeats}: show each stimulus at least once")
     monitor = load_monitor(monitor_path)
@@ -174,7 +179,7 @@ def export_stimuli(
     predicted = own_neuron_responses(store.attrs["run"], int(store.attrs["session"]), neuron_index, images)
 
     stimuli = []
-    with staging_dir(out) as tmp:
+    with output(out, overwrite) as tmp:
         (tmp / "stimuli").mkdir()
         for stimulus_id, ((record, shown), response) in enumerate(zip(accepted, predicted)):
             name = f"stimuli/{stimulus_id:04d}_{record['kind']}_u{record['unit_id']}.png"

@@ -1,4 +1,8 @@
-"""The loop's files: atomic output folders, the stimulus manifest, and the rig's responses.npz.
+"""The loop's files: the stimulus manifest and the rig's responses.npz.
+
+Files that come back from the rig are untrusted: manifest.json is checked field by field against
+what `twin export` writes, stimulus file names must stay inside the stimulus folder, and
+responses.npz is read without pickles; every problem is one StimulusError line.
 
 responses.npz (what a rig writes; `twin respond` writes the same):
     responses (trial, neuron) float32 — one row per presentation, in any order
@@ -9,79 +13,290 @@ responses.npz (what a rig writes; `twin respond` writes the same):
 from __future__ import annotations
 
 import contextlib
+import csv
+import difflib
+import io
 import json
+import math
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from twin.errors import StimulusError
 
 MANIFEST = "manifest.json"
+KINDS = ("mei", "dei", "natural", "natural_masked")  # stimulus kinds `twin export` writes
 
 
-@contextlib.contextmanager
-def staging_dir(out: str | Path):
-    """Yield an empty folder beside ``out``; on success it replaces ``out``, on error it vanishes."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+def shown(value) -> str:
+    """A user's value for a one-line message: its repr (control characters escaped), cut short."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def is_integer(value) -> bool:
+    """A JSON integer that fits int64; booleans are not integers here."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+
+
+def is_number(value) -> bool:
+    """A finite JSON number (NaN and Infinity are refused)."""
+    return is_integer(value) or isinstance(value, float) and math.isfinite(value)
+
+
+def is_shape(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(is_integer(n) and n >= 1 for n in value)
+
+
+# Field rules: (what the field must be, in error messages; the test of a value).
+STRING = ("a string", lambda v: isinstance(v, str))
+INTEGER = ("an integer", is_integer)
+INDEX = ("an integer >= 0", lambda v: is_integer(v) and v >= 0)
+INDEX_OR_NULL = ("an integer >= 0 or null", lambda v: v is None or is_integer(v) and v >= 0)
+COUNT = ("an integer >= 1", lambda v: is_integer(v) and v >= 1)
+NUMBER = ("a finite number", is_number)
+POSITIVE = ("a number > 0", lambda v: is_number(v) and v > 0)
+POSITIVE_OR_NULL = ("a number > 0 or null", lambda v: v is None or is_number(v) and v > 0)
+SHAPE = ("[height, width] in pixels", is_shape)
+SHAPE_OR_NULL = ("[height, width] in pixels or null", lambda v: v is None or is_shape(v))
+OBJECT = ("an object", lambda v: isinstance(v, dict))
+LIST = ("a list", lambda v: isinstance(v, list))
+KIND = (f"one of {', '.join(KINDS)}", lambda v: isinstance(v, str) and v in KINDS)
+
+# What `twin export` writes (see twin.loop.export); anything else is refused, so that a hand edit
+# the loop would not read (a misspelt field) cannot pass unnoticed.
+MANIFEST_FIELDS = {
+    "meis": STRING,
+    "run": STRING,
+    "session": INDEX,
+    "store": STRING,
+    "monitor": OBJECT,
+    "target": OBJECT,
+    "model_shape": SHAPE,
+    "screen_shape": SHAPE,
+    "repeats": COUNT,
+    "seed": INTEGER,
+    "stimuli": LIST,
+    "rejected": LIST,
+    "order": LIST,
+}
+MONITOR_FIELDS = {
+    "a": POSITIVE,
+    "gamma": POSITIVE,
+    "c": NUMBER,
+    "screen": SHAPE_OR_NULL,
+    "mean_luminance": POSITIVE_OR_NULL,
+    "rms_contrast": POSITIVE_OR_NULL,
+}
+TARGET_FIELDS = {"mean_luminance": POSITIVE, "rms_contrast": POSITIVE, "tolerance": POSITIVE}
+STIMULUS_FIELDS = {
+    "stimulus_id": INDEX,
+    "file": STRING,
+    "kind": KIND,
+    "unit_id": INTEGER,
+    "neuron_index": INDEX,
+    "seed": INDEX_OR_NULL,
+    "image_trial": INDEX_OR_NULL,
+    "predicted_response": NUMBER,
+    "mean_luminance": NUMBER,
+    "rms_contrast": NUMBER,
+}
+CSV_CHECKED = ("file", "kind", "unit_id")  # manifest.csv columns that must agree with manifest.json
+
+
+def check_fields(path: Path, where: str, values: dict, fields: dict) -> None:
+    """Refuse unknown, missing and mistyped fields of one JSON object; ``where`` prefixes messages."""
+    for name in values:
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            fix = f"rename it to {close[0]!r}" if close else "remove it"
+            raise StimulusError(f"{path}: {where}unknown field {shown(name)}; {fix}")
+    for name, (description, test) in fields.items():
+        if name not in values:
+            raise StimulusError(f"{path}: {where}field {name!r} is missing; export the stimuli again")
+        if not test(values[name]):
+            raise StimulusError(
+                f"{path}: {where}field {name!r} is {shown(values[name])}, not {description};"
+                " export the stimuli again"
+            )
+
+
+def check_stimuli(path: Path, manifest: dict) -> None:
+    """Each stimulus follows STIMULUS_FIELDS, ids are 0, 1, 2, ... in order, one MEI and one of
+    each control per unit, and the presentation order names only listed stimuli."""
+    stimuli = manifest["stimuli"]
+    if not stimuli:
+        raise StimulusError(f"{path}: field 'stimuli' is empty; export the stimuli again")
+    first = {}
+    for i, stimulus in enumerate(stimuli):
+        if not isinstance(stimulus, dict):
+            raise StimulusError(f"{path}: stimulus {i} is {shown(stimulus)}, not an object; export the stimuli again")
+        check_fields(path, f"stimulus {i}: ", stimulus, STIMULUS_FIELDS)
+        if stimulus["stimulus_id"] != i:
+            raise StimulusError(
+                f"{path}: stimulus {i}: field 'stimulus_id' is {stimulus['stimulus_id']}; ids number"
+                " the stimuli 0, 1, 2, ... in the order listed: export the stimuli again"
+            )
+        key = (stimulus["unit_id"], stimulus["kind"])
+        if stimulus["kind"] != "dei" and key in first:
+            raise StimulusError(
+                f"{path}: stimulus {i}: unit {key[0]} already has a {key[1]!r} stimulus"
+                f" (stimulus {first[key]}); keep one per unit"
+            )
+        first.setdefault(key, i)
+    for entry in manifest["order"]:
+        if not (is_integer(entry) and 0 <= entry < len(stimuli)):
+            raise StimulusError(
+                f"{path}: field 'order' holds {shown(entry)}, not a stimulus id 0..{len(stimuli) - 1};"
+                " export the stimuli again"
+            )
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; unreadable files raise StimulusError."""
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise StimulusError(f"{path}: not UTF-8 text (byte {error.start}); export the stimuli again") from None
+    except OSError as error:
+        raise StimulusError(f"{path}: cannot be read ({error.strerror}); export the stimuli again") from None
+
+
+def unique_keys(pairs: list[tuple]) -> dict:
+    """json object hook: a key given twice is refused (readers disagree on which one counts)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"key {shown(key)} appears twice")
+        seen.add(key)
+    return dict(pairs)
+
+
+def check_csv(folder: Path, manifest: dict) -> None:
+    """manifest.csv, when present, names for each presentation the file, kind and unit that
+    manifest.json gives its stimulus id: the rig shows the csv, the loop reads the json."""
+    path = folder / "manifest.csv"
+    if not path.exists():
+        return
+    stimuli = {str(s["stimulus_id"]): s for s in manifest["stimuli"]}
+    try:
+        rows = list(csv.DictReader(io.StringIO(read_text(path))))
+    except csv.Error as error:
+        raise StimulusError(f"{path}: not a readable CSV file ({error}); export the stimuli again") from None
+    for line, row in enumerate(rows, start=2):
+        stimulus = stimuli.get(row.get("stimulus_id"))
+        if stimulus is None:
+            raise StimulusError(
+                f"{path}: line {line}: stimulus_id {shown(row.get('stimulus_id'))} is not a stimulus"
+                f" of {MANIFEST}; undo the edit or export the stimuli again"
+            )
+        for field in CSV_CHECKED:
+            if row.get(field) != str(stimulus[field]):
+                raise StimulusError(
+                    f"{path}: line {line}: {field} {shown(row.get(field))} disagrees with {MANIFEST}"
+                    f" ({shown(stimulus[field])} for stimulus {stimulus['stimulus_id']}); the rig shows"
+                    " manifest.csv and the loop reads manifest.json: undo the edit or export the stimuli again"
+                )
 
 
 def read_manifest(stimuli: str | Path) -> dict:
-    """The manifest.json of an exported stimulus folder."""
-    path = Path(stimuli) / MANIFEST
+    """The checked manifest.json of an exported stimulus folder (fields as `twin export` writes them).
+
+    manifest.csv, when present, must agree with it, and every stimulus file must lie inside the
+    folder and decode (see ``stimulus_path``); anything else raises StimulusError in one line.
+    """
+    folder = Path(stimuli)
+    path = folder / MANIFEST
+    if not path.exists():
+        raise StimulusError(f"{path}: no manifest; pass the folder written by `twin export`")
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StimulusError(
-            f"{path}: no manifest; pass the folder written by `twin export`"
-        ) from None
-    except json.JSONDecodeError as error:
+        manifest = json.loads(read_text(path), object_pairs_hook=unique_keys)
+    except (ValueError, RecursionError) as error:
         raise StimulusError(f"{path}: not valid JSON ({error}); export the stimuli again") from None
+    if not isinstance(manifest, dict):
+        raise StimulusError(f"{path}: holds {shown(manifest)}, not a JSON object; export the stimuli again")
+    check_fields(path, "", manifest, MANIFEST_FIELDS)
+    check_fields(path, "monitor: ", manifest["monitor"], MONITOR_FIELDS)
+    check_fields(path, "target: ", manifest["target"], TARGET_FIELDS)
+    check_stimuli(path, manifest)
+    check_csv(folder, manifest)
+    for stimulus in manifest["stimuli"]:
+        stimulus_path(folder, stimulus, manifest["screen_shape"])
+    return manifest
+
+
+def stimulus_path(stimuli: str | Path, stimulus: dict, screen_shape: list[int]) -> Path:
+    """The image file of one manifest stimulus: inside the folder ``stimuli``, an 8-bit gray image
+    of the manifest's screen_shape (height, width), as `twin export` writes it.
+
+    ``stimulus["file"]`` is relative to the folder. Names that leave it (absolute paths, ``..``,
+    symbolic links pointing outside) are refused, so a manifest cannot make the loop read, or the
+    report embed, any other file. Every reader of a stimulus file goes through here.
+    """
+    folder = Path(stimuli).resolve()
+    where = f"{Path(stimuli) / MANIFEST}: stimulus {stimulus['stimulus_id']}: file {shown(stimulus['file'])}"
+    try:
+        path = (folder / stimulus["file"]).resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symbolic-link loop
+        path = None
+    if path is None or not path.is_relative_to(folder):
+        raise StimulusError(f"{where} lies outside {folder}; name an image inside the stimulus folder, relative to it")
+    if not path.is_file():
+        raise StimulusError(f"{where} is missing or not a file; export the stimuli again")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode, shape = image.mode, [image.height, image.width]
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise StimulusError(f"{where} is not a readable image ({error}); export the stimuli again") from None
+    if mode != "L" or shape != list(screen_shape):
+        raise StimulusError(
+            f"{where} is a {shape[0]}x{shape[1]} image of mode {mode}, not {screen_shape[0]}x{screen_shape[1]}"
+            " 8-bit gray (mode L); export the stimuli again"
+        )
+    return path
 
 
 def write_responses(
-    path: str | Path, responses: np.ndarray, stimulus_id: np.ndarray, unit_id: np.ndarray
+    path: str | Path,
+    responses: np.ndarray,
+    stimulus_id: np.ndarray,
+    unit_id: np.ndarray,
+    overwrite: bool = False,
 ) -> None:
-    """Write responses.npz atomically: responses (trial, neuron), stimulus_id (trial,), unit_id (neuron,)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as file:
+    """Write responses.npz atomically: responses (trial, neuron), stimulus_id (trial,), unit_id
+    (neuron,); an existing file is replaced only with ``overwrite``."""
+    from twin.outputs import output
+
+    with output(path, overwrite, "file") as staged, open(staged, "wb") as file:
         np.savez(
             file,
             responses=np.asarray(responses, np.float32),
             stimulus_id=np.asarray(stimulus_id, np.int64),
             unit_id=np.asarray(unit_id, np.int64),
         )
-    os.replace(tmp, path)
 
 
 def read_responses(path: str | Path) -> dict[str, np.ndarray]:
     """Read and check a rig's responses.npz (see the module docstring)."""
     path = Path(path)
     try:
+        # allow_pickle=False: an object array in a rig file could run code when unpickled
         with np.load(path, allow_pickle=False) as file:
             arrays = {key: file[key] for key in file.files}
     except FileNotFoundError:
         raise StimulusError(f"{path}: responses file not found; pass the rig's .npz") from None
-    except (ValueError, OSError) as error:
-        raise StimulusError(f"{path}: not a readable .npz ({error}); write it with numpy.savez") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        reason = str(error) or "empty or cut short"
+        raise StimulusError(
+            f"{path}: not a readable .npz of numeric arrays ({reason}); write it with numpy.savez"
+        ) from None
     for key in ("responses", "stimulus_id", "unit_id"):
         if key not in arrays:
             raise StimulusError(
@@ -102,6 +317,12 @@ def read_responses(path: str | Path) -> dict[str, np.ndarray]:
         )
     if not np.issubdtype(stimulus_id.dtype, np.integer) or not np.issubdtype(unit_id.dtype, np.integer):
         raise StimulusError(f"{path}: stimulus_id and unit_id must be integer arrays")
+    if responses.dtype.kind not in "iuf":
+        raise StimulusError(f"{path}: responses has dtype {responses.dtype}; write real numbers (float32)")
+    if responses.shape[0] == 0 or responses.shape[1] == 0:
+        raise StimulusError(
+            f"{path}: responses has shape {responses.shape}, no trials or no neurons; pass the rig's recording"
+        )
     if not np.all(np.isfinite(responses)):
         raise StimulusError(f"{path}: responses contain NaN or inf; drop or fix those trials")
     if len(np.unique(unit_id)) != len(unit_id):

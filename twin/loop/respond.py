@@ -11,26 +11,21 @@ from pathlib import Path
 
 import numpy as np
 
-from twin.errors import SessionError, StimulusError
-from twin.loop.files import MANIFEST, read_manifest, write_responses
+from twin.errors import ConfigError, SessionError
+from twin.loop.files import read_manifest, stimulus_path, write_responses
 from twin.loop.monitor import Monitor, png_to_model
 
 
 def load_shown_images(stimuli: str | Path, manifest: dict, shape: tuple[int, int]) -> np.ndarray:
     """Every manifest stimulus as the eye sees it: (stimuli, y, x) model space 0..255."""
     monitor = Monitor.from_dict(manifest["monitor"])
-    images = []
-    for stimulus in manifest["stimuli"]:
-        path = Path(stimuli) / stimulus["file"]
-        if not path.exists():
-            raise StimulusError(
-                f"{path}: listed in {Path(stimuli) / MANIFEST} but missing; export the stimuli again"
-            )
-        images.append(png_to_model(path, monitor, shape))
-    return np.stack(images) if images else np.zeros((0, *shape))
+    screen = manifest["screen_shape"]
+    return np.stack([png_to_model(stimulus_path(stimuli, s, screen), monitor, shape) for s in manifest["stimuli"]])
 
 
-def respond_to_stimuli(stimuli: str | Path, animal: str | Path, out: str | Path, seed: int = 0) -> dict:
+def respond_to_stimuli(
+    stimuli: str | Path, animal: str | Path, out: str | Path, seed: int = 0, overwrite: bool = False
+) -> dict:
     """Present the manifest's stimuli in its order to the simulated animal in store ``animal``.
 
     Writes ``out`` (.npz: responses (trial, neuron), stimulus_id (trial,), unit_id (neuron,)) and
@@ -38,7 +33,11 @@ def respond_to_stimuli(stimuli: str | Path, animal: str | Path, out: str | Path,
     """
     from twin.data.simulate import respond
     from twin.data.store import open_session
+    from twin.outputs import check_output
 
+    if Path(out).suffix != ".npz":
+        raise ConfigError(f"--out {out}: name the responses file with a .npz suffix")
+    check_output(out, overwrite, "file")
     manifest = read_manifest(stimuli)
     session = open_session(animal)
     if not session.attrs.get("simulated"):
@@ -56,5 +55,5 @@ def respond_to_stimuli(stimuli: str | Path, animal: str | Path, out: str | Path,
         "stimulus_id": ids[order],
         "unit_id": session["unit_id"].values.astype(np.int64),
     }
-    write_responses(out, **arrays)
+    write_responses(out, **arrays, overwrite=overwrite)
     return arrays

@@ -94,15 +94,36 @@ def run_loop(
     recipe: str = "walker2019",
     config_path: str | Path | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict:
     """Run the inception loop into ``out``; returns loop.json's content.
+
+    ``out`` is checked before any work; an existing one is replaced only with ``overwrite``,
+    when the new loop has finished, and a failed loop leaves nothing behind.
 
     session: start from this session store instead of simulating one (the rig stages run only
     when it is a simulated session); neurons: how many to select; seeds: MEI initializations per
     neuron (default [loop].mei_seeds).
     """
+    from twin.data.store import open_session
+    from twin.outputs import check_output, output_in_place
+
+    out = check_output(out, overwrite, flag="OUT")
+    loop, run_config = loop_config(config_path)
+    store = out / "session.zarr" if session is None else Path(session)
+    if session is not None and out.resolve() in store.resolve().parents:
+        raise ConfigError(f"--session {session}: lies inside OUT {out}, which the loop writes; move it out first")
+    simulated = session is None or bool(open_session(store).attrs.get("simulated"))
+    with output_in_place(out, overwrite, flag="OUT"):
+        return run_stages(out, loop, run_config, store, session, simulated, neurons, seeds, recipe, seed)
+
+
+def run_stages(
+    out: Path, loop, run_config: dict, store: Path, session, simulated: bool, neurons: int, seeds, recipe: str, seed: int
+) -> dict:
+    """The loop's stages into the folder ``out``, which exists (see ``run_loop``)."""
     from twin.data.simulate import simulate
-    from twin.data.store import open_session, write_session
+    from twin.data.store import write_session
     from twin.fit import fit_command
     from twin.loop.closeloop import closeloop
     from twin.loop.export import export_stimuli
@@ -110,15 +131,8 @@ def run_loop(
     from twin.loop.select import select_neurons
     from twin.mei.run import mei_command
 
-    out = Path(out)
-    loop, run_config = loop_config(config_path)
-    if (out / "run").exists():
-        raise ConfigError(f"{out}: already holds a loop (run/); choose another OUT or remove it")
-    out.mkdir(parents=True, exist_ok=True)
     config_file = out / "config.toml"
     config_file.write_text(tomli_w.dumps(run_config))
-    store = out / "session.zarr" if session is None else Path(session)
-    simulated = session is None or bool(open_session(store).attrs.get("simulated"))
     names = ["simulate"] * (session is None) + ["fit", "select", "mei", "export"]
     names += ["respond", "closeloop"] * simulated
     stages = Stages(names)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from twin.errors import ConfigError
+from twin.outputs import check_output, output
 
 
 def parse_neurons(spec: str, n_neurons: int) -> np.ndarray:
@@ -81,10 +82,8 @@ def plot_grid(images: np.ndarray, titles: list[str], path: Path) -> None:
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def finite(value) -> float | None:
@@ -106,11 +105,13 @@ def mei_command(
     coordinator: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    overwrite: bool = False,
     stores: list[str] | None = None,
 ) -> dict:
     """Optimize, validate and store the MEIs of ``neurons`` of ``session`` of the run ``run``.
 
-    Writes the MEI store ``out`` and ``<out stem>.png`` beside it; returns the summary
+    Writes the MEI store ``out`` and ``<out stem>.png`` beside it (existing ones only with
+    ``overwrite``; both paths are checked before the work starts); returns the summary
     {"recipe", "config_sources", "median_ratio", "median_true_ratio", "neurons": [{"id",
     "activation", "best_natural_activation", "ratio", "true_ratio", "optimum_correlation"}]}.
     recipe: a preset or custom recipe name; None uses the run's own [mei] recipe (see
@@ -143,6 +144,9 @@ def mei_command(
     out = Path(out)
     if out.suffix != ".zarr":
         raise ConfigError(f"--out {out}: name the MEI store with a .zarr suffix")
+    if primary:
+        check_output(out, overwrite, "store")
+        check_output(out.with_suffix(".png"), overwrite, "file")
     loaded = load_run(run, stores=stores)
     if not 0 <= session < len(loaded.sessions):
         raise ConfigError(
@@ -242,12 +246,13 @@ def mei_command(
         "true_ratio_control": "the ground truth's best train image",
     }
     if primary:
-        write_meis(meis_dataset(variables, attrs), out)
-        plot_grid(
-            best * engine_std + engine_mean,
-            [f"unit {u}: {r:.2f}x" for u, r in zip(data.unit_id[index], variables["ratio"])],
-            out.with_suffix(".png"),
-        )
+        write_meis(meis_dataset(variables, attrs), out, overwrite)
+        with output(out.with_suffix(".png"), overwrite, "file") as grid:
+            plot_grid(
+                best * engine_std + engine_mean,
+                [f"unit {u}: {r:.2f}x" for u, r in zip(data.unit_id[index], variables["ratio"])],
+                grid,
+            )
     ratios = variables["ratio"]
     return {
         "recipe": config.recipe,

@@ -66,9 +66,9 @@ def meis_dataset(variables: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
     return xr.Dataset(data, attrs=attrs)
 
 
-def write_meis(ds: xr.Dataset, path) -> Path:
-    """Write the MEI store atomically."""
-    return write_dataset(ds, path)
+def write_meis(ds: xr.Dataset, path, overwrite: bool = False) -> Path:
+    """Write the MEI store atomically (an existing one is replaced only with ``overwrite``)."""
+    return write_dataset(ds, path, overwrite=overwrite)
 
 
 def open_meis(path) -> xr.Dataset:
