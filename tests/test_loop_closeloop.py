@@ -1,5 +1,6 @@
 """Closed-loop ingest: manifest <-> responses matching, statistics, summary.json and the report."""
 
+import csv
 import json
 
 import numpy as np
@@ -9,7 +10,9 @@ from scipy import stats
 
 from twin.errors import StimulusError
 from twin.loop.closeloop import closeloop, welch_greater
+from twin.loop.export import CSV_FIELDS
 from twin.loop.files import read_responses, write_responses
+from twin.loop.monitor import Monitor
 
 UNITS = [11, 12, 13, 14]
 KINDS = ["mei", "natural", "natural_masked"]
@@ -39,9 +42,17 @@ def make_loop_files(tmp_path, repeats=8, seed=0):
             )
     rng = np.random.default_rng(seed)
     order = [int(i) for _ in range(repeats) for i in rng.permutation(len(stimuli))]
-    manifest = {"session": 0, "run": str(run), "stimuli": stimuli, "rejected": [], "order": order, "repeats": repeats,
-                "screen_shape": [16, 32], "target": {"mean_luminance": 10.0, "rms_contrast": 2.0}}
+    manifest = {"meis": "meis.zarr", "run": str(run), "session": 0, "store": "s.zarr", "monitor": Monitor().to_dict(),
+                "target": {"mean_luminance": 10.0, "rms_contrast": 2.0, "tolerance": 0.05}, "model_shape": [4, 8],
+                "screen_shape": [16, 32], "repeats": repeats, "seed": seed, "stimuli": stimuli, "rejected": [],
+                "order": order}
     (stimuli_dir / "manifest.json").write_text(json.dumps(manifest))
+    with open(stimuli_dir / "manifest.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for trial, sid in enumerate(order):
+            row = stimuli[sid] | {"trial": trial, "repeat": trial // len(stimuli)}
+            writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_FIELDS})
     unit_id = np.array([10] + UNITS)
     responses = rng.gamma(4.0, 0.25, size=(len(order), len(unit_id)))  # mean 1
     for trial, sid in enumerate(order):
@@ -70,9 +81,9 @@ def test_closeloop_summary_and_report(tmp_path):
     assert written == summary
     assert list(summary) == [
         "n_neurons", "median_mei_over_best_natural", "fraction_mei_beats_controls_p05",
-        "prediction_correlation", "neurons",
+        "prediction_correlation", "units_without_responses", "neurons",
     ]
-    assert summary["n_neurons"] == 4
+    assert summary["n_neurons"] == 4 and summary["units_without_responses"] == []
     by_unit = {n["unit_id"]: n for n in summary["neurons"]}
     assert by_unit[11]["mei_beats_controls"] and by_unit[12]["mei_beats_controls"]
     assert not by_unit[13]["mei_beats_controls"] and not by_unit[14]["mei_beats_controls"]
@@ -99,12 +110,12 @@ def test_closeloop_summary_and_report(tmp_path):
         (lambda r, s, u: (r, np.where(s == 5, 99, s), u), "stimulus_id 99 .*not in .*manifest.json"),
         (lambda r, s, u: (r[s != 7], s[s != 7], u), "no trials of stimulus_id 7 .*0007_natural_u13.png"),
         (lambda r, s, u: (r, s, np.where(u == 10, 777, u)), "unit_id 777 .*is not a neuron of session 0"),
-        (lambda r, s, u: (r[:, u != 14], s, u[u != 14]), "unit_id 14 .*has stimuli in the manifest but no responses"),
+        (lambda r, s, u: (r[:, u < 11], s, u[u < 11]), "none of the 4 units with stimuli in the manifest has responses"),
     ],
 )
 def test_mismatched_responses_raise_and_write_nothing(tmp_path, change, message):
     run, stimuli, path, responses, order, unit_id = make_loop_files(tmp_path)
-    write_responses(path, *change(responses, order, unit_id))
+    write_responses(path, *change(responses, order, unit_id), overwrite=True)
     with pytest.raises(StimulusError, match=message):
         closeloop(run, stimuli, path, tmp_path / "report")
     assert not (tmp_path / "report").exists()

@@ -19,6 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from twin.errors import RunError  # noqa: E402
+from twin.loop.files import stimulus_path  # noqa: E402
+
 KIND_COLORS = {"mei": "#c0392b", "dei": "#e67e22", "natural": "#2c7fb8", "natural_masked": "#7fcdbb"}
 GRID_MAX_NEURONS = 32  # rows of the MEI grid; larger loops show the first ones
 
@@ -28,7 +31,17 @@ def read_metrics(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for index, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        try:
+            row = json.loads(line) if line.strip() else {}
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise RunError(f"{path}: line {index} is not a JSON object; delete the line or fit the run again")
+        if row:
+            rows.append(row)
+    return rows
 
 
 FIT_PANELS = {  # panel title: substrings of the metrics.jsonl keys drawn in it
@@ -98,7 +111,7 @@ def plot_prediction_scatter(summary: dict, path: Path) -> None:
 def plot_mei_grid(summary: dict, manifest: dict, stimuli: Path, path: Path) -> None:
     """Rows: neurons; columns: MEI, DEIs, controls, as shown on the screen."""
     neurons = summary["neurons"][:GRID_MAX_NEURONS]
-    files = {s["stimulus_id"]: s["file"] for s in manifest["stimuli"]}
+    listed = {s["stimulus_id"]: s for s in manifest["stimuli"]}
     order = {"mei": 0, "dei": 1, "natural": 2, "natural_masked": 3}
     rows = [sorted(n["stimuli"], key=lambda m: (order[m["kind"]], m["stimulus_id"])) for n in neurons]
     columns = max((len(row) for row in rows), default=1)
@@ -114,7 +127,8 @@ def plot_mei_grid(summary: dict, manifest: dict, stimuli: Path, path: Path) -> N
     for r, (neuron, row) in enumerate(zip(neurons, rows)):
         for c, shown in enumerate(row):
             ax = axes[r, c]
-            ax.imshow(np.asarray(Image.open(stimuli / files[shown["stimulus_id"]])), cmap="gray", vmin=0, vmax=255)
+            with Image.open(stimulus_path(stimuli, listed[shown["stimulus_id"]], (height, width))) as image:
+                ax.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=255)
             ax.set_title(f"{shown['kind']} {shown['measured']:.2f}", fontsize=7)
         axes[r, 0].text(
             -0.05, 0.5, f"unit {neuron['unit_id']}", transform=axes[r, 0].transAxes,
@@ -153,36 +167,53 @@ def plot_response_bars(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def text(value) -> str:
+    """Any value as HTML text or attribute value. Values reach the page only through here: the
+    manifest and the responses come from the rig, and markup in them must stay text."""
+    return html.escape(str(value), quote=True)
+
+
+def row(values: list, cell: str = "td") -> str:
+    """One table row of escaped values; cell is "td" or "th"."""
+    return "<tr>" + "".join(f"<{cell}>{text(value)}</{cell}>" for value in values) + "</tr>"
+
+
 def embed(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{path.name}">'
+    return f'<img src="data:image/png;base64,{data}" alt="{text(path.name)}">'
 
 
 def number(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}g}"
 
 
+NEURON_COLUMNS = [
+    "unit", "MEI", "natural", "natural masked", "DEIs", "MEI / best natural", "t", "p", "beats controls",
+    "predicted MEI",
+]
+
+
 def neuron_table(summary: dict) -> str:
-    header = (
-        "<tr><th>unit</th><th>MEI</th><th>natural</th><th>natural masked</th><th>DEIs</th>"
-        "<th>MEI / best natural</th><th>t</th><th>p</th><th>beats controls</th>"
-        "<th>predicted MEI</th></tr>"
-    )
-    rows = []
+    rows = [row(NEURON_COLUMNS, "th")]
     for n in summary["neurons"]:
         controls = n["control_responses"]
         rows.append(
-            "<tr>"
-            f"<td>{n['unit_id']}</td><td>{number(n['mei_response'])}</td>"
-            f"<td>{number(controls.get('natural'))}</td>"
-            f"<td>{number(controls.get('natural_masked'))}</td>"
-            f"<td>{', '.join(number(v) for v in n['dei_responses']) or '–'}</td>"
-            f"<td>{number(n['mei_over_best_natural'])}</td><td>{number(n['t'])}</td>"
-            f"<td>{number(n['p'], 2)}</td><td>{'yes' if n['mei_beats_controls'] else 'no'}</td>"
-            f"<td>{number(n['predicted_mei'])}</td>"
-            "</tr>"
+            row(
+                [
+                    n["unit_id"],
+                    number(n["mei_response"]),
+                    number(controls.get("natural")),
+                    number(controls.get("natural_masked")),
+                    ", ".join(number(v) for v in n["dei_responses"]) or "–",
+                    number(n["mei_over_best_natural"]),
+                    number(n["t"]),
+                    number(n["p"], 2),
+                    "yes" if n["mei_beats_controls"] else "no",
+                    number(n["predicted_mei"]),
+                ]
+            )
         )
-    return f"<table>{header}{''.join(rows)}</table>"
+    return f"<table>{''.join(rows)}</table>"
 
 
 STYLE = """
@@ -209,32 +240,32 @@ def write_report(folder: Path, summary: dict, manifest: dict, stimuli: Path, run
         ("Stimuli", folder / "mei_grid.png"),
     ]
     target = manifest["target"]
+    lost = summary["units_without_responses"]
     numbers = [
         ("neurons", summary["n_neurons"]),
         ("median MEI / best natural image (measured)", number(summary["median_mei_over_best_natural"])),
         ("fraction of MEIs beating controls, p < 0.05", number(summary["fraction_mei_beats_controls_p05"])),
         ("prediction correlation (twin vs measured)", number(summary["prediction_correlation"])),
         ("stimuli shown / rejected at export", f"{len(manifest['stimuli'])} / {len(manifest['rejected'])}"),
+        ("units without responses (lost on the rig)", ", ".join(map(str, lost)) or "none"),
         ("repeats per stimulus", manifest["repeats"]),
         (
             "target mean luminance / RMS contrast",
             f"{target['mean_luminance']:.3g} / {target['rms_contrast']:.3g} cd/m²",
         ),
-        ("run", html.escape(str(run))),
-        ("stimuli", html.escape(str(stimuli))),
+        ("run", run),
+        ("stimuli", stimuli),
     ]
     body = [
         "<h1>Inception loop report</h1>",
-        '<table class="numbers">'
-        + "".join(f"<tr><td>{name}</td><td>{value}</td></tr>" for name, value in numbers)
-        + "</table>",
+        '<table class="numbers">' + "".join(row(pair) for pair in numbers) + "</table>",
     ]
     for title, path in figures:
-        body += [f"<h2>{title}</h2>", embed(path)]
+        body += [f"<h2>{text(title)}</h2>", embed(path)]
     body += ["<h2>Per neuron</h2>", neuron_table(summary)]
     page = (
         '<!doctype html><html><head><meta charset="utf-8"><title>twin: inception loop</title>'
         f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
     )
-    (folder / "index.html").write_text(page)
+    (folder / "index.html").write_text(page, encoding="utf-8")
     return folder / "index.html"
