@@ -212,3 +212,23 @@ def test_kill_9_during_fit_leaves_a_run_to_resume(loop_dir, tmp_path, capsys):
     assert main(["fit", str(loop_dir / "session.zarr"), "--out", str(tmp_path / "run")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "run" / "config.toml").exists()
+
+
+def test_an_output_never_replaces_an_input(loop_dir, tmp_path, capsys):
+    """--overwrite onto the command's own input (or a folder holding it) is refused."""
+    shutil.copytree(loop_dir, tmp_path / "loop", symlinks=True)
+    loop = tmp_path / "loop"
+    before = snapshot(loop)
+    cases = [
+        ["export", str(loop / "meis.zarr"), "--out", str(loop / "meis.zarr")],
+        ["export", str(loop / "meis.zarr"), "--out", str(loop)],
+        ["closeloop", str(loop / "run"), str(loop / "stimuli"), str(loop / "responses.npz"), "--out", str(loop / "stimuli")],
+        ["import", "arrays", str(loop / "responses.npz"), str(loop / "responses.npz")],
+        ["fit", str(loop / "session.zarr"), "--out", str(loop)],
+        ["mei", str(loop / "run"), "--out", str(loop / "session.zarr"), "--store", str(loop / "session.zarr")],
+        ["loop", str(loop), "--session", str(loop / "session.zarr")],
+    ]
+    for argv in cases:
+        assert main([*argv, "--overwrite"]) == 2, argv
+        assert "which writing there would destroy" in capsys.readouterr().err, argv
+    assert snapshot(loop) == before

@@ -89,7 +89,7 @@ def cmd_import(args) -> int:
     from twin.data.store import write_session
     from twin.outputs import check_output
 
-    check_output(args.out, args.overwrite, "store", flag="OUT")
+    check_output(args.out, args.overwrite, "store", flag="OUT", inputs=[args.path])
     pixel_range = parse_pixel_range(args.pixel_range)
     if args.format == "arrays":
         ds = from_arrays(args.path, seed=args.seed, pixel_range=pixel_range)

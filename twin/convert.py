@@ -228,7 +228,7 @@ def convert_neuralpredictors(
 
     from twin.outputs import check_output, output
 
-    out = check_output(out, overwrite)
+    out = check_output(out, overwrite, inputs=[checkpoint, *(stores or [])])
     state = read_state_dict(checkpoint)
     config, in_channels = infer_config(state, str(checkpoint))
     keys = data_keys(state)

@@ -506,12 +506,12 @@ def fit_command(
     if resume:
         checkpoint.read_run_files(Path(out))
     elif primary:
-        check_output(out, overwrite)
+        check_output(out, overwrite, inputs=stores)
     config = fit_config_from(out, config_path, resume, seeds, max_epochs)
     if resume or not primary:
         summary = fit(config, stores, out, resume=resume)
     else:
-        with output_in_place(out, overwrite, keep=has_checkpoint):
+        with output_in_place(out, overwrite, keep=has_checkpoint, inputs=stores):
             summary = fit(config, stores, out)
     print(format_summary(summary, out))
     return 0

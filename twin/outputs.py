@@ -117,13 +117,22 @@ def written_by_twin(path: Path) -> bool:
     return (path / MARKER).is_file() or (path / "zarr.json").is_file()
 
 
-def check_output(path: str | Path, overwrite: bool = False, kind: str = "folder", flag: str = "--out") -> Path:
+def check_output(
+    path: str | Path, overwrite: bool = False, kind: str = "folder", flag: str = "--out", inputs=()
+) -> Path:
     """Refuse an output target that cannot or must not be written; returns it as a Path.
 
     kind: "store", "folder" or "file" (see the module docstring). flag: how the user named the
-    path, for the messages.
+    path, for the messages. inputs: paths the command reads; the output may not be one of them
+    or a folder holding one, since replacing it would destroy the input.
     """
     path = Path(path)
+    for source in inputs:
+        source = Path(source).resolve()
+        if path.resolve() == source or path.resolve() in source.parents:
+            raise OutputError(
+                f"{path}: holds the input {source}, which writing there would destroy; choose another {flag}"
+            )
     parent = path.parent
     folder = kind != "file"
     what = "folder" if folder else "file"
@@ -176,13 +185,13 @@ def commit(staged: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def output(path: str | Path, overwrite: bool = False, kind: str = "folder", flag: str = "--out"):
+def output(path: str | Path, overwrite: bool = False, kind: str = "folder", flag: str = "--out", inputs=()):
     """Yield a staging path for ``path``; on success it replaces ``path``, on error it vanishes.
 
     A folder output's staging folder exists (with its marker) when yielded; a file output's
     staging path does not yet. Writers fill the yielded path exactly as they would the target.
     """
-    target = check_output(path, overwrite, kind, flag)
+    target = check_output(path, overwrite, kind, flag, inputs)
     clean_abandoned(target.parent)
     staged = staging_path(target)
     remove(staged)
@@ -197,7 +206,7 @@ def output(path: str | Path, overwrite: bool = False, kind: str = "folder", flag
 
 
 @contextlib.contextmanager
-def output_in_place(path: str | Path, overwrite: bool = False, flag: str = "--out", keep=None):
+def output_in_place(path: str | Path, overwrite: bool = False, flag: str = "--out", keep=None, inputs=()):
     """Yield the folder ``path`` itself to write into, for long jobs that record their own path
     or can be resumed (fit, loop).
 
@@ -205,7 +214,7 @@ def output_in_place(path: str | Path, overwrite: bool = False, flag: str = "--ou
     removed only when the job succeeds; on an error the new folder is removed and the old one put
     back, unless ``keep(folder)`` says the new folder holds work worth resuming (a checkpoint).
     """
-    target = check_output(path, overwrite, "folder", flag)
+    target = check_output(path, overwrite, "folder", flag, inputs)
     clean_abandoned(target.parent)
     old = None
     was_empty_folder = is_empty_folder(target)

@@ -182,7 +182,7 @@ def closeloop(
     from twin.loop.report import write_report
     from twin.outputs import check_output, output
 
-    check_output(out, overwrite)
+    check_output(out, overwrite, inputs=[run, stimuli, responses])
     manifest = read_manifest(stimuli)
     data = read_responses(responses)
     lost = check_neurons(manifest, data, run_unit_ids(run, manifest["session"]), responses, run)

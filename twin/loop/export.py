@@ -139,11 +139,12 @@ def export_stimuli(
     from twin.mei.store import open_meis
     from twin.outputs import check_output, output
 
-    check_output(out, overwrite)
     if repeats < 1:
         raise ConfigError(f"--repeats {repeats}: show each stimulus at least once")
-    monitor = load_monitor(monitor_path)
     store = open_meis(meis)
+    inputs = [meis, store.attrs["store"], store.attrs["run"], *([monitor_path] if monitor_path else [])]
+    check_output(out, overwrite, inputs=inputs)
+    monitor = load_monitor(monitor_path)
     if "channel" in store["images"].dims:
         raise ConfigError(
             f"{meis}: images have {store.sizes['channel']} channels; twin export renders one-channel"
@@ -179,7 +180,7 @@ def export_stimuli(
     predicted = own_neuron_responses(store.attrs["run"], int(store.attrs["session"]), neuron_index, images)
 
     stimuli = []
-    with output(out, overwrite) as tmp:
+    with output(out, overwrite, inputs=inputs) as tmp:
         (tmp / "stimuli").mkdir()
         for stimulus_id, ((record, shown), response) in enumerate(zip(accepted, predicted)):
             name = f"stimuli/{stimulus_id:04d}_{record['kind']}_u{record['unit_id']}.png"

@@ -37,7 +37,7 @@ def respond_to_stimuli(
 
     if Path(out).suffix != ".npz":
         raise ConfigError(f"--out {out}: name the responses file with a .npz suffix")
-    check_output(out, overwrite, "file")
+    check_output(out, overwrite, "file", inputs=[stimuli, animal])
     manifest = read_manifest(stimuli)
     session = open_session(animal)
     if not session.attrs.get("simulated"):

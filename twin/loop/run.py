@@ -108,13 +108,11 @@ def run_loop(
     from twin.data.store import open_session
     from twin.outputs import check_output, output_in_place
 
-    out = check_output(out, overwrite, flag="OUT")
+    out = check_output(out, overwrite, flag="OUT", inputs=[session] if session else [])
     loop, run_config = loop_config(config_path)
     store = out / "session.zarr" if session is None else Path(session)
-    if session is not None and out.resolve() in store.resolve().parents:
-        raise ConfigError(f"--session {session}: lies inside OUT {out}, which the loop writes; move it out first")
     simulated = session is None or bool(open_session(store).attrs.get("simulated"))
-    with output_in_place(out, overwrite, flag="OUT"):
+    with output_in_place(out, overwrite, flag="OUT", inputs=[session] if session else []):
         return run_stages(out, loop, run_config, store, session, simulated, neurons, seeds, recipe, seed)
 
 

@@ -135,7 +135,7 @@ def mei_command(
     distributed.initialize(coordinator, num_processes, process_id)
     primary = jax.process_index() == 0
     progress = progress and primary
-    run_config, _ = read_run_files(Path(run))
+    run_config, run_records = read_run_files(Path(run))
     config, config_sources = recipe_config(
         recipe, config_path, seeds, run_config.mei, str(Path(run) / "config.toml")
     )
@@ -145,8 +145,9 @@ def mei_command(
     if out.suffix != ".zarr":
         raise ConfigError(f"--out {out}: name the MEI store with a .zarr suffix")
     if primary:
-        check_output(out, overwrite, "store")
-        check_output(out.with_suffix(".png"), overwrite, "file")
+        inputs = [run, *([validator] if validator else []), *(stores or [r["path"] for r in run_records])]
+        check_output(out, overwrite, "store", inputs=inputs)
+        check_output(out.with_suffix(".png"), overwrite, "file", inputs=inputs)
     loaded = load_run(run, stores=stores)
     if not 0 <= session < len(loaded.sessions):
         raise ConfigError(
