@@ -43,6 +43,10 @@ def test_check_output_refusals(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="is a folder but a file goes here"):
         check_output(tmp_path / "empty", overwrite=True, kind="file")
     assert check_output(tmp_path / "empty") == tmp_path / "empty"
+    monkeypatch.chdir(tmp_path / "empty")
+    for path in (".", "", "..", "/"):
+        with pytest.raises(OutputError, match="is the current folder or holds it"):
+            check_output(path, overwrite=True)
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(OutputError, match="is not writable"):
         check_output(tmp_path / "new")

@@ -127,6 +127,8 @@ def check_output(
     or a folder holding one, since replacing it would destroy the input.
     """
     path = Path(path)
+    if path.name in ("", ".", "..") or path.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise OutputError(f"{path}: is the current folder or holds it; name a new {flag} instead")
     for source in inputs:
         source = Path(source).resolve()
         if path.resolve() == source or path.resolve() in source.parents:
