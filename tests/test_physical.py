@@ -333,3 +333,44 @@ def test_from_arrays_gives_a_session_or_one_line(case):
     if (counts > 1).any() and not (counts > 1).all():
         repeated = np.unique(image_id)[counts > 1]
         assert set(image_id[tier == "test"]) == set(repeated)
+
+
+# ---------------------------------------------------------------- impossible recordings
+
+
+def leak(arrays):
+    """Image 0 shown in train and again in test."""
+    arrays["images"] = np.concatenate([arrays["images"], arrays["images"][:1]])
+    arrays["responses"] = np.concatenate([arrays["responses"], arrays["responses"][:1]])
+    arrays["image_ids"] = np.arange(len(arrays["images"]))
+    arrays["image_ids"][-1] = 0
+    arrays["tiers"] = np.array(["train"] * (len(arrays["images"]) - 2) + ["test"] * 2)
+    arrays["tiers"][0] = "train"
+    return arrays
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a | {"images": np.repeat(a["images"][..., None], 3, -1)}, "'images' has shape (48, 8, 10, 3), channels last"),
+        (lambda a: a | {"images": a["images"] * 1e300}, "'images' has values up to 2.55e+302, beyond float32"),
+        (lambda a: a | {"responses": a["responses"].astype(np.float64) * 1e300}, "'responses' has values up to"),
+        (lambda a: a | {"image_ids": np.zeros(len(a["images"]), int)}, "'image_ids' gives id 0 to trials whose images differ"),
+        (leak, "'tier' puts image 0 (1 images in all) in both a fitted tier"),
+        (lambda a: {k: v[:0] for k, v in a.items()}, "'images' and 'responses' have 0 trials"),
+        (lambda a: a | {"neuron_ids": np.array([1, 1, 2, 3])}, "'neuron_ids' has duplicate ids"),
+    ],
+)
+def test_impossible_recordings_are_refused_in_one_line(tmp_path, change, message):
+    np.savez(tmp_path / "bad.npz", **change(recording(tmp_path / "r.npz")))
+    code, _, err = run_cli(["import", "arrays", tmp_path / "bad.npz", tmp_path / "out.zarr"])
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.parametrize("keep", [0, 100, 400])
+def test_damaged_npz_files_are_refused_in_one_line(tmp_path, keep):
+    recording(tmp_path / "r.npz")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "r.npz").read_bytes()[:keep])
+    code, _, err = run_cli(["import", "arrays", tmp_path / "cut.npz", tmp_path / "out.zarr"])
+    assert code == 2 and err.count("\n") == 1 and f"{tmp_path / 'cut.npz'}: " in err, err

@@ -95,7 +95,7 @@ def bad_recordings(draw):
         return arrays, "duplicate"
     if draw(st.booleans()):
         arrays["neuron_ids"] = np.arange(K + draw(st.sampled_from([-1, 1])))
-        return arrays, "'unit_id' has shape"
+        return arrays, "'neuron_ids' has shape"
     arrays["cell_xyz"] = np.zeros(draw(st.sampled_from([(K, 2), (K + 1, 3), (K,)])))
     return arrays, "'cell_xyz' has shape"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,20 @@ def image_ids_from_pixels(images: np.ndarray) -> np.ndarray:
     digests = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
     ids: dict[bytes, int] = {}
     return np.array([ids.setdefault(d, len(ids)) for d in digests], dtype=np.int64)
+
+
+def check_image_ids(images: np.ndarray, image_id: np.ndarray, source, name: str) -> None:
+    """SessionError when one id of ``image_id (trial,)`` is given to trials whose ``images`` differ
+    (repeats, tiers and the oracle would mix different images)."""
+    pixel_id = image_ids_from_pixels(images)
+    pairs = np.unique(np.stack([np.asarray(image_id).astype(np.int64), pixel_id], 1), axis=0)
+    ids, counts = np.unique(pairs[:, 0], return_counts=True)
+    if (counts > 1).any():
+        fail_id = ids[counts > 1][0]
+        raise SessionError(
+            f"{source}: variable {name!r} gives id {fail_id} to trials whose images differ; give"
+            f" each distinct image its own id, or leave {name} out to derive ids from the pixels"
+        )
 
 
 def split_tiers(image_id: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -101,6 +116,45 @@ def shift_responses(ds: xr.Dataset, how: str) -> xr.Dataset:
     return ds
 
 
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The named arrays of the .npz ``path`` (no pickles), checked against ARRAY_KEYS."""
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+    with open(path, "rb") as file:
+        try:
+            npz = np.load(file, allow_pickle=False)
+        except unreadable as error:
+            raise SessionError(f"{path}: not a readable .npz file ({error}); save it with np.savez") from None
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise SessionError(
+                f"{path}: holds one array, not named arrays; save np.savez(path, images=..., responses=...)"
+            )
+        with npz:
+            unknown = sorted(set(npz.files) - set(ARRAY_KEYS))
+            if unknown:
+                raise SessionError(f"{path}: unknown key {unknown[0]!r}; use {', '.join(ARRAY_KEYS)}")
+            for key in ("images", "responses"):
+                if key not in npz.files:
+                    raise SessionError(f"{path}: variable {key!r} is missing; add it to the .npz")
+            arrays = {}
+            for key in npz.files:
+                try:
+                    arrays[key] = npz[key]
+                except ValueError as error:
+                    if "allow_pickle" not in str(error):
+                        raise SessionError(
+                            f"{path}: variable {key!r} cannot be read ({error}); save it again with np.savez"
+                        ) from None
+                    raise SessionError(
+                        f"{path}: variable {key!r} is an object array; save numbers or fixed-width"
+                        " strings"
+                    ) from None
+                except unreadable as error:
+                    raise SessionError(
+                        f"{path}: variable {key!r} cannot be read ({error}); save it again with np.savez"
+                    ) from None
+    return arrays
+
+
 def range_attrs(pixel_range, source) -> dict:
     """{"pixel_range": [lo, hi]} for a stated range, {} to infer it."""
     if pixel_range is None:
@@ -117,32 +171,7 @@ def from_arrays(npz_path, seed: int = 0, pixel_range=None) -> xr.Dataset:
     path = Path(npz_path)
     if not path.is_file():
         raise SessionError(f"{path}: no such file; pass an .npz file with images and responses")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise SessionError(
-            f"{path}: not a readable .npz file ({error}); save it with np.savez"
-        ) from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise SessionError(
-            f"{path}: holds one array, not named arrays; save np.savez(path, images=..., responses=...)"
-        )
-    with npz:
-        unknown = sorted(set(npz.files) - set(ARRAY_KEYS))
-        if unknown:
-            raise SessionError(f"{path}: unknown key {unknown[0]!r}; use {', '.join(ARRAY_KEYS)}")
-        for key in ("images", "responses"):
-            if key not in npz.files:
-                raise SessionError(f"{path}: variable {key!r} is missing; add it to the .npz")
-        arrays = {}
-        for key in npz.files:
-            try:
-                arrays[key] = npz[key]
-            except ValueError:
-                raise SessionError(
-                    f"{path}: variable {key!r} is an object array; save numbers or fixed-width"
-                    " strings"
-                ) from None
+    arrays = read_npz(path)
     images = arrays["images"]
     if images.ndim not in (3, 4):
         raise SessionError(
@@ -152,6 +181,8 @@ def from_arrays(npz_path, seed: int = 0, pixel_range=None) -> xr.Dataset:
     image_id = arrays.get("image_ids")
     if image_id is None:
         image_id = image_ids_from_pixels(images)
+    elif np.ndim(image_id) == 1 and len(image_id) == len(images) and np.asarray(image_id).dtype.kind in "iu":
+        check_image_ids(images, image_id, path, "image_ids")
     attrs = {"source": f"{path.name} (twin import arrays, seed {seed})"}
     tier = arrays.get("tiers")
     if tier is None and np.ndim(image_id) == 1:
@@ -168,6 +199,7 @@ def from_arrays(npz_path, seed: int = 0, pixel_range=None) -> xr.Dataset:
         unit_id=arrays.get("neuron_ids"),
         cell_xyz=arrays.get("cell_xyz"),
         attrs=attrs | range_attrs(pixel_range, path),
+        unit_id_name="neuron_ids",
     )
 
 

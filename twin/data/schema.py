@@ -199,7 +199,27 @@ def as_dtype(array, dtype: str, name: str, source) -> np.ndarray:
             f"variable {name!r} has dtype {array.dtype}; cast it to {dtype}"
             f" (np.asarray(values, dtype=np.{dtype}))",
         )
+    if dtype == "float32" and array.dtype.kind == "f" and array.size:
+        largest = float(np.nanmax(np.abs(np.where(np.isinf(array), 0, array)), initial=0))
+        if largest > float(np.finfo(np.float32).max):
+            fail(source, f"variable {name!r} has values up to {largest:.3g}, beyond float32; rescale it")
     return array.astype(dtype, copy=False)
+
+
+def check_tier_leaks(tier, image_id, source) -> None:
+    """SessionError when an image shown in train or validation is also in test or final_test
+    (its test score would measure memory). tier, image_id: (trial,)."""
+    tier = strings(tier)
+    image_id = np.asarray(image_id)
+    held_out = np.isin(tier, ("test", "final_test"))
+    fitted = np.isin(tier, ("train", "validation"))
+    shared = np.intersect1d(image_id[held_out], image_id[fitted])
+    if len(shared):
+        fail(
+            source,
+            f"variable 'tier' puts image {shared[0]} ({len(shared)} images in all) in both a fitted"
+            " tier (train/validation) and a test tier; give every repeat of an image one tier",
+        )
 
 
 def make_session(
@@ -215,6 +235,7 @@ def make_session(
     unit_id=None,
     cell_xyz=None,
     attrs=None,
+    unit_id_name: str = "unit_id",
 ) -> xr.Dataset:
     """Build a session Dataset from plain arrays, checking shapes before xarray sees them.
 
@@ -222,13 +243,20 @@ def make_session(
     responses: (trial, neuron); tier: (trial,) str; image_id: (trial,) int; behavior: (trial, k);
     pupil_center: (trial, 2); unit_id: (neuron,) (default 0..n-1); cell_xyz: (neuron, 3).
     ``attrs["pixel_range"]``, when given, states the images' range; otherwise it is inferred
-    (``infer_pixel_range``) and added. Returns a validated session (values checked).
+    (``infer_pixel_range``) and added. unit_id_name: the caller's name for unit ids in messages.
+    Returns a validated session (values checked).
     """
     images = np.asarray(images)
     if images.ndim not in (3, 4):
         fail(
             source,
             f"variable 'images' has shape {images.shape}; give (trial, y, x) or (trial, channel, y, x)",
+        )
+    if images.ndim == 4 and images.shape[-1] in (3, 4) and images.shape[1] > 4:
+        fail(
+            source,
+            f"variable 'images' has shape {images.shape}, channels last; move them to axis 1"
+            " (np.moveaxis(images, -1, 1)) for (trial, channel, y, x)",
         )
     images = images if images.dtype == np.uint8 else as_dtype(images, "float32", "images", source)
     responses = as_dtype(responses, "float32", "responses", source)
@@ -257,14 +285,19 @@ def make_session(
                 f"variable {name!r} has {len(array)} trials but 'responses' has {n_trials};"
                 " give both the same length",
             )
+    if n_trials == 0:
+        fail(source, "variables 'images' and 'responses' have 0 trials; record at least one train and one test trial")
+    check_tier_leaks(tier, image_id, source)
     unit_id = np.arange(n_neurons) if unit_id is None else unit_id
-    unit_id = as_dtype(unit_id, "int64", "unit_id", source)
+    unit_id = as_dtype(unit_id, "int64", unit_id_name, source)
     if unit_id.shape != (n_neurons,):
         fail(
             source,
-            f"variable 'unit_id' has shape {unit_id.shape} but 'responses' has {n_neurons}"
+            f"variable {unit_id_name!r} has shape {unit_id.shape} but 'responses' has {n_neurons}"
             " neurons; give one id per neuron",
         )
+    if len(np.unique(unit_id)) != n_neurons:
+        fail(source, f"variable {unit_id_name!r} has duplicate ids; give every neuron its own id")
     dims = ("trial", "y", "x") if images.ndim == 3 else ("trial", "channel", "y", "x")
     data = {
         "images": (dims, images),
