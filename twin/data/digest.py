@@ -28,7 +28,7 @@ from twin.errors import SessionError
 DIGEST_GROUP = "twin_digest"
 ALGORITHM = "blake2b-128"
 FIX = "restore the store from its source or write it again (twin import, twin simulate or twin mei)"
-# Problems ``verify_store`` lists before it stops looking.
+# Problems ``verify_store`` reports at most.
 MAX_PROBLEMS = 10
 
 
@@ -220,9 +220,9 @@ def damaged_chunk(store) -> str | None:
     return problems[0] if problems else None
 
 
-def digest_problems(store: Path, digest: dict) -> list[str]:
-    """What differs between ``store`` on disk and its ``digest`` (hashes every chunk file)."""
-    files, keys = layout(store)
+def digest_problems(store: Path, digest: dict, files: list[str], keys: dict[str, list[str]]) -> list[str]:
+    """What differs between ``store`` on disk (its ``layout``: metadata ``files``, chunk ``keys``)
+    and its ``digest``; hashes every chunk file."""
     problems = []
     if metadata_hash(store, files) != digest["metadata"]:
         problems.append("zarr metadata (zarr.json) changed since the store was written")
@@ -255,9 +255,9 @@ def verify_store(store) -> dict:
     if not (store / "zarr.json").is_file():
         raise SessionError(f"{store}: no zarr store here; check the path")
     digest = read_digest(store)
-    problems = [] if digest is None else digest_problems(store, digest)
+    files, keys = layout(store)
+    problems = [] if digest is None else digest_problems(store, digest, files, keys)
     problems += decode_problems(store)
-    _, keys = layout(store)
     return {
         "store": str(store),
         "digest": None if digest is None else digest["content"],
