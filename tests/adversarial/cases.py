@@ -1,0 +1,843 @@
+"""Bad inputs for every `twin` command, grouped by class, and what must hold for each.
+
+A case builds its inputs in a fresh folder (``setup``), runs ``twin ARGV`` there and passes when:
+the exit status is one of ``expect`` (2 for every refused input; 0 where the right behaviour is to
+succeed, said in ``note``); stderr holds no traceback; a refusal is one error line
+(``twin CMD: error: ...``; argparse's usage lines may precede it) naming every string in
+``mentions`` (the file, the flag or the variable); no path that existed before changed or
+vanished unless it matches ``allow_changed``; and no new path is left unless it matches
+``allow_new`` (hidden ``.*partial*`` / ``.*tmp*`` paths never are).
+
+Modes: ``inprocess`` (twin.cli.main in this process), ``subprocess`` (a fresh interpreter, with an
+address-space limit for cases that would allocate too much), ``pipe`` (stdout's reader closed
+before the command writes) and ``kill9`` (SIGKILL mid-write, then ``then`` must clean up).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fixtures import TINY_FIT, TINY_LOOP, TINY_MEI, Fixtures, cli, recording, toml_text
+
+Setup = Callable[[Path, Fixtures], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    cls: str
+    argv: tuple[str, ...]
+    setup: Setup
+    expect: tuple[int, ...] = (2,)
+    mentions: tuple[str, ...] = ()
+    allow_new: tuple[str, ...] = ()
+    allow_changed: tuple[str, ...] = ()
+    check: Callable[[Path], str | None] | None = None
+    mode: str = "inprocess"
+    fast: bool = False
+    note: str = ""
+    # kill9: the path whose appearance triggers SIGKILL, then the command that must clean up.
+    kill_when: str = ""
+    then: tuple[str, ...] = ()
+    memory_limit: int = 0  # bytes of address space in subprocess mode; 0: none
+    timeout: float = 120.0
+
+
+CASES: list[Case] = []
+
+
+def case(name: str, cls: str, argv, *steps: Setup, expect=2, **options) -> None:
+    """Register a case; ``argv`` is a list or a shell-quoted string, ``steps`` run in order."""
+    argv = tuple(shlex.split(argv) if isinstance(argv, str) else argv)
+    expect = (expect,) if isinstance(expect, int) else tuple(expect)
+    if any(c.name == name for c in CASES):
+        raise ValueError(f"duplicate case name {name}")
+
+    def setup(d: Path, fx: Fixtures) -> None:
+        for step in steps:
+            step(d, fx)
+
+    options["then"] = tuple(shlex.split(options["then"])) if isinstance(options.get("then"), str) else options.get("then", ())
+    for key in ("mentions", "allow_new", "allow_changed"):
+        options[key] = tuple(options.get(key, ()))
+    CASES.append(Case(name, cls, argv, setup, expect, **options))
+
+
+# ---------------------------------------------------------------------------- set-up steps
+
+
+def copy(*names: str) -> Setup:
+    return lambda d, fx: [fx.copy(n, d) for n in names]
+
+
+def copy_as(name: str, as_name: str) -> Setup:
+    return lambda d, fx: fx.copy(name, d, as_name)
+
+
+def own_run(d: Path, fx: Fixtures) -> None:
+    fx.own_run(d)
+
+
+def write(name: str, content: str | bytes = "") -> Setup:
+    def step(d: Path, fx: Fixtures) -> None:
+        path = d / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+
+    return step
+
+
+def mkdir(name: str) -> Setup:
+    return lambda d, fx: (d / name).mkdir(parents=True, exist_ok=True)
+
+
+def remove(name: str) -> Setup:
+    def step(d: Path, fx: Fixtures) -> None:
+        path = d / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    return step
+
+
+def truncate(name: str, keep: float = 0.5) -> Setup:
+    def step(d: Path, fx: Fixtures) -> None:
+        path = first_file(d / name)
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+
+    return step
+
+
+def flip_bytes(name: str) -> Setup:
+    """Invert 64 bytes in the middle of the file (or the first file under the folder) ``name``."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        path = first_file(d / name)
+        data = bytearray(path.read_bytes())
+        middle = len(data) // 2
+        data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
+        path.write_bytes(bytes(data))
+
+    return step
+
+
+def first_file(path: Path) -> Path:
+    """``path`` itself, or the first chunk file below it (zarr: VAR/c/0/0)."""
+    if path.is_file():
+        return path
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.name != "zarr.json")[0]
+
+
+def edit_json(name: str, change: Callable) -> Setup:
+    """Replace the JSON document in ``name`` by ``change(document)`` (or edit it in place)."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        path = d / name
+        document = json.loads(path.read_text())
+        result = change(document)
+        path.write_text(json.dumps(document if result is None else result))
+
+    return step
+
+
+def npz(name: str = "data.npz", base: Callable[[], dict] = recording, pickle: bool = False, **changes) -> Setup:
+    """An .npz of ``base()`` arrays with ``changes``: a value, a function of the old value, or
+    None to drop the key."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        arrays = base()
+        for key, value in changes.items():
+            if value is None:
+                arrays.pop(key, None)
+            elif callable(value):
+                arrays[key] = value(arrays.get(key))
+            else:
+                arrays[key] = value
+        with open(d / name, "wb") as file:
+            np.savez(file, **arrays) if not pickle else np.savez(file, allow_pickle=True, **arrays)
+
+    return step
+
+
+def edit_npz(name: str, **changes) -> Setup:
+    """Change the arrays of the copied .npz ``name`` (see ``npz``)."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        with np.load(d / name) as file:
+            arrays = {k: file[k] for k in file.files}
+        npz(name, lambda: arrays, **changes)(d, fx)
+
+    return step
+
+
+def merged(base: dict, section: str, key: str, value) -> dict:
+    values = {name: dict(table) for name, table in base.items()}
+    values.setdefault(section, {})[key] = value
+    return values
+
+
+def toml(name: str, values: dict | str) -> Setup:
+    return write(name, values if isinstance(values, str) else toml_text(values))
+
+
+def save_npy(name: str, array, allow_pickle: bool = False) -> Setup:
+    def step(d: Path, fx: Fixtures) -> None:
+        path = d / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as file:
+            np.save(file, array, allow_pickle=allow_pickle)
+
+    return step
+
+
+def rewrite_store(name: str, change: Callable) -> Setup:
+    """Rewrite the session store ``name`` through twin's own writer with ``change(ds)``."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        from twin.data.store import open_session, write_session
+
+        ds = open_session(d / name).load()
+        write_session(change(ds), d / (name + ".new"))
+        shutil.rmtree(d / name)
+        (d / (name + ".new")).rename(d / name)
+
+    return step
+
+
+def zarr_edit(store: str, variable: str, change: Callable) -> Setup:
+    """Overwrite one array of a zarr store in place (valid encoding, different values)."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        import zarr
+
+        array = zarr.open_array(str(d / store / variable), mode="r+")
+        array[...] = change(array[...])
+
+    return step
+
+
+def readonly_parent() -> str:
+    """An existing folder nobody may write in: sysfs as root (chmod does not stop root)."""
+    return "/sys" if os.geteuid() == 0 else "locked"
+
+
+def lock(name: str) -> Setup:
+    def step(d: Path, fx: Fixtures) -> None:
+        if os.geteuid() != 0:
+            (d / name).mkdir(exist_ok=True)
+            (d / name).chmod(0o555)
+
+    return step
+
+
+def torch_save(name: str, make: Callable) -> Setup:
+    """A .pth file of ``make(torch)``; garbage bytes when torch is not installed."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        try:
+            import torch
+        except ImportError:
+            (d / name).write_bytes(b"not a checkpoint")
+            return
+        torch.save(make(torch), d / name)
+
+    return step
+
+
+# ---------------------------------------------------------------------------- checks after success
+
+
+def store_check(name: str, predicate: Callable, what: str) -> Callable[[Path], str | None]:
+    def check(d: Path) -> str | None:
+        from twin.data.store import open_session
+
+        try:
+            ds = open_session(d / name)
+            return None if predicate(ds) else what
+        except Exception as error:  # noqa: BLE001 - reported as the case's failure
+            return f"{name}: check failed ({error})"
+
+    return check
+
+
+def repeats_are_test(ds) -> bool:
+    from twin.data.schema import strings
+
+    ids, tier = ds["image_id"].values, strings(ds["tier"].values)
+    _, index, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    repeated = counts[index] > 1
+    return bool(np.all(tier[repeated] == "test") and np.all(tier[~repeated] != "test"))
+
+
+def no_injection(d: Path) -> str | None:
+    page = d / "rep" / "index.html"
+    if page.exists() and "<img src=x" in page.read_text():
+        return "rep/index.html holds the manifest's raw HTML"
+    return None
+
+
+# ============================================================================ the cases
+
+MISSING, KIND, ARRAYS, SENSORIUM, TOML, CLI = "missing-file", "wrong-kind", "npz-arrays", "sensorium", "toml", "cli-value"
+EXISTING, DAMAGED, RUN, STIMULI, PIPE, CRASH, PATHS = "existing-output", "damaged-store", "run-dir", "stimuli", "pipe", "crash", "odd-path"
+
+MEI = "mei run --neurons 0:2 --config mei.toml --out m.zarr"
+CLOSELOOP = "closeloop run stimuli responses.npz --out rep"
+RESPOND = "respond stimuli --animal sim.zarr --out r.npz"
+
+# ---------------------------------------------------------------------------- missing files
+case("info-missing-store", MISSING, "info nope.zarr", mentions=["nope.zarr"])
+case("import-arrays-missing", MISSING, "import arrays nope.npz out.zarr", mentions=["nope.npz"])
+case("import-sensorium-missing", MISSING, "import sensorium nope out.zarr", mentions=["nope"])
+case("fit-missing-store", MISSING, "fit nope.zarr --out run --config fit.toml", copy("fit.toml"), mentions=["nope.zarr"])
+case("fit-missing-second-store", MISSING, "fit sim.zarr nope.zarr --out run --config fit.toml", copy("sim.zarr", "fit.toml"), mentions=["nope.zarr"])
+case("fit-missing-config", MISSING, "fit sim.zarr --out run --config nope.toml", copy("sim.zarr"), mentions=["nope.toml"])
+case("evaluate-missing-run", MISSING, "evaluate nope", mentions=["nope"])
+case("evaluate-missing-store", MISSING, "evaluate run --store nope.zarr", own_run, mentions=["nope.zarr"])
+case("mei-missing-run", MISSING, "mei nope --out m.zarr", mentions=["nope"])
+case("mei-missing-config", MISSING, "mei run --out m.zarr --config nope.toml", copy("run"), mentions=["nope.toml"])
+case("mei-missing-validator", MISSING, MEI + " --validator nope", copy("run", "mei.toml"), mentions=["nope"])
+case("select-missing-run", MISSING, "select nope", mentions=["nope"])
+case("export-missing-meis", MISSING, "export nope.zarr --out stim", mentions=["nope.zarr"])
+case("export-missing-monitor", MISSING, "export meis.zarr --out stim --monitor nope.toml", copy("meis.zarr"), mentions=["nope.toml"])
+case("respond-missing-stimuli", MISSING, "respond nope --animal sim.zarr --out r.npz", copy("sim.zarr"), mentions=["nope"])
+case("respond-missing-animal", MISSING, "respond stimuli --animal nope.zarr --out r.npz", copy("stimuli"), mentions=["nope.zarr"])
+case("closeloop-missing-run", MISSING, "closeloop nope stimuli responses.npz --out rep", copy("stimuli", "responses.npz"), mentions=["nope"])
+case("closeloop-missing-stimuli", MISSING, "closeloop run nope responses.npz --out rep", copy("run", "responses.npz"), mentions=["nope"])
+case("closeloop-missing-responses", MISSING, "closeloop run stimuli nope.npz --out rep", copy("run", "stimuli"), mentions=["nope.npz"])
+case("loop-missing-config", MISSING, "loop out --config nope.toml", mentions=["nope.toml"])
+case("loop-missing-session", MISSING, "loop out --session nope.zarr --config loop.toml", copy("loop.toml"), mentions=["nope.zarr"])
+case("convert-missing-checkpoint", MISSING, "convert neuralpredictors nope.pth --out r --store sim.zarr", copy("sim.zarr"), mentions=["nope.pth"])
+
+# ---------------------------------------------------------------------------- wrong file kinds
+case("info-empty-folder", KIND, "info empty.zarr", mkdir("empty.zarr"), mentions=["empty.zarr"])
+case("info-plain-file", KIND, "info sim.zarr", write("sim.zarr", "hello"), mentions=["sim.zarr"])
+case("info-empty-file", KIND, "info e.zarr", write("e.zarr"), mentions=["e.zarr"])
+case("info-npz-file", KIND, "info data.npz", copy("data.npz"), mentions=["data.npz"])
+case("info-folder-of-notes", KIND, "info notes", write("notes/a.txt", "x"), mentions=["notes"])
+case("info-mei-store", KIND, "info meis.zarr", copy("meis.zarr"), mentions=["meis.zarr"])
+case("info-run-dir", KIND, "info run", copy("run"), mentions=["run"])
+case("import-arrays-folder", KIND, "import arrays data.npz out.zarr", mkdir("data.npz"), mentions=["data.npz"])
+case("import-arrays-empty-file", KIND, "import arrays data.npz out.zarr", write("data.npz"), mentions=["data.npz"])
+case("import-arrays-text-file", KIND, "import arrays data.npz out.zarr", write("data.npz", "images,responses\n1,2\n"), mentions=["data.npz"])
+case("import-arrays-npy", KIND, "import arrays data.npy out.zarr", save_npy("data.npy", np.zeros((4, 8, 8))), mentions=["data.npy"])
+case("import-arrays-zip-of-text", KIND, "import arrays data.npz out.zarr",
+     lambda d, fx: zipfile.ZipFile(d / "data.npz", "w").writestr("readme.txt", "hi"), mentions=["data.npz"])
+case("import-arrays-truncated", KIND, "import arrays data.npz out.zarr", copy("data.npz"), truncate("data.npz"), mentions=["data.npz"])
+case("import-sensorium-plain-file", KIND, "import sensorium tree.txt out.zarr", write("tree.txt", "x"), mentions=["tree.txt"])
+case("import-sensorium-empty-folder", KIND, "import sensorium tree out.zarr", mkdir("tree"), mentions=["tree"])
+case("import-sensorium-npz", KIND, "import sensorium data.npz out.zarr", copy("data.npz"), mentions=["data.npz"])
+case("fit-mei-store-as-session", KIND, "fit meis.zarr --out r2 --config fit.toml", copy("meis.zarr", "fit.toml"), mentions=["meis.zarr"])
+case("fit-run-as-session", KIND, "fit run --out r2 --config fit.toml", copy("run", "fit.toml"), mentions=["run"])
+case("fit-config-is-folder", KIND, "fit sim.zarr --out run --config cfg.toml", copy("sim.zarr"), mkdir("cfg.toml"), mentions=["cfg.toml"])
+case("fit-config-binary", KIND, "fit sim.zarr --out run --config cfg.toml", copy("sim.zarr"), write("cfg.toml", b"\xff\xfe\x00\x81garbage"), mentions=["cfg.toml"])
+case("evaluate-store-as-run", KIND, "evaluate sim.zarr", copy("sim.zarr"), mentions=["sim.zarr"])
+case("evaluate-file-as-run", KIND, "evaluate run", write("run", "x"), mentions=["run"])
+case("mei-store-as-run", KIND, "mei sim.zarr --out m.zarr", copy("sim.zarr"), mentions=["sim.zarr"])
+case("mei-validator-is-store", KIND, MEI + " --validator sim.zarr", copy("run", "mei.toml", "sim.zarr"), mentions=["sim.zarr"])
+case("select-file-as-run", KIND, "select run", write("run", "x"), mentions=["run"])
+case("export-session-store", KIND, "export sim.zarr --out stim", copy("sim.zarr"), mentions=["sim.zarr"])
+case("export-run-dir", KIND, "export run --out stim", copy("run"), mentions=["run"])
+case("export-monitor-is-folder", KIND, "export meis.zarr --out stim --monitor mon.toml", copy("meis.zarr"), mkdir("mon.toml"), mentions=["mon.toml"])
+case("respond-stimuli-is-file", KIND, "respond stim --animal sim.zarr --out r.npz", copy("sim.zarr"), write("stim", "x"), mentions=["stim"])
+case("respond-animal-is-mei-store", KIND, "respond stimuli --animal meis.zarr --out r.npz", copy("stimuli", "meis.zarr"), mentions=["meis.zarr"])
+case("respond-animal-recorded", KIND, "respond stimuli --animal rec.zarr --out r.npz", copy("stimuli", "data.npz"),
+     lambda d, fx: cli(["import", "arrays", "data.npz", "rec.zarr"], d), mentions=["rec.zarr"])
+case("closeloop-responses-folder", KIND, CLOSELOOP, copy("run", "stimuli"), mkdir("responses.npz"), mentions=["responses.npz"])
+case("closeloop-responses-empty", KIND, CLOSELOOP, copy("run", "stimuli"), write("responses.npz"), mentions=["responses.npz"])
+case("closeloop-responses-text", KIND, CLOSELOOP, copy("run", "stimuli"), write("responses.npz", "1,2,3\n"), mentions=["responses.npz"])
+case("closeloop-responses-npy", KIND, CLOSELOOP, copy("run", "stimuli"), save_npy("responses.npz", np.zeros((3, 3))), mentions=["responses.npz"])
+case("closeloop-stimuli-is-mei-store", KIND, "closeloop run meis.zarr responses.npz --out rep", copy("run", "meis.zarr", "responses.npz"), mentions=["meis.zarr"])
+case("convert-checkpoint-folder", KIND, "convert neuralpredictors m.pth --out r --store sim.zarr", copy("sim.zarr"), mkdir("m.pth"), mentions=["m.pth"])
+case("convert-checkpoint-empty", KIND, "convert neuralpredictors m.pth --out r --store sim.zarr", copy("sim.zarr"), write("m.pth"), mentions=["m.pth"])
+case("convert-not-neuralpredictors", KIND, "convert neuralpredictors m.pth --out r --store sim.zarr", copy("sim.zarr"),
+     torch_save("m.pth", lambda torch: {"a.weight": torch.zeros(2)}), mentions=["m.pth"])
+case("loop-session-is-mei-store", KIND, "loop out --session meis.zarr --config loop.toml", copy("meis.zarr", "loop.toml"), mentions=["meis.zarr"])
+case("loop-config-is-folder", KIND, "loop out --config c.toml", mkdir("c.toml"), mentions=["c.toml"])
+
+# ---------------------------------------------------------------------------- import arrays: bad arrays
+IMPORT = "import arrays data.npz out.zarr"
+
+
+def bad_array(name: str, variable: str, note: str = "", expect=2, extra: str = "", allow_new=(), check=None, **changes) -> None:
+    case(f"import-{name}", ARRAYS, IMPORT + extra, npz(**changes), expect=expect, note=note, allow_new=allow_new, check=check,
+         mentions=["data.npz", variable] if expect == 2 else [])
+
+
+n = len(recording()["images"])
+bad_array("images-1d", "images", images=lambda a: a.reshape(-1))
+bad_array("images-2d", "images", images=lambda a: a.reshape(len(a), -1))
+bad_array("images-5d", "images", images=lambda a: a[:, None, None])
+bad_array("images-bool", "images", images=lambda a: a > 128, note="0/1 images are not pixel units")
+bad_array("images-complex", "images", images=lambda a: a.astype(np.complex64))
+bad_array("images-strings", "images", images=lambda a: a.astype(str))
+bad_array("images-nan", "images", images=lambda a: np.where(np.arange(a.size).reshape(a.shape) == 7, np.nan, a).astype(np.float32))
+bad_array("images-inf", "images", images=lambda a: np.where(np.arange(a.size).reshape(a.shape) == 7, np.inf, a).astype(np.float32))
+bad_array("images-minus1to1", "images", images=lambda a: (a / 127.5 - 1).astype(np.float32))
+bad_array("images-huge", "images", images=lambda a: a.astype(np.float64) * 1e300)
+bad_array("images-16bit", "images", images=lambda a: a.astype(np.uint16) * 250)
+bad_array("images-channel-last", "images", images=lambda a: np.repeat(a[..., None], 3, axis=-1), note="(trial, y, x, 3) RGB read as 36 channels of 64x3")
+bad_array("images-1x1", "images", images=lambda a: a[:, :1, :1])
+bad_array("responses-1d", "responses", responses=lambda a: a[:, 0])
+bad_array("responses-3d", "responses", responses=lambda a: a[:, :, None])
+bad_array("responses-complex", "responses", responses=lambda a: a.astype(np.complex64))
+bad_array("responses-strings", "responses", responses=lambda a: a.astype(str))
+bad_array("responses-nan", "responses", responses=lambda a: np.where(a > 2.5, np.nan, a))
+bad_array("responses-inf", "responses", responses=lambda a: np.where(a > 2.5, np.inf, a))
+bad_array("responses-huge", "responses", responses=lambda a: a.astype(np.float64) * 1e300)
+bad_array("lengths-mismatch", "responses", responses=lambda a: np.concatenate([a, a[:3]]))
+bad_array("tiers-length", "tier", tiers=lambda a: a[:-2])
+bad_array("image-ids-length", "image_id", image_ids=lambda a: a[:-2])
+bad_array("tiers-unknown", "tier", tiers=lambda a: np.where(a == "train", "training", a))
+bad_array("tiers-numbers", "tier", tiers=lambda a: np.arange(len(a)))
+bad_array("tiers-no-test", "tier", tiers=lambda a: np.where(a == "test", "train", a))
+bad_array("tiers-no-train", "tier", tiers=lambda a: np.where(a == "train", "validation", a))
+bad_array("empty", "responses", images=lambda a: a[:0], responses=lambda a: a[:0], tiers=lambda a: a[:0], image_ids=lambda a: a[:0])
+bad_array("zero-neurons", "responses", responses=lambda a: a[:, :0])
+bad_array("neuron-ids-duplicate", "neuron_ids", neuron_ids=np.array([1, 1, 2, 3, 4, 5]))
+bad_array("neuron-ids-length", "neuron_ids", neuron_ids=np.arange(4))
+bad_array("neuron-ids-strings", "neuron_ids", neuron_ids=np.array(list("abcdef")))
+bad_array("image-ids-float", "image_id", image_ids=lambda a: a + 0.5)
+bad_array("cell-xyz-shape", "cell_xyz", cell_xyz=np.zeros((6, 2)))
+bad_array("behavior-length", "behavior", behavior=np.zeros((n - 1, 3), np.float32))
+bad_array("behavior-names-count", "behavior_names", behavior=np.zeros((n, 3), np.float32), behavior_names=np.array(["pupil", "running"]))
+bad_array("behavior-3d", "behavior", behavior=np.zeros((n, 3, 2), np.float32))
+bad_array("pupil-center-3-columns", "pupil_center", pupil_center=np.zeros((n, 3), np.float32))
+bad_array("unknown-key", "spikes", spikes=np.zeros(3))
+bad_array("missing-responses", "responses", responses=None)
+bad_array("missing-images", "images", images=None)
+bad_array("same-id-different-pixels", "image_id", image_ids=lambda a: a // 2, note="one id for two different images corrupts repeats and the oracle")
+bad_array("repeat-across-tiers", "tier", images=lambda a: np.concatenate([a, a[:1]]), responses=lambda a: np.concatenate([a, a[:1]]),
+          tiers=lambda a: np.concatenate([a, ["test"]]), image_ids=lambda a: np.concatenate([a, a[:1]]),
+          note="image 0 in train and test leaks the test set")
+case("import-object-array", ARRAYS, IMPORT, npz(pickle=True, images=lambda a: np.array([None] * len(a), dtype=object)), mentions=["data.npz", "images"])
+case("import-repeats-form-test", ARRAYS, IMPORT, npz(base=lambda: recording(n_images=30, repeated=5), tiers=None, image_ids=None),
+     expect=0, allow_new=["out.zarr"], check=store_check("out.zarr", repeats_are_test, "repeated images are not exactly the test tier"),
+     note="success: without tiers the repeated images form the test tier")
+case("import-shift-responses", ARRAYS, IMPORT + " --shift-responses neuron", npz(responses=lambda a: a - 1), expect=0, allow_new=["out.zarr"],
+     check=store_check("out.zarr", lambda ds: float(ds["responses"].min()) >= 0, "responses still negative"),
+     note="success: --shift-responses makes negative responses >= 0")
+case("import-images-0to1", ARRAYS, IMPORT, npz(images=lambda a: (a / 255).astype(np.float32)), expect=0, allow_new=["out.zarr"],
+     check=store_check("out.zarr", lambda ds: list(ds.attrs.get("pixel_range", [])) == [0, 1], "pixel_range is not recorded as 0..1"),
+     note="success: 0..1 floats are recognised and recorded as the pixel range")
+case("import-pixel-range", ARRAYS, IMPORT + " --pixel-range=-1,1", npz(images=lambda a: (a / 127.5 - 1).astype(np.float32)), expect=0,
+     allow_new=["out.zarr"], check=store_check("out.zarr", lambda ds: list(ds.attrs.get("pixel_range", [])) == [-1, 1], "pixel_range not recorded"),
+     note="success: --pixel-range states the range of -1..1 images")
+case("import-responses-negative", ARRAYS, IMPORT, npz(responses=lambda a: a - 1), expect=0, allow_new=["out.zarr"],
+     note="success: signed responses (dF/F) are stored; twin fit refuses them (fit-negative-responses)")
+case("import-pixel-range-bad", ARRAYS, IMPORT + " --pixel-range 1,0", copy("data.npz"), mentions=["--pixel-range"])
+case("import-pixel-range-text", ARRAYS, IMPORT + " --pixel-range black,white", copy("data.npz"), mentions=["--pixel-range"])
+case("import-shift-responses-unknown", ARRAYS, IMPORT + " --shift-responses median", npz(responses=lambda a: a - 1), mentions=["--shift-responses"])
+case("import-images-outside-stated-range", ARRAYS, IMPORT + " --pixel-range 0,1", copy("data.npz"), mentions=["images", "--pixel-range"],
+     note="uint8 images up to 255 do not lie in the stated 0..1")
+
+# ---------------------------------------------------------------------------- Sensorium trees and zips
+SENS = "import sensorium sensorium out.zarr"
+
+
+def bad_tree(name: str, mentions: list[str], *steps: Setup) -> None:
+    case(f"sensorium-{name}", SENSORIUM, SENS, copy("sensorium"), *steps, mentions=mentions)
+
+
+bad_tree("no-tiers", ["tiers"], remove("sensorium/meta/trials/tiers.npy"))
+bad_tree("missing-response-file", ["responses/3.npy"], remove("sensorium/data/responses/3.npy"))
+bad_tree("missing-image-file", ["images/7.npy"], remove("sensorium/data/images/7.npy"))
+bad_tree("pickled-image", ["images/2.npy"], save_npy("sensorium/data/images/2.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True))
+bad_tree("image-shape-mismatch", ["images/5.npy"], save_npy("sensorium/data/images/5.npy", np.zeros((1, 18, 32), np.float32)))
+bad_tree("tiers-numbers", ["tier"], save_npy("sensorium/meta/trials/tiers.npy", np.arange(20)))
+bad_tree("tiers-empty", ["tier"], save_npy("sensorium/meta/trials/tiers.npy", np.array([], dtype="<U5")))
+bad_tree("tiers-unknown", ["tier"], save_npy("sensorium/meta/trials/tiers.npy", np.array(["training"] * 14 + ["validation"] * 3 + ["test"] * 3)))
+bad_tree("tiers-2d", ["tier"], save_npy("sensorium/meta/trials/tiers.npy", np.array([["train"]] * 14 + [["validation"]] * 3 + [["test"]] * 3)))
+bad_tree("responses-neuron-mismatch", ["responses/4.npy"], save_npy("sensorium/data/responses/4.npy", np.ones(7, np.float32)))
+bad_tree("unit-ids-length", ["unit_ids"], save_npy("sensorium/meta/neurons/unit_ids.npy", np.arange(5)))
+bad_tree("corrupt-npy", ["images/1.npy"], write("sensorium/data/images/1.npy", b"\x93NUMPY garbage" * 20))
+bad_tree("images-nan", ["images"], save_npy("sensorium/data/images/0.npy", np.full((1, 36, 64), np.nan, np.float32)))
+bad_tree("coordinates-shape", ["cell_motor_coordinates"], save_npy("sensorium/meta/neurons/cell_motor_coordinates.npy", np.zeros((6, 2))))
+bad_tree("frame-image-id-length", ["frame_image_id"], save_npy("sensorium/meta/trials/frame_image_id.npy", np.arange(3)))
+bad_tree("behavior-shape-mismatch", ["behavior/3.npy"], save_npy("sensorium/data/behavior/3.npy", np.zeros(4, np.float32)))
+case("sensorium-zip-truncated", SENSORIUM, "import sensorium sensorium.zip out.zarr", copy("sensorium.zip"), truncate("sensorium.zip", 0.6),
+     mentions=["sensorium.zip"])
+case("sensorium-zip-no-marker", SENSORIUM, "import sensorium s.zip out.zarr",
+     lambda d, fx: zipfile.ZipFile(d / "s.zip", "w").writestr("data/images/0.npy", b""), mentions=["s.zip"])
+
+# ---------------------------------------------------------------------------- bad TOML
+FIT = "fit sim.zarr --out run --config bad.toml --max-epochs 1"
+
+
+def bad_fit(name: str, section: str, key: str, value, mentions=None, argv: str = FIT) -> None:
+    case(f"toml-fit-{name}", TOML, argv, copy("sim.zarr"), toml("bad.toml", merged(TINY_FIT, section, key, value)),
+         mentions=mentions or ["bad.toml", key])
+
+
+case("toml-fit-syntax", TOML, FIT, copy("sim.zarr"), toml("bad.toml", "[fit\nmax_epochs = 2\n"), mentions=["bad.toml"])
+case("toml-fit-unknown-table", TOML, FIT, copy("sim.zarr"), toml("bad.toml", "[trainer]\nepochs = 2\n"), mentions=["bad.toml", "trainer"])
+case("toml-fit-unknown-key", TOML, FIT, copy("sim.zarr"), toml("bad.toml", "[fit]\nepochs = 2\n"), mentions=["bad.toml", "epochs"])
+case("toml-fit-wrong-type", TOML, FIT, copy("sim.zarr"), toml("bad.toml", '[fit]\nmax_epochs = "2"\n'), mentions=["bad.toml", "max_epochs"])
+case("toml-fit-duplicate-key", TOML, FIT, copy("sim.zarr"), toml("bad.toml", "[fit]\nmax_epochs = 2\nmax_epochs = 3\n"), mentions=["bad.toml"])
+case("toml-fit-table-as-value", TOML, FIT, copy("sim.zarr"), toml("bad.toml", "fit = 3\n"), mentions=["bad.toml", "fit"])
+bad_fit("stack-string", "model", "stack", "a")
+bad_fit("stack-floats", "model", "stack", [1.5])
+bad_fit("stack-out-of-range", "model", "stack", [7])
+bad_fit("batch-size-0", "data", "batch_size", 0)
+bad_fit("batch-size-negative", "data", "batch_size", -32)
+bad_fit("normalization-unknown", "data", "image_normalization", "zscore")
+bad_fit("std-floor-negative", "data", "response_std_floor", -1.0)
+bad_fit("shuffle-seed-negative", "data", "shuffle_seed", -1)
+bad_fit("core-layers-0", "model", "core_layers", 0)
+bad_fit("core-channels-0", "model", "core_channels", 0)
+bad_fit("input-kernel-0", "model", "input_kernel", 0)
+bad_fit("input-kernel-larger-than-image", "model", "input_kernel", 99)
+bad_fit("hidden-kernel-negative", "model", "hidden_kernel", -3)
+bad_fit("readout-unknown", "model", "readout", "linear")
+bad_fit("gauss-type-unknown", "model", "gauss_type", "diagonal")
+bad_fit("momentum-above-1", "model", "batch_norm_momentum", 1.5)
+bad_fit("eps-negative", "model", "batch_norm_eps", -1e-5)
+bad_fit("init-sigma-negative", "model", "init_sigma", -0.1)
+bad_fit("gamma-input-negative", "model", "gamma_input", -1.0)
+bad_fit("learning-rate-0", "fit", "learning_rate", 0.0)
+bad_fit("learning-rate-negative", "fit", "learning_rate", -0.01)
+bad_fit("learning-rate-nan", "fit", "learning_rate", float("nan"))
+bad_fit("learning-rate-inf", "fit", "learning_rate", float("inf"))
+bad_fit("max-epochs-0", "fit", "max_epochs", 0, argv="fit sim.zarr --out run --config bad.toml")
+bad_fit("decay-factor-0", "fit", "lr_decay_factor", 0.0)
+bad_fit("decay-factor-above-1", "fit", "lr_decay_factor", 2.0)
+bad_fit("patience-negative", "fit", "patience", -1)
+bad_fit("max-decays-negative", "fit", "max_lr_decays", -1)
+bad_fit("min-lr-negative", "fit", "min_learning_rate", -1.0)
+bad_fit("ensemble-size-0", "fit", "ensemble_size", 0)
+bad_fit("tolerance-nan", "fit", "tolerance", float("nan"))
+
+MEI_BAD = "mei run --neurons 0:2 --out m.zarr --config bad.toml"
+
+
+def bad_mei(name: str, key: str, value, extra: str = "") -> None:
+    case(f"toml-mei-{name}", TOML, MEI_BAD + extra, copy("run"), toml("bad.toml", merged(TINY_MEI, "mei", key, value)),
+         mentions=["bad.toml", key])
+
+
+bad_mei("steps-0", "steps", 0)
+bad_mei("steps-negative", "steps", -5)
+bad_mei("optimizer-unknown", "optimizer", "lbfgs")
+bad_mei("schedule-unknown", "schedule", "exponential")
+bad_mei("parametrization-unknown", "parametrization", "wavelet")
+bad_mei("blur-target-unknown", "blur_target", "both")
+bad_mei("blur-sigma-negative", "blur_sigma", -1.0)
+bad_mei("seeds-0", "seeds", 0)
+bad_mei("chunk-size-negative", "chunk_size", -1)
+bad_mei("jitter-negative", "jitter", -2)
+bad_mei("dei-fraction-above-1", "dei_fraction", 1.5, extra=" --deis 2")
+bad_mei("dei-diversity-unknown", "dei_diversity", "cosine", extra=" --deis 2")
+bad_mei("learning-rate-nan", "learning_rate", float("nan"))
+bad_mei("final-lr-negative", "final_learning_rate", -1.0)
+bad_mei("init-std-negative", "init_std", -8.0)
+bad_mei("norm-negative", "norm", -1.0)
+bad_mei("scale-jitter-above-1", "scale_jitter", 2.0)
+case("toml-mei-window-0", TOML, MEI_BAD, copy("run"), toml("bad.toml", {"mei": {**TINY_MEI["mei"], "tolerance": 0.01, "window": 0}}), mentions=["bad.toml", "window"])
+case("toml-mei-no-table", TOML, MEI_BAD, copy("run"), toml("bad.toml", "[fit]\nmax_epochs = 2\n"), mentions=["bad.toml", "mei"])
+case("toml-mei-unknown-key", TOML, MEI_BAD, copy("run"), toml("bad.toml", "[mei]\nstepz = 5\n"), mentions=["bad.toml", "stepz"])
+
+LOOP_BAD = "loop out --config bad.toml"
+
+
+def bad_loop(name: str, section: str, key: str, value) -> None:
+    case(f"toml-loop-{name}", TOML, LOOP_BAD, toml("bad.toml", merged(TINY_LOOP, section, key, value)), mentions=["bad.toml", key])
+
+
+bad_loop("size-tiny", "loop", "size", [2, 2])
+bad_loop("size-string", "loop", "size", "36x64")
+bad_loop("neurons-0", "loop", "simulated_neurons", 0)
+bad_loop("train-images-negative", "loop", "train_images", -5)
+bad_loop("rig-repeats-0", "loop", "rig_repeats", 0)
+bad_loop("mei-seeds-0", "loop", "mei_seeds", 0)
+bad_loop("unknown-key", "loop", "neuronz", 3)
+bad_loop("core-layers-0", "model", "core_layers", 0)
+
+MONITOR = "export meis.zarr --out stim --monitor mon.toml"
+GOOD_MONITOR = "[calibration]\npixel = [0, 128, 255]\nluminance = [1.0, 20.0, 80.0]\n"
+case("toml-monitor-syntax", TOML, MONITOR, copy("meis.zarr"), toml("mon.toml", "[calibration\n"), mentions=["mon.toml"])
+case("toml-monitor-luminance-decreasing", TOML, MONITOR, copy("meis.zarr"),
+     toml("mon.toml", "[calibration]\npixel = [0, 128, 255]\nluminance = [80.0, 20.0, 1.0]\n"), mentions=["mon.toml", "luminance"])
+case("toml-monitor-screen-0", TOML, MONITOR, copy("meis.zarr"), toml("mon.toml", GOOD_MONITOR + "[screen]\nheight = 0\nwidth = 0\n"), mentions=["mon.toml", "screen"])
+case("toml-monitor-strings", TOML, MONITOR, copy("meis.zarr"), toml("mon.toml", '[calibration]\npixel = ["a", "b", "c"]\nluminance = [1, 2, 3]\n'), mentions=["mon.toml", "pixel"])
+case("toml-monitor-target-negative", TOML, MONITOR, copy("meis.zarr"), toml("mon.toml", GOOD_MONITOR + "[target]\nrms_contrast = -2.0\n"), mentions=["mon.toml", "rms_contrast"])
+case("toml-monitor-typo-table", TOML, MONITOR, copy("meis.zarr"), toml("mon.toml", GOOD_MONITOR + "[targets]\nrms_contrast = 2.0\n"), mentions=["mon.toml", "targets"],
+     note="a misspelt table must not be ignored silently")
+
+# ---------------------------------------------------------------------------- bad command-line values
+SIM = "simulate s.zarr --neurons 4 --train-images 20 --test-images 2 --repeats 2"
+for flag, value in [("--neurons", "0"), ("--neurons", "-5"), ("--train-images", "0"), ("--test-images", "0"), ("--repeats", "0"),
+                    ("--repeats", "-1"), ("--size", "4x4"), ("--size", "abc"), ("--size", "36x"), ("--size", "0x64"), ("--size", "36x64x3"),
+                    ("--size", "-36x64"), ("--seed", "-1"), ("--neurons", "abc")]:
+    case(f"simulate{flag}-{value}", CLI, f"{SIM} {flag} {value}", mentions=[flag])
+case("simulate-size-huge", CLI, SIM + " --size 20000x20000", mentions=["--size"], mode="subprocess", memory_limit=4 << 30, timeout=180,
+     note="refused before allocating (run with a 4 GiB address-space limit)")
+case("simulate-neurons-huge", CLI, "simulate s.zarr --neurons 100000000 --train-images 20 --test-images 2 --repeats 2", mentions=["--neurons"],
+     mode="subprocess", memory_limit=2 << 30, timeout=180, note="refused before allocating (2 GiB limit)")
+case("import-seed-negative", CLI, IMPORT + " --seed -1", npz(tiers=None), mentions=["--seed"])
+FIT_OK = "fit sim.zarr --out run --config fit.toml"
+case("fit-seeds-0", CLI, FIT_OK + " --seeds 0", copy("sim.zarr", "fit.toml"), mentions=["--seeds"])
+case("fit-max-epochs-0", CLI, FIT_OK + " --max-epochs 0", copy("sim.zarr", "fit.toml"), mentions=["--max-epochs"])
+case("fit-max-epochs-abc", CLI, FIT_OK + " --max-epochs abc", copy("sim.zarr", "fit.toml"), mentions=["--max-epochs"])
+case("fit-process-id-out-of-range", CLI, FIT_OK + " --coordinator localhost:1 --num-processes 2 --process-id 5", copy("sim.zarr", "fit.toml"),
+     mentions=["--process-id"], mode="subprocess", timeout=90)
+case("fit-num-processes-0", CLI, FIT_OK + " --coordinator localhost:1 --num-processes 0 --process-id 0", copy("sim.zarr", "fit.toml"),
+     mentions=["--num-processes"], mode="subprocess", timeout=90)
+case("fit-coordinator-no-port", CLI, FIT_OK + " --coordinator localhost --num-processes 1 --process-id 0", copy("sim.zarr", "fit.toml"),
+     mentions=["--coordinator"], mode="subprocess", timeout=90)
+case("evaluate-tier-unknown", CLI, "evaluate run --tier bogus", copy("run"), mentions=["bogus"])
+case("evaluate-tier-absent", CLI, "evaluate run --tier final_test", copy("run"), mentions=["final_test"])
+MEI_OK = "mei run --config mei.toml --out m.zarr"
+for flag, value in [("--neurons", "5:2"), ("--neurons", "abc"), ("--neurons", "999999"), ("--neurons", "-1"), ("--neurons", "1,1"),
+                    ("--neurons", ""), ("--neurons", "0:0"), ("--neurons", "3:999"), ("--seeds", "0"), ("--seeds", "-3"), ("--deis", "1"),
+                    ("--deis", "-2"), ("--session", "1"), ("--session", "-1")]:
+    case(f"mei{flag}-{value or 'empty'}", CLI, shlex.split(MEI_OK) + [flag, value], copy("run", "mei.toml"), mentions=[flag])
+case("mei--recipe-bogus-no-config", CLI, "mei run --out m.zarr --recipe bogus", copy("run"), mentions=["--recipe"],
+     note="an unknown recipe needs a --config with a [mei] table")
+case("mei-out-without-zarr", CLI, "mei run --config mei.toml --out meis", copy("run", "mei.toml"), mentions=["--out"])
+for flag, value in [("--n", "0"), ("--n", "-3"), ("--min-distance", "-5"), ("--min-distance", "nan")]:
+    case(f"select{flag}-{value}", CLI, f"select run {flag} {value}", copy("run"), mentions=[flag])
+for flag, value in [("--repeats", "0"), ("--repeats", "-1"), ("--seed", "-1")]:
+    case(f"export{flag}-{value}", CLI, f"export meis.zarr --out stim {flag} {value}", copy("meis.zarr"), mentions=[flag])
+case("respond-seed-negative", CLI, RESPOND + " --seed -1", copy("stimuli", "sim.zarr"), mentions=["--seed"])
+for flag, value in [("--neurons", "0"), ("--seeds", "0"), ("--seed", "-1")]:
+    case(f"loop{flag}-{value}", CLI, f"loop out --config loop.toml {flag} {value}", copy("loop.toml"), mentions=[flag])
+case("no-command", CLI, "", mentions=["COMMAND"])
+case("unknown-command", CLI, "fly", mentions=["fly"])
+case("bench-unknown-flag", CLI, "bench --fast", mentions=["--fast"])
+
+# ---------------------------------------------------------------------------- existing outputs
+USER = write("out.zarr/notes.txt", "my notes")
+case("simulate-into-folder-with-file", EXISTING, SIM.replace("s.zarr", "out.zarr"), USER, mentions=["out.zarr"])
+case("simulate-onto-plain-file", EXISTING, SIM.replace("s.zarr", "out.zarr"), write("out.zarr", "mine"), mentions=["out.zarr"])
+case("simulate-missing-parent", EXISTING, SIM.replace("s.zarr", "nope/deeper/s.zarr"), mentions=["nope"],
+     note="the parent folder must exist; nothing is created")
+case("simulate-parent-is-file", EXISTING, SIM.replace("s.zarr", "f.txt/s.zarr"), write("f.txt", "mine"), mentions=["f.txt"])
+case("simulate-readonly-parent", EXISTING, SIM.replace("s.zarr", readonly_parent() + "/twin-adversarial.zarr"), lock("locked"),
+     mentions=[readonly_parent()])
+case("simulate-over-store", EXISTING, SIM.replace("s.zarr", "sim.zarr"), copy("sim.zarr"), mentions=["sim.zarr", "--overwrite"],
+     note="an existing store is kept unless --overwrite")
+case("simulate-overwrite", EXISTING, SIM.replace("s.zarr", "sim.zarr") + " --overwrite", copy("sim.zarr"), expect=0, allow_changed=["sim.zarr"],
+     check=store_check("sim.zarr", lambda ds: ds.sizes["neuron"] == 4, "sim.zarr was not replaced"), note="success: --overwrite replaces the store")
+case("simulate-into-empty-folder", EXISTING, SIM.replace("s.zarr", "empty.zarr"), mkdir("empty.zarr"), expect=0, allow_new=["empty.zarr"],
+     allow_changed=["empty.zarr"], check=store_check("empty.zarr", lambda ds: True, ""), note="success: an empty folder is not a user's data")
+case("simulate-name-too-long", EXISTING, SIM.replace("s.zarr", "a" * 300 + ".zarr"), mentions=["aaaa"])
+case("import-over-store", EXISTING, "import arrays data.npz sim.zarr", copy("data.npz", "sim.zarr"), mentions=["sim.zarr"])
+case("import-onto-its-input", EXISTING, "import arrays data.npz data.npz", copy("data.npz"), mentions=["data.npz"])
+case("import-sensorium-into-folder-with-file", EXISTING, "import sensorium sensorium out.zarr", copy("sensorium"), USER, mentions=["out.zarr"])
+case("import-missing-parent", EXISTING, "import arrays data.npz nope/out.zarr", copy("data.npz"), mentions=["nope"])
+case("fit-into-folder-with-config", EXISTING, "fit sim.zarr --out mine --config fit.toml", copy("sim.zarr", "fit.toml"),
+     write("mine/config.toml", "# my own notes\n"), mentions=["mine"], note="a user's config.toml is never replaced")
+case("fit-onto-plain-file", EXISTING, "fit sim.zarr --out mine --config fit.toml", copy("sim.zarr", "fit.toml"), write("mine", "x"), mentions=["mine"])
+case("fit-missing-parent", EXISTING, "fit sim.zarr --out nope/run --config fit.toml", copy("sim.zarr", "fit.toml"), mentions=["nope"])
+case("fit-readonly-parent", EXISTING, f"fit sim.zarr --out {readonly_parent()}/twin-adversarial-run --config fit.toml", copy("sim.zarr", "fit.toml"),
+     lock("locked"), mentions=[readonly_parent()])
+case("fit-into-its-store", EXISTING, "fit sim.zarr --out sim.zarr --config fit.toml", copy("sim.zarr", "fit.toml"), mentions=["sim.zarr"])
+case("fit-over-fitted-run", EXISTING, "fit sim.zarr --out run --config fit.toml", copy("sim.zarr", "fit.toml", "run"), mentions=["run"])
+case("mei-over-store", EXISTING, MEI.replace("m.zarr", "meis.zarr"), copy("run", "mei.toml", "meis.zarr"), mentions=["meis.zarr"])
+case("mei-into-folder-with-file", EXISTING, MEI.replace("m.zarr", "out.zarr"), copy("run", "mei.toml"), USER, mentions=["out.zarr"])
+case("mei-grid-png-exists", EXISTING, MEI, copy("run", "mei.toml"), write("m.png", "my picture"), mentions=["m.png"],
+     note="the grid m.png beside m.zarr is an output too")
+case("mei-missing-parent", EXISTING, MEI.replace("m.zarr", "nope/m.zarr"), copy("run", "mei.toml"), mentions=["nope"])
+case("mei-into-session-store", EXISTING, MEI.replace("m.zarr", "sim.zarr"), own_run, copy("mei.toml"), mentions=["sim.zarr"])
+EXPORT = "export meis.zarr --out stim"
+case("export-into-folder-with-file", EXISTING, EXPORT, copy("meis.zarr"), write("stim/notes.txt", "mine"), mentions=["stim"])
+case("export-onto-plain-file", EXISTING, EXPORT, copy("meis.zarr"), write("stim", "mine"), mentions=["stim"])
+case("export-missing-parent", EXISTING, EXPORT.replace("stim", "nope/stim"), copy("meis.zarr"), mentions=["nope"])
+case("export-onto-its-input", EXISTING, "export meis.zarr --out meis.zarr", copy("meis.zarr"), mentions=["meis.zarr"])
+case("export-onto-its-input-overwrite", EXISTING, "export meis.zarr --out meis.zarr --overwrite", copy("meis.zarr"), mentions=["meis.zarr"],
+     note="--overwrite never replaces the command's own input")
+case("export-overwrite", EXISTING, "export meis.zarr --out stimuli --overwrite --repeats 3", copy("meis.zarr", "stimuli"), expect=0,
+     allow_changed=["stimuli"], allow_new=["stimuli"], note="success: --overwrite replaces the folder")
+case("respond-over-npz", EXISTING, RESPOND.replace("r.npz", "responses.npz"), copy("stimuli", "sim.zarr", "responses.npz"), mentions=["responses.npz"])
+case("respond-onto-folder", EXISTING, RESPOND, copy("stimuli", "sim.zarr"), mkdir("r.npz"), mentions=["r.npz"])
+case("respond-missing-parent", EXISTING, RESPOND.replace("r.npz", "nope/r.npz"), copy("stimuli", "sim.zarr"), mentions=["nope"])
+case("respond-onto-manifest", EXISTING, RESPOND.replace("r.npz", "stimuli/manifest.json"), copy("stimuli", "sim.zarr"), mentions=["manifest.json"])
+case("respond-overwrite", EXISTING, RESPOND.replace("r.npz", "responses.npz") + " --overwrite", copy("stimuli", "sim.zarr", "responses.npz"),
+     expect=0, allow_changed=["responses.npz"], note="success: --overwrite replaces the file")
+case("closeloop-into-folder-with-file", EXISTING, CLOSELOOP, copy("run", "stimuli", "responses.npz"), write("rep/notes.txt", "mine"), mentions=["rep"])
+case("closeloop-onto-plain-file", EXISTING, CLOSELOOP, copy("run", "stimuli", "responses.npz"), write("rep", "mine"), mentions=["rep"])
+case("closeloop-onto-stimuli", EXISTING, "closeloop run stimuli responses.npz --out stimuli", copy("run", "stimuli", "responses.npz"), mentions=["stimuli"])
+case("closeloop-onto-run", EXISTING, "closeloop run stimuli responses.npz --out run", copy("run", "stimuli", "responses.npz"), mentions=["run"])
+case("closeloop-missing-parent", EXISTING, CLOSELOOP.replace("rep", "nope/rep"), copy("run", "stimuli", "responses.npz"), mentions=["nope"])
+case("loop-into-folder-with-config", EXISTING, "loop out --config loop.toml", copy("loop.toml"), write("out/config.toml", "# mine\n"), mentions=["out"])
+case("loop-onto-plain-file", EXISTING, "loop out --config loop.toml", copy("loop.toml"), write("out", "mine"), mentions=["out"])
+case("loop-missing-parent", EXISTING, "loop nope/out --config loop.toml", copy("loop.toml"), mentions=["nope"])
+CONVERT = "convert neuralpredictors m.pth --store sim.zarr --out"
+case("convert-into-existing-folder", EXISTING, CONVERT + " mine", copy("sim.zarr"), write("m.pth", "x"), write("mine/notes.txt", "x"), mentions=["mine"])
+case("convert-missing-parent", EXISTING, CONVERT + " nope/r", copy("sim.zarr"), torch_save("m.pth", lambda torch: {"a": torch.zeros(1)}), mentions=["nope"],
+     note="outputs are checked before the checkpoint is read")
+
+# ---------------------------------------------------------------------------- damaged stores
+CHECK = "info sim.zarr --check"
+case("store-deleted-chunk", DAMAGED, CHECK, copy("sim.zarr"), remove("sim.zarr/responses/c/0/0"), mentions=["sim.zarr", "responses"])
+case("store-truncated-chunk", DAMAGED, CHECK, copy("sim.zarr"), truncate("sim.zarr/images/c"), mentions=["sim.zarr", "images"])
+case("store-corrupted-chunk", DAMAGED, CHECK, copy("sim.zarr"), flip_bytes("sim.zarr/images/c"), mentions=["sim.zarr", "images"])
+case("store-edited-array", DAMAGED, CHECK, copy("sim.zarr"), zarr_edit("sim.zarr", "responses", lambda a: a * 0 + 1), mentions=["sim.zarr", "responses"])
+case("store-chunk-is-folder", DAMAGED, CHECK, copy("sim.zarr"), remove("sim.zarr/responses/c/0/0"), mkdir("sim.zarr/responses/c/0/0"), mentions=["sim.zarr"])
+case("store-no-root-json", DAMAGED, "info sim.zarr", copy("sim.zarr"), remove("sim.zarr/zarr.json"), mentions=["sim.zarr"])
+case("store-no-array-json", DAMAGED, "info sim.zarr", copy("sim.zarr"), remove("sim.zarr/responses/zarr.json"), mentions=["sim.zarr", "responses"])
+case("store-garbage-json", DAMAGED, "info sim.zarr", copy("sim.zarr"), write("sim.zarr/images/zarr.json", "{not json"), mentions=["sim.zarr"])
+case("store-truncated-chunk-plain-info", DAMAGED, "info sim.zarr", copy("sim.zarr"), truncate("sim.zarr/images/c"), mentions=["sim.zarr", "images"])
+case("store-future-schema", DAMAGED, "info sim.zarr", copy("sim.zarr"),
+     edit_json("sim.zarr/zarr.json", lambda j: j["attributes"].update(schema_version=99)), mentions=["sim.zarr"],
+     note="a store from a newer twin is refused, not misread")
+case("store-no-stats", DAMAGED, "info sim.zarr", copy("sim.zarr"), remove("sim.zarr/stats_response_std"), mentions=["sim.zarr", "stats_response_std"])
+case("fit-store-deleted-chunk", DAMAGED, FIT_OK + " --max-epochs 1", copy("sim.zarr", "fit.toml"), remove("sim.zarr/responses/c/0/0"),
+     mentions=["sim.zarr", "responses"], note="a missing chunk reads as NaN fill values; fitting them is refused")
+case("evaluate-store-truncated", DAMAGED, "evaluate run", own_run, truncate("sim.zarr/images/c"), mentions=["sim.zarr", "images"])
+case("export-meis-deleted-chunk", DAMAGED, EXPORT, copy("meis.zarr"), remove("meis.zarr/images/c/0/0/0/0"), mentions=["meis.zarr", "images"])
+case("export-meis-run-gone", DAMAGED, "export mine.zarr --out stim", own_run, copy("mei.toml"),
+     lambda d, fx: cli(["mei", "run", "--neurons", "0:2", "--config", "mei.toml", "--out", "mine.zarr", "--json"], d), remove("run"),
+     mentions=["run"], note="the MEI store's run was deleted")
+case("fit-negative-responses", DAMAGED, FIT_OK + " --max-epochs 1", copy("sim.zarr", "fit.toml"),
+     rewrite_store("sim.zarr", lambda ds: ds.assign(responses=ds["responses"] - 1)), mentions=["sim.zarr", "responses"],
+     note="the Poisson loss is undefined for negative responses")
+case("fit-no-validation-tier", DAMAGED, FIT_OK, copy("sim.zarr", "fit.toml"),
+     rewrite_store("sim.zarr", lambda ds: ds.assign(tier=ds["tier"].where(ds["tier"] != "validation", "train"))), mentions=["sim.zarr", "validation"])
+case("fit-images-smaller-than-kernel", DAMAGED, "fit small.zarr --out run --config k9.toml --max-epochs 1",
+     lambda d, fx: cli(["simulate", "small.zarr", "--neurons", "3", "--train-images", "30", "--test-images", "2",
+                                                "--repeats", "2", "--size", "8x8"], d),
+     toml("k9.toml", merged(TINY_FIT, "model", "input_kernel", 9)), mentions=["input_kernel"])
+
+# ---------------------------------------------------------------------------- run directories
+case("evaluate-run-no-config", RUN, "evaluate run", copy("run"), remove("run/config.toml"), mentions=["run", "config.toml"])
+case("evaluate-run-no-sessions", RUN, "evaluate run", copy("run"), remove("run/sessions.json"), mentions=["run", "sessions.json"])
+case("evaluate-run-no-checkpoints", RUN, "evaluate run", copy("run"), remove("run/checkpoints"), mentions=["run", "checkpoint"])
+case("mei-run-no-checkpoints", RUN, MEI, copy("run", "mei.toml"), remove("run/checkpoints"), mentions=["run", "checkpoint"])
+case("select-run-no-checkpoints", RUN, "select run", copy("run"), remove("run/checkpoints"), mentions=["run", "checkpoint"])
+case("evaluate-run-broken-config", RUN, "evaluate run", copy("run"), write("run/config.toml", "[model\n"), mentions=["config.toml"])
+case("evaluate-run-changed-config", RUN, "evaluate run", copy("run"),
+     lambda d, fx: (d / "run/config.toml").write_text((d / "run/config.toml").read_text().replace("core_channels = 4", "core_channels = 8")),
+     mentions=["run"], note="the checkpoint no longer fits the config")
+case("evaluate-run-sessions-garbage", RUN, "evaluate run", copy("run"), write("run/sessions.json", "{nope"), mentions=["sessions.json"])
+case("evaluate-run-sessions-dict", RUN, "evaluate run", copy("run"), write("run/sessions.json", "{}"), mentions=["sessions.json"])
+case("evaluate-run-truncated-checkpoint", RUN, "evaluate run", copy("run"),
+     lambda d, fx: [p.write_bytes(b"") for p in (d / "run/checkpoints/best").rglob("*") if p.is_file() and "arrays" in p.parts],
+     mentions=["run"])
+case("evaluate-store-moved", RUN, "evaluate run", own_run, lambda d, fx: (d / "sim.zarr").rename(d / "moved.zarr"), mentions=["sim.zarr"])
+case("mei-store-moved", RUN, MEI, own_run, copy("mei.toml"), lambda d, fx: (d / "sim.zarr").rename(d / "moved.zarr"), mentions=["sim.zarr"])
+case("select-store-moved", RUN, "select run", own_run, lambda d, fx: (d / "sim.zarr").rename(d / "moved.zarr"), mentions=["sim.zarr"])
+STORE_CHANGED = (own_run, remove("sim.zarr"), copy_as("other.zarr", "sim.zarr"))
+case("evaluate-store-changed", RUN, "evaluate run", *STORE_CHANGED, mentions=["sim.zarr"], note="the store at the run's path now holds 5 other neurons")
+case("mei-store-changed", RUN, MEI, *STORE_CHANGED, copy("mei.toml"), mentions=["sim.zarr"])
+case("select-store-changed", RUN, "select run", *STORE_CHANGED, mentions=["sim.zarr"])
+case("evaluate-other-store", RUN, "evaluate run --store other.zarr", copy("run", "other.zarr"), mentions=["other.zarr"])
+case("fit-resume-other-store", RUN, "fit other.zarr --out run --config fit.toml --resume", copy("run", "other.zarr", "fit.toml"), mentions=["run"])
+case("fit-resume-other-config", RUN, "fit sim.zarr --out run --config bad.toml --resume", copy("run", "sim.zarr"),
+     toml("bad.toml", merged(TINY_FIT, "model", "core_channels", 8)), mentions=["config"])
+case("closeloop-run-no-sessions", RUN, CLOSELOOP, copy("run", "stimuli", "responses.npz"), remove("run/sessions.json"), mentions=["sessions.json"])
+case("closeloop-run-other-units", RUN, CLOSELOOP, copy("run", "stimuli", "responses.npz"),
+     edit_json("run/sessions.json", lambda j: j[0].update(unit_id=[u + 1000 for u in j[0]["unit_id"]])), mentions=["unit_id"])
+case("mei-validator-no-checkpoints", RUN, MEI + " --validator v", copy("run", "mei.toml"), copy_as("run", "v"), remove("v/checkpoints"), mentions=["v"])
+
+# ---------------------------------------------------------------------------- stimulus folders
+MANIFEST = "stimuli/manifest.json"
+
+
+def first_stimulus(key: str, value) -> Callable:
+    return lambda m: m["stimuli"][0].update({key: value})
+
+
+def bad_stimuli(name: str, argv: str, mentions: list[str], *steps: Setup, **options) -> None:
+    base = copy("stimuli", "sim.zarr") if argv == RESPOND else copy("run", "stimuli", "responses.npz")
+    case(name, STIMULI, argv, base, *steps, mentions=mentions, **options)
+
+
+bad_stimuli("respond-no-manifest", RESPOND, ["manifest.json"], remove(MANIFEST))
+bad_stimuli("respond-manifest-garbage", RESPOND, ["manifest.json"], write(MANIFEST, "{oops"))
+bad_stimuli("respond-manifest-list", RESPOND, ["manifest.json"], write(MANIFEST, "[]"))
+bad_stimuli("respond-manifest-no-stimuli", RESPOND, ["manifest.json", "stimuli"], edit_json(MANIFEST, lambda m: m.pop("stimuli")))
+bad_stimuli("respond-path-traversal", RESPOND, ["manifest.json"], edit_json(MANIFEST, first_stimulus("file", "../../../../../../etc/passwd")),
+            note="manifest paths stay inside the stimulus folder")
+bad_stimuli("respond-absolute-path", RESPOND, ["manifest.json"], edit_json(MANIFEST, first_stimulus("file", "/etc/passwd")))
+bad_stimuli("respond-path-outside-existing-png", RESPOND, ["manifest.json"],
+            lambda d, fx: shutil.copy(next((d / "stimuli/stimuli").glob("*.png")), d / "outside.png"),
+            edit_json(MANIFEST, first_stimulus("file", "../outside.png")), note="even a real PNG outside the folder is refused")
+bad_stimuli("respond-no-file-key", RESPOND, ["manifest.json", "file"], edit_json(MANIFEST, lambda m: m["stimuli"][0].pop("file")))
+bad_stimuli("respond-order-out-of-range", RESPOND, ["manifest.json", "order"], edit_json(MANIFEST, lambda m: m["order"].append(9999)))
+bad_stimuli("respond-order-negative", RESPOND, ["manifest.json", "order"], edit_json(MANIFEST, lambda m: m["order"].append(-1)),
+            note="-1 would silently wrap to the last stimulus")
+bad_stimuli("respond-png-truncated", RESPOND, ["0000_mei_u0.png"], truncate("stimuli/stimuli/0000_mei_u0.png", 0.3))
+bad_stimuli("respond-png-is-text", RESPOND, ["0000_mei_u0.png"], write("stimuli/stimuli/0000_mei_u0.png", "not a png"))
+bad_stimuli("respond-png-deleted", RESPOND, ["0000_mei_u0.png"], remove("stimuli/stimuli/0000_mei_u0.png"))
+bad_stimuli("respond-png-rgb", RESPOND, ["0000_mei_u0.png"],
+            lambda d, fx: Image.open(d / "stimuli/stimuli/0000_mei_u0.png").convert("RGB").save(d / "stimuli/stimuli/0000_mei_u0.png"))
+bad_stimuli("respond-png-wrong-size", RESPOND, ["0000_mei_u0.png"],
+            lambda d, fx: Image.new("L", (10, 10)).save(d / "stimuli/stimuli/0000_mei_u0.png"))
+bad_stimuli("respond-monitor-gamma-0", RESPOND, ["manifest.json", "gamma"], edit_json(MANIFEST, lambda m: m["monitor"].update(gamma=0.0)))
+bad_stimuli("closeloop-kind-unknown", CLOSELOOP, ["manifest.json", "kind"], edit_json(MANIFEST, first_stimulus("kind", "banana")))
+bad_stimuli("closeloop-kind-script", CLOSELOOP, ["manifest.json", "kind"], edit_json(MANIFEST, first_stimulus("kind", "<script>alert(1)</script>")))
+bad_stimuli("closeloop-html-injection", CLOSELOOP, [], edit_json(MANIFEST, lambda m: m.update(repeats="<img src=x onerror=alert(1)>")),
+            expect=(0, 2), allow_new=["rep"], check=no_injection, note="refused, or the report escapes it")
+bad_stimuli("closeloop-duplicate-stimulus-id", CLOSELOOP, ["manifest.json", "stimulus_id"], edit_json(MANIFEST, first_stimulus("stimulus_id", 1)))
+bad_stimuli("closeloop-session-5", CLOSELOOP, ["session"], edit_json(MANIFEST, lambda m: m.update(session=5)))
+bad_stimuli("closeloop-no-target", CLOSELOOP, ["manifest.json", "target"], edit_json(MANIFEST, lambda m: m.pop("target")))
+bad_stimuli("closeloop-no-stimuli", CLOSELOOP, ["manifest.json"], edit_json(MANIFEST, lambda m: m.update(stimuli=[], order=[])))
+bad_stimuli("closeloop-responses-truncated", CLOSELOOP, ["responses.npz"], truncate("responses.npz"))
+bad_stimuli("closeloop-foreign-units", CLOSELOOP, ["responses.npz", "unit_id"], edit_npz("responses.npz", unit_id=lambda a: a + 1000))
+bad_stimuli("closeloop-missing-key", CLOSELOOP, ["responses.npz", "stimulus_id"], edit_npz("responses.npz", stimulus_id=None))
+bad_stimuli("closeloop-responses-nan", CLOSELOOP, ["responses.npz"], edit_npz("responses.npz", responses=lambda a: a * np.nan))
+bad_stimuli("closeloop-unknown-stimulus-id", CLOSELOOP, ["responses.npz", "stimulus_id"], edit_npz("responses.npz", stimulus_id=lambda a: a + 500))
+bad_stimuli("closeloop-stimulus-missing", CLOSELOOP, ["responses.npz", "stimulus_id"], edit_npz("responses.npz", stimulus_id=lambda a: np.where(a == 0, 1, a)))
+bad_stimuli("closeloop-stimulus-id-float", CLOSELOOP, ["responses.npz", "stimulus_id"], edit_npz("responses.npz", stimulus_id=lambda a: a + 0.5))
+bad_stimuli("closeloop-unit-id-duplicate", CLOSELOOP, ["responses.npz", "unit_id"], edit_npz("responses.npz", unit_id=lambda a: a * 0))
+bad_stimuli("closeloop-responses-1d", CLOSELOOP, ["responses.npz", "responses"], edit_npz("responses.npz", responses=lambda a: a[:, 0]))
+bad_stimuli("closeloop-responses-pickled", CLOSELOOP, ["responses.npz"],
+            npz("responses.npz", base=lambda: {"responses": np.array([None], dtype=object), "stimulus_id": np.zeros(1, int), "unit_id": np.zeros(1, int)}, pickle=True))
+bad_stimuli("closeloop-zero-trials", CLOSELOOP, ["responses.npz"],
+            edit_npz("responses.npz", responses=lambda a: a[:0], stimulus_id=lambda a: a[:0]))
+
+# ---------------------------------------------------------------------------- a closed stdout
+QUIET = (0, 1, 141, -13)
+case("pipe-info", PIPE, "info sim.zarr", copy("sim.zarr"), expect=QUIET, mode="pipe", note="exits quietly when the reader is gone")
+case("pipe-info-json", PIPE, "info sim.zarr --json", copy("sim.zarr"), expect=QUIET, mode="pipe")
+case("pipe-help", PIPE, "--help", expect=QUIET, mode="pipe")
+case("pipe-simulate", PIPE, SIM, expect=QUIET, mode="pipe", allow_new=["s.zarr"])
+case("pipe-evaluate-json", PIPE, "evaluate run --json", copy("run"), expect=QUIET, mode="pipe")
+case("pipe-select-json", PIPE, "select run --json", copy("run"), expect=QUIET, mode="pipe")
+case("pipe-closeloop", PIPE, CLOSELOOP, copy("run", "stimuli", "responses.npz"), expect=QUIET, mode="pipe", allow_new=["rep"])
+
+# ---------------------------------------------------------------------------- killed mid-write
+case("kill-simulate", CRASH, "simulate big.zarr --neurons 8 --train-images 6000 --test-images 10 --repeats 2", expect=0, mode="kill9",
+     kill_when=".big.zarr.partial-*", then="simulate big.zarr --neurons 4 --train-images 20 --test-images 2 --repeats 2",
+     allow_new=["big.zarr"], timeout=300, note="SIGKILL mid-write leaves no store; the next write removes the partial one")
+case("kill-fit-then-resume", CRASH, "fit sim.zarr --out run --config fit.toml --max-epochs 30", copy("sim.zarr", "fit.toml"), expect=0,
+     mode="kill9", kill_when="run/checkpoints/latest/2", then="fit sim.zarr --out run --config fit.toml --max-epochs 3 --resume",
+     allow_new=["run"], timeout=300, note="SIGKILL after epoch 2; --resume finishes the run")
+
+# ---------------------------------------------------------------------------- odd paths
+case("path-newline-missing", PATHS, ["info", "a\nb.zarr"], mentions=["b.zarr"], note="the error stays one line")
+case("path-newline-bad-npz", PATHS, ["import", "arrays", "bad\nname.npz", "out.zarr"], write("bad\nname.npz", "text"), mentions=["name.npz"])
+case("path-unicode-space", PATHS, ["simulate", "my sim é.zarr", "--neurons", "3", "--train-images", "20", "--test-images", "2", "--repeats", "2"],
+     expect=0, allow_new=["my sim é.zarr"], note="success: spaces and accents are ordinary names")
+case("path-dash-name", PATHS, ["info", "--", "-x.zarr"], mentions=["-x.zarr"])
+
+# ---------------------------------------------------------------------------- the fast subset
+# One or more cases of each class that need no fitted run: tests/test_adversarial.py runs them in CI.
+FAST = {
+    "info-missing-store", "import-arrays-missing", "fit-missing-config", "evaluate-missing-run", "mei-missing-run",
+    "respond-missing-stimuli", "loop-missing-session", "info-empty-folder", "info-npz-file", "import-arrays-empty-file",
+    "fit-config-is-folder", "fit-config-binary", "evaluate-store-as-run", "import-images-1d", "import-images-nan",
+    "import-lengths-mismatch", "import-tiers-unknown", "import-repeats-form-test", "import-responses-negative",
+    "sensorium-no-tiers", "sensorium-tiers-empty", "sensorium-zip-truncated", "toml-fit-syntax", "toml-fit-unknown-key",
+    "toml-loop-size-tiny", "simulate--neurons-0", "simulate--seed--1", "fit-seeds-0", "unknown-command",
+    "simulate-into-folder-with-file", "simulate-over-store", "simulate-missing-parent", "fit-into-its-store",
+    "loop-into-folder-with-config", "store-deleted-chunk", "store-no-root-json", "pipe-info", "path-newline-missing",
+}
+unknown = FAST - {c.name for c in CASES}
+if unknown:
+    raise ValueError(f"FAST names unknown cases: {sorted(unknown)}")
+CASES[:] = [dataclasses.replace(c, fast=c.name in FAST) for c in CASES]
