@@ -356,7 +356,7 @@ def leak(arrays):
         (lambda a: a | {"images": a["images"] * 1e300}, "'images' has values up to 2.55e+302, beyond float32"),
         (lambda a: a | {"responses": a["responses"].astype(np.float64) * 1e300}, "'responses' has values up to"),
         (lambda a: a | {"image_ids": np.zeros(len(a["images"]), int)}, "'image_ids' gives id 0 to trials whose images differ"),
-        (leak, "'tier' puts image 0 (1 images in all) in both a fitted tier"),
+        (leak, "'tiers' puts image 0 (1 images in all) in both a fitted tier"),
         (lambda a: {k: v[:0] for k, v in a.items()}, "'images' and 'responses' have 0 trials"),
         (lambda a: a | {"neuron_ids": np.array([1, 1, 2, 3])}, "'neuron_ids' has duplicate ids"),
     ],

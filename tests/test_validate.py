@@ -49,7 +49,7 @@ def bad_recordings(draw):
         return arrays, f"'{name}' contains NaN or inf"
     if kind == "length":
         key, name = draw(st.sampled_from([
-            ("images", "images"), ("tiers", "tier"), ("image_ids", "image_id"),
+            ("images", "images"), ("tiers", "tiers"), ("image_ids", "image_ids"),
             ("behavior", "behavior"), ("pupil_center", "pupil_center"),
         ]))
         cut = draw(st.integers(1, N - 1))
@@ -82,8 +82,8 @@ def bad_recordings(draw):
     if kind == "dtype":
         key, name, bad = draw(st.sampled_from([
             ("responses", "responses", "complex64"), ("responses", "responses", "U3"),
-            ("images", "images", "complex64"), ("image_ids", "image_id", "float64"),
-            ("tiers", "tier", "int64"), ("behavior", "behavior", "U3"),
+            ("images", "images", "complex64"), ("image_ids", "image_ids", "float64"),
+            ("tiers", "tiers", "int64"), ("behavior", "behavior", "U3"),
         ]))
         arrays[key] = arrays[key].astype(bad) if bad != "int64" else np.arange(N)
         return arrays, f"'{name}' has dtype"

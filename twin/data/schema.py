@@ -162,9 +162,7 @@ def validate(ds: xr.Dataset, source, *, values: bool = True) -> xr.Dataset:
     if ds.sizes["y"] < 2 or ds.sizes["x"] < 2:
         fail(source, f"variable 'images' is {ds.sizes['y']}x{ds.sizes['x']} pixels; images must be 2-D")
     tier = strings(ds["tier"].values)
-    unknown = sorted(set(np.unique(tier)) - set(TIERS))
-    if unknown:
-        fail(source, f"variable 'tier' has unknown label {unknown[0]!r}; use one of {', '.join(TIERS)}")
+    check_tier_labels(tier, source)
     for needed in ("train", "test"):
         if not np.any(tier == needed):
             fail(source, f"variable 'tier' has no {needed!r} trials; assign some trials to {needed!r}")
@@ -206,7 +204,14 @@ def as_dtype(array, dtype: str, name: str, source) -> np.ndarray:
     return array.astype(dtype, copy=False)
 
 
-def check_tier_leaks(tier, image_id, source) -> None:
+def check_tier_labels(tier: np.ndarray, source, name: str = "tier") -> None:
+    """SessionError naming ``name`` when ``tier (trial,)`` holds a label outside TIERS."""
+    unknown = sorted(set(strings(tier).tolist()) - set(TIERS))
+    if unknown:
+        fail(source, f"variable {name!r} has unknown label {unknown[0]!r}; use one of {', '.join(TIERS)}")
+
+
+def check_tier_leaks(tier, image_id, source, name: str = "tier") -> None:
     """SessionError when an image shown in train or validation is also in test or final_test
     (its test score would measure memory). tier, image_id: (trial,)."""
     tier = strings(tier)
@@ -217,7 +222,7 @@ def check_tier_leaks(tier, image_id, source) -> None:
     if len(shared):
         fail(
             source,
-            f"variable 'tier' puts image {shared[0]} ({len(shared)} images in all) in both a fitted"
+            f"variable {name!r} puts image {shared[0]} ({len(shared)} images in all) in both a fitted"
             " tier (train/validation) and a test tier; give every repeat of an image one tier",
         )
 
@@ -235,7 +240,7 @@ def make_session(
     unit_id=None,
     cell_xyz=None,
     attrs=None,
-    unit_id_name: str = "unit_id",
+    names: dict | None = None,
 ) -> xr.Dataset:
     """Build a session Dataset from plain arrays, checking shapes before xarray sees them.
 
@@ -243,9 +248,14 @@ def make_session(
     responses: (trial, neuron); tier: (trial,) str; image_id: (trial,) int; behavior: (trial, k);
     pupil_center: (trial, 2); unit_id: (neuron,) (default 0..n-1); cell_xyz: (neuron, 3).
     ``attrs["pixel_range"]``, when given, states the images' range; otherwise it is inferred
-    (``infer_pixel_range``) and added. unit_id_name: the caller's name for unit ids in messages.
-    Returns a validated session (values checked).
+    (``infer_pixel_range``) and added. names: the caller's names of variables for messages,
+    e.g. {"unit_id": "neuron_ids"}. Returns a validated session (values checked).
     """
+    names = names or {}
+
+    def called(variable: str) -> str:
+        return names.get(variable, variable)
+
     images = np.asarray(images)
     if images.ndim not in (3, 4):
         fail(
@@ -265,11 +275,14 @@ def make_session(
     n_trials, n_neurons = responses.shape
     tier = np.asarray(tier)
     if tier.dtype.kind not in "OUT":
-        fail(source, f"variable 'tier' has dtype {tier.dtype}; give strings like 'train', 'test'")
+        fail(source, f"variable {called('tier')!r} has dtype {tier.dtype}; give strings like 'train', 'test'")
     image_id = np.asarray(image_id)
     for name, array in (("tier", tier), ("image_id", image_id)):
         if array.ndim != 1:
-            fail(source, f"variable {name!r} has shape {array.shape}; give one value per trial (trial,)")
+            fail(
+                source,
+                f"variable {called(name)!r} has shape {array.shape}; give one value per trial (trial,)",
+            )
     per_trial = {"images": images, "tier": tier, "image_id": image_id}
     if behavior is not None:
         behavior = as_dtype(behavior, "float32", "behavior", source)
@@ -282,28 +295,29 @@ def make_session(
         if len(array) != n_trials:
             fail(
                 source,
-                f"variable {name!r} has {len(array)} trials but 'responses' has {n_trials};"
+                f"variable {called(name)!r} has {len(array)} trials but 'responses' has {n_trials};"
                 " give both the same length",
             )
     if n_trials == 0:
         fail(source, "variables 'images' and 'responses' have 0 trials; record at least one train and one test trial")
-    check_tier_leaks(tier, image_id, source)
+    check_tier_labels(tier, source, called("tier"))
+    check_tier_leaks(tier, image_id, source, called("tier"))
     unit_id = np.arange(n_neurons) if unit_id is None else unit_id
-    unit_id = as_dtype(unit_id, "int64", unit_id_name, source)
+    unit_id = as_dtype(unit_id, "int64", called("unit_id"), source)
     if unit_id.shape != (n_neurons,):
         fail(
             source,
-            f"variable {unit_id_name!r} has shape {unit_id.shape} but 'responses' has {n_neurons}"
-            " neurons; give one id per neuron",
+            f"variable {called('unit_id')!r} has shape {unit_id.shape} but 'responses' has"
+            f" {n_neurons} neurons; give one id per neuron",
         )
     if len(np.unique(unit_id)) != n_neurons:
-        fail(source, f"variable {unit_id_name!r} has duplicate ids; give every neuron its own id")
+        fail(source, f"variable {called('unit_id')!r} has duplicate ids; give every neuron its own id")
     dims = ("trial", "y", "x") if images.ndim == 3 else ("trial", "channel", "y", "x")
     data = {
         "images": (dims, images),
         "responses": (("trial", "neuron"), responses),
         "tier": ("trial", strings(tier).astype(object)),
-        "image_id": ("trial", as_dtype(image_id, "int64", "image_id", source)),
+        "image_id": ("trial", as_dtype(image_id, "int64", called("image_id"), source)),
         "unit_id": ("neuron", unit_id),
     }
     coords = {}
@@ -329,11 +343,11 @@ def make_session(
         data["pupil_center"] = (("trial", "xy"), pupil_center)
         coords["xy"] = np.array(["x", "y"], dtype=object)
     if cell_xyz is not None:
-        cell_xyz = as_dtype(cell_xyz, "float32", "cell_xyz", source)
+        cell_xyz = as_dtype(cell_xyz, "float32", called("cell_xyz"), source)
         if cell_xyz.shape != (n_neurons, 3):
             fail(
                 source,
-                f"variable 'cell_xyz' has shape {cell_xyz.shape}; give ({n_neurons}, 3):"
+                f"variable {called('cell_xyz')!r} has shape {cell_xyz.shape}; give ({n_neurons}, 3):"
                 " one x, y, z per neuron",
             )
         for axis, name in enumerate(("cell_x", "cell_y", "cell_z")):
