@@ -102,6 +102,31 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_import_images(args) -> int:
+    from twin.data.importers import from_images, shift_responses
+    from twin.data.store import write_session
+    from twin.outputs import check_output
+
+    tables = (args.trial_images, args.tiers, args.unit_ids)
+    inputs = [args.images, args.responses, *(path for path in tables if path)]
+    check_output(args.out, args.overwrite, "store", flag="OUT", inputs=inputs)
+    ds = from_images(
+        args.images,
+        args.responses,
+        size=parse_size(args.size) if args.size else None,
+        orientation=args.orientation,
+        trial_images=args.trial_images,
+        tiers=args.tiers,
+        unit_ids=args.unit_ids,
+        seed=args.seed,
+    )
+    if args.shift_responses:
+        ds = shift_responses(ds, args.shift_responses)
+    write_session(ds, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
+    return 0
+
+
 def cmd_info(args) -> int:
     from twin.data.digest import content_digest, format_check, format_digest, verify_store
     from twin.data.store import format_info, load_values, open_session, session_info
@@ -304,6 +329,22 @@ def add_overwrite_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_seed_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--seed", type=at_least(0), default=0,
+        help="seed of the tier split when none is given (images shown more than once become the"
+        " test tier; the rest is split train/validation by image)",
+    )
+
+
+def add_shift_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shift-responses", choices=["neuron", "global"],
+        help="subtract each neuron's minimum (neuron) or the overall minimum (global) from the"
+        " responses, e.g. dF/F for the Poisson loss; the store keeps the offsets (response_offset)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twin", description="Digital twins and most exciting inputs: the inception loop."
@@ -322,26 +363,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_simulate)
 
     p = commands.add_parser("import", help="import a recording into a session store")
-    p.add_argument("format", choices=["arrays", "sensorium"])
-    p.add_argument("path", help="arrays: a .npz file; sensorium: a folder or .zip")
-    p.add_argument("out", help="store to write (.zarr)")
-    p.add_argument(
-        "--seed", type=at_least(0), default=0,
-        help="seed of the tier split when none is given (images shown more than once become the"
-        " test tier; the rest is split train/validation by image)",
+    formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    readers = (("arrays", "an .npz file of arrays"), ("sensorium", "a Sensorium data folder or its .zip"))
+    for name, reads in readers:
+        f = formats.add_parser(name, help=f"import {reads}")
+        f.add_argument("path", help=reads)
+        f.add_argument("out", help="store to write (.zarr)")
+        add_seed_flag(f)
+        f.add_argument(
+            "--pixel-range", metavar="LO,HI",
+            help="image values shown as black and white; needed when the images are not uint8, 0..1"
+            " or 0..255 floats (e.g. z-scored: --pixel-range=-2.5,2.5)",
+        )
+        add_shift_flag(f)
+        add_overwrite_flag(f)
+        f.set_defaults(handler=cmd_import)
+    f = formats.add_parser(
+        "images", help="import a folder or .zip of image files and a response matrix",
+        description="Reads IMAGES (PNG, JPEG or TIFF files, grey or RGB, in natural file-name order:"
+        " image2 before image10; hidden files and __MACOSX skipped) and RESPONSES (a .npy or .csv"
+        " matrix, (trials, neurons) or (neurons, images)); everything else is optional.",
     )
-    p.add_argument(
-        "--pixel-range", metavar="LO,HI",
-        help="image values shown as black and white; needed when the images are not uint8, 0..1"
-        " or 0..255 floats (e.g. z-scored: --pixel-range=-2.5,2.5)",
+    f.add_argument("images", metavar="IMAGES", help="folder or .zip of image files")
+    f.add_argument(
+        "responses", metavar="RESPONSES", help=".npy or .csv matrix: (trials, neurons) or (neurons, images)"
     )
-    p.add_argument(
-        "--shift-responses", choices=["neuron", "global"],
-        help="subtract each neuron's minimum (neuron) or the overall minimum (global) from the"
-        " responses, e.g. dF/F for the Poisson loss; the store keeps the offsets (response_offset)",
+    f.add_argument("out", metavar="OUT", help="store to write (.zarr)")
+    f.add_argument(
+        "--size", metavar="HxW",
+        help="optional: resample every image to HEIGHTxWIDTH (pillow Lanczos); without it all"
+        " images must share one size",
     )
-    add_overwrite_flag(p)
-    p.set_defaults(handler=cmd_import)
+    f.add_argument(
+        "--orientation", choices=["trials-neurons", "neurons-images"],
+        help="optional: how RESPONSES is laid out; inferred when only one axis has one entry per"
+        " image (or trial)",
+    )
+    f.add_argument(
+        "--trial-images", metavar="FILE",
+        help="optional .npy/.csv: one image per trial (0-based index in file-name order, or file name)"
+        " when images repeat; RESPONSES then has one row per trial",
+    )
+    f.add_argument(
+        "--tiers", metavar="FILE",
+        help="optional .npy/.csv: one tier per trial (train, validation, test, final_test)",
+    )
+    f.add_argument(
+        "--unit-ids", metavar="FILE", help="optional .npy/.csv: one integer id per neuron (default 0..n-1)"
+    )
+    add_seed_flag(f)
+    add_shift_flag(f)
+    add_overwrite_flag(f)
+    f.set_defaults(handler=cmd_import_images)
 
     p = commands.add_parser("info", help="summarize a session store")
     p.add_argument("store")

@@ -395,3 +395,56 @@ def from_images(
         attrs=attrs,
     )
     return ds.assign(image_name=("trial", names[shown].astype(object)))
+
+
+def from_images(
+    images,
+    responses,
+    size: tuple[int, int] | None = None,
+    orientation: str | None = None,
+    trial_images=None,
+    tiers=None,
+    unit_ids=None,
+    seed: int = 0,
+) -> xr.Dataset:
+    """Session from a folder or .zip of image files and a response matrix (.npy or .csv).
+
+    images: read by ``twin.data.images.read_images`` in natural file-name order (grey (y, x) or
+    RGB (channel, y, x) uint8; ``size`` (height, width) resamples). responses: (trials, neurons)
+    or (neurons, images), as ``orientation`` ("trials-neurons", "neurons-images") says or as
+    inferred when only one axis has one entry per trial. trial_images: optional .npy/.csv of one
+    image (0-based index in file order, or file name) per trial when images repeat; without it
+    trial i shows image i. tiers: optional .npy/.csv of one tier per trial, else
+    ``split_tiers(image ids, seed)``. unit_ids: optional .npy/.csv of one integer per neuron.
+    Each trial's image file name is kept as ``image_name`` (trial,) str.
+    """
+    from twin.data.images import as_numbers, integer_ids, orient, read_images, read_table, trial_image_indices
+
+    images, responses = Path(images), Path(responses)
+    pictures, names = read_images(images, size)
+    shown = np.arange(len(names))
+    if trial_images is not None:
+        shown = trial_image_indices(read_table(trial_images, "--trial-images"), names, trial_images)
+    matrix = as_numbers(read_table(responses, "RESPONSES"), "float64")
+    if matrix is None or matrix.ndim != 2:
+        raise SessionError(
+            f"{responses}: is not a 2-D matrix of numbers; give (trials, neurons) or (neurons, images)"
+        )
+    per = "image" if trial_images is None else "trial"
+    matrix = orient(matrix, len(shown), orientation, responses, per)
+    image_id = image_ids_from_pixels(pictures)[shown]
+    attrs = {"source": f"{images.name} + {responses.name} (twin import images, seed {seed})"}
+    if tiers is None:
+        tier, attrs["tier_split"] = split_tiers(image_id, seed)
+    else:
+        tier = read_table(tiers, "--tiers")
+    ds = make_session(
+        responses,
+        images=pictures[shown],
+        responses=matrix,
+        tier=tier,
+        image_id=image_id,
+        unit_id=None if unit_ids is None else integer_ids(read_table(unit_ids, "--unit-ids"), unit_ids),
+        attrs=attrs,
+    )
+    return ds.assign(image_name=("trial", names[shown].astype(object)))

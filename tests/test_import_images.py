@@ -1,0 +1,151 @@
+"""twin import images: a folder or .zip of image files and a response matrix."""
+
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from twin.cli import main
+from twin.data.images import natural_key, read_images
+from twin.data.store import open_session
+
+N_IMAGES, N_NEURONS = 12, 3
+
+
+def pictures(n: int = N_IMAGES, size=(10, 14), channels: int = 3, seed: int = 0) -> np.ndarray:
+    """Distinct uint8 images (n, y, x, channels)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, *size, channels), dtype=np.uint8)
+
+
+def write_folder(folder, images, suffix: str = ".png") -> list[str]:
+    """image1.png .. imageN.png (numbered from 1, so natural order differs from text order)."""
+    folder.mkdir(exist_ok=True)
+    names = []
+    for i, image in enumerate(images, start=1):
+        name = f"image{i}{suffix}"
+        Image.fromarray(image.squeeze()).save(folder / name)
+        names.append(name)
+    return names
+
+
+def recording(tmp_path, channels: int = 3):
+    """(image folder, responses (neurons, images) .npy, the images (n, y, x, c), responses)."""
+    images = pictures(channels=channels)
+    write_folder(tmp_path / "images", images)
+    responses = np.random.default_rng(1).poisson(2.0, (N_NEURONS, N_IMAGES)).astype(np.float64)
+    np.save(tmp_path / "responses.npy", responses)
+    return tmp_path / "images", tmp_path / "responses.npy", images, responses
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def test_natural_order():
+    names = ["image10.png", "image2.png", "image1.png", "a/image3.png"]
+    assert sorted(names, key=natural_key) == ["a/image3.png", "image1.png", "image2.png", "image10.png"]
+
+
+def test_folder_of_pngs_round_trips(tmp_path, capsys):
+    folder, responses_path, images, responses = recording(tmp_path)
+    out = tmp_path / "rec.zarr"
+    assert run(["import", "images", folder, responses_path, out], capsys)[0] == 0
+    ds = open_session(out)
+    assert ds["images"].dims == ("trial", "channel", "y", "x") and ds["images"].dtype == np.uint8
+    np.testing.assert_array_equal(ds["images"].values, np.moveaxis(images, -1, 1))
+    np.testing.assert_allclose(ds["responses"].values, responses.T)
+    assert ds["image_name"].values.tolist() == [f"image{i}.png" for i in range(1, N_IMAGES + 1)]
+    assert set(ds["tier"].values) <= {"train", "validation", "test"}
+    assert ds.attrs["pixel_range"] == [0.0, 255.0]
+
+
+def test_zip_grey_trial_images_tiers_unit_ids(tmp_path, capsys):
+    """A .zip (hidden files and __MACOSX skipped), grey images shown several times each, with
+    tiers, unit ids and image names per trial from csv files."""
+    images = pictures(n=4, channels=1)
+    names = write_folder(tmp_path / "src", images)
+    archive = tmp_path / "images.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in names:
+            z.write(tmp_path / "src" / name, f"stim/{name}")
+        z.writestr("__MACOSX/stim/._image1.png", b"junk")
+        z.writestr("stim/.DS_Store", b"junk")
+    shown = ["image2.png", "image1.png", "image2.png", "image4.png", "image3.png", "image4.png"]
+    (tmp_path / "trials.csv").write_text("\n".join(shown) + "\n")
+    (tmp_path / "tiers.csv").write_text("train\nvalidation\ntrain\ntest\ntrain\ntest\n")
+    np.savetxt(tmp_path / "ids.csv", [7, 9], fmt="%d")
+    responses = np.arange(12, dtype=np.float64).reshape(6, 2)
+    np.savetxt(tmp_path / "r.csv", responses, delimiter=",")
+    out = tmp_path / "rec.zarr"
+    argv = ["import", "images", archive, tmp_path / "r.csv", out, "--trial-images", tmp_path / "trials.csv",
+            "--tiers", tmp_path / "tiers.csv", "--unit-ids", tmp_path / "ids.csv"]
+    assert run(argv, capsys)[0] == 0
+    ds = open_session(out)
+    assert ds["images"].dims == ("trial", "y", "x")
+    assert ds["image_name"].values.tolist() == shown
+    np.testing.assert_array_equal(ds["images"].values[0], images[1, ..., 0])
+    assert ds["image_id"].values[0] == ds["image_id"].values[2] != ds["image_id"].values[1]
+    assert ds["tier"].values.tolist() == ["train", "validation", "train", "test", "train", "test"]
+    assert ds["unit_id"].values.tolist() == [7, 9]
+    np.testing.assert_allclose(ds["responses"].values, responses)
+
+
+def test_size_resamples_and_mixed_grey_rgb_become_rgb(tmp_path):
+    folder = tmp_path / "images"
+    write_folder(folder, pictures(n=2, size=(20, 28)))
+    Image.fromarray(pictures(n=1, size=(10, 14), channels=1)[0, ..., 0]).save(folder / "image3.png")
+    images, names = read_images(folder, size=(10, 14))
+    assert images.shape == (3, 3, 10, 14) and images.dtype == np.uint8
+    assert np.all(images[2, 0] == images[2, 1])  # the grey image repeated on every channel
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        ("sizes", "image2.png is 20x28 but image1.png is 10x14; pass --size HxW"),
+        ("text", "file notes.txt is not an image pillow can read"),
+        ("square", "shape (12, 12) has one row and one column per image; pass --orientation"),
+        ("shape", "shape (3, 5) has no axis of 12 (one entry per image)"),
+        ("orientation", "has 3 rows but there are 12 images"),
+        ("string-ids", "holds values that are not integers (string ids are not supported yet)"),
+        ("trial-index", "--trial-images"),
+        ("empty", "holds no image files"),
+    ],
+)
+def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys, setup, message):
+    folder, responses_path, _, _ = recording(tmp_path)
+    extra = []
+    if setup == "sizes":
+        Image.fromarray(pictures(n=1, size=(20, 28))[0]).save(folder / "image2.png")
+    elif setup == "text":
+        (folder / "notes.txt").write_text("not an image")
+    elif setup == "square":
+        np.save(responses_path, np.ones((N_IMAGES, N_IMAGES)))
+    elif setup == "shape":
+        np.save(responses_path, np.ones((3, 5)))
+    elif setup == "orientation":
+        extra = ["--orientation", "trials-neurons"]
+    elif setup == "string-ids":
+        (tmp_path / "ids.csv").write_text("a\nb\nc\n")
+        extra = ["--unit-ids", tmp_path / "ids.csv"]
+    elif setup == "trial-index":
+        np.save(tmp_path / "trials.npy", np.array([0, 1, 99]))
+        extra = ["--trial-images", tmp_path / "trials.npy"]
+    elif setup == "empty":
+        for file in folder.iterdir():
+            file.unlink()
+    out = tmp_path / "rec.zarr"
+    code, err = run(["import", "images", folder, responses_path, out, *extra], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not any(p.name.startswith(".rec.zarr") for p in tmp_path.iterdir())
+
+
+def test_help_lists_the_inputs(capsys):
+    with pytest.raises(SystemExit):
+        main(["import", "images", "--help"])
+    text = capsys.readouterr().out
+    for word in ("IMAGES", "RESPONSES", "OUT", "--trial-images", "--tiers", "--unit-ids", "optional"):
+        assert word in text

@@ -1,0 +1,244 @@
+"""Image collections (a folder or a .zip of PNG, JPEG or TIFF files) and the small tables that
+come with them (.npy or .csv), as numpy arrays.
+
+Files are taken in natural order of their path inside the folder or zip (image2 before
+image10); hidden files and ``__MACOSX`` folders are skipped, any other file must be an image.
+Images are decoded with pillow into grey ``(y, x)`` or RGB ``(channel, y, x)`` uint8 arrays.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from twin.errors import SessionError
+
+MODES = ("L", "RGB")
+# Pillow modes of 8-bit grey images; every other 8-bit mode (P, RGBA, CMYK, ...) becomes RGB.
+GREY_MODES = ("1", "L", "LA")
+TABLE_SUFFIXES = (".npy", ".csv", ".txt")
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders the digit runs of ``name`` by value: image2 before image10."""
+    parts = [part for part in re.split(r"(\d+)", name) if part]
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in parts]
+
+
+def skipped(name: str) -> bool:
+    """Whether the path ``name`` (posix, relative) is a hidden file or lies in a hidden or
+    __MACOSX folder."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
+
+
+def common_folder(names: list[str]) -> str:
+    """'stim/' when every name lies in the folder stim/ (a zip of a folder), else ''."""
+    folders = {name.split("/", 1)[0] + "/" for name in names}
+    return folders.pop() if len(folders) == 1 and all("/" in name for name in names) else ""
+
+
+def image_files(path) -> list[tuple[str, bytes]]:
+    """(name, file bytes) of every file in the folder or .zip ``path``, in natural order of the
+    names (paths relative to the folder, or to the zip's one top folder if it has one, with /)."""
+    path = Path(path)
+    if path.is_dir():
+        files = [
+            (file.relative_to(path).as_posix(), file)
+            for file in path.rglob("*")
+            if file.is_file() and not skipped(file.relative_to(path).as_posix())
+        ]
+        files.sort(key=lambda item: natural_key(item[0]))
+        found = [(name, file.read_bytes()) for name, file in files]
+    elif path.is_file() and zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if not n.endswith("/") and not skipped(n)]
+                found = [(n, archive.read(n)) for n in sorted(names, key=natural_key)]
+            found = [(name[len(common_folder(names)) :], data) for name, data in found]
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
+            raise SessionError(f"{path}: cannot be read as a .zip ({error}); zip the images again") from None
+    else:
+        raise SessionError(f"{path}: neither a folder nor a .zip; pass a folder or .zip of image files")
+    if not found:
+        raise SessionError(f"{path}: holds no image files; add PNG, JPEG or TIFF files")
+    return found
+
+
+def decode(data: bytes, name: str, source: Path) -> Image.Image:
+    """The image in the file bytes ``data`` in mode L (grey) or RGB; SessionError naming ``name``
+    for anything that is not a single-frame 8-bit image."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as error:  # pillow raises many kinds for files that are not images
+        raise SessionError(
+            f"{source}: file {name} is not an image pillow can read ({type(error).__name__});"
+            " remove it or convert it to PNG"
+        ) from None
+    if getattr(image, "n_frames", 1) > 1:
+        raise SessionError(f"{source}: file {name} holds {image.n_frames} frames; save one image per file")
+    if image.mode.startswith(("I", "F")):
+        raise SessionError(
+            f"{source}: file {name} is a {image.mode} image (16-bit or float); save 8-bit grey or RGB"
+        )
+    return image.convert("L" if image.mode in GREY_MODES else "RGB")
+
+
+def as_array(image: Image.Image) -> np.ndarray:
+    """(y, x) for grey, (channel, y, x) for RGB, uint8."""
+    array = np.asarray(image, dtype=np.uint8)
+    return array if array.ndim == 2 else np.moveaxis(array, -1, 0)
+
+
+def resample(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """images (n, y, x) or (n, c, y, x), any numbers -> float32 (n, [c,] height, width), each
+    channel resampled with pillow's Lanczos filter (which averages when shrinking)."""
+    height, width = size
+    flat = np.asarray(images, dtype=np.float32).reshape(-1, *images.shape[-2:])
+    out = np.stack(
+        [
+            np.asarray(Image.fromarray(channel).resize((width, height), Image.Resampling.LANCZOS))
+            for channel in flat
+        ]
+    )
+    return out.reshape(*images.shape[:-2], height, width)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Pixel levels (any float) rounded and clipped to uint8 0..255."""
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
+
+
+def read_images(path, size: tuple[int, int] | None = None, mode: str | None = None):
+    """The images of the folder or .zip ``path`` and their names.
+
+    size: (height, width) to resample every image to; without it all images must share one size.
+    mode: "L" or "RGB" to convert every image to; None keeps grey when all are grey, else RGB.
+    Returns images uint8 (n, y, x) grey or (n, 3, y, x) RGB, and names (n,) str.
+    """
+    path = Path(path)
+    files = image_files(path)
+    decoded = [decode(data, name, path) for name, data in files]
+    names = [name for name, _ in files]
+    if mode is None:
+        mode = "RGB" if any(image.mode == "RGB" for image in decoded) else "L"
+    decoded = [image.convert(mode) for image in decoded]
+    if size is None:
+        first = decoded[0].size
+        for name, image in zip(names, decoded):
+            if image.size != first:
+                raise SessionError(
+                    f"{path}: file {name} is {image.size[1]}x{image.size[0]} but {names[0]} is"
+                    f" {first[1]}x{first[0]}; pass --size HxW to resample every image to one size"
+                )
+        return np.stack([as_array(image) for image in decoded]), np.array(names)
+    arrays = [as_array(image) for image in decoded]
+    arrays = [a if a.shape[-2:] == tuple(size) else to_uint8(resample(a[None], size)[0]) for a in arrays]
+    return np.stack(arrays), np.array(names)
+
+
+def read_table(path, flag: str) -> np.ndarray:
+    """The array in the .npy file ``path`` (no pickles), or the values of the .csv / .txt file
+    ``path`` (comma-separated, one row per line) as strings. ``flag`` names the input in messages."""
+    path = Path(path)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise SessionError(f"{flag} {path}: give a .npy, .csv or .txt file")
+    if not path.is_file():
+        raise SessionError(f"{flag} {path}: no such file")
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, allow_pickle=False)
+        return np.loadtxt(path, dtype=str, delimiter=",", ndmin=1, encoding="utf-8")
+    except (OSError, ValueError, EOFError, UnicodeDecodeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SessionError(
+            f"{flag} {path}: cannot be read ({reason}); save it with np.save (no objects) or as"
+            " comma-separated values"
+        ) from None
+
+
+def as_numbers(values: np.ndarray, dtype: str) -> np.ndarray | None:
+    """``values`` as ``dtype`` ("float64" or "int64") numbers, also when read from text;
+    None when they are not all numbers of that kind (booleans never are)."""
+    values = np.asarray(values)
+    kinds = "iu" if dtype == "int64" else "iuf"
+    if values.dtype.kind in kinds:
+        return values.astype(dtype)
+    if values.dtype.kind not in "US":
+        return None
+    try:
+        numbers = values.astype(np.float64)
+    except ValueError:
+        return None
+    if dtype == "int64" and not np.all(numbers == np.round(numbers)):
+        return None
+    return numbers.astype(dtype)
+
+
+def orient(matrix, n_trials: int, orientation: str | None, path, per: str) -> np.ndarray:
+    """The response matrix ``matrix`` (2-D) as (trials, neurons): ``orientation`` is
+    "trials-neurons" or "neurons-images" (one column per trial), or None to infer it when exactly
+    one axis has ``n_trials`` entries. ``per`` names a trial in messages ("image" or "trial")."""
+    rows, columns = matrix.shape
+    fix = "pass --orientation trials-neurons or --orientation neurons-images"
+    if orientation is None:
+        if rows == n_trials and columns != n_trials:
+            orientation = "trials-neurons"
+        elif columns == n_trials and rows != n_trials:
+            orientation = "neurons-images"
+        elif rows == n_trials:
+            raise SessionError(f"{path}: shape {matrix.shape} has one row and one column per {per}; {fix}")
+        else:
+            raise SessionError(
+                f"{path}: shape {matrix.shape} has no axis of {n_trials} (one entry per {per});"
+                f" give a (trials, neurons) or (neurons, images) matrix for the {n_trials} {per}s"
+            )
+    axis = {"trials-neurons": 0, "neurons-images": 1}[orientation]
+    if matrix.shape[axis] != n_trials:
+        what = "rows" if axis == 0 else "columns"
+        raise SessionError(
+            f"{path}: has {matrix.shape[axis]} {what} but there are {n_trials} {per}s; give one"
+            f" {what[:-1]} per {per}, or check --orientation"
+        )
+    return matrix if axis == 0 else matrix.T
+
+
+def trial_image_indices(values: np.ndarray, names: np.ndarray, path) -> np.ndarray:
+    """(trial,) indices into ``names`` from ``values``: 0-based image indices in file order, or
+    image file names."""
+    values = np.asarray(values)
+    if values.ndim != 1:
+        raise SessionError(f"--trial-images {path}: has shape {values.shape}; give one value per trial")
+    indices = as_numbers(values, "int64")
+    if indices is None:
+        lookup = {name: i for i, name in enumerate(names.tolist())}
+        missing = [v for v in values.astype(str).tolist() if v not in lookup]
+        if missing:
+            raise SessionError(
+                f"--trial-images {path}: {missing[0]!r} is neither an image index nor the name of"
+                f" an image file (names look like {names[0]!r})"
+            )
+        return np.array([lookup[v] for v in values.astype(str).tolist()], dtype=np.int64)
+    bad = indices[(indices < 0) | (indices >= len(names))]
+    if len(bad):
+        raise SessionError(
+            f"--trial-images {path}: index {bad[0]} is out of range; give 0-based indices 0..{len(names) - 1}"
+            " in file-name order"
+        )
+    return indices
+
+
+def integer_ids(values: np.ndarray, path) -> np.ndarray:
+    """(neuron,) int64 unit ids from ``values``; SessionError for anything but integers."""
+    ids = as_numbers(values, "int64")
+    if ids is None:
+        raise SessionError(
+            f"--unit-ids {path}: holds values that are not integers (string ids are not supported"
+            " yet); give one integer id per neuron"
+        )
+    return ids
