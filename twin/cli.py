@@ -225,6 +225,25 @@ def cmd_mei(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from twin.predict import predict_command
+
+    summary = predict_command(
+        run=args.run,
+        images=args.images,
+        out=args.out,
+        neurons=args.neurons,
+        session=args.session,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"wrote {summary['out']}: {summary['images']} images x {summary['neurons']} neurons"
+        f" of session {summary['session']}"
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------------- closed loop
 
 
@@ -459,6 +478,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_multihost_flags(p)
     add_overwrite_flag(p)
     p.set_defaults(handler=cmd_mei)
+
+    p = commands.add_parser(
+        "predict", help="responses of a run's neurons to any images",
+        description="Reads IMAGES: a folder or .zip of image files, an .npy array (n, y, x) or"
+        " (n, channel, y, x), or a session store (its trials). Images are prepared as in training"
+        " (resampled to the run's size when only the size differs); behavior and pupil center are"
+        " held at their train means.",
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("images", metavar="IMAGES", help="folder, .zip, .npy or session store (.zarr)")
+    p.add_argument(
+        "--out", required=True,
+        help="predictions to write: .npy (images, neurons) float32, .csv (a row per image, a column"
+        " per unit id) or .zarr",
+    )
+    p.add_argument("--neurons", default="all", help="all, START:STOP or a list 3,7,9")
+    p.add_argument("--session", type=at_least(0), default=0, help="session index within the run")
+    p.add_argument("--batch-size", type=at_least(1), help="images per batch (default: the run's)")
+    add_overwrite_flag(p)
+    p.set_defaults(handler=cmd_predict)
 
     p = commands.add_parser("select", help="choose neurons for a closed loop")
     p.add_argument("run")

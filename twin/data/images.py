@@ -114,32 +114,36 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(images), 0, 255).astype(np.uint8)
 
 
-def read_images(path, size: tuple[int, int] | None = None, mode: str | None = None):
-    """The images of the folder or .zip ``path`` and their names.
-
-    size: (height, width) to resample every image to; without it all images must share one size.
-    mode: "L" or "RGB" to convert every image to; None keeps grey when all are grey, else RGB.
-    Returns images uint8 (n, y, x) grey or (n, 3, y, x) RGB, and names (n,) str.
-    """
+def decode_images(path, mode: str | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every image of the folder or .zip ``path`` at its own size, as ``as_array`` gives it, and
+    the names (n,) str. mode: "L" or "RGB" to convert every image to; None keeps grey when all
+    are grey, else RGB."""
     path = Path(path)
     files = image_files(path)
     decoded = [decode(data, name, path) for name, data in files]
-    names = [name for name, _ in files]
     if mode is None:
         mode = "RGB" if any(image.mode == "RGB" for image in decoded) else "L"
-    decoded = [image.convert(mode) for image in decoded]
+    return [as_array(image.convert(mode)) for image in decoded], np.array([name for name, _ in files])
+
+
+def read_images(path, size: tuple[int, int] | None = None, mode: str | None = None):
+    """The images of the folder or .zip ``path`` (see ``decode_images``) and their names.
+
+    size: (height, width) to resample every image to; without it all images must share one size.
+    Returns images uint8 (n, y, x) grey or (n, 3, y, x) RGB, and names (n,) str.
+    """
+    arrays, names = decode_images(path, mode)
     if size is None:
-        first = decoded[0].size
-        for name, image in zip(names, decoded):
-            if image.size != first:
+        first = arrays[0].shape[-2:]
+        for name, array in zip(names, arrays):
+            if array.shape[-2:] != first:
                 raise SessionError(
-                    f"{path}: file {name} is {image.size[1]}x{image.size[0]} but {names[0]} is"
-                    f" {first[1]}x{first[0]}; pass --size HxW to resample every image to one size"
+                    f"{path}: file {name} is {array.shape[-2]}x{array.shape[-1]} but {names[0]} is"
+                    f" {first[0]}x{first[1]}; pass --size HxW to resample every image to one size"
                 )
-        return np.stack([as_array(image) for image in decoded]), np.array(names)
-    arrays = [as_array(image) for image in decoded]
+        return np.stack(arrays), names
     arrays = [a if a.shape[-2:] == tuple(size) else to_uint8(resample(a[None], size)[0]) for a in arrays]
-    return np.stack(arrays), np.array(names)
+    return np.stack(arrays), names
 
 
 def read_table(path, flag: str) -> np.ndarray:

@@ -1,0 +1,123 @@
+"""twin predict: a run's responses to images from a store, a folder, a .zip or an .npy array."""
+
+import csv
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from twin import checkpoint
+from twin.cli import main
+from twin.config import ModelConfig, RunConfig
+from twin.data.loader import load_session
+from twin.data.simulate import simulate
+from twin.data.store import open_dataset, open_session, write_session
+from twin.evaluate import predict
+
+CONFIG = RunConfig(model=ModelConfig(core_layers=2, core_channels=4, input_kernel=5, hidden_kernel=3))
+SHOWN = 5  # trials of the store written as image files
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """An (untrained) run on a simulated session (12x16 grey): (run dir, store, predictions of
+    every trial as evaluate makes them (trial, neuron), the store's images (trial, y, x))."""
+    root = tmp_path_factory.mktemp("predict")
+    store = root / "sim.zarr"
+    write_session(simulate(6, 40, 5, 3, size=(12, 16), seed=3), store)
+    data = load_session(store)
+    records = [checkpoint.session_record(data)]
+    model = checkpoint.make_model(CONFIG, records, checkpoint.readout_specs([data]))
+    model.eval()
+    checkpoint.save_run_model(root / "run", model, CONFIG, [data])
+    loaded = checkpoint.load_run(root / "run")
+    expected = predict(loaded.model, 0, loaded.sessions[0], np.arange(len(data.tier)))
+    images = open_session(store)["images"].values
+    return root / "run", store, expected, images
+
+
+def twin(argv, capsys):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_store_matches_evaluate(run, tmp_path, capsys):
+    run_dir, store, expected, _ = run
+    out = tmp_path / "p.npy"
+    assert twin(["predict", run_dir, store, "--out", out, "--batch-size", "7"], capsys)[0] == 0
+    predictions = np.load(out)
+    assert predictions.dtype == np.float32 and predictions.shape == expected.shape
+    np.testing.assert_allclose(predictions, expected, atol=1e-5)
+
+
+def test_folder_zip_and_npy_give_the_same_predictions(run, tmp_path, capsys):
+    run_dir, _, expected, images = run
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    names = [f"im{i}.png" for i in range(SHOWN)]  # natural order: im2 before im10 would hold too
+    for name, image in zip(names, images[:SHOWN]):
+        Image.fromarray(image).save(folder / name)
+    with zipfile.ZipFile(tmp_path / "pngs.zip", "w") as archive:
+        for name in names:
+            archive.write(folder / name, name)
+    np.save(tmp_path / "images.npy", images[:SHOWN])
+    for source in (folder, tmp_path / "pngs.zip", tmp_path / "images.npy"):
+        out = tmp_path / f"{source.stem}-{source.suffix[1:]}.npy"
+        assert twin(["predict", run_dir, source, "--out", out], capsys)[0] == 0
+        np.testing.assert_allclose(np.load(out), expected[:SHOWN], atol=1e-5)
+
+
+def test_csv_and_zarr_outputs_name_images_and_units(run, tmp_path, capsys):
+    run_dir, store, expected, _ = run
+    csv_path, zarr_path = tmp_path / "p.csv", tmp_path / "p.zarr"
+    assert twin(["predict", run_dir, store, "--out", csv_path, "--neurons", "1,4"], capsys)[0] == 0
+    rows = list(csv.reader(csv_path.open()))
+    assert rows[0] == ["image_name", "1", "4"] and rows[1][0] == "0" and len(rows) == len(expected) + 1
+    np.testing.assert_allclose(np.array(rows[1:])[:, 1:].astype(float), expected[:, [1, 4]], atol=1e-5)
+    assert twin(["predict", run_dir, store, "--out", zarr_path, "--neurons", "2:5"], capsys)[0] == 0
+    ds = open_dataset(zarr_path)
+    assert ds["predictions"].dims == ("image", "neuron")
+    assert ds["unit_id"].values.tolist() == [2, 3, 4] and len(ds["image_name"]) == len(expected)
+    assert ds.attrs["run"] == str(run_dir) and ds.attrs["session"] == "sim"
+    np.testing.assert_allclose(ds["predictions"].values, expected[:, 2:5], atol=1e-5)
+
+
+def test_other_size_is_resampled_and_said(run, tmp_path, capsys):
+    run_dir, _, _, images = run
+    np.save(tmp_path / "big.npy", np.repeat(np.repeat(images[:3], 2, axis=1), 2, axis=2))
+    code, _, err = twin(["predict", run_dir, tmp_path / "big.npy", "--out", tmp_path / "p.npy"], capsys)
+    assert code == 0 and "resampled 3 of 3 images to the run's size 12x16" in err
+    assert np.load(tmp_path / "p.npy").shape == (3, 6)
+
+
+@pytest.mark.parametrize(
+    "images, extra, message",
+    [
+        ("wide.npy", [], "an image is 12x32 but the run's images are 12x16; crop the images"),
+        ("rgb.npy", [], "images have 3 channels but the run's have 1; give grey images"),
+        ("grey.npy", ["--neurons", "9"], "--neurons '9': neuron 9 is out of range"),
+        ("grey.npy", ["--session", "1"], "--session 1: run"),
+        ("missing", [], "no such file or folder"),
+    ],
+)
+def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path, capsys, images, extra, message):
+    run_dir = run[0]
+    np.save(tmp_path / "wide.npy", np.zeros((2, 12, 32), np.uint8))
+    np.save(tmp_path / "rgb.npy", np.zeros((2, 3, 12, 16), np.uint8))
+    np.save(tmp_path / "grey.npy", np.zeros((2, 12, 16), np.uint8))
+    out = tmp_path / "p.npy"
+    code, _, err = twin(["predict", run_dir, tmp_path / images, "--out", out, *extra], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not any(p.name.startswith(".p.npy") for p in tmp_path.iterdir())
+
+
+def test_existing_output_needs_overwrite(run, tmp_path, capsys):
+    run_dir, store, _, _ = run
+    out = tmp_path / "p.npy"
+    out.write_bytes(b"keep")
+    code, _, err = twin(["predict", run_dir, store, "--out", out], capsys)
+    assert code == 2 and "already exists; pass --overwrite" in err and out.read_bytes() == b"keep"
+    assert twin(["predict", run_dir, store, "--out", out, "--overwrite"], capsys)[0] == 0
+    assert np.load(out).shape[1] == 6
