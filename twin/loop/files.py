@@ -12,15 +12,10 @@ responses.npz (what a rig writes; `twin respond` writes the same):
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import difflib
 import io
 import json
-import math
-import os
-import shutil
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -32,6 +27,7 @@ from twin.errors import StimulusError
 
 MANIFEST = "manifest.json"
 KINDS = ("mei", "dei", "natural", "natural_masked")  # stimulus kinds `twin export` writes
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def shown(value) -> str:
@@ -46,8 +42,9 @@ def is_integer(value) -> bool:
 
 
 def is_number(value) -> bool:
-    """A finite JSON number (NaN and Infinity are refused)."""
-    return is_integer(value) or isinstance(value, float) and math.isfinite(value)
+    """A JSON number within float32's range (NaN and Infinity are refused): what export writes,
+    and small enough that sums and squares of many of them stay finite."""
+    return (is_integer(value) or isinstance(value, float)) and abs(value) <= FLOAT32_MAX
 
 
 def is_shape(value) -> bool:
@@ -60,7 +57,7 @@ INTEGER = ("an integer", is_integer)
 INDEX = ("an integer >= 0", lambda v: is_integer(v) and v >= 0)
 INDEX_OR_NULL = ("an integer >= 0 or null", lambda v: v is None or is_integer(v) and v >= 0)
 COUNT = ("an integer >= 1", lambda v: is_integer(v) and v >= 1)
-NUMBER = ("a finite number", is_number)
+NUMBER = ("a finite number within float32 range", is_number)
 POSITIVE = ("a number > 0", lambda v: is_number(v) and v > 0)
 POSITIVE_OR_NULL = ("a number > 0 or null", lambda v: v is None or is_number(v) and v > 0)
 SHAPE = ("[height, width] in pixels", is_shape)
@@ -288,7 +285,10 @@ def read_responses(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     try:
         # allow_pickle=False: an object array in a rig file could run code when unpickled
-        with np.load(path, allow_pickle=False) as file:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an archive of named arrays")
+        with loaded as file:
             arrays = {key: file[key] for key in file.files}
     except FileNotFoundError:
         raise StimulusError(f"{path}: responses file not found; pass the rig's .npz") from None
@@ -325,6 +325,11 @@ def read_responses(path: str | Path) -> dict[str, np.ndarray]:
         )
     if not np.all(np.isfinite(responses)):
         raise StimulusError(f"{path}: responses contain NaN or inf; drop or fix those trials")
+    if np.abs(responses).max() > FLOAT32_MAX:
+        raise StimulusError(
+            f"{path}: responses reach {np.abs(responses).max():.3g}, beyond float32; write them in their"
+            " recorded units as float32"
+        )
     if len(np.unique(unit_id)) != len(unit_id):
         raise StimulusError(f"{path}: unit_id has duplicates; each column is one neuron")
     return {
