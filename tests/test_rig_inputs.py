@@ -309,6 +309,7 @@ def setter(*keys_and_value):
         (setter("stimuli", 2, 5), "stimulus 2 is 5, not an object"),
         (setter("stimuli", 2, "stimulus_id", 5), "stimulus 2: field 'stimulus_id' is 5; ids number the stimuli 0, 1"),
         (setter("stimuli", 1, "kind", "mei"), "stimulus 1: unit 11 already has a 'mei' stimulus \\(stimulus 0\\)"),
+        (setter("order", []), "field 'order' is empty"),
         (setter("order", 0, 12), "field 'order' holds 12, not a stimulus id 0..11"),
         (setter("order", 0, "3"), "field 'order' holds '3', not a stimulus id"),
     ],

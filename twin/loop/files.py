@@ -147,6 +147,8 @@ def check_stimuli(path: Path, manifest: dict) -> None:
                 f" (stimulus {first[key]}); keep one per unit"
             )
         first.setdefault(key, i)
+    if not manifest["order"]:
+        raise StimulusError(f"{path}: field 'order' is empty; export the stimuli again")
     for entry in manifest["order"]:
         if not (is_integer(entry) and 0 <= entry < len(stimuli)):
             raise StimulusError(
