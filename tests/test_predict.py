@@ -121,3 +121,49 @@ def test_existing_output_needs_overwrite(run, tmp_path, capsys):
     assert code == 2 and "already exists; pass --overwrite" in err and out.read_bytes() == b"keep"
     assert twin(["predict", run_dir, store, "--out", out, "--overwrite"], capsys)[0] == 0
     assert np.load(out).shape[1] == 6
+
+
+def test_rgb_run_on_an_imported_store_keeps_image_names(tmp_path, capsys):
+    """RGB images imported with twin import images: the store, its image files and an
+    (n, 3, y, x) array give evaluate's predictions; the csv rows carry the file names."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 12, 16, 3), dtype=np.uint8)
+    (tmp_path / "imgs").mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / "imgs" / f"img{i}.png")
+    np.save(tmp_path / "r.npy", rng.poisson(2.0, (20, 3)).astype(np.float64))
+    store = tmp_path / "s.zarr"
+    assert twin(["import", "images", tmp_path / "imgs", tmp_path / "r.npy", store], capsys)[0] == 0
+    data = load_session(store)
+    model = checkpoint.make_model(CONFIG, [checkpoint.session_record(data)], checkpoint.readout_specs([data]))
+    model.eval()
+    checkpoint.save_run_model(tmp_path / "run", model, CONFIG, [data])
+    loaded = checkpoint.load_run(tmp_path / "run")
+    expected = predict(loaded.model, 0, loaded.sessions[0], np.arange(20))
+    np.save(tmp_path / "a.npy", np.moveaxis(images, -1, 1))
+    for source in (store, tmp_path / "imgs", tmp_path / "a.npy"):
+        out = tmp_path / f"p-{source.name}.csv"
+        assert twin(["predict", tmp_path / "run", source, "--out", out], capsys)[0] == 0
+        rows = np.array(list(csv.reader(out.open())))
+        np.testing.assert_allclose(rows[1:, 1:].astype(float), expected, atol=1e-5)
+    assert rows[1:, 0].tolist() == [str(i) for i in range(20)]
+    names = np.array(list(csv.reader((tmp_path / "p-s.zarr.csv").open())))[1:, 0]
+    assert names[:3].tolist() == ["img0.png", "img1.png", "img2.png"]
+
+
+def test_behavior_and_pupil_center_are_held_at_their_train_means(run):
+    from twin.predict import predict_images
+
+    store = run[1]
+    data = load_session(store)
+    config = RunConfig(model=ModelConfig(
+        core_layers=1, core_channels=4, input_kernel=5, use_behavior=True, shifter=True
+    ))
+    model = checkpoint.make_model(config, [checkpoint.session_record(data)], checkpoint.readout_specs([data]))
+    model.eval()
+    images = data.images[:4]
+    train = data.trials("train")
+    behavior = np.repeat(data.behavior[train].mean(0)[None], 4, 0)
+    pupil_center = np.repeat(data.pupil_center[train].mean(0)[None], 4, 0)
+    expected = np.asarray(model(images, 0, behavior=behavior, pupil_center=pupil_center))
+    np.testing.assert_allclose(predict_images(model, 0, data, images, batch_size=3), expected, atol=1e-5)

@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from twin.data.images import decode_images, resample
-from twin.data.schema import infer_pixel_range, pixel_range, to_levels
+from twin.data.schema import infer_pixel_range, pixel_range, strings, to_levels
 from twin.errors import ConfigError, SessionError
 
 SUFFIXES = (".npy", ".csv", ".zarr")
@@ -58,7 +58,7 @@ def read_store(path: Path) -> tuple[np.ndarray, np.ndarray]:
     ds = open_session(path)
     images = np.asarray(load_values(ds[["images"]], path)["images"].values)
     if "image_name" in ds:
-        names = np.asarray(ds["image_name"].values).astype(str)
+        names = strings(ds["image_name"].values)
     else:
         names = np.arange(len(images)).astype(str)
     return to_levels(images, pixel_range(ds, path)), names
