@@ -14,7 +14,7 @@ import xarray as xr
 from twin.cli import main
 from twin.data.simulate import simulate
 from twin.data.store import open_session, session_info, write_dataset, write_session
-from twin.errors import SessionError
+from twin.errors import OutputError, SessionError
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,10 @@ def test_write_replaces_an_existing_store_and_leaves_nothing_beside(session, tmp
     target = tmp_path / "s.zarr"
     write_session(session, target)
     smaller = session.isel(neuron=slice(0, 5))
-    write_session(smaller, target)
+    with pytest.raises(OutputError, match="already exists; pass --overwrite"):
+        write_session(smaller, target)
+    assert open_session(target).sizes["neuron"] == session.sizes["neuron"]
+    write_session(smaller, target, overwrite=True)
     assert open_session(target).sizes["neuron"] == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
 
@@ -72,8 +75,9 @@ def test_write_replaces_an_existing_store_and_leaves_nothing_beside(session, tmp
 def test_write_refuses_to_replace_something_that_is_not_a_store(session, tmp_path):
     target = tmp_path / "notes.txt"
     target.write_text("keep me")
-    with pytest.raises(SessionError, match="not a zarr store"):
-        write_session(session, target)
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="is a file but a folder goes here"):
+            write_session(session, target, overwrite=overwrite)
     assert target.read_text() == "keep me"
 
 
