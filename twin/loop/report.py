@@ -3,6 +3,7 @@
 Figures: fit_curves.png (the run's metrics.jsonl), prediction_scatter.png (twin vs animal, one
 point per shown stimulus), mei_grid.png (each neuron's MEI next to its controls, as shown on the
 screen), responses_bar.png (mean ± s.e.m. response to the MEI and each control, per neuron).
+Every value enters index.html HTML-escaped, through ``text``.
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ def read_metrics(run: Path) -> list[dict]:
         return []
     rows = []
     for index, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
-            row = json.loads(line) if line.strip() else {}
+            row = json.loads(line)
         except ValueError:
             row = None
         if not isinstance(row, dict):
             raise RunError(f"{path}: line {index} is not a JSON object; delete the line or fit the run again")
-        if row:
-            rows.append(row)
+        rows.append(row)
     return rows
 
 
