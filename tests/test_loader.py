@@ -134,8 +134,6 @@ def test_bad_requests(stores, tmp_path):
     session = load_session(stores[0], DataConfig())
     with pytest.raises(ConfigError, match="tier 'training'"):
         list(batches([session], "training", 8, shuffle=False))
-    with pytest.raises(ConfigError, match="image_normalization"):
-        load_session(stores[0], DataConfig(image_normalization="pixel"))
     write_session(simulate(3, 10, 2, 2, size=(12, 12), seed=0), tmp_path / "c.zarr")
     with pytest.raises(SessionError, match="one image shape"):
         load_sessions([stores[0], tmp_path / "c.zarr"], DataConfig())

@@ -137,10 +137,8 @@ def test_schedules():
     assert float(linear(0)) == pytest.approx(3.0)
     assert float(linear(10)) == pytest.approx(0.125)
     assert float(ops.schedule(1.0, 0.0, 5, "constant")(4)) == 1.0
-    from twin.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="schedule"):
-        ops.schedule(1.0, 0.1, 5, "exponential")
+    cosine = ops.schedule(1.0, 0.1, 5, "cosine")
+    assert float(cosine(0)) == pytest.approx(1.0) and float(cosine(4)) == pytest.approx(0.1)
 
 
 def test_walker_mask_keeps_the_blob_and_drops_small_ones():

@@ -70,9 +70,7 @@ def test_baseline_parameter_counts():
     assert model.core.output_shape((36, 64)) == (28, 56, 64)
 
 
-def test_bad_config_is_a_config_error():
-    with pytest.raises(ConfigError, match="readout"):
-        Twin(dataclasses.replace(SMALL, readout="pooled"), 1, (12, 16), specs(3), rngs=nnx.Rngs(0))
+def test_grid_mean_predictor_needs_positions():
     with pytest.raises(ConfigError, match="grid_mean_predictor"):
         Twin(dataclasses.replace(SMALL, grid_mean_predictor=True), 1, (12, 16), specs(3), rngs=nnx.Rngs(0))
 

@@ -536,11 +536,7 @@ def fit_config_from(
         config = RunConfig()
     overrides = {}
     if seeds is not None:
-        if seeds < 1:
-            raise ConfigError(f"--seeds {seeds}: pass at least 1 ensemble member")
         overrides["ensemble_size"] = seeds
     if max_epochs is not None:
-        if max_epochs < 1:
-            raise ConfigError(f"--max-epochs {max_epochs}: pass at least 1")
         overrides["max_epochs"] = max_epochs
     return dataclasses.replace(config, fit=dataclasses.replace(config.fit, **overrides))

@@ -105,10 +105,6 @@ class Batch:
 
 def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
     """Read the session store ``path`` into memory, normalized as ``config`` says."""
-    if config.image_normalization not in ("global", "per_pixel"):
-        raise ConfigError(
-            f"[data].image_normalization = {config.image_normalization!r}; use 'global' or 'per_pixel'"
-        )
     path = Path(path)
     ds = open_session(path)
     # One read per variable (chunk by chunk inside zarr), then checks on the values in memory.

@@ -13,7 +13,6 @@ import numpy as np
 import optax
 
 from twin.config import MEIConfig
-from twin.errors import ConfigError
 
 
 def blur_radius(*sigmas: float) -> int:
@@ -173,14 +172,13 @@ def normalize_gradient(gradient: jax.Array, gain) -> jax.Array:
 
 
 def schedule(start: float, end: float, steps: int, kind: str) -> optax.Schedule:
-    """Value per step: "constant" (start), "linear" or "cosine" from start to end."""
+    """Value per step: "constant" (start), "linear" or "cosine" from start to end (the names
+    MEIConfig.schedule accepts)."""
     if kind == "constant":
         return optax.constant_schedule(start)
     if kind == "linear":
         return optax.linear_schedule(start, end, max(steps - 1, 1))
-    if kind == "cosine":
-        return optax.cosine_decay_schedule(start, max(steps - 1, 1), alpha=end / start)
-    raise ConfigError(f"[mei].schedule = {kind!r}: use constant, linear or cosine")
+    return optax.cosine_decay_schedule(start, max(steps - 1, 1), alpha=end / start)
 
 
 def optimizer(config: MEIConfig) -> optax.GradientTransformation:
@@ -190,6 +188,4 @@ def optimizer(config: MEIConfig) -> optax.GradientTransformation:
         return optax.sgd(rate)
     if config.optimizer == "adam":
         return optax.adam(rate)
-    if config.optimizer == "adamw":
-        return optax.adamw(rate, weight_decay=config.weight_decay)
-    raise ConfigError(f"[mei].optimizer = {config.optimizer!r}: use sgd, adam or adamw")
+    return optax.adamw(rate, weight_decay=config.weight_decay)

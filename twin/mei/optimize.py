@@ -24,16 +24,12 @@ from tqdm import tqdm
 
 from twin import distributed
 from twin.config import MEIConfig
-from twin.errors import ConfigError
 from twin.mei import ops
 from twin.mei.params import Parametrization
 from twin.models.twin import Ensemble, Twin
 
 # objective(model, images (p, [channel,] y, x), targets {name: (p, ...)}) -> (p,) values to maximize.
 Objective = Callable[[nnx.Module, jax.Array, dict], jax.Array]
-
-BLUR_TARGETS = ("image", "gradient", "none")
-DEI_DIVERSITIES = ("pixel", "population")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,21 +116,6 @@ def apply_model(graphdef, state, stacked: bool, fn: Callable[[nnx.Module], jax.A
     if not stacked:
         return fn(nnx.merge(graphdef, state))
     return jax.vmap(lambda member: fn(nnx.merge(graphdef, member)))(state).mean(axis=0)
-
-
-def check_config(config: MEIConfig) -> None:
-    """ConfigError for recipe values the engine cannot run."""
-    if config.blur_target not in BLUR_TARGETS:
-        raise ConfigError(f"[mei].blur_target = {config.blur_target!r}: use image, gradient or none")
-    if config.steps < 1 or config.seeds < 1:
-        raise ConfigError("[mei].steps and [mei].seeds must be at least 1")
-    if config.tolerance > 0 and config.window < 1:
-        raise ConfigError("[mei].window must be at least 1 when [mei].tolerance > 0")
-    if not 0 < config.dei_fraction <= 1:
-        raise ConfigError(f"[mei].dei_fraction = {config.dei_fraction}: give a fraction in (0, 1]")
-    if config.dei_diversity not in DEI_DIVERSITIES:
-        raise ConfigError(f"[mei].dei_diversity = {config.dei_diversity!r}: use pixel or population")
-    ops.optimizer(config)
 
 
 def make_ascent(
@@ -282,7 +263,6 @@ def run_pairs(
     processes (every process then makes the same call with the same arguments). Returns numpy
     images (p, *param.shape), values (p,), steps (p,), in every process.
     """
-    check_config(config)
     graphdef, state, stacked = split_model(model)
     mesh = distributed.data_mesh(devices)
     n_devices = mesh.devices.size

@@ -16,10 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from twin.config import MEIConfig
-from twin.errors import ConfigError
 from twin.mei import ops
-
-PARAMETRIZATIONS = ("pixel", "fourier")
 
 
 def pixels_to_normalized(pixels, pixel_range: tuple[float, float]):
@@ -75,10 +72,6 @@ class Parametrization:
     def __init__(
         self, config: MEIConfig, image_shape: tuple[int, int], pixel_range, image_stats=None
     ):
-        if config.parametrization not in PARAMETRIZATIONS:
-            raise ConfigError(
-                f"[mei].parametrization = {config.parametrization!r}: use pixel or fourier"
-            )
         self.config = config
         self.shape = tuple(image_shape)
         self.pixel_range = (np.float32(pixel_range[0]), np.float32(pixel_range[1]))

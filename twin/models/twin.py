@@ -54,18 +54,6 @@ class Shifter(nnx.Module):
         return x
 
 
-def check_config(config: ModelConfig) -> None:
-    """Raise ConfigError for model settings that name no implementation."""
-    if config.readout not in ("gaussian", "factorized"):
-        raise ConfigError(f"config [model].readout = {config.readout!r}; use 'gaussian' or 'factorized'")
-    if config.gauss_type not in ("full", "isotropic"):
-        raise ConfigError(f"config [model].gauss_type = {config.gauss_type!r}; use 'full' or 'isotropic'")
-    if config.readout == "factorized" and (config.shifter or config.grid_mean_predictor):
-        raise ConfigError(
-            "config [model].readout = 'factorized' has no grid; set shifter and grid_mean_predictor to false"
-        )
-
-
 class Twin(nnx.Module):
     """Digital twin of several sessions: ``Stacked2dCore`` + per-session readouts -> ELU(x) + 1.
 
@@ -84,7 +72,6 @@ class Twin(nnx.Module):
         *,
         rngs: nnx.Rngs,
     ):
-        check_config(config)
         self.use_behavior = config.use_behavior and n_behavior > 0
         self.core = Stacked2dCore(
             in_channels + (n_behavior if self.use_behavior else 0),
