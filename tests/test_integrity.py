@@ -207,3 +207,16 @@ def test_old_runs_are_not_checked_and_undigested_stores_warn(run, store, session
     undigested = [{**r, "digest": None} for r in records]
     with pytest.warns(TwinWarning, match="had no digest when the run was fit"):
         checkpoint.check_store_digests(run, undigested, [store])
+
+
+def test_a_damaged_mei_store_is_one_line(loop_dir, tmp_path, capsys):
+    meis = tmp_path / "meis.zarr"
+    shutil.copytree(loop_dir / "meis.zarr", meis)
+    chunk = next(path for path in (meis / "images" / "c").rglob("*") if path.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    assert main(["export", str(meis), "--out", str(tmp_path / "stimuli")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"twin export: error: {meis}: array 'images' chunk ") and "CRC32C" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "stimuli").exists()

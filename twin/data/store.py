@@ -35,10 +35,16 @@ def write_dataset(ds: xr.Dataset, path, encoding: dict | None = None, overwrite:
     The store is written to a hidden sibling folder and renamed onto ``path`` only when complete
     (twin.outputs.output): an existing ``path`` is refused unless ``overwrite``. Encodings carried
     over from an opened store are dropped; pass ``encoding`` ({name: {"chunks": ...}}) to set chunks.
+    Every variable is compressed with zstd and checksummed with CRC32C, so a chunk damaged on disk
+    fails when read instead of decoding to wrong values.
     """
     ds = ds.copy(deep=False)
     for variable in ds.variables.values():
         variable.encoding = {}
+    encoding = {
+        name: {"compressors": [ZstdCodec(), Crc32cCodec()]} | (encoding or {}).get(name, {})
+        for name in ds.variables
+    }
     with output(path, overwrite, "store") as partial:
         ds.to_zarr(partial, mode="a", consolidated=False, zarr_format=3, encoding=encoding)
         write_digest(partial)
@@ -46,16 +52,13 @@ def write_dataset(ds: xr.Dataset, path, encoding: dict | None = None, overwrite:
 
 
 def trial_chunks(ds: xr.Dataset) -> dict:
-    """Encoding of a session: every variable compressed with zstd and checksummed with CRC32C
-    (a chunk damaged on disk fails when read instead of decoding to wrong values), per-trial
-    variables chunked along trial only (~CHUNK_BYTES a chunk)."""
+    """Encoding that chunks every per-trial variable along trial only (~CHUNK_BYTES a chunk)."""
     encoding = {}
     for name, var in ds.variables.items():
-        encoding[name] = {"compressors": [ZstdCodec(), Crc32cCodec()]}
         if var.dims and var.dims[0] == "trial":
             row_bytes = max(1, var.dtype.itemsize * int(np.prod(var.shape[1:])))
             rows = int(np.clip(CHUNK_BYTES // row_bytes, 1, var.shape[0]))
-            encoding[name]["chunks"] = (rows, *var.shape[1:])
+            encoding[name] = {"chunks": (rows, *var.shape[1:])}
     return encoding
 
 

@@ -22,7 +22,7 @@ import tomli_w
 import xarray as xr
 
 from twin.config import MEIConfig
-from twin.data.store import open_dataset, write_dataset
+from twin.data.store import load_values, open_dataset, write_dataset
 from twin.errors import SessionError
 
 DIMS = {
@@ -72,7 +72,8 @@ def write_meis(ds: xr.Dataset, path, overwrite: bool = False) -> Path:
 
 
 def open_meis(path) -> xr.Dataset:
-    """Open an MEI store lazily and check it has the MEI variables."""
+    """Open an MEI store, check it has the MEI variables and read it (MEI stores are small; a
+    damaged chunk is one SessionError line)."""
     ds = open_dataset(path)
     missing = [name for name in REQUIRED if name not in ds]
     if "images" in ds and missing == ["image_mean", "image_std"]:
@@ -85,4 +86,4 @@ def open_meis(path) -> xr.Dataset:
             f"{path}: variable {missing[0]!r} is missing; this is not an MEI store (write one with"
             " twin mei)"
         )
-    return ds
+    return load_values(ds, path)
