@@ -1,5 +1,6 @@
 """Output paths: no command destroys what a user has, and none leaves a half-written output."""
 
+import errno
 import os
 import shutil
 import signal
@@ -89,6 +90,16 @@ def test_output_in_place_restores_the_old_output_on_failure(tmp_path):
         (folder / "checkpoint").write_text("epoch 3")
         raise RuntimeError("disk full")
     assert (tmp_path / "kept" / "checkpoint").read_text() == "epoch 3"
+
+
+def test_file_system_errors_are_one_line_about_the_target(tmp_path, capsys):
+    for writer in (output, output_in_place):
+        with pytest.raises(OutputError, match="x: No space left on device while writing it"), writer(tmp_path / "x") as staged:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(staged / "chunk"))
+    long_name = tmp_path / ("a" * 250 + ".zarr")
+    assert main(["simulate", str(long_name), "--neurons", "3"]) == 2
+    assert capsys.readouterr().err == f"twin simulate: error: {long_name}: the name is too long; use at most 200 bytes for OUT\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_abandoned_staging_is_reported_and_cleaned(tmp_path, capsys):

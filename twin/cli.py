@@ -583,6 +583,17 @@ def dispatch(argv: list[str] | None) -> int:
     except TwinError as error:
         print(f"twin {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        if error.filename is None:  # not about a file the user named: a bug, keep its traceback
+            raise
+        print(
+            f"twin {args.command}: error: {error.filename}: {error.strerror}; check the path, its"
+            " permissions and the free space (nothing was left half-written)",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(f"twin {args.command}: interrupted", file=sys.stderr)
         return 130

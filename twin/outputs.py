@@ -31,6 +31,7 @@ from pathlib import Path
 from twin.errors import OutputError
 
 MARKER = ".twin"
+MAX_NAME = 200  # bytes: file systems hold 255, and the staging name adds host and pid
 STAGING_KINDS = ("partial", "old")
 
 
@@ -77,6 +78,8 @@ def abandoned(folder: str | Path) -> list[Path]:
 
 
 def remove(path: Path) -> None:
+    if not os.path.lexists(path):  # also for names the file system cannot hold
+        return
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -129,6 +132,8 @@ def check_output(
     path = Path(path)
     if path.name in ("", ".", "..") or path.resolve() in (Path.cwd(), *Path.cwd().parents):
         raise OutputError(f"{path}: is the current folder or holds it; name a new {flag} instead")
+    if len(os.fsencode(path.name)) > MAX_NAME:
+        raise OutputError(f"{path}: the name is too long; use at most {MAX_NAME} bytes for {flag}")
     for source in inputs:
         source = Path(source).resolve()
         if path.resolve() == source or path.resolve() in source.parents:
@@ -196,15 +201,29 @@ def output(path: str | Path, overwrite: bool = False, kind: str = "folder", flag
     target = check_output(path, overwrite, kind, flag, inputs)
     clean_abandoned(target.parent)
     staged = staging_path(target)
-    remove(staged)
-    if kind != "file":
-        make_folder(staged, kind)
     try:
+        remove(staged)
+        if kind != "file":
+            make_folder(staged, kind)
         yield staged
         commit(staged, target)
+    except OSError as error:
+        remove(staged)
+        raise write_failed(target, error) from None
     except BaseException:
         remove(staged)
         raise
+
+
+def write_failed(target: Path, error: OSError) -> OSError | OutputError:
+    """An OSError while writing ``target`` as one line about ``target`` (the staging path it
+    names means nothing to the user); other OSErrors unchanged."""
+    if isinstance(error, BrokenPipeError) or error.strerror is None:
+        return error
+    return OutputError(
+        f"{target}: {error.strerror} while writing it; check the path, its permissions and the free"
+        " space (nothing was written)"
+    )
 
 
 @contextlib.contextmanager
@@ -223,16 +242,18 @@ def output_in_place(path: str | Path, overwrite: bool = False, flag: str = "--ou
     if target.exists() and not was_empty_folder:
         old = staging_path(target, "old")
         os.replace(target, old)
-    make_folder(target)
     try:
+        make_folder(target)
         yield target
-    except BaseException:
+    except BaseException as error:
         if keep is None or not keep(target):
             remove(target)
             if old is not None:
                 os.replace(old, target)
             elif was_empty_folder:
                 target.mkdir()
+        if isinstance(error, OSError):
+            raise write_failed(target, error) from None
         raise
     if old is not None:
         remove(old)
