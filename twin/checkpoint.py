@@ -99,14 +99,21 @@ def save_step(path: str | Path, step: int, trees: dict[str, Any], meta: dict) ->
 
 
 def restore_step(path: str | Path, templates: dict[str, Any]) -> tuple[dict[str, Any], dict]:
-    """(trees shaped like ``templates``, meta) of the newest step under ``path``."""
-    with manager(path) as checkpoints:
-        step = checkpoints.latest_step()
-        if step is None:
-            raise RunError(f"{path}: no checkpoint found; fit the run first (twin fit ... --out RUN)")
-        restored = checkpoints.restore(
-            step, args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore())
-        )
+    """(trees shaped like ``templates``, meta) of the newest step under ``path``; a missing or
+    damaged checkpoint is a RunError (reading never creates folders)."""
+    step = latest_step(path)
+    if step is None:
+        raise RunError(f"{path}: no checkpoint found; fit the run first (twin fit ... --out RUN)")
+    try:
+        with manager(path) as checkpoints:
+            restored = checkpoints.restore(
+                step, args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore())
+            )
+    except Exception as error:  # orbax and tensorstore raise many kinds for damaged files
+        raise RunError(
+            f"{path}: checkpoint {step} cannot be read ({type(error).__name__}); it is damaged: fit"
+            " the run again, or continue it with twin fit --resume if checkpoints/latest is intact"
+        ) from None
     arrays = restored["arrays"]
     trees = {}
     for name, template in templates.items():
@@ -216,12 +223,26 @@ def save_run_model(run_dir: str | Path, model: Twin | Ensemble, config: RunConfi
     save_step(run_dir / "checkpoints" / "best", 0, {"model": nnx.state(model)}, {"epoch": 0})
 
 
+# What every sessions.json record holds (older runs lack the digest: their stores are not checked).
+RECORD_KEYS = {"name", "path", "unit_id", "n_neurons", "image_shape", "channels", "n_behavior", "has_positions"}
+
+
 def read_run_files(run_dir: Path) -> tuple[RunConfig, list[dict]]:
     """config.toml and sessions.json of a run directory (RunError when missing)."""
     for name in ("config.toml", "sessions.json"):
         if not (run_dir / name).exists():
             raise RunError(f"{run_dir}: no {name}; pass a run directory written by twin fit")
-    return load_config(run_dir / "config.toml"), json.loads((run_dir / "sessions.json").read_text())
+    config = load_config(run_dir / "config.toml")
+    try:
+        records = json.loads((run_dir / "sessions.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunError(f"{run_dir / 'sessions.json'}: not valid JSON ({error}); it is damaged: fit the run again") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and RECORD_KEYS <= set(r) for r in records):
+        raise RunError(
+            f"{run_dir / 'sessions.json'}: not a list of session records with {', '.join(sorted(RECORD_KEYS))};"
+            " it is damaged: fit the run again"
+        )
+    return config, records
 
 
 def check_store_digests(

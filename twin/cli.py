@@ -559,13 +559,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message) -> str:
+    """A message as one line: newlines (e.g. inside a file name) written as \\n."""
+    return str(message).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def one_line_warnings(command: str):
     """A warnings.showwarning that prints a TwinWarning as one stderr line, others as usual."""
     show = warnings.showwarning
 
     def show_warning(message, category, *args, **kwargs):
         if issubclass(category, TwinWarning):
-            print(f"twin {command}: warning: {message}", file=sys.stderr)
+            print(f"twin {command}: warning: {one_line(message)}", file=sys.stderr)
         else:
             show(message, category, *args, **kwargs)
 
@@ -581,7 +586,14 @@ def dispatch(argv: list[str] | None) -> int:
             warnings.showwarning = one_line_warnings(args.command)
             return args.handler(args)
     except TwinError as error:
-        print(f"twin {args.command}: error: {error}", file=sys.stderr)
+        print(f"twin {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(
+            f"twin {args.command}: error: not enough memory for these sizes; use smaller ones"
+            " (fewer neurons, images or pixels, or a smaller --batch-size / [data].batch_size)",
+            file=sys.stderr,
+        )
         return 2
     except BrokenPipeError:
         raise
@@ -589,7 +601,7 @@ def dispatch(argv: list[str] | None) -> int:
         if error.filename is None:  # not about a file the user named: a bug, keep its traceback
             raise
         print(
-            f"twin {args.command}: error: {error.filename}: {error.strerror}; check the path, its"
+            f"twin {args.command}: error: {one_line(error.filename)}: {error.strerror}; check the path, its"
             " permissions and the free space (nothing was left half-written)",
             file=sys.stderr,
         )

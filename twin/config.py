@@ -405,9 +405,13 @@ def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
     """Parse the TOML file ``path``; a missing file or bad syntax is a one-line ConfigError."""
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} file not found; pass an existing TOML file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; pass the {what} TOML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; pass a {what} TOML file") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML ({error}); fix the syntax") from None
 

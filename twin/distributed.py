@@ -13,6 +13,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from twin.errors import ConfigError
+
 
 def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
     """jax.distributed.initialize for multi-host runs; a no-op when all three are None.
@@ -23,9 +25,22 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
     """
     if coordinator is None and num_processes is None and process_id is None:
         return
-    jax.distributed.initialize(
-        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
-    )
+    host, _, port = (coordinator or "").rpartition(":")
+    if coordinator is not None and not (host and port.isdigit()):
+        raise ConfigError(f"--coordinator {coordinator}: write HOST:PORT of process 0, e.g. host0:12345")
+    if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+        raise ConfigError(
+            f"--process-id {process_id}: must lie in 0..{num_processes - 1} for --num-processes {num_processes}"
+        )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+        )
+    except ValueError as error:  # JAX could not complete the set-up from the flags and environment
+        raise ConfigError(
+            f"--coordinator/--num-processes/--process-id: {str(error).splitlines()[0]}; give all three"
+            " (or run under Slurm, Open MPI or Cloud TPU, which provide them)"
+        ) from None
 
 
 def data_mesh(devices: list | None = None) -> jax.sharding.Mesh:
