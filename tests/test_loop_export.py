@@ -55,6 +55,8 @@ def test_load_monitor_from_toml(tmp_path):
             "outside the monitor's range",
         ),
         ("[calibration\n", "not valid TOML"),
+        ("[calibraton]\npixel = [0, 100, 255]\n", "unknown table \\[calibraton\\]"),
+        ("[calibration]\npixel = [0, 100, 255]\nluminance = [1, 2, 9]\ngama = 2.2\n", "unknown key \\[calibration\\].gama"),
     ],
 )
 def test_bad_monitor_files(tmp_path, text, message):

@@ -106,6 +106,13 @@ def load_monitor(path: str | Path | None) -> Monitor:
         return Monitor()
     path = Path(path)
     values = read_toml(path, "monitor")
+    tables = {"calibration": ("pixel", "luminance"), "screen": ("height", "width"), "target": ("mean_luminance", "rms_contrast")}
+    for name, value in values.items():
+        if name not in tables or not isinstance(value, dict):
+            raise ConfigError(f"{path}: unknown table [{name}]; a monitor file has [{'], ['.join(tables)}]")
+        unknown = sorted(set(value) - set(tables[name]))
+        if unknown:
+            raise ConfigError(f"{path}: unknown key [{name}].{unknown[0]}; use {', '.join(tables[name])}")
     table = values.get("calibration")
     if not isinstance(table, dict) or "pixel" not in table or "luminance" not in table:
         raise ConfigError(
