@@ -317,7 +317,8 @@ def load_run(run_dir: str | Path, load_sessions: bool = True, stores: list | Non
         return Run(config=config, model=model, sessions=[], records=records, path=run_dir)
     from twin.data.loader import load_sessions as load
 
-    if stores is None:
+    explicit = stores is not None
+    if not explicit:
         stores = [record["path"] for record in records]
         for store in stores:
             if not Path(store).exists():
@@ -326,14 +327,14 @@ def load_run(run_dir: str | Path, load_sessions: bool = True, stores: list | Non
                     " pass the stores explicitly (--store)"
                 )
         check_store_digests(run_dir, records, stores)
-    else:
-        if len(stores) != len(records):
-            raise RunError(
-                f"--store: {len(stores)} stores given but the run has {len(records)} sessions;"
-                " pass one store per session, in the run's order"
-            )
-        check_store_digests(run_dir, records, stores, explicit=True)
+    elif len(stores) != len(records):
+        raise RunError(
+            f"--store: {len(stores)} stores given but the run has {len(records)} sessions;"
+            " pass one store per session, in the run's order"
+        )
     sessions = load(stores, config.data)
     for data, record, store in zip(sessions, records, stores):
         check_neurons(data, record, store)
+    if explicit:  # warned about only once the stores are known to fit the run
+        check_store_digests(run_dir, records, stores, explicit=True)
     return Run(config=config, model=model, sessions=sessions, records=records, path=run_dir)
