@@ -15,7 +15,9 @@ before the command writes) and ``kill9`` (SIGKILL mid-write, then ``then`` must 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
 import shlex
@@ -49,6 +51,7 @@ class Case:
     # kill9: the path whose appearance triggers SIGKILL, then the command that must clean up.
     kill_when: str = ""
     then: tuple[str, ...] = ()
+    killed_leaves: tuple[str, ...] = ()  # kill9: paths the killed command may leave (besides hidden partials)
     memory_limit: int = 0  # bytes of address space in subprocess mode; 0: none
     timeout: float = 120.0
 
@@ -68,7 +71,7 @@ def case(name: str, cls: str, argv, *steps: Setup, expect=2, **options) -> None:
             step(d, fx)
 
     options["then"] = tuple(shlex.split(options["then"])) if isinstance(options.get("then"), str) else options.get("then", ())
-    for key in ("mentions", "allow_new", "allow_changed"):
+    for key in ("mentions", "allow_new", "allow_changed", "killed_leaves"):
         options[key] = tuple(options.get(key, ()))
     CASES.append(Case(name, cls, argv, setup, expect, **options))
 
@@ -365,6 +368,25 @@ case("convert-checkpoint-folder", KIND, "convert neuralpredictors m.pth --out r 
 case("convert-checkpoint-empty", KIND, "convert neuralpredictors m.pth --out r --store sim.zarr", copy("sim.zarr"), write("m.pth"), mentions=["m.pth"])
 case("convert-not-neuralpredictors", KIND, "convert neuralpredictors m.pth --out r --store sim.zarr", copy("sim.zarr"),
      torch_save("m.pth", lambda torch: {"a.weight": torch.zeros(2)}), mentions=["m.pth"])
+def lying_npz(d: Path, fx: Fixtures) -> None:
+    """data.npz whose images.npy header claims (10**9, 36, 64) uint8 but holds 16 bytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10**9, 36, 64)})
+    responses = io.BytesIO()
+    np.save(responses, np.ones((4, 2), np.float32))
+    with zipfile.ZipFile(d / "data.npz", "w") as archive:
+        archive.writestr("images.npy", header.getvalue() + bytes(16))
+        archive.writestr("responses.npy", responses.getvalue())
+
+
+case("info-symlink-loop", KIND, "info loop.zarr", lambda d, fx: os.symlink("loop.zarr", d / "loop.zarr"), mentions=["loop.zarr"])
+case("fit-config-fifo", KIND, "fit sim.zarr --out run --config cfg.toml", copy("sim.zarr"), lambda d, fx: os.mkfifo(d / "cfg.toml"),
+     mentions=["cfg.toml"], mode="subprocess", timeout=30, note="a named pipe nobody writes to must not hang the command")
+case("fit-config-dev-zero", KIND, "fit sim.zarr --out run --config /dev/zero", copy("sim.zarr"), mentions=["/dev/zero"],
+     mode="subprocess", memory_limit=3 << 30, timeout=120, note="an endless file is refused, not read into memory (3 GiB limit)")
+case("import-npz-lying-header", KIND, "import arrays data.npz out.zarr", lying_npz, mentions=["data.npz", "images"], mode="subprocess", memory_limit=3 << 30,
+     timeout=120, note="the header claims 2.3 TB of images")
+
 case("loop-session-is-mei-store", KIND, "loop out --session meis.zarr --config loop.toml", copy("meis.zarr", "loop.toml"), mentions=["meis.zarr"])
 case("loop-config-is-folder", KIND, "loop out --config c.toml", mkdir("c.toml"), mentions=["c.toml"])
 
@@ -766,6 +788,31 @@ bad_stimuli("respond-absolute-path", RESPOND, ["manifest.json"], edit_json(MANIF
 bad_stimuli("respond-path-outside-existing-png", RESPOND, ["manifest.json"],
             lambda d, fx: shutil.copy(next((d / "stimuli/stimuli").glob("*.png")), d / "outside.png"),
             edit_json(MANIFEST, first_stimulus("file", "../outside.png")), note="even a real PNG outside the folder is refused")
+def retarget(file: str) -> Setup:
+    """Point stimulus 0 at ``file`` in manifest.json and manifest.csv alike (a consistent forgery)."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        edit_json(MANIFEST, first_stimulus("file", file))(d, fx)
+        path = d / "stimuli/manifest.csv"
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        for row in rows:
+            if row["stimulus_id"] == "0":
+                row["file"] = file
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return step
+
+
+bad_stimuli("respond-path-traversal-consistent", RESPOND, ["manifest"], retarget("../../../../../../etc/passwd"),
+            note="json and csv agree on the traversal; it is still refused")
+bad_stimuli("respond-absolute-path-consistent", RESPOND, ["manifest"], retarget("/etc/passwd"))
+bad_stimuli("respond-outside-png-consistent", RESPOND, ["manifest"],
+            lambda d, fx: shutil.copy(next((d / "stimuli/stimuli").glob("*.png")), d / "outside.png"), retarget("../outside.png"))
+
 bad_stimuli("respond-no-file-key", RESPOND, ["manifest.json", "file"], edit_json(MANIFEST, lambda m: m["stimuli"][0].pop("file")))
 bad_stimuli("respond-order-out-of-range", RESPOND, ["manifest.json", "order"], edit_json(MANIFEST, lambda m: m["order"].append(9999)))
 bad_stimuli("respond-order-negative", RESPOND, ["manifest.json", "order"], edit_json(MANIFEST, lambda m: m["order"].append(-1)),
@@ -816,7 +863,7 @@ case("kill-simulate", CRASH, "simulate big.zarr --neurons 8 --train-images 6000 
      allow_new=["big.zarr"], timeout=300, note="SIGKILL mid-write leaves no store; the next write removes the partial one")
 case("kill-fit-then-resume", CRASH, "fit sim.zarr --out run --config fit.toml --max-epochs 30", copy("sim.zarr", "fit.toml"), expect=0,
      mode="kill9", kill_when="run/checkpoints/latest/2", then="fit sim.zarr --out run --config fit.toml --max-epochs 3 --resume",
-     allow_new=["run"], timeout=300, note="SIGKILL after epoch 2; --resume finishes the run")
+     allow_new=["run"], killed_leaves=["run"], timeout=300, note="SIGKILL after epoch 2; --resume finishes the run")
 
 # ---------------------------------------------------------------------------- odd paths
 case("path-newline-missing", PATHS, ["info", "a\nb.zarr"], mentions=["b.zarr"], note="the error stays one line")

@@ -23,6 +23,7 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,8 @@ def snapshot(root: Path) -> dict[str, tuple]:
                 entries[rel] = ("link", os.readlink(path))
             elif path.is_dir():
                 entries[rel] = ("dir",)
+            elif not stat.S_ISREG(st.st_mode):  # a FIFO or device: reading it could block
+                entries[rel] = ("special", st.st_mode)
             else:
                 digest = ""
                 if st.st_size <= HASH_LIMIT:
@@ -116,6 +119,7 @@ class Outcome:
     stdout: str
     stderr: str
     traceback: bool = False
+    problems: list[str] = dataclasses.field(default_factory=list)
 
 
 def run_inprocess(argv: list[str], cwd: Path, timeout: float) -> Outcome:
@@ -188,8 +192,9 @@ def run_pipe(case: Case, cwd: Path) -> Outcome:
 
 
 def run_kill9(case: Case, cwd: Path) -> Outcome:
-    """Start the command, SIGKILL it once ``kill_when`` exists, check nothing readable is left at
-    the target, then run ``then`` in-process: it must succeed and clean up."""
+    """Start the command, SIGKILL it once ``kill_when`` exists, check that only hidden partial
+    paths (and ``killed_leaves``) are new, then run ``then`` in-process: it must succeed and clean up."""
+    before = snapshot(cwd)
     process = subprocess.Popen(command(case.argv), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     deadline = time.time() + case.timeout
     while time.time() < deadline and process.poll() is None and not list(cwd.glob(case.kill_when)):
@@ -200,7 +205,11 @@ def run_kill9(case: Case, cwd: Path) -> Outcome:
     process.kill()
     process.wait()
     process.stderr.close()
+    _, new = compare(before, snapshot(cwd), allow_new=case.killed_leaves)
+    visible = [p for p in top_level(new) if not hidden_leftover(p)]
     outcome = run_inprocess(list(case.then), cwd, case.timeout)
+    if visible:
+        outcome.problems.append("after SIGKILL: " + ", ".join(visible[:3]))
     return outcome
 
 
@@ -243,13 +252,14 @@ def judge(case: Case, outcome: Outcome, destroyed: list[str], left: list[str], c
     refused = outcome.code == 2
     one_line = (len(lines) == 1 and lines[0].startswith("twin")) if refused else True
     names = all(m.lower() in error.lower() for m in case.mentions) if refused else True
-    problems = []
+    problems = list(outcome.problems)
     if outcome.code not in case.expect:
         problems.append(f"exit {outcome.code}, expected {' or '.join(map(str, case.expect))}")
     if has_traceback:
         problems.append("traceback: " + (lines[-1] if lines else "?")[:160])
     if not one_line:
-        problems.append(f"{len(lines)} stderr lines")
+        quiet = not lines and outcome.stdout.strip()
+        problems.append("refused with a report on stdout and no stderr line" if quiet else f"{len(lines)} stderr lines")
     if not names:
         missing = [m for m in case.mentions if m.lower() not in error.lower()]
         problems.append(f"error does not name {', '.join(missing)}")
