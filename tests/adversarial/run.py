@@ -123,6 +123,11 @@ class Outcome:
 
 
 def run_inprocess(argv: list[str], cwd: Path, timeout: float) -> Outcome:
+    """``twin.cli.main(argv)`` in ``cwd`` with stdout/stderr captured and SystemExit caught.
+
+    The timeout (SIGALRM) stops Python-level loops; a command blocked in a system call (reading a
+    FIFO) may not see it, so such cases run in subprocess mode.
+    """
     from twin.cli import main
 
     out, err = io.StringIO(), io.StringIO()
