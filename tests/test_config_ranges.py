@@ -296,7 +296,7 @@ def test_fit_refuses_a_kernel_larger_than_the_images(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "s.zarr"), "--out", str(run), "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert err == (
-        f"twin fit: error: [model].input_kernel = 13 does not fit the 12x16 images of {tmp_path / 's.zarr'}"
+        f"twin fit: error: {path}: [model].input_kernel = 13 does not fit the 12x16 images of {tmp_path / 's.zarr'}"
         " (the first layer's output would be 0x4); use at most 12 or set pad_input = true\n"
     )
     assert not run.exists()

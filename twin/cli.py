@@ -52,18 +52,35 @@ def parse_size(text: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------- data
 
 
+def check_simulation_memory(args, size: tuple[int, int]) -> None:
+    """Refuse sizes whose float64 images, responses and receptive fields (with working copies)
+    cannot fit in this machine's memory, before any of them is allocated."""
+    trials = args.train_images + args.test_images * args.repeats
+    pixels = size[0] * size[1]
+    needed = 3 * 8 * (trials * pixels + trials * args.neurons + args.neurons * pixels)
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ConfigError(
+            f"--neurons {args.neurons} --size {args.size} with {trials} trials needs about"
+            f" {needed / 2**30:.0f} GiB, more than this machine's {available / 2**30:.0f} GiB; use"
+            " fewer neurons, images or pixels"
+        )
+
+
 def cmd_simulate(args) -> int:
     from twin.data.simulate import simulate
     from twin.data.store import write_session
     from twin.outputs import check_output
 
     check_output(args.out, args.overwrite, "store", flag="OUT")
+    size = parse_size(args.size)
+    check_simulation_memory(args, size)
     ds = simulate(
         n_neurons=args.neurons,
         n_train_images=args.train_images,
         n_test_images=args.test_images,
         repeats=args.repeats,
-        size=parse_size(args.size),
+        size=size,
         seed=args.seed,
     )
     write_session(ds, args.out, overwrite=args.overwrite)
@@ -128,8 +145,9 @@ def cmd_import_images(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from twin.data.digest import content_digest, format_check, format_digest, verify_store
+    from twin.data.digest import FIX, content_digest, format_check, format_digest, verify_store
     from twin.data.store import format_info, load_values, open_session, session_info
+    from twin.errors import SessionError
     from twin.outputs import abandoned
 
     if args.check:
@@ -138,7 +156,12 @@ def cmd_info(args) -> int:
             print_json(report)
         else:
             print(format_check(report))
-        return 2 if report["problems"] else 0
+        if report["problems"]:
+            more = len(report["problems"]) - 1
+            raise SessionError(
+                f"{args.store}: {report['problems'][0]}" + (f" (and {more} more)" if more else "") + f"; {FIX}"
+            )
+        return 0
     info = session_info(load_values(open_session(args.store), args.store))
     info["digest"] = content_digest(args.store)
     info["abandoned_writes"] = [str(path) for path in abandoned(Path(args.store).absolute().parent)]

@@ -371,17 +371,20 @@ def section_from_dict(cls: type, values: dict[str, Any], source: str):
         raise ConfigError(f"{source}: {error}") from None
 
 
-def check_image_size(model: ModelConfig, image_shape: tuple[int, int], images: str) -> None:
+def check_image_size(
+    model: ModelConfig, image_shape: tuple[int, int], images: str, source: str | None = None
+) -> None:
     """ConfigError unless the core leaves at least one pixel of the ``image_shape`` (y, x) images
     of ``images`` (a store): without pad_input the first layer drops input_kernel - 1 rows and
-    columns; the hidden layers keep the size."""
+    columns; the hidden layers keep the size. source: the config file, when there is one."""
     height, width = image_shape
     kernel = model.input_kernel
     if model.pad_input or kernel <= min(height, width):
         return
     out = f"{max(height - kernel + 1, 0)}x{max(width - kernel + 1, 0)}"
     raise ConfigError(
-        f"[model].input_kernel = {kernel} does not fit the {height}x{width} images of {images} (the"
+        (f"{source}: " if source else "")
+        + f"[model].input_kernel = {kernel} does not fit the {height}x{width} images of {images} (the"
         f" first layer's output would be {out}); use at most {min(height, width)} or set pad_input = true"
     )
 
@@ -404,6 +407,8 @@ def config_from_dict(values: dict[str, Any], source: str = "<config>") -> RunCon
 def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
     """Parse the TOML file ``path``; a missing file or bad syntax is a one-line ConfigError."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise ConfigError(f"{path}: not a regular file (a pipe or device); pass the {what} TOML file")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

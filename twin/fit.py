@@ -264,11 +264,13 @@ def fit(
     *,
     devices: list | None = None,
     progress: bool = True,
+    config_source: str | None = None,
 ) -> dict:
     """Fit ``config`` to the session stores and write the run directory ``workdir``.
 
     resume: continue from checkpoints/latest (the config and stores must be the run's own).
-    devices: devices of the data mesh (default: all). Returns the summary (also summary.json).
+    devices: devices of the data mesh (default: all). config_source: the file ``config`` came
+    from, named by errors about its values. Returns the summary (also summary.json).
     """
     from twin.data.loader import batches, load_sessions
 
@@ -281,7 +283,7 @@ def fit(
     check_sessions(sessions, store_paths)
     records = [checkpoint.session_record(s) for s in sessions]
     for record in records:
-        check_image_size(config.model, record["image_shape"], record["path"])
+        check_image_size(config.model, record["image_shape"], record["path"], config_source)
     if resume and (workdir / "sessions.json").exists():
         saved_config, saved_records = checkpoint.read_run_files(workdir)
         if dataclasses.replace(saved_config, fit=dataclasses.replace(saved_config.fit, max_epochs=1)) != (
@@ -509,10 +511,10 @@ def fit_command(
         check_output(out, overwrite, inputs=stores)
     config = fit_config_from(out, config_path, resume, seeds, max_epochs)
     if resume or not primary:
-        summary = fit(config, stores, out, resume=resume)
+        summary = fit(config, stores, out, resume=resume, config_source=config_path)
     else:
         with output_in_place(out, overwrite, keep=has_checkpoint, inputs=stores):
-            summary = fit(config, stores, out)
+            summary = fit(config, stores, out, config_source=config_path)
     print(format_summary(summary, out))
     return 0
 

@@ -145,13 +145,14 @@ def first_file(path: Path) -> Path:
 
 
 def edit_json(name: str, change: Callable) -> Setup:
-    """Replace the JSON document in ``name`` by ``change(document)`` (or edit it in place)."""
+    """Edit the JSON document in ``name`` in place with ``change(document)`` (its result, e.g.
+    what ``pop`` returns, is ignored)."""
 
     def step(d: Path, fx: Fixtures) -> None:
         path = d / name
         document = json.loads(path.read_text())
-        result = change(document)
-        path.write_text(json.dumps(document if result is None else result))
+        change(document)
+        path.write_text(json.dumps(document))
 
     return step
 

@@ -166,6 +166,8 @@ def check_digest(store) -> dict | None:
     if digest is None:
         return None
     for name, chunks in digest["arrays"].items():
+        if not (store / name / "zarr.json").is_file():
+            raise SessionError(f"{store}: array {name!r} has lost its zarr.json (its metadata); {FIX}")
         for key, (size, _) in chunks.items():
             try:
                 found = os.stat(store / name / key).st_size

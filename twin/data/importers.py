@@ -152,6 +152,11 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
                     raise SessionError(
                         f"{path}: variable {key!r} cannot be read ({error}); save it again with np.savez"
                     ) from None
+                except MemoryError:
+                    raise SessionError(
+                        f"{path}: variable {key!r} is larger than this machine's memory (or its header"
+                        " says so); save a smaller recording, or check the file"
+                    ) from None
     return arrays
 
 
