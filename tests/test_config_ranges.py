@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 # A tiny saved run and its session: test_mei_run's module fixture.
 from test_mei_run import run_dir  # noqa: F401
+
 from twin.cli import main
 from twin.config import (
     DataConfig,

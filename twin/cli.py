@@ -11,8 +11,8 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 import warnings
+from pathlib import Path
 
 from twin.errors import ConfigError, TwinError, TwinWarning
 

@@ -225,7 +225,6 @@ def convert_neuralpredictors(
     """
     from twin.checkpoint import save_run_model
     from twin.data.loader import load_sessions
-
     from twin.outputs import check_output, output
 
     out = check_output(out, overwrite, inputs=[checkpoint, *(stores or [])])

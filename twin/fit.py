@@ -34,8 +34,8 @@ from tqdm import tqdm
 from twin import checkpoint, distributed, metrics
 from twin.config import RunConfig, check_image_size, load_config
 from twin.errors import ConfigError, RunError, SessionError, TwinError
-from twin.outputs import check_output, output_in_place
 from twin.models.twin import Ensemble
+from twin.outputs import check_output, output_in_place
 
 # Added to predictions inside the log (neuralpredictors' PoissonLoss bias).
 POISSON_EPS = 1e-8
