@@ -17,18 +17,22 @@ from twin.evaluate import evaluate_run
 CONFIG = RunConfig(model=ModelConfig(core_layers=2, core_channels=4, input_kernel=5, hidden_kernel=3))
 
 
+def untrained_run(store, out, config=CONFIG):
+    """Write an untrained run directory ``out`` for the session store ``store``; returns ``out``."""
+    data = load_session(store)
+    model = checkpoint.make_model(config, [checkpoint.session_record(data)], checkpoint.readout_specs([data]))
+    model.eval()
+    checkpoint.save_run_model(out, model, config, [data])
+    return out
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """An (untrained) run on a simulated session: (run dir, store path)."""
     root = tmp_path_factory.mktemp("evaluate")
     store = root / "sim.zarr"
     write_session(simulate(6, 40, 5, 3, size=(12, 16), seed=3), store)
-    data = load_session(store)
-    records = [checkpoint.session_record(data)]
-    model = checkpoint.make_model(CONFIG, records, checkpoint.readout_specs([data]))
-    model.eval()
-    checkpoint.save_run_model(root / "run", model, CONFIG, [data])
-    return root / "run", store
+    return untrained_run(store, root / "run"), store
 
 
 def test_scores_match_twin_metrics(run):

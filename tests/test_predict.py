@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from test_evaluate import untrained_run
 from twin import checkpoint
 from twin.cli import main
 from twin.config import ModelConfig, RunConfig
@@ -15,7 +16,6 @@ from twin.data.simulate import simulate
 from twin.data.store import open_dataset, open_session, write_session
 from twin.evaluate import predict
 
-CONFIG = RunConfig(model=ModelConfig(core_layers=2, core_channels=4, input_kernel=5, hidden_kernel=3))
 SHOWN = 5  # trials of the store written as image files
 
 
@@ -26,13 +26,8 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     store = root / "sim.zarr"
     write_session(simulate(6, 40, 5, 3, size=(12, 16), seed=3), store)
-    data = load_session(store)
-    records = [checkpoint.session_record(data)]
-    model = checkpoint.make_model(CONFIG, records, checkpoint.readout_specs([data]))
-    model.eval()
-    checkpoint.save_run_model(root / "run", model, CONFIG, [data])
-    loaded = checkpoint.load_run(root / "run")
-    expected = predict(loaded.model, 0, loaded.sessions[0], np.arange(len(data.tier)))
+    loaded = checkpoint.load_run(untrained_run(store, root / "run"))
+    expected = predict(loaded.model, 0, loaded.sessions[0], np.arange(loaded.sessions[0].tier.size))
     images = open_session(store)["images"].values
     return root / "run", store, expected, images
 
@@ -134,11 +129,7 @@ def test_rgb_run_on_an_imported_store_keeps_image_names(tmp_path, capsys):
     np.save(tmp_path / "r.npy", rng.poisson(2.0, (20, 3)).astype(np.float64))
     store = tmp_path / "s.zarr"
     assert twin(["import", "images", tmp_path / "imgs", tmp_path / "r.npy", store], capsys)[0] == 0
-    data = load_session(store)
-    model = checkpoint.make_model(CONFIG, [checkpoint.session_record(data)], checkpoint.readout_specs([data]))
-    model.eval()
-    checkpoint.save_run_model(tmp_path / "run", model, CONFIG, [data])
-    loaded = checkpoint.load_run(tmp_path / "run")
+    loaded = checkpoint.load_run(untrained_run(store, tmp_path / "run"))
     expected = predict(loaded.model, 0, loaded.sessions[0], np.arange(20))
     np.save(tmp_path / "a.npy", np.moveaxis(images, -1, 1))
     for source in (store, tmp_path / "imgs", tmp_path / "a.npy"):
