@@ -135,3 +135,21 @@ def test_cli_needs_one_matching_store_per_readout(tmp_path, store, capsys):
     assert main(["convert", "neuralpredictors", str(checkpoint), "--out", str(tmp_path / "b"), "--store", str(store)]) == 2
     assert "30 neurons but readout.session has 31" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_kill_9_before_the_run_lands_keeps_the_previous_run(tmp_path, store):
+    from test_outputs import kill_before_commit, snapshot
+
+    checkpoint = tmp_path / "model.pth"
+    torch.save(random_peer().state_dict(), checkpoint)
+    argv = ["convert", "neuralpredictors", str(checkpoint), "--out", "run", "--store", str(store)]
+    kill_before_commit(argv, tmp_path)  # a first convert killed before its run lands
+    assert not (tmp_path / "run").exists()
+    from twin.cli import main
+
+    assert main([*argv[:4], str(tmp_path / "run"), *argv[5:]]) == 0  # removes the first one's leftovers
+    before = snapshot(tmp_path / "run")
+    kill_before_commit([*argv, "--overwrite"], tmp_path)
+    assert snapshot(tmp_path / "run") == before
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert len(left) == 1 and left[0].startswith(".run.partial-"), left

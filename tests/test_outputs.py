@@ -247,3 +247,19 @@ def test_an_output_never_replaces_an_input(loop_dir, tmp_path, capsys):
         assert main([*argv, "--overwrite"]) == 2, argv
         assert "which writing there would destroy" in capsys.readouterr().err, argv
     assert snapshot(loop) == before
+
+
+def test_kill_9_during_loop_leaves_a_folder_that_is_refused_not_reused(loop_dir, tmp_path, capsys):
+    (tmp_path / "tiny.toml").write_text((loop_dir.parent / "tiny.toml").read_text())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "twin.cli", "loop", "out", "--config", "tiny.toml"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "out" / "config.toml").exists():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert main(["loop", str(tmp_path / "out"), "--config", str(tmp_path / "tiny.toml")]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
