@@ -185,3 +185,17 @@ def test_cli_import_then_info(tmp_path, capsys):
     write_tree(tmp_path / "mouse", recording())
     assert main(["import", "sensorium", str(tmp_path / "mouse"), str(tmp_path / "m.zarr")]) == 0
     assert open_session(tmp_path / "m.zarr").sizes["trial"] == 30
+
+
+@pytest.mark.parametrize(
+    "importer, names",
+    [
+        ("arrays", ["images", "responses", "tiers", "image_ids", "behavior_names", "pupil_center", "neuron_ids", "cell_xyz"]),
+        ("sensorium", ["data/images", "data/responses", "meta/trials/tiers.npy", "frame_image_id", "unit_ids"]),
+    ],
+)
+def test_importer_help_lists_what_it_reads(importer, names, capsys):
+    with pytest.raises(SystemExit):
+        main(["import", importer, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in names) and "optional" in text

@@ -407,8 +407,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("import", help="import a recording into a session store")
     formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
     readers = (("arrays", "an .npz file of arrays"), ("sensorium", "a Sensorium data folder or its .zip"))
+    descriptions = {
+        "arrays": "Reads an .npz (np.savez, no pickles) with images (trial, y, x) or (trial, channel,"
+        " y, x) and responses (trial, neuron); optional: tiers (trial,) train/validation/test/"
+        "final_test, image_ids (trial,) int (same id = same image), behavior (trial, k),"
+        " behavior_names (k,), pupil_center (trial, 2), neuron_ids (neuron,) int, cell_xyz (neuron, 3).",
+        "sensorium": "Reads a Sensorium 2022 / neuralpredictors tree (folder or .zip): data/images/<i>.npy"
+        " (channel, y, x), data/responses/<i>.npy (neuron,), meta/trials/tiers.npy; optional:"
+        " data/behavior/<i>.npy, data/pupil_center/<i>.npy, meta/trials/frame_image_id.npy,"
+        " meta/neurons/unit_ids.npy, meta/neurons/cell_motor_coordinates.npy. Images are"
+        " block-averaged to 36x64 when they are a whole multiple of it.",
+    }
     for name, reads in readers:
-        f = formats.add_parser(name, help=f"import {reads}")
+        f = formats.add_parser(name, help=f"import {reads}", description=descriptions[name])
         f.add_argument("path", help=reads)
         f.add_argument("out", help="store to write (.zarr)")
         add_seed_flag(f)
