@@ -22,12 +22,15 @@ SHOWN = 5  # trials of the store written as image files
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """An (untrained) run on a simulated session (12x16 grey): (run dir, store, predictions of
-    every trial as evaluate makes them (trial, neuron), the store's images (trial, y, x))."""
+    every trial (trial, neuron) in the store's units: evaluate's normalized ones times the
+    loader's response std, the store's images (trial, y, x))."""
     root = tmp_path_factory.mktemp("predict")
     store = root / "sim.zarr"
     write_session(simulate(6, 40, 5, 3, size=(12, 16), seed=3), store)
     loaded = checkpoint.load_run(untrained_run(store, root / "run"))
-    expected = predict(loaded.model, 0, loaded.sessions[0], np.arange(loaded.sessions[0].tier.size))
+    data = loaded.sessions[0]
+    assert not np.allclose(data.response_std, 1)  # else units would not be tested
+    expected = predict(loaded.model, 0, data, np.arange(data.tier.size)) * data.response_std
     images = open_session(store)["images"].values
     return root / "run", store, expected, images
 
@@ -76,6 +79,7 @@ def test_csv_and_zarr_outputs_name_images_and_units(run, tmp_path, capsys):
     assert ds["predictions"].dims == ("image", "neuron")
     assert ds["unit_id"].values.tolist() == [2, 3, 4] and len(ds["image_name"]) == len(expected)
     assert ds.attrs["run"] == str(run_dir) and ds.attrs["session"] == "sim"
+    assert ds.attrs["units"] == "the session store's response units"
     np.testing.assert_allclose(ds["predictions"].values, expected[:, 2:5], atol=1e-5)
 
 
@@ -119,18 +123,22 @@ def test_existing_output_needs_overwrite(run, tmp_path, capsys):
 
 
 def test_rgb_run_on_an_imported_store_keeps_image_names(tmp_path, capsys):
-    """RGB images imported with twin import images: the store, its image files and an
-    (n, 3, y, x) array give evaluate's predictions; the csv rows carry the file names."""
+    """RGB images imported with twin import images --shift-responses: the store, its image files
+    and an (n, 3, y, x) array give evaluate's predictions in the recording's units (times the
+    response std, plus the shifted offset); the csv rows carry the file names."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (20, 12, 16, 3), dtype=np.uint8)
     (tmp_path / "imgs").mkdir()
     for i, image in enumerate(images):
         Image.fromarray(image).save(tmp_path / "imgs" / f"img{i}.png")
-    np.save(tmp_path / "r.npy", rng.poisson(2.0, (20, 3)).astype(np.float64))
+    responses = rng.poisson(2.0, (20, 3)) + np.array([10.0, 20.0, 30.0])
+    np.save(tmp_path / "r.npy", responses)
     store = tmp_path / "s.zarr"
-    assert twin(["import", "images", tmp_path / "imgs", tmp_path / "r.npy", store], capsys)[0] == 0
+    argv = ["import", "images", tmp_path / "imgs", tmp_path / "r.npy", store, "--shift-responses", "neuron"]
+    assert twin(argv, capsys)[0] == 0
     loaded = checkpoint.load_run(untrained_run(store, tmp_path / "run"))
-    expected = predict(loaded.model, 0, loaded.sessions[0], np.arange(20))
+    data = loaded.sessions[0]
+    expected = predict(loaded.model, 0, data, np.arange(20)) * data.response_std + responses.min(0)
     np.save(tmp_path / "a.npy", np.moveaxis(images, -1, 1))
     for source in (store, tmp_path / "imgs", tmp_path / "a.npy"):
         out = tmp_path / f"p-{source.name}.csv"

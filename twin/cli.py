@@ -518,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reads IMAGES: a folder or .zip of image files, an .npy array (n, y, x) or"
         " (n, channel, y, x), or a session store (its trials). Images are prepared as in training"
         " (resampled to the run's size when only the size differs); behavior and pupil center are"
-        " held at their train means.",
+        " held at their train means. Predictions are in the recording's response units: the"
+        " session store's, plus the offset of --shift-responses when the store was imported with it.",
     )
     p.add_argument("run", metavar="RUN")
     p.add_argument("images", metavar="IMAGES", help="folder, .zip, .npy or session store (.zarr)")

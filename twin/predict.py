@@ -5,7 +5,10 @@ session store (its trials). They are prepared as in training: converted to the r
 (grey or RGB), resampled with pillow to the run's image size when only the size differs (not
 the aspect ratio), mapped from their pixel range to pixel levels 0..255 and normalized with the
 run session's statistics (``SessionData.normalize_images``); behavior and pupil center are held
-at their train means. Predictions go through ``twin.evaluate.predict``, the path that scores runs.
+at their train means. Predictions go through ``twin.evaluate.predict``, the path that scores runs,
+and are written in the recording's response units: the model's normalized outputs times the
+session's response std (the divisor of the loader), plus the offset ``--shift-responses``
+subtracted at import, if any.
 """
 
 from __future__ import annotations
@@ -148,6 +151,17 @@ def predict_images(model, session: int, data, images: np.ndarray, batch_size: in
     return predict(model, session, shown, np.arange(n), batch_size)
 
 
+def recording_units(predictions: np.ndarray, data, index: np.ndarray) -> tuple[np.ndarray, str]:
+    """Normalized predictions (n, k) of neurons ``index`` (k,) of SessionData ``data`` -> the
+    recording's response units (n, k) float32, and a line naming those units."""
+    values = predictions * data.response_std[index]
+    if data.response_offset is None:
+        return values.astype(np.float32), "the session store's response units"
+    values = values + data.response_offset[index]
+    units = "the recording's response units (the --shift-responses offset added back)"
+    return values.astype(np.float32), units
+
+
 def write_predictions(path: Path, predictions, unit_id, names, attrs: dict, overwrite: bool) -> None:
     """predictions (images, neurons) float32 to .npy, .csv (header: image_name and the unit ids;
     one row per image) or .zarr (predictions (image, neuron), unit_id, image_name, attrs)."""
@@ -187,7 +201,8 @@ def predict_command(
     overwrite: bool = False,
 ) -> dict:
     """Write the predictions of ``neurons`` of readout ``session`` of ``run`` for ``images`` to
-    ``out`` (.npy, .csv or .zarr). Returns {"out", "images", "neurons", "session"}."""
+    ``out`` (.npy, .csv or .zarr), in the recording's response units (see ``recording_units``).
+    Returns {"out", "images", "neurons", "session"}."""
     from twin.checkpoint import load_run
     from twin.mei.run import parse_neurons
     from twin.outputs import check_output
@@ -206,7 +221,9 @@ def predict_command(
     predictions = predict_images(
         loaded.model, session, data, model_input, batch_size or loaded.config.data.batch_size
     )
-    predictions = np.ascontiguousarray(predictions[:, index], dtype=np.float32)
-    attrs = {"run": str(run), "session": data.name, "session_index": session, "images": str(images)}
+    predictions, units = recording_units(predictions[:, index], data, index)
+    attrs = {
+        "run": str(run), "session": data.name, "session_index": session, "images": str(images), "units": units
+    }
     write_predictions(out, predictions, data.unit_id[index], names, attrs, overwrite)
     return {"out": str(out), "images": len(names), "neurons": len(index), "session": data.name}

@@ -32,6 +32,7 @@ class SessionData:
     ``normalize_images``: () or (y, x) for one channel; (channel,) or (y, x, channel) for several;
     in pixel levels 0..255 (the store's pixel_range mapped onto 0..255), the units of MEI recipes,
     masks and rig images. image_min, image_max: the range of the train images (pixel levels).
+    response_offset: (neuron,) what ``--shift-responses`` subtracted at import, or None.
     """
 
     name: str
@@ -50,6 +51,7 @@ class SessionData:
     image_min: float = 0.0
     image_max: float = 255.0
     behavior_names: tuple[str, ...] = ()
+    response_offset: np.ndarray | None = None
 
     @property
     def n_neurons(self) -> int:
@@ -167,6 +169,7 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         image_min=float((ds["stats_image_min"].values - lo) * level),
         image_max=float((ds["stats_image_max"].values - lo) * level),
         behavior_names=behavior_names,
+        response_offset=ds["response_offset"].values.astype(np.float32) if "response_offset" in ds else None,
     )
 
 
