@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -158,3 +159,24 @@ def test_deis_travel_through_export_rig_and_closeloop(loop_dir, tmp_path):
     summary = closeloop(loop_dir / "run", tmp_path / "stimuli", tmp_path / "r.npz", tmp_path / "report")
     shown = [s for s in manifest["stimuli"] if s["kind"] == "dei"]
     assert sum(len(n["dei_responses"]) for n in summary["neurons"]) == len(shown)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"data = 3\n", "data = 3 is not a table; write [data] and its keys"),
+        (b"mei = [1]\n", "mei = [1] is not a table; write [mei] and its keys"),
+        (b"[fit]\nnote = '\xff'\n", "not UTF-8 text; pass a config TOML file"),
+        (None, "not a regular file (a pipe or device)"),
+    ],
+)
+def test_loop_config_errors_are_one_line(tmp_path, capsys, content, message):
+    config = tmp_path / "c.toml"
+    if content is None:
+        os.mkfifo(config)
+    else:
+        config.write_bytes(content)
+    code = main(["loop", str(tmp_path / "out"), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

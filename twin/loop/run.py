@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import tomllib
 from pathlib import Path
 from typing import ClassVar
 
 import tomli_w
 
-from twin.config import Checked, config_from_dict, integer, integers, number, section_from_dict
+from twin.config import (
+    Checked, config_from_dict, integer, integers, number, read_toml, section_from_dict, shown
+)
 from twin.errors import ConfigError
 
 
@@ -54,14 +55,10 @@ def loop_config(config_path: str | Path | None) -> tuple[LoopConfig, dict]:
     """(LoopConfig, the set run-config values as a dict of sections): the loop preset under the
     file's values. Only values set are kept, so a [mei] value changes the chosen recipe's field,
     not every field."""
-    values = {}
-    if config_path is not None:
-        try:
-            values = tomllib.loads(Path(config_path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{config_path}: config file not found; pass an existing TOML file") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{config_path}: not valid TOML ({error}); fix the syntax") from None
+    values = {} if config_path is None else read_toml(config_path)
+    for name, table in values.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{config_path}: {name} = {shown(table)} is not a table; write [{name}] and its keys")
     loop = section_from_dict(LoopConfig, values.pop("loop", {}), str(config_path))
     merged = {name: SMALL_TWIN.get(name, {}) | values.get(name, {}) for name in set(SMALL_TWIN) | set(values)}
     config_from_dict(merged, str(config_path or "twin loop"))  # check names and types now
