@@ -16,6 +16,7 @@ from test_mei_run import run_dir  # noqa: F401
 
 from twin.cli import main
 from twin.config import (
+    SEED_LIMIT,
     DataConfig,
     FitConfig,
     MEIConfig,
@@ -37,13 +38,13 @@ from twin.mei.store import open_meis
 BIG = 10**6
 
 
-def ints(lo, hi=BIG, odd=False):
-    """(valid, invalid) strategies of an int field in [lo, hi]."""
-    valid = st.integers(lo, hi)
+def ints(lo, hi=None, odd=False):
+    """(valid, invalid) strategies of an int field in [lo, hi] (hi None: no upper end)."""
+    valid = st.integers(lo, BIG if hi is None else hi)
     if odd:
         valid = valid.filter(lambda v: v % 2)
     invalid = st.integers(max_value=lo - 1)
-    if hi < BIG:
+    if hi is not None:
         invalid = invalid | st.integers(min_value=hi + 1)
     if odd:
         invalid = invalid | st.integers(lo, 99).filter(lambda v: v % 2 == 0)
@@ -71,7 +72,7 @@ FIELDS = {
         "batch_size": ints(1),
         "image_normalization": choices("global", "per_pixel"),
         "response_std_floor": floats(0),
-        "shuffle_seed": ints(0),
+        "shuffle_seed": ints(0, SEED_LIMIT - 1),
     },
     ModelConfig: {
         "core_layers": (st.integers(1, 6), ints(1)[1]),  # few layers: stacks drawn from them
@@ -106,7 +107,7 @@ FIELDS = {
         "min_learning_rate": floats(0),
         "restore_best": FLAG,
         "scale_loss": FLAG,
-        "seed": ints(0),
+        "seed": ints(0, SEED_LIMIT - 1),
         "ensemble_size": ints(1),
     },
     MEIConfig: {
@@ -203,6 +204,24 @@ def test_any_out_of_range_value_names_table_and_key(cls, data):
     message = str(error.value)
     assert message.startswith(f"c.toml: [{cls.TABLE}].{key} = ") and "; use " in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("digits", ["1" + "0" * 400, "-1" + "0" * 400])
+def test_an_integer_beyond_any_float_is_out_of_range(tmp_path, digits):
+    (tmp_path / "c.toml").write_text(f"[fit]\nlearning_rate = {digits}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(tmp_path / "c.toml")
+    value = "-inf" if digits.startswith("-") else "inf"
+    says = f"[fit].learning_rate = {value} is out of range; use a number > 0"
+    assert str(error.value) == f"{tmp_path / 'c.toml'}: {says}"
+
+
+def test_seeds_stay_below_2_to_the_32():
+    assert FitConfig(seed=2**32 - 1).seed == 2**32 - 1
+    for table, key in (("fit", "seed"), ("data", "shuffle_seed")):
+        with pytest.raises(ConfigError) as error:
+            config_from_dict({table: {key: 2**32}})
+        assert str(error.value).endswith(f"[{table}].{key} = 4294967296 is out of range; use an integer in [0, 4294967296)")
 
 
 def test_python_construction_is_checked_too():
@@ -316,7 +335,8 @@ def test_fit_refuses_a_kernel_larger_than_the_images(tmp_path, capsys):
         (["simulate", "s.zarr", "--train-images", "1"], "--train-images: 1 is out of range; use an integer >= 2"),
         (["simulate", "s.zarr", "--test-images", "0"], "--test-images: 0 is out of range; use an integer >= 1"),
         (["simulate", "s.zarr", "--repeats", "0"], "--repeats: 0 is out of range; use an integer >= 1"),
-        (["simulate", "s.zarr", "--seed", "-1"], "--seed: -1 is out of range; use an integer >= 0"),
+        (["simulate", "s.zarr", "--seed", "-1"], "--seed: -1 is out of range; use an integer in [0, 4294967296)"),
+        (["loop", "x", "--seed", str(2**32)], "--seed: 4294967296 is out of range; use an integer in [0, 4294967296)"),
         (["select", "r", "--n", "0"], "--n: 0 is out of range; use an integer >= 1"),
         (["select", "r", "--min-distance", "-5"], "--min-distance: -5 is out of range; use a number >= 0"),
         (["select", "r", "--min-distance", "nan"], "--min-distance: nan is out of range; use a number >= 0"),

@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from twin.config import SEED_LIMIT
 from twin.errors import ConfigError, TwinError, TwinWarning
 
 
@@ -21,18 +22,19 @@ def print_json(value) -> None:
     print(json.dumps(value, indent=2, allow_nan=False, default=float))
 
 
-def at_least(low: float, kind: type = int):
-    """argparse ``type=``: a finite ``kind`` (int or float) >= ``low``; argparse prints anything else
-    as one usage error and exits 2."""
+def at_least(low: float, kind: type = int, below: float | None = None):
+    """argparse ``type=``: a finite ``kind`` (int or float) >= ``low`` (and < ``below`` when given);
+    argparse prints anything else as one usage error and exits 2."""
     what = "an integer" if kind is int else "a number"
+    allowed = f"{what} >= {low}" if below is None else f"{what} in [{low}, {below})"
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not (math.isfinite(value) and value >= low):
-            raise argparse.ArgumentTypeError(f"{text} is out of range; use {what} >= {low}")
+        if not (math.isfinite(value) and value >= low and (below is None or value < below)):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; use {allowed}")
         return value
 
     return parse
@@ -373,7 +375,7 @@ def add_overwrite_flag(p: argparse.ArgumentParser) -> None:
 
 def add_seed_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--seed", type=at_least(0), default=0,
+        "--seed", type=at_least(0, below=SEED_LIMIT), default=0,
         help="seed of the tier split when none is given (images shown more than once become the"
         " test tier; the rest is split train/validation by image)",
     )
@@ -400,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-images", type=at_least(1), default=50)
     p.add_argument("--repeats", type=at_least(1), default=10)
     p.add_argument("--size", default="36x64", help="HEIGHTxWIDTH (default 36x64)")
-    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
     add_overwrite_flag(p)
     p.set_defaults(handler=cmd_simulate)
 
@@ -547,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--monitor", help="monitor calibration TOML")
     p.add_argument("--repeats", type=at_least(1), default=10)
-    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
     add_overwrite_flag(p)
     p.set_defaults(handler=cmd_export)
 
@@ -555,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stimuli")
     p.add_argument("--animal", required=True, help="simulated session store")
     p.add_argument("--out", required=True, help="responses .npz")
-    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
     add_overwrite_flag(p)
     p.set_defaults(handler=cmd_respond)
 
@@ -574,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=at_least(1), help="MEI seeds per neuron")
     p.add_argument("--recipe", default="walker2019")
     p.add_argument("--config", help="TOML file overriding defaults")
-    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
     add_overwrite_flag(p)
     p.set_defaults(handler=cmd_loop)
 

@@ -49,16 +49,23 @@ def bounds(lo: float, hi: float | None, lo_open: bool, hi_open: bool) -> tuple[C
         below = hi is None or (value < hi if hi_open else value <= hi)
         return above and below
 
+    def written(end: float) -> str:
+        return str(end) if isinstance(end, int) else f"{end:g}"
+
     if hi is None:
-        text = f"{'>' if lo_open else '>='} {lo:g}"
+        text = f"{'>' if lo_open else '>='} {written(lo)}"
     else:
-        text = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        text = f"in {'(' if lo_open else '['}{written(lo)}, {written(hi)}{')' if hi_open else ']'}"
     return test, text
 
 
-def integer(default: int, lo: int, *, odd: bool = False):
-    """An int field of ``default``, at least ``lo`` (and odd, when ``odd``)."""
-    test, text = bounds(lo, None, False, False)
+# Seeds are below 2**32: nnx.Rngs and jax.random.PRNGKey overflow on larger ones.
+SEED_LIMIT = 2**32
+
+
+def integer(default: int, lo: int, *, below: int | None = None, odd: bool = False):
+    """An int field of ``default``, at least ``lo`` (below ``below`` when given; odd, when ``odd``)."""
+    test, text = bounds(lo, below, False, True)
     valid = Valid(
         lambda value: test(value) and (not odd or value % 2 == 1),
         f"{'an odd' if odd else 'an'} integer {text}",
@@ -142,7 +149,10 @@ def typed(value, default, where: str):
         value = int(value) if ok else value
     elif isinstance(default, float):
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        try:
+            value = float(value) if ok else value
+        except OverflowError:  # an integer beyond any float: out of range, like inf
+            value = math.inf if value > 0 else -math.inf
     elif isinstance(default, tuple):
         value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         ok = all(isinstance(item, numbers.Integral) and not isinstance(item, bool) for item in value)
@@ -191,7 +201,7 @@ class DataConfig(Checked):
     # Responses are divided by their train std; stds below this fraction of the mean std are
     # replaced by it (neuralpredictors' NeuroNormalizer floor); 0 leaves responses unscaled.
     response_std_floor: float = number(0.01, 0)
-    shuffle_seed: int = integer(0, 0)
+    shuffle_seed: int = integer(0, 0, below=SEED_LIMIT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,7 +284,7 @@ class FitConfig(Checked):
     restore_best: bool = flag(True)
     # Poisson loss summed over batch and neurons, times sqrt(n_train / batch_size).
     scale_loss: bool = flag(True)
-    seed: int = integer(0, 0)
+    seed: int = integer(0, 0, below=SEED_LIMIT)
     # Ensemble members trained together (different init seeds), held as one stacked model.
     ensemble_size: int = integer(1, 1)
 
