@@ -39,7 +39,7 @@ def test_check_output_refusals(tmp_path, monkeypatch):
     for path, message in cases.items():
         with pytest.raises(OutputError, match=message):
             check_output(path)
-    with pytest.raises(OutputError, match="was not written by twin"):
+    with pytest.raises(OutputError, match="was not written by twin as a folder"):
         check_output(tmp_path / "mine", overwrite=True)
     with pytest.raises(OutputError, match="is a folder but a file goes here"):
         check_output(tmp_path / "empty", overwrite=True, kind="file")
@@ -100,6 +100,44 @@ def test_file_system_errors_are_one_line_about_the_target(tmp_path, capsys):
     assert main(["simulate", str(long_name), "--neurons", "3"]) == 2
     assert capsys.readouterr().err == f"twin simulate: error: {long_name}: the name is too long; use at most 200 bytes for OUT\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_overwrite_in_place_gets_the_previous_output_back(tmp_path, capsys):
+    host = socket.gethostname()
+    previous = tmp_path / f".run.previous-{host}-999999999"  # moved aside by a killed --overwrite
+    previous.mkdir()
+    (previous / "good.txt").write_text("the run that worked")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "half.txt").write_text("unfinished")
+    odd = tmp_path / f".meis.old-recipe.zarr.partial-{host}-999999999"  # a partial, not an old output
+    odd.mkdir()
+    with output(tmp_path / "other", kind="file") as staged:
+        staged.write_text("x")
+    assert snapshot(tmp_path / "run") == {"good.txt": b"the run that worked"}
+    assert not odd.exists() and not (tmp_path / "meis.old-recipe.zarr").exists()
+    assert "restored" in capsys.readouterr().err
+
+
+def test_an_output_that_appears_during_the_work_is_not_replaced(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(OutputError, match="appeared while this command ran"), output(target) as staged:
+        (staged / "new.txt").write_text("new")
+        target.mkdir()
+        (target / "theirs.txt").write_text("someone else's")
+    assert snapshot(target) == {"theirs.txt": b"someone else's"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_overwrite_replaces_only_twin_outputs_of_the_same_kind(loop_dir, tmp_path):
+    store = tmp_path / "session.zarr"
+    shutil.copytree(loop_dir / "session.zarr", store)
+    with pytest.raises(OutputError, match="was not written by twin as a folder"):
+        check_output(store, overwrite=True)  # a report or stimulus folder onto a session store
+    assert check_output(store, overwrite=True, kind="store") == store
+    (tmp_path / "foreign.zarr").mkdir()
+    (tmp_path / "foreign.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    with pytest.raises(OutputError, match="was not written by twin as a zarr store"):
+        check_output(tmp_path / "foreign.zarr", overwrite=True, kind="store")
 
 
 def test_abandoned_staging_is_reported_and_cleaned(tmp_path, capsys):

@@ -43,6 +43,12 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
         ) from None
 
 
+def sync(name: str) -> None:
+    """Wait until every process reaches this point (a no-op for one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 def data_mesh(devices: list | None = None) -> jax.sharding.Mesh:
     """A 1-d mesh named ``data`` over ``devices`` (default: all devices of all processes).
 

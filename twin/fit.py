@@ -18,6 +18,7 @@ so a resumed run repeats the numbers of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -507,14 +508,18 @@ def fit_command(
         raise ConfigError("--resume and --overwrite: pass one; --resume continues the run in --out")
     if resume:
         checkpoint.read_run_files(Path(out))
-    elif primary:
+    else:  # every process: the same answer on a shared filesystem, so all stop together
         check_output(out, overwrite, inputs=stores)
+        distributed.sync("twin fit: output checked")
     config = fit_config_from(out, config_path, resume, seeds, max_epochs)
+    # Process 0 prepares the run directory; the others wait for it before fitting into it.
     if resume or not primary:
-        summary = fit(config, stores, out, resume=resume, config_source=config_path)
+        run_directory = contextlib.nullcontext()
     else:
-        with output_in_place(out, overwrite, keep=has_checkpoint, inputs=stores):
-            summary = fit(config, stores, out, config_source=config_path)
+        run_directory = output_in_place(out, overwrite, keep=has_checkpoint, inputs=stores)
+    with run_directory:
+        distributed.sync("twin fit: run directory ready")
+        summary = fit(config, stores, out, resume=resume, config_source=config_path)
     print(format_summary(summary, out))
     return 0
 

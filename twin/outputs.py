@@ -5,34 +5,51 @@ Rules, checked by ``check_output`` before any work starts:
 - an existing target is refused unless ``overwrite`` (``--overwrite``) is given, except an empty
   folder where a folder goes;
 - a folder is never replaced by a file or a file by a folder;
-- ``overwrite`` replaces only what ``twin`` wrote: a zarr store, or a folder holding the marker
-  file ``.twin`` (written into every other output folder), so ``--out ~ --overwrite`` cannot
-  delete a home folder.
+- ``overwrite`` replaces only what ``twin`` wrote, of the same kind: a zarr store with twin's
+  digest, or a folder holding the marker file ``.twin`` (written into every other output folder),
+  so ``--out ~ --overwrite`` cannot delete a home folder, nor a report replace a session store.
 
 Kinds of output: "store" (a zarr store folder), "folder" (any other folder) and "file".
 
 ``output`` then writes into a hidden staging path beside the target, ``.NAME.partial-HOST-PID``,
 and renames it onto the target only when the work succeeded; on an error the staging path is
-removed. A writer killed with ``kill -9`` leaves its staging path behind: ``clean_abandoned``
-(run by every later write into the same folder) removes those whose process is gone and says so,
-and ``abandoned`` lists them (``twin info`` reports them). Everything is created with the user's
-umask.
+removed. ``output_in_place`` (fit, loop) writes into the target itself. A writer killed with
+``kill -9`` leaves its staging paths behind: ``clean_abandoned`` (run by every later write into
+the same folder) undoes what those whose process is gone left, putting a previous output back
+where a replacement did not finish, and ``abandoned`` lists them (``twin info`` reports them).
+Everything is created with the user's umask.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from twin.errors import OutputError
 
 MARKER = ".twin"
 MAX_NAME = 200  # bytes: file systems hold 255, and the staging name adds host and pid
-STAGING_KINDS = ("partial", "old")
+# Hidden siblings of an output while it is written: "partial" (the new output being staged),
+# "old" (the previous output during the final swap) and "previous" (the previous output moved
+# aside while a job writes in place with --overwrite).
+STAGING_KINDS = ("partial", "old", "previous")
+STAGING_NAME = re.compile(r"\.(?P<target>.+)\.(?P<kind>partial|old|previous)-(?P<host>.+)-(?P<pid>\d+)")
+
+
+class Staging(NamedTuple):
+    """What the name of a staging path says: the output it belongs to, its kind, its writer."""
+
+    target: Path
+    kind: str
+    host: str
+    pid: int
 
 
 def staging_path(target: Path, kind: str = "partial") -> Path:
@@ -40,15 +57,12 @@ def staging_path(target: Path, kind: str = "partial") -> Path:
     return target.with_name(f".{target.name}.{kind}-{socket.gethostname()}-{os.getpid()}")
 
 
-def owner(path: Path) -> tuple[str, int] | None:
-    """(host, pid) of the process that made the staging path ``path``; None for other names."""
-    for kind in STAGING_KINDS:
-        marker = f".{kind}-"
-        if path.name.startswith(".") and marker in path.name:
-            host, _, pid = path.name.rsplit(marker, 1)[1].rpartition("-")
-            if host and pid.isdigit():
-                return host, int(pid)
-    return None
+def parse_staging(path: Path) -> Staging | None:
+    """The Staging named by ``path``; None for any other name."""
+    match = STAGING_NAME.fullmatch(path.name)
+    if match is None:
+        return None
+    return Staging(path.with_name(match["target"]), match["kind"], match["host"], int(match["pid"]))
 
 
 def is_running(host: str, pid: int) -> bool:
@@ -71,8 +85,8 @@ def abandoned(folder: str | Path) -> list[Path]:
         return []
     found = []
     for path in sorted(folder.glob(".*")):
-        made_by = owner(path)
-        if made_by is not None and not is_running(*made_by):
+        staging = parse_staging(path)
+        if staging is not None and not is_running(staging.host, staging.pid):
             found.append(path)
     return found
 
@@ -86,29 +100,25 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def target_of(staged: Path) -> Path:
-    """The output that the staging path ``staged`` was written for."""
-    for kind in STAGING_KINDS:
-        name, marker, _ = staged.name[1:].rpartition(f".{kind}-")
-        if marker:
-            return staged.with_name(name)
-    raise ValueError(f"{staged} is not a staging path")
-
-
 def clean_abandoned(folder: str | Path) -> list[Path]:
-    """Remove the staging paths that killed writers left in ``folder``; one stderr line each.
+    """Undo what killed writers left in ``folder``; one stderr line each.
 
-    A previous output moved aside by a killed ``--overwrite`` is put back when nothing replaced it.
+    A staged new output is removed. A previous output is put back unless a complete new output
+    replaced it: an "old" one (killed during the final swap) only when its target is missing, a
+    "previous" one (killed while writing in place) always, replacing the unfinished new output.
     """
     found = abandoned(folder)
     for path in found:
-        target = target_of(path)
-        if owner(path) and ".old-" in path.name and not target.exists():
-            os.replace(path, target)
-            print(f"twin: restored {target} from {path.name}, left by a write that was killed", file=sys.stderr)
-        else:
+        staging = parse_staging(path)
+        target = staging.target
+        if staging.kind == "partial" or (staging.kind == "old" and os.path.lexists(target)):
             remove(path)
             print(f"twin: removed {path}, left by a write that was killed", file=sys.stderr)
+            continue
+        if staging.kind == "previous" and os.path.lexists(target):
+            remove(target)
+        os.replace(path, target)
+        print(f"twin: restored {target}: a write that replaced it was killed before it finished", file=sys.stderr)
     return found
 
 
@@ -116,8 +126,18 @@ def is_empty_folder(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
-def written_by_twin(path: Path) -> bool:
-    return (path / MARKER).is_file() or (path / "zarr.json").is_file()
+def written_by_twin(path: Path, kind: str) -> bool:
+    """Whether the folder ``path`` is an output of ``kind`` that twin wrote: a "folder" holds the
+    marker, a "store" is a zarr store with twin's digest or twin's name in created_by."""
+    if kind == "folder":
+        return (path / MARKER).is_file()
+    if (path / "twin_digest" / "zarr.json").is_file():
+        return True
+    try:
+        attributes = json.loads((path / "zarr.json").read_text())["attributes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return str(attributes.get("created_by", "")).startswith("twin")
 
 
 def check_output(
@@ -162,9 +182,10 @@ def check_output(
         raise OutputError(
             f"{path}: already exists; pass --overwrite to replace it, or choose another {flag}"
         )
-    if folder and not written_by_twin(path):
+    if folder and not written_by_twin(path, kind):
         raise OutputError(
-            f"{path}: was not written by twin, so --overwrite does not replace it; remove it"
+            f"{path}: was not written by twin as a {'zarr store' if kind == 'store' else 'folder'} of"
+            " this kind, so --overwrite does not replace it; remove it"
             f" yourself or choose another {flag}"
         )
     return path
@@ -178,17 +199,40 @@ def make_folder(path: Path, kind: str = "folder") -> None:
         (path / MARKER).write_text("written by twin; --overwrite may replace this folder\n")
 
 
-def commit(staged: Path, target: Path) -> None:
-    """Move the finished ``staged`` path onto ``target``, replacing a previous output."""
-    if target.exists() and not is_empty_folder(target):
-        old = staging_path(target, "old")
-        os.replace(target, old)
-        os.replace(staged, target)
-        remove(old)
-    else:
+def commit(staged: Path, target: Path, overwrite: bool) -> None:
+    """Move the finished ``staged`` path onto ``target``. A previous output there is replaced only
+    with ``overwrite``: something that appeared at the target while the work ran is refused."""
+    if not os.path.lexists(target) or is_empty_folder(target):
         if target.is_dir():
             target.rmdir()
         os.replace(staged, target)
+        return
+    if not overwrite:
+        raise OutputError(
+            f"{target}: appeared while this command ran (another twin writing there?); nothing was"
+            " replaced: pass --overwrite or choose another output"
+        )
+    old = staging_path(target, "old")
+    os.replace(target, old)
+    try:
+        os.replace(staged, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    remove(old)
+
+
+def write_failed(target: Path, staged: Path, error: OSError) -> OSError | OutputError:
+    """An OSError about the staging path ``staged`` as one line about ``target`` (the staging name
+    means nothing to the user); other OSErrors (e.g. reading an input) unchanged."""
+    if isinstance(error, BrokenPipeError) or error.strerror is None:
+        return error
+    if error.filename is not None and not str(error.filename).startswith(str(staged)):
+        return error
+    return OutputError(
+        f"{target}: {error.strerror} while writing it; check the path, its permissions and the free"
+        " space (nothing was written)"
+    )
 
 
 @contextlib.contextmanager
@@ -206,24 +250,13 @@ def output(path: str | Path, overwrite: bool = False, kind: str = "folder", flag
         if kind != "file":
             make_folder(staged, kind)
         yield staged
-        commit(staged, target)
+        commit(staged, target, overwrite)
     except OSError as error:
         remove(staged)
-        raise write_failed(target, error) from None
+        raise write_failed(target, staged, error) from None
     except BaseException:
         remove(staged)
         raise
-
-
-def write_failed(target: Path, error: OSError) -> OSError | OutputError:
-    """An OSError while writing ``target`` as one line about ``target`` (the staging path it
-    names means nothing to the user); other OSErrors unchanged."""
-    if isinstance(error, BrokenPipeError) or error.strerror is None:
-        return error
-    return OutputError(
-        f"{target}: {error.strerror} while writing it; check the path, its permissions and the free"
-        " space (nothing was written)"
-    )
 
 
 @contextlib.contextmanager
@@ -231,29 +264,30 @@ def output_in_place(path: str | Path, overwrite: bool = False, flag: str = "--ou
     """Yield the folder ``path`` itself to write into, for long jobs that record their own path
     or can be resumed (fit, loop).
 
-    With ``overwrite`` the previous output is first moved aside (``.NAME.old-HOST-PID``) and
-    removed only when the job succeeds; on an error the new folder is removed and the old one put
-    back, unless ``keep(folder)`` says the new folder holds work worth resuming (a checkpoint).
+    A new output that fails is removed, unless ``keep(folder)`` says it holds work worth resuming
+    (a checkpoint). With ``overwrite`` the previous output is first moved aside
+    (``.NAME.previous-HOST-PID``) and removed only when the job succeeds: a job that fails, or is
+    killed (see ``clean_abandoned``), leaves the previous output in place.
     """
     target = check_output(path, overwrite, "folder", flag, inputs)
     clean_abandoned(target.parent)
-    old = None
+    previous = None
     was_empty_folder = is_empty_folder(target)
     if target.exists() and not was_empty_folder:
-        old = staging_path(target, "old")
-        os.replace(target, old)
+        previous = staging_path(target, "previous")
+        os.replace(target, previous)
     try:
         make_folder(target)
         yield target
     except BaseException as error:
-        if keep is None or not keep(target):
+        if previous is not None or keep is None or not keep(target):
             remove(target)
-            if old is not None:
-                os.replace(old, target)
+            if previous is not None:
+                os.replace(previous, target)
             elif was_empty_folder:
                 target.mkdir()
         if isinstance(error, OSError):
-            raise write_failed(target, error) from None
+            raise write_failed(target, target, error) from None
         raise
-    if old is not None:
-        remove(old)
+    if previous is not None:
+        remove(previous)

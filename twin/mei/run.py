@@ -144,10 +144,10 @@ def mei_command(
     out = Path(out)
     if out.suffix != ".zarr":
         raise ConfigError(f"--out {out}: name the MEI store with a .zarr suffix")
-    if primary:
-        inputs = [run, *([validator] if validator else []), *(stores or [r["path"] for r in run_records])]
-        check_output(out, overwrite, "store", inputs=inputs)
-        check_output(out.with_suffix(".png"), overwrite, "file", inputs=inputs)
+    # Every process checks (the same answer on a shared filesystem), so all stop together.
+    inputs = [run, *([validator] if validator else []), *(stores or [r["path"] for r in run_records])]
+    check_output(out, overwrite, "store", inputs=inputs)
+    check_output(out.with_suffix(".png"), overwrite, "file", inputs=inputs)
     loaded = load_run(run, stores=stores)
     if not 0 <= session < len(loaded.sessions):
         raise ConfigError(
