@@ -180,3 +180,15 @@ def test_loop_config_errors_are_one_line(tmp_path, capsys, content, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_loop_recipe_comes_from_the_config_unless_given(tmp_path, capsys):
+    from twin.cli import build_parser
+
+    assert build_parser().parse_args(["loop", "x"]).recipe is None
+    config = tmp_path / "c.toml"
+    config.write_text('[mei]\nrecipe = "lucid"\n')
+    code = main(["loop", str(tmp_path / "out"), "--recipe", "sinz_ga", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--recipe sinz_ga and" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -105,3 +105,19 @@ def test_neuron_specs():
 def test_bad_neuron_specs(spec, message):
     with pytest.raises(ConfigError, match=message):
         parse_neurons(spec, 5)
+
+
+def test_a_preset_named_in_the_file_is_the_start(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('[mei]\nrecipe = "lucid"\nsteps = 9\n')
+    lucid = dataclasses.replace(RECIPES["lucid"], steps=9)
+    assert recipe_config(None, path) == (lucid, ["recipe lucid", f"--config {path}"])
+    assert recipe_config("lucid", path)[0] == lucid
+    config, sources = recipe_config(None, path, run_mei=MEIConfig(steps=20), run_source="r")
+    assert config == lucid and sources[1] == "r [mei] skipped (the run's recipe is walker2019)"
+    with pytest.raises(ConfigError) as error:
+        recipe_config("sinz_ga", path)
+    assert str(error.value) == (
+        f"--recipe sinz_ga and {path}: [mei].recipe = 'lucid' name different recipes;"
+        " drop --recipe or the file's recipe line"
+    )

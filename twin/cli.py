@@ -574,7 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", help="start from this store instead of simulating")
     p.add_argument("--neurons", type=at_least(1), default=16, help="neurons to select")
     p.add_argument("--seeds", type=at_least(1), help="MEI seeds per neuron")
-    p.add_argument("--recipe", default="walker2019")
+    p.add_argument(
+        "--recipe", help="walker2019, sinz_ga or lucid (default: the --config [mei].recipe, else walker2019)"
+    )
     p.add_argument("--config", help="TOML file overriding defaults")
     p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
     add_overwrite_flag(p)

@@ -88,7 +88,7 @@ def run_loop(
     session: str | Path | None = None,
     neurons: int = 16,
     seeds: int | None = None,
-    recipe: str = "walker2019",
+    recipe: str | None = None,
     config_path: str | Path | None = None,
     seed: int = 0,
     overwrite: bool = False,
@@ -100,13 +100,17 @@ def run_loop(
 
     session: start from this session store instead of simulating one (the rig stages run only
     when it is a simulated session); neurons: how many to select; seeds: MEI initializations per
-    neuron (default [loop].mei_seeds).
+    neuron (default [loop].mei_seeds); recipe: the MEI recipe (default: the config's [mei].recipe,
+    else walker2019; see twin.mei.recipes.recipe_config).
     """
     from twin.data.store import open_session
+    from twin.mei.recipes import recipe_config
     from twin.outputs import check_output, output_in_place
 
     out = check_output(out, overwrite, flag="OUT", inputs=[session] if session else [])
     loop, run_config = loop_config(config_path)
+    # The recipe is checked before the fit, not when the MEI stage needs it.
+    recipe_config(recipe, config_path if "mei" in run_config else None)
     store = out / "session.zarr" if session is None else Path(session)
     simulated = session is None or bool(open_session(store).attrs.get("simulated"))
     with output_in_place(out, overwrite, flag="OUT", inputs=[session] if session else []):
@@ -114,7 +118,7 @@ def run_loop(
 
 
 def run_stages(
-    out: Path, loop, run_config: dict, store: Path, session, simulated: bool, neurons: int, seeds, recipe: str, seed: int
+    out: Path, loop, run_config: dict, store: Path, session, simulated: bool, neurons: int, seeds, recipe: str | None, seed: int
 ) -> dict:
     """The loop's stages into the folder ``out``, which exists (see ``run_loop``)."""
     from twin.data.simulate import simulate
@@ -165,7 +169,7 @@ def run_stages(
             session=0,
             validator=None,
         ),
-        lambda m: f"recipe {recipe}, median MEI / best natural under the twin {m['median_ratio']:.2f}"
+        lambda m: f"recipe {m['recipe']}, median MEI / best natural under the twin {m['median_ratio']:.2f}"
         + (f", on the animal {m['median_true_ratio']:.2f}" if m.get("median_true_ratio") is not None else ""),
     )
     manifest = stages.run(

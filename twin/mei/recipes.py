@@ -59,12 +59,29 @@ def recipe_config(
 ) -> tuple[MEIConfig, list[str]]:
     """(the MEI config, the sources that set it, e.g. ["recipe walker2019", "--seeds 3"]).
 
-    Lowest to highest: the preset ``name`` (None: the run's own recipe, else walker2019); the
-    fields of the run's [mei] table ``run_mei`` (read from ``run_source``) that differ from the
-    MEIConfig defaults, applied only when ``name`` is the run's recipe; the fields of
-    ``config_path``'s [mei] table; ``seeds``. A name that is neither a preset nor the run's
-    recipe starts from the MEIConfig defaults and needs a config file.
+    The recipe to start from: ``name`` (--recipe), else the preset that ``config_path``'s [mei]
+    table names as its recipe, else the run's own recipe, else walker2019. --recipe and a
+    different preset named in the file are refused (the file's recipe would silently lose), while
+    a file recipe that is not a preset names a custom recipe built on that start.
+    Lowest to highest: the starting preset; the fields of the run's [mei] table ``run_mei`` (read
+    from ``run_source``) that differ from the MEIConfig defaults, applied only when the start is
+    the run's recipe; the fields of ``config_path``'s [mei] table; ``seeds``. A name that is
+    neither a preset nor the run's recipe starts from the MEIConfig defaults and needs a config file.
     """
+    table = None
+    if config_path is not None:
+        path = Path(config_path)
+        table = read_toml(path).get("mei")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: no [mei] table; add one with the recipe fields to change")
+        checked = section_from_dict(MEIConfig, table, str(path))
+        if "recipe" in table and checked.recipe in RECIPES:
+            if name is not None and name != checked.recipe:
+                raise ConfigError(
+                    f"--recipe {name} and {path}: [mei].recipe = {checked.recipe!r} name different"
+                    " recipes; drop --recipe or the file's recipe line"
+                )
+            name = checked.recipe
     own = run_mei is not None and name in (None, run_mei.recipe)
     if name is None:
         name = run_mei.recipe if run_mei is not None else MEIConfig().recipe
@@ -87,12 +104,7 @@ def recipe_config(
         if changed:
             config = dataclasses.replace(config, **changed)
             sources.append(f"{run_source} [mei]")
-    if config_path is not None:
-        path = Path(config_path)
-        table = read_toml(path).get("mei")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: no [mei] table; add one with the recipe fields to change")
-        checked = section_from_dict(MEIConfig, table, str(path))
+    if table is not None:
         config = dataclasses.replace(config, **{key: getattr(checked, key) for key in table})
         sources.append(f"--config {path}")
     if seeds is not None:
