@@ -10,8 +10,11 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core.indexing import LazilyIndexedArray
 
 from twin.cli import main
+from twin.data.schema import pixel_range
 from twin.data.simulate import simulate
 from twin.data.store import open_session, session_info, write_dataset, write_session
 from twin.errors import OutputError, SessionError
@@ -191,3 +194,14 @@ def test_write_killed_mid_way_leaves_no_valid_store(tmp_path):
     # The next write clears what the killed writer left beside the target.
     write_session(simulate(3, 10, 2, 2, size=(8, 8), seed=0), target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_uint8_pixel_range_reads_no_images():
+    class Unreadable(BackendArray):
+        shape, dtype = (2, 4, 4), np.dtype(np.uint8)
+
+        def __getitem__(self, key):
+            raise AssertionError("the images were read")
+
+    ds = xr.Dataset({"images": (("trial", "y", "x"), LazilyIndexedArray(Unreadable()))})
+    assert pixel_range(ds, "s.zarr") == (0.0, 255.0)

@@ -107,7 +107,9 @@ def pixel_range(ds: xr.Dataset, source) -> tuple[float, float]:
     if "pixel_range" in ds.attrs:
         return stated_pixel_range(ds.attrs["pixel_range"], source)
     images = ds["images"]
-    if images.dtype != np.uint8 and "stats_image_min" in ds and "stats_image_max" in ds:
+    if images.dtype == np.uint8:  # known without reading the images
+        return (0.0, 255.0)
+    if "stats_image_min" in ds and "stats_image_max" in ds:
         values = np.array([ds["stats_image_min"].values, ds["stats_image_max"].values], np.float32)
     else:
         values = np.asarray(images.values)
