@@ -112,6 +112,8 @@ def test_size_resamples_and_mixed_grey_rgb_become_rgb(tmp_path):
         ("orientation", "has 3 rows but there are 12 images"),
         ("string-ids", "holds values that are not integers (string ids are not supported yet)"),
         ("trial-index", "--trial-images"),
+        ("tier-label", "tiers.csv: variable 'tier' has unknown label 'bogus'; use one of"),
+        ("tier-count", "tiers.csv: holds 5 values in shape (5,); give one tier per trial (12)"),
         ("empty", "holds no image files"),
     ],
 )
@@ -134,12 +136,17 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys, setup, mess
     elif setup == "trial-index":
         np.save(tmp_path / "trials.npy", np.array([0, 1, 99]))
         extra = ["--trial-images", tmp_path / "trials.npy"]
+    elif setup.startswith("tier"):
+        labels = ["train"] * 11 + ["bogus"] if setup == "tier-label" else ["train"] * 5
+        (tmp_path / "tiers.csv").write_text("\n".join(labels) + "\n")
+        extra = ["--tiers", tmp_path / "tiers.csv"]
     elif setup == "empty":
         for file in folder.iterdir():
             file.unlink()
     out = tmp_path / "rec.zarr"
     code, err = run(["import", "images", folder, responses_path, out, *extra], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert "--tiers" in err or not setup.startswith("tier")
     assert not out.exists() and not any(p.name.startswith(".rec.zarr") for p in tmp_path.iterdir())
 
 

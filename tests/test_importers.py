@@ -99,6 +99,14 @@ def test_arrays_with_channels(tmp_path):
     assert ds.images.dims == ("trial", "channel", "y", "x")
 
 
+def test_image_ids_of_the_wrong_shape_are_named(tmp_path):
+    arrays = recording()
+    del arrays["tiers"]
+    np.savez(tmp_path / "r.npz", **(arrays | {"image_ids": np.int64(3)}))
+    with pytest.raises(SessionError, match=r"r.npz: variable 'image_ids' has shape \(\); give one value per trial"):
+        from_arrays(tmp_path / "r.npz")
+
+
 def test_arrays_reject_pickles_and_unknown_keys(tmp_path):
     arrays = recording()
     np.savez(tmp_path / "o.npz", images=arrays["images"], responses=arrays["responses"],

@@ -151,7 +151,7 @@ def test_stores_without_the_attribute_get_it_inferred(tmp_path):
     old = open_session(tmp_path / "r.zarr")
     assert "pixel_range" not in old.attrs
     assert pixel_range(old, "r.zarr") == (0.0, 1.0)
-    assert session_info(old)["pixel_range_from"] == "inferred when read"
+    assert session_info(old, "r.zarr")["pixel_range_from"] == "inferred when read"
 
 
 def unit_range_copy(source: Path, target: Path) -> None:

@@ -116,7 +116,7 @@ def test_open_session_errors_name_the_path(tmp_path):
 
 
 def test_session_info_counts_tiers_and_repeats(session):
-    info = session_info(session)
+    info = session_info(session, "s.zarr")
     assert info["trials"] == {"train": 36, "validation": 4, "test": 12}
     assert info["neurons"] == 12
     assert info["image_shape"] == [16, 24]
@@ -194,6 +194,14 @@ def test_write_killed_mid_way_leaves_no_valid_store(tmp_path):
     # The next write clears what the killed writer left beside the target.
     write_session(simulate(3, 10, 2, 2, size=(8, 8), seed=0), target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_an_uninferable_pixel_range_names_the_store(session):
+    ds = session.assign(images=session["images"].astype(np.float32) * 2 - 300)
+    ds.attrs = {k: v for k, v in ds.attrs.items() if k != "pixel_range"}
+    ds = ds.drop_vars(["stats_image_min", "stats_image_max"], errors="ignore")
+    with pytest.raises(SessionError, match=r"^s\.zarr: variable 'images' has values -"):
+        session_info(ds, "s.zarr")
 
 
 def test_uint8_pixel_range_reads_no_images():

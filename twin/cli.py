@@ -164,7 +164,7 @@ def cmd_info(args) -> int:
                 f"{args.store}: {report['problems'][0]}" + (f" (and {more} more)" if more else "") + f"; {FIX}"
             )
         return 0
-    info = session_info(load_values(open_session(args.store), args.store))
+    info = session_info(load_values(open_session(args.store), args.store), args.store)
     info["digest"] = content_digest(args.store)
     info["abandoned_writes"] = [str(path) for path in abandoned(Path(args.store).absolute().parent)]
     if args.json:

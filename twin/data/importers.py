@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from twin.data.schema import make_session, stated_pixel_range
+from twin.data.schema import check_tier_labels, check_tier_leaks, fail, make_session, stated_pixel_range
 from twin.errors import SessionError
 
 ARRAY_KEYS = (
@@ -349,6 +349,20 @@ def session_from_tree(tree: FileTree, path: Path, size, pixel_range=None) -> xr.
     )
 
 
+def read_tiers(path, image_id: np.ndarray) -> np.ndarray:
+    """The --tiers file ``path``: one tier label per trial of ``image_id`` (trial,), checked
+    here so that messages name the file."""
+    from twin.data.images import read_table
+
+    tier = read_table(path, "--tiers")
+    source = f"--tiers {path}"
+    if tier.shape != image_id.shape:
+        fail(source, f"holds {tier.size} values in shape {tier.shape}; give one tier per trial ({len(image_id)})")
+    check_tier_labels(tier, source)
+    check_tier_leaks(tier, image_id, source)
+    return tier
+
+
 def from_images(
     images,
     responses,
@@ -389,7 +403,7 @@ def from_images(
     if tiers is None:
         tier, attrs["tier_split"] = split_tiers(image_id, seed)
     else:
-        tier = read_table(tiers, "--tiers")
+        tier = read_tiers(tiers, image_id)
     ds = make_session(
         responses,
         images=pictures[shown],

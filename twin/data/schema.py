@@ -279,7 +279,8 @@ def make_session(
     if tier.dtype.kind not in "OUT":
         fail(source, f"variable {called('tier')!r} has dtype {tier.dtype}; give strings like 'train', 'test'")
     image_id = np.asarray(image_id)
-    for name, array in (("tier", tier), ("image_id", image_id)):
+    # image_id first: without one id per trial the importers cannot make tiers either.
+    for name, array in (("image_id", image_id), ("tier", tier)):
         if array.ndim != 1:
             fail(
                 source,

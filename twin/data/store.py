@@ -183,8 +183,8 @@ def quiet_neurons(train_responses: np.ndarray, unit_id: np.ndarray) -> dict:
     }
 
 
-def session_info(ds: xr.Dataset) -> dict:
-    """Summary of a session for people and scripts (JSON-ready).
+def session_info(ds: xr.Dataset, path) -> dict:
+    """Summary of the session ``ds`` read from the store ``path`` for people and scripts (JSON-ready).
 
     Keys: session, source, trials {tier: n}, tier_split (how twin import chose tiers, or ""),
     neurons, quiet_neurons (see ``quiet_neurons``), image_shape, image_dtype, pixel_range [lo, hi]
@@ -210,7 +210,7 @@ def session_info(ds: xr.Dataset) -> dict:
         "quiet_neurons": quiet_neurons(responses[tier == "train"], unit_id),
         "image_shape": [int(ds.sizes[d]) for d in ds["images"].dims[1:]],
         "image_dtype": str(ds["images"].dtype),
-        "pixel_range": list(pixel_range(ds, ds.attrs.get("session", "store"))),
+        "pixel_range": list(pixel_range(ds, path)),
         "pixel_range_from": (
             str(ds.attrs.get("pixel_range_from", "stated"))
             if "pixel_range" in ds.attrs
