@@ -110,7 +110,7 @@ def test_size_resamples_and_mixed_grey_rgb_become_rgb(tmp_path):
         ("square", "shape (12, 12) has one row and one column per image; pass --orientation"),
         ("shape", "shape (3, 5) has no axis of 12 (one entry per image)"),
         ("orientation", "has 3 rows but there are 12 images"),
-        ("string-ids", "holds values that are not integers (string ids are not supported yet)"),
+        ("string-ids", "not integers; give one integer id per neuron (map names to integers and keep the names in"),
         ("trial-index", "--trial-images"),
         ("tier-label", "tiers.csv: variable 'tier' has unknown label 'bogus'; use one of"),
         ("tier-count", "tiers.csv: holds 5 values in shape (5,); give one tier per trial (12)"),

@@ -242,7 +242,7 @@ def integer_ids(values: np.ndarray, path) -> np.ndarray:
     ids = as_numbers(values, "int64")
     if ids is None:
         raise SessionError(
-            f"--unit-ids {path}: holds values that are not integers (string ids are not supported"
-            " yet); give one integer id per neuron"
+            f"--unit-ids {path}: holds values that are not integers; give one integer id per neuron"
+            " (map names to integers and keep the names in a separate file)"
         )
     return ids
