@@ -62,6 +62,20 @@ def test_folder_of_pngs_round_trips(tmp_path, capsys):
     assert ds.attrs["pixel_range"] == [0.0, 255.0]
 
 
+@pytest.mark.parametrize("form", ["column.csv", "row.csv", "vector.npy"])
+def test_one_neuron_as_a_column_row_or_vector(tmp_path, capsys, form):
+    folder, _, _, responses = recording(tmp_path)
+    one = responses[0]
+    path = tmp_path / form
+    if form == "vector.npy":
+        np.save(path, one)
+    else:
+        path.write_text("\n".join(map(str, one)) if form == "column.csv" else ",".join(map(str, one)))
+    out = tmp_path / "rec.zarr"
+    assert run(["import", "images", folder, path, out], capsys)[0] == 0
+    np.testing.assert_allclose(open_session(out)["responses"].values, one[:, None])
+
+
 def test_zip_grey_trial_images_tiers_unit_ids(tmp_path, capsys):
     """A .zip (hidden files and __MACOSX skipped), grey images shown several times each, with
     tiers, unit ids and image names per trial from csv files."""

@@ -441,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("images", metavar="IMAGES", help="folder or .zip of image files")
     f.add_argument(
-        "responses", metavar="RESPONSES", help=".npy or .csv matrix: (trials, neurons) or (neurons, images)"
+        "responses", metavar="RESPONSES",
+        help=".npy or .csv matrix: (trials, neurons) or (neurons, images); one neuron may be a column,"
+        " a row or a 1-D .npy",
     )
     f.add_argument("out", metavar="OUT", help="store to write (.zarr)")
     f.add_argument(

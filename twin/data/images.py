@@ -146,9 +146,11 @@ def read_images(path, size: tuple[int, int] | None = None, mode: str | None = No
     return np.stack(arrays), names
 
 
-def read_table(path, flag: str) -> np.ndarray:
+def read_table(path, flag: str, ndmin: int = 1) -> np.ndarray:
     """The array in the .npy file ``path`` (no pickles), or the values of the .csv / .txt file
-    ``path`` (comma-separated, one row per line) as strings. ``flag`` names the input in messages."""
+    ``path`` (comma-separated, one row per line) as strings, with at least ``ndmin`` (1 or 2)
+    dimensions: 2 keeps a single row (1, n) and a single column (n, 1) apart. ``flag`` names the
+    input in messages."""
     path = Path(path)
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise SessionError(f"{flag} {path}: give a .npy, .csv or .txt file")
@@ -157,7 +159,7 @@ def read_table(path, flag: str) -> np.ndarray:
     try:
         if path.suffix.lower() == ".npy":
             return np.load(path, allow_pickle=False)
-        return np.loadtxt(path, dtype=str, delimiter=",", ndmin=1, encoding="utf-8")
+        return np.loadtxt(path, dtype=str, delimiter=",", ndmin=ndmin, encoding="utf-8")
     except (OSError, ValueError, EOFError, UnicodeDecodeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SessionError(

@@ -378,7 +378,8 @@ def from_images(
     images: read by ``twin.data.images.read_images`` in natural file-name order (grey (y, x) or
     RGB (channel, y, x) uint8; ``size`` (height, width) resamples). responses: (trials, neurons)
     or (neurons, images), as ``orientation`` ("trials-neurons", "neurons-images") says or as
-    inferred when only one axis has one entry per trial. trial_images: optional .npy/.csv of one
+    inferred when only one axis has one entry per trial; one neuron may be a column, a row or a
+    1-D .npy. trial_images: optional .npy/.csv of one
     image (0-based index in file order, or file name) per trial when images repeat; without it
     trial i shows image i. tiers: optional .npy/.csv of one tier per trial, else
     ``split_tiers(image ids, seed)``. unit_ids: optional .npy/.csv of one integer per neuron.
@@ -391,7 +392,9 @@ def from_images(
     shown = np.arange(len(names))
     if trial_images is not None:
         shown = trial_image_indices(read_table(trial_images, "--trial-images"), names, trial_images)
-    matrix = as_numbers(read_table(responses, "RESPONSES"), "float64")
+    matrix = as_numbers(read_table(responses, "RESPONSES", ndmin=2), "float64")
+    if matrix is not None and matrix.ndim == 1:  # one neuron saved as a 1-D .npy
+        matrix = matrix[None] if orientation == "neurons-images" else matrix[:, None]
     if matrix is None or matrix.ndim != 2:
         raise SessionError(
             f"{responses}: is not a 2-D matrix of numbers; give (trials, neurons) or (neurons, images)"
