@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from twin.data.schema import check_tier_labels, check_tier_leaks, fail, make_session, stated_pixel_range
+from twin.data.schema import (
+    check_tier_labels,
+    check_tier_leaks,
+    fail,
+    make_session,
+    stated_pixel_range,
+)
 from twin.errors import SessionError
 
 ARRAY_KEYS = (
@@ -357,7 +363,8 @@ def read_tiers(path, image_id: np.ndarray) -> np.ndarray:
     tier = read_table(path, "--tiers")
     source = f"--tiers {path}"
     if tier.shape != image_id.shape:
-        fail(source, f"holds {tier.size} values in shape {tier.shape}; give one tier per trial ({len(image_id)})")
+        shape = f"holds {tier.size} values in shape {tier.shape}"
+        fail(source, f"{shape}; give one tier per trial ({len(image_id)})")
     check_tier_labels(tier, source)
     check_tier_leaks(tier, image_id, source)
     return tier

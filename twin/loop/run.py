@@ -19,7 +19,14 @@ from typing import ClassVar
 import tomli_w
 
 from twin.config import (
-    Checked, config_from_dict, integer, integers, number, read_toml, section_from_dict, shown
+    Checked,
+    config_from_dict,
+    integer,
+    integers,
+    number,
+    read_toml,
+    section_from_dict,
+    shown,
 )
 from twin.errors import ConfigError
 
@@ -58,7 +65,9 @@ def loop_config(config_path: str | Path | None) -> tuple[LoopConfig, dict]:
     values = {} if config_path is None else read_toml(config_path)
     for name, table in values.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"{config_path}: {name} = {shown(table)} is not a table; write [{name}] and its keys")
+            raise ConfigError(
+                f"{config_path}: {name} = {shown(table)} is not a table; write [{name}] and its keys"
+            )
     loop = section_from_dict(LoopConfig, values.pop("loop", {}), str(config_path))
     merged = {name: SMALL_TWIN.get(name, {}) | values.get(name, {}) for name in set(SMALL_TWIN) | set(values)}
     config_from_dict(merged, str(config_path or "twin loop"))  # check names and types now
