@@ -11,7 +11,7 @@ from twin.cli import main
 from twin.data.store import open_session
 from twin.loop.files import read_responses, write_responses
 from twin.loop.monitor import Monitor, png_to_model
-from twin.loop.predict import twin_responses
+from twin.predict import twin_responses
 
 
 def test_loop_writes_every_stage(loop_dir):

@@ -162,6 +162,16 @@ def recording_units(predictions: np.ndarray, data, index: np.ndarray) -> tuple[n
     return values.astype(np.float32), units
 
 
+def twin_responses(run, session: int, levels: np.ndarray, neurons: np.ndarray) -> np.ndarray:
+    """The twin's responses (n, k) in the recording's units to one-channel images (n, y, x) in
+    pixel levels 0..255 (MEIs and rig stimuli in model space); run: a loaded
+    twin.checkpoint.Run; neurons: (k,) indices within the session."""
+    data = run.sessions[session]
+    images = data.normalize_images(np.asarray(levels, np.float32))[..., None]
+    predictions = predict_images(run.model, session, data, images, run.config.data.batch_size)
+    return recording_units(predictions[:, neurons], data, neurons)[0]
+
+
 def write_predictions(path: Path, predictions, unit_id, names, attrs: dict, overwrite: bool) -> None:
     """predictions (images, neurons) float32 to .npy, .csv (header: image_name and the unit ids;
     one row per image) or .zarr (predictions (image, neuron), unit_id, image_name, attrs)."""
@@ -203,14 +213,15 @@ def predict_command(
     """Write the predictions of ``neurons`` of readout ``session`` of ``run`` for ``images`` to
     ``out`` (.npy, .csv or .zarr), in the recording's response units (see ``recording_units``).
     Returns {"out", "images", "neurons", "session"}."""
-    from twin.checkpoint import load_run
+    from twin.checkpoint import load_run, read_run_files
     from twin.mei.run import parse_neurons
     from twin.outputs import check_output
 
     out = Path(out)
     if out.suffix not in SUFFIXES:
         raise ConfigError(f"--out {out}: name the predictions .npy, .csv or .zarr")
-    check_output(out, overwrite, "store" if out.suffix == ".zarr" else "file", inputs=[run, images])
+    stores = [record["path"] for record in read_run_files(Path(run))[1]]
+    check_output(out, overwrite, "store" if out.suffix == ".zarr" else "file", inputs=[run, images, *stores])
     loaded = load_run(run)
     if not 0 <= session < len(loaded.sessions):
         raise ConfigError(f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}")

@@ -111,7 +111,7 @@ def own_neuron_responses(run_path: str, session: int, neuron_index: np.ndarray, 
     images: (n, y, x) model-space pixels; neuron_index: (n,) indices within the session.
     """
     from twin.checkpoint import load_run
-    from twin.loop.predict import twin_responses
+    from twin.predict import twin_responses
 
     neurons = np.unique(neuron_index)
     responses = twin_responses(load_run(run_path), session, images, neurons)

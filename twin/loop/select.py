@@ -127,7 +127,7 @@ def select_neurons(
     """
     from twin.checkpoint import load_run
     from twin.errors import ConfigError, SessionError
-    from twin.loop.predict import predict
+    from twin.evaluate import predict
 
     if n < 1:
         raise ConfigError(f"--n {n}: select at least one neuron")
@@ -145,7 +145,7 @@ def select_neurons(
         )
     oracle = oracle_correlation(data.responses[test], data.image_id[test])
     twin_r = single_trial_correlation(
-        data.responses[test], predict(loaded.model, data, session, data.images[test])
+        data.responses[test], predict(loaded.model, session, data, np.flatnonzero(test))
     )
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = twin_r / oracle
