@@ -873,6 +873,279 @@ case("path-unicode-space", PATHS, ["simulate", "my sim é.zarr", "--neurons", "3
      expect=0, allow_new=["my sim é.zarr"], note="success: spaces and accents are ordinary names")
 case("path-dash-name", PATHS, ["info", "--", "-x.zarr"], mentions=["-x.zarr"])
 
+# ---------------------------------------------------------------------------- images, predictions, same paths, interruptions
+IMAGES, PREDICT, CONCURRENT = "import-images", "predict", "concurrent"
+IMPORT_IMAGES = "import images imgs resp.npy o.zarr"
+
+
+def png_bytes(pixels) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pictures(n: int = 30, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (36, 64), dtype=np.uint8) for _ in range(n)]
+
+
+def image_folder(name: str = "imgs", n: int = 30) -> Setup:
+    """``n`` grey 36x64 PNGs im0.png ... in ``name``."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        (d / name).mkdir(parents=True, exist_ok=True)
+        for i, pixels in enumerate(pictures(n)):
+            Image.fromarray(pixels).save(d / name / f"im{i}.png")
+
+    return step
+
+
+def image_zip(name: str, entries: Callable[[list], list]) -> Setup:
+    """A zip ``name`` of (entry name, bytes) from ``entries(pngs)``, pngs: 30 (name, bytes) pairs."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        pngs = [(f"im{i:02d}.png", png_bytes(p)) for i, p in enumerate(pictures())]
+        with zipfile.ZipFile(d / name, "w", zipfile.ZIP_DEFLATED) as archive:
+            for entry, data in entries(pngs):
+                archive.writestr(entry, data)
+
+    return step
+
+
+def bomb_zip(name: str, gib: int = 3) -> Setup:
+    """30 valid PNGs and one entry of ``gib`` GiB of zeros (a few MB compressed), written in pieces."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        with zipfile.ZipFile(d / name, "w", zipfile.ZIP_DEFLATED) as archive:
+            for i, pixels in enumerate(pictures()):
+                archive.writestr(f"im{i:02d}.png", png_bytes(pixels))
+            with archive.open("zz_padding.png", "w", force_zip64=True) as entry:
+                block = bytes(64 << 20)
+                for _ in range(gib * 16):
+                    entry.write(block)
+
+    return step
+
+
+def image_file(name: str, make: Callable[[], Image.Image], **save) -> Setup:
+    def step(d: Path, fx: Fixtures) -> None:
+        make().save(d / name, **save)
+
+    return step
+
+
+def responses_npy(name: str = "resp.npy", n: int = 30, change: Callable = lambda a: a) -> Setup:
+    return save_npy(name, change(np.random.default_rng(0).gamma(1.0, 1.0, (n, 5)).astype(np.float32)))
+
+
+def responses_csv(name: str = "resp.csv", header: str = "", change: Callable = lambda rows: rows) -> Setup:
+    rows = [",".join(f"{v:.3f}" for v in row) for row in np.random.default_rng(0).gamma(1.0, 1.0, (30, 5))]
+    return write(name, header + "\n".join(change(rows)) + "\n")
+
+
+def gif_frames(d: Path, fx: Fixtures) -> None:
+    frames = [Image.fromarray(p) for p in pictures(3, seed=1)]
+    frames[0].save(d / "imgs/im5.gif", save_all=True, append_images=frames[1:])
+    (d / "imgs/im5.png").unlink()
+
+
+def predictions(name: str = "pred.zarr") -> Setup:
+    return lambda d, fx: cli(["predict", "run", "sim.zarr", "--out", name], d)
+
+
+def link(target: str, name: str) -> Setup:
+    return lambda d, fx: os.symlink(target, d / name)
+
+
+def twin_process(argv: list[str], cwd: Path):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "twin.cli", *argv], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+
+def writers_log(d: Path, runs: list[tuple[int, str]], listing: list[str] | None = None) -> None:
+    """writers.json: each process's exit status and stderr (and the folder's listing after them)."""
+    (d / "writers.json").write_text(json.dumps({"runs": runs, "listing": listing}))
+
+
+def concurrently(*argvs: str) -> Setup:
+    """Start every ``twin ARGV`` at once and wait for all of them; see ``writers_behaved``."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        processes = [twin_process(shlex.split(argv), d) for argv in argvs]
+        runs = [(p.wait(timeout=300), p.stderr.read().decode(errors="replace")) for p in processes]
+        writers_log(d, runs)
+
+    return step
+
+
+def interrupted(argv: str, when: str, delay: float = 0.05) -> Setup:
+    """Run ``twin ARGV``, send SIGINT once a path matching ``when`` exists (hidden ones too), wait."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        import signal
+        import time
+
+        before = set(os.listdir(d))
+        process = twin_process(shlex.split(argv), d)
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None and not list(d.glob(when)):
+            time.sleep(0.002)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        runs = [(process.wait(timeout=120), process.stderr.read().decode(errors="replace"))]
+        writers_log(d, runs, sorted(set(os.listdir(d)) - before))
+
+    return step
+
+
+def one_error_line(stderr: str) -> bool:
+    lines = [line.rsplit("\r", 1)[-1].strip() for line in stderr.splitlines()]
+    lines = [line for line in lines if line]
+    return len(lines) == 1 and lines[0].startswith("twin") and "Traceback" not in stderr
+
+
+def writers_behaved(store: str) -> Callable[[Path], str | None]:
+    """Each concurrent writer succeeded or was refused with one line, at least one succeeded, and
+    ``store`` is whole."""
+
+    def check(d: Path) -> str | None:
+        runs = json.loads((d / "writers.json").read_text())["runs"]
+        if not any(code == 0 for code, _ in runs):
+            return f"no writer succeeded: {[code for code, _ in runs]}"
+        for code, stderr in runs:
+            if "Traceback" in stderr or code not in (0, 2) or (code == 2 and not one_error_line(stderr)):
+                return f"a writer exited {code}: {stderr.strip().splitlines()[-1:] or ''}"
+        return store_check(store, lambda ds: True, "")(d)
+
+    return check
+
+
+def interrupt_behaved(d: Path) -> str | None:
+    """The interrupted command exited 130 or 2 with its one line last and no traceback or asyncio
+    noise, and left nothing new, not even a hidden partial."""
+    log = json.loads((d / "writers.json").read_text())
+    (code, stderr), = log["runs"]
+    lines = [line.rsplit("\r", 1)[-1].strip() for line in stderr.splitlines()]
+    lines = [line for line in lines if line]
+    if code not in (130, 2) or not lines or not lines[-1].startswith("twin"):
+        return f"interrupted command exited {code}: {lines[-1:]}"
+    noise = [line for line in lines if any(w in line for w in ("Traceback", "Exception ignored", "Task was destroyed", "Error"))]
+    if noise:
+        return f"the interrupted command printed {len(noise)} more stderr lines: {noise[0][:120]}"
+    if log["listing"]:
+        return "the interrupted command left " + ", ".join(log["listing"])
+    return None
+
+
+# import images: responses files
+case("images-responses-csv-empty", IMAGES, IMPORT_IMAGES.replace("resp.npy", "resp.csv"), image_folder(), write("resp.csv"),
+     mentions=["resp.csv"], note="an empty .csv: one line, no numpy warning")
+case("images-responses-csv-header", IMAGES, IMPORT_IMAGES.replace("resp.npy", "resp.csv"), image_folder(), responses_csv(header="a,b,c,d,e\n"),
+     mentions=["resp.csv"], note="a header row of column names")
+case("images-responses-csv-nan-text", IMAGES, IMPORT_IMAGES.replace("resp.npy", "resp.csv"), image_folder(),
+     responses_csv(change=lambda rows: ["NaN" + r[r.index(","):] if i == 2 else r for i, r in enumerate(rows)]), mentions=["resp.csv", "responses"])
+case("images-responses-inf", IMAGES, IMPORT_IMAGES, image_folder(), responses_npy(change=lambda a: np.where(a > 2, np.inf, a)), mentions=["resp.npy", "responses"])
+case("images-responses-npy-empty-file", IMAGES, IMPORT_IMAGES, image_folder(), write("resp.npy"), mentions=["resp.npy"])
+# import images: image files
+case("images-one-1x1", IMAGES, IMPORT_IMAGES, image_folder(), responses_npy(), image_file("imgs/im5.png", lambda: Image.new("L", (1, 1))),
+     mentions=["imgs", "im5.png"])
+case("images-16bit-png", IMAGES, IMPORT_IMAGES, image_folder(), responses_npy(),
+     image_file("imgs/im5.png", lambda: Image.fromarray(np.arange(36 * 64, dtype=np.uint16).reshape(36, 64) * 16)), mentions=["imgs", "im5.png"])
+case("images-cmyk-jpeg", IMAGES, IMPORT_IMAGES, image_folder(), responses_npy(), remove("imgs/im5.png"),
+     image_file("imgs/im5.jpg", lambda: Image.new("CMYK", (64, 36), (10, 20, 30, 40))), expect=0, allow_new=["o.zarr"],
+     note="success: a CMYK JPEG is converted like RGB")
+case("images-animated-gif", IMAGES, IMPORT_IMAGES, image_folder(), responses_npy(), gif_frames, mentions=["imgs", "im5.gif"])
+case("images-png-decompression-bomb", IMAGES, IMPORT_IMAGES + " --size 36x64", image_folder(), responses_npy(),
+     image_file("imgs/im5.png", lambda: Image.new("L", (15000, 13000))), mentions=["imgs", "im5.png"])
+case("images-zip-traversal-entry", IMAGES, "import images imgs.zip resp.npy o.zarr", responses_npy(),
+     image_zip("imgs.zip", lambda pngs: [("../../evil.png", pngs[0][1])] + pngs[1:]), mentions=["imgs.zip", "evil.png"],
+     note="a ../ entry is refused by name, not silently skipped (the error then blames resp.npy for 29 images)")
+case("images-zip-duplicate-names", IMAGES, "import images imgs.zip resp.npy o.zarr", responses_npy(),
+     image_zip("imgs.zip", lambda pngs: pngs[:29] + [("im00.png", pngs[29][1])]), mentions=["imgs.zip", "im00.png"],
+     note="two entries named im00.png: which response row is which image is ambiguous")
+case("images-zip-bomb", IMAGES, "import images bomb.zip resp.npy o.zarr", responses_npy(n=31), bomb_zip("bomb.zip"),
+     mentions=["bomb.zip", "zz_padding.png"], mode="subprocess", memory_limit=3 << 30, timeout=180,
+     note="3 GiB of zeros in a 3 MB zip (3 GiB address-space limit): the entry is refused by name")
+case("images-zip-empty-file", IMAGES, "import images imgs.zip resp.npy o.zarr", responses_npy(), write("imgs.zip"), mentions=["imgs.zip"])
+case("images-output-inside-store", IMAGES, "import images imgs resp.npy sim.zarr/o.zarr", image_folder(), responses_npy(), copy("sim.zarr"),
+     mentions=["sim.zarr"], note="a store written inside another store makes the outer one unreadable")
+
+# predict
+PREDICT_OK = "predict run sim.zarr --out p.csv"
+for flag, value in [("--neurons", "-1"), ("--neurons", "3,3,3"), ("--neurons", "1e3"), ("--neurons", "0:0"), ("--neurons", "0:99999999999999999999"),
+                    ("--session", "-1"), ("--session", "3"), ("--batch-size", "0")]:
+    case(f"predict{flag}-{value}", PREDICT, shlex.split(PREDICT_OK) + [flag, value], copy("run", "sim.zarr"), mentions=[flag])
+case("predict-mei-store-as-images", PREDICT, "predict run meis.zarr --out p.npy", copy("run", "meis.zarr"), mentions=["meis.zarr"])
+case("predict-predictions-as-images", PREDICT, "predict run pred.zarr --out p.npy", copy("run", "sim.zarr"), predictions(), mentions=["pred.zarr"])
+case("predict-run-as-images", PREDICT, "predict run run --out p.npy", copy("run"), mentions=["run"])
+case("predict-mei-store-as-run", PREDICT, "predict meis.zarr sim.zarr --out p.npy", copy("meis.zarr", "sim.zarr"), mentions=["meis.zarr"])
+case("predict-empty-npy", PREDICT, "predict run e.npy --out p.npy", copy("run"), write("e.npy"), mentions=["e.npy"])
+case("predict-zero-images-npy", PREDICT, "predict run e.npy --out p.npy", copy("run"), save_npy("e.npy", np.zeros((0, 36, 64), np.uint8)), mentions=["e.npy"])
+case("predict-onto-user-csv", PREDICT, PREDICT_OK.replace("p.csv", "notes.csv"), copy("run", "sim.zarr"), write("notes.csv", "my,notes\n"),
+     mentions=["notes.csv", "--overwrite"])
+case("predict-overwrite-user-csv", PREDICT, PREDICT_OK.replace("p.csv", "notes.csv") + " --overwrite", copy("run", "sim.zarr"),
+     write("notes.csv", "my,notes\n"), mentions=["notes.csv"],
+     note="--overwrite replaces only what twin wrote; notes.csv is the user's own table, not a twin prediction")
+case("predict-into-its-store", PREDICT, "predict run sim.zarr --out sim.zarr/p.npy", copy("run", "sim.zarr"), mentions=["sim.zarr"],
+     note="a file inside a store makes every later read of it warn (ZarrUserWarning)")
+case("predict-dash-out", PREDICT, "predict run sim.zarr --out=-p.npy", copy("run", "sim.zarr"), expect=0, allow_new=["-p.npy"],
+     note="success: a dash-leading name given as --out=NAME")
+
+# stores and runs where another kind goes
+case("info-predictions-store", KIND, "info pred.zarr", copy("run", "sim.zarr"), predictions(), mentions=["pred.zarr", "predict"],
+     note="the fix is not 'add images': say it holds twin predict's output")
+case("fit-predictions-store", KIND, "fit pred.zarr --out r2 --config fit.toml", copy("run", "sim.zarr", "fit.toml"), predictions(), mentions=["pred.zarr"])
+case("respond-animal-run-dir", KIND, "respond stimuli --animal run --out r.npz", copy("run", "stimuli"), mentions=["run"])
+case("respond-animal-predictions", KIND, "respond stimuli --animal pred.zarr --out r.npz", copy("run", "sim.zarr", "stimuli"), predictions(),
+     mentions=["pred.zarr"])
+
+# the same store twice, outputs inside inputs, links
+case("fit-same-store-twice", EXISTING, "fit sim.zarr sim.zarr --out r --config fit.toml --max-epochs 1", copy("sim.zarr", "fit.toml"),
+     mentions=["sim.zarr"], note="one recording given twice would be fit as two sessions")
+case("fit-same-store-other-spelling", EXISTING, "fit sim.zarr ./sim.zarr/ --out r --config fit.toml --max-epochs 1", copy("sim.zarr", "fit.toml"),
+     mentions=["sim.zarr"])
+case("fit-same-store-via-link", EXISTING, "fit sim.zarr link.zarr --out r --config fit.toml --max-epochs 1", copy("sim.zarr", "fit.toml"),
+     link("sim.zarr", "link.zarr"), mentions=["link.zarr"])
+case("simulate-inside-store", EXISTING, SIM.replace("s.zarr", "sim.zarr/inner.zarr"), copy("sim.zarr"), mentions=["sim.zarr"],
+     note="afterwards `twin info sim.zarr` says its metadata changed: the user's store is lost")
+case("import-inside-store", EXISTING, "import arrays data.npz sim.zarr/o.zarr", copy("data.npz", "sim.zarr"), mentions=["sim.zarr"])
+case("export-inside-mei-store", EXISTING, "export meis.zarr --out meis.zarr/stim", copy("meis.zarr"), mentions=["meis.zarr"])
+case("respond-inside-store", EXISTING, "respond stimuli --animal sim.zarr --out sim.zarr/r.npz", copy("stimuli", "sim.zarr"), mentions=["sim.zarr"])
+case("simulate-overwrite-through-link", EXISTING, SIM.replace("s.zarr", "link.zarr") + " --overwrite", copy("sim.zarr"), link("sim.zarr", "link.zarr"),
+     mentions=["link.zarr"], note="--overwrite must not replace the store a link points to")
+case("simulate-dangling-link", EXISTING, SIM.replace("s.zarr", "o.zarr"), link("missing.zarr", "o.zarr"), mentions=["o.zarr"])
+
+# TOML edge cases
+case("toml-fit-bom", TOML, FIT, copy("sim.zarr"), write("bad.toml", b"\xef\xbb\xbf" + toml_text(TINY_FIT).encode()), expect=(0, 2),
+     allow_new=["run"], mentions=["bad.toml", "BOM"], note="a UTF-8 byte-order mark (Windows editors) is read, or the error says BOM: it is invisible")
+case("toml-fit-table-twice", TOML, FIT, copy("sim.zarr"), toml("bad.toml", toml_text(TINY_FIT) + "\n[fit]\nmax_epochs = 1\n"), mentions=["bad.toml", "fit"])
+case("toml-fit-core-channels-huge", TOML, FIT, copy("sim.zarr"), toml("bad.toml", merged(TINY_FIT, "model", "core_channels", 10**8)),
+     mentions=["bad.toml", "core_channels"], mode="subprocess", memory_limit=4 << 30, timeout=180,
+     note="refused before allocating a 10 GB kernel (4 GiB limit); without a limit the kernel OOM-kills the process")
+case("toml-fit-batch-size-beyond-int64", TOML, FIT, copy("sim.zarr"), toml("bad.toml", merged(TINY_FIT, "data", "batch_size", 10**20)),
+     expect=(0, 2), allow_new=["run"], mentions=["bad.toml", "batch_size"], note="accepted (clipped to the data) or refused by name")
+
+# odd names
+case("path-format-characters", PATHS, ["import", "arrays", "%s {0} 100%.npz", "out.zarr"], write("%s {0} 100%.npz", "text"), mentions=["%s {0} 100%.npz"])
+case("path-emoji-store", PATHS, ["simulate", "🐭 mouse.zarr", "--neurons", "3", "--train-images", "20", "--test-images", "2", "--repeats", "2"],
+     expect=0, allow_new=["🐭 mouse.zarr"], note="success")
+
+# concurrent writers and SIGINT
+case("concurrent-simulate-same-out", CONCURRENT, "info o.zarr --check",
+     concurrently(*[SIM.replace("s.zarr", "o.zarr") + f" --train-images 300 --seed {i}" for i in range(3)]), expect=0,
+     check=writers_behaved("o.zarr"), note="three writers at once: one wins, the others are refused with one line, the store is whole")
+case("concurrent-predict-overwrite", CONCURRENT, "info sim.zarr", copy("run", "sim.zarr"), write("p.csv", "old"),
+     concurrently(*["predict run sim.zarr --out p.csv --overwrite"] * 3), expect=0,
+     check=lambda d: writers_behaved("sim.zarr")(d) or (None if (d / "p.csv").read_text().startswith("image_name") else "p.csv is not whole"))
+case("sigint-mei", CRASH, MEI, copy("run", "mei.toml"), interrupted(MEI, ".m.zarr.partial*"), expect=0, allow_new=["m.zarr", "m.png"],
+     check=interrupt_behaved, note="Ctrl-C mid-write: exit 130, nothing left; the same command then succeeds")
+case("sigint-simulate", CRASH, "simulate big.zarr --neurons 4 --train-images 20 --test-images 2 --repeats 2",
+     interrupted("simulate big.zarr --neurons 8 --train-images 30000 --test-images 10 --repeats 2", ".big.zarr.partial*", 0.05), expect=0,
+     allow_new=["big.zarr"], check=interrupt_behaved, note="Ctrl-C mid-write: exit 130, no store and no partial one")
+
 # ---------------------------------------------------------------------------- the fast subset
 # One or more cases of each class that need no fitted run: tests/test_adversarial.py runs them in CI.
 FAST = {
