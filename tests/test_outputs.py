@@ -196,7 +196,7 @@ def test_existing_outputs_are_never_touched(command, loop_dir, tmp_path, capsys)
 HELD = """
 import sys, time
 import twin.outputs
-def held(staged, target):
+def held(*args):
     print("staged", flush=True)
     time.sleep(600)
 twin.outputs.commit = held
@@ -218,7 +218,7 @@ def kill_before_commit(argv, cwd):
     assert process.returncode == -signal.SIGKILL, process.stderr.read()
 
 
-@pytest.mark.parametrize("command", ["simulate", "import", "mei", "export", "respond", "closeloop"])
+@pytest.mark.parametrize("command", ["simulate", "import", "mei", "export", "respond", "closeloop", "predict"])
 def test_kill_9_keeps_the_previous_output(command, loop_dir, tmp_path, capsys):
     """kill -9 of `--overwrite` just before the output lands: the previous output is intact, the
     staging folder is reported by `twin info` and removed by the next write in that folder."""
@@ -232,8 +232,9 @@ def test_kill_9_keeps_the_previous_output(command, loop_dir, tmp_path, capsys):
         "export": (["export", str(loop_dir / "meis.zarr"), "--out", "out"], "stimuli"),
         "respond": (["respond", str(loop_dir / "stimuli"), "--animal", str(loop_dir / "session.zarr"), "--out", "out.npz"], "responses.npz"),
         "closeloop": (["closeloop", str(loop_dir / "run"), str(loop_dir / "stimuli"), str(loop_dir / "responses.npz"), "--out", "out"], "report"),
+        "predict": (["predict", str(loop_dir / "run"), "session.zarr", "--out", "out.npy"], "responses.npz"),
     }[command]
-    out = tmp_path / {"mei": "out.zarr", "respond": "out.npz"}.get(command, "out")
+    out = tmp_path / {"mei": "out.zarr", "respond": "out.npz", "predict": "out.npy"}.get(command, "out")
     copy = shutil.copytree if (loop_dir / previous).is_dir() else shutil.copyfile
     copy(loop_dir / previous, out)
     if out.is_dir() and not (out / "zarr.json").exists():
