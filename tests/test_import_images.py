@@ -170,3 +170,30 @@ def test_help_lists_the_inputs(capsys):
     text = capsys.readouterr().out
     for word in ("IMAGES", "RESPONSES", "OUT", "--trial-images", "--tiers", "--unit-ids", "optional"):
         assert word in text
+
+
+def zip_of_pngs(tmp_path, extra: list[tuple[str, bytes]]):
+    """images.zip of the 12 images of ``recording`` as stim/imageN.png plus ``extra`` (name,
+    bytes) entries, and the responses .npy."""
+    folder, responses_path, _, _ = recording(tmp_path)
+    archive = tmp_path / "images.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for file in sorted(folder.iterdir()):
+            z.write(file, f"stim/{file.name}")
+        for name, data in extra:
+            z.writestr(name, data)
+    return archive, responses_path
+
+
+def refused(argv, capsys, tmp_path, message: str) -> None:
+    """The command exits 2 with one stderr line holding ``message`` and writes no store."""
+    code, err = run(argv, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "rec.zarr").exists()
+
+
+@pytest.mark.parametrize("entry", ["../../evil.png", "/x.png", "stim/../../x.png", "C:/x.png"])
+def test_zip_entry_climbing_out_is_refused(tmp_path, capsys, entry):
+    archive, responses_path = zip_of_pngs(tmp_path, [(entry, b"data")])
+    message = f"images.zip: entry {entry!r} climbs out of the archive; remove it"
+    refused(["import", "images", archive, responses_path, tmp_path / "rec.zarr"], capsys, tmp_path, message)

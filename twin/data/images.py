@@ -42,6 +42,30 @@ def common_folder(names: list[str]) -> str:
     return folders.pop() if len(folders) == 1 and all("/" in name for name in names) else ""
 
 
+def climbs_out(name: str) -> bool:
+    """Whether the zip entry ``name`` is absolute (/x, C:x) or has a .. part: unpacked, it would
+    land outside the archive's folder."""
+    parts = name.replace("\\", "/").split("/")
+    return parts[0] == "" or ".." in parts or re.match(r"[A-Za-z]:", name) is not None
+
+
+def zip_files(path: Path) -> list[tuple[str, bytes]]:
+    """(name, file bytes) of every file in the .zip ``path`` that is not hidden, in natural order
+    of the names (relative to the zip's one top folder if it has one, with /)."""
+    with zipfile.ZipFile(path) as archive:
+        entries = [e for e in archive.infolist() if not e.is_dir()]
+        for entry in entries:
+            if climbs_out(entry.filename):
+                raise SessionError(
+                    f"{path}: entry {entry.filename!r} climbs out of the archive; remove it"
+                )
+        entries = [e for e in entries if not skipped(e.filename)]
+        entries.sort(key=lambda e: natural_key(e.filename))
+        found = [(e.filename, archive.read(e)) for e in entries]
+    top = len(common_folder([name for name, _ in found]))
+    return [(name[top:], data) for name, data in found]
+
+
 def image_files(path) -> list[tuple[str, bytes]]:
     """(name, file bytes) of every file in the folder or .zip ``path``, in natural order of the
     names (paths relative to the folder, or to the zip's one top folder if it has one, with /)."""
@@ -56,10 +80,7 @@ def image_files(path) -> list[tuple[str, bytes]]:
         found = [(name, file.read_bytes()) for name, file in files]
     elif path.is_file() and zipfile.is_zipfile(path):
         try:
-            with zipfile.ZipFile(path) as archive:
-                names = [n for n in archive.namelist() if not n.endswith("/") and not skipped(n)]
-                found = [(n, archive.read(n)) for n in sorted(names, key=natural_key)]
-            found = [(name[len(common_folder(names)) :], data) for name, data in found]
+            found = zip_files(path)
         except (OSError, ValueError, zipfile.BadZipFile) as error:
             raise SessionError(f"{path}: cannot be read as a .zip ({error}); zip the images again") from None
     else:
