@@ -197,3 +197,11 @@ def test_zip_entry_climbing_out_is_refused(tmp_path, capsys, entry):
     archive, responses_path = zip_of_pngs(tmp_path, [(entry, b"data")])
     message = f"images.zip: entry {entry!r} climbs out of the archive; remove it"
     refused(["import", "images", archive, responses_path, tmp_path / "rec.zarr"], capsys, tmp_path, message)
+
+
+def test_zip_with_two_entries_of_one_name_is_refused(tmp_path, capsys):
+    archive, responses_path = zip_of_pngs(tmp_path, [])
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(archive, "a") as z:
+        z.writestr("stim/image3.png", (tmp_path / "images" / "image4.png").read_bytes())
+    message = "images.zip: holds two entries named 'image3.png'; remove one of them"
+    refused(["import", "images", archive, responses_path, tmp_path / "rec.zarr"], capsys, tmp_path, message)

@@ -61,9 +61,14 @@ def zip_files(path: Path) -> list[tuple[str, bytes]]:
                 )
         entries = [e for e in entries if not skipped(e.filename)]
         entries.sort(key=lambda e: natural_key(e.filename))
-        found = [(e.filename, archive.read(e)) for e in entries]
-    top = len(common_folder([name for name, _ in found]))
-    return [(name[top:], data) for name, data in found]
+        top = len(common_folder([e.filename for e in entries]))
+        names = [e.filename[top:] for e in entries]
+        seen = set()
+        for name in names:
+            if name in seen:  # which of the two is which image (and response) is ambiguous
+                raise SessionError(f"{path}: holds two entries named {name!r}; remove one of them")
+            seen.add(name)
+        return [(name, archive.read(e)) for name, e in zip(names, entries)]
 
 
 def image_files(path) -> list[tuple[str, bytes]]:
