@@ -205,3 +205,24 @@ def test_zip_with_two_entries_of_one_name_is_refused(tmp_path, capsys):
         z.writestr("stim/image3.png", (tmp_path / "images" / "image4.png").read_bytes())
     message = "images.zip: holds two entries named 'image3.png'; remove one of them"
     refused(["import", "images", archive, responses_path, tmp_path / "rec.zarr"], capsys, tmp_path, message)
+
+
+@pytest.mark.parametrize("limit", ["file", "memory"])
+def test_zip_entry_too_large_to_unpack_is_refused_before_reading(tmp_path, capsys, monkeypatch, limit):
+    archive, responses_path = zip_of_pngs(tmp_path, [("stim/zz.png", bytes(4000))])
+    if limit == "file":
+        monkeypatch.setattr("twin.data.images.MAX_FILE_BYTES", 3000)
+        message = "images.zip: file 'zz.png' unpacks to 0 MiB, more than the 0 MiB an image file may hold"
+    else:
+        monkeypatch.setattr("twin.data.images.available_memory", lambda: 100)
+        message = "images.zip: the files up to 'image1.png' unpack to 0.0 GiB, more than the 0.0 GiB of free"
+    monkeypatch.setattr(zipfile.ZipFile, "read", lambda *a: pytest.fail("read before the sizes were checked"))
+    refused(["import", "images", archive, responses_path, tmp_path / "rec.zarr"], capsys, tmp_path, message)
+
+
+@pytest.mark.parametrize("pixels", [100, 50])  # 10x14 images: a DecompressionBombWarning, then Error
+def test_image_beyond_pillows_pixel_limit_is_refused(tmp_path, capsys, monkeypatch, pixels):
+    folder, responses_path, _, _ = recording(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pixels)
+    message = f"file image1.png has more than {pixels} pixels, pillow's limit against decompression bombs"
+    refused(["import", "images", folder, responses_path, tmp_path / "rec.zarr"], capsys, tmp_path, message)

@@ -3,13 +3,17 @@ come with them (.npy or .csv), as numpy arrays.
 
 Files are taken in natural order of their path inside the folder or zip (image2 before
 image10); hidden files and ``__MACOSX`` folders are skipped, any other file must be an image.
+Files are refused before they are read when one is above MAX_FILE_BYTES or all of them do not fit
+in the free memory, and images above pillow's ``Image.MAX_IMAGE_PIXELS`` are refused.
 Images are decoded with pillow into grey ``(y, x)`` or RGB ``(channel, y, x)`` uint8 arrays.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -22,6 +26,9 @@ MODES = ("L", "RGB")
 # Pillow modes of 8-bit grey images; every other 8-bit mode (P, RGBA, CMYK, ...) becomes RGB.
 GREY_MODES = ("1", "L", "LA")
 TABLE_SUFFIXES = (".npy", ".csv", ".txt")
+# Largest image file read: a 16k x 16k RGB TIFF stored raw is 768 MiB, any stimulus is far
+# smaller, and a larger zip entry is most likely a zip bomb (a few MB that unpack to GiBs).
+MAX_FILE_BYTES = 512 << 20
 
 
 def natural_key(name: str) -> list:
@@ -49,6 +56,35 @@ def climbs_out(name: str) -> bool:
     return parts[0] == "" or ".." in parts or re.match(r"[A-Za-z]:", name) is not None
 
 
+def available_memory() -> int:
+    """Bytes of memory free for new data (MemAvailable on Linux, else the free pages)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_sizes(path: Path, sizes: list[tuple[str, int]]) -> None:
+    """SessionError naming the first file of ``sizes`` (name, bytes), about to be read from the
+    folder or .zip ``path``, above MAX_FILE_BYTES or that brings the total above the free memory."""
+    free, total = available_memory(), 0
+    for name, size in sizes:
+        total += size
+        if size > MAX_FILE_BYTES:
+            raise SessionError(
+                f"{path}: file {name!r} unpacks to {size / 2**20:.0f} MiB, more than the"
+                f" {MAX_FILE_BYTES >> 20} MiB an image file may hold; remove it or shrink it"
+            )
+        if total > free:
+            raise SessionError(
+                f"{path}: the files up to {name!r} unpack to {total / 2**30:.1f} GiB, more than the"
+                f" {free / 2**30:.1f} GiB of free memory; import fewer or smaller images"
+            )
+
+
 def zip_files(path: Path) -> list[tuple[str, bytes]]:
     """(name, file bytes) of every file in the .zip ``path`` that is not hidden, in natural order
     of the names (relative to the zip's one top folder if it has one, with /)."""
@@ -68,6 +104,7 @@ def zip_files(path: Path) -> list[tuple[str, bytes]]:
             if name in seen:  # which of the two is which image (and response) is ambiguous
                 raise SessionError(f"{path}: holds two entries named {name!r}; remove one of them")
             seen.add(name)
+        check_sizes(path, [(name, e.file_size) for name, e in zip(names, entries)])
         return [(name, archive.read(e)) for name, e in zip(names, entries)]
 
 
@@ -82,6 +119,7 @@ def image_files(path) -> list[tuple[str, bytes]]:
             if file.is_file() and not skipped(file.relative_to(path).as_posix())
         ]
         files.sort(key=lambda item: natural_key(item[0]))
+        check_sizes(path, [(name, file.stat().st_size) for name, file in files])
         found = [(name, file.read_bytes()) for name, file in files]
     elif path.is_file() and zipfile.is_zipfile(path):
         try:
@@ -99,8 +137,15 @@ def decode(data: bytes, name: str, source: Path) -> Image.Image:
     """The image in the file bytes ``data`` in mode L (grey) or RGB; SessionError naming ``name``
     for anything that is not a single-frame 8-bit image."""
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise SessionError(
+            f"{source}: file {name} has more than {Image.MAX_IMAGE_PIXELS} pixels, pillow's limit"
+            " against decompression bombs; shrink it"
+        ) from None
     except Exception as error:  # pillow raises many kinds for files that are not images
         raise SessionError(
             f"{source}: file {name} is not an image pillow can read ({type(error).__name__});"
