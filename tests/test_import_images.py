@@ -1,5 +1,6 @@
 """twin import images: a folder or .zip of image files and a response matrix."""
 
+import warnings
 import zipfile
 
 import numpy as np
@@ -226,3 +227,13 @@ def test_image_beyond_pillows_pixel_limit_is_refused(tmp_path, capsys, monkeypat
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pixels)
     message = f"file image1.png has more than {pixels} pixels, pillow's limit against decompression bombs"
     refused(["import", "images", folder, responses_path, tmp_path / "rec.zarr"], capsys, tmp_path, message)
+
+
+def test_empty_responses_csv_is_one_line_without_numpy_warning(tmp_path, capsys):
+    folder, _, _, _ = recording(tmp_path)
+    (tmp_path / "r.csv").write_text("")
+    argv = ["import", "images", folder, tmp_path / "r.csv", tmp_path / "rec.zarr"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refused(argv, capsys, tmp_path, "r.csv: shape (0, 1) has no axis of 12 (one entry per image)")
+    assert not caught

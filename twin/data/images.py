@@ -230,7 +230,9 @@ def read_table(path, flag: str, ndmin: int = 1) -> np.ndarray:
     try:
         if path.suffix.lower() == ".npy":
             return np.load(path, allow_pickle=False)
-        return np.loadtxt(path, dtype=str, delimiter=",", ndmin=ndmin, encoding="utf-8")
+        with warnings.catch_warnings():  # an empty file is reported by the caller's shape check
+            warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
+            return np.loadtxt(path, dtype=str, delimiter=",", ndmin=ndmin, encoding="utf-8")
     except (OSError, ValueError, EOFError, UnicodeDecodeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SessionError(
