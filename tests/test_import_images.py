@@ -213,10 +213,10 @@ def test_zip_entry_too_large_to_unpack_is_refused_before_reading(tmp_path, capsy
     archive, responses_path = zip_of_pngs(tmp_path, [("stim/zz.png", bytes(4000))])
     if limit == "file":
         monkeypatch.setattr("twin.data.images.MAX_FILE_BYTES", 3000)
-        message = "images.zip: file 'zz.png' unpacks to 0 MiB, more than the 0 MiB an image file may hold"
+        message = "images.zip: file 'zz.png' takes 0 MiB, more than the 0 MiB an image file may hold"
     else:
         monkeypatch.setattr("twin.data.images.available_memory", lambda: 100)
-        message = "images.zip: the files up to 'image1.png' unpack to 0.0 GiB, more than the 0.0 GiB of free"
+        message = "images.zip: the files up to 'image1.png' take 0.0 GiB, more than the 0.0 GiB of free"
     monkeypatch.setattr(zipfile.ZipFile, "read", lambda *a: pytest.fail("read before the sizes were checked"))
     refused(["import", "images", archive, responses_path, tmp_path / "rec.zarr"], capsys, tmp_path, message)
 

@@ -75,12 +75,12 @@ def check_sizes(path: Path, sizes: list[tuple[str, int]]) -> None:
         total += size
         if size > MAX_FILE_BYTES:
             raise SessionError(
-                f"{path}: file {name!r} unpacks to {size / 2**20:.0f} MiB, more than the"
+                f"{path}: file {name!r} takes {size / 2**20:.0f} MiB, more than the"
                 f" {MAX_FILE_BYTES >> 20} MiB an image file may hold; remove it or shrink it"
             )
         if total > free:
             raise SessionError(
-                f"{path}: the files up to {name!r} unpack to {total / 2**30:.1f} GiB, more than the"
+                f"{path}: the files up to {name!r} take {total / 2**30:.1f} GiB, more than the"
                 f" {free / 2**30:.1f} GiB of free memory; import fewer or smaller images"
             )
 
