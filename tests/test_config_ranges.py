@@ -16,6 +16,8 @@ from test_mei_run import run_dir  # noqa: F401
 
 from twin.cli import main
 from twin.config import (
+    MAX_LAYERS,
+    MAX_WIDTH,
     SEED_LIMIT,
     DataConfig,
     FitConfig,
@@ -75,8 +77,8 @@ FIELDS = {
         "shuffle_seed": ints(0, SEED_LIMIT - 1),
     },
     ModelConfig: {
-        "core_layers": (st.integers(1, 6), ints(1)[1]),  # few layers: stacks drawn from them
-        "core_channels": ints(1),
+        "core_layers": (st.integers(1, 6), ints(1, MAX_LAYERS)[1]),  # few layers: stacks drawn from them
+        "core_channels": ints(1, MAX_WIDTH),
         "input_kernel": ints(1),
         "hidden_kernel": ints(1, odd=True),
         "depth_separable": FLAG,
@@ -92,9 +94,9 @@ FIELDS = {
         "init_sigma": floats(0),
         "gamma_readout": floats(0),
         "grid_mean_predictor": FLAG,
-        "grid_mean_hidden": ints(1),
+        "grid_mean_hidden": ints(1, MAX_WIDTH),
         "shifter": FLAG,
-        "shifter_hidden": ints(1),
+        "shifter_hidden": ints(1, MAX_WIDTH),
         "use_behavior": FLAG,
     },
     FitConfig: {
@@ -275,8 +277,9 @@ def test_kernel_larger_than_the_image():
 BAD = [
     ("data", "batch_size", "0", "0 is out of range; use an integer >= 1"),
     ("fit", "ensemble_size", "0", "0 is out of range; use an integer >= 1"),
-    ("model", "core_layers", "0", "0 is out of range; use an integer >= 1"),
-    ("model", "core_channels", "-1", "-1 is out of range; use an integer >= 1"),
+    ("model", "core_layers", "0", "0 is out of range; use an integer in [1, 65)"),
+    ("model", "core_channels", "-1", "-1 is out of range; use an integer in [1, 4097)"),
+    ("model", "core_channels", "100000000", "100000000 is out of range; use an integer in [1, 4097)"),
     ("fit", "learning_rate", "-1", "-1.0 is out of range; use a number > 0"),
     ("fit", "patience", "-1", "-1 is out of range; use an integer >= 1"),
     ("fit", "max_epochs", "0", "0 is out of range; use an integer >= 1"),

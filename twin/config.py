@@ -61,6 +61,10 @@ def bounds(lo: float, hi: float | None, lo_open: bool, hi_open: bool) -> tuple[C
 
 # Seeds are below 2**32: nnx.Rngs and jax.random.PRNGKey overflow on larger ones.
 SEED_LIMIT = 2**32
+# Model sizes beyond these are typing errors: they would not fit any accelerator's memory, and
+# are refused before anything is allocated.
+MAX_LAYERS = 64
+MAX_WIDTH = 4096
 
 
 def integer(default: int, lo: int, *, below: int | None = None, odd: bool = False):
@@ -229,8 +233,8 @@ class ModelConfig(Checked):
         ),
     )
 
-    core_layers: int = integer(4, 1)
-    core_channels: int = integer(64, 1)
+    core_layers: int = integer(4, 1, below=MAX_LAYERS + 1)
+    core_channels: int = integer(64, 1, below=MAX_WIDTH + 1)
     # Without pad_input the first layer shrinks the image by input_kernel - 1 pixels.
     input_kernel: int = integer(9, 1)
     # Hidden layers pad by hidden_kernel // 2, which keeps the map size for odd kernels only.
@@ -253,9 +257,9 @@ class ModelConfig(Checked):
     init_sigma: float = number(0.1, 0)
     gamma_readout: float = number(0.0076, 0)
     grid_mean_predictor: bool = flag(False)
-    grid_mean_hidden: int = integer(30, 1)
+    grid_mean_hidden: int = integer(30, 1, below=MAX_WIDTH + 1)
     shifter: bool = flag(False)
-    shifter_hidden: int = integer(5, 1)
+    shifter_hidden: int = integer(5, 1, below=MAX_WIDTH + 1)
     # Behavior variables enter as extra constant image channels when True.
     use_behavior: bool = flag(False)
 
@@ -420,7 +424,7 @@ def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
     if path.exists() and not path.is_file() and not path.is_dir():
         raise ConfigError(f"{path}: not a regular file (a pipe or device); pass the {what} TOML file")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))  # editors may add a BOM
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} file not found; pass an existing TOML file") from None
     except IsADirectoryError:

@@ -241,6 +241,17 @@ def write_lines(path: Path, lines: list[dict]) -> None:
     tmp.replace(path)
 
 
+def check_distinct(paths) -> None:
+    """ConfigError when one store is given twice (under any spelling or through a link): it would
+    be fit as two sessions of the same neurons."""
+    seen = {}
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise ConfigError(f"{path}: the same store as {seen[resolved]}; pass each store once")
+        seen[resolved] = path
+
+
 def check_sessions(sessions, paths) -> None:
     """RunError/SessionError for sessions the fit cannot use: a tier missing, or responses the
     Poisson loss cannot take (it needs non-negative rates; signed dF/F is refused)."""
@@ -280,6 +291,7 @@ def fit(
     best_dir = workdir / "checkpoints" / "best"
     if not resume and checkpoint.latest_step(latest_dir) is not None:
         raise RunError(f"{workdir}: already holds a fitted run; pass --resume to continue it or choose another --out")
+    check_distinct(store_paths)
     sessions = load_sessions(store_paths, config.data)
     check_sessions(sessions, store_paths)
     records = [checkpoint.session_record(s) for s in sessions]

@@ -29,6 +29,7 @@ import re
 import shutil
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -100,6 +101,18 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def remove_settled(path: Path, seconds: float = 2.0) -> None:
+    """``remove`` a staging path that background writers (zarr's I/O threads, when Ctrl-C
+    interrupts a write) may still be adding files to: again until it stays gone."""
+    deadline = time.monotonic() + seconds
+    remove(path)
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if not os.path.lexists(path):
+            return
+        remove(path)
+
+
 def clean_abandoned(folder: str | Path) -> list[Path]:
     """Undo what killed writers left in ``folder``; one stderr line each.
 
@@ -154,6 +167,9 @@ def check_output(
         raise OutputError(f"{path}: is the current folder or holds it; name a new {flag} instead")
     if len(os.fsencode(path.name)) > MAX_NAME:
         raise OutputError(f"{path}: the name is too long; use at most {MAX_NAME} bytes for {flag}")
+    store = next((folder for folder in path.resolve().parents if (folder / "zarr.json").is_file()), None)
+    if store is not None:
+        raise OutputError(f"{path}: lies inside the zarr store {store}, which it would damage; choose another {flag}")
     for source in inputs:
         source = Path(source).resolve()
         if path.resolve() == source or path.resolve() in source.parents:
@@ -255,7 +271,7 @@ def output(path: str | Path, overwrite: bool = False, kind: str = "folder", flag
         remove(staged)
         raise write_failed(target, staged, error) from None
     except BaseException:
-        remove(staged)
+        remove_settled(staged)
         raise
 
 
