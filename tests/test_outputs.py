@@ -302,3 +302,15 @@ def test_kill_9_during_loop_leaves_a_folder_that_is_refused_not_reused(loop_dir,
     process.wait()
     assert main(["loop", str(tmp_path / "out"), "--config", str(tmp_path / "tiny.toml")]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_outputs_stay_out_of_stores_and_stores_are_what_they_say(loop_dir, tmp_path, capsys):
+    (tmp_path / "s.zarr").mkdir()
+    (tmp_path / "s.zarr" / "zarr.json").write_text("{}")
+    with pytest.raises(OutputError, match="lies inside the zarr store"):
+        check_output(tmp_path / "s.zarr" / "report", kind="folder")
+    (tmp_path / "link.zarr").symlink_to(loop_dir / "session.zarr")
+    assert main(["fit", str(loop_dir / "session.zarr"), str(tmp_path / "link.zarr"), "--out", str(tmp_path / "r")]) == 2
+    assert "the same store as" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert main(["fit", str(loop_dir / "meis.zarr"), "--out", str(tmp_path / "r")]) == 2
+    assert "holds the output of twin mei, not a session" in capsys.readouterr().err
