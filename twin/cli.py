@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -648,6 +649,8 @@ def dispatch(argv: list[str] | None) -> int:
         )
         return 2
     except KeyboardInterrupt:
+        # zarr's I/O tasks cut short would each log "Task was destroyed" at exit: the one line is enough.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         print(f"twin {args.command}: interrupted", file=sys.stderr)
         return 130
 
