@@ -649,8 +649,10 @@ def dispatch(argv: list[str] | None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        # zarr's I/O tasks cut short would each log "Task was destroyed" at exit: the one line is enough.
+        # zarr's I/O tasks cut short would each log "Task was destroyed" or warn "never awaited"
+        # at exit: the one line is enough.
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        warnings.simplefilter("ignore", RuntimeWarning)
         print(f"twin {args.command}: interrupted", file=sys.stderr)
         return 130
 
