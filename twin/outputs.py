@@ -163,6 +163,15 @@ def check_output(
     or a folder holding one, since replacing it would destroy the input.
     """
     path = Path(path)
+    check_place(path, flag, inputs)
+    check_parent(path, flag)
+    if os.path.lexists(path):
+        check_existing(path, overwrite, kind, flag)
+    return path
+
+
+def check_place(path: Path, flag: str, inputs) -> None:
+    """Where ``path`` lies: not the current folder, not inside a zarr store, not over an input."""
     if path.name in ("", ".", "..") or path.resolve() in (Path.cwd(), *Path.cwd().parents):
         raise OutputError(f"{path}: is the current folder or holds it; name a new {flag} instead")
     if len(os.fsencode(path.name)) > MAX_NAME:
@@ -176,35 +185,38 @@ def check_output(
             raise OutputError(
                 f"{path}: holds the input {source}, which writing there would destroy; choose another {flag}"
             )
+
+
+def check_parent(path: Path, flag: str) -> None:
+    """The folder that will hold ``path`` exists and is writable."""
     parent = path.parent
-    folder = kind != "file"
-    what = "folder" if folder else "file"
     if not parent.is_dir():
         raise OutputError(
             f"{path}: the parent folder {parent} does not exist; create it first (mkdir -p {parent})"
         )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: the folder {parent} is not writable; choose another {flag}")
-    if not path.exists() and not path.is_symlink():
-        return path
+
+
+def check_existing(path: Path, overwrite: bool, kind: str, flag: str) -> None:
+    """An existing ``path`` may be replaced: an empty folder where a folder goes, or, with
+    ``overwrite``, a file where a file goes or a twin output of ``kind``."""
+    folder = kind != "file"
     if path.is_dir() != folder or path.is_symlink():
-        kind = "a link" if path.is_symlink() else ("a folder" if path.is_dir() else "a file")
+        found = "a link" if path.is_symlink() else ("a folder" if path.is_dir() else "a file")
         raise OutputError(
-            f"{path}: is {kind} but a {what} goes here; choose another {flag} (nothing was changed)"
+            f"{path}: is {found} but a {'folder' if folder else 'file'} goes here; choose another"
+            f" {flag} (nothing was changed)"
         )
     if folder and is_empty_folder(path):
-        return path
+        return
     if not overwrite:
-        raise OutputError(
-            f"{path}: already exists; pass --overwrite to replace it, or choose another {flag}"
-        )
+        raise OutputError(f"{path}: already exists; pass --overwrite to replace it, or choose another {flag}")
     if folder and not written_by_twin(path, kind):
         raise OutputError(
             f"{path}: was not written by twin as a {'zarr store' if kind == 'store' else 'folder'} of"
-            " this kind, so --overwrite does not replace it; remove it"
-            f" yourself or choose another {flag}"
+            f" this kind, so --overwrite does not replace it; remove it yourself or choose another {flag}"
         )
-    return path
 
 
 def make_folder(path: Path, kind: str = "folder") -> None:

@@ -272,6 +272,12 @@ class FileTree:
         out[0] = first
         for i in range(1, n):
             item = self.load(f"{folder}/{i}.npy")
+            numbers = "iuf"
+            if item.dtype.kind != first.dtype.kind and not {item.dtype.kind, first.dtype.kind} <= set(numbers):
+                raise SessionError(
+                    f"{self.path}: file {folder}/{i}.npy holds {item.dtype} values but {folder}/0.npy holds"
+                    f" {first.dtype}; save every trial as real numbers of one kind"
+                )
             if item.shape != first.shape:
                 raise SessionError(
                     f"{self.path}: file {folder}/{i}.npy has shape {item.shape} but {folder}/0.npy has"
