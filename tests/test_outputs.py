@@ -250,19 +250,24 @@ def test_kill_9_keeps_the_previous_output(command, loop_dir, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_kill_9_during_fit_leaves_a_run_to_resume(loop_dir, tmp_path, capsys):
-    """A killed fit keeps its run directory for --resume; a new `twin fit` there is refused."""
-    (tmp_path / "tiny.toml").write_text("[model]\ncore_layers = 1\ncore_channels = 4\ninput_kernel = 5\n")
+def kill_when(argv, cwd, appears):
+    """Run `twin ARGV` in ``cwd`` and kill -9 it as soon as the path ``appears`` exists."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "twin.cli", "fit", str(loop_dir / "session.zarr"), "--out", "run", "--config", "tiny.toml", "--max-epochs", "50"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "twin.cli", *argv], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 120
-    while not (tmp_path / "run" / "sessions.json").exists():
+    while not appears.exists():
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def test_kill_9_during_fit_leaves_a_run_to_resume(loop_dir, tmp_path, capsys):
+    """A killed fit keeps its run directory for --resume; a new `twin fit` there is refused."""
+    (tmp_path / "tiny.toml").write_text("[model]\ncore_layers = 1\ncore_channels = 4\ninput_kernel = 5\n")
+    argv = ["fit", str(loop_dir / "session.zarr"), "--out", "run", "--config", "tiny.toml", "--max-epochs", "50"]
+    kill_when(argv, tmp_path, tmp_path / "run" / "sessions.json")
     assert main(["fit", str(loop_dir / "session.zarr"), "--out", str(tmp_path / "run")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "run" / "config.toml").exists()
@@ -290,16 +295,7 @@ def test_an_output_never_replaces_an_input(loop_dir, tmp_path, capsys):
 
 def test_kill_9_during_loop_leaves_a_folder_that_is_refused_not_reused(loop_dir, tmp_path, capsys):
     (tmp_path / "tiny.toml").write_text((loop_dir.parent / "tiny.toml").read_text())
-    process = subprocess.Popen(
-        [sys.executable, "-m", "twin.cli", "loop", "out", "--config", "tiny.toml"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "out" / "config.toml").exists():
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when(["loop", "out", "--config", "tiny.toml"], tmp_path, tmp_path / "out" / "config.toml")
     assert main(["loop", str(tmp_path / "out"), "--config", str(tmp_path / "tiny.toml")]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
 
