@@ -57,15 +57,17 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def check_simulation_memory(args, size: tuple[int, int]) -> None:
     """Refuse sizes whose float64 images, responses and receptive fields (with working copies)
-    cannot fit in this machine's memory, before any of them is allocated."""
+    cannot fit in the free memory, before any of them is allocated."""
+    from twin.data.images import available_memory
+
     trials = args.train_images + args.test_images * args.repeats
     pixels = size[0] * size[1]
     needed = 3 * 8 * (trials * pixels + trials * args.neurons + args.neurons * pixels)
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    available = available_memory()
     if needed > available:
         raise ConfigError(
             f"--neurons {args.neurons} --size {args.size} with {trials} trials needs about"
-            f" {needed / 2**30:.0f} GiB, more than this machine's {available / 2**30:.0f} GiB; use"
+            f" {needed / 2**30:.0f} GiB, more than the {available / 2**30:.0f} GiB of free memory; use"
             " fewer neurons, images or pixels"
         )
 
