@@ -14,6 +14,14 @@ baseline + rmax * g / (g + c50). Trial responses are compound Poisson-gamma draw
 mean, multiplied by a trial gain that follows running speed: non-negative, exactly zero on
 many trials and overdispersed, like deconvolved calcium signals.
 
+Colour (``channels=3``): images are RGB (trial, channel, y, x). Each disk and the texture get a
+luminance and two weaker colour-opponent components (red-green R - G, blue-yellow
+B - (R + G) / 2), turned into R, G, B. Each neuron's Gabor is multiplied by a unit-norm colour
+vector over R, G, B (``gt_colour``): ``luminance`` (1, 1, 1), ``red_green`` (1, -1, 0) or
+``blue_yellow`` (-1/2, -1/2, 1), so opponent neurons ignore luminance and respond to
+colour contrast alone; the surround pools the contrast energy averaged over channels. One
+channel (the default) is the gray animal, drawn exactly as without the option.
+
 Ground truth is stored as ``gt_*`` variables; ``ground_truth(ds)`` returns it without the
 prefix, ``mean_response(params, images, xp)`` evaluates the noise-free population with numpy
 or jax.numpy (so it can be differentiated), and ``respond`` shows new images to the animal.
@@ -43,35 +51,58 @@ EVENT_SIZE = 0.8
 EVENT_SHAPE = 2.0
 # Standard deviation of the log trial gain that follows running speed.
 GAIN_SD = 0.25
+# Colour: opponent components (luminance, red-green, blue-yellow) -> (R, G, B), where luminance is
+# the mean of R, G, B, red-green R - G and blue-yellow B - (R + G) / 2; the colour components'
+# contrast relative to luminance (natural scenes vary less in colour than in brightness).
+OPPONENT_TO_RGB = np.array([[1.0, 0.5, -1 / 3], [1.0, -0.5, -1 / 3], [1.0, 0.0, 2 / 3]])
+OPPONENT_CONTRAST = np.array([1.0, 0.5, 0.4])
+# Colour tuning of the neurons: unit-norm weights over (R, G, B), and their fractions.
+COLOURS = {
+    "luminance": np.array([1.0, 1.0, 1.0]) / np.sqrt(3),
+    "red_green": np.array([1.0, -1.0, 0.0]) / np.sqrt(2),
+    "blue_yellow": np.array([-0.5, -0.5, 1.0]) / np.sqrt(1.5),
+}
+COLOUR_FRACTIONS = (0.5, 0.25, 0.25)
 
 
-def natural_images(n: int, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Natural-like images (n, y, x) uint8: dead leaves (edges) + 1/f texture, mean near 128."""
+def natural_images(n: int, size: tuple[int, int], rng: np.random.Generator, channels: int = 1) -> np.ndarray:
+    """Natural-like images (n, y, x) uint8, or (n, 3, y, x) RGB for ``channels`` 3: dead leaves
+    (edges) + 1/f texture, mean near 128 (see the module doc for colour)."""
     height, width = size
+    components = 1 if channels == 1 else 3  # luminance [, red-green, blue-yellow]
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    leaves = np.broadcast_to(rng.normal(0, 1, (n, 1, 1)), (n, height, width)).astype(np.float32)
+    leaves = np.broadcast_to(
+        rng.normal(0, 1, (n, components, 1, 1)), (n, components, height, width)
+    ).astype(np.float32)
     # Disk radii with density ~ r^-3 between r_min and r_max (scale-invariant dead leaves).
     r_min, r_max = 0.05 * height, 0.8 * height
     for _ in range(24):
-        u = rng.uniform(0, 1, (n, 1, 1))
+        u = rng.uniform(0, 1, (n, 1, 1, 1))
         radius = 1 / np.sqrt(r_min**-2 - u * (r_min**-2 - r_max**-2))
-        cy = rng.uniform(0, height, (n, 1, 1))
-        cx = rng.uniform(0, width, (n, 1, 1))
+        cy = rng.uniform(0, height, (n, 1, 1, 1))
+        cx = rng.uniform(0, width, (n, 1, 1, 1))
         inside = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
-        leaves = np.where(inside, rng.normal(0, 1, (n, 1, 1)).astype(np.float32), leaves)
+        leaves = np.where(inside, rng.normal(0, 1, (n, components, 1, 1)).astype(np.float32), leaves)
     f = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
     f[0, 0] = np.inf
-    spectrum = rng.normal(size=(n, *f.shape)) + 1j * rng.normal(size=(n, *f.shape))
+    shape = (n, components, *f.shape)
+    spectrum = rng.normal(size=shape) + 1j * rng.normal(size=shape)
     texture = np.fft.irfft2(spectrum / f, s=size)
 
     def standardize(a):
-        a = a - a.mean(axis=(1, 2), keepdims=True)
-        return a / (a.std(axis=(1, 2), keepdims=True) + 1e-6)
+        a = a - a.mean(axis=(2, 3), keepdims=True)
+        return a / (a.std(axis=(2, 3), keepdims=True) + 1e-6)
 
     scene = standardize(standardize(leaves) + 0.5 * standardize(texture))
     contrast = rng.uniform(15, 40, (n, 1, 1))
     luminance = GRAY + rng.normal(0, 8, (n, 1, 1))
-    return np.clip(np.round(luminance + contrast * scene), 0, 255).astype(np.uint8)
+    if channels == 1:
+        image = luminance + contrast * scene[:, 0]
+    else:
+        opponent = contrast[:, None] * scene * OPPONENT_CONTRAST[:, None, None]
+        opponent[:, 0] += luminance
+        image = np.einsum("ck,nkyx->ncyx", OPPONENT_TO_RGB, opponent)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
 def gabors(n_neurons: int, size: tuple[int, int], rng: np.random.Generator) -> dict:
@@ -121,8 +152,18 @@ def gabors(n_neurons: int, size: tuple[int, int], rng: np.random.Generator) -> d
     return p
 
 
+def surround_energy(params: dict, images, xp=np):
+    """Contrast energy (n, neurons) in each neuron's surround of images (n, [channel,] y, x) in
+    pixel units: x^2 (averaged over channels) weighted by the surround."""
+    x = (xp.asarray(images, dtype=xp.float32) - GRAY) / GRAY
+    power = x**2 if x.ndim == 3 else (x**2).mean(axis=1)
+    n_neurons = params["surround"].shape[0]
+    return power.reshape(power.shape[0], -1) @ xp.asarray(params["surround"]).reshape(n_neurons, -1).T
+
+
 def drive(params: dict, images, xp=np):
-    """Normalized drive g (n, neurons) of images (n, y, x) in pixel units; see the module doc."""
+    """Normalized drive g (n, neurons) of images (n, y, x), or (n, channel, y, x) for colour
+    neurons, in pixel units; see the module doc."""
     x = (xp.asarray(images, dtype=xp.float32) - GRAY) / GRAY
     x = x.reshape(x.shape[0], -1)
     n_neurons = params["filter_even"].shape[0]
@@ -130,12 +171,12 @@ def drive(params: dict, images, xp=np):
     odd = x @ xp.asarray(params["filter_odd"]).reshape(n_neurons, -1).T
     is_complex = xp.asarray(params["complex"])
     energy = is_complex * (even**2 + odd**2) + (1 - is_complex) * xp.maximum(even, 0.0) ** 2
-    surround = (x**2) @ xp.asarray(params["surround"]).reshape(n_neurons, -1).T
+    surround = surround_energy(params, images, xp)
     return energy / (1.0 + xp.asarray(params["norm_weight"]) * surround)
 
 
 def mean_response(params: dict, images, xp=np):
-    """Noise-free responses (n, neurons) to images (n, y, x) in pixel units 0..255.
+    """Noise-free responses (n, neurons) to images (n, [channel,] y, x) in pixel units 0..255.
 
     ``params`` is ``ground_truth(ds)``; ``xp`` is numpy or jax.numpy (only array operations both
     provide, so ``jax.grad`` goes through it with xp=jax.numpy).
@@ -180,8 +221,12 @@ def simulate(
     repeats: int,
     size: tuple[int, int] = (36, 64),
     seed: int = 0,
+    channels: int = 1,
 ) -> xr.Dataset:
     """A session of the simulated animal, with ground truth as ``gt_*`` variables.
+
+    ``channels`` 1 gives gray images (trial, y, x); 3 gives RGB images (trial, channel, y, x)
+    and a population of luminance and colour-opponent neurons (see the module doc).
 
     ``n_train_images`` images are shown once each; 10% of them form the validation tier.
     ``n_test_images`` images are shown ``repeats`` times each (tier test). Trials are in random
@@ -195,9 +240,11 @@ def simulate(
     ):
         if value < least:
             raise ConfigError(f"simulate: {name} {value}: give at least {least}")
+    if channels not in (1, 3):
+        raise ConfigError(f"simulate: --channels {channels}: give 1 (gray) or 3 (RGB)")
     rng = np.random.default_rng(seed)
-    train_images = natural_images(n_train_images, size, rng)
-    test_images = natural_images(n_test_images, size, rng)
+    train_images = natural_images(n_train_images, size, rng, channels)
+    test_images = natural_images(n_test_images, size, rng, channels)
 
     params = gabors(n_neurons, size, rng)
     counts = np.floor(np.array(KIND_FRACTIONS) * n_neurons).astype(int)
@@ -206,9 +253,16 @@ def simulate(
     params["kind"] = kind
     params["complex"] = np.char.startswith(kind, "complex").astype(np.float32)
     normalized = np.char.endswith(kind, "normalized")
-    surround = (((train_images.astype(np.float32) - GRAY) / GRAY) ** 2).reshape(
-        n_train_images, -1
-    ) @ params["surround"].reshape(n_neurons, -1).T
+    if channels == 3:
+        counts = np.floor(np.array(COLOUR_FRACTIONS) * n_neurons).astype(int)
+        counts[0] += n_neurons - counts.sum()
+        colour = rng.permutation(np.repeat(np.array(list(COLOURS)), counts))
+        weights = np.stack([COLOURS[c] for c in colour]).astype(np.float32)
+        params["colour"] = colour
+        params["colour_weights"] = weights
+        for name in ("filter_even", "filter_odd"):
+            params[name] = weights[:, :, None, None] * params[name][:, None]
+    surround = surround_energy(params, train_images)
     weight = rng.uniform(1.0, 4.0, n_neurons) / np.maximum(np.median(surround, axis=0), 1e-6)
     params["norm_weight"] = np.where(normalized, weight, 0.0).astype(np.float32)
     # Half-saturation above the strongest natural drive: natural images use the expansive part
@@ -226,9 +280,11 @@ def simulate(
     # Under a fixed L2 norm the even Gabor is the optimum of simple and complex cells (their
     # drive grows with the projection on the unit-norm filters); each neuron's norm is the largest
     # that keeps its Gabor inside the pixel range. Normalized cells have no closed form: NaN.
-    params["optimal_norm"] = OPTIMAL_PEAK / np.abs(params["filter_even"]).max(axis=(1, 2))
-    gabor = GRAY + params["optimal_norm"][:, None, None] * params["filter_even"]
-    params["optimal_stimulus"] = np.where(~normalized[:, None, None], gabor, np.nan)
+    image_axes = tuple(range(1, params["filter_even"].ndim))
+    params["optimal_norm"] = OPTIMAL_PEAK / np.abs(params["filter_even"]).max(axis=image_axes)
+    per_image = (-1,) + (1,) * len(image_axes)
+    gabor = GRAY + params["optimal_norm"].reshape(per_image) * params["filter_even"]
+    params["optimal_stimulus"] = np.where(~normalized.reshape(per_image), gabor, np.nan)
 
     n_validation = max(1, n_train_images // 10) if n_train_images >= 10 else 0
     image_tier = np.array(["validation"] * n_validation + ["train"] * (n_train_images - n_validation))
@@ -272,7 +328,9 @@ def simulate(
     neuron_dims = {
         0: (),
         1: ("neuron",),
+        2: ("neuron", "channel"),
         3: ("neuron", "y", "x"),
+        4: ("neuron", "channel", "y", "x"),
     }
     for name, value in params.items():
         value = np.asarray(value)
@@ -296,7 +354,7 @@ def ground_truth(ds: xr.Dataset) -> dict[str, np.ndarray]:
 
 
 def respond(session_or_params, images, repeats: int = 1, seed: int = 0):
-    """Show images (n, y, x) in pixel units to the simulated animal.
+    """Show images (n, y, x) in pixel units to the simulated animal; (n, 3, y, x) to a colour one.
 
     ``session_or_params`` is a simulated session (Dataset) or ``ground_truth(ds)``. Returns
     (mean (n, neurons) noise-free, noisy (repeats, n, neurons)) float32; each noisy trial draws
@@ -308,10 +366,11 @@ def respond(session_or_params, images, repeats: int = 1, seed: int = 0):
         else session_or_params
     )
     images = np.asarray(images)
-    if images.ndim != 3 or images.shape[1:] != params["filter_even"].shape[1:]:
+    image_shape = params["filter_even"].shape[1:]
+    if images.shape[1:] != image_shape or images.ndim != len(image_shape) + 1:
         raise SessionError(
-            f"respond: images have shape {images.shape}; give (n, {params['filter_even'].shape[1]},"
-            f" {params['filter_even'].shape[2]}) in pixel units"
+            f"respond: images have shape {images.shape}; give (n, {', '.join(map(str, image_shape))})"
+            " in pixel units"
         )
     rng = np.random.default_rng(seed)
     mean = mean_response(params, images).astype(np.float32)
