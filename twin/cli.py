@@ -61,7 +61,7 @@ def check_simulation_memory(args, size: tuple[int, int]) -> None:
     from twin.data.images import available_memory
 
     trials = args.train_images + args.test_images * args.repeats
-    pixels = size[0] * size[1]
+    pixels = size[0] * size[1] * args.channels
     needed = 3 * 8 * (trials * pixels + trials * args.neurons + args.neurons * pixels)
     available = available_memory()
     if needed > available:
@@ -87,6 +87,7 @@ def cmd_simulate(args) -> int:
         repeats=args.repeats,
         size=size,
         seed=args.seed,
+        channels=args.channels,
     )
     write_session(ds, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
@@ -405,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-images", type=at_least(1), default=50)
     p.add_argument("--repeats", type=at_least(1), default=10)
     p.add_argument("--size", default="36x64", help="HEIGHTxWIDTH (default 36x64)")
+    p.add_argument(
+        "--channels", type=int, choices=[1, 3], default=1,
+        help="1: gray images (default); 3: RGB images and luminance and colour-opponent neurons",
+    )
     p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
     add_overwrite_flag(p)
     p.set_defaults(handler=cmd_simulate)
