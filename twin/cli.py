@@ -150,6 +150,46 @@ def cmd_import_images(args) -> int:
     return 0
 
 
+def parse_window(text: str | None) -> tuple[float, float] | None:
+    """'0.05,0.55' -> (0.05, 0.55) seconds after onset; None stays None (each presentation)."""
+    if text is None:
+        return None
+    try:
+        start, end = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--window {text!r}: write START,END in seconds after onset, e.g. 0.05,0.55") from None
+    if not (math.isfinite(start) and math.isfinite(end) and start < end):
+        raise ConfigError(f"--window {text!r}: give finite START below END, e.g. 0.05,0.55")
+    return start, end
+
+
+def cmd_import_nwb(args) -> int:
+    from twin.data.importers import shift_responses
+    from twin.data.nwb import from_nwb
+    from twin.data.store import write_session
+    from twin.outputs import check_output
+
+    inputs = [args.path, *([args.tiers] if args.tiers else [])]
+    check_output(args.out, args.overwrite, "store", flag="OUT", inputs=inputs)
+    ds = from_nwb(
+        args.path,
+        responses=args.responses,
+        table=args.stimulus_table,
+        image_column=args.image_column,
+        templates=args.templates,
+        window=parse_window(args.window),
+        size=parse_size(args.size) if args.size else None,
+        tiers=args.tiers,
+        seed=args.seed,
+        pixel_range=parse_pixel_range(args.pixel_range),
+    )
+    if args.shift_responses:
+        ds = shift_responses(ds, args.shift_responses)
+    write_session(ds, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
+    return 0
+
+
 def cmd_info(args) -> int:
     from twin.data.digest import FIX, content_digest, format_check, format_digest, verify_store
     from twin.data.store import format_info, load_values, open_session, session_info
@@ -385,6 +425,14 @@ def add_seed_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_pixel_range_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pixel-range", metavar="LO,HI",
+        help="image values shown as black and white; needed when the images are not uint8, 0..1"
+        " or 0..255 floats (e.g. z-scored: --pixel-range=-2.5,2.5)",
+    )
+
+
 def add_shift_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shift-responses", choices=["neuron", "global"],
@@ -433,11 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
         f.add_argument("path", help=reads)
         f.add_argument("out", help="store to write (.zarr)")
         add_seed_flag(f)
-        f.add_argument(
-            "--pixel-range", metavar="LO,HI",
-            help="image values shown as black and white; needed when the images are not uint8, 0..1"
-            " or 0..255 floats (e.g. z-scored: --pixel-range=-2.5,2.5)",
-        )
+        add_pixel_range_flag(f)
         add_shift_flag(f)
         add_overwrite_flag(f)
         f.set_defaults(handler=cmd_import)
@@ -480,6 +524,52 @@ def build_parser() -> argparse.ArgumentParser:
     add_shift_flag(f)
     add_overwrite_flag(f)
     f.set_defaults(handler=cmd_import_images)
+    f = formats.add_parser(
+        "nwb", help="import a two-photon session from an NWB file (DANDI, Allen Brain Observatory)",
+        description="Reads, with pynwb: RESPONSES, one RoiResponseSeries (time, roi) in a processing"
+        " module (processing['ophys'] Fluorescence, DfOverF or another interface) with timestamps or"
+        " starting_time + rate; PRESENTATIONS, one TimeIntervals table (nwb.intervals[NAME] or"
+        " nwb.trials) with start_time, stop_time and an integer image index column (frame,"
+        " image_index, stimulus_index or image_id; -1 = blank screen, left out); TEMPLATES, one"
+        " nwb.stimulus_template entry, an ImageSeries (image, y, x) or (image, y, x, 3) or an Images"
+        " container of GrayscaleImage/RGBImage in its order_of_images. Unit ids are the ROI ids of"
+        " the PlaneSegmentation. A trial is a presentation; its response is each ROI's mean over the"
+        " --window. Behaviour and cell positions are not read.",
+    )
+    f.add_argument("path", metavar="FILE", help=".nwb file (HDF5)")
+    f.add_argument("out", metavar="OUT", help="store to write (.zarr)")
+    f.add_argument(
+        "--responses", metavar="NAME",
+        help="the RoiResponseSeries to read when there are several: its name, its interface's name"
+        " (e.g. DfOverF) or its path (ophys/DfOverF/RoiResponseSeries)",
+    )
+    f.add_argument(
+        "--stimulus-table", metavar="NAME",
+        help="the presentation table when several have an image index column (e.g."
+        " natural_scenes_presentations, trials)",
+    )
+    f.add_argument("--image-column", metavar="NAME", help="the table's image index column (default: the one found)")
+    f.add_argument(
+        "--templates", metavar="NAME",
+        help="the nwb.stimulus_template entry when there are several (default: the one whose name"
+        " is part of the table's, e.g. natural_scenes for natural_scenes_presentations)",
+    )
+    f.add_argument(
+        "--window", metavar="START,END",
+        help="seconds after each onset to average, e.g. 0.05,0.55 for calcium indicator delays"
+        " (default: each presentation's start_time..stop_time; before onset: --window=-0.1,0.4)",
+    )
+    f.add_argument("--size", metavar="HxW", help="optional: resample the templates to HEIGHTxWIDTH (pillow Lanczos)")
+    f.add_argument(
+        "--tiers", metavar="FILE",
+        help="optional .npy/.csv: one tier per imported presentation (blank ones left out), in table"
+        " order",
+    )
+    add_seed_flag(f)
+    add_pixel_range_flag(f)
+    add_shift_flag(f)
+    add_overwrite_flag(f)
+    f.set_defaults(handler=cmd_import_nwb)
 
     p = commands.add_parser("info", help="summarize a session store")
     p.add_argument("store")
