@@ -57,29 +57,37 @@ def broadcastable(array: np.ndarray) -> np.ndarray:
     return array[:, None, None] if array.ndim == 1 else array
 
 
+def engine_layout(images: np.ndarray) -> np.ndarray:
+    """Session images (n, y, x, channel) -> the engine's (n, y, x) for one channel, (n, channel,
+    y, x) for several."""
+    return images[..., 0] if images.shape[-1] == 1 else np.moveaxis(images, -1, 1)
+
+
 def plot_grid(images: np.ndarray, titles: list[str], path: Path) -> None:
     """PNG of images (n, y, x) in pixel units 0..255, gray scale, up to 8 per row; images
-    (n, channel, y, x) show their channels side by side."""
+    (n, 3, y, x) are shown as RGB, other channel counts (e.g. UV and green) side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if images.ndim == 4:
+    if images.ndim == 4 and images.shape[1] == 3:
+        images = np.clip(np.moveaxis(images, 1, -1) / 255.0, 0.0, 1.0)
+    elif images.ndim == 4:
         gap = np.full((*images.shape[:1], images.shape[2], 1), 255.0, np.float32)
         parts = [part for channel in np.moveaxis(images, 1, 0) for part in (channel, gap)]
         images = np.concatenate(parts[:-1], axis=2)
     n = len(images)
     cols = min(n, 8)
     rows = -(-n // cols)
-    height, width = images.shape[1:]
+    height, width = images.shape[1:3]
     fig, axes = plt.subplots(
         rows, cols, figsize=(cols * 1.6 * width / max(height, width) + 0.2, rows * 1.3), squeeze=False
     )
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.imshow(image, **({"cmap": "gray", "vmin": 0, "vmax": 255} if image.ndim == 2 else {}))
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
@@ -197,8 +205,8 @@ def mei_command(
     ds_session = open_session(data.path)
     if ds_session.attrs.get("simulated"):
         params = ground_truth(ds_session)
-        pixels = data.denormalize_images(best)
-        train_pixels = data.denormalize_images(data.images[train][..., 0])
+        pixels = best * engine_std + engine_mean
+        train_pixels = engine_layout(data.images[train]) * engine_std + engine_mean
         true_activation = validate.true_responses(params, pixels, index)
         true_natural, true_where = validate.true_best_natural(params, train_pixels, index)
         true_trial = train[true_where]

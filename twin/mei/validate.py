@@ -47,7 +47,8 @@ class GroundTruth(nnx.Module):
     """The simulated animal's noise-free neurons with the Twin call signature.
 
     params: ``twin.data.simulate.ground_truth(ds)``; image_mean, image_std: the session's
-    normalization (scalars or (y, x)), to turn normalized images back into pixel units.
+    normalization in the layouts of ``SessionData.image_mean`` ((), (y, x), (channel,) or
+    (y, x, channel)), to turn normalized images back into pixel units.
     """
 
     def __init__(self, params: dict, image_mean, image_std):
@@ -57,11 +58,15 @@ class GroundTruth(nnx.Module):
         self.image_std = nnx.Variable(jnp.asarray(image_std, jnp.float32))
 
     def __call__(self, images, session=0, *, neurons=None, behavior=None, pupil_center=None):
-        """images (b, y, x, 1) normalized -> noise-free responses (b, n) or (b, k) for neurons (k,)."""
+        """images (b, y, x, channel) normalized -> noise-free responses (b, n) or (b, k) for
+        neurons (k,)."""
         params = {name: getattr(self, name)[...] for name in GT_NEURON_PARAMS}
         if neurons is not None:
             params = {name: value[neurons] for name, value in params.items()}
-        pixels = images[..., 0] * self.image_std[...] + self.image_mean[...]
+        if images.shape[-1] == 1:
+            pixels = images[..., 0] * self.image_std[...] + self.image_mean[...]
+        else:
+            pixels = jnp.moveaxis(images * self.image_std[...] + self.image_mean[...], -1, 1)
         return mean_response(params, pixels, xp=jnp)
 
 
@@ -142,7 +147,8 @@ def shift_robustness(
 
 
 def true_responses(params: dict, pixels: np.ndarray, neurons) -> np.ndarray:
-    """(n,) noise-free response of neuron ``neurons[i]`` to image ``pixels[i]`` (pixel units)."""
+    """(n,) noise-free response of neuron ``neurons[i]`` to image ``pixels[i]`` ((y, x) or
+    (channel, y, x), pixel units)."""
     sub = gt_subset(params, neurons)
     out = mean_response(sub, np.asarray(pixels, np.float32))
     return out[np.arange(len(pixels)), np.arange(len(pixels))]
@@ -150,7 +156,7 @@ def true_responses(params: dict, pixels: np.ndarray, neurons) -> np.ndarray:
 
 def true_best_natural(params: dict, pixels: np.ndarray, neurons, batch_size: int = 512):
     """The ground truth's strongest natural image per neuron: response (n,), index (n,) into
-    ``pixels (trial, y, x)``."""
+    ``pixels (trial, [channel,] y, x)``."""
     sub = gt_subset(params, neurons)
     best = np.full(len(neurons), -np.inf)
     where = np.zeros(len(neurons), np.int64)
@@ -165,8 +171,8 @@ def true_best_natural(params: dict, pixels: np.ndarray, neurons, batch_size: int
 
 
 def optimum_correlation(pixels: np.ndarray, optimal: np.ndarray) -> np.ndarray:
-    """(n,) Pearson correlation over pixels of each image (n, y, x) with the known optimal
-    stimulus (n, y, x); NaN where the optimum is unknown (NaN)."""
+    """(n,) Pearson correlation over pixels of each image (n, [channel,] y, x) with the known
+    optimal stimulus (same shape); NaN where the optimum is unknown (NaN)."""
     a = pixels.reshape(len(pixels), -1).astype(np.float64)
     b = optimal.reshape(len(optimal), -1).astype(np.float64)
     a = a - a.mean(axis=1, keepdims=True)
