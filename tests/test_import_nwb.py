@@ -1,6 +1,6 @@
 """twin import nwb: two-photon sessions in NWB files, written here with pynwb."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -54,6 +54,7 @@ def write_nwb(
     timestamps: bool = True,
     table: str = "natural_scenes_presentations",
     column: str = "frame",
+    pixel_masks: bool = False,
     seed: int = 0,
 ):
     """An NWB file of a two-photon session; returns (template index per presentation (42,),
@@ -64,21 +65,25 @@ def write_nwb(
     pictures = templates(rgb)
     nwb = NWBFile(
         session_description="twin test", identifier="nwb-test",
-        session_start_time=datetime(2024, 1, 1, tzinfo=timezone.utc),
+        session_start_time=datetime(2024, 1, 1, tzinfo=UTC),
     )
     plane = nwb.create_imaging_plane(
         name="plane", description="V1", device=nwb.create_device(name="scope"),
         optical_channel=OpticalChannel(name="green", description="GCaMP", emission_lambda=510.0),
         excitation_lambda=920.0, imaging_rate=RATE, indicator="GCaMP6f", location="VISp",
+        grid_spacing=[2e-6, 3e-6], origin_coords=[0.0, 0.0, 1e-4],
     )
     segmentation = ImageSegmentation()
     cells = segmentation.create_plane_segmentation(
         description="cells", imaging_plane=plane, name="PlaneSegmentation"
     )
-    for roi_id in ROI_IDS:
-        mask = np.zeros((16, 16))
-        mask[roi_id - 10, roi_id - 10] = 1
-        cells.add_roi(id=roi_id, image_mask=mask)
+    for k, roi_id in enumerate(ROI_IDS):  # ROI k is centred on pixel x = k, y = k + 1
+        if pixel_masks:
+            cells.add_roi(id=roi_id, pixel_mask=[(k, k, 1.0), (k, k + 2, 1.0)])
+        else:
+            mask = np.zeros((16, 16))
+            mask[k, k : k + 3] = 0.5
+            cells.add_roi(id=roi_id, image_mask=mask)
     ophys = nwb.create_processing_module(name="ophys", description="two-photon")
     ophys.add(segmentation)
     region = cells.create_roi_table_region(description="all", region=list(range(N_ROIS)))
@@ -114,6 +119,15 @@ def write_nwb(
     return index, values, pictures
 
 
+def assert_positions(ds) -> None:
+    """Mask centres (k, k + 1) pixels times the grid spacing 2 x 3 um, at the plane's z 100 um."""
+    k = np.arange(N_ROIS)
+    np.testing.assert_allclose(ds["cell_x"].values, 2.0 * k, atol=1e-4)
+    np.testing.assert_allclose(ds["cell_y"].values, 3.0 * (k + 1), atol=1e-4)
+    np.testing.assert_allclose(ds["cell_z"].values, 100.0, atol=1e-4)
+    assert ds.attrs["cell_positions"] == "PlaneSegmentation mask centres x plane.grid_spacing"
+
+
 def run(argv, capsys):
     code = main([str(a) for a in argv])
     return code, capsys.readouterr().err
@@ -128,6 +142,7 @@ def test_imports_window_means_ids_tiers_and_labels(tmp_path, capsys):
     np.testing.assert_allclose(ds["responses"].values, values[shown], rtol=1e-6)
     np.testing.assert_array_equal(ds["images"].values, pictures[index[shown]])
     assert ds["unit_id"].values.tolist() == ROI_IDS
+    assert_positions(ds)
     assert ds["image_id"].values.tolist() == index[shown].tolist()
     assert ds["image_name"].values.tolist() == [f"natural_scenes[{i}]" for i in index[shown]]
     tier = ds["tier"].values
@@ -142,7 +157,8 @@ def test_window_rate_rgb_images_container_and_trials(tmp_path, capsys):
     timestamps; RGB templates in an Images container; the table is nwb.trials."""
     path = tmp_path / "s.nwb"
     index, values, pictures = write_nwb(
-        path, rgb=True, images_container=True, timestamps=False, table="trials", column="image_index"
+        path, rgb=True, images_container=True, timestamps=False, table="trials", column="image_index",
+        pixel_masks=True,
     )
     out = tmp_path / "s.zarr"
     assert run(["import", "nwb", path, out, "--window", "0,1"], capsys) == (0, "")
@@ -153,6 +169,7 @@ def test_window_rate_rgb_images_container_and_trials(tmp_path, capsys):
     np.testing.assert_array_equal(ds["images"].values, np.moveaxis(pictures[index[shown]], -1, 1))
     assert ds["image_name"].values.tolist() == [f"im{i:03d}" for i in index[shown]]
     assert ds.attrs["response_window"] == "onset+0..onset+1 s"
+    assert_positions(ds)
 
 
 def test_responses_pick_seed_tiers_shift_and_size(tmp_path, capsys):
@@ -190,7 +207,7 @@ def test_seed_changes_the_split_of_unrepeated_images(tmp_path, capsys):
         (["--window", "0,9"], "s lies outside ophys/DfOverF/RoiResponseSeries (0..44 s); pass a --window inside"),
         (["--window", "0.01,0.1"], "holds no sample of ophys/DfOverF/RoiResponseSeries (one every 0.125 s)"),
         (["--responses", "Deconvolved"], "--responses 'Deconvolved' names none of them"),
-        (["--image-column", "image_index"], "no stimulus table with a column image_index"),
+        (["--image-column", "image_index"], "no table with a column image_index (tables: natural_scenes_presentations)"),
         (["--templates", "movie"], "--templates 'movie' names none of them"),
     ],
 )

@@ -9,14 +9,16 @@ What ``from_nwb`` reads, with pynwb:
   ``start_time``, ``stop_time`` and an integer image index column (``frame``, ``image_index``,
   ``stimulus_index`` or ``image_id``); index -1 (the Allen Brain Observatory's blank screen) marks a
   presentation without an image, which is left out;
-- templates: one ``nwb.stimulus_template`` entry, an ``ImageSeries`` (image, y, x) or (image, y, x, 3)
-  or an ``Images`` container of ``GrayscaleImage`` (y, x) / ``RGBImage`` (y, x, 3) taken in its
-  ``order_of_images``;
-- unit ids: the ids of the series' ROIs in their ``PlaneSegmentation``.
+- templates: one ``nwb.stimulus_template`` entry, an ``ImageSeries`` (image, y, x) or
+  (image, y, x, 3) or an ``Images`` container of ``GrayscaleImage`` (y, x) / ``RGBImage``
+  (y, x, 3) taken in its ``order_of_images``;
+- unit ids: the ids of the series' ROIs in their ``PlaneSegmentation``; cell positions, when the
+  imaging plane has a ``grid_spacing``: the centres of the ROIs' ``image_mask`` (roi, x, y) or
+  ``pixel_mask`` (x, y, weight) in micrometres, z the plane's ``origin_coords`` z (else 0).
 
 A trial is one presentation; its response is each ROI's mean over the samples t with
 onset + START <= t < onset + END (``window``), or start_time <= t < stop_time without a window.
-Behaviour (running, pupil) and cell positions are not read.
+Behaviour (running, pupil) is not read.
 """
 
 from __future__ import annotations
@@ -24,19 +26,51 @@ from __future__ import annotations
 import contextlib
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 import xarray as xr
 
-from twin.data.importers import image_ids_from_pixels, range_attrs, read_tiers, split_tiers
+from twin.data.importers import (
+    image_ids_from_pixels,
+    range_attrs,
+    read_tiers,
+    split_tiers,
+)
 from twin.data.schema import fail, make_session
 
 IMAGE_COLUMNS = ("frame", "image_index", "stimulus_index", "image_id")
-BLANK = -1  # the Allen Brain Observatory's index of a presentation of the grey screen
+BLANK = -1  # the Allen Brain Observatory's image index of a presentation of the grey screen
+MICROMETRES = {"meters": 1e6, "m": 1e6, "millimeters": 1e3, "mm": 1e3, "micrometers": 1.0, "um": 1.0}
+DAMAGED = "the file is damaged or truncated; download it again"
 # What pynwb, hdmf and h5py raise for files they cannot parse (h5py: OSError, KeyError; hdmf:
 # ConstructError, BuildError; docval: TypeError, ValueError on malformed attributes).
 UNREADABLE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError)
+
+
+class Responses(NamedTuple):
+    """The chosen RoiResponseSeries: its path, trace (time, roi) float64 in its units, sample
+    times (time,) s, ROI ids (roi,), positions (roi, 3) micrometres or None, and how the
+    positions were found (or why not)."""
+
+    name: str
+    trace: np.ndarray
+    times: np.ndarray
+    unit_id: np.ndarray
+    cell_xyz: np.ndarray | None
+    positions: str
+
+
+class Presentations(NamedTuple):
+    """The chosen stimulus table: its name, its image index column, and per row (presentation,)
+    start_time and stop_time in seconds and the image index (int64)."""
+
+    name: str
+    column: str
+    start: np.ndarray
+    stop: np.ndarray
+    index: np.ndarray
 
 
 def library_errors() -> tuple[type[Exception], ...]:
@@ -51,6 +85,20 @@ def reason(error: Exception) -> str:
     return text[0] if text else type(error).__name__
 
 
+def guarded(read, path: Path, problem: str, fix: str = DAMAGED):
+    """``read()``; what pynwb, hdmf and h5py raise becomes a SessionError "problem (reason); fix"."""
+    try:
+        return read()
+    except library_errors() as error:
+        fail(path, f"{problem} ({reason(error)}); {fix}")
+
+
+def read_array(data, path: Path, what: str, key=()) -> np.ndarray:
+    """``data[key]`` of the HDF5 dataset (or array-like) ``data`` of the NWB object ``what``."""
+    whole = key == () and not isinstance(data, h5py.Dataset)
+    return guarded(lambda: np.asarray(data if whole else data[key]), path, f"{what} cannot be read")
+
+
 @contextlib.contextmanager
 def open_nwb(path: Path):
     """The NWBFile of ``path``, open for the duration of the block."""
@@ -60,28 +108,15 @@ def open_nwb(path: Path):
         fail(path, "no such file; pass an .nwb file")
     if not h5py.is_hdf5(path):
         fail(path, "is not an HDF5 file (NWB 2 files are HDF5); pass an .nwb file, or download it again")
+    fix = "check the file, or download it again"
+    io = guarded(lambda: NWBHDF5IO(str(path), "r"), path, "cannot be opened as NWB", fix)
     try:
-        io = NWBHDF5IO(str(path), "r")
-    except library_errors() as error:
-        fail(path, f"cannot be opened as NWB ({reason(error)}); check the file, or download it again")
-    try:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # pynwb's notes on cached namespaces
-                nwb = io.read()
-        except library_errors() as error:
-            fail(path, f"cannot be read as NWB ({reason(error)}); check the file, or download it again")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pynwb's notes on cached namespaces
+            nwb = guarded(io.read, path, "cannot be read as NWB", fix)
         yield nwb
     finally:
         io.close()
-
-
-def read_array(data, path: Path, what: str) -> np.ndarray:
-    """The values of the HDF5 dataset (or list) ``data`` of the NWB object ``what``."""
-    try:
-        return np.asarray(data[()] if isinstance(data, h5py.Dataset) else data)
-    except library_errors() as error:
-        fail(path, f"{what} cannot be read ({reason(error)}); the file is damaged or truncated, download it again")
 
 
 def choose(found: list[str], name: str | None, what: str, flag: str, path: Path) -> str:
@@ -96,6 +131,9 @@ def choose(found: list[str], name: str | None, what: str, flag: str, path: Path)
         have = "none of them" if not picked else f"{len(picked)} of them"
         fail(path, f"{flag} {name!r} names {have}; the {what} are {', '.join(found)}")
     return picked[0]
+
+
+# ---------------------------------------------------------------------------- responses
 
 
 def response_series(nwb) -> dict:
@@ -115,11 +153,15 @@ def response_series(nwb) -> dict:
 def sample_times(series, n: int, path: Path, name: str) -> np.ndarray:
     """(n,) seconds of the samples of ``series``: its timestamps, or starting_time + i / rate."""
     if series.timestamps is not None:
-        timestamps = series.timestamps
-        data = timestamps.timestamps if hasattr(timestamps, "timestamps") else timestamps
+        linked = series.timestamps  # another TimeSeries when the file links its timestamps
+        data = linked.timestamps if hasattr(linked, "timestamps") else linked
         times = read_array(data, path, f"{name}.timestamps").astype(np.float64)
         if times.shape != (n,):
-            fail(path, f"{name}.timestamps has shape {times.shape} but the series has {n} samples; give one timestamp per sample")
+            fail(
+                path,
+                f"{name}.timestamps has shape {times.shape} but the series has {n} samples; give one"
+                " timestamp per sample",
+            )
     else:
         rate, start = series.rate, series.starting_time or 0.0
         if rate is None or not np.isfinite(rate) or rate <= 0:
@@ -127,22 +169,85 @@ def sample_times(series, n: int, path: Path, name: str) -> np.ndarray:
         times = start + np.arange(n) / rate
     if not np.isfinite(times).all():
         fail(path, f"{name}.timestamps holds NaN or inf; store the time of every sample")
-    if (np.diff(times) <= 0).any():
-        i = int(np.argmax(np.diff(times) <= 0))
-        fail(path, f"{name}.timestamps are not increasing (sample {i + 1} at {times[i + 1]:g} s follows {times[i]:g} s); store them in time order")
+    backwards = np.diff(times) <= 0
+    if backwards.any():
+        i = int(np.argmax(backwards)) + 1
+        fail(
+            path,
+            f"{name}.timestamps are not increasing (sample {i} at {times[i]:g} s follows"
+            f" {times[i - 1]:g} s); store the samples in time order",
+        )
     return times
 
 
-def read_responses(nwb, name: str | None, path: Path) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
-    """The chosen RoiResponseSeries: its path, trace (time, roi) float64 in its units, sample
-    times (time,) s and ROI ids (roi,)."""
+def to_micrometres(values, unit: str) -> np.ndarray | None:
+    """``values`` in ``unit`` (an NWB length unit) as micrometres; None for an unknown unit."""
+    scale = MICROMETRES.get(str(unit).lower())
+    return None if scale is None else np.asarray(values, dtype=np.float64) * scale
+
+
+def mask_centres(table, rows: np.ndarray, path: Path) -> np.ndarray | None:
+    """(roi, 2) weighted x, y pixel centres of the ``rows`` of the PlaneSegmentation ``table``
+    from its image_mask (roi, x, y) or pixel_mask (x, y, weight) column; None without masks."""
+    centres = []
+    for row in rows.tolist():
+        what = f"{table.name} row {row}"
+        if "image_mask" in table.colnames:
+            weights = read_array(table["image_mask"].data, path, f"{what} image_mask", row)
+            x, y = np.indices(weights.shape[:2])
+            weights = weights.reshape(*weights.shape[:2], -1).sum(axis=-1)  # a 3-D mask's planes
+        elif "pixel_mask" in table.colnames:
+            index = table["pixel_mask"]
+            ends = read_array(index.data, path, f"{table.name}.pixel_mask_index")
+            start = 0 if row == 0 else int(ends[row - 1])
+            pixels = read_array(index.target.data, path, f"{what} pixel_mask", slice(start, int(ends[row])))
+            x, y, weights = pixels["x"], pixels["y"], pixels["weight"]
+        else:
+            return None
+        total = float(np.sum(weights))
+        if not np.isfinite(total) or total <= 0:
+            return None
+        centres.append([float(np.sum(weights * x)) / total, float(np.sum(weights * y)) / total])
+    return np.array(centres)
+
+
+def roi_positions(table, rows: np.ndarray, path: Path) -> tuple[np.ndarray | None, str]:
+    """(roi, 3) micrometre positions of the ``rows`` of the PlaneSegmentation ``table``: mask
+    centres times the imaging plane's grid_spacing, z the plane's origin_coords z (else 0); and
+    a sentence saying how, or why there are none."""
+    plane = table.imaging_plane
+    if plane.grid_spacing is None:
+        return None, f"not stored: {plane.name} has no grid_spacing"
+    spacing = read_array(plane.grid_spacing, path, f"{plane.name}.grid_spacing")
+    spacing = to_micrometres(spacing, plane.grid_spacing_unit)
+    if spacing is None or spacing.shape[0] < 2 or not np.isfinite(spacing).all():
+        return None, f"not stored: {plane.name}.grid_spacing is not a length per pixel in x and y"
+    centres = mask_centres(table, rows, path)
+    if centres is None:
+        return None, f"not stored: {table.name} has no image_mask or pixel_mask with positive weights"
+    z = 0.0
+    if plane.origin_coords is not None:
+        origin = read_array(plane.origin_coords, path, f"{plane.name}.origin_coords")
+        origin = to_micrometres(origin, plane.origin_coords_unit)
+        if origin is not None and origin.shape == (3,) and np.isfinite(origin[2]):
+            z = float(origin[2])
+    xyz = np.column_stack([centres * spacing[:2], np.full(len(centres), z)])
+    return xyz, f"{table.name} mask centres x {plane.name}.grid_spacing"
+
+
+def read_responses(nwb, name: str | None, path: Path) -> Responses:
+    """The RoiResponseSeries ``name`` picks (see ``choose``), or the only one."""
     found = response_series(nwb)
     if not found:
-        fail(path, "holds no RoiResponseSeries in nwb.processing (e.g. processing['ophys'] Fluorescence or DfOverF); store the ROI traces there")
+        fail(
+            path,
+            "holds no RoiResponseSeries in nwb.processing (e.g. processing['ophys'] Fluorescence or"
+            " DfOverF); store the ROI traces there",
+        )
     chosen = choose(sorted(found), name, "RoiResponseSeries", "--responses", path)
     series = found[chosen]
     trace = read_array(series.data, path, chosen)
-    if trace.dtype.kind not in "iuf" or trace.ndim not in (1, 2) or trace.size == 0:
+    if trace.dtype.kind not in "iuf" or trace.ndim not in (1, 2) or len(trace) < 2:
         fail(path, f"{chosen} holds {trace.dtype} values of shape {trace.shape}; store numbers (time, roi)")
     trace = trace.reshape(len(trace), -1).astype(np.float64) * series.conversion + (series.offset or 0.0)
     rois = read_array(series.rois.data, path, f"{chosen}.rois").astype(np.int64)
@@ -152,61 +257,79 @@ def read_responses(nwb, name: str | None, path: Path) -> tuple[str, np.ndarray, 
         fail(path, f"{chosen} has shape {trace.shape} but names {len(rois)} ROIs; store data as (time, roi)")
     if ((rois < 0) | (rois >= len(ids))).any():
         fail(path, f"{chosen}.rois points outside {table.name} ({len(ids)} ROIs); store rows of that table")
-    if len(trace) < 2:
-        fail(path, f"{chosen} holds {len(trace)} sample; record at least two")
-    return chosen, trace, sample_times(series, len(trace), path, chosen), ids[rois]
+    times = sample_times(series, len(trace), path, chosen)
+    cell_xyz, positions = roi_positions(table, rois, path)
+    return Responses(chosen, trace, times, ids[rois], cell_xyz, positions)
 
 
-def read_presentations(nwb, name, column, path: Path) -> tuple[str, str, np.ndarray, np.ndarray, np.ndarray]:
-    """The chosen stimulus table: its name, its image column, start_time (n,), stop_time (n,)
-    and image index (n,) int64."""
+# ---------------------------------------------------------------------------- stimulus
+
+
+def read_presentations(nwb, name: str | None, column: str | None, path: Path) -> Presentations:
+    """The stimulus table ``name`` picks, or the only one with an image index column (``column``,
+    else one of IMAGE_COLUMNS)."""
     tables = dict(nwb.intervals.items())
     if nwb.trials is not None:
         tables["trials"] = nwb.trials
     if name is None:
         wanted = [column] if column else IMAGE_COLUMNS
-        with_images = [n for n, t in tables.items() if set(wanted) & set(t.colnames)]
+        with_images = sorted(n for n, t in tables.items() if set(wanted) & set(t.colnames))
         if not with_images:
-            listed = ", ".join(sorted(tables)) or "no tables"
-            fail(path, f"nwb.intervals/nwb.trials ({listed}) hold no stimulus table with a column {' or '.join(wanted)}; store the presentations there, or pass --image-column")
+            fail(
+                path,
+                f"nwb.intervals and nwb.trials hold no table with a column {' or '.join(wanted)}"
+                f" (tables: {', '.join(sorted(tables)) or 'none'}); store the presentations there as a"
+                " TimeIntervals table, or pass --image-column",
+            )
         tables = {n: tables[n] for n in with_images}
     chosen = choose(sorted(tables), name, "stimulus tables", "--stimulus-table", path)
     table = tables[chosen]
+    what = f"stimulus table {chosen!r}"
     if column is None:
         candidates = [c for c in IMAGE_COLUMNS if c in table.colnames]
         if len(candidates) != 1:
-            listed = ", ".join(candidates or table.colnames)
-            fail(path, f"stimulus table {chosen!r} has {len(candidates)} image index columns; pass --image-column with one of {listed}")
+            fail(
+                path,
+                f"{what} has {len(candidates)} image index columns; pass --image-column with one of"
+                f" {', '.join(candidates or table.colnames)}",
+            )
         column = candidates[0]
     if column not in table.colnames:
-        fail(path, f"stimulus table {chosen!r} has no column {column!r}; pass --image-column with one of {', '.join(table.colnames)}")
+        listed = ", ".join(table.colnames)
+        fail(path, f"{what} has no column {column!r}; pass --image-column with one of {listed}")
     values = {}
     for col in ("start_time", "stop_time", column):
-        vector = table[col]
-        if hasattr(vector, "target"):  # a ragged column: several values per presentation
-            fail(path, f"stimulus table {chosen!r} column {col!r} holds lists; give one value per presentation")
-        values[col] = read_array(vector.data, path, f"stimulus table {chosen!r} column {col!r}")
+        if hasattr(table[col], "target"):  # a ragged column: several values per presentation
+            fail(path, f"{what} column {col!r} holds lists; give one value per presentation")
+        values[col] = read_array(table[col].data, path, f"{what} column {col!r}")
     index = values[column]
-    numbers = index.dtype.kind in "iu" or (index.dtype.kind == "f" and np.all(np.isfinite(index) & (index == np.round(index))))
-    if index.ndim != 1 or not numbers:
-        fail(path, f"stimulus table {chosen!r} column {column!r} holds values that are not image indices; give one integer per presentation, or pass --image-column")
+    whole = index.dtype.kind in "iu" or (index.dtype.kind == "f" and np.isfinite(index).all())
+    if index.ndim != 1 or not whole or (index % 1 != 0).any():
+        fail(
+            path,
+            f"{what} column {column!r} holds values that are not image indices; give one integer per"
+            " presentation, or pass --image-column",
+        )
     for col in ("start_time", "stop_time"):
         if values[col].dtype.kind not in "iuf" or not np.isfinite(values[col]).all():
-            fail(path, f"stimulus table {chosen!r} column {col!r} holds NaN, inf or non-numbers; give every presentation its time in seconds")
-    return chosen, column, values["start_time"].astype(np.float64), values["stop_time"].astype(np.float64), index.astype(np.int64)
-
-
-def template_entries(nwb) -> dict:
-    """name -> every Images or ImageSeries in nwb.stimulus_template."""
-    from pynwb.base import Images
-    from pynwb.image import ImageSeries
-
-    return {n: t for n, t in nwb.stimulus_template.items() if isinstance(t, (Images, ImageSeries))}
+            fail(
+                path,
+                f"{what} column {col!r} holds NaN, inf or non-numbers; give each presentation its time"
+                " in seconds",
+            )
+    if len(index) == 0:
+        fail(path, f"{what} has no presentations; pass the table of an image stimulus")
+    start, stop = (values[col].astype(np.float64) for col in ("start_time", "stop_time"))
+    return Presentations(chosen, column, start, stop, index.astype(np.int64))
 
 
 def read_templates(nwb, name: str | None, table: str, path: Path) -> tuple[str, np.ndarray, list[str]]:
-    """The chosen templates: their name, images (image, y, x) or (image, 3, y, x) and one label each."""
-    entries = template_entries(nwb)
+    """The stimulus template entry ``name`` picks, or the only one, or the one named in ``table``:
+    its name, its images (image, y, x) or (image, 3, y, x) and one label each."""
+    from pynwb.base import Images
+    from pynwb.image import ImageSeries
+
+    entries = {n: t for n, t in nwb.stimulus_template.items() if isinstance(t, (Images, ImageSeries))}
     if not entries:
         fail(path, "nwb.stimulus_template holds no Images or ImageSeries; store the images shown there")
     if name is None and len(entries) > 1:
@@ -216,63 +339,127 @@ def read_templates(nwb, name: str | None, table: str, path: Path) -> tuple[str, 
     chosen = choose(sorted(entries), name, "stimulus templates", "--templates", path)
     entry = entries[chosen]
     what = f"nwb.stimulus_template[{chosen!r}]"
-    if hasattr(entry, "images"):  # an Images container
+    if isinstance(entry, Images):
         order = entry.order_of_images
         if order is None and len(entry.images) > 1:
-            fail(path, f"{what} has no order_of_images, so its image indices are undefined; store order_of_images, or store the images as an ImageSeries")
-        images = list(order.data) if order is not None else list(entry.images.values())
+            fail(
+                path,
+                f"{what} has no order_of_images, so its image indices are undefined; store"
+                " order_of_images, or store the images as an ImageSeries",
+            )
+        images = guarded(
+            lambda: list(entry.images.values() if order is None else order.data),
+            path, f"{what}.order_of_images cannot be read",
+        )
         labels = [image.name for image in images]
         arrays = [read_array(image.data, path, f"{what}[{image.name!r}]") for image in images]
-        if len({a.shape for a in arrays}) > 1:
-            fail(path, f"{what} holds images of shapes {arrays[0].shape} and {next(a.shape for a in arrays if a.shape != arrays[0].shape)}; store images of one size")
+        shapes = sorted({a.shape for a in arrays})
+        if len(shapes) > 1:
+            fail(path, f"{what} holds images of shapes {shapes[0]} and {shapes[1]}; store images of one size")
         pictures = np.stack(arrays)
     else:
         if entry.external_file is not None:
-            fail(path, f"{what} keeps its images in external files ({', '.join(entry.external_file[:1])}); store them inside the file")
+            fail(path, f"{what} keeps its images in external files; store them inside the NWB file")
         pictures = read_array(entry.data, path, what)
         labels = [f"{chosen}[{i}]" for i in range(len(pictures))]
-    if pictures.dtype.kind not in "uif" or not (pictures.ndim == 3 or (pictures.ndim == 4 and pictures.shape[-1] == 3)):
-        fail(path, f"{what} holds {pictures.dtype} values of shape {pictures.shape}; store grey (image, y, x) or RGB (image, y, x, 3) numbers")
-    if pictures.ndim == 4:
-        pictures = np.moveaxis(pictures, -1, 1)
-    return chosen, pictures, labels
+    grey_or_rgb = pictures.ndim == 3 or (pictures.ndim == 4 and pictures.shape[-1] == 3)
+    if pictures.dtype.kind not in "uif" or not grey_or_rgb:
+        fail(
+            path,
+            f"{what} holds {pictures.dtype} values of shape {pictures.shape}; store grey (image, y, x)"
+            " or RGB (image, y, x, 3) numbers",
+        )
+    return chosen, pictures if pictures.ndim == 3 else np.moveaxis(pictures, -1, 1), labels
 
 
-def window_bounds(onsets, stops, window) -> tuple[np.ndarray, np.ndarray]:
-    """(n,) start and end seconds of each presentation's response window."""
-    if window is None:
-        return onsets, stops
-    return onsets + window[0], onsets + window[1]
+# ---------------------------------------------------------------------------- trials
 
 
-def window_means(trace, times, starts, ends, rows, path: Path, series: str, table: str) -> np.ndarray:
-    """(presentation, roi) mean of ``trace`` (time, roi) over the samples starts <= t < ends;
+def window_means(recorded: Responses, starts, ends, rows, path: Path, table: str) -> np.ndarray:
+    """(presentation, roi) mean of the recorded trace over the samples starts <= t < ends;
     rows: (presentation,) their rows in the stimulus table ``table``, for messages."""
+    times, series = recorded.times, recorded.name
     period = float(np.median(np.diff(times)))
     outside = (starts < times[0]) | (ends > times[-1] + period)
     if outside.any():
         i = int(np.argmax(outside))
-        fail(path, f"stimulus table {table!r} presentation {rows[i]}'s window {starts[i]:g}..{ends[i]:g} s lies outside {series} ({times[0]:g}..{times[-1] + period:g} s); pass a --window inside the recording")
+        fail(
+            path,
+            f"stimulus table {table!r} presentation {rows[i]}'s window {starts[i]:g}..{ends[i]:g} s lies"
+            f" outside {series} ({times[0]:g}..{times[-1] + period:g} s); pass a --window inside the"
+            " recording",
+        )
     first = np.searchsorted(times, starts, "left")
     last = np.searchsorted(times, ends, "left")
     empty = last <= first
     if empty.any():
         i = int(np.argmax(empty))
-        fail(path, f"stimulus table {table!r} presentation {rows[i]}'s window {starts[i]:g}..{ends[i]:g} s holds no sample of {series} (one every {period:g} s); pass a longer --window")
-    means = np.stack([trace[a:b].mean(axis=0) for a, b in zip(first, last)])
+        fail(
+            path,
+            f"stimulus table {table!r} presentation {rows[i]}'s window {starts[i]:g}..{ends[i]:g} s holds"
+            f" no sample of {series} (one every {period:g} s); pass a longer --window",
+        )
+    means = np.stack([recorded.trace[a:b].mean(axis=0) for a, b in zip(first, last)])
     bad = ~np.isfinite(means)
     if bad.any():
         i, roi = np.argwhere(bad)[0]
-        fail(path, f"{series} holds NaN or inf in ROI {roi} during presentation {rows[i]} of {table!r}; fill those samples, or pick another --responses")
+        fail(
+            path,
+            f"{series} holds NaN or inf for ROI id {recorded.unit_id[roi]} during presentation {rows[i]}"
+            f" of {table!r}; fill those samples, or pick another --responses",
+        )
     return means
 
 
-def check_memory(n_trials: int, pictures: np.ndarray, path: Path, what: str) -> None:
+def shown_rows(shown: Presentations, n_templates: int, template: str, window, path: Path) -> np.ndarray:
+    """(trial,) rows of the table ``shown`` that show an image (index != BLANK), checked against
+    the ``n_templates`` templates of ``template``."""
+    index, what = shown.index, f"stimulus table {shown.name!r}"
+    bad = (index != BLANK) & ((index < 0) | (index >= n_templates))
+    if bad.any():
+        i = int(np.argmax(bad))
+        fail(
+            path,
+            f"{what} column {shown.column!r} gives image {index[i]} to presentation {i} but"
+            f" nwb.stimulus_template[{template!r}] holds {n_templates} images; give indices"
+            f" 0..{n_templates - 1} ({BLANK} for a blank screen), or pass --templates",
+        )
+    rows = np.flatnonzero(index != BLANK)
+    if not len(rows):
+        fail(
+            path,
+            f"{what} column {shown.column!r} shows no image (every index is {BLANK}); pass the table"
+            " of an image stimulus",
+        )
+    backwards = rows[shown.stop[rows] <= shown.start[rows]]
+    if window is None and len(backwards):
+        i = backwards[0]
+        fail(
+            path,
+            f"{what} presentation {i} stops at {shown.stop[i]:g} s, not after its start"
+            f" {shown.start[i]:g} s; fix stop_time, or pass --window START,END",
+        )
+    return rows
+
+
+def template_ids(pictures: np.ndarray) -> np.ndarray:
+    """(image,) id of each template: its index, or the first index of identical pixels."""
+    pixel_id = image_ids_from_pixels(pictures)
+    _, first = np.unique(pixel_id, return_index=True)
+    return first[pixel_id].astype(np.int64)
+
+
+def check_memory(n_trials: int, pictures: np.ndarray, path: Path, template: str) -> None:
     from twin.data.images import available_memory
 
     needed = n_trials * pictures[0].nbytes
     if needed > available_memory():
-        fail(path, f"{n_trials} presentations of the {pictures.shape[-2]}x{pictures.shape[-1]} {what} take {needed / 2**30:.1f} GiB, more than the free memory; pass --size HxW to shrink them")
+        fail(
+            path,
+            f"{n_trials} presentations of the {pictures.shape[-2]}x{pictures.shape[-1]} images of"
+            f" nwb.stimulus_template[{template!r}] take {needed / 2**30:.1f} GiB, more than the free"
+            " memory; pass --size HxW to shrink them",
+        )
 
 
 def from_nwb(
@@ -295,52 +482,51 @@ def from_nwb(
     each onset, else each presentation's start_time..stop_time. size: (height, width) to resample
     the templates to. tiers: optional .npy/.csv of one tier per imported presentation, else
     ``split_tiers(image ids, seed)``. Image ids are the template indices (identical templates share
-    the first one's); ``image_name`` (trial,) holds each template's name.
+    the first one's); ``image_name`` (trial,) holds each template's name. attrs say which objects
+    were read (source), the window, the cell positions and the presentations left out.
     """
     from twin.data.images import resample, to_uint8
 
     path = Path(path)
     with open_nwb(path) as nwb:
-        series, trace, times, unit_id = read_responses(nwb, responses, path)
-        table_name, column, onsets, stops, index = read_presentations(nwb, table, image_column, path)
-        template_name, pictures, labels = read_templates(nwb, templates, table_name, path)
-    shown = index != BLANK
-    out_of_range = shown & ((index < 0) | (index >= len(pictures)))
-    if out_of_range.any():
-        i = int(np.argmax(out_of_range))
-        fail(path, f"stimulus table {table_name!r} column {column!r} gives image {index[i]} to presentation {i} but nwb.stimulus_template[{template_name!r}] holds {len(pictures)} images; give indices 0..{len(pictures) - 1} (-1 for a blank screen), or pass --templates")
-    if not shown.any():
-        fail(path, f"stimulus table {table_name!r} column {column!r} shows no image (every index is {BLANK}); pass the table of an image stimulus")
-    if window is None and (stops[shown] <= onsets[shown]).any():
-        i = int(np.argmax(shown & (stops <= onsets)))
-        fail(path, f"stimulus table {table_name!r} presentation {i} stops at {stops[i]:g} s, not after its start {onsets[i]:g} s; fix stop_time, or pass --window START,END")
-    starts, ends = window_bounds(onsets[shown], stops[shown], window)
-    means = window_means(trace, times, starts, ends, np.flatnonzero(shown), path, series, table_name)
+        recorded = read_responses(nwb, responses, path)
+        shown = read_presentations(nwb, table, image_column, path)
+        template, pictures, labels = read_templates(nwb, templates, shown.name, path)
+    rows = shown_rows(shown, len(pictures), template, window, path)
+    starts, ends = shown.start[rows], shown.stop[rows]
+    if window is not None:
+        starts, ends = starts + window[0], starts + window[1]
+    means = window_means(recorded, starts, ends, rows, path, shown.name)
     if size is not None and pictures.shape[-2:] != tuple(size):
         resampled = resample(pictures, size)
         pictures = to_uint8(resampled) if pictures.dtype == np.uint8 else resampled
-    check_memory(int(shown.sum()), pictures, path, f"nwb.stimulus_template[{template_name!r}] images")
-    pixel_id = image_ids_from_pixels(pictures)
-    _, first = np.unique(pixel_id, return_index=True)
-    image_id = first[pixel_id][index[shown]].astype(np.int64)
+    check_memory(len(rows), pictures, path, template)
+    index = shown.index[rows]
+    image_id = template_ids(pictures)[index]
+    read = f"{recorded.name}, {shown.name}.{shown.column}, {template}"
     attrs = {
-        "source": f"{path.name} (twin import nwb: {series}, {table_name}.{column}, {template_name}, seed {seed})",
-        "response_window": "start_time..stop_time" if window is None else f"onset{window[0]:+g}..onset{window[1]:+g} s",
+        "source": f"{path.name} (twin import nwb: {read}, seed {seed})",
+        "response_window": "start_time..stop_time"
+        if window is None
+        else f"onset{window[0]:+g}..onset{window[1]:+g} s",
+        "cell_positions": recorded.positions,
     }
-    if not shown.all():
-        attrs["left_out"] = f"{int((~shown).sum())} presentations with {column} {BLANK} (blank screen)"
+    blank = len(shown.index) - len(rows)
+    if blank:
+        attrs["left_out"] = f"{blank} presentations with {shown.column} {BLANK} (blank screen)"
     if tiers is None:
         tier, attrs["tier_split"] = split_tiers(image_id, seed)
     else:
         tier = read_tiers(tiers, image_id)
     ds = make_session(
         path,
-        images=pictures[index[shown]],
+        images=pictures[index],
         responses=means,
         tier=tier,
         image_id=image_id,
-        unit_id=unit_id,
+        unit_id=recorded.unit_id,
+        cell_xyz=recorded.cell_xyz,
         attrs=attrs | range_attrs(pixel_range, path),
-        names={"unit_id": f"{series}.rois ids"},
+        names={"unit_id": f"{recorded.name}.rois ids"},
     )
-    return ds.assign(image_name=("trial", np.array(labels, dtype=object)[index[shown]]))
+    return ds.assign(image_name=("trial", np.array(labels, dtype=object)[index]))

@@ -1,0 +1,80 @@
+"""`twin import nwb` on damaged NWB files: exit 2, one line naming the file, nothing written."""
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_import_nwb import N_TEMPLATES, write_nwb
+
+from twin.cli import main
+
+SERIES = "processing/ophys/DfOverF/RoiResponseSeries"
+TABLE = "intervals/natural_scenes_presentations"
+
+
+def truncate(path, fraction: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+def edit(path, change) -> None:
+    with h5py.File(path, "r+") as f:
+        change(f)
+
+
+def shuffle(values, seed: int) -> np.ndarray:
+    """``values`` permuted so that they are no longer increasing."""
+    shuffled = np.random.default_rng(seed).permutation(values)
+    return shuffled if (np.diff(shuffled) <= 0).any() else shuffled[::-1]
+
+
+def set_value(f, name: str, position: int, value) -> None:
+    values = f[name][()]
+    values[position % len(values)] = value
+    f[name][...] = values
+
+
+DAMAGES = {
+    "truncate": lambda path, k: truncate(path, (k % 1000) / 1000),
+    "no stimulus table": lambda path, k: edit(path, lambda f: f.__delitem__(TABLE)),
+    "no templates": lambda path, k: edit(path, lambda f: f.__delitem__("stimulus/templates/natural_scenes")),
+    "no responses": lambda path, k: edit(path, lambda f: f.__delitem__("processing/ophys/DfOverF")),
+    "no series data": lambda path, k: edit(path, lambda f: f.__delitem__(f"{SERIES}/data")),
+    "shuffled timestamps": lambda path, k: edit(
+        path, lambda f: f[f"{SERIES}/timestamps"].__setitem__(..., shuffle(f[f"{SERIES}/timestamps"][()], k))
+    ),
+    "NaN timestamp": lambda path, k: edit(path, lambda f: set_value(f, f"{SERIES}/timestamps", k, np.nan)),
+    "index above templates": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/frame", k, N_TEMPLATES + k)),
+    "negative index": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/frame", k, -2 - k)),
+    "NaN trace": lambda path, k: edit(path, lambda f: set_value(f, f"{SERIES}/data", k * 8 + 10, np.nan)),
+    "stop before start": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/stop_time", k, 0.0)),
+}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    path = tmp_path_factory.mktemp("nwb") / "pristine.nwb"
+    write_nwb(path)
+    return path
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(k=st.integers(0, 10_000))
+def test_damaged_files_fail_in_one_line_and_write_nothing(pristine, tmp_path, capsys, damage, k):
+    case = tmp_path / "case"
+    shutil.rmtree(case, ignore_errors=True)
+    case.mkdir()
+    path = case / "session.nwb"
+    shutil.copy(pristine, path)
+    DAMAGES[damage](path, k)
+    out = case / "out"
+    out.mkdir()
+    code = main(["import", "nwb", str(path), str(out / "s.zarr")])
+    err = capsys.readouterr().err
+    assert code == 2, (damage, err)
+    assert err.count("\n") == 1 and err.startswith(f"twin import: error: {path}: "), (damage, err)
+    assert list(out.iterdir()) == []
