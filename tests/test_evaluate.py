@@ -28,10 +28,11 @@ def untrained_run(store, out, config=CONFIG):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """An (untrained) run on a simulated session: (run dir, store path)."""
+    """An (untrained) run on a simulated session with 20 repeated test images (the fewest the
+    repeat metrics take): (run dir, store path)."""
     root = tmp_path_factory.mktemp("evaluate")
     store = root / "sim.zarr"
-    write_session(simulate(6, 40, 5, 3, size=(12, 16), seed=3), store)
+    write_session(simulate(6, 40, 20, 2, size=(12, 16), seed=3), store)
     return untrained_run(store, root / "run"), store
 
 
@@ -43,7 +44,7 @@ def test_scores_match_twin_metrics(run):
     test = data.trials("test")
     predictions = np.asarray(loaded.model(data.images[test], 0))
     responses = data.responses[test]
-    assert result["tier"] == "test" and result["n_neurons"] == 6 and result["n_trials"] == 15
+    assert result["tier"] == "test" and result["n_neurons"] == 6 and result["n_trials"] == 40
     expected_r = metrics.single_trial_correlation(responses, predictions)
     assert result["single_trial_correlation"] == pytest.approx(expected_r.mean(), abs=1e-5)
     np.testing.assert_allclose(result["per_neuron"]["single_trial_correlation"], expected_r, atol=1e-5)
@@ -80,6 +81,7 @@ def test_cli_prints_the_issue_json(run, capsys):
 def test_validation_tier_has_no_repeat_metrics(run):
     (result,) = evaluate_run(run[0], tier="validation")
     assert result["feve"] is None and result["oracle_correlation"] is None
+    assert result["repeat_metrics"] == "n/a: only 0 validation images are repeated (at least 20 needed)"
 
 
 def test_store_with_other_neurons_is_a_run_error(run, tmp_path, capsys):

@@ -112,8 +112,8 @@ def write_nwb(
     else:
         intervals = nwb.create_time_intervals(name=table, description="natural scenes")
         intervals.add_column(name=column, description="template index")
-        for onset, i in zip(onsets, index):
-            intervals.add_interval(start_time=onset, stop_time=onset + 0.5, **{column: int(i)})
+        for onset, i in zip(onsets, index):  # float indices, as the Allen Brain Observatory stores them
+            intervals.add_interval(start_time=onset, stop_time=onset + 0.5, **{column: float(i)})
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
     return index, values, pictures

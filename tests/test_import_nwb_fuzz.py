@@ -49,6 +49,7 @@ DAMAGES = {
     "NaN timestamp": lambda path, k: edit(path, lambda f: set_value(f, f"{SERIES}/timestamps", k, np.nan)),
     "index above templates": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/frame", k, N_TEMPLATES + k)),
     "negative index": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/frame", k, -2 - k)),
+    "fractional index": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/frame", k, 2.5)),
     "NaN trace": lambda path, k: edit(path, lambda f: set_value(f, f"{SERIES}/data", k * 8 + 10, np.nan)),
     "stop before start": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/stop_time", k, 0.0)),
 }
@@ -62,7 +63,7 @@ def pristine(tmp_path_factory):
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
-@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(k=st.integers(0, 10_000))
 def test_damaged_files_fail_in_one_line_and_write_nothing(pristine, tmp_path, capsys, damage, k):
     case = tmp_path / "case"

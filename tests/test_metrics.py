@@ -90,12 +90,15 @@ def test_no_repeats_is_an_error_for_feve():
         metrics.feve(RESPONSES, PREDICTIONS, np.arange(5))
 
 
-def test_score_skips_repeat_metrics_without_repeats():
-    assert set(metrics.score(RESPONSES, PREDICTIONS, np.arange(5))) == {
-        "single_trial_correlation",
-        "correlation_to_average",
-    }
-    assert set(metrics.score(RESPONSES, PREDICTIONS, IMAGE_ID)) == {
+def test_score_leaves_out_repeat_metrics_below_the_minimum_of_repeated_images():
+    # Two repeated images (IMAGE_ID) are too few: only the single-trial correlation is scored.
+    assert set(metrics.score(RESPONSES, PREDICTIONS, IMAGE_ID)) == {"single_trial_correlation"}
+    assert metrics.repeats_note(IMAGE_ID) == "n/a: only 2 test images are repeated (at least 20 needed)"
+    image_id = np.repeat(np.arange(metrics.MIN_REPEATED_IMAGES), 2)
+    rng = np.random.default_rng(0)
+    responses, predictions = rng.normal(size=(2, len(image_id), 3))
+    assert metrics.repeats_note(image_id) is None
+    assert set(metrics.score(responses, predictions, image_id)) == {
         "single_trial_correlation",
         "correlation_to_average",
         "feve",

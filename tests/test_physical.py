@@ -55,9 +55,14 @@ def recording(path, n_once=30, n_repeated=6, repeats=3, k=4, images=None, respon
 
 def test_signed_responses_import_and_info_says_so(tmp_path):
     arrays = recording(tmp_path / "r.npz", responses=lambda r: r - 1.5)
-    assert run_cli(["import", "arrays", tmp_path / "r.npz", tmp_path / "r.zarr"])[0] == 0
+    code, out, _ = run_cli(["import", "arrays", tmp_path / "r.npz", tmp_path / "r.zarr"])
+    lowest = float(arrays["responses"].min())
+    assert code == 0 and out.splitlines()[-1] == (
+        f"twin import: responses are signed (minimum {lowest:.4g}); fit with [fit] loss = \"gaussian\","
+        " or for the poisson loss deconvolve or re-import with --shift-responses"
+    )
     code, out, _ = run_cli(["info", tmp_path / "r.zarr"])
-    assert code == 0 and "(signed: the poisson loss needs non-negative rates" in out
+    assert code == 0 and '(signed: fit with [fit] loss = "gaussian", or for the poisson loss' in out
     info = json.loads(run_cli(["info", tmp_path / "r.zarr", "--json"])[1])
     assert info["responses_signed"] is True
     assert info["ranges"]["responses"][0] == pytest.approx(float(arrays["responses"].min()))
@@ -72,7 +77,7 @@ def test_poisson_fit_refuses_negative_responses_before_writing(tmp_path):
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"{store}: variable 'responses' has minimum {lowest:.4g}" in err
-    assert "deconvolve, or shift to non-negative with `twin import ... --shift-responses" in err
+    assert 'fit signed responses with [fit] loss = "gaussian", or deconvolve, or shift to non-negative' in err
     assert not (tmp_path / "run").exists()
 
 
@@ -197,13 +202,13 @@ def test_unit_range_copy_gives_the_same_meis_and_stimuli(tmp_path):
 
 
 def test_repeated_images_become_the_test_tier(tmp_path):
-    recording(tmp_path / "r.npz", n_once=30, n_repeated=6, repeats=3)
+    recording(tmp_path / "r.npz", n_once=30, n_repeated=20, repeats=2)
     run_cli(["import", "arrays", tmp_path / "r.npz", tmp_path / "r.zarr"])
     info = json.loads(run_cli(["info", tmp_path / "r.zarr", "--json"])[1])
-    assert info["trials"] == {"train": 27, "validation": 3, "test": 18}
-    assert info["repeats_per_test_image"] == {"min": 3, "median": 3.0, "max": 3}
-    assert info["test_repeats"] is True and "oracle_correlation" in info
-    assert "6 images shown more than once are the test tier" in info["tier_split"]
+    assert info["trials"] == {"train": 27, "validation": 3, "test": 40}
+    assert info["repeats_per_test_image"] == {"min": 2, "median": 2.0, "max": 2}
+    assert info["test_repeats"] is True and "oracle_correlation" in info and info["repeat_metrics"] == ""
+    assert "20 images shown more than once are the test tier" in info["tier_split"]
 
 
 def test_no_repeats_is_stated_and_select_gives_one_line(tmp_path):
@@ -211,7 +216,7 @@ def test_no_repeats_is_stated_and_select_gives_one_line(tmp_path):
     store = tmp_path / "r.zarr"
     run_cli(["import", "arrays", tmp_path / "r.npz", store])
     code, out, _ = run_cli(["info", store])
-    assert "no test image repeats, so oracle and FEVE are n/a" in out
+    assert "oracle and FEVE n/a: only 0 test images are repeated (at least 20 needed)" in out
     assert "no image repeats, so the test tier has no repeats" in out
     data = load_session(store)
     config = RunConfig(model=ModelConfig(core_layers=1, core_channels=4, input_kernel=3))
@@ -219,7 +224,7 @@ def test_no_repeats_is_stated_and_select_gives_one_line(tmp_path):
     save_run_model(tmp_path / "run", model, config, [data])
     code, out, err = run_cli(["select", tmp_path / "run"])
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert f"{store}: the test tier has no repeated images" in err
+    assert f"{store}: oracle reliability n/a: only 0 test images are repeated (at least 20 needed);" in err
 
 
 # ---------------------------------------------------------------- quiet neurons
@@ -251,7 +256,7 @@ def test_info_reports_quiet_neurons(tmp_path):
 def test_scores_of_quiet_neurons_are_defined(tmp_path):
     from twin.evaluate import mean_scores
 
-    arrays = recording(tmp_path / "r.npz", k=5, responses=quiet_responses)
+    arrays = recording(tmp_path / "r.npz", k=5, n_repeated=20, repeats=2, responses=quiet_responses)
     ds = from_arrays(tmp_path / "r.npz")
     test = ds["tier"].values == "test"
     responses = ds["responses"].values[test]

@@ -158,7 +158,8 @@ def readout_specs(sessions) -> list[ReadoutSpec]:
 
 
 def make_model(config: RunConfig, records: list[dict], specs: list[ReadoutSpec]) -> Twin | Ensemble:
-    """A Twin (fit.ensemble_size 1, seed fit.seed) or an Ensemble of seeds fit.seed + i."""
+    """A Twin (fit.ensemble_size 1, seed fit.seed) or an Ensemble of seeds fit.seed + i; the
+    output is linear for the gaussian loss (signed responses), else ELU + 1."""
     first = records[0]
     for record in records[1:]:
         if record["image_shape"] != first["image_shape"] or record["channels"] != first["channels"]:
@@ -170,13 +171,14 @@ def make_model(config: RunConfig, records: list[dict], specs: list[ReadoutSpec])
     n_behavior = max(record["n_behavior"] for record in records)
     args = (config.model, first["channels"], tuple(first["image_shape"]), specs, n_behavior)
     seeds = [config.fit.seed + i for i in range(config.fit.ensemble_size)]
+    output = "linear" if config.fit.loss == "gaussian" else "elu1"
 
     # One compiled initializer instead of one eager compilation per initializer op.
     @nnx.jit
     def create():
         if config.fit.ensemble_size == 1:
-            return Twin(*args, rngs=nnx.Rngs(config.fit.seed))
-        return make_ensemble(*args, seeds)
+            return Twin(*args, output=output, rngs=nnx.Rngs(config.fit.seed))
+        return make_ensemble(*args, seeds, output)
 
     return create()
 

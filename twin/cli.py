@@ -108,7 +108,7 @@ def parse_pixel_range(text: str | None) -> tuple[float, float] | None:
 
 
 def cmd_import(args) -> int:
-    from twin.data.importers import from_arrays, from_sensorium, shift_responses
+    from twin.data.importers import from_arrays, from_sensorium, import_notes, shift_responses
     from twin.data.store import write_session
     from twin.outputs import check_output
 
@@ -126,12 +126,14 @@ def cmd_import(args) -> int:
 
 
 def cmd_import_images(args) -> int:
-    from twin.data.importers import from_images, shift_responses
+    from twin.data.importers import from_images, import_notes, shift_responses
     from twin.data.store import write_session
     from twin.outputs import check_output
 
     tables = (args.trial_images, args.tiers, args.unit_ids)
     inputs = [args.images, args.responses, *(path for path in tables if path)]
+    for note in import_notes(ds):
+        print(note)
     check_output(args.out, args.overwrite, "store", flag="OUT", inputs=inputs)
     ds = from_images(
         args.images,
@@ -157,6 +159,8 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
     try:
         start, end = (float(part) for part in text.split(","))
     except ValueError:
+    for note in import_notes(ds):
+        print(note)
         raise ConfigError(f"--window {text!r}: write START,END in seconds after onset, e.g. 0.05,0.55") from None
     if not (math.isfinite(start) and math.isfinite(end) and start < end):
         raise ConfigError(f"--window {text!r}: give finite START below END, e.g. 0.05,0.55")
@@ -437,7 +441,8 @@ def add_shift_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shift-responses", choices=["neuron", "global"],
         help="subtract each neuron's minimum (neuron) or the overall minimum (global) from the"
-        " responses, e.g. dF/F for the Poisson loss; the store keeps the offsets (response_offset)",
+        " responses, e.g. dF/F for the Poisson loss; the store keeps the offsets (response_offset)."
+        ' Signed responses can instead be fit as they are with [fit] loss = "gaussian"',
     )
 
 

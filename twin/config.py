@@ -286,7 +286,10 @@ class FitConfig(Checked):
     max_lr_decays: int = integer(4, 0)
     min_learning_rate: float = number(1e-4, 0)
     restore_best: bool = flag(True)
-    # Poisson loss summed over batch and neurons, times sqrt(n_train / batch_size).
+    # "poisson": Poisson NLL, for non-negative rates (ELU + 1 output). "gaussian": squared error,
+    # for signed responses such as dF/F (linear output, predictions may be negative).
+    loss: str = choice("poisson", "gaussian")
+    # The loss summed over batch and neurons, times sqrt(n_train / batch_size).
     scale_loss: bool = flag(True)
     seed: int = integer(0, 0, below=SEED_LIMIT)
     # Ensemble members trained together (different init seeds), held as one stacked model.

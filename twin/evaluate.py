@@ -2,8 +2,11 @@
 
 Per session: single-trial correlation, correlation to average, FEVE (neurons with FEV >= 0.15),
 oracle correlation and fraction of oracle (twin.metrics, Sensorium definitions), as means and
-per neuron. Simulated sessions also get the ground-truth ceiling: the simulator's noise-free
-responses scored the same way, and the twin's fraction of it (correlation to average).
+per neuron, on the tier's trials that have responses (missing values left out per neuron). The
+repeat metrics are n/a (None, with the reason in "repeat_metrics") when fewer than
+twin.metrics.MIN_REPEATED_IMAGES images of the tier repeat. Simulated sessions also get the
+ground-truth ceiling: the simulator's noise-free responses scored the same way, and the twin's
+fraction of it (correlation to average).
 """
 
 from __future__ import annotations
@@ -76,10 +79,15 @@ def score_session(model, session: int, data, tier: str = "test", batch_size: int
 
 
 def tier_trials(data, tier: str) -> np.ndarray:
-    """Trial indices (k,) of ``tier`` in ``data``; RunError when there are none."""
-    trials = np.flatnonzero(data.tier == tier)
+    """Trial indices (k,) of ``tier`` in ``data`` that have responses; RunError when there are none."""
+    trials = data.trials(tier)
     if trials.size == 0:
         tiers = ", ".join(sorted(set(np.asarray(data.tier).tolist())))
+        if np.any(data.tier == tier):
+            raise RunError(
+                f"{data.path}: the {tier!r} trials have no responses (NaN for every neuron); score another"
+                f" tier with --tier (the store has {tiers}), or predict them with twin predict"
+            )
         raise RunError(f"{data.path}: no {tier!r} trials; pass --tier with one of {tiers}")
     return trials
 
@@ -88,29 +96,34 @@ def score_predictions(data, tier: str, predictions: np.ndarray) -> dict:
     """Scores of ``predictions`` (k, n) for the trials of ``tier`` of SessionData ``data``:
     {"tier", "session", "store", "single_trial_correlation", "correlation_to_average", "feve",
     "oracle_correlation", "fraction_of_oracle", "n_neurons", "n_trials", "per_neuron": {name:
-    [...]}} plus "ground_truth_ceiling" and "fraction_of_ceiling" for simulated sessions. FEVE
-    and the oracle are None when no image of the tier is repeated."""
+    [...]}, "repeat_metrics"} plus "ground_truth_ceiling" and "fraction_of_ceiling" for simulated
+    sessions. The repeat metrics (twin.metrics.REPEAT_METRICS) are None when too few images of
+    the tier repeat; "repeat_metrics" then says why (twin.metrics.repeats_note), else it is ""."""
     trials = tier_trials(data, tier)
-    scores = metrics.score(data.responses[trials], predictions, data.image_id[trials])
+    image_id = data.image_id[trials]
+    scores = metrics.score(data.responses[trials], predictions, image_id)
     result = {
         "tier": tier,
         "session": data.name,
         "store": str(data.path),
+        **dict.fromkeys(("single_trial_correlation", *metrics.REPEAT_METRICS)),
         **mean_scores(scores),
+        "repeat_metrics": metrics.repeats_note(image_id, tier) or "",
         "n_neurons": int(data.responses.shape[1]),
         "n_trials": int(trials.size),
     }
-    result.setdefault("feve", None)
-    result.setdefault("oracle_correlation", None)
-    result["fraction_of_oracle"] = (
-        metrics.fraction_of_oracle(scores["single_trial_correlation"], scores["oracle_correlation"])
-        if "oracle_correlation" in scores
-        else None
-    )
+    if "oracle_correlation" in scores:
+        result["fraction_of_oracle"] = metrics.fraction_of_oracle(
+            scores["single_trial_correlation"], scores["oracle_correlation"]
+        )
     if is_simulated(data):
         ceiling = mean_scores(ground_truth_scores(data, trials))
         result["ground_truth_ceiling"] = ceiling
-        result["fraction_of_ceiling"] = result["correlation_to_average"] / ceiling["correlation_to_average"]
+        result["fraction_of_ceiling"] = (
+            result["correlation_to_average"] / ceiling["correlation_to_average"]
+            if "correlation_to_average" in ceiling
+            else None
+        )
     result["per_neuron"] = {
         "unit_id": [int(u) for u in data.unit_id],
         **{name: finite_or_none(values) for name, values in scores.items()},
@@ -126,18 +139,21 @@ def evaluate_run(run_dir: str | Path, stores: list[str] | None = None, tier: str
     return [score_session(run.model, index, data, tier, batch_size) for index, data in enumerate(run.sessions)]
 
 
+def number(value) -> str:
+    """A score with 4 decimals, or n/a for None."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def format_results(results: list[dict]) -> str:
-    """A few lines per session: the mean scores (and the ground-truth ceiling when simulated)."""
-
-    def number(value):
-        return "n/a" if value is None else f"{value:.4f}"
-
+    """A few lines per session: the mean scores (and the ground-truth ceiling when simulated);
+    repeat metrics that are not scored say why."""
     lines = []
     for r in results:
         lines.append(f"{r['session']} ({r['tier']}, {r['n_neurons']} neurons, {r['n_trials']} trials)")
-        for name in ("single_trial_correlation", "correlation_to_average", "feve", "oracle_correlation", "fraction_of_oracle"):
-            lines.append(f"  {name:26s} {number(r[name])}")
-        if "ground_truth_ceiling" in r:
+        for name in ("single_trial_correlation", *metrics.REPEAT_METRICS):
+            value = r["repeat_metrics"] if r[name] is None and r["repeat_metrics"] else number(r[name])
+            lines.append(f"  {name:26s} {value}")
+        if r.get("fraction_of_ceiling") is not None:
             ceiling = r["ground_truth_ceiling"]
             lines.append(
                 f"  ground-truth ceiling: r to average {number(ceiling['correlation_to_average'])},"

@@ -1,7 +1,8 @@
 """Fit a twin (or an ensemble) to session stores: the Sensorium 2022 training protocol in JAX.
 
-Loss: Poisson NLL summed over batch and neurons, times sqrt(n_train / batch) (``scale_loss``),
-plus ``model.regularizer(session)``. Adam. With several sessions one optimizer step sums the
+Loss (``[fit].loss``): Poisson NLL, or the squared error for signed responses ("gaussian"),
+summed over batch and neurons (missing responses masked out), times sqrt(n_train / batch)
+(``scale_loss``), plus ``model.regularizer(session)``. Adam. With several sessions one optimizer step sums the
 gradients of one batch of each session. After each epoch the single-trial correlation on the
 validation tier drives a plateau schedule: no improvement above ``tolerance`` for ``patience``
 epochs multiplies the learning rate by ``lr_decay_factor`` (at most ``max_lr_decays`` times, not
@@ -83,6 +84,8 @@ def epoch_seed(config: RunConfig, epoch: int) -> int:
 def batch_arrays(batch) -> dict[str, np.ndarray]:
     """A loader Batch as a dict of arrays (optional inputs left out when None)."""
     arrays = {"images": batch.images, "responses": batch.responses}
+    if batch.mask is not None:
+        arrays["mask"] = batch.mask
     if batch.behavior is not None:
         arrays["behavior"] = batch.behavior
     if batch.pupil_center is not None:
@@ -100,26 +103,41 @@ def forward(model, arrays: dict, session: int) -> jax.Array:
     )
 
 
-def make_train_step(graphdef, tx, n_train: list[int], scale_loss: bool, ensemble: bool):
+def data_loss(predictions: jax.Array, arrays: dict, loss: str) -> jax.Array:
+    """The data term summed over the batch (b, n): "poisson": Poisson NLL; "gaussian": squared
+    error, i.e. twice the Gaussian NLL with unit variance (in normalized response units) up to a
+    constant. Entries where ``arrays["mask"]`` (b, n) is False (missing responses) add nothing."""
+    responses = arrays["responses"]
+    if loss == "poisson":
+        terms = predictions - responses * jnp.log(predictions + POISSON_EPS)
+    else:
+        terms = (predictions - responses) ** 2
+    if "mask" in arrays:
+        terms = jnp.where(arrays["mask"], terms, 0.0)
+    return jnp.sum(terms)
+
+
+def make_train_step(graphdef, tx, n_train: list[int], scale_loss: bool, ensemble: bool, loss: str = "poisson"):
     """Jitted step(params, rest, opt_state, lr, batches, sessions) -> (params, rest, opt_state,
     metrics). ``batches``: tuple of batch dicts, one per entry of the static tuple ``sessions``;
-    their gradients are summed into one Adam step. Metrics: loss, poisson, regularizer (summed
-    over the batches; per member for ensembles)."""
+    their gradients are summed into one Adam step. Metrics: loss, the data term named ``loss``
+    ("poisson" or "gaussian", see ``data_loss``), regularizer (summed over the batches; per
+    member for ensembles)."""
 
     def loss_fn(params, rest, arrays, session):
         # copy: fresh Variables at this trace level, so BatchNorm may update its statistics.
         model = nnx.merge(graphdef, params, rest, copy=True)
         predictions = forward(model, arrays, session)
-        poisson = jnp.sum(predictions - arrays["responses"] * jnp.log(predictions + POISSON_EPS))
+        data = data_loss(predictions, arrays, loss)
         scale = math.sqrt(n_train[session] / arrays["images"].shape[0]) if scale_loss else 1.0
         regularizer = model.regularizer(session)
-        loss = scale * poisson + regularizer
+        total = scale * data + regularizer
         _, _, rest = nnx.split(model, nnx.Param, ...)
-        return loss, (rest, {"loss": loss, "poisson": poisson, "regularizer": regularizer})
+        return total, (rest, {"loss": total, loss: data, "regularizer": regularizer})
 
     def member_step(params, rest, opt_state, lr, batches, sessions):
         grads = jax.tree.map(jnp.zeros_like, params)
-        totals = {"loss": 0.0, "poisson": 0.0, "regularizer": 0.0}
+        totals = {"loss": 0.0, loss: 0.0, "regularizer": 0.0}
         for arrays, session in zip(batches, sessions):
             (_, (rest, values)), g = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, arrays, session)
             grads = jax.tree.map(jnp.add, grads, g)
@@ -178,7 +196,7 @@ def validation_scores(predict, params, rest, sessions, batch_size, mesh) -> np.n
     sessions, per ensemble member ((1,) for a single twin)."""
     scores = []
     for index, data in enumerate(sessions):
-        trials = np.flatnonzero(data.tier == "validation")
+        trials = data.trials("validation")
         predictions = predict_trials(
             lambda arrays: predict(params, rest, arrays, index), data, trials, batch_size, mesh
         )
@@ -252,19 +270,19 @@ def check_distinct(paths) -> None:
         seen[resolved] = path
 
 
-def check_sessions(sessions, paths) -> None:
-    """RunError/SessionError for sessions the fit cannot use: a tier missing, or responses the
-    Poisson loss cannot take (it needs non-negative rates; signed dF/F is refused)."""
+def check_sessions(sessions, paths, loss: str = "poisson") -> None:
+    """RunError/SessionError for sessions the fit cannot use: a tier missing (or without
+    responses), or signed responses for the poisson ``loss`` (it needs non-negative rates)."""
     for data, path in zip(sessions, paths):
         for tier in ("train", "validation"):
-            if not np.any(data.tier == tier):
-                raise RunError(f"{path}: no {tier} trials; fitting needs train and validation tiers")
-        lowest = float((data.responses * data.response_std).min())
-        if lowest < 0:
+            if not data.trials(tier).size:
+                raise RunError(f"{path}: no {tier} trials with responses; fitting needs train and validation tiers")
+        lowest = float(np.nanmin(data.responses * data.response_std))
+        if loss == "poisson" and lowest < 0:
             raise SessionError(
                 f"{path}: variable 'responses' has minimum {lowest:.4g} but the poisson loss needs"
-                " non-negative rates; deconvolve, or shift to non-negative with"
-                " `twin import ... --shift-responses neuron`"
+                ' non-negative rates; fit signed responses with [fit] loss = "gaussian", or deconvolve,'
+                " or shift to non-negative with `twin import ... --shift-responses neuron`"
             )
 
 
@@ -293,7 +311,7 @@ def fit(
         raise RunError(f"{workdir}: already holds a fitted run; pass --resume to continue it or choose another --out")
     check_distinct(store_paths)
     sessions = load_sessions(store_paths, config.data)
-    check_sessions(sessions, store_paths)
+    check_sessions(sessions, store_paths, config.fit.loss)
     records = [checkpoint.session_record(s) for s in sessions]
     for record in records:
         check_image_size(config.model, record["image_shape"], record["path"], config_source)
@@ -346,8 +364,8 @@ def fit(
 
     mesh = distributed.data_mesh(devices)
     params, rest, opt_state = distributed.replicate((params, rest, opt_state), mesh)
-    n_train = [int(np.sum(s.tier == "train")) for s in sessions]
-    train_step = make_train_step(graphdef, tx, n_train, fit_config.scale_loss, ensemble)
+    n_train = [len(s.trials("train")) for s in sessions]
+    train_step = make_train_step(graphdef, tx, n_train, fit_config.scale_loss, ensemble, fit_config.loss)
     predict = make_predict(eval_graphdef, ensemble)
     batch_size = config.data.batch_size
     n_steps = sum(math.ceil(n / batch_size) for n in n_train)
@@ -357,7 +375,7 @@ def fit(
     last_epoch = start if stopped == "plateau" else fit_config.max_epochs
     for epoch in range(start + 1, last_epoch + 1):
         epoch_start = time.time()
-        totals = {"loss": 0.0, "poisson": 0.0, "regularizer": 0.0}
+        totals = {"loss": 0.0, fit_config.loss: 0.0, "regularizer": 0.0}
         n_done = 0
         lr = jnp.float32(schedule.learning_rate)
         loader = batches(sessions, "train", batch_size, shuffle=True, seed=epoch_seed(config, epoch))
@@ -388,7 +406,7 @@ def fit(
         line = {
             "epoch": epoch,
             "loss": totals["loss"] / n_done,
-            "poisson": totals["poisson"] / n_done,
+            fit_config.loss: totals[fit_config.loss] / n_done,
             "regularizer": totals["regularizer"] / n_done,
             "validation_correlation": score,
             "learning_rate": lr_used,
@@ -461,7 +479,7 @@ def tier_means(predict, params, rest, index: int, data, batch_size: int, mesh) -
 
     means = {}
     for tier in ("validation", "test"):
-        trials = np.flatnonzero(data.tier == tier)
+        trials = data.trials(tier)
         if trials.size:
             predictions = predict_trials(
                 lambda arrays: predict(params, rest, arrays, index), data, trials, batch_size, mesh
@@ -474,6 +492,8 @@ def tier_means(predict, params, rest, index: int, data, batch_size: int, mesh) -
 
 def format_summary(summary: dict, workdir) -> str:
     """One screen: epochs, best validation score, per-session test scores, where things are."""
+    from twin.evaluate import number
+
     lines = [
         f"fit {workdir}: {summary['epochs']} epochs ({summary['stopped']}), {summary['seconds']:.0f} s,"
         f" {summary['n_parameters']:,} parameters, ensemble of {summary['ensemble_size']}",
@@ -484,10 +504,15 @@ def format_summary(summary: dict, workdir) -> str:
         for tier in ("validation", "test"):
             if tier in session:
                 s = session[tier]
-                text = f"  {session['name']} {tier}: r {s['single_trial_correlation']:.4f}, r to average {s['correlation_to_average']:.4f}"
-                if s["feve"] is not None:
-                    text += f", FEVE {s['feve']:.4f}, oracle r {s['oracle_correlation']:.4f}"
-                if "ground_truth_ceiling" in s:
+                text = f"  {session['name']} {tier}: r {s['single_trial_correlation']:.4f}"
+                if s["repeat_metrics"]:
+                    text += f", r to average, FEVE and oracle r {s['repeat_metrics']}"
+                else:
+                    text += (
+                        f", r to average {number(s['correlation_to_average'])}, FEVE {number(s['feve'])},"
+                        f" oracle r {number(s['oracle_correlation'])}"
+                    )
+                if s.get("fraction_of_ceiling") is not None:
                     text += f", {s['fraction_of_ceiling']:.0%} of the ground-truth ceiling"
                 lines.append(text)
     lines.append(f"  run: {workdir}/ (config.toml, metrics.jsonl, checkpoints/, fit_curves.png, summary.json)")

@@ -111,8 +111,8 @@ def shift_responses(ds: xr.Dataset, how: str) -> xr.Dataset:
     """
     if how not in SHIFTS:
         raise SessionError(f"--shift-responses {how!r}: use neuron or global")
-    responses = ds["responses"].values
-    offset = responses.min(axis=0) if how == "neuron" else np.full(responses.shape[1], responses.min())
+    responses = ds["responses"].values  # NaN (missing) stays NaN
+    offset = np.nanmin(responses, axis=0) if how == "neuron" else np.full(responses.shape[1], np.nanmin(responses))
     offset = offset.astype(np.float32)
     ds = ds.assign(
         responses=(("trial", "neuron"), responses - offset),
@@ -126,6 +126,26 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     """The named arrays of the .npz ``path`` (no pickles), checked against ARRAY_KEYS."""
     unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
     with open(path, "rb") as file:
+def import_notes(ds: xr.Dataset) -> list[str]:
+    """Lines `twin import` prints about a written session: trials without responses, and the
+    loss to fit signed responses with."""
+    from twin.data.schema import responses_recorded
+    from twin.data.store import SIGNED_ADVICE
+
+    responses = np.asarray(ds["responses"].values)
+    notes = []
+    unrecorded = int(np.sum(~responses_recorded(responses)))
+    if unrecorded:
+        notes.append(
+            f"twin import: {unrecorded} trials have no responses (NaN for every neuron); kept with their"
+            " images, left out of fitting and scoring"
+        )
+    lowest = float(np.nanmin(responses))
+    if lowest < 0:
+        notes.append(f"twin import: responses are signed (minimum {lowest:.4g}); {SIGNED_ADVICE.removeprefix('signed: ')}")
+    return notes
+
+
         try:
             npz = np.load(file, allow_pickle=False)
         except unreadable as error:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from twin.config import DataConfig
-from twin.data.schema import TIERS, pixel_range, strings, validate
+from twin.data.schema import TIERS, pixel_range, responses_recorded, strings, validate
 from twin.data.store import load_values, open_session
 from twin.errors import ConfigError, SessionError
 
@@ -34,6 +34,9 @@ class SessionData:
     masks and rig images. image_min, image_max: the range of the train images (pixel levels).
     response_offset: (neuron,) what ``--shift-responses`` subtracted at import, or None.
     """
+    Responses are NaN where not recorded: trials with no response at all (e.g. final_test) are
+    left out of ``trials``; ``masked`` says some other trials miss some neurons, so batches carry
+    a mask.
 
     name: str
     path: str
@@ -53,6 +56,7 @@ class SessionData:
     behavior_names: tuple[str, ...] = ()
     response_offset: np.ndarray | None = None
 
+    masked: bool = False
     @property
     def n_neurons(self) -> int:
         return self.responses.shape[1]
@@ -84,18 +88,20 @@ class SessionData:
 
     @property
     def mean_response(self) -> np.ndarray:
-        """(neuron,) mean over train trials, normalized units."""
-        return self.responses[self.tier == "train"].mean(axis=0)
+        """(neuron,) mean over train trials (finite responses), normalized units."""
+        return np.nanmean(self.responses[self.trials("train")], axis=0)
 
     def trials(self, tier: str) -> np.ndarray:
-        """Indices (n,) of the trials of ``tier``."""
-        return np.flatnonzero(self.tier == tier)
+        """Indices (n,) of the trials of ``tier`` that have responses (not all NaN)."""
+        index = np.flatnonzero(self.tier == tier)
+        return index[responses_recorded(self.responses[index])]
 
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
     """One batch from one session: images (b, y, x, c), responses (b, n), behavior (b, k) | None,
-    pupil_center (b, 2) | None, trials (b,) indices into the session's trials."""
+    pupil_center (b, 2) | None, trials (b,) indices into the session's trials; for a ``masked``
+    session, mask (b, n) bool, False where a response is missing (its NaN there replaced by 0)."""
 
     session: int
     images: np.ndarray
@@ -104,6 +110,7 @@ class Batch:
     pupil_center: np.ndarray | None
     trials: np.ndarray
 
+    mask: np.ndarray | None = None
 
 def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
     """Read the session store ``path`` into memory, normalized as ``config`` says."""
@@ -138,6 +145,7 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
     response_std = np.maximum(response_std, floor) if floor > 0 else np.ones_like(response_std)
     responses = ds["responses"].values / response_std
 
+    recorded = responses_recorded(responses)
     behavior = pupil_center = None
     behavior_names = ()
     if "behavior" in ds:
@@ -171,6 +179,7 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         behavior_names=behavior_names,
         response_offset=ds["response_offset"].values.astype(np.float32) if "response_offset" in ds else None,
     )
+        masked=bool(np.isnan(responses[recorded]).any()),
 
 
 def load_sessions(paths: Sequence, config: DataConfig = DataConfig()) -> list[SessionData]:
@@ -218,12 +227,17 @@ def batches(
             if step < len(plan):
                 session, trials = sessions[index], plan[step]
                 yield Batch(
+                responses, mask = session.responses[trials], None
+                if session.masked:
+                    mask = np.isfinite(responses)
+                    responses = np.where(mask, responses, np.float32(0))
                     session=index,
                     images=session.images[trials],
-                    responses=session.responses[trials],
+                    responses=responses,
                     behavior=None if session.behavior is None else session.behavior[trials],
                     pupil_center=(
                         None if session.pupil_center is None else session.pupil_center[trials]
                     ),
                     trials=trials,
                 )
+                    mask=mask,

@@ -5,7 +5,7 @@ A session is an ``xarray.Dataset``:
 | name | dims | dtype |
 |---|---|---|
 | images | (trial, y, x) or (trial, channel, y, x) | uint8 or float32, within attrs pixel_range |
-| responses | (trial, neuron) | float32 |
+| responses | (trial, neuron) | float32; NaN = not recorded (``responses_recorded``), never inf |
 | tier | (trial,) | str: train / validation / test / final_test |
 | image_id | (trial,) | int64, same id = same image |
 | behavior | (trial, behavior_var) | float32, optional; coordinate behavior_var holds the names |
@@ -17,8 +17,14 @@ A session is an ``xarray.Dataset``:
 
 ``attrs["pixel_range"] = [lo, hi]``: the image values shown as black and white (screen levels 0 and
 255). Importers infer it (``infer_pixel_range``) or take it as stated; stores without it get it
-inferred the same way when read (``pixel_range``). Responses may be signed (dF/F); losses that need
-non-negative rates refuse them when fitting.
+inferred the same way when read (``pixel_range``). Responses may be signed (dF/F); the poisson
+loss refuses them when fitting, the gaussian loss takes them.
+
+Missing responses are NaN. A trial whose row is NaN for every neuron has no responses (e.g.
+Sensorium's held-out ``final_test`` tier): it keeps its image and tier, and is left out of
+fitting, validation, the normalization statistics and scoring. NaN on some neurons of a trial
+(a dropped frame) masks those entries in the loss and in every metric. Every neuron needs at
+least one finite train response.
 
 Stores written by ``twin.data.store.write_session`` add normalization statistics (``stats_*``,
 computed on train trials); simulated sessions add ground truth (``gt_*``) and
@@ -52,10 +58,8 @@ OPTIONAL = {
     "cell_z": ((("neuron",),), ("float32",)),
     "response_offset": ((("neuron",),), ("float32",)),
 }
-# Variables whose values must be finite.
-FINITE = (
-    "images", "responses", "behavior", "pupil_center", "cell_x", "cell_y", "cell_z", "response_offset"
-)
+# Variables whose values must be finite; responses may be NaN (not recorded) but not inf.
+FINITE = ("images", "behavior", "pupil_center", "cell_x", "cell_y", "cell_z", "response_offset")
 PIXEL_RANGE_FIX = "state the values shown as black and white with `twin import ... --pixel-range=LO,HI`"
 
 
@@ -229,6 +233,7 @@ def check_tier_leaks(tier, image_id, source, name: str = "tier") -> None:
         )
 
 
+        check_responses(np.asarray(ds["responses"].values), tier, np.asarray(ds["unit_id"].values), source)
 def make_session(
     source,
     *,
@@ -240,6 +245,25 @@ def make_session(
     behavior_names=None,
     pupil_center=None,
     unit_id=None,
+def responses_recorded(responses: np.ndarray) -> np.ndarray:
+    """(trial,) bool: the trials of ``responses`` (trial, neuron) with at least one finite value."""
+    return ~np.isnan(responses).all(axis=1)
+
+
+def check_responses(responses: np.ndarray, tier: np.ndarray, unit_id: np.ndarray, source) -> None:
+    """SessionError for inf in ``responses`` (trial, neuron), or a neuron without a finite
+    response on any train trial (nothing to fit it to); NaN elsewhere marks missing values."""
+    if np.isinf(responses).any():
+        fail(source, "variable 'responses' contains inf; remove or fill those values (NaN marks a missing one)")
+    unfit = ~np.isfinite(responses[tier == "train"]).any(axis=0)
+    if unfit.any():
+        fail(
+            source,
+            f"variable 'responses' has no finite train response for unit_id {unit_id[unfit][0]}"
+            f" ({int(unfit.sum())} neurons in all); drop those neurons or record them on train trials",
+        )
+
+
     cell_xyz=None,
     attrs=None,
     names: dict | None = None,

@@ -17,7 +17,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 import twin
 from twin import metrics
 from twin.data.digest import FIX, check_digest, damaged_chunk, write_digest
-from twin.data.schema import SCHEMA_VERSION, TIERS, pixel_range, strings, validate
+from twin.data.schema import SCHEMA_VERSION, TIERS, pixel_range, responses_recorded, strings, validate
 from twin.errors import SessionError
 from twin.outputs import output
 
@@ -27,6 +27,10 @@ CHUNK_BYTES = 8 * 2**20
 SPARSE_TRIALS = 10
 SPARSE_FRACTION = 0.01
 SHOW_UNITS = 5  # unit ids listed per kind of quiet neuron
+SIGNED_ADVICE = (
+    'signed: fit with [fit] loss = "gaussian", or for the poisson loss deconvolve or re-import with'
+    " --shift-responses"
+)
 
 
 def write_dataset(ds: xr.Dataset, path, encoding: dict | None = None, overwrite: bool = False) -> Path:
@@ -62,9 +66,11 @@ def trial_chunks(ds: xr.Dataset) -> dict:
     return encoding
 
 
-def mean_std(values: np.ndarray, axis) -> tuple[np.ndarray, np.ndarray]:
+def mean_std(values: np.ndarray, axis, skip_nan: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) float32 along ``axis``; ``skip_nan`` leaves NaN (missing responses) out."""
     values = np.asarray(values, dtype=np.float64)
-    return values.mean(axis=axis).astype(np.float32), values.std(axis=axis).astype(np.float32)
+    mean, std = (np.nanmean, np.nanstd) if skip_nan else (np.mean, np.std)
+    return mean(values, axis=axis).astype(np.float32), std(values, axis=axis).astype(np.float32)
 
 
 def statistics(ds: xr.Dataset) -> xr.Dataset:
@@ -72,10 +78,12 @@ def statistics(ds: xr.Dataset) -> xr.Dataset:
 
     stats_image_mean/std: () or (channel,), over all train pixels; stats_image_pixel_mean/std:
     (y, x) or (channel, y, x); stats_image_min/max: () pixel range of train images;
-    stats_response_mean/std: (neuron,); stats_behavior_mean/std: (behavior_var,);
-    stats_pupil_center_mean/std: (xy,).
+    stats_response_mean/std: (neuron,), over each neuron's finite responses;
+    stats_behavior_mean/std: (behavior_var,); stats_pupil_center_mean/std: (xy,). Train trials
+    without responses (all NaN) are left out of every statistic.
     """
-    train = ds.isel(trial=np.flatnonzero(strings(ds["tier"].values) == "train"))
+    recorded = responses_recorded(np.asarray(ds["responses"].values))
+    train = ds.isel(trial=np.flatnonzero((strings(ds["tier"].values) == "train") & recorded))
     images = train["images"]
     pixel_dims = images.dims[1:]
     global_dims = tuple(d for d in pixel_dims if d == "channel")
@@ -94,7 +102,7 @@ def statistics(ds: xr.Dataset) -> xr.Dataset:
         if name in ds:
             key = "response" if name == "responses" else name
             stats[f"stats_{key}_mean"], stats[f"stats_{key}_std"] = (
-                ((dim,), a) for a in mean_std(train[name].values, 0)
+                ((dim,), a) for a in mean_std(train[name].values, 0, skip_nan=name == "responses")
             )
     return xr.Dataset(stats)
 
@@ -160,8 +168,9 @@ def open_session(path) -> xr.Dataset:
 
 
 def value_range(values) -> list[float]:
+    """[lo, hi] of ``values``, NaN (missing responses) left out."""
     values = np.asarray(values)
-    return [float(values.min()), float(values.max())]
+    return [float(np.nanmin(values)), float(np.nanmax(values))]
 
 
 def few_units(mask: np.ndarray, unit_id: np.ndarray) -> dict:
@@ -173,9 +182,10 @@ def quiet_neurons(train_responses: np.ndarray, unit_id: np.ndarray) -> dict:
     """Neurons whose train responses (trial, neuron) carry (almost) no signal, each as
     ``few_units``: all_zero (every response 0), constant (one non-zero value throughout) and
     sparse (non-zero on fewer than max(10, 1%) of the train trials). Their correlations are 0
-    (twin.metrics.correlation) and FEVE NaN, which pull scores down or leave them out."""
-    lo, hi = train_responses.min(axis=0), train_responses.max(axis=0)
-    nonzero = np.count_nonzero(train_responses, axis=0)
+    (twin.metrics.correlation) and FEVE NaN, which pull scores down or leave them out. Missing
+    responses (NaN) are left out."""
+    lo, hi = np.nanmin(train_responses, axis=0), np.nanmax(train_responses, axis=0)
+    nonzero = np.count_nonzero(np.nan_to_num(train_responses), axis=0)
     all_zero = (lo == 0) & (hi == 0)
     constant = (lo == hi) & ~all_zero
     sparse = (nonzero < max(SPARSE_TRIALS, SPARSE_FRACTION * len(train_responses))) & (lo != hi)
@@ -192,25 +202,31 @@ def session_info(ds: xr.Dataset, path) -> dict:
     Keys: session, source, trials {tier: n}, tier_split (how twin import chose tiers, or ""),
     neurons, quiet_neurons (see ``quiet_neurons``), image_shape, image_dtype, pixel_range [lo, hi]
     (values shown as black and white) and pixel_range_from, repeats_per_test_image {min, median,
-    max}, test_repeats (bool: FEVE and oracle need them), responses_signed (bool), response_shift
-    ("" or what twin import subtracted), behavior (names), pupil_center (bool), ranges {images,
-    responses, behavior {name: [lo, hi]}, pupil_center}, simulated, oracle_correlation (mean over
-    neurons, test tier, when images repeat) and for simulated sessions ground_truth_ceiling (mean
-    scores of the noise-free responses on the test tier).
+    max} over test trials with responses, test_repeats (bool: some test image repeats),
+    repeat_metrics ("" when oracle and FEVE can be scored, else twin.metrics.repeats_note),
+    trials_without_responses (all NaN, e.g. final_test), missing_responses (NaN values on trials
+    with responses), responses_signed (bool), response_shift ("" or what twin import
+    subtracted), behavior (names), pupil_center (bool), ranges {images, responses, behavior
+    {name: [lo, hi]}, pupil_center}, simulated, oracle_correlation (mean over neurons, test tier,
+    when enough images repeat) and for simulated sessions ground_truth_ceiling (mean scores of
+    the noise-free responses on the test tier).
     """
     tier = strings(ds["tier"].values)
     image_id = np.asarray(ds["image_id"].values)
-    _, repeats = np.unique(image_id[tier == "test"], return_counts=True)
-    behavior = [str(n) for n in ds["behavior_var"].values] if "behavior" in ds else []
     responses = np.asarray(ds["responses"].values)
     unit_id = np.asarray(ds["unit_id"].values)
+    recorded = responses_recorded(responses)
+    test = (tier == "test") & recorded
+    _, repeats = np.unique(image_id[test], return_counts=True)
+    repeats = repeats if repeats.size else np.zeros(1, int)
+    behavior = [str(n) for n in ds["behavior_var"].values] if "behavior" in ds else []
     info = {
         "session": str(ds.attrs.get("session", "")),
         "source": str(ds.attrs.get("source", "")),
         "trials": {name: int(np.sum(tier == name)) for name in TIERS if np.any(tier == name)},
         "tier_split": str(ds.attrs.get("tier_split", "")),
         "neurons": int(ds.sizes["neuron"]),
-        "quiet_neurons": quiet_neurons(responses[tier == "train"], unit_id),
+        "quiet_neurons": quiet_neurons(responses[(tier == "train") & recorded], unit_id),
         "image_shape": [int(ds.sizes[d]) for d in ds["images"].dims[1:]],
         "image_dtype": str(ds["images"].dtype),
         "pixel_range": list(pixel_range(ds, path)),
@@ -225,20 +241,22 @@ def session_info(ds: xr.Dataset, path) -> dict:
             "max": int(repeats.max()),
         },
         "test_repeats": bool(repeats.max() > 1),
-        "responses_signed": bool(responses.min() < 0),
+        "repeat_metrics": metrics.repeats_note(image_id[test]) or "",
+        "trials_without_responses": int(np.sum(~recorded)),
+        "missing_responses": int(np.isnan(responses[recorded]).sum()),
+        "responses_signed": bool(np.nanmin(responses) < 0),
         "response_shift": str(ds.attrs.get("response_shift", "")),
         "behavior": behavior,
         "pupil_center": "pupil_center" in ds,
         "ranges": {
             "images": value_range(ds["images"].values),
-            "responses": value_range(responses),
+            "responses": value_range(responses[recorded]),
         },
         "simulated": bool(ds.attrs.get("simulated", False)),
     }
-    test = tier == "test"
-    if info["test_repeats"]:
+    if not info["repeat_metrics"]:
         oracle = metrics.oracle_correlation(responses[test], image_id[test])
-        info["oracle_correlation"] = float(np.mean(oracle))
+        info["oracle_correlation"] = float(np.nanmean(oracle))
     if behavior:
         values = np.asarray(ds["behavior"].values)
         info["ranges"]["behavior"] = {n: value_range(values[:, i]) for i, n in enumerate(behavior)}
@@ -277,19 +295,25 @@ def format_info(info: dict) -> str:
     repeats = "test repeats {min}..{max} per image (median {median:g})".format(
         **info["repeats_per_test_image"]
     )
-    if not info["test_repeats"]:
-        repeats += "; no test image repeats, so oracle and FEVE are n/a"
+    if info["repeat_metrics"]:
+        repeats += f"; oracle and FEVE {info['repeat_metrics']}"
     responses = f"responses    {ranges['responses'][0]:.4g}..{ranges['responses'][1]:.4g}"
     if info["responses_signed"]:
-        responses += (
-            " (signed: the poisson loss needs non-negative rates; deconvolve, or re-import with"
-            " --shift-responses)"
-        )
+    if info["missing_responses"]:
+        responses += f" ({info['missing_responses']} missing values (NaN), masked in the loss and scores)"
+        responses += f" ({SIGNED_ADVICE})"
     if info["response_shift"]:
         responses += f" (shifted at import: {info['response_shift']} minimum subtracted)"
     lines = [
         f"session      {info['session']}  ({info['source'] or 'unknown source'})",
-        "trials       " + ", ".join(f"{n} {tier}" for tier, n in info["trials"].items()),
+        "trials       "
+        + ", ".join(f"{n} {tier}" for tier, n in info["trials"].items())
+        + (
+            f"; {info['trials_without_responses']} without responses (NaN for every neuron: kept,"
+            " left out of fitting and scoring)"
+            if info["trials_without_responses"]
+            else ""
+        ),
         *([f"tiers        {info['tier_split']}"] if info["tier_split"] else []),
         f"neurons      {info['neurons']}" + (f" ({quiet})" if quiet else ""),
         f"images       {' x '.join(map(str, info['image_shape']))} {info['image_dtype']},"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from twin.metrics import correlation, oracle_correlation, single_trial_correlation
+from twin.metrics import correlation, oracle_correlation, repeats_note, single_trial_correlation
 
 RIDGE_PENALTIES = np.logspace(-3, 3, 13)  # times the mean eigenvalue of the Gram matrix
 NONLINEARITY_BINS = 20
@@ -78,15 +78,17 @@ def ln_correlations(data) -> np.ndarray:
     """Single-trial correlation (neuron,) on the test tier of an LN model fit to the train trials.
 
     data: SessionData. Validation trials pick the ridge penalty (the last tenth of the train
-    trials when the session has none).
+    trials when the session has none). Missing responses are filled with the neuron's train mean
+    for the ridge fit and left out of the test correlation.
     """
     images = pooled(data.images)
-    train = np.flatnonzero(data.tier == "train")
-    validation = np.flatnonzero(data.tier == "validation")
+    train = data.trials("train")
+    validation = data.trials("validation")
     if len(validation) == 0:
         train, validation = train[: len(train) * 9 // 10], train[len(train) * 9 // 10 :]
-    predict = fit_ln(images[train], data.responses[train], images[validation], data.responses[validation])
-    test = data.tier == "test"
+    filled = np.where(np.isnan(data.responses), np.nanmean(data.responses[train], axis=0), data.responses)
+    predict = fit_ln(images[train], filled[train], images[validation], filled[validation])
+    test = data.trials("test")
     return single_trial_correlation(data.responses[test], predict(images[test]))
 
 
@@ -136,17 +138,16 @@ def select_neurons(
         raise ConfigError(f"{run}: session {session} does not exist; the run has {len(loaded.sessions)}")
     data = loaded.sessions[session]
     edge = min_distance if edge is None else edge
-    test = data.tier == "test"
-    if len(np.unique(data.image_id[test])) == np.count_nonzero(test):
+    test = data.trials("test")
+    note = repeats_note(data.image_id[test])
+    if note:
         raise SessionError(
-            f"{data.path}: the test tier has no repeated images, and selection needs the oracle"
-            " reliability of repeats; import the recording with its repeated images (twin import"
-            " puts images shown more than once in the test tier)"
+            f"{data.path}: oracle reliability {note}; selection ranks neurons by it, so import the"
+            " recording with its repeated images (twin import puts images shown more than once in"
+            " the test tier)"
         )
     oracle = oracle_correlation(data.responses[test], data.image_id[test])
-    twin_r = single_trial_correlation(
-        data.responses[test], predict(loaded.model, session, data, np.flatnonzero(test))
-    )
+    twin_r = single_trial_correlation(data.responses[test], predict(loaded.model, session, data, test))
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = twin_r / oracle
     oracle_threshold = float(np.nanmedian(oracle))

@@ -1,4 +1,5 @@
-"""Twin: one shared core, one readout (and optional shifter) per session, ELU + 1 output.
+"""Twin: one shared core, one readout (and optional shifter) per session, ELU + 1 output (or a
+linear one, for signed responses fit with the gaussian loss).
 
 Layout of a Twin's state (for converters from a neuralpredictors FiringRateEncoder):
 ``core`` (see twin.models.cores), ``readouts[i]`` (see twin.models.readouts) for session i,
@@ -25,6 +26,11 @@ def elu1(x: jax.Array) -> jax.Array:
     """ELU(x) + 1, written so it stays positive: compiled as exp(x) - 1 + 1 it can round to zero or
     below for very negative x, and the Poisson loss's log(prediction) then turns NaN."""
     return jnp.where(x > 0, x + 1, jnp.exp(jnp.minimum(x, 0)))
+
+
+# Output nonlinearities: "elu1" keeps predictions positive (Poisson rates); "linear" leaves
+# them signed (the gaussian loss, for dF/F).
+OUTPUTS = {"elu1": elu1, "linear": lambda x: x}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +65,7 @@ class Twin(nnx.Module):
 
     in_channels: image channels; image_shape: (y, x); readouts: one ReadoutSpec per session;
     n_behavior: behavior variables, appended as constant image channels when
-    ``config.use_behavior``.
+    ``config.use_behavior``; output: a key of OUTPUTS ("linear" for signed responses).
     """
 
     def __init__(
@@ -70,8 +76,10 @@ class Twin(nnx.Module):
         readouts: list[ReadoutSpec],
         n_behavior: int = 0,
         *,
+        output: str = "elu1",
         rngs: nnx.Rngs,
     ):
+        self.output = output
         self.use_behavior = config.use_behavior and n_behavior > 0
         self.core = Stacked2dCore(
             in_channels + (n_behavior if self.use_behavior else 0),
@@ -144,7 +152,7 @@ class Twin(nnx.Module):
         """
         fmap = self.core(self.core_input(images, behavior))
         shift = self.shift(session, pupil_center)
-        return elu1(self.readouts[session](fmap, shift=shift, neurons=neurons))
+        return OUTPUTS[self.output](self.readouts[session](fmap, shift=shift, neurons=neurons))
 
     def core_input(self, images: jax.Array, behavior: jax.Array | None) -> jax.Array:
         """images (b, y, x, channel) with the behavior variables (b, n_behavior) appended as
@@ -223,7 +231,7 @@ class Twin(nnx.Module):
         features = readout.features[...][neurons]
         value = jnp.einsum("bijc,bij,bc->b", patch, bilinear_weights(fx, fy), features)
         value = value + readout.bias[...][neurons]
-        return elu1(value)
+        return OUTPUTS[self.output](value)
 
     def regularizer(self, session: int = 0) -> jax.Array:
         """Laplace-L2 on the first layer (x gamma_input) + the session readout's L1 (x gamma_readout)."""
@@ -308,8 +316,12 @@ def make_ensemble(
     readouts: list[ReadoutSpec],
     n_behavior: int,
     seeds: list[int],
+    output: str = "elu1",
 ) -> Ensemble:
-    """One Twin per seed (each exactly ``Twin(..., rngs=nnx.Rngs(seed))``), stacked."""
+    """One Twin per seed (each exactly ``Twin(..., output=output, rngs=nnx.Rngs(seed))``), stacked."""
     return stack_twins(
-        [Twin(config, in_channels, image_shape, readouts, n_behavior, rngs=nnx.Rngs(seed)) for seed in seeds]
+        [
+            Twin(config, in_channels, image_shape, readouts, n_behavior, output=output, rngs=nnx.Rngs(seed))
+            for seed in seeds
+        ]
     )
