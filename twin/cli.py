@@ -122,6 +122,8 @@ def cmd_import(args) -> int:
         ds = shift_responses(ds, args.shift_responses)
     write_session(ds, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
+    for note in import_notes(ds):
+        print(note)
     return 0
 
 
@@ -132,8 +134,6 @@ def cmd_import_images(args) -> int:
 
     tables = (args.trial_images, args.tiers, args.unit_ids)
     inputs = [args.images, args.responses, *(path for path in tables if path)]
-    for note in import_notes(ds):
-        print(note)
     check_output(args.out, args.overwrite, "store", flag="OUT", inputs=inputs)
     ds = from_images(
         args.images,
@@ -149,6 +149,8 @@ def cmd_import_images(args) -> int:
         ds = shift_responses(ds, args.shift_responses)
     write_session(ds, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
+    for note in import_notes(ds):
+        print(note)
     return 0
 
 
@@ -159,8 +161,6 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
     try:
         start, end = (float(part) for part in text.split(","))
     except ValueError:
-    for note in import_notes(ds):
-        print(note)
         raise ConfigError(f"--window {text!r}: write START,END in seconds after onset, e.g. 0.05,0.55") from None
     if not (math.isfinite(start) and math.isfinite(end) and start < end):
         raise ConfigError(f"--window {text!r}: give finite START below END, e.g. 0.05,0.55")

@@ -122,10 +122,6 @@ def shift_responses(ds: xr.Dataset, how: str) -> xr.Dataset:
     return ds
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The named arrays of the .npz ``path`` (no pickles), checked against ARRAY_KEYS."""
-    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
-    with open(path, "rb") as file:
 def import_notes(ds: xr.Dataset) -> list[str]:
     """Lines `twin import` prints about a written session: trials without responses, and the
     loss to fit signed responses with."""
@@ -146,6 +142,10 @@ def import_notes(ds: xr.Dataset) -> list[str]:
     return notes
 
 
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The named arrays of the .npz ``path`` (no pickles), checked against ARRAY_KEYS."""
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+    with open(path, "rb") as file:
         try:
             npz = np.load(file, allow_pickle=False)
         except unreadable as error:

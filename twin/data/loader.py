@@ -33,10 +33,10 @@ class SessionData:
     in pixel levels 0..255 (the store's pixel_range mapped onto 0..255), the units of MEI recipes,
     masks and rig images. image_min, image_max: the range of the train images (pixel levels).
     response_offset: (neuron,) what ``--shift-responses`` subtracted at import, or None.
-    """
     Responses are NaN where not recorded: trials with no response at all (e.g. final_test) are
     left out of ``trials``; ``masked`` says some other trials miss some neurons, so batches carry
     a mask.
+    """
 
     name: str
     path: str
@@ -55,8 +55,8 @@ class SessionData:
     image_max: float = 255.0
     behavior_names: tuple[str, ...] = ()
     response_offset: np.ndarray | None = None
-
     masked: bool = False
+
     @property
     def n_neurons(self) -> int:
         return self.responses.shape[1]
@@ -109,8 +109,8 @@ class Batch:
     behavior: np.ndarray | None
     pupil_center: np.ndarray | None
     trials: np.ndarray
-
     mask: np.ndarray | None = None
+
 
 def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
     """Read the session store ``path`` into memory, normalized as ``config`` says."""
@@ -144,8 +144,8 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
     floor = np.float32(config.response_std_floor * response_std.mean())
     response_std = np.maximum(response_std, floor) if floor > 0 else np.ones_like(response_std)
     responses = ds["responses"].values / response_std
-
     recorded = responses_recorded(responses)
+
     behavior = pupil_center = None
     behavior_names = ()
     if "behavior" in ds:
@@ -178,8 +178,8 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         image_max=float((ds["stats_image_max"].values - lo) * level),
         behavior_names=behavior_names,
         response_offset=ds["response_offset"].values.astype(np.float32) if "response_offset" in ds else None,
-    )
         masked=bool(np.isnan(responses[recorded]).any()),
+    )
 
 
 def load_sessions(paths: Sequence, config: DataConfig = DataConfig()) -> list[SessionData]:
@@ -226,11 +226,11 @@ def batches(
         for index, plan in enumerate(plans):
             if step < len(plan):
                 session, trials = sessions[index], plan[step]
-                yield Batch(
                 responses, mask = session.responses[trials], None
                 if session.masked:
                     mask = np.isfinite(responses)
                     responses = np.where(mask, responses, np.float32(0))
+                yield Batch(
                     session=index,
                     images=session.images[trials],
                     responses=responses,
@@ -239,5 +239,5 @@ def batches(
                         None if session.pupil_center is None else session.pupil_center[trials]
                     ),
                     trials=trials,
-                )
                     mask=mask,
+                )

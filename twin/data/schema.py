@@ -181,6 +181,7 @@ def validate(ds: xr.Dataset, source, *, values: bool = True) -> xr.Dataset:
         for name in FINITE:
             if name in ds.variables and not np.isfinite(np.asarray(ds[name].values)).all():
                 fail(source, f"variable {name!r} contains NaN or inf; remove or fill those values")
+        check_responses(np.asarray(ds["responses"].values), tier, np.asarray(ds["unit_id"].values), source)
         lo, hi = pixel_range(ds, source)
         images = np.asarray(ds["images"].values)
         if images.min() < lo or images.max() > hi:
@@ -190,6 +191,25 @@ def validate(ds: xr.Dataset, source, *, values: bool = True) -> xr.Dataset:
                 f" outside its pixel range {lo:g}..{hi:g}; {PIXEL_RANGE_FIX}",
             )
     return ds
+
+
+def responses_recorded(responses: np.ndarray) -> np.ndarray:
+    """(trial,) bool: the trials of ``responses`` (trial, neuron) with at least one finite value."""
+    return ~np.isnan(responses).all(axis=1)
+
+
+def check_responses(responses: np.ndarray, tier: np.ndarray, unit_id: np.ndarray, source) -> None:
+    """SessionError for inf in ``responses`` (trial, neuron), or a neuron without a finite
+    response on any train trial (nothing to fit it to); NaN elsewhere marks missing values."""
+    if np.isinf(responses).any():
+        fail(source, "variable 'responses' contains inf; remove or fill those values (NaN marks a missing one)")
+    unfit = ~np.isfinite(responses[tier == "train"]).any(axis=0)
+    if unfit.any():
+        fail(
+            source,
+            f"variable 'responses' has no finite train response for unit_id {unit_id[unfit][0]}"
+            f" ({int(unfit.sum())} neurons in all); drop those neurons or record them on train trials",
+        )
 
 
 def as_dtype(array, dtype: str, name: str, source) -> np.ndarray:
@@ -233,7 +253,6 @@ def check_tier_leaks(tier, image_id, source, name: str = "tier") -> None:
         )
 
 
-        check_responses(np.asarray(ds["responses"].values), tier, np.asarray(ds["unit_id"].values), source)
 def make_session(
     source,
     *,
@@ -245,25 +264,6 @@ def make_session(
     behavior_names=None,
     pupil_center=None,
     unit_id=None,
-def responses_recorded(responses: np.ndarray) -> np.ndarray:
-    """(trial,) bool: the trials of ``responses`` (trial, neuron) with at least one finite value."""
-    return ~np.isnan(responses).all(axis=1)
-
-
-def check_responses(responses: np.ndarray, tier: np.ndarray, unit_id: np.ndarray, source) -> None:
-    """SessionError for inf in ``responses`` (trial, neuron), or a neuron without a finite
-    response on any train trial (nothing to fit it to); NaN elsewhere marks missing values."""
-    if np.isinf(responses).any():
-        fail(source, "variable 'responses' contains inf; remove or fill those values (NaN marks a missing one)")
-    unfit = ~np.isfinite(responses[tier == "train"]).any(axis=0)
-    if unfit.any():
-        fail(
-            source,
-            f"variable 'responses' has no finite train response for unit_id {unit_id[unfit][0]}"
-            f" ({int(unfit.sum())} neurons in all); drop those neurons or record them on train trials",
-        )
-
-
     cell_xyz=None,
     attrs=None,
     names: dict | None = None,

@@ -214,12 +214,12 @@ def session_info(ds: xr.Dataset, path) -> dict:
     tier = strings(ds["tier"].values)
     image_id = np.asarray(ds["image_id"].values)
     responses = np.asarray(ds["responses"].values)
-    unit_id = np.asarray(ds["unit_id"].values)
     recorded = responses_recorded(responses)
     test = (tier == "test") & recorded
     _, repeats = np.unique(image_id[test], return_counts=True)
     repeats = repeats if repeats.size else np.zeros(1, int)
     behavior = [str(n) for n in ds["behavior_var"].values] if "behavior" in ds else []
+    unit_id = np.asarray(ds["unit_id"].values)
     info = {
         "session": str(ds.attrs.get("session", "")),
         "source": str(ds.attrs.get("source", "")),
@@ -298,9 +298,9 @@ def format_info(info: dict) -> str:
     if info["repeat_metrics"]:
         repeats += f"; oracle and FEVE {info['repeat_metrics']}"
     responses = f"responses    {ranges['responses'][0]:.4g}..{ranges['responses'][1]:.4g}"
-    if info["responses_signed"]:
     if info["missing_responses"]:
         responses += f" ({info['missing_responses']} missing values (NaN), masked in the loss and scores)"
+    if info["responses_signed"]:
         responses += f" ({SIGNED_ADVICE})"
     if info["response_shift"]:
         responses += f" (shifted at import: {info['response_shift']} minimum subtracted)"
