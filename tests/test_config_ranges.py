@@ -155,6 +155,7 @@ FIELDS = {
         "rig_repeats": ints(1),
         "min_distance": floats(0),
         "mei_seeds": ints(1),
+        "channels": (st.sampled_from([1, 3]), st.sampled_from([0, 2, 4])),
     },
 }
 

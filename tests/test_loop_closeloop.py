@@ -43,7 +43,8 @@ def make_loop_files(tmp_path, repeats=8, seed=0):
     rng = np.random.default_rng(seed)
     order = [int(i) for _ in range(repeats) for i in rng.permutation(len(stimuli))]
     manifest = {"meis": "meis.zarr", "run": str(run), "session": 0, "store": "s.zarr", "monitor": Monitor().to_dict(),
-                "target": {"mean_luminance": 10.0, "rms_contrast": 2.0, "tolerance": 0.05}, "model_shape": [4, 8],
+                "target": {"mean_luminance": 10.0, "rms_contrast": 2.0, "tolerance": 0.05, "matching": "channel"},
+                "model_shape": [4, 8],
                 "screen_shape": [16, 32], "repeats": repeats, "seed": seed, "stimuli": stimuli, "rejected": [],
                 "order": order}
     (stimuli_dir / "manifest.json").write_text(json.dumps(manifest))

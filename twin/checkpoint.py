@@ -142,7 +142,7 @@ def session_record(data) -> dict:
     return {
         "name": data.name,
         "path": str(Path(data.path).absolute()),
-        "unit_id": [int(u) for u in data.unit_id],
+        "unit_id": data.unit_id.tolist(),
         "n_neurons": int(data.responses.shape[1]),
         "image_shape": [int(s) for s in data.images.shape[1:3]],
         "channels": int(data.images.shape[3]),
@@ -289,7 +289,7 @@ def check_store_digests(
 
 def check_neurons(data, record: dict, store: str) -> None:
     """RunError unless the store's neurons and images are the ones the run's session was fit on."""
-    unit_id = [int(u) for u in data.unit_id]
+    unit_id = data.unit_id.tolist()
     if unit_id != record["unit_id"]:
         raise RunError(
             f"{store}: unit_id has {len(unit_id)} neurons that differ from the {len(record['unit_id'])}"

@@ -41,6 +41,16 @@ def at_least(low: float, kind: type = int, below: float | None = None):
     return parse
 
 
+def per_primary(text: str) -> float | list[float]:
+    """argparse ``type=``: '2.2' -> 2.2, '2.2,2.1,2.4' -> [2.2, 2.1, 2.4] (red, green, blue);
+    twin.loop.monitor checks the count and the range."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or three numbers R,G,B") from None
+    return values[0] if len(values) == 1 else values
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'36x64' -> (36, 64)."""
     try:
@@ -341,6 +351,9 @@ def cmd_export(args) -> int:
         repeats=args.repeats,
         seed=args.seed,
         overwrite=args.overwrite,
+        gamma=args.gamma,
+        max_luminance=args.max_luminance,
+        matching=args.matching,
     )
     print(
         f"wrote {args.out}: {len(manifest['stimuli'])} stimuli x {manifest['repeats']} repeats ="
@@ -384,6 +397,7 @@ def cmd_loop(args) -> int:
         config_path=args.config,
         seed=args.seed,
         overwrite=args.overwrite,
+        channels=args.channels,
     )
     return 0
 
@@ -653,6 +667,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("meis")
     p.add_argument("--out", required=True)
     p.add_argument("--monitor", help="monitor calibration TOML")
+    p.add_argument(
+        "--gamma", type=per_primary, metavar="G[,G,G]",
+        help="monitor gamma instead of the file's [calibration]: one value, or red,green,blue (default 1)",
+    )
+    p.add_argument(
+        "--max-luminance", type=per_primary, metavar="L[,L,L]",
+        help="cd/m² at pixel 255 instead of the file's [calibration]: one value (each primary), or"
+        " red,green,blue (default 80)",
+    )
+    p.add_argument(
+        "--matching", choices=["channel", "luminance"], default="channel",
+        help="colour stimuli: match mean and RMS contrast per primary (default) or on the luminance"
+        " summed over primaries (one gain, colours kept); gray stimuli are the same either way",
+    )
     p.add_argument("--repeats", type=at_least(1), default=10)
     p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
     add_overwrite_flag(p)
@@ -683,6 +711,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe", help="walker2019, sinz_ga or lucid (default: the --config [mei].recipe, else walker2019)"
     )
     p.add_argument("--config", help="TOML file overriding defaults")
+    p.add_argument(
+        "--channels", type=int, choices=[1, 3],
+        help="simulate a gray (1) or colour (3: RGB stimuli) animal (default: [loop].channels, 1)",
+    )
     p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
     add_overwrite_flag(p)
     p.set_defaults(handler=cmd_loop)

@@ -125,7 +125,7 @@ def score_predictions(data, tier: str, predictions: np.ndarray) -> dict:
             else None
         )
     result["per_neuron"] = {
-        "unit_id": [int(u) for u in data.unit_id],
+        "unit_id": data.unit_id.tolist(),
         **{name: finite_or_none(values) for name, values in scores.items()},
     }
     return result

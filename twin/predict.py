@@ -163,11 +163,15 @@ def recording_units(predictions: np.ndarray, data, index: np.ndarray) -> tuple[n
 
 
 def twin_responses(run, session: int, levels: np.ndarray, neurons: np.ndarray) -> np.ndarray:
-    """The twin's responses (n, k) in the recording's units to one-channel images (n, y, x) in
-    pixel levels 0..255 (MEIs and rig stimuli in model space); run: a loaded
-    twin.checkpoint.Run; neurons: (k,) indices within the session."""
+    """The twin's responses (n, k) in the recording's units to images (n, y, x), or (n, channel,
+    y, x) for a run of several channels, in pixel levels 0..255 (MEIs and rig stimuli in model
+    space); run: a loaded twin.checkpoint.Run; neurons: (k,) indices within the session."""
     data = run.sessions[session]
-    images = data.normalize_images(np.asarray(levels, np.float32))[..., None]
+    levels = np.asarray(levels, np.float32)
+    if data.channels == 1:
+        images = data.normalize_images(levels)[..., None]
+    else:
+        images = data.normalize_images(np.moveaxis(levels, 1, -1))
     predictions = predict_images(run.model, session, data, images, run.config.data.batch_size)
     return recording_units(predictions[:, neurons], data, neurons)[0]
 
@@ -226,7 +230,7 @@ def predict_command(
     if not 0 <= session < len(loaded.sessions):
         raise ConfigError(f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}")
     data = loaded.sessions[session]
-    index = parse_neurons(neurons, data.n_neurons)
+    index = parse_neurons(neurons, data.unit_id)
     pictures, names = read_inputs(images, data.channels)
     model_input = prepare(pictures, data, images)
     predictions = predict_images(

@@ -310,14 +310,3 @@ def trial_image_indices(values: np.ndarray, names: np.ndarray, path) -> np.ndarr
             " in file-name order"
         )
     return indices
-
-
-def integer_ids(values: np.ndarray, path) -> np.ndarray:
-    """(neuron,) int64 unit ids from ``values``; SessionError for anything but integers."""
-    ids = as_numbers(values, "int64")
-    if ids is None:
-        raise SessionError(
-            f"--unit-ids {path}: holds values that are not integers; give one integer id per neuron"
-            " (map names to integers and keep the names in a separate file)"
-        )
-    return ids

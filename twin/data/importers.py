@@ -10,6 +10,7 @@ images whose range cannot be inferred (see ``twin.data.schema.infer_pixel_range`
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import zipfile
@@ -22,6 +23,7 @@ import xarray as xr
 from twin.data.schema import (
     check_tier_labels,
     check_tier_leaks,
+    check_unit_ids,
     fail,
     make_session,
     stated_pixel_range,
@@ -37,8 +39,10 @@ ARRAY_KEYS = (
     "behavior_names",
     "pupil_center",
     "neuron_ids",
+    "unit_ids",
     "cell_xyz",
 )
+ID_KEYS = ("neuron_ids", "unit_ids")  # either names the neurons' ids (integers or strings) in an .npz
 # Fractions of distinct images per tier when a recording comes without tiers and no image repeats.
 SPLIT = {"train": 0.8, "validation": 0.1, "test": 0.1}
 SHIFTS = ("neuron", "global")
@@ -193,12 +197,23 @@ def range_attrs(pixel_range, source) -> dict:
     return {"pixel_range": list(stated_pixel_range(pixel_range, source)), "pixel_range_from": "stated"}
 
 
+def npz_unit_ids(arrays: dict, n_neurons: int, path: Path) -> np.ndarray | None:
+    """The neurons' ids (neuron,) under key neuron_ids or unit_ids of an .npz (None when absent),
+    checked so that messages name the key the file uses."""
+    given = [key for key in ID_KEYS if key in arrays]
+    if len(given) > 1:
+        raise SessionError(f"{path}: keys 'neuron_ids' and 'unit_ids' both give ids; keep one of them")
+    if not given:
+        return None
+    return check_unit_ids(arrays[given[0]], n_neurons, f"{path}: key {given[0]!r}")
+
+
 def from_arrays(npz_path, seed: int = 0, pixel_range=None) -> xr.Dataset:
     """Session from an .npz with keys images (n, y, x) | (n, c, y, x), responses (n, neurons) and
     optional tiers (n,) str, image_ids (n,), behavior (n, k), behavior_names (k,), pupil_center
-    (n, 2), neuron_ids (neurons,), cell_xyz (neurons, 3). Missing image_ids come from hashing the
-    image bytes; missing tiers from ``split_tiers(image_ids, seed)`` (attrs["tier_split"] says
-    how). pixel_range: (lo, hi) stated image range, else inferred."""
+    (n, 2), neuron_ids or unit_ids (neurons,) integers or strings, cell_xyz (neurons, 3). Missing
+    image_ids come from hashing the image bytes; missing tiers from ``split_tiers(image_ids, seed)``
+    (attrs["tier_split"] says how). pixel_range: (lo, hi) stated image range, else inferred."""
     path = Path(npz_path)
     if not path.is_file():
         raise SessionError(f"{path}: no such file; pass an .npz file with images and responses")
@@ -218,19 +233,21 @@ def from_arrays(npz_path, seed: int = 0, pixel_range=None) -> xr.Dataset:
     tier = arrays.get("tiers")
     if tier is None and np.ndim(image_id) == 1:
         tier, attrs["tier_split"] = split_tiers(np.asarray(image_id), seed)
+    responses = arrays["responses"]
+    unit_id = npz_unit_ids(arrays, responses.shape[1], path) if responses.ndim == 2 else None
     return make_session(
         path,
         images=images,
-        responses=arrays["responses"],
+        responses=responses,
         tier=tier,
         image_id=image_id,
         behavior=arrays.get("behavior"),
         behavior_names=arrays.get("behavior_names"),
         pupil_center=arrays.get("pupil_center"),
-        unit_id=arrays.get("neuron_ids"),
+        unit_id=unit_id,
         cell_xyz=arrays.get("cell_xyz"),
         attrs=attrs | range_attrs(pixel_range, path),
-        names={"tier": "tiers", "image_id": "image_ids", "unit_id": "neuron_ids"},
+        names={"tier": "tiers", "image_id": "image_ids"},
     )
 
 
@@ -323,7 +340,8 @@ def downscale(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
 def from_sensorium(path, size: tuple[int, int] | None = (36, 64), pixel_range=None) -> xr.Dataset:
     """Session from a Sensorium 2022 / neuralpredictors tree (folder or .zip): data/images/<i>.npy
     (c, y, x), data/responses/<i>.npy (neurons,), optional data/behavior, data/pupil_center,
-    meta/trials/tiers.npy, optional meta/trials/frame_image_id.npy, meta/neurons/unit_ids.npy,
+    meta/trials/tiers.npy, optional meta/trials/frame_image_id.npy, meta/neurons/unit_ids.npy
+    (integers or strings),
     meta/neurons/cell_motor_coordinates.npy. Images are block-averaged to ``size`` when they are
     an integer multiple of it; a single channel is dropped. pixel_range: (lo, hi) stated image
     range, else inferred."""
@@ -361,21 +379,24 @@ def session_from_tree(tree: FileTree, path: Path, size, pixel_range=None) -> xr.
         for name in ("trials/frame_image_id", "neurons/unit_ids", "neurons/cell_motor_coordinates")
     }
     image_id = meta["trials/frame_image_id"]
+    responses = tree.stack("data/responses", n)
+    unit_id = meta["neurons/unit_ids"]
+    if unit_id is not None and responses.ndim == 2:
+        unit_id = check_unit_ids(unit_id, responses.shape[1], f"{path}: file meta/neurons/unit_ids.npy")
     return make_session(
         path,
         images=images,
-        responses=tree.stack("data/responses", n),
+        responses=responses,
         tier=tier,
         image_id=image_ids_from_pixels(images) if image_id is None else image_id,
         behavior=optional["behavior"],
         pupil_center=optional["pupil_center"],
-        unit_id=meta["neurons/unit_ids"],
+        unit_id=unit_id,
         cell_xyz=meta["neurons/cell_motor_coordinates"],
         attrs={"source": f"{path.name} (twin import sensorium)"} | range_attrs(pixel_range, path),
         names={
             "tier": "meta/trials/tiers.npy",
             "image_id": "meta/trials/frame_image_id.npy",
-            "unit_id": "meta/neurons/unit_ids.npy",
             "cell_xyz": "meta/neurons/cell_motor_coordinates.npy",
         },
     )
@@ -394,6 +415,25 @@ def read_tiers(path, image_id: np.ndarray) -> np.ndarray:
     check_tier_labels(tier, source)
     check_tier_leaks(tier, image_id, source)
     return tier
+
+
+def read_unit_ids(path, n_neurons: int) -> np.ndarray:
+    """The --unit-ids file ``path``: one id per neuron, integers or strings, as a .npy array or as
+    .csv / .txt text (one id per line, or comma-separated; CSV quotes keep a comma inside an id).
+    Text ids that all read as integers are integers. Checked here so that messages name the file."""
+    from twin.data.images import as_numbers, read_table
+
+    path = Path(path)
+    if path.suffix.lower() in (".csv", ".txt") and path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: spreadsheets add a BOM
+        except (OSError, UnicodeDecodeError) as error:
+            raise SessionError(f"--unit-ids {path}: cannot be read ({error}); save it as UTF-8 text") from None
+        values = np.array([cell for row in csv.reader(lines, skipinitialspace=True) for cell in row], dtype=str)
+    else:
+        values = read_table(path, "--unit-ids")  # a .npy, or the one line about the path
+    numbers = as_numbers(values, "int64") if values.dtype.kind in "US" and values.size else None
+    return check_unit_ids(values if numbers is None else numbers, n_neurons, f"--unit-ids {path}")
 
 
 def from_images(
@@ -415,10 +455,11 @@ def from_images(
     1-D .npy. trial_images: optional .npy/.csv of one
     image (0-based index in file order, or file name) per trial when images repeat; without it
     trial i shows image i. tiers: optional .npy/.csv of one tier per trial, else
-    ``split_tiers(image ids, seed)``. unit_ids: optional .npy/.csv of one integer per neuron.
+    ``split_tiers(image ids, seed)``. unit_ids: optional .npy/.csv/.txt of one id per neuron
+    (integers or strings, ``read_unit_ids``).
     Each trial's image file name is kept as ``image_name`` (trial,) str.
     """
-    from twin.data.images import as_numbers, integer_ids, orient, read_images, read_table, trial_image_indices
+    from twin.data.images import as_numbers, orient, read_images, read_table, trial_image_indices
 
     images, responses = Path(images), Path(responses)
     pictures, names = read_images(images, size)
@@ -446,7 +487,7 @@ def from_images(
         responses=matrix,
         tier=tier,
         image_id=image_id,
-        unit_id=None if unit_ids is None else integer_ids(read_table(unit_ids, "--unit-ids"), unit_ids),
+        unit_id=None if unit_ids is None else read_unit_ids(unit_ids, matrix.shape[1]),
         attrs=attrs,
     )
     return ds.assign(image_name=("trial", names[shown].astype(object)))

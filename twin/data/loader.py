@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from twin.config import DataConfig
-from twin.data.schema import TIERS, pixel_range, responses_recorded, strings, validate
+from twin.data.schema import TIERS, pixel_range, strings, unit_ids, validate
 from twin.data.store import load_values, open_session
 from twin.errors import ConfigError, SessionError
 
@@ -27,7 +27,8 @@ class SessionData:
 
     images: (trial, y, x, channel) float32; responses: (trial, neuron) float32, divided by
     response_std (neuron,); tier, image_id: (trial,); behavior: (trial, k) | None;
-    pupil_center: (trial, 2) | None; unit_id: (neuron,); cell_xyz: (neuron, 3) | None.
+    pupil_center: (trial, 2) | None; unit_id: (neuron,) int64 or str (``twin.data.schema.unit_ids``);
+    cell_xyz: (neuron, 3) | None.
     image_mean, image_std: float32 arrays broadcasting against one image in the layout of
     ``normalize_images``: () or (y, x) for one channel; (channel,) or (y, x, channel) for several;
     in pixel levels 0..255 (the store's pixel_range mapped onto 0..255), the units of MEI recipes,
@@ -170,7 +171,7 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         image_id=ds["image_id"].values.astype(np.int64),
         behavior=None if behavior is None else behavior.astype(np.float32),
         pupil_center=None if pupil_center is None else pupil_center.astype(np.float32),
-        unit_id=ds["unit_id"].values.astype(np.int64),
+        unit_id=unit_ids(ds["unit_id"].values),
         cell_xyz=cell_xyz,
         image_mean=((mean - lo) * level).astype(np.float32),
         image_std=(std * level).astype(np.float32),

@@ -45,8 +45,10 @@ BLANK = -1  # the Allen Brain Observatory's image index of a presentation of the
 MICROMETRES = {"meters": 1e6, "m": 1e6, "millimeters": 1e3, "mm": 1e3, "micrometers": 1.0, "um": 1.0}
 DAMAGED = "the file is damaged or truncated; download it again"
 # What pynwb, hdmf and h5py raise for files they cannot parse (h5py: OSError, KeyError; hdmf:
-# ConstructError, BuildError; docval: TypeError, ValueError on malformed attributes).
-UNREADABLE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError)
+# ConstructError, BuildError, IndexError on a damaged cached schema; docval: TypeError,
+# ValueError on malformed attributes).
+UNREADABLE = (OSError, KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError)
+MAX_REASON = 200
 
 
 class Responses(NamedTuple):
@@ -80,9 +82,17 @@ def library_errors() -> tuple[type[Exception], ...]:
 
 
 def reason(error: Exception) -> str:
-    """The first line of ``error``, or its type when it says nothing."""
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    """What went wrong, in at most MAX_REASON characters: hdmf's "path: message" for an object it
+    could not build (not the dump of its contents), else the first line of ``error``, or its
+    type when it says nothing."""
+    from hdmf.build.errors import ConstructError
+
+    if isinstance(error, ConstructError) and len(error.args) == 2:
+        text = f"{getattr(error.args[0], 'path', 'an object')}: {error.args[1]}"
+    else:
+        lines = str(error).strip().splitlines()
+        text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
 def guarded(read, path: Path, problem: str, fix: str = DAMAGED):
@@ -91,6 +101,8 @@ def guarded(read, path: Path, problem: str, fix: str = DAMAGED):
         return read()
     except library_errors() as error:
         fail(path, f"{problem} ({reason(error)}); {fix}")
+    except MemoryError:  # a real size beyond this machine, or a damaged size in the file
+        fail(path, f"{problem} (larger than this machine's memory); check the file, or import on a larger machine")
 
 
 def read_array(data, path: Path, what: str, key=()) -> np.ndarray:

@@ -10,7 +10,7 @@ A session is an ``xarray.Dataset``:
 | image_id | (trial,) | int64, same id = same image |
 | behavior | (trial, behavior_var) | float32, optional; coordinate behavior_var holds the names |
 | pupil_center | (trial, xy) | float32, optional |
-| unit_id | (neuron,) | int64 |
+| unit_id | (neuron,) | int64 or str: unique; strings non-empty, printable, without commas or surrounding spaces |
 | cell_x, cell_y, cell_z | (neuron,) | float32 micrometres, optional |
 
 | response_offset | (neuron,) | float32, optional: what ``--shift-responses`` subtracted |
@@ -48,7 +48,7 @@ REQUIRED = {
     "responses": ((("trial", "neuron"),), ("float32",)),
     "tier": ((("trial",),), ("str",)),
     "image_id": ((("trial",),), ("int64",)),
-    "unit_id": ((("neuron",),), ("int64",)),
+    "unit_id": ((("neuron",),), ("int64", "str")),
 }
 OPTIONAL = {
     "behavior": ((("trial", "behavior_var"),), ("float32",)),
@@ -76,6 +76,60 @@ def strings(values) -> np.ndarray:
 
 def fail(source, message: str):
     raise SessionError(f"{source}: {message}")
+
+
+def unit_ids(values) -> np.ndarray:
+    """(neuron,) unit ids in their one in-memory form: int64 for integer ids, fixed-width str
+    (<U) for string ids (object, <U and StringDType arrays alike). ``.tolist()`` of the result
+    is JSON-ready."""
+    values = np.asarray(values)
+    return strings(values) if values.dtype.kind in "OUT" else values.astype(np.int64)
+
+
+def plot_text(value) -> str:
+    """``value`` (e.g. a unit id) as literal matplotlib text: a "$" would start math mode."""
+    return str(value).replace("$", r"\$")
+
+
+def check_unit_ids(values, n_neurons: int, where: str) -> np.ndarray:
+    """``values`` as ``unit_ids`` (neuron,), or SessionError starting with ``where`` (the file
+    and key the ids came from, e.g. "neurons.npz: key 'neuron_ids'").
+
+    Ids are integers or strings, one per neuron, unique; strings are non-empty, without
+    surrounding spaces, commas or control characters: ids appear in one-line messages,
+    comma-separated `--neurons` lists, CSV headers and file names.
+    """
+    values = np.asarray(values)
+    if values.ndim != 1 or len(values) != n_neurons:
+        count = f"{values.size} ids" + (f" in shape {values.shape}" if values.ndim != 1 else "")
+        raise SessionError(f"{where} has {count} for {n_neurons} neurons; give one id per neuron")
+    strings_given = values.dtype.kind in "UT" or (
+        values.dtype.kind == "O" and all(isinstance(v, str) for v in values.tolist())
+    )
+    if values.dtype.kind not in "iu" and not strings_given:
+        raise SessionError(f"{where} has dtype {values.dtype}; give integer or string ids")
+    ids = unit_ids(values)
+    if strings_given:
+        for i, text in enumerate(ids.tolist()):
+            if not text.strip():
+                raise SessionError(f"{where} has an empty id (neuron {i}); give every neuron a non-empty id")
+            if text != text.strip():
+                raise SessionError(f"{where} has id {text!r} (neuron {i}) with spaces around it; strip them")
+            if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):  # C0/C1 controls
+                raise SessionError(f"{where} has id {text!r} (neuron {i}) with a control character; use printable ids")
+            if "," in text:
+                raise SessionError(
+                    f"{where} has id {text!r} (neuron {i}) with a comma; `--neurons` lists ids separated"
+                    " by commas, so use another character"
+                )
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        twice = unique[counts > 1][0].item()
+        raise SessionError(
+            f"{where} has duplicate ids: {twice!r} is given to {counts.max()} neurons; give every"
+            " neuron its own id"
+        )
+    return ids
 
 
 def infer_pixel_range(images) -> tuple[float, float] | None:
@@ -172,9 +226,7 @@ def validate(ds: xr.Dataset, source, *, values: bool = True) -> xr.Dataset:
     for needed in ("train", "test"):
         if not np.any(tier == needed):
             fail(source, f"variable 'tier' has no {needed!r} trials; assign some trials to {needed!r}")
-    unit_id = np.asarray(ds["unit_id"].values)
-    if len(np.unique(unit_id)) != len(unit_id):
-        fail(source, "variable 'unit_id' has duplicate ids; give every neuron its own id")
+    check_unit_ids(ds["unit_id"].values, n_neurons, f"{source}: variable 'unit_id'")
     if "pixel_range" in ds.attrs:
         stated_pixel_range(ds.attrs["pixel_range"], source)
     if values:
@@ -272,7 +324,8 @@ def make_session(
 
     images: (trial, y, x) or (trial, channel, y, x), uint8 kept, other numbers -> float32;
     responses: (trial, neuron); tier: (trial,) str; image_id: (trial,) int; behavior: (trial, k);
-    pupil_center: (trial, 2); unit_id: (neuron,) (default 0..n-1); cell_xyz: (neuron, 3).
+    pupil_center: (trial, 2); unit_id: (neuron,) integers or strings (default 0..n-1);
+    cell_xyz: (neuron, 3).
     ``attrs["pixel_range"]``, when given, states the images' range; otherwise it is inferred
     (``infer_pixel_range``) and added. names: the caller's names of variables for messages,
     e.g. {"unit_id": "neuron_ids"}. Returns a validated session (values checked).
@@ -330,15 +383,7 @@ def make_session(
     check_tier_labels(tier, source, called("tier"))
     check_tier_leaks(tier, image_id, source, called("tier"))
     unit_id = np.arange(n_neurons) if unit_id is None else unit_id
-    unit_id = as_dtype(unit_id, "int64", called("unit_id"), source)
-    if unit_id.shape != (n_neurons,):
-        fail(
-            source,
-            f"variable {called('unit_id')!r} has shape {unit_id.shape} but 'responses' has"
-            f" {n_neurons} neurons; give one id per neuron",
-        )
-    if len(np.unique(unit_id)) != n_neurons:
-        fail(source, f"variable {called('unit_id')!r} has duplicate ids; give every neuron its own id")
+    unit_id = check_unit_ids(unit_id, n_neurons, f"{source}: variable {called('unit_id')!r}")
     dims = ("trial", "y", "x") if images.ndim == 3 else ("trial", "channel", "y", "x")
     data = {
         "images": (dims, images),

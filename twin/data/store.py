@@ -40,11 +40,14 @@ def write_dataset(ds: xr.Dataset, path, encoding: dict | None = None, overwrite:
     (twin.outputs.output): an existing ``path`` is refused unless ``overwrite``. Encodings carried
     over from an opened store are dropped; pass ``encoding`` ({name: {"chunks": ...}}) to set chunks.
     Every variable is compressed with zstd and checksummed with CRC32C, so a chunk damaged on disk
-    fails when read instead of decoding to wrong values.
+    fails when read instead of decoding to wrong values. String variables (unit ids, names) are
+    written as variable-length strings and read back as numpy strings.
     """
     ds = ds.copy(deep=False)
     for variable in ds.variables.values():
         variable.encoding = {}
+    # Fixed-width strings (<U) have no zarr v3 specification; variable-length ones (object) do.
+    ds = ds.assign({name: var.astype(object) for name, var in ds.data_vars.items() if var.dtype.kind == "U"})
     encoding = {
         name: {"compressors": [ZstdCodec(), Crc32cCodec()]} | (encoding or {}).get(name, {})
         for name in ds.variables
@@ -174,8 +177,9 @@ def value_range(values) -> list[float]:
 
 
 def few_units(mask: np.ndarray, unit_id: np.ndarray) -> dict:
-    """{"count", "unit_ids"}: how many neurons ``mask`` (neuron,) marks and up to SHOW_UNITS ids."""
-    return {"count": int(mask.sum()), "unit_ids": [int(u) for u in unit_id[mask][:SHOW_UNITS]]}
+    """{"count", "unit_ids"}: how many neurons ``mask`` (neuron,) marks and up to SHOW_UNITS ids
+    (unit_id (neuron,) int64 or str: JSON ints or strings)."""
+    return {"count": int(mask.sum()), "unit_ids": unit_id[mask][:SHOW_UNITS].tolist()}
 
 
 def quiet_neurons(train_responses: np.ndarray, unit_id: np.ndarray) -> dict:

@@ -17,13 +17,14 @@ from scipy import stats
 
 from twin.errors import RunError, StimulusError, TwinWarning
 from twin.loop.export import CONTROLS
-from twin.loop.files import MANIFEST, read_manifest, read_responses
+from twin.data.schema import unit_ids
+from twin.loop.files import MANIFEST, is_integer, read_manifest, read_responses
 
 P_VALUE = 0.05
 
 
 def run_unit_ids(run: str | Path, session: int) -> np.ndarray:
-    """The unit ids of one session of a run, from its sessions.json."""
+    """The unit ids (neuron,) int64 or str of one session of a run, from its sessions.json."""
     path = Path(run) / "sessions.json"
     try:
         sessions = json.loads(path.read_text())
@@ -38,10 +39,15 @@ def run_unit_ids(run: str | Path, session: int) -> np.ndarray:
             f"{path}: the stimuli were made for session {session} but the run has"
             f" {len(sessions)}; pass the run the MEIs came from"
         )
-    try:
-        return np.asarray(sessions[session]["unit_id"], np.int64)
-    except (KeyError, TypeError, ValueError, OverflowError):
-        raise RunError(f"{path}: session {session} has no list of integer unit_id; fit the run again") from None
+    ids = sessions[session].get("unit_id") if isinstance(sessions[session], dict) else None
+    if not isinstance(ids, list) or not ids or not (all(map(is_integer, ids)) or all(isinstance(u, str) for u in ids)):
+        raise RunError(f"{path}: session {session} has no list of integer or string unit_id; fit the run again")
+    return unit_ids(ids)
+
+
+def kind_of_ids(ids: np.ndarray) -> str:
+    """'strings' or 'integers': what unit ids (neuron,) (``unit_ids``' forms) hold."""
+    return "strings" if ids.dtype.kind == "U" else "integers"
 
 
 def match_trials(manifest: dict, data: dict, responses_path, stimuli_path) -> dict[int, np.ndarray]:
@@ -64,25 +70,32 @@ def match_trials(manifest: dict, data: dict, responses_path, stimuli_path) -> di
     return {i: np.flatnonzero(data["stimulus_id"] == i) for i in sorted(known)}
 
 
-def check_neurons(manifest: dict, data: dict, unit_ids: np.ndarray, responses_path, run) -> list[int]:
-    """Recorded unit ids must belong to the run's session and include some stimulus' neuron.
+def check_neurons(manifest: dict, data: dict, run_ids: np.ndarray, responses_path, run, stimuli_path: Path) -> list:
+    """Recorded unit ids must be of the kind of the run's ids ``run_ids`` (neuron,), belong to its
+    session and include some stimulus' neuron; the manifest's ids must be of that kind too.
 
     Returns the stimuli's unit ids without responses (neurons lost on the rig), sorted.
     """
-    foreign = np.setdiff1d(data["unit_id"], unit_ids)
+    wanted = np.unique(unit_ids([s["unit_id"] for s in manifest["stimuli"]]))
+    for ids, where in ((data["unit_id"], responses_path), (wanted, stimuli_path / MANIFEST)):
+        if kind_of_ids(ids) != kind_of_ids(run_ids):
+            raise StimulusError(
+                f"{where}: unit_id holds {kind_of_ids(ids)} but the run's session has"
+                f" {kind_of_ids(run_ids)[:-1]} ids like {run_ids[0].item()!r}; write the run's unit ids"
+            )
+    foreign = np.setdiff1d(data["unit_id"], run_ids)
     if len(foreign):
         raise StimulusError(
-            f"{responses_path}: unit_id {foreign[0]} ({len(foreign)} in all) is not a neuron of"
+            f"{responses_path}: unit_id {foreign[0].item()!r} ({len(foreign)} in all) is not a neuron of"
             f" session {manifest['session']} of {run}; match the rig's cells to the run's unit ids"
         )
-    wanted = np.unique([s["unit_id"] for s in manifest["stimuli"]])
     absent = np.setdiff1d(wanted, data["unit_id"])
     if len(absent) == len(wanted):
         raise StimulusError(
             f"{responses_path}: none of the {len(wanted)} units with stimuli in the manifest has"
             " responses; record those neurons and match the rig's cells to the run's unit ids"
         )
-    return [int(unit) for unit in absent]
+    return absent.tolist()
 
 
 def finite(value) -> float | None:
@@ -101,7 +114,7 @@ def welch_greater(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-def neuron_statistics(unit: int, stimuli: list[dict], trials: dict, column: np.ndarray) -> dict:
+def neuron_statistics(unit: int | str, stimuli: list[dict], trials: dict, column: np.ndarray) -> dict:
     """Statistics of one neuron; stimuli are its manifest entries, column its responses (trial,)."""
     by_kind: dict[str, list[np.ndarray]] = {}
     measured = []
@@ -145,7 +158,7 @@ def summarize(manifest: dict, data: dict, trials: dict) -> dict:
     """summary.json: population numbers and one entry per neuron with an MEI and a control shown
     (a neuron whose MEI or both controls were rejected at export is left out, and so is a neuron
     without responses, listed in units_without_responses)."""
-    per_unit: dict[int, list[dict]] = {}
+    per_unit: dict[int | str, list[dict]] = {}
     for stimulus in manifest["stimuli"]:
         per_unit.setdefault(stimulus["unit_id"], []).append(stimulus)
     recorded = set(data["unit_id"].tolist())
@@ -185,7 +198,7 @@ def closeloop(
     check_output(out, overwrite, inputs=[run, stimuli, responses])
     manifest = read_manifest(stimuli)
     data = read_responses(responses)
-    lost = check_neurons(manifest, data, run_unit_ids(run, manifest["session"]), responses, run)
+    lost = check_neurons(manifest, data, run_unit_ids(run, manifest["session"]), responses, run, Path(stimuli))
     if lost:
         # a neuron lost on the rig is normal: the others are scored, the report lists the lost ones
         warnings.warn(

@@ -6,8 +6,15 @@ under the MEI's mask. Every stimulus is set to one target mean luminance and RMS
 monitor (see twin.loop.monitor), quantized to uint8 and upsampled to the screen. Stimuli that end
 more than 5% off either target are rejected and listed, not written.
 
+Colour (3-channel) MEIs become RGB stimuli, one channel per monitor primary, matched by
+``matching``: "channel" (the default) sets each primary's mean and RMS contrast to its own target,
+which stays defined for colour-opponent stimuli of almost no luminance contrast; "luminance" sets
+the mean and RMS contrast of the luminance summed over the primaries with one gain for all of
+them, keeping each stimulus' colours, and every stimulus' mean colour to the targets' (those of
+the training images). Gray stimuli are the same either way. manifest.json's target says which.
+
 The output folder (written atomically) holds:
-    stimuli/<id>_<kind>_u<unit>.png   one file per stimulus, screen size, 8-bit gray
+    stimuli/<id>_<kind>_u<unit>.png   one file per stimulus, screen size, 8-bit gray or RGB (``file_label``)
     manifest.csv                      one row per presentation, in presentation order
     manifest.json                     monitor, targets, stimuli, rejected stimuli, the order
 """
@@ -16,15 +23,17 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from twin.errors import ConfigError
 from twin.loop.files import MANIFEST
-from twin.loop.monitor import UPSAMPLE, Monitor, load_monitor, match_luminance, upsample
+from twin.loop.monitor import UPSAMPLE, Monitor, load_monitor, match_luminance, measure, save_png
 
 TOLERANCE = 0.05  # relative deviation from the luminance/contrast targets that rejects a stimulus
+MATCHING = ("channel", "luminance")  # how colour stimuli meet the targets (module doc); the first is the default
 CONTROLS = ("natural", "natural_masked")
 CSV_FIELDS = (
     "trial",
@@ -43,27 +52,30 @@ CSV_FIELDS = (
 
 
 def gather_stimuli(meis, session) -> list[dict]:
-    """Candidate stimuli in model space: dicts with kind, neuron, seed and pixels (y, x) 0..255.
+    """Candidate stimuli in model space: dicts with kind, neuron, seed and pixels (y, x), or
+    (channel, y, x) for colour MEIs, 0..255.
 
     meis: the MEI store (xarray; image_mean/std in pixel levels 0..255); session: the session store
     it was made from (xarray; its images are mapped from its pixel_range to 0..255).
     """
-    from twin.data.schema import pixel_range, to_levels
+    from twin.data.schema import pixel_range, to_levels, unit_ids
     from twin.mei.masks import walker_mask
 
     images = (meis["images"] * meis["image_std"] + meis["image_mean"]).values
-    mean = float(meis["image_mean"].mean())
+    # The mean gray level of each channel: a number, or (channel, 1, 1).
+    mean = meis["image_mean"].mean([d for d in meis["image_mean"].dims if d != "channel"]).values
+    mean = mean[:, None, None] if mean.ndim else float(mean)
     best_seed = meis["best_seed"].values.astype(int)
     trials = meis["best_natural_trial"].values.astype(int)
     natural = to_levels(
         session["images"].isel(trial=trials).values, pixel_range(session, meis.attrs["store"])
     )
-    if natural.ndim == 4:
+    if natural.ndim == 4 and "channel" not in meis["images"].dims:
         natural = natural[:, 0]
     deis = (meis["deis"] * meis["image_std"] + meis["image_mean"]).values if "deis" in meis else None
     stimuli = []
-    for i, unit in enumerate(meis["unit_id"].values.astype(int)):
-        neuron = {"unit_id": int(unit), "neuron_index": int(meis["neuron_index"].values[i])}
+    for i, unit in enumerate(unit_ids(meis["unit_id"].values).tolist()):
+        neuron = {"unit_id": unit, "neuron_index": int(meis["neuron_index"].values[i])}
         mei = images[i, best_seed[i]]
         stimuli.append(neuron | {"kind": "mei", "seed": int(best_seed[i]), "pixels": mei})
         if deis is not None:
@@ -76,39 +88,91 @@ def gather_stimuli(meis, session) -> list[dict]:
     return stimuli
 
 
-def targets(monitor: Monitor, train_images: np.ndarray) -> tuple[float, float]:
-    """Target (mean luminance, RMS contrast) in cd/m²: the monitor's, else the training images'."""
+def file_label(unit_id) -> str:
+    """A unit id as part of a file name: characters other than ASCII letters, digits, '.', '-'
+    and '_' become '_', at most 40 of them (the stimulus id before it keeps names unique; the
+    manifest keeps the id itself)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(unit_id))[:40]
+
+
+def targets(monitor: Monitor, train_images: np.ndarray, pooled: bool, source) -> tuple:
+    """Targets in cd/m² from the monitor's [target], else the training images (n, [channel,]
+    y, x): (mean, contrast) as ``match_luminance`` takes them: numbers on a gray monitor; per
+    primary (primary, 1, 1) on a colour one, except the pooled contrast, a number (of the summed
+    luminance). A target mean outside a primary's range is a ConfigError naming ``source``."""
     luminance = monitor.model_to_luminance(train_images)
-    mean = monitor.mean_luminance or float(luminance.mean())
-    contrast = monitor.rms_contrast or float(luminance.std())
+    colour = monitor.primaries > 1
+    axes = (0, 2, 3) if colour else None
+    means = luminance.mean(axis=axes)
+    if pooled and colour:
+        total = luminance.sum(axis=1)
+        given = monitor.mean_luminance
+        if isinstance(given, tuple) or isinstance(monitor.rms_contrast, tuple):
+            raise ConfigError(
+                f"{source}: [target] gives values per primary, but --matching luminance matches the"
+                " summed luminance; give one number each or use --matching channel"
+            )
+        # the mean colour stays the training images', scaled to the target mean luminance
+        mean = means * (given / total.mean() if given else 1.0)
+        contrast = monitor.rms_contrast or float(total.std())
+    else:
+        mean = monitor.mean_luminance or means
+        contrast = monitor.rms_contrast or luminance.std(axis=axes)
+    if colour:
+        mean = np.broadcast_to(np.asarray(mean, np.float64), (monitor.primaries,))[:, None, None]
+        if not pooled:
+            contrast = np.broadcast_to(np.asarray(contrast, np.float64), (monitor.primaries,))[:, None, None]
+    else:
+        mean, contrast = float(mean), float(contrast)
+    if not (np.all(mean > monitor.black) and np.all(mean < monitor.white)):
+        raise ConfigError(
+            f"{source}: the target mean luminance {plain(mean)} cd/m² is outside the monitor's range"
+            f" {plain(monitor.black)}..{plain(monitor.white)} cd/m²; lower [target].mean_luminance"
+        )
     return mean, contrast
 
 
-def render(pixels: np.ndarray, monitor: Monitor, mean: float, contrast: float) -> dict:
-    """Match one model-space image (y, x) to the targets and quantize it for the screen.
+def plain(value):
+    """A number, or an array of one per primary, for JSON and messages: a float or a list."""
+    value = np.asarray(value, np.float64)
+    return float(value) if value.size == 1 else value.ravel().tolist()
 
-    Returns screen (y, x) uint8 at model size; model (y, x) float64: the quantized image seen in
-    model space; matched (y, x): the matched image before quantization, in model space; and the
-    achieved mean luminance and RMS contrast (cd/m²).
+
+def render(pixels: np.ndarray, monitor: Monitor, mean, contrast, pooled: bool = False) -> dict:
+    """Match one model-space image (y, x), or (primary, y, x), to the targets (see
+    ``match_luminance``) and quantize it for the screen.
+
+    Returns screen (y, x) or (primary, y, x) uint8 at model size; model: the quantized image seen
+    in model space (float64); matched: the matched image before quantization, in model space; and
+    the achieved mean luminance and RMS contrast (cd/m²; per primary, or of the summed luminance
+    when ``pooled``).
     """
     matched = match_luminance(
-        monitor.model_to_luminance(pixels), mean, contrast, monitor.black, monitor.white
+        monitor.model_to_luminance(pixels), mean, contrast, monitor.black, monitor.white, pooled
     )
     screen = np.round(monitor.screen_pixels(matched)).astype(np.uint8)
     shown = monitor.luminance(screen)
+    achieved_mean, achieved_contrast = measure(shown, pooled)
     return {
         "screen": screen,
         "model": monitor.luminance_to_model(shown),
         "matched": monitor.luminance_to_model(matched),
-        "mean_luminance": float(shown.mean()),
-        "rms_contrast": float(shown.std()),
+        "mean_luminance": achieved_mean,
+        "rms_contrast": achieved_contrast,
     }
+
+
+def csv_cell(value) -> str:
+    """A manifest value as a manifest.csv cell: empty for None, per-primary lists space-separated."""
+    if value is None:
+        return ""
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def own_neuron_responses(run_path: str, session: int, neuron_index: np.ndarray, images: np.ndarray) -> np.ndarray:
     """The twin's response (n,) of each stimulus' own neuron, in the recording's units.
 
-    images: (n, y, x) model-space pixels; neuron_index: (n,) indices within the session.
+    images: (n, [channel,] y, x) model-space pixels; neuron_index: (n,) indices within the session.
     """
     from twin.checkpoint import load_run
     from twin.predict import twin_responses
@@ -125,46 +189,61 @@ def export_stimuli(
     repeats: int = 10,
     seed: int = 0,
     overwrite: bool = False,
+    gamma=None,
+    max_luminance=None,
+    matching: str = MATCHING[0],
 ) -> dict:
     """Write PNG stimuli and their manifest for the rig; returns the manifest (see module doc).
 
     ``out`` is checked before any work and an existing one replaced only with ``overwrite``.
+    gamma, max_luminance: the monitor model in place of the file's [calibration] (numbers or
+    one per primary; twin.loop.monitor.load_monitor); matching: one of MATCHING.
 
     The presentation order shows every accepted stimulus once per repeat block, each block in its
     own seeded random order, so repeats are interleaved over the session.
     """
     from twin.data.schema import pixel_range, to_levels
     from twin.data.store import open_session
-    from twin.errors import ConfigError, StimulusError
+    from twin.errors import StimulusError
     from twin.mei.store import open_meis
     from twin.outputs import check_output, output
 
     if repeats < 1:
         raise ConfigError(f"--repeats {repeats}: show each stimulus at least once")
+    if matching not in MATCHING:
+        raise ConfigError(f"--matching {matching!r}: use one of {', '.join(MATCHING)}")
     store = open_meis(meis)
     inputs = [meis, store.attrs["store"], store.attrs["run"], *([monitor_path] if monitor_path else [])]
     check_output(out, overwrite, inputs=inputs)
-    monitor = load_monitor(monitor_path)
-    if "channel" in store["images"].dims:
+    channels = store.sizes.get("channel", 1)
+    if channels not in (1, 3):
         raise ConfigError(
-            f"{meis}: images have {store.sizes['channel']} channels; twin export renders one-channel"
-            " stimuli for a gray-scale monitor, so export one-channel MEIs"
+            f"{meis}: images have {channels} channels; twin export renders gray (one-channel) or RGB"
+            " (three-channel) stimuli, so export MEIs of 1 or 3 channels"
         )
+    source = monitor_path or "--gamma/--max-luminance"
+    monitor = load_monitor(monitor_path, gamma, max_luminance).for_channels(channels, source)
+    pooled = matching == "luminance" and channels > 1
     session = open_session(store.attrs["store"])
     train = to_levels(
         session["images"].values[session["tier"].values == "train"],
         pixel_range(session, store.attrs["store"]),
     )
-    mean, contrast = targets(monitor, train)
+    mean, contrast = targets(monitor, train, pooled, source)
+    # What the manifest states and each stimulus is held to: the summed luminance when pooled.
+    target_mean, target_contrast = (mean.sum(), contrast) if pooled else (mean, contrast)
     model_shape = tuple(int(s) for s in store["images"].shape[-2:])
     screen_shape = monitor.screen or (UPSAMPLE * model_shape[0], UPSAMPLE * model_shape[1])
 
     accepted, rejected = [], []
     for stimulus in gather_stimuli(store, session):
-        shown = render(stimulus.pop("pixels"), monitor, mean, contrast)
+        shown = render(stimulus.pop("pixels"), monitor, mean, contrast, pooled)
         record = {"seed": None, "image_trial": None} | stimulus
         record |= {"mean_luminance": shown["mean_luminance"], "rms_contrast": shown["rms_contrast"]}
-        off = max(abs(shown["mean_luminance"] / mean - 1), abs(shown["rms_contrast"] / contrast - 1))
+        off = float(max(
+            np.max(np.abs(np.ravel(shown["mean_luminance"]) / np.ravel(target_mean) - 1)),
+            np.max(np.abs(np.ravel(shown["rms_contrast"]) / np.ravel(target_contrast) - 1)),
+        ))
         if off > TOLERANCE:
             rejected.append(record | {"off_target": off})
         else:
@@ -183,8 +262,8 @@ def export_stimuli(
     with output(out, overwrite, inputs=inputs) as tmp:
         (tmp / "stimuli").mkdir()
         for stimulus_id, ((record, shown), response) in enumerate(zip(accepted, predicted)):
-            name = f"stimuli/{stimulus_id:04d}_{record['kind']}_u{record['unit_id']}.png"
-            Image.fromarray(upsample(shown["screen"], screen_shape).astype(np.uint8)).save(tmp / name)
+            name = f"stimuli/{stimulus_id:04d}_{record['kind']}_u{file_label(record['unit_id'])}.png"
+            save_png(shown["screen"], screen_shape, tmp / name)
             stimuli.append(
                 {"stimulus_id": stimulus_id, "file": name}
                 | record
@@ -198,7 +277,12 @@ def export_stimuli(
             "session": int(store.attrs["session"]),
             "store": str(store.attrs["store"]),
             "monitor": monitor.to_dict(),
-            "target": {"mean_luminance": mean, "rms_contrast": contrast, "tolerance": TOLERANCE},
+            "target": {
+                "mean_luminance": plain(target_mean),
+                "rms_contrast": plain(target_contrast),
+                "tolerance": TOLERANCE,
+                "matching": matching,
+            },
             "model_shape": list(model_shape),
             "screen_shape": list(screen_shape),
             "repeats": repeats,
@@ -213,5 +297,5 @@ def export_stimuli(
             writer.writeheader()
             for trial, stimulus_id in enumerate(order):
                 row = stimuli[stimulus_id] | {"trial": trial, "repeat": trial // len(stimuli)}
-                writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_FIELDS})
+                writer.writerow({k: csv_cell(row[k]) for k in CSV_FIELDS})
     return manifest

@@ -7,7 +7,8 @@ responses.npz is read without pickles; every problem is one StimulusError line.
 responses.npz (what a rig writes; `twin respond` writes the same):
     responses (trial, neuron) float32 — one row per presentation, in any order
     stimulus_id (trial,) int64 — the manifest's stimulus id shown on that trial
-    unit_id (neuron,) int64 — the recorded neurons' ids (those of the run's session)
+    unit_id (neuron,) int64 or str — the recorded neurons' ids (those of the run's session, of the
+        same kind: integers for integer ids, strings for string ids)
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def is_shape(value) -> bool:
 # Field rules: (what the field must be, in error messages; the test of a value).
 STRING = ("a string", lambda v: isinstance(v, str))
 INTEGER = ("an integer", is_integer)
+UNIT_ID = ("an integer or a non-empty string", lambda v: is_integer(v) or isinstance(v, str) and v != "")
 INDEX = ("an integer >= 0", lambda v: is_integer(v) and v >= 0)
 INDEX_OR_NULL = ("an integer >= 0 or null", lambda v: v is None or is_integer(v) and v >= 0)
 COUNT = ("an integer >= 1", lambda v: is_integer(v) and v >= 1)
@@ -65,6 +67,17 @@ SHAPE_OR_NULL = ("[height, width] in pixels or null", lambda v: v is None or is_
 OBJECT = ("an object", lambda v: isinstance(v, dict))
 LIST = ("a list", lambda v: isinstance(v, list))
 KIND = (f"one of {', '.join(KINDS)}", lambda v: isinstance(v, str) and v in KINDS)
+MATCHING = ("one of channel, luminance", lambda v: v in ("channel", "luminance"))
+
+
+def per_primary(rule: tuple) -> tuple:
+    """A field rule that also takes a list of 3 values (red, green, blue), each following ``rule``."""
+    description, test = rule
+    return (
+        f"{description}, or a list of 3 of them (red, green, blue)",
+        lambda v: test(v) or isinstance(v, list) and len(v) == 3 and all(is_number(x) and test(x) for x in v),
+    )
+
 
 # What `twin export` writes (see twin.loop.export); anything else is refused, so that a hand edit
 # the loop would not read (a misspelt field) cannot pass unnoticed.
@@ -84,25 +97,30 @@ MANIFEST_FIELDS = {
     "order": LIST,
 }
 MONITOR_FIELDS = {
-    "a": POSITIVE,
-    "gamma": POSITIVE,
-    "c": NUMBER,
+    "a": per_primary(POSITIVE),
+    "gamma": per_primary(POSITIVE),
+    "c": per_primary(NUMBER),
     "screen": SHAPE_OR_NULL,
-    "mean_luminance": POSITIVE_OR_NULL,
-    "rms_contrast": POSITIVE_OR_NULL,
+    "mean_luminance": per_primary(POSITIVE_OR_NULL),
+    "rms_contrast": per_primary(POSITIVE_OR_NULL),
 }
-TARGET_FIELDS = {"mean_luminance": POSITIVE, "rms_contrast": POSITIVE, "tolerance": POSITIVE}
+TARGET_FIELDS = {
+    "mean_luminance": per_primary(POSITIVE),
+    "rms_contrast": per_primary(POSITIVE),
+    "tolerance": POSITIVE,
+    "matching": MATCHING,
+}
 STIMULUS_FIELDS = {
     "stimulus_id": INDEX,
     "file": STRING,
     "kind": KIND,
-    "unit_id": INTEGER,
+    "unit_id": UNIT_ID,
     "neuron_index": INDEX,
     "seed": INDEX_OR_NULL,
     "image_trial": INDEX_OR_NULL,
     "predicted_response": NUMBER,
-    "mean_luminance": NUMBER,
-    "rms_contrast": NUMBER,
+    "mean_luminance": per_primary(NUMBER),
+    "rms_contrast": per_primary(NUMBER),
 }
 CSV_CHECKED = ("file", "kind", "unit_id")  # manifest.csv columns that must agree with manifest.json
 
@@ -147,6 +165,11 @@ def check_stimuli(path: Path, manifest: dict) -> None:
                 f" (stimulus {first[key]}); keep one per unit"
             )
         first.setdefault(key, i)
+    if len({isinstance(stimulus["unit_id"], str) for stimulus in stimuli}) > 1:
+        raise StimulusError(
+            f"{path}: field 'unit_id' holds integers for some stimuli and strings for others; export the"
+            " stimuli again"
+        )
     if not manifest["order"]:
         raise StimulusError(f"{path}: field 'order' is empty; export the stimuli again")
     for entry in manifest["order"]:
@@ -226,13 +249,22 @@ def read_manifest(stimuli: str | Path) -> dict:
     check_stimuli(path, manifest)
     check_csv(folder, manifest)
     for stimulus in manifest["stimuli"]:
-        stimulus_path(folder, stimulus, manifest["screen_shape"])
+        stimulus_path(folder, stimulus, manifest["screen_shape"], stimulus_mode(manifest))
     return manifest
 
 
-def stimulus_path(stimuli: str | Path, stimulus: dict, screen_shape: list[int]) -> Path:
-    """The image file of one manifest stimulus: inside the folder ``stimuli``, an 8-bit gray image
-    of the manifest's screen_shape (height, width), as `twin export` writes it.
+def stimulus_mode(manifest: dict) -> str:
+    """The image mode of a manifest's stimuli: "L" (8-bit gray) for a gray monitor, "RGB" for a
+    colour one (monitor values given per primary)."""
+    from twin.loop.monitor import Monitor, image_mode
+
+    return image_mode(Monitor.from_dict(manifest["monitor"]).primaries)
+
+
+def stimulus_path(stimuli: str | Path, stimulus: dict, screen_shape: list[int], mode: str = "L") -> Path:
+    """The image file of one manifest stimulus: inside the folder ``stimuli``, an 8-bit image of
+    ``mode`` (L gray or RGB, ``stimulus_mode``) and of the manifest's screen_shape (height,
+    width), as `twin export` writes it.
 
     ``stimulus["file"]`` is relative to the folder. Names that leave it (absolute paths, ``..``,
     symbolic links pointing outside) are refused, so a manifest cannot make the loop read, or the
@@ -251,13 +283,14 @@ def stimulus_path(stimuli: str | Path, stimulus: dict, screen_shape: list[int]) 
     try:
         with Image.open(path) as image:
             image.load()
-            mode, shape = image.mode, [image.height, image.width]
+            image_mode, shape = image.mode, [image.height, image.width]
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise StimulusError(f"{where} is not a readable image ({error}); export the stimuli again") from None
-    if mode != "L" or shape != list(screen_shape):
+    if image_mode != mode or shape != list(screen_shape):
+        kind = "8-bit gray" if mode == "L" else "8-bit colour"
         raise StimulusError(
-            f"{where} is a {shape[0]}x{shape[1]} image of mode {mode}, not {screen_shape[0]}x{screen_shape[1]}"
-            " 8-bit gray (mode L); export the stimuli again"
+            f"{where} is a {shape[0]}x{shape[1]} image of mode {image_mode}, not {screen_shape[0]}x{screen_shape[1]}"
+            f" {kind} (mode {mode}); export the stimuli again"
         )
     return path
 
@@ -270,7 +303,8 @@ def write_responses(
     overwrite: bool = False,
 ) -> None:
     """Write responses.npz atomically: responses (trial, neuron), stimulus_id (trial,), unit_id
-    (neuron,); an existing file is replaced only with ``overwrite``."""
+    (neuron,) integers or strings; an existing file is replaced only with ``overwrite``."""
+    from twin.data.schema import unit_ids
     from twin.outputs import output
 
     with output(path, overwrite, "file") as staged, open(staged, "wb") as file:
@@ -278,12 +312,14 @@ def write_responses(
             file,
             responses=np.asarray(responses, np.float32),
             stimulus_id=np.asarray(stimulus_id, np.int64),
-            unit_id=np.asarray(unit_id, np.int64),
+            unit_id=unit_ids(unit_id),
         )
 
 
 def read_responses(path: str | Path) -> dict[str, np.ndarray]:
     """Read and check a rig's responses.npz (see the module docstring)."""
+    from twin.data.schema import unit_ids
+
     path = Path(path)
     try:
         # allow_pickle=False: an object array in a rig file could run code when unpickled
@@ -317,8 +353,10 @@ def read_responses(path: str | Path) -> dict[str, np.ndarray]:
             f"{path}: unit_id has shape {unit_id.shape} but responses has"
             f" {responses.shape[1]} neurons; write one unit id per column"
         )
-    if not np.issubdtype(stimulus_id.dtype, np.integer) or not np.issubdtype(unit_id.dtype, np.integer):
-        raise StimulusError(f"{path}: stimulus_id and unit_id must be integer arrays")
+    if not np.issubdtype(stimulus_id.dtype, np.integer):
+        raise StimulusError(f"{path}: stimulus_id must be an integer array")
+    if unit_id.dtype.kind not in "iuU":
+        raise StimulusError(f"{path}: unit_id has dtype {unit_id.dtype}; write integer or string unit ids")
     if responses.dtype.kind not in "iuf":
         raise StimulusError(f"{path}: responses has dtype {responses.dtype}; write real numbers (float32)")
     if responses.shape[0] == 0 or responses.shape[1] == 0:
@@ -337,5 +375,5 @@ def read_responses(path: str | Path) -> dict[str, np.ndarray]:
     return {
         "responses": responses.astype(np.float64),
         "stimulus_id": stimulus_id.astype(np.int64),
-        "unit_id": unit_id.astype(np.int64),
+        "unit_id": unit_ids(unit_id),
     }

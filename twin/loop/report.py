@@ -20,8 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from twin.data.schema import plot_text  # noqa: E402
 from twin.errors import RunError  # noqa: E402
-from twin.loop.files import stimulus_path  # noqa: E402
+from twin.loop.files import stimulus_mode, stimulus_path  # noqa: E402
 
 KIND_COLORS = {"mei": "#c0392b", "dei": "#e67e22", "natural": "#2c7fb8", "natural_masked": "#7fcdbb"}
 GRID_MAX_NEURONS = 32  # rows of the MEI grid; larger loops show the first ones
@@ -118,6 +119,7 @@ def plot_mei_grid(summary: dict, manifest: dict, stimuli: Path, path: Path) -> N
     rows = [sorted(n["stimuli"], key=lambda m: (order[m["kind"]], m["stimulus_id"])) for n in neurons]
     columns = max((len(row) for row in rows), default=1)
     height, width = manifest["screen_shape"]
+    mode = stimulus_mode(manifest)
     fig, axes = plt.subplots(
         max(len(rows), 1),
         columns,
@@ -129,11 +131,13 @@ def plot_mei_grid(summary: dict, manifest: dict, stimuli: Path, path: Path) -> N
     for r, (neuron, row) in enumerate(zip(neurons, rows)):
         for c, shown in enumerate(row):
             ax = axes[r, c]
-            with Image.open(stimulus_path(stimuli, listed[shown["stimulus_id"]], (height, width))) as image:
-                ax.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=255)
+            file = stimulus_path(stimuli, listed[shown["stimulus_id"]], (height, width), mode)
+            with Image.open(file) as image:
+                # gray PNGs through the gray colour map; RGB ones as they are
+                ax.imshow(np.asarray(image), **({"cmap": "gray", "vmin": 0, "vmax": 255} if mode == "L" else {}))
             ax.set_title(f"{shown['kind']} {shown['measured']:.2f}", fontsize=7)
         axes[r, 0].text(
-            -0.05, 0.5, f"unit {neuron['unit_id']}", transform=axes[r, 0].transAxes,
+            -0.05, 0.5, f"unit {plot_text(neuron['unit_id'])}", transform=axes[r, 0].transAxes,
             ha="right", va="center", fontsize=7,
         )
     fig.suptitle("stimuli as shown (title: measured mean response)", fontsize=9)
@@ -160,7 +164,7 @@ def plot_response_bars(summary: dict, path: Path) -> None:
         if neuron["mei_beats_controls"]:
             mei = [m for m in neuron["stimuli"] if m["kind"] == "mei"][0]
             ax.text(i - width, mei["measured"] + (mei["sem"] or 0.0), "*", ha="center", va="bottom")
-    ax.set_xticks(x, [str(n["unit_id"]) for n in neurons], rotation=90, fontsize=7)
+    ax.set_xticks(x, [plot_text(n["unit_id"]) for n in neurons], rotation=90, fontsize=7)
     ax.set_xlabel("unit id (* MEI > strongest control, p < 0.05)")
     ax.set_ylabel("measured response")
     ax.legend(fontsize=8)
@@ -183,6 +187,19 @@ def row(values: list, cell: str = "td") -> str:
 def embed(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{text(path.name)}">'
+
+
+def luminance_text(value) -> str:
+    """A target in cd/m²: one number, or red/green/blue values for a colour monitor."""
+    if isinstance(value, list):
+        return f"R {value[0]:.3g}, G {value[1]:.3g}, B {value[2]:.3g}"
+    return f"{value:.3g}"
+
+
+def matching_text(target: dict) -> str:
+    """How the stimuli met the target: per primary (colour, --matching channel) or on the
+    luminance (gray, or colour with --matching luminance)."""
+    return "matched per primary" if isinstance(target["mean_luminance"], list) else "matched on luminance"
 
 
 def number(value, digits: int = 3) -> str:
@@ -252,8 +269,8 @@ def write_report(folder: Path, summary: dict, manifest: dict, stimuli: Path, run
         ("units without responses (lost on the rig)", ", ".join(map(str, lost)) or "none"),
         ("repeats per stimulus", manifest["repeats"]),
         (
-            "target mean luminance / RMS contrast",
-            f"{target['mean_luminance']:.3g} / {target['rms_contrast']:.3g} cd/m²",
+            f"target mean luminance / RMS contrast ({matching_text(target)})",
+            f"{luminance_text(target['mean_luminance'])} / {luminance_text(target['rms_contrast'])} cd/m²",
         ),
         ("run", run),
         ("stimuli", stimuli),

@@ -12,15 +12,18 @@ from pathlib import Path
 import numpy as np
 
 from twin.errors import ConfigError, SessionError
-from twin.loop.files import read_manifest, stimulus_path, write_responses
+from twin.loop.files import read_manifest, stimulus_mode, stimulus_path, write_responses
 from twin.loop.monitor import Monitor, png_to_model
 
 
 def load_shown_images(stimuli: str | Path, manifest: dict, shape: tuple[int, int]) -> np.ndarray:
-    """Every manifest stimulus as the eye sees it: (stimuli, y, x) model space 0..255."""
+    """Every manifest stimulus as the eye sees it: (stimuli, y, x), or (stimuli, 3, y, x) for RGB
+    stimuli, model space 0..255."""
     monitor = Monitor.from_dict(manifest["monitor"])
-    screen = manifest["screen_shape"]
-    return np.stack([png_to_model(stimulus_path(stimuli, s, screen), monitor, shape) for s in manifest["stimuli"]])
+    screen, mode = manifest["screen_shape"], stimulus_mode(manifest)
+    return np.stack(
+        [png_to_model(stimulus_path(stimuli, s, screen, mode), monitor, shape) for s in manifest["stimuli"]]
+    )
 
 
 def respond_to_stimuli(
@@ -31,6 +34,7 @@ def respond_to_stimuli(
     Writes ``out`` (.npz: responses (trial, neuron), stimulus_id (trial,), unit_id (neuron,)) and
     returns those arrays.
     """
+    from twin.data.schema import unit_ids
     from twin.data.simulate import respond
     from twin.data.store import open_session
     from twin.outputs import check_output
@@ -53,7 +57,7 @@ def respond_to_stimuli(
     arrays = {
         "responses": np.asarray(noisy[0], np.float32),
         "stimulus_id": ids[order],
-        "unit_id": session["unit_id"].values.astype(np.int64),
+        "unit_id": unit_ids(session["unit_id"].values),
     }
     write_responses(out, **arrays, overwrite=overwrite)
     return arrays

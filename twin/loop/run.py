@@ -20,6 +20,7 @@ import tomli_w
 
 from twin.config import (
     Checked,
+    Valid,
     config_from_dict,
     integer,
     integers,
@@ -45,6 +46,9 @@ class LoopConfig(Checked):
     rig_repeats: int = integer(10, 1)  # presentations of each exported stimulus
     min_distance: float = number(20.0, 0)  # µm between selected neurons
     mei_seeds: int = integer(4, 1)
+    channels: int = dataclasses.field(  # 1: gray animal; 3: colour animal, RGB stimuli
+        default=1, metadata={"valid": Valid(lambda value: value in (1, 3), "1 (gray) or 3 (RGB)", "is not 1 or 3")}
+    )
 
 
 # The small twin the loop fits by default (a preset over the Sensorium defaults in twin.config,
@@ -101,6 +105,7 @@ def run_loop(
     config_path: str | Path | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    channels: int | None = None,
 ) -> dict:
     """Run the inception loop into ``out``; returns loop.json's content.
 
@@ -110,7 +115,8 @@ def run_loop(
     session: start from this session store instead of simulating one (the rig stages run only
     when it is a simulated session); neurons: how many to select; seeds: MEI initializations per
     neuron (default [loop].mei_seeds); recipe: the MEI recipe (default: the config's [mei].recipe,
-    else walker2019; see twin.mei.recipes.recipe_config).
+    else walker2019; see twin.mei.recipes.recipe_config); channels: 1 simulates a gray animal, 3 a
+    colour one shown RGB stimuli (default [loop].channels).
     """
     from twin.data.store import open_session
     from twin.mei.recipes import recipe_config
@@ -118,6 +124,10 @@ def run_loop(
 
     out = check_output(out, overwrite, flag="OUT", inputs=[session] if session else [])
     loop, run_config = loop_config(config_path)
+    if channels is not None and session is not None:
+        raise ConfigError(f"--channels {channels}: the loop simulates an animal only without --session; drop one")
+    if channels is not None:
+        loop = dataclasses.replace(loop, channels=channels)
     # The recipe is checked before the fit, not when the MEI stage needs it.
     recipe_config(recipe, config_path if "mei" in run_config else None)
     store = out / "session.zarr" if session is None else Path(session)
@@ -137,7 +147,7 @@ def run_stages(
     from twin.loop.export import export_stimuli
     from twin.loop.respond import respond_to_stimuli
     from twin.loop.select import select_neurons
-    from twin.mei.run import mei_command
+    from twin.mei.run import mei_command, neurons_flag
 
     config_file = out / "config.toml"
     config_file.write_text(tomli_w.dumps(run_config))
@@ -148,10 +158,14 @@ def run_stages(
         stages.run(
             "simulate",
             lambda: write_session(
-                simulate(loop.simulated_neurons, loop.train_images, loop.test_images, loop.repeats, loop.size, seed),
+                simulate(
+                    loop.simulated_neurons, loop.train_images, loop.test_images, loop.repeats, loop.size, seed,
+                    loop.channels,
+                ),
                 store,
             ),
-            lambda _: f"{loop.simulated_neurons} neurons, {loop.train_images} + {loop.test_images}x{loop.repeats} images -> {store}",
+            lambda _: f"{loop.simulated_neurons} {'colour ' * (loop.channels == 3)}neurons,"
+            f" {loop.train_images} + {loop.test_images}x{loop.repeats} images -> {store}",
         )
     run = out / "run"
     stages.run(
@@ -169,7 +183,7 @@ def run_stages(
         "mei",
         lambda: mei_command(
             run=str(run),
-            neurons=",".join(str(i) for i in selection["neuron_index"]),
+            neurons=neurons_flag(selection["neuron_index"], selection["unit_id"]),
             seeds=seeds or loop.mei_seeds,
             recipe=recipe,
             config_path=str(config_file) if "mei" in run_config else None,

@@ -166,7 +166,7 @@ def select_neurons(
     neurons = [
         {
             "neuron_index": i,
-            "unit_id": int(data.unit_id[i]),
+            "unit_id": data.unit_id[i].item(),
             "oracle": value(oracle[i]),
             "twin_correlation": value(twin_r[i]),
             "fraction_of_oracle": value(fraction[i]),
@@ -181,7 +181,7 @@ def select_neurons(
         "session": session,
         "requested": n,
         "neuron_index": chosen,
-        "unit_id": [int(data.unit_id[i]) for i in chosen],
+        "unit_id": [data.unit_id[i].item() for i in chosen],
         "ranked_by": "twin - LN single-trial correlation" if ln else "twin fraction of oracle",
         "thresholds": {
             "oracle": oracle_threshold,
@@ -201,6 +201,8 @@ def select_neurons(
 
 def format_selection(selection: dict) -> str:
     """A readable table of the selection and why."""
+    from twin.mei.run import neurons_flag
+
     t, ex = selection["thresholds"], selection["excluded"]
     lines = [
         f"{len(selection['neurons'])} of {selection['requested']} requested neurons from {selection['run']}"
@@ -224,5 +226,5 @@ def format_selection(selection: dict) -> str:
             f"{n['neuron_index']:>6} {n['unit_id']:>8} {show(n['oracle']):>7} {show(n['twin_correlation']):>7}"
             f" {show(n['fraction_of_oracle']):>6} {show(n['ln_correlation']):>7} {show(n['gain_over_ln']):>7}"
         )
-    lines.append("neurons for `twin mei --neurons`: " + ",".join(str(i) for i in selection["neuron_index"]))
+    lines.append("neurons for `twin mei --neurons`: " + neurons_flag(selection["neuron_index"], selection["unit_id"]))
     return "\n".join(lines)

@@ -44,8 +44,11 @@ def hull_region(
     dilate: int = DILATE,
 ) -> np.ndarray:
     """(y, x) bool: thresholded |mei - mean| (pixel levels), small blobs dropped, convex hull,
-    dilated. Without a blob of ``min_blob`` pixels the largest blob is kept."""
+    dilated. Without a blob of ``min_blob`` pixels the largest blob is kept. A colour MEI
+    (channel, y, x) with mean a number or (channel, 1, 1) passes where any channel passes."""
     above = np.abs(np.asarray(mei, np.float64) - mean) > threshold
+    if above.ndim == 3:
+        above = above.any(axis=0)
     labels, count = ndimage.label(above)
     if count == 0:
         return above
@@ -61,8 +64,9 @@ def walker_mask(
     mei: np.ndarray, mean: float, threshold: float = THRESHOLD, min_blob: int = MIN_BLOB,
     dilate: int = DILATE, blur: float = BLUR,
 ) -> np.ndarray:
-    """Walker 2019 mask (y, x) in [0, 1] of ``mei (y, x)`` in pixel levels around gray ``mean``;
-    all zeros when no pixel passes the threshold."""
+    """Walker 2019 mask (y, x) in [0, 1] of ``mei (y, x)`` or ``(channel, y, x)`` in pixel levels
+    around gray ``mean`` (a number or (channel, 1, 1)); all zeros when no pixel passes the
+    threshold."""
     region = hull_region(mei, mean, threshold, min_blob, dilate).astype(np.float64)
     return np.clip(ndimage.gaussian_filter(region, blur, mode="constant"), 0, 1) if blur else region
 

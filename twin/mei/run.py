@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 
@@ -11,16 +12,19 @@ from twin.errors import ConfigError
 from twin.outputs import check_output, output
 
 
-def parse_neurons(spec: str, n_neurons: int) -> np.ndarray:
-    """'all', 'START:STOP' (Python slice, end exclusive) or '3,7,9' -> sorted-as-given indices."""
+def parse_neurons(spec: str, unit_id: np.ndarray) -> np.ndarray:
+    """Indices (k,), in the order given, of the neurons ``spec`` names among a session's
+    ``unit_id`` (neuron,): 'all', 'START:STOP' (positions, a Python slice, end exclusive) or a
+    comma-separated list: of positions '3,7,9' when the ids are integers, of ids 'neu3,neu7' when
+    they are strings."""
     text = str(spec).strip()
-    hint = "write all, START:STOP (e.g. 0:100) or a list like 3,7,9"
+    n_neurons = len(unit_id)
+    named = unit_id.dtype.kind in "UT"  # string ids are named; integer ids stay positions
+    hint = "write all, START:STOP (e.g. 0:100) or a list like " + ("neu3,neu7" if named else "3,7,9")
     if text == "all":
         return np.arange(n_neurons)
-    if ":" in text:
-        match = re.fullmatch(r"(\d*):(\d*)", text)
-        if not match:
-            raise ConfigError(f"--neurons {spec!r}: not a range; {hint}")
+    match = re.fullmatch(r"(\d*):(\d*)", text)
+    if match:
         start = int(match[1]) if match[1] else 0
         stop = int(match[2]) if match[2] else n_neurons
         if not start < stop <= n_neurons:
@@ -29,8 +33,19 @@ def parse_neurons(spec: str, n_neurons: int) -> np.ndarray:
                 f" 0 <= START < STOP <= {n_neurons}"
             )
         return np.arange(start, stop)
+    if ":" in text and not named:
+        raise ConfigError(f"--neurons {spec!r}: not a range; {hint}")
+    parts = [part.strip() for part in text.split(",")]
+    neurons = ids_to_indices(spec, parts, unit_id) if named else positions(spec, parts, n_neurons, hint)
+    if len(np.unique(neurons)) != len(neurons):
+        raise ConfigError(f"--neurons {spec!r}: a neuron is listed twice; list each once")
+    return neurons
+
+
+def positions(spec: str, parts: list[str], n_neurons: int, hint: str) -> np.ndarray:
+    """The integer positions ``parts`` (k,) of a `--neurons` list; ConfigError outside 0..n-1."""
     try:
-        neurons = np.array([int(part) for part in text.split(",")])
+        neurons = np.array([int(part) for part in parts])
     except ValueError:
         raise ConfigError(f"--neurons {spec!r}: not a list of integers; {hint}") from None
     bad = neurons[(neurons < 0) | (neurons >= n_neurons)]
@@ -39,9 +54,30 @@ def parse_neurons(spec: str, n_neurons: int) -> np.ndarray:
             f"--neurons {spec!r}: neuron {bad[0]} is out of range; the session has neurons"
             f" 0..{n_neurons - 1}"
         )
-    if len(np.unique(neurons)) != len(neurons):
-        raise ConfigError(f"--neurons {spec!r}: a neuron is listed twice; list each once")
     return neurons
+
+
+def ids_to_indices(spec: str, names: list[str], unit_id: np.ndarray) -> np.ndarray:
+    """Indices (k,) of the string ids ``names`` in ``unit_id`` (neuron,); ConfigError naming the
+    first id the session lacks and a few it has (the closest spellings first)."""
+    ids = unit_id.tolist()
+    where = {u: i for i, u in enumerate(ids)}
+    for name in names:
+        if name not in where:
+            close = difflib.get_close_matches(name, ids, n=3) or ids[:3]
+            more = ", ..." if len(ids) > len(close) else ""
+            raise ConfigError(
+                f"--neurons {spec!r}: unit id {name!r} is not in the session; its ids include"
+                f" {', '.join(map(repr, close))}{more}"
+            )
+    return np.array([where[name] for name in names], np.int64)
+
+
+def neurons_flag(neuron_index: list[int], unit_id: list) -> str:
+    """The `--neurons` list naming these neurons (``parse_neurons``): their ids when the ids
+    (same order as the positions ``neuron_index``) are strings, else their positions."""
+    named = any(isinstance(u, str) for u in unit_id)
+    return ",".join(str(u) for u in (unit_id if named else neuron_index))
 
 
 def stats_channels_first(array) -> np.ndarray:
@@ -133,6 +169,7 @@ def mei_command(
 
     from twin import distributed
     from twin.checkpoint import load_run, read_run_files
+    from twin.data.schema import plot_text
     from twin.data.simulate import ground_truth
     from twin.data.store import open_session
     from twin.mei import diverse, validate
@@ -162,7 +199,7 @@ def mei_command(
             f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}"
         )
     data = loaded.sessions[session]
-    index = parse_neurons(neurons, data.n_neurons)
+    index = parse_neurons(neurons, data.unit_id)
     validator_model = None
     if validator is not None:
         validator_model = load_run(validator, load_sessions=False).model
@@ -259,7 +296,7 @@ def mei_command(
         with output(out.with_suffix(".png"), overwrite, "file") as grid:
             plot_grid(
                 best * engine_std + engine_mean,
-                [f"unit {u}: {r:.2f}x" for u, r in zip(data.unit_id[index], variables["ratio"])],
+                [f"unit {plot_text(u)}: {r:.2f}x" for u, r in zip(data.unit_id[index], variables["ratio"])],
                 grid,
             )
     ratios = variables["ratio"]
@@ -270,7 +307,7 @@ def mei_command(
         "median_true_ratio": finite(np.median(true_ratio)) if np.isfinite(true_ratio).any() else None,
         "neurons": [
             {
-                "id": int(data.unit_id[neuron]),
+                "id": data.unit_id[neuron].item(),
                 "activation": finite(activation[i]),
                 "best_natural_activation": finite(natural_activation[i]),
                 "ratio": finite(ratios[i]),
