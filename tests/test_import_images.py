@@ -125,7 +125,8 @@ def test_size_resamples_and_mixed_grey_rgb_become_rgb(tmp_path):
         ("square", "shape (12, 12) has one row and one column per image; pass --orientation"),
         ("shape", "shape (3, 5) has no axis of 12 (one entry per image)"),
         ("orientation", "has 3 rows but there are 12 images"),
-        ("string-ids", "not integers; give one integer id per neuron (map names to integers and keep the names in"),
+        ("ids-count", "ids.csv has 2 ids for 3 neurons; give one id per neuron"),
+        ("ids-duplicate", "ids.csv has duplicate ids: 'neu1' is given to 2 neurons; give every neuron its own id"),
         ("trial-index", "--trial-images"),
         ("tier-label", "tiers.csv: variable 'tier' has unknown label 'bogus'; use one of"),
         ("tier-count", "tiers.csv: holds 5 values in shape (5,); give one tier per trial (12)"),
@@ -145,8 +146,8 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys, setup, mess
         np.save(responses_path, np.ones((3, 5)))
     elif setup == "orientation":
         extra = ["--orientation", "trials-neurons"]
-    elif setup == "string-ids":
-        (tmp_path / "ids.csv").write_text("a\nb\nc\n")
+    elif setup.startswith("ids"):
+        (tmp_path / "ids.csv").write_text("neu1\nneu2\n" + ("neu1\n" if setup == "ids-duplicate" else ""))
         extra = ["--unit-ids", tmp_path / "ids.csv"]
     elif setup == "trial-index":
         np.save(tmp_path / "trials.npy", np.array([0, 1, 99]))

@@ -79,13 +79,16 @@ def test_configs_refuse_values_the_engine_cannot_run(changes, message):
         dataclasses.replace(RECIPES["walker2019"], **changes)
 
 
+IDS = np.arange(5) + 100  # integer ids: --neurons lists positions
+
+
 def test_neuron_specs():
-    np.testing.assert_array_equal(parse_neurons("all", 5), np.arange(5))
-    np.testing.assert_array_equal(parse_neurons("1:4", 5), [1, 2, 3])
-    np.testing.assert_array_equal(parse_neurons(":2", 5), [0, 1])
-    np.testing.assert_array_equal(parse_neurons("3:", 5), [3, 4])
-    np.testing.assert_array_equal(parse_neurons("3,0,4", 5), [3, 0, 4])
-    np.testing.assert_array_equal(parse_neurons(" 2 ", 5), [2])
+    np.testing.assert_array_equal(parse_neurons("all", IDS), np.arange(5))
+    np.testing.assert_array_equal(parse_neurons("1:4", IDS), [1, 2, 3])
+    np.testing.assert_array_equal(parse_neurons(":2", IDS), [0, 1])
+    np.testing.assert_array_equal(parse_neurons("3:", IDS), [3, 4])
+    np.testing.assert_array_equal(parse_neurons("3,0,4", IDS), [3, 0, 4])
+    np.testing.assert_array_equal(parse_neurons(" 2 ", IDS), [2])
 
 
 @pytest.mark.parametrize(
@@ -104,7 +107,7 @@ def test_neuron_specs():
 )
 def test_bad_neuron_specs(spec, message):
     with pytest.raises(ConfigError, match=message):
-        parse_neurons(spec, 5)
+        parse_neurons(spec, IDS)
 
 
 def test_a_preset_named_in_the_file_is_the_start(tmp_path):

@@ -292,9 +292,10 @@ def setter(*keys_and_value):
         (lambda m: m["monitor"].pop("gamma"), "monitor: field 'gamma' is missing"),
         (setter("stimuli", 0, "kind", "grating"),
          "stimulus 0: field 'kind' is 'grating', not one of mei, dei, natural, natural_masked"),
-        (setter("stimuli", 0, "unit_id", SCRIPT), "stimulus 0: field 'unit_id' is \"<script>.*, not an integer"),
-        (setter("stimuli", 0, "unit_id", 10**30), "field 'unit_id' is 1000000000000000000000000000000, not an integer"),
-        (setter("stimuli", 0, "unit_id", True), "field 'unit_id' is True, not an integer"),
+        (setter("stimuli", 0, "unit_id", SCRIPT), "field 'unit_id' holds integers for some stimuli and strings for others"),
+        (setter("stimuli", 0, "unit_id", ""), "stimulus 0: field 'unit_id' is '', not an integer or a non-empty string"),
+        (setter("stimuli", 0, "unit_id", 10**30), "field 'unit_id' is 1000000000000000000000000000000, not an integer or a"),
+        (setter("stimuli", 0, "unit_id", True), "field 'unit_id' is True, not an integer or a"),
         (setter("stimuli", 3, "mean_luminance", float("nan")), "stimulus 3: field 'mean_luminance' is nan, not a"),
         (setter("stimuli", 3, "predicted_response", float("inf")), "field 'predicted_response' is inf, not a finite"),
         (setter("stimuli", 3, "predicted_response", 1e300), "'predicted_response' is 1e\\+300, not a finite number"),
@@ -420,7 +421,8 @@ def test_pickles_in_responses_never_run(loop, tmp_path):
         (lambda a: a | {"responses": a["responses"].astype(float) * 1e300}, "responses reach .*e\\+300, beyond"),
         (lambda a: a | {"responses": a["responses"][:0], "stimulus_id": a["stimulus_id"][:0]},
          "responses has shape \\(0, 5\\), no trials or no neurons"),
-        (lambda a: a | {"unit_id": a["unit_id"].astype(float)}, "stimulus_id and unit_id must be integer arrays"),
+        (lambda a: a | {"unit_id": a["unit_id"].astype(float)}, "unit_id has dtype float64; write integer or string unit ids"),
+        (lambda a: a | {"unit_id": a["unit_id"].astype(str)}, "unit_id holds strings but the run's session has integer ids"),
     ],
 )
 def test_responses_of_the_wrong_kind(loop, change, message):
@@ -463,7 +465,7 @@ def test_broken_run_files(loop):
     (run / "metrics.jsonl").write_text('{"epoch": 0, "loss": 1.0}\n{"epoch": 1, "lo')
     refused(loop, "metrics.jsonl: line 2 is not a JSON object; delete the line", RunError)
     (run / "sessions.json").write_text("[{}]")
-    refused(loop, "sessions.json: session 0 has no list of integer unit_id", RunError)
+    refused(loop, "sessions.json: session 0 has no list of integer or string unit_id", RunError)
     (run / "sessions.json").write_text("{")
     refused(loop, "sessions.json: not readable JSON", RunError)
 

@@ -95,7 +95,7 @@ def bad_recordings(draw):
         return arrays, "duplicate"
     if draw(st.booleans()):
         arrays["neuron_ids"] = np.arange(K + draw(st.sampled_from([-1, 1])))
-        return arrays, "'neuron_ids' has shape"
+        return arrays, f"key 'neuron_ids' has {len(arrays['neuron_ids'])} ids for {K} neurons"
     arrays["cell_xyz"] = np.zeros(draw(st.sampled_from([(K, 2), (K + 1, 3), (K,)])))
     return arrays, "'cell_xyz' has shape"
 

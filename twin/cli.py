@@ -419,6 +419,12 @@ def cmd_convert(args) -> int:
     return 0
 
 
+NEURONS_HELP = (
+    "all, START:STOP (positions, end excluded) or a list: positions 3,7,9 when the session's unit ids"
+    " are integers, unit ids neu3,neu7 when they are strings"
+)
+
+
 def add_multihost_flags(p: argparse.ArgumentParser) -> None:
     """--coordinator, --num-processes, --process-id: passed to jax.distributed.initialize."""
     p.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0 (jax.distributed)")
@@ -488,11 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
         "arrays": "Reads an .npz (np.savez, no pickles) with images (trial, y, x) or (trial, channel,"
         " y, x) and responses (trial, neuron); optional: tiers (trial,) train/validation/test/"
         "final_test, image_ids (trial,) int (same id = same image), behavior (trial, k),"
-        " behavior_names (k,), pupil_center (trial, 2), neuron_ids (neuron,) int, cell_xyz (neuron, 3).",
+        " behavior_names (k,), pupil_center (trial, 2), neuron_ids or unit_ids (neuron,) integers or"
+        " strings, cell_xyz (neuron, 3).",
         "sensorium": "Reads a Sensorium 2022 / neuralpredictors tree (folder or .zip): data/images/<i>.npy"
         " (channel, y, x), data/responses/<i>.npy (neuron,), meta/trials/tiers.npy; optional:"
         " data/behavior/<i>.npy, data/pupil_center/<i>.npy, meta/trials/frame_image_id.npy,"
-        " meta/neurons/unit_ids.npy, meta/neurons/cell_motor_coordinates.npy. Images are"
+        " meta/neurons/unit_ids.npy (integers or strings), meta/neurons/cell_motor_coordinates.npy. Images are"
         " block-averaged to 36x64 when they are a whole multiple of it.",
     }
     for name, reads in readers:
@@ -537,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="optional .npy/.csv: one tier per trial (train, validation, test, final_test)",
     )
     f.add_argument(
-        "--unit-ids", metavar="FILE", help="optional .npy/.csv: one integer id per neuron (default 0..n-1)"
+        "--unit-ids", metavar="FILE",
+        help="optional .npy/.csv/.txt: one id per neuron, integers or strings, e.g. one per line (default 0..n-1)"
     )
     add_seed_flag(f)
     add_shift_flag(f)
@@ -620,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("mei", help="most exciting inputs for many neurons and seeds at once")
     p.add_argument("run")
-    p.add_argument("--neurons", default="all", help="all, START:STOP or a list 3,7,9")
+    p.add_argument("--neurons", default="all", help=NEURONS_HELP)
     p.add_argument("--seeds", type=at_least(1), help="initializations per neuron")
     p.add_argument("--recipe", help="walker2019, sinz_ga or lucid (default: the run's [mei].recipe)")
     p.add_argument("--config", help="TOML file with a [mei] table")
@@ -649,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="predictions to write: .npy (images, neurons) float32, .csv (a row per image, a column"
         " per unit id) or .zarr",
     )
-    p.add_argument("--neurons", default="all", help="all, START:STOP or a list 3,7,9")
+    p.add_argument("--neurons", default="all", help=NEURONS_HELP)
     p.add_argument("--session", type=at_least(0), default=0, help="session index within the run")
     p.add_argument("--batch-size", type=at_least(1), help="images per batch (default: the run's)")
     add_overwrite_flag(p)
