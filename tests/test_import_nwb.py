@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime
 
+import h5py
 import numpy as np
 import pytest
 from pynwb import NWBHDF5IO, NWBFile, TimeSeries
@@ -55,6 +56,7 @@ def write_nwb(
     table: str = "natural_scenes_presentations",
     column: str = "frame",
     pixel_masks: bool = False,
+    movie: bool = False,
     seed: int = 0,
 ):
     """An NWB file of a two-photon session; returns (template index per presentation (42,),
@@ -114,6 +116,13 @@ def write_nwb(
         intervals.add_column(name=column, description="template index")
         for onset, i in zip(onsets, index):  # float indices, as the Allen Brain Observatory stores them
             intervals.add_interval(start_time=onset, stop_time=onset + 0.5, **{column: float(i)})
+    if movie:  # a second stimulus with its own table and template entry, as Allen sessions have
+        frames = np.zeros((3, 8, 8), dtype=np.uint8)
+        nwb.add_stimulus_template(ImageSeries(name="natural_movie_one", data=frames, unit="n.a.", rate=30.0))
+        clips = nwb.create_time_intervals(name="natural_movie_one_presentations", description="movie")
+        clips.add_column(name="frame", description="frame index")
+        for i in range(3):
+            clips.add_interval(start_time=50.0 + i / 30, stop_time=50.0 + (i + 1) / 30, frame=i)
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
     return index, values, pictures
@@ -225,3 +234,27 @@ def test_not_an_nwb_file(tmp_path, capsys):
     path.write_bytes(b"not hdf5")
     code, err = run(["import", "nwb", path, tmp_path / "s.zarr"], capsys)
     assert code == 2 and err == f"twin import: error: {path}: is not an HDF5 file (NWB 2 files are HDF5); pass an .nwb file, or download it again\n"
+
+
+def test_several_tables_pick_one_and_its_templates_follow(tmp_path, capsys):
+    path, out = tmp_path / "s.nwb", tmp_path / "s.zarr"
+    index, values, _ = write_nwb(path, movie=True)
+    code, err = run(["import", "nwb", path, out], capsys)
+    assert code == 2 and not out.exists()
+    assert err == (
+        f"twin import: error: {path}: holds 2 stimulus tables: natural_movie_one_presentations,"
+        " natural_scenes_presentations; pick one with --stimulus-table NAME\n"
+    )
+    assert run(["import", "nwb", path, out, "--stimulus-table", "natural_scenes_presentations"], capsys) == (0, "")
+    ds = open_session(out)
+    np.testing.assert_allclose(ds["responses"].values, values[index >= 0], rtol=1e-6)
+    assert "natural_scenes" in ds.attrs["source"]
+
+
+def test_hdf5_that_is_not_nwb(tmp_path, capsys):
+    path = tmp_path / "plain.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.zeros(3)
+    code, err = run(["import", "nwb", path, tmp_path / "s.zarr"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"twin import: error: {path}: cannot be read as NWB (")

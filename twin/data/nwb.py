@@ -117,7 +117,7 @@ def open_nwb(path: Path):
     from pynwb import NWBHDF5IO
 
     if not path.is_file():
-        fail(path, "no such file; pass an .nwb file")
+        fail(path, "is a folder; pass an .nwb file" if path.is_dir() else "no such file; pass an .nwb file")
     if not h5py.is_hdf5(path):
         fail(path, "is not an HDF5 file (NWB 2 files are HDF5); pass an .nwb file, or download it again")
     fix = "check the file, or download it again"
