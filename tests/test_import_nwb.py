@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from pynwb import NWBHDF5IO, NWBFile, TimeSeries
 from pynwb.base import ImageReferences, Images
+from pynwb.behavior import BehavioralTimeSeries
 from pynwb.image import GrayscaleImage, ImageSeries, RGBImage
 from pynwb.ophys import DfOverF, Fluorescence, ImageSegmentation, OpticalChannel
 
@@ -96,7 +97,17 @@ def write_nwb(
         interface.create_roi_response_series(
             name="RoiResponseSeries", data=data, unit="n.a.", rois=region, **timing
         )
-    nwb.add_stimulus(TimeSeries(name="running", data=np.zeros(3), unit="cm/s", rate=1.0))
+    # running speed 10 + i during presentation i (0 between them), at 16 Hz; pupil area 2.0 with
+    # NaN samples (blinks)
+    fast = np.arange(int((len(index) + 2) * 16)) / 16
+    speed = np.zeros(len(fast))
+    for i in range(len(index)):
+        speed[(fast >= 1 + i) & (fast < 1.5 + i)] = 10 + i
+    running = nwb.create_processing_module(name="running", description="wheel")
+    running.add(BehavioralTimeSeries(TimeSeries(name="running_speed", data=speed, unit="cm/s", rate=16.0)))
+    pupil = np.full(len(times), 2.0)
+    pupil[::3] = np.nan
+    nwb.add_acquisition(TimeSeries(name="pupil_area", data=pupil, unit="px", timestamps=times))
     if images_container:
         kind = RGBImage if rgb else GrayscaleImage
         items = [kind(name=f"im{i:03d}", data=p) for i, p in enumerate(pictures)]
@@ -258,3 +269,16 @@ def test_hdf5_that_is_not_nwb(tmp_path, capsys):
     code, err = run(["import", "nwb", path, tmp_path / "s.zarr"], capsys)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"twin import: error: {path}: cannot be read as NWB (")
+
+
+def test_behavior_series_are_window_means_of_finite_samples(tmp_path, capsys):
+    path, out = tmp_path / "s.nwb", tmp_path / "s.zarr"
+    index, _, _ = write_nwb(path)
+    argv = ["import", "nwb", path, out, "--behavior", "running_speed", "--behavior", "pupil_area"]
+    assert run(argv, capsys) == (0, "")
+    ds = open_session(out)
+    assert ds["behavior_var"].values.tolist() == ["running/BehavioralTimeSeries/running_speed", "acquisition/pupil_area"]
+    np.testing.assert_allclose(ds["behavior"].values[:, 0], 10 + np.flatnonzero(index >= 0))
+    np.testing.assert_allclose(ds["behavior"].values[:, 1], 2.0)
+    code, err = run(["import", "nwb", path, tmp_path / "t.zarr", "--behavior", "pupil"], capsys)
+    assert code == 2 and "--behavior 'pupil' names none of them; the TimeSeries are acquisition/pupil_area," in err

@@ -194,6 +194,7 @@ def cmd_import_nwb(args) -> int:
         window=parse_window(args.window),
         size=parse_size(args.size) if args.size else None,
         tiers=args.tiers,
+        behavior=args.behavior,
         seed=args.seed,
         pixel_range=parse_pixel_range(args.pixel_range),
     )
@@ -561,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
         " nwb.stimulus_template entry, an ImageSeries (image, y, x) or (image, y, x, 3) or an Images"
         " container of GrayscaleImage/RGBImage in its order_of_images. Unit ids are the ROI ids of"
         " the PlaneSegmentation. A trial is a presentation; its response is each ROI's mean over the"
-        " --window. Behaviour and cell positions are not read.",
+        " --window; optional --behavior series are averaged over the same windows. Cell positions"
+        " come from the ROI masks when the imaging plane has a grid_spacing.",
     )
     f.add_argument("path", metavar="FILE", help=".nwb file (HDF5)")
     f.add_argument("out", metavar="OUT", help="store to write (.zarr)")
@@ -591,6 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tiers", metavar="FILE",
         help="optional .npy/.csv: one tier per imported presentation (blank ones left out), in table"
         " order",
+    )
+    f.add_argument(
+        "--behavior", metavar="NAME", action="append",
+        help="optional, repeatable: a TimeSeries of one number per sample (e.g. running speed, pupil"
+        " area; in nwb.acquisition or a processing module) averaged over each window's finite"
+        " samples into the store's behavior",
     )
     add_seed_flag(f)
     add_pixel_range_flag(f)

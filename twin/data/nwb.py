@@ -18,7 +18,8 @@ What ``from_nwb`` reads, with pynwb:
 
 A trial is one presentation; its response is each ROI's mean over the samples t with
 onset + START <= t < onset + END (``window``), or start_time <= t < stop_time without a window.
-Behaviour (running, pupil) is not read.
+Behaviour series named by the caller (running speed, pupil area: TimeSeries of one number per
+sample) are averaged over the same windows.
 """
 
 from __future__ import annotations
@@ -102,7 +103,10 @@ def guarded(read, path: Path, problem: str, fix: str = DAMAGED):
     except library_errors() as error:
         fail(path, f"{problem} ({reason(error)}); {fix}")
     except MemoryError:  # a real size beyond this machine, or a damaged size in the file
-        fail(path, f"{problem} (larger than this machine's memory); check the file, or import on a larger machine")
+        fail(
+            path,
+            f"{problem} (larger than this machine's memory); check the file, or import on a larger machine",
+        )
 
 
 def read_array(data, path: Path, what: str, key=()) -> np.ndarray:
@@ -274,6 +278,63 @@ def read_responses(nwb, name: str | None, path: Path) -> Responses:
     return Responses(chosen, trace, times, ids[rois], cell_xyz, positions)
 
 
+class Behavior(NamedTuple):
+    """A behaviour series: its path, values (time,) float64 and sample times (time,) s."""
+
+    name: str
+    values: np.ndarray
+    times: np.ndarray
+
+
+def behavior_series(nwb) -> dict:
+    """'acquisition/NAME', 'module/NAME' or 'module/interface/NAME' -> every TimeSeries of
+    nwb.acquisition and nwb.processing that is neither ROI traces nor images (running speed,
+    pupil area, ...), also inside BehavioralTimeSeries or PupilTracking."""
+    from pynwb import TimeSeries
+    from pynwb.image import ImageSeries
+    from pynwb.ophys import RoiResponseSeries
+
+    found = {}
+
+    def add(name: str, item) -> None:
+        if isinstance(item, TimeSeries) and not isinstance(item, (RoiResponseSeries, ImageSeries)):
+            found[name] = item
+        for child_name, child in getattr(item, "time_series", {}).items():
+            add(f"{name}/{child_name}", child)
+
+    for name, item in nwb.acquisition.items():
+        add(f"acquisition/{name}", item)
+    for module_name, module in nwb.processing.items():
+        for name, item in module.data_interfaces.items():
+            add(f"{module_name}/{name}", item)
+    return found
+
+
+def read_behavior(nwb, names: list[str], path: Path) -> list[Behavior]:
+    """The behaviour series the ``names`` pick (see ``choose``), in their units."""
+    found = behavior_series(nwb)
+    chosen = []
+    for name in names:
+        if not found:
+            fail(
+                path,
+                f"--behavior {name!r}: the file holds no TimeSeries besides ROI traces and images;"
+                " leave out --behavior",
+            )
+        picked = choose(sorted(found), name, "TimeSeries", "--behavior", path)
+        series = found[picked]
+        values = read_array(series.data, path, picked)
+        if values.dtype.kind not in "iuf" or values.ndim != 1 or len(values) < 2:
+            fail(
+                path,
+                f"{picked} holds {values.dtype} values of shape {values.shape}; --behavior takes a series"
+                " of one number per sample",
+            )
+        values = values.astype(np.float64) * series.conversion + (series.offset or 0.0)
+        chosen.append(Behavior(picked, values, sample_times(series, len(values), path, picked)))
+    return chosen
+
+
 # ---------------------------------------------------------------------------- stimulus
 
 
@@ -387,40 +448,76 @@ def read_templates(nwb, name: str | None, table: str, path: Path) -> tuple[str, 
 # ---------------------------------------------------------------------------- trials
 
 
-def window_means(recorded: Responses, starts, ends, rows, path: Path, table: str) -> np.ndarray:
-    """(presentation, roi) mean of the recorded trace over the samples starts <= t < ends;
-    rows: (presentation,) their rows in the stimulus table ``table``, for messages."""
-    times, series = recorded.times, recorded.name
+class Windows(NamedTuple):
+    """The response window of each imported presentation: start and end (trial,) seconds, and its
+    row in the stimulus table ``table`` (for messages)."""
+
+    start: np.ndarray
+    end: np.ndarray
+    rows: np.ndarray
+    table: str
+
+
+def window_means(values, times, windows: Windows, path: Path, series: str) -> np.ndarray:
+    """(trial, k) mean of ``values`` (time, k), sampled at ``times``, over the samples t with
+    start <= t < end of each window."""
+    start, end, rows, table = windows
     period = float(np.median(np.diff(times)))
-    outside = (starts < times[0]) | (ends > times[-1] + period)
+    outside = (start < times[0]) | (end > times[-1] + period)
     if outside.any():
         i = int(np.argmax(outside))
         fail(
             path,
-            f"stimulus table {table!r} presentation {rows[i]}'s window {starts[i]:g}..{ends[i]:g} s lies"
+            f"stimulus table {table!r} presentation {rows[i]}'s window {start[i]:g}..{end[i]:g} s lies"
             f" outside {series} ({times[0]:g}..{times[-1] + period:g} s); pass a --window inside the"
             " recording",
         )
-    first = np.searchsorted(times, starts, "left")
-    last = np.searchsorted(times, ends, "left")
+    first = np.searchsorted(times, start, "left")
+    last = np.searchsorted(times, end, "left")
     empty = last <= first
     if empty.any():
         i = int(np.argmax(empty))
         fail(
             path,
-            f"stimulus table {table!r} presentation {rows[i]}'s window {starts[i]:g}..{ends[i]:g} s holds"
+            f"stimulus table {table!r} presentation {rows[i]}'s window {start[i]:g}..{end[i]:g} s holds"
             f" no sample of {series} (one every {period:g} s); pass a longer --window",
         )
-    means = np.stack([recorded.trace[a:b].mean(axis=0) for a, b in zip(first, last)])
+    return np.stack([values[a:b].mean(axis=0) for a, b in zip(first, last)])
+
+
+def trial_responses(recorded: Responses, windows: Windows, path: Path) -> np.ndarray:
+    """(trial, roi) window means of the recorded trace; NaN or inf in a window is refused."""
+    means = window_means(recorded.trace, recorded.times, windows, path, recorded.name)
     bad = ~np.isfinite(means)
     if bad.any():
         i, roi = np.argwhere(bad)[0]
         fail(
             path,
-            f"{series} holds NaN or inf for ROI id {recorded.unit_id[roi]} during presentation {rows[i]}"
-            f" of {table!r}; fill those samples, or pick another --responses",
+            f"{recorded.name} holds NaN or inf for ROI id {recorded.unit_id[roi]} during presentation"
+            f" {windows.rows[i]} of {windows.table!r}; fill those samples, or pick another --responses",
         )
     return means
+
+
+def trial_behavior(behavior: list[Behavior], windows: Windows, path: Path) -> np.ndarray | None:
+    """(trial, k) window means of each behaviour series over its finite samples (pupil traces
+    hold NaN during blinks); None without series."""
+    if not behavior:
+        return None
+    columns = []
+    for name, values, times in behavior:
+        finite = np.isfinite(values)
+        counts = window_means(finite[:, None].astype(np.float64), times, windows, path, name)[:, 0]
+        if (counts == 0).any():
+            i = int(np.argmax(counts == 0))
+            fail(
+                path,
+                f"{name} has no finite value during presentation {windows.rows[i]} of"
+                f" {windows.table!r}; fill those samples, or leave out --behavior {name}",
+            )
+        sums = window_means(np.where(finite, values, 0.0)[:, None], times, windows, path, name)[:, 0]
+        columns.append(sums / counts)
+    return np.column_stack(columns)
 
 
 def shown_rows(shown: Presentations, n_templates: int, template: str, window, path: Path) -> np.ndarray:
@@ -483,6 +580,7 @@ def from_nwb(
     window: tuple[float, float] | None = None,
     size: tuple[int, int] | None = None,
     tiers=None,
+    behavior: list[str] | None = None,
     seed: int = 0,
     pixel_range=None,
 ) -> xr.Dataset:
@@ -493,7 +591,9 @@ def from_nwb(
     'DfOverF'). image_column: the table's image index column. window: (start, end) seconds after
     each onset, else each presentation's start_time..stop_time. size: (height, width) to resample
     the templates to. tiers: optional .npy/.csv of one tier per imported presentation, else
-    ``split_tiers(image ids, seed)``. Image ids are the template indices (identical templates share
+    ``split_tiers(image ids, seed)``. behavior: names of TimeSeries with one value per sample
+    (running speed, pupil area), each averaged over the finite samples of the same windows into
+    ``behavior`` (trial, k). Image ids are the template indices (identical templates share
     the first one's); ``image_name`` (trial,) holds each template's name. attrs say which objects
     were read (source), the window, the cell positions and the presentations left out.
     """
@@ -504,11 +604,14 @@ def from_nwb(
         recorded = read_responses(nwb, responses, path)
         shown = read_presentations(nwb, table, image_column, path)
         template, pictures, labels = read_templates(nwb, templates, shown.name, path)
+        moving = read_behavior(nwb, behavior or [], path)
     rows = shown_rows(shown, len(pictures), template, window, path)
-    starts, ends = shown.start[rows], shown.stop[rows]
+    start, end = shown.start[rows], shown.stop[rows]
     if window is not None:
-        starts, ends = starts + window[0], starts + window[1]
-    means = window_means(recorded, starts, ends, rows, path, shown.name)
+        start, end = start + window[0], start + window[1]
+    windows = Windows(start, end, rows, shown.name)
+    means = trial_responses(recorded, windows, path)
+    behavior_values = trial_behavior(moving, windows, path)
     if size is not None and pictures.shape[-2:] != tuple(size):
         resampled = resample(pictures, size)
         pictures = to_uint8(resampled) if pictures.dtype == np.uint8 else resampled
@@ -536,6 +639,8 @@ def from_nwb(
         responses=means,
         tier=tier,
         image_id=image_id,
+        behavior=behavior_values,
+        behavior_names=[name for name, _, _ in moving] or None,
         unit_id=recorded.unit_id,
         cell_xyz=recorded.cell_xyz,
         attrs=attrs | range_attrs(pixel_range, path),
