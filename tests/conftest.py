@@ -18,8 +18,8 @@ TINY_LOOP = """
 [loop]
 simulated_neurons = 24
 train_images = 240
-test_images = 12
-repeats = 4
+test_images = 20
+repeats = 2
 size = [18, 32]
 rig_repeats = 4
 min_distance = 5.0

@@ -149,8 +149,8 @@ FIELDS = {
     LoopConfig: {
         "simulated_neurons": ints(1),
         "train_images": ints(2),
-        "test_images": ints(1),
-        "repeats": ints(1),
+        "test_images": ints(20),
+        "repeats": ints(2),
         "size": (st.tuples(st.integers(8, 999), st.integers(8, 999)), st.just((7, 64))),
         "rig_repeats": ints(1),
         "min_distance": floats(0),

@@ -30,6 +30,7 @@ from twin.config import (
     shown,
 )
 from twin.errors import ConfigError
+from twin.metrics import MIN_REPEATED_IMAGES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +41,9 @@ class LoopConfig(Checked):
 
     simulated_neurons: int = integer(100, 1)
     train_images: int = integer(2000, 2)  # 10% of them validate
-    test_images: int = integer(50, 1)
-    repeats: int = integer(10, 1)  # of each test image in the simulated recording
+    # Selection ranks neurons by their oracle, which needs this many repeated test images.
+    test_images: int = integer(50, MIN_REPEATED_IMAGES)
+    repeats: int = integer(10, 2)  # of each test image in the simulated recording
     size: tuple[int, int] = integers((36, 64), lo=8, length=2)  # (y, x) pixels
     rig_repeats: int = integer(10, 1)  # presentations of each exported stimulus
     min_distance: float = number(20.0, 0)  # µm between selected neurons
