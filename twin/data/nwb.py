@@ -122,9 +122,9 @@ def open_nwb(path: Path):
 
     if not path.is_file():
         fail(path, "is a folder; pass an .nwb file" if path.is_dir() else "no such file; pass an .nwb file")
-    if not h5py.is_hdf5(path):
-        fail(path, "is not an HDF5 file (NWB 2 files are HDF5); pass an .nwb file, or download it again")
     fix = "check the file, or download it again"
+    if not guarded(lambda: h5py.is_hdf5(path), path, "cannot be opened", fix):
+        fail(path, "is not an HDF5 file (NWB 2 files are HDF5); pass an .nwb file, or download it again")
     io = guarded(lambda: NWBHDF5IO(str(path), "r"), path, "cannot be opened as NWB", fix)
     try:
         with warnings.catch_warnings():
