@@ -236,8 +236,18 @@ def test_bad_choices_fail_in_one_line(tmp_path, capsys, argv, message):
     out = tmp_path / "s.zarr"
     code, err = run(["import", "nwb", tmp_path / "s.nwb", out, *argv], capsys)
     assert code == 2 and err.count("\n") == 1 and message in err, err
-    assert err.startswith(f"twin import: error: {tmp_path / 's.nwb'}") or "--window" in err
+    assert err.startswith(f"twin import: error: {tmp_path / 's.nwb'}: ")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "window, message",
+    [("0.5", "--window '0.5': write START,END"), ("0.5,0.1", "--window '0.5,0.1': give finite START below END")],
+)
+def test_bad_window_flags(tmp_path, capsys, window, message):
+    write_nwb(tmp_path / "s.nwb")
+    code, err = run(["import", "nwb", tmp_path / "s.nwb", tmp_path / "s.zarr", f"--window={window}"], capsys)
+    assert code == 2 and err.startswith(f"twin import: error: {message}") and err.count("\n") == 1
 
 
 def test_not_an_nwb_file(tmp_path, capsys):

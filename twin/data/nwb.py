@@ -171,13 +171,14 @@ def sample_times(series, n: int, path: Path, name: str) -> np.ndarray:
     if series.timestamps is not None:
         linked = series.timestamps  # another TimeSeries when the file links its timestamps
         data = linked.timestamps if hasattr(linked, "timestamps") else linked
-        times = read_array(data, path, f"{name}.timestamps").astype(np.float64)
-        if times.shape != (n,):
+        times = read_array(data, path, f"{name}.timestamps")
+        if times.shape != (n,) or times.dtype.kind not in "iuf":
             fail(
                 path,
-                f"{name}.timestamps has shape {times.shape} but the series has {n} samples; give one"
-                " timestamp per sample",
+                f"{name}.timestamps holds {times.dtype} values of shape {times.shape} but the series has"
+                f" {n} samples; give one timestamp in seconds per sample",
             )
+        times = times.astype(np.float64)
     else:
         rate, start = series.rate, series.starting_time or 0.0
         if rate is None or not np.isfinite(rate) or rate <= 0:
@@ -198,27 +199,36 @@ def sample_times(series, n: int, path: Path, name: str) -> np.ndarray:
 
 def to_micrometres(values, unit: str) -> np.ndarray | None:
     """``values`` in ``unit`` (an NWB length unit) as micrometres; None for an unknown unit."""
-    scale = MICROMETRES.get(str(unit).lower())
-    return None if scale is None else np.asarray(values, dtype=np.float64) * scale
+    scale, values = MICROMETRES.get(str(unit).lower()), np.asarray(values)
+    return None if scale is None or values.dtype.kind not in "iuf" else values.astype(np.float64) * scale
 
 
 def mask_centres(table, rows: np.ndarray, path: Path) -> np.ndarray | None:
     """(roi, 2) weighted x, y pixel centres of the ``rows`` of the PlaneSegmentation ``table``
     from its image_mask (roi, x, y) or pixel_mask (x, y, weight) column; None without masks."""
+    if "pixel_mask" in table.colnames and "image_mask" not in table.colnames:
+        ends = read_array(table["pixel_mask"].data, path, f"{table.name}.pixel_mask_index")
+        if ends.ndim != 1 or ends.dtype.kind not in "iu" or len(ends) <= rows.max():
+            return None
+        starts = np.concatenate([[0], ends[:-1]])
+    elif "image_mask" not in table.colnames:
+        return None
     centres = []
     for row in rows.tolist():
         what = f"{table.name} row {row}"
         if "image_mask" in table.colnames:
             weights = read_array(table["image_mask"].data, path, f"{what} image_mask", row)
+            if weights.ndim < 2:
+                return None
             x, y = np.indices(weights.shape[:2])
             weights = weights.reshape(*weights.shape[:2], -1).sum(axis=-1)  # a 3-D mask's planes
-        elif "pixel_mask" in table.colnames:
-            index = table["pixel_mask"]
-            ends = read_array(index.data, path, f"{table.name}.pixel_mask_index")
-            start = 0 if row == 0 else int(ends[row - 1])
-            pixels = read_array(index.target.data, path, f"{what} pixel_mask", slice(start, int(ends[row])))
-            x, y, weights = pixels["x"], pixels["y"], pixels["weight"]
         else:
+            key = slice(int(starts[row]), int(ends[row]))
+            pixels = read_array(table["pixel_mask"].target.data, path, f"{what} pixel_mask", key)
+            if not {"x", "y", "weight"} <= set(pixels.dtype.names or ()):
+                return None
+            x, y, weights = pixels["x"], pixels["y"], pixels["weight"]
+        if weights.dtype.kind not in "biuf":
             return None
         total = float(np.sum(weights))
         if not np.isfinite(total) or total <= 0:
@@ -236,7 +246,7 @@ def roi_positions(table, rows: np.ndarray, path: Path) -> tuple[np.ndarray | Non
         return None, f"not stored: {plane.name} has no grid_spacing"
     spacing = read_array(plane.grid_spacing, path, f"{plane.name}.grid_spacing")
     spacing = to_micrometres(spacing, plane.grid_spacing_unit)
-    if spacing is None or spacing.shape[0] < 2 or not np.isfinite(spacing).all():
+    if spacing is None or spacing.ndim != 1 or len(spacing) < 2 or not np.isfinite(spacing).all():
         return None, f"not stored: {plane.name}.grid_spacing is not a length per pixel in x and y"
     centres = mask_centres(table, rows, path)
     if centres is None:
@@ -434,7 +444,7 @@ def read_templates(nwb, name: str | None, table: str, path: Path) -> tuple[str, 
         if entry.external_file is not None:
             fail(path, f"{what} keeps its images in external files; store them inside the NWB file")
         pictures = read_array(entry.data, path, what)
-        labels = [f"{chosen}[{i}]" for i in range(len(pictures))]
+        labels = [f"{chosen}[{i}]" for i in range(pictures.shape[0] if pictures.ndim else 0)]
     grey_or_rgb = pictures.ndim == 3 or (pictures.ndim == 4 and pictures.shape[-1] == 3)
     if pictures.dtype.kind not in "uif" or not grey_or_rgb:
         fail(
