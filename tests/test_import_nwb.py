@@ -8,7 +8,7 @@ import pytest
 from pynwb import NWBHDF5IO, NWBFile, TimeSeries
 from pynwb.base import ImageReferences, Images
 from pynwb.behavior import BehavioralTimeSeries
-from pynwb.image import GrayscaleImage, ImageSeries, RGBImage
+from pynwb.image import GrayscaleImage, ImageSeries, IndexSeries, RGBImage
 from pynwb.ophys import DfOverF, Fluorescence, ImageSegmentation, OpticalChannel
 
 from twin.cli import main
@@ -112,13 +112,19 @@ def write_nwb(
         kind = RGBImage if rgb else GrayscaleImage
         items = [kind(name=f"im{i:03d}", data=p) for i, p in enumerate(pictures)]
         order = ImageReferences(name="order_of_images", data=items)
-        nwb.add_stimulus_template(
-            Images(name="natural_scenes", images=items, description="templates", order_of_images=order)
-        )
+        shown = Images(name="natural_scenes", images=items, description="templates", order_of_images=order)
     else:
-        nwb.add_stimulus_template(ImageSeries(name="natural_scenes", data=pictures, unit="n.a.", rate=1.0))
+        shown = ImageSeries(name="natural_scenes", data=pictures, unit="n.a.", rate=1.0)
+    nwb.add_stimulus_template(shown)
     onsets = 1.0 + np.arange(len(index))
-    if table == "trials":
+    if table == "IndexSeries":  # image i from its timestamp on; uint32 data cannot hold blanks (-1)
+        nwb.add_stimulus(
+            IndexSeries(
+                name="scenes", data=index[index >= 0].astype(np.uint32), unit="N/A", indexed_images=shown,
+                timestamps=onsets[index >= 0],
+            )
+        )
+    elif table == "trials":
         nwb.add_trial_column(name=column, description="template index")
         for onset, i in zip(onsets, index):
             nwb.add_trial(start_time=onset, stop_time=onset + 0.5, **{column: int(i)})
@@ -292,3 +298,18 @@ def test_behavior_series_are_window_means_of_finite_samples(tmp_path, capsys):
     np.testing.assert_allclose(ds["behavior"].values[:, 1], 2.0)
     code, err = run(["import", "nwb", path, tmp_path / "t.zarr", "--behavior", "pupil"], capsys)
     assert code == 2 and "--behavior 'pupil' names none of them; the TimeSeries are acquisition/pupil_area," in err
+
+
+def test_index_series_presentations_use_the_images_they_index(tmp_path, capsys):
+    """An IndexSeries in nwb.stimulus instead of a table: image i shows from its timestamp to the
+    next, and its indexed_images are the templates (the other entry is not asked about)."""
+    path, out = tmp_path / "s.nwb", tmp_path / "s.zarr"
+    index, values, pictures = write_nwb(path, images_container=True, table="IndexSeries", movie=True)
+    argv = ["import", "nwb", path, out, "--stimulus-table", "scenes", "--window", "0,0.5"]
+    assert run(argv, capsys) == (0, "")
+    ds = open_session(out)
+    shown = index >= 0
+    np.testing.assert_allclose(ds["responses"].values, values[shown], rtol=1e-6)
+    np.testing.assert_array_equal(ds["images"].values, pictures[index[shown]])
+    assert ds["image_name"].values.tolist() == [f"im{i:03d}" for i in index[shown]]
+    assert "stimulus/scenes.data" in ds.attrs["source"]

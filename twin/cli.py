@@ -558,8 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
         " module (processing['ophys'] Fluorescence, DfOverF or another interface) with timestamps or"
         " starting_time + rate; PRESENTATIONS, one TimeIntervals table (nwb.intervals[NAME] or"
         " nwb.trials) with start_time, stop_time and an integer image index column (frame,"
-        " image_index, stimulus_index or image_id; -1 = blank screen, left out); TEMPLATES, one"
-        " nwb.stimulus_template entry, an ImageSeries (image, y, x) or (image, y, x, 3) or an Images"
+        " image_index, stimulus_index or image_id; -1 = blank screen, left out), or an IndexSeries in"
+        " nwb.stimulus; TEMPLATES, one nwb.stimulus_template entry (or the IndexSeries' indexed"
+        " images), an ImageSeries (image, y, x) or (image, y, x, 3) or an Images"
         " container of GrayscaleImage/RGBImage in its order_of_images. Unit ids are the ROI ids of"
         " the PlaneSegmentation. A trial is a presentation; its response is each ROI's mean over the"
         " --window; optional --behavior series are averaged over the same windows. Cell positions"
@@ -575,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--stimulus-table", metavar="NAME",
         help="the presentation table when several have an image index column (e.g."
-        " natural_scenes_presentations, trials)",
+        " natural_scenes_presentations, trials), or an IndexSeries of nwb.stimulus",
     )
     f.add_argument("--image-column", metavar="NAME", help="the table's image index column (default: the one found)")
     f.add_argument(

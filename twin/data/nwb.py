@@ -8,10 +8,11 @@ What ``from_nwb`` reads, with pynwb:
 - presentations: one ``TimeIntervals`` table (``nwb.intervals[...]`` or ``nwb.trials``) with
   ``start_time``, ``stop_time`` and an integer image index column (``frame``, ``image_index``,
   ``stimulus_index`` or ``image_id``); index -1 (the Allen Brain Observatory's blank screen) marks a
-  presentation without an image, which is left out;
-- templates: one ``nwb.stimulus_template`` entry, an ``ImageSeries`` (image, y, x) or
-  (image, y, x, 3) or an ``Images`` container of ``GrayscaleImage`` (y, x) / ``RGBImage``
-  (y, x, 3) taken in its ``order_of_images``;
+  presentation without an image, which is left out. Or one ``IndexSeries`` in ``nwb.stimulus``:
+  image data[i] is shown from timestamp i to timestamp i + 1;
+- templates: one ``nwb.stimulus_template`` entry (or the one the IndexSeries indexes), an
+  ``ImageSeries`` (image, y, x) or (image, y, x, 3) or an ``Images`` container of
+  ``GrayscaleImage`` (y, x) / ``RGBImage`` (y, x, 3) taken in its ``order_of_images``;
 - unit ids: the ids of the series' ROIs in their ``PlaneSegmentation``; cell positions, when the
   imaging plane has a ``grid_spacing``: the centres of the ROIs' ``image_mask`` (roi, x, y) or
   ``pixel_mask`` (x, y, weight) in micrometres, z the plane's ``origin_coords`` z (else 0).
@@ -66,14 +67,16 @@ class Responses(NamedTuple):
 
 
 class Presentations(NamedTuple):
-    """The chosen stimulus table: its name, its image index column, and per row (presentation,)
-    start_time and stop_time in seconds and the image index (int64)."""
+    """The chosen stimulus table or IndexSeries: its name, its image index column ('data' for an
+    IndexSeries), per row (presentation,) start and stop in seconds and the image index (int64),
+    and the Images or ImageSeries an IndexSeries indexes (else None)."""
 
     name: str
     column: str
     start: np.ndarray
     stop: np.ndarray
     index: np.ndarray
+    indexed: object = None
 
 
 def library_errors() -> tuple[type[Exception], ...]:
@@ -348,24 +351,49 @@ def read_behavior(nwb, names: list[str], path: Path) -> list[Behavior]:
 # ---------------------------------------------------------------------------- stimulus
 
 
+def image_indices(values: np.ndarray, path: Path, what: str, fix: str) -> np.ndarray:
+    """``values`` (presentation,) as int64 image indices; SessionError for anything else."""
+    whole = values.dtype.kind in "iu" or (values.dtype.kind == "f" and np.isfinite(values).all())
+    if values.ndim != 1 or not whole or (values % 1 != 0).any():
+        fail(path, f"{what} holds values that are not image indices; give one integer per presentation{fix}")
+    if len(values) == 0:
+        fail(path, f"{what} has no presentations; pass the table of an image stimulus")
+    return values.astype(np.int64)
+
+
+def sequence_presentations(series, name: str, path: Path) -> Presentations:
+    """The presentations of the IndexSeries ``series``: image i is shown from its timestamp to the
+    next one (the last for the median interval)."""
+    index = image_indices(read_array(series.data, path, name), path, name, "")
+    start = sample_times(series, len(index), path, name)
+    last = start[-1] + (float(np.median(np.diff(start))) if len(start) > 1 else 0.0)
+    indexed = series.indexed_images if series.indexed_images is not None else series.indexed_timeseries
+    return Presentations(name, "data", start, np.append(start[1:], last), index, indexed)
+
+
 def read_presentations(nwb, name: str | None, column: str | None, path: Path) -> Presentations:
     """The stimulus table ``name`` picks, or the only one with an image index column (``column``,
-    else one of IMAGE_COLUMNS)."""
+    else one of IMAGE_COLUMNS) or IndexSeries in nwb.stimulus."""
+    from pynwb.image import IndexSeries
+
     tables = dict(nwb.intervals.items())
     if nwb.trials is not None:
         tables["trials"] = nwb.trials
+    sequences = {f"stimulus/{n}": s for n, s in nwb.stimulus.items() if isinstance(s, IndexSeries)}
     if name is None:
         wanted = [column] if column else IMAGE_COLUMNS
-        with_images = sorted(n for n, t in tables.items() if set(wanted) & set(t.colnames))
-        if not with_images:
+        with_images = {n: t for n, t in tables.items() if set(wanted) & set(t.colnames)}
+        if not with_images and not sequences:
             fail(
                 path,
                 f"nwb.intervals and nwb.trials hold no table with a column {' or '.join(wanted)}"
-                f" (tables: {', '.join(sorted(tables)) or 'none'}); store the presentations there as a"
-                " TimeIntervals table, or pass --image-column",
+                f" (tables: {', '.join(sorted(tables)) or 'none'}) and nwb.stimulus no IndexSeries;"
+                " store the presentations as a TimeIntervals table, or pass --image-column",
             )
-        tables = {n: tables[n] for n in with_images}
-    chosen = choose(sorted(tables), name, "stimulus tables", "--stimulus-table", path)
+        tables = with_images
+    chosen = choose(sorted(tables | sequences), name, "stimulus tables", "--stimulus-table", path)
+    if chosen in sequences:
+        return sequence_presentations(sequences[chosen], chosen, path)
     table = tables[chosen]
     what = f"stimulus table {chosen!r}"
     if column is None:
@@ -385,14 +413,7 @@ def read_presentations(nwb, name: str | None, column: str | None, path: Path) ->
         if hasattr(table[col], "target"):  # a ragged column: several values per presentation
             fail(path, f"{what} column {col!r} holds lists; give one value per presentation")
         values[col] = read_array(table[col].data, path, f"{what} column {col!r}")
-    index = values[column]
-    whole = index.dtype.kind in "iu" or (index.dtype.kind == "f" and np.isfinite(index).all())
-    if index.ndim != 1 or not whole or (index % 1 != 0).any():
-        fail(
-            path,
-            f"{what} column {column!r} holds values that are not image indices; give one integer per"
-            " presentation, or pass --image-column",
-        )
+    index = image_indices(values[column], path, f"{what} column {column!r}", ", or pass --image-column")
     for col in ("start_time", "stop_time"):
         if values[col].dtype.kind not in "iuf" or not np.isfinite(values[col]).all():
             fail(
@@ -400,24 +421,25 @@ def read_presentations(nwb, name: str | None, column: str | None, path: Path) ->
                 f"{what} column {col!r} holds NaN, inf or non-numbers; give each presentation its time"
                 " in seconds",
             )
-    if len(index) == 0:
-        fail(path, f"{what} has no presentations; pass the table of an image stimulus")
     start, stop = (values[col].astype(np.float64) for col in ("start_time", "stop_time"))
-    return Presentations(chosen, column, start, stop, index.astype(np.int64))
+    return Presentations(chosen, column, start, stop, index)
 
 
-def read_templates(nwb, name: str | None, table: str, path: Path) -> tuple[str, np.ndarray, list[str]]:
-    """The stimulus template entry ``name`` picks, or the only one, or the one named in ``table``:
-    its name, its images (image, y, x) or (image, 3, y, x) and one label each."""
+def read_templates(nwb, name: str | None, shown: Presentations, path: Path) -> tuple[str, np.ndarray, list]:
+    """The stimulus template entry ``name`` picks, or the one the IndexSeries ``shown`` indexes,
+    or the only one, or the one named in the table's name: its name, its images (image, y, x) or
+    (image, 3, y, x) and one label each."""
     from pynwb.base import Images
     from pynwb.image import ImageSeries
 
     entries = {n: t for n, t in nwb.stimulus_template.items() if isinstance(t, (Images, ImageSeries))}
+    if name is None and isinstance(shown.indexed, (Images, ImageSeries)):
+        entries = {shown.indexed.name: shown.indexed}
     if not entries:
         fail(path, "nwb.stimulus_template holds no Images or ImageSeries; store the images shown there")
     if name is None and len(entries) > 1:
         # Allen files name them after the stimulus: natural_scenes for natural_scenes_presentations
-        matching = [n for n in entries if n in table]
+        matching = [n for n in entries if n in shown.name]
         name = matching[0] if len(matching) == 1 else None
     chosen = choose(sorted(entries), name, "stimulus templates", "--templates", path)
     entry = entries[chosen]
@@ -613,7 +635,7 @@ def from_nwb(
     with open_nwb(path) as nwb:
         recorded = read_responses(nwb, responses, path)
         shown = read_presentations(nwb, table, image_column, path)
-        template, pictures, labels = read_templates(nwb, templates, shown.name, path)
+        template, pictures, labels = read_templates(nwb, templates, shown, path)
         moving = read_behavior(nwb, behavior or [], path)
     rows = shown_rows(shown, len(pictures), template, window, path)
     start, end = shown.start[rows], shown.stop[rows]
