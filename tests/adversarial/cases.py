@@ -418,7 +418,11 @@ bad_array("responses-1d", "responses", responses=lambda a: a[:, 0])
 bad_array("responses-3d", "responses", responses=lambda a: a[:, :, None])
 bad_array("responses-complex", "responses", responses=lambda a: a.astype(np.complex64))
 bad_array("responses-strings", "responses", responses=lambda a: a.astype(str))
-bad_array("responses-nan", "responses", responses=lambda a: np.where(a > 2.5, np.nan, a))
+case("import-responses-nan", ARRAYS, IMPORT, npz(responses=lambda a: np.where(a > 2.5, np.nan, a)), expect=0, allow_new=["out.zarr"],
+     check=store_check("out.zarr", lambda ds: bool(np.isnan(ds["responses"].values).any()), "missing responses (NaN) were not kept"),
+     note="success: NaN marks a missing response; fitting and scoring skip it")
+bad_array("responses-nan-neuron", "responses", responses=lambda a: np.where(np.arange(a.shape[1]) == 1, np.nan, a),
+          note="a neuron without any finite train response has nothing to fit")
 bad_array("responses-inf", "responses", responses=lambda a: np.where(a > 2.5, np.inf, a))
 bad_array("responses-huge", "responses", responses=lambda a: a.astype(np.float64) * 1e300)
 bad_array("lengths-mismatch", "responses", responses=lambda a: np.concatenate([a, a[:3]]))
@@ -1046,7 +1050,8 @@ case("images-responses-csv-empty", IMAGES, IMPORT_IMAGES.replace("resp.npy", "re
 case("images-responses-csv-header", IMAGES, IMPORT_IMAGES.replace("resp.npy", "resp.csv"), image_folder(), responses_csv(header="a,b,c,d,e\n"),
      mentions=["resp.csv"], note="a header row of column names")
 case("images-responses-csv-nan-text", IMAGES, IMPORT_IMAGES.replace("resp.npy", "resp.csv"), image_folder(),
-     responses_csv(change=lambda rows: ["NaN" + r[r.index(","):] if i == 2 else r for i, r in enumerate(rows)]), mentions=["resp.csv", "responses"])
+     responses_csv(change=lambda rows: ["NaN" + r[r.index(","):] if i == 2 else r for i, r in enumerate(rows)]), expect=0,
+     allow_new=["o.zarr"], note="success: a NaN cell marks a missing response")
 case("images-responses-inf", IMAGES, IMPORT_IMAGES, image_folder(), responses_npy(change=lambda a: np.where(a > 2, np.inf, a)), mentions=["resp.npy", "responses"])
 case("images-responses-npy-empty-file", IMAGES, IMPORT_IMAGES, image_folder(), write("resp.npy"), mentions=["resp.npy"])
 # import images: image files

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-SIMULATE = ["--neurons", "8", "--train-images", "60", "--test-images", "5", "--repeats", "3", "--size", "36x64"]
+# 20 repeated test images: the fewest that selection and the repeat metrics take.
+SIMULATE = ["--neurons", "8", "--train-images", "60", "--test-images", "20", "--repeats", "2", "--size", "36x64"]
 OTHER = ["--neurons", "5", "--train-images", "40", "--test-images", "4", "--repeats", "2", "--size", "36x64"]
 # The smallest twin that fits in seconds: one 5x5 layer of 4 channels, two epochs.
 TINY_FIT = {
@@ -30,8 +31,8 @@ TINY_LOOP = {
     "loop": {
         "simulated_neurons": 12,
         "train_images": 60,
-        "test_images": 4,
-        "repeats": 3,
+        "test_images": 20,
+        "repeats": 2,
         "size": [36, 64],
         "rig_repeats": 3,
         "min_distance": 1.0,
