@@ -45,8 +45,11 @@ def bad_recordings(draw):
     if kind == "non_finite":
         name = draw(st.sampled_from(["responses", "images", "behavior", "pupil_center"]))
         value = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+        if name == "responses" and np.isnan(value):  # one NaN is a missing value; a neuron never recorded is refused
+            arrays[name][:, 0] = value
+            return arrays, "'responses' has no finite train response for unit_id 0"
         arrays[name][(trial,) + (0,) * (arrays[name].ndim - 1)] = value
-        return arrays, f"'{name}' contains NaN or inf"
+        return arrays, f"'{name}' contains " + ("inf" if name == "responses" else "NaN or inf")
     if kind == "length":
         key, name = draw(st.sampled_from([
             ("images", "images"), ("tiers", "tiers"), ("image_ids", "image_ids"),
