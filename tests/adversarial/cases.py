@@ -436,7 +436,15 @@ bad_array("empty", "responses", images=lambda a: a[:0], responses=lambda a: a[:0
 bad_array("zero-neurons", "responses", responses=lambda a: a[:, :0])
 bad_array("neuron-ids-duplicate", "neuron_ids", neuron_ids=np.array([1, 1, 2, 3, 4, 5]))
 bad_array("neuron-ids-length", "neuron_ids", neuron_ids=np.arange(4))
-bad_array("neuron-ids-strings", "neuron_ids", neuron_ids=np.array(list("abcdef")))
+STRING_IDS = ["neu75", "<script>", "a$b", "é/🙂", "x y", "neu3"]
+case("import-neuron-ids-strings", ARRAYS, IMPORT, npz(neuron_ids=np.array(STRING_IDS)), expect=0, allow_new=["out.zarr"],
+     check=store_check("out.zarr", lambda ds: ds["unit_id"].values.tolist() == STRING_IDS, "string unit ids were not kept as given"),
+     note="success: unit ids may be strings (markup, $, non-ASCII, a slash), kept as labels")
+bad_array("neuron-ids-strings-duplicate", "neuron_ids", neuron_ids=np.array(["a", "b", "c", "a", "d", "e"]))
+bad_array("neuron-ids-empty-string", "neuron_ids", neuron_ids=np.array(["a", "b", "", "c", "d", "e"]))
+bad_array("neuron-ids-comma", "neuron_ids", neuron_ids=np.array(["a", "b", "c,d", "e", "f", "g"]),
+          note="--neurons lists are comma-separated, so an id with a comma could never be named")
+bad_array("unit-ids-and-neuron-ids", "unit_ids", unit_ids=np.arange(6), neuron_ids=np.arange(6))
 bad_array("image-ids-float", "image_id", image_ids=lambda a: a + 0.5)
 bad_array("cell-xyz-shape", "cell_xyz", cell_xyz=np.zeros((6, 2)))
 bad_array("behavior-length", "behavior", behavior=np.zeros((n - 1, 3), np.float32))
@@ -846,6 +854,8 @@ bad_stimuli("closeloop-unknown-stimulus-id", CLOSELOOP, ["responses.npz", "stimu
 bad_stimuli("closeloop-stimulus-missing", CLOSELOOP, ["responses.npz", "stimulus_id"], edit_npz("responses.npz", stimulus_id=lambda a: np.where(a == 0, 1, a)))
 bad_stimuli("closeloop-stimulus-id-float", CLOSELOOP, ["responses.npz", "stimulus_id"], edit_npz("responses.npz", stimulus_id=lambda a: a + 0.5))
 bad_stimuli("closeloop-unit-id-duplicate", CLOSELOOP, ["responses.npz", "unit_id"], edit_npz("responses.npz", unit_id=lambda a: a * 0))
+bad_stimuli("closeloop-unit-id-strings", CLOSELOOP, ["responses.npz", "unit_id"], edit_npz("responses.npz", unit_id=lambda a: a.astype(str)),
+            note="the run's ids are integers: '3' is not 3")
 bad_stimuli("closeloop-responses-1d", CLOSELOOP, ["responses.npz", "responses"], edit_npz("responses.npz", responses=lambda a: a[:, 0]))
 bad_stimuli("closeloop-responses-pickled", CLOSELOOP, ["responses.npz"],
             npz("responses.npz", base=lambda: {"responses": np.array([None], dtype=object), "stimulus_id": np.zeros(1, int), "unit_id": np.zeros(1, int)}, pickle=True))
