@@ -420,7 +420,8 @@ def read_tiers(path, image_id: np.ndarray) -> np.ndarray:
 def read_unit_ids(path, n_neurons: int) -> np.ndarray:
     """The --unit-ids file ``path``: one id per neuron, integers or strings, as a .npy array or as
     .csv / .txt text (one id per line, or comma-separated; CSV quotes keep a comma inside an id).
-    Text ids that all read as integers are integers. Checked here so that messages name the file."""
+    String ids that all read as integers (as every id of a text file is read) are integers.
+    Checked here so that messages name the file."""
     from twin.data.images import as_numbers, read_table
 
     path = Path(path)

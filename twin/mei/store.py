@@ -4,8 +4,8 @@ Variables (images in normalized units; pixels = images * image_std + image_mean,
 dimension name): images (neuron, seed, y, x), or (neuron, seed, channel, y, x) for a model of
 several image channels; image_mean, image_std: (), (y, x), (channel,) or (channel, y, x), the
 session's normalization; activations (neuron, seed), best_seed (neuron,), steps
-(neuron, seed), unit_id, neuron_index (neuron,), best_natural_activation, best_natural_trial,
-ratio (neuron,), true_ratio, optimum_correlation, true_activation, true_best_natural,
+(neuron, seed), unit_id (neuron,) int64 or str, neuron_index (neuron,), best_natural_activation,
+best_natural_trial, ratio (neuron,), true_ratio, optimum_correlation, true_activation, true_best_natural,
 true_best_natural_trial (neuron,; NaN / -1 for recorded sessions), contrast_rms,
 contrast_activation (neuron, contrast), shift_offset (shift, yx), shift_activation (neuron, shift),
 optional validator_activations (neuron, seed), deis (neuron, dei, [channel,] y, x),
