@@ -456,6 +456,8 @@ def read_templates(nwb, name: str | None, shown: Presentations, path: Path) -> t
             lambda: list(entry.images.values() if order is None else order.data),
             path, f"{what}.order_of_images cannot be read",
         )
+        if not images:
+            fail(path, f"{what} holds no images; store the images shown there")
         labels = [image.name for image in images]
         arrays = [read_array(image.data, path, f"{what}[{image.name!r}]") for image in images]
         shapes = sorted({a.shape for a in arrays})
