@@ -78,6 +78,32 @@ def test_respond_takes_rgb_images_only(colour_session):
         respond(colour_session, images[:, 0])
 
 
+def test_ascent_on_the_true_colour_neurons_finds_their_colour_gabors(colour_session):
+    """The MEI engine on (channel, y, x) images, run on the animal's own red-green and
+    blue-yellow simple cells, recovers their colour-opponent Gabors and beats every natural image."""
+    from twin.config import MEIConfig
+    from twin.mei.optimize import optimize_meis
+    from twin.mei.validate import GroundTruth, optimum_correlation, true_best_natural, true_responses
+
+    params = ground_truth(colour_session)
+    colour, kind = params["colour"].astype(str), params["kind"].astype(str)
+    neurons = [np.flatnonzero((colour == c) & (kind == "simple"))[0] for c in ("red_green", "blue_yellow")]
+    mean, std = 128.0, 40.0
+    config = MEIConfig(
+        steps=300, seeds=8, optimizer="sgd", learning_rate=2.0, final_learning_rate=2.0,
+        schedule="constant", step_gain=1.0, precondition=0.0, blur_target="none",
+        norm=float(params["optimal_norm"][neurons].mean()) / std, chunk_size=16,
+    )
+    result = optimize_meis(
+        GroundTruth(params, mean, std), 0, neurons, config, image_shape=(3, *SIZE),
+        pixel_range=(-mean / std, 127 / std), image_stats=(mean, std), progress=False,
+    )
+    pixels = result.best_images() * std + mean
+    assert np.all(optimum_correlation(pixels, params["optimal_stimulus"][neurons]) > 0.9)
+    natural, _ = true_best_natural(params, colour_session["images"].values.astype(np.float32), neurons)
+    assert np.all(true_responses(params, pixels, neurons) > 1.5 * natural)
+
+
 def smooth_rgb(seed, contrast=(40.0, 25.0, 10.0)):
     rng = np.random.default_rng(seed)
     image = np.stack([rng.normal(size=SIZE) for _ in contrast])
