@@ -216,6 +216,8 @@ def test_sensorium_unit_ids_may_be_strings_or_integers(tmp_path):
         ("ids.txt", "neu1\nneu2\n", ["neu1", "neu2"]),
         ("ids.csv", '\ufeffneu1,"x y"\n', ["neu1", "x y"]),  # a spreadsheet's BOM, a quoted cell
         ("ids.csv", "7\n9\n", [7, 9]),  # all integers: integer ids
+        ("ids.txt", "9007199254740993\n1\n", [9007199254740993, 1]),  # exactly, beyond float64's 2**53
+        ("ids.csv", "7.000000000000000000e+00\n9.000000000000000000e+00\n", [7, 9]),  # np.savetxt's default
         ("ids.txt", "#1\n#2\n", ["#1", "#2"]),  # no comment syntax
         ("ids.npy", np.array(["a", "b"]), ["a", "b"]),
     ],

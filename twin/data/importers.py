@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -417,12 +418,27 @@ def read_tiers(path, image_id: np.ndarray) -> np.ndarray:
     return tier
 
 
+def integer_ids(values: np.ndarray) -> np.ndarray | None:
+    """String ids (k,) as int64 when every one is a whole number: digits, read exactly, or a float
+    that is whole (np.savetxt writes 7 as 7.000000000000000000e+00) below 2**53; else None."""
+    texts = [text.strip() for text in values.tolist()]
+    if texts and all(re.fullmatch(r"[+-]?[0-9]+", text) for text in texts):
+        numbers = [int(text) for text in texts]
+        return np.array(numbers, np.int64) if all(-(2**63) <= n < 2**63 for n in numbers) else None
+    try:
+        floats = values.astype(np.float64)
+    except ValueError:
+        return None
+    whole = np.isfinite(floats) & (floats == np.round(floats)) & (np.abs(floats) < 2**53)
+    return floats.astype(np.int64) if len(floats) and whole.all() else None
+
+
 def read_unit_ids(path, n_neurons: int) -> np.ndarray:
     """The --unit-ids file ``path``: one id per neuron, integers or strings, as a .npy array or as
-    .csv / .txt text (one id per line, or comma-separated; CSV quotes keep a comma inside an id).
-    String ids that all read as integers (as every id of a text file is read) are integers.
-    Checked here so that messages name the file."""
-    from twin.data.images import as_numbers, read_table
+    .csv / .txt text (one id per line, or comma-separated). String ids that are all integers
+    (``integer_ids``; every id of a text file is a string) are integers. Checked here so that
+    messages name the file."""
+    from twin.data.images import read_table
 
     path = Path(path)
     if path.suffix.lower() in (".csv", ".txt") and path.is_file():
@@ -433,7 +449,7 @@ def read_unit_ids(path, n_neurons: int) -> np.ndarray:
         values = np.array([cell for row in csv.reader(lines, skipinitialspace=True) for cell in row], dtype=str)
     else:
         values = read_table(path, "--unit-ids")  # a .npy, or the one line about the path
-    numbers = as_numbers(values, "int64") if values.dtype.kind in "US" and values.size else None
+    numbers = integer_ids(values) if values.dtype.kind in "US" else None
     return check_unit_ids(values if numbers is None else numbers, n_neurons, f"--unit-ids {path}")
 
 
