@@ -108,12 +108,12 @@ def gabor_features(images: np.ndarray) -> np.ndarray:
     return np.concatenate(features, axis=1)
 
 
-def ridge_predict(features: np.ndarray, responses: np.ndarray, tier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ridge_predict(features: np.ndarray, responses: np.ndarray, data) -> tuple[np.ndarray, np.ndarray]:
     """Ridge on the train trials, penalty per neuron by validation correlation.
 
-    features: (trial, p); responses: (trial, neuron); tier: (trial,). Returns the test-tier
-    predictions (k, neuron) and the chosen penalties (neuron,)."""
-    train, validation, test = (tier == name for name in ("train", "validation", "test"))
+    features: (trial, p); responses: (trial, neuron); data: the SessionData whose ``trials``
+    give each tier. Returns the test-tier predictions (k, neuron) and the penalties (neuron,)."""
+    train, validation, test = (data.trials(name) for name in ("train", "validation", "test"))
     mean, std = features[train].mean(axis=0), features[train].std(axis=0)
     x = (features - mean) / np.where(std > 0, std, 1)
     y_mean = responses[train].mean(axis=0)
@@ -136,7 +136,7 @@ def fit_baseline(name: str, data, extract) -> dict:
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
     features = extract(data.images)
-    predictions, penalties = ridge_predict(features, data.responses, data.tier)
+    predictions, penalties = ridge_predict(features, data.responses, data)
     result = score_predictions(data, "test", predictions.astype(np.float32))
     return {
         "model": name,
