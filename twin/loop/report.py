@@ -48,7 +48,7 @@ def read_metrics(run: Path) -> list[dict]:
 
 
 FIT_PANELS = {  # panel title: substrings of the metrics.jsonl keys drawn in it
-    "training loss": ("loss", "poisson"),
+    "training loss": ("loss", "poisson", "gaussian"),
     "validation correlation": ("corr",),
     "learning rate": ("learning_rate", "lr"),
 }
