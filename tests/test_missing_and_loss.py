@@ -156,6 +156,17 @@ def test_metrics_use_each_neurons_finite_trials():
     assert scores["single_trial_correlation"][3] == pytest.approx(metrics.correlation(responses, predictions)[3], abs=1e-12)
 
 
+def test_a_neuron_that_missed_every_repeat_has_no_repeat_scores():
+    rng = np.random.default_rng(3)
+    image_id = np.repeat(np.arange(25), 2)
+    responses, predictions = rng.normal(size=(2, 50, 2))
+    responses[1::2, 0] = np.nan  # neuron 0 saw each image once
+    with np.errstate(all="raise"):
+        scores = metrics.score(responses, predictions, image_id)
+    assert np.isnan(scores["oracle_correlation"][0]) and np.isnan(scores["feve"][0])
+    assert np.isfinite(scores["oracle_correlation"][1]) and np.isfinite(scores["correlation_to_average"]).all()
+
+
 def test_inf_and_neurons_without_train_responses_are_refused(tmp_path):
     from twin.data.importers import from_arrays
 

@@ -3,12 +3,12 @@
 Every function takes trial-major arrays: ``responses`` and ``predictions`` are (trial, neuron),
 ``image_id`` is (trial,) and marks repeats of the same image. Per-neuron results are (neuron,).
 Responses may hold NaN where a neuron was not recorded on a trial (a dropped frame): each
-neuron is then scored on its finite trials only (``per_finite``); predictions are finite.
+neuron is then scored on its finite trials only, computed for all neurons at once with masked
+sums (``masked_correlation``, ``image_sums``); predictions are finite. Without NaN the plain
+computations run unchanged.
 """
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
@@ -22,32 +22,6 @@ EPS = 1e-8
 # noise, e.g. an oracle r of 0.0005 and FEVE above 1 from 3 repeated images; Sensorium has 100.
 MIN_REPEATED_IMAGES = 20
 REPEAT_METRICS = ("correlation_to_average", "feve", "oracle_correlation", "fraction_of_oracle")
-
-
-def per_finite(score, responses: np.ndarray, *args) -> np.ndarray:
-    """``score(responses, *args)`` -> (neuron,), each neuron scored on its finite responses only.
-
-    args: numpy arrays (trial, neuron) or (trial,), cut to the same trials (and neurons) as
-    ``responses``. Neurons with the same finite trials are
-    scored in one call, so responses without NaN take exactly one. Neurons without finite
-    responses are NaN.
-    """
-    responses = np.asarray(responses)
-    finite = np.isfinite(responses)
-    if finite.all():
-        return score(responses, *args)
-    scores = np.full(responses.shape[1], np.nan)
-    patterns, group = np.unique(finite.T, axis=0, return_inverse=True)
-    for index, rows in enumerate(patterns):
-        if not rows.any():
-            continue
-        columns = np.flatnonzero(group.reshape(-1) == index)
-
-        def cut(value):
-            return value[rows][:, columns] if value.ndim == 2 else value[rows]
-
-        scores[columns] = score(responses[rows][:, columns], *(cut(a) for a in args))
-    return scores
 
 
 def correlation(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -69,7 +43,68 @@ def correlation(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
 
 def single_trial_correlation(responses: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     """r over all trials per neuron: (trial, neuron) x2 -> (neuron,)."""
-    return per_finite(correlation, responses, np.asarray(predictions))
+    finite = np.isfinite(responses)
+    if finite.all():
+        return correlation(responses, predictions, axis=0)
+    return masked_correlation(responses, predictions, finite)
+
+
+def masked_correlation(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``correlation`` along axis 0 over the entries where ``mask`` is True, per column: (k, n)
+    x3 -> (n,); NaN for a column without entries. Values outside the mask are ignored."""
+    count = mask.sum(axis=0)
+    x, y = (np.where(mask, np.asarray(v, np.float64), 0.0) for v in (x, y))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(mask, x - x.sum(axis=0) / count, 0.0)
+        y = np.where(mask, y - y.sum(axis=0) / count, 0.0)
+        constant = (np.abs(x).max(axis=0, initial=0) == 0) | (np.abs(y).max(axis=0, initial=0) == 0)
+        x = x / (np.sqrt((x**2).sum(axis=0) / count) + EPS)
+        y = y / (np.sqrt((y**2).sum(axis=0) / count) + EPS)
+        r = np.where(constant, 0.0, (x * y).sum(axis=0) / count)
+    return np.where(count > 0, r, np.nan)
+
+
+def image_sums(values: np.ndarray, mask: np.ndarray, image_id: np.ndarray):
+    """Per image (in order of image id) and neuron, over the finite repeats (``mask``) of
+    ``values`` (trial, neuron): (count, mean), each (image, neuron), and ``image`` (trial,): each
+    trial's row in them."""
+    image_id = np.asarray(image_id)
+    order = np.argsort(image_id, kind="stable")
+    _, starts, image = np.unique(image_id[order], return_index=True, return_inverse=True)
+    row = np.empty(len(image_id), np.int64)
+    row[order] = image.reshape(-1)
+    values = np.where(mask, np.asarray(values, np.float64), 0.0)
+    count = np.add.reduceat(mask[order].astype(np.float64), starts, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.add.reduceat(values[order], starts, axis=0) / count
+    return count, mean, row
+
+
+def masked_repeats(responses: np.ndarray, image_id: np.ndarray):
+    """For each neuron, its finite trials of images it has at least two finite repeats of:
+    (used (trial, neuron) bool, count and mean (image, neuron) as ``image_sums``, row (trial,)),
+    responses with NaN set to 0."""
+    finite = np.isfinite(responses)
+    count, mean, row = image_sums(responses, finite, image_id)
+    used = finite & (count[row] > 1)
+    return np.where(finite, responses, 0.0), used, count, mean, row
+
+
+def masked_variances(responses: np.ndarray, image_id: np.ndarray):
+    """``explainable_variance`` per neuron over its finite repeats: (total, noise, used); NaN
+    for neurons without an image repeated on their finite trials."""
+    responses, used, count, mean, row = masked_repeats(np.asarray(responses, np.float64), image_id)
+    repeated = count > 1
+    deviation = np.where(used, responses - mean[row], 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_image = np.zeros(count.shape)
+        np.add.at(per_image, row, deviation**2)
+        per_image = np.where(repeated, per_image / (count - 1), 0.0)
+        noise = per_image.sum(axis=0) / repeated.sum(axis=0)
+        n = used.sum(axis=0)
+        centred = np.where(used, responses - np.where(used, responses, 0.0).sum(axis=0) / n, 0.0)
+        total = (centred**2).sum(axis=0) / (n - 1)
+    return np.where(n > 1, total, np.nan), noise, used
 
 
 def repeat_groups(image_id: np.ndarray) -> list[np.ndarray]:
@@ -105,13 +140,14 @@ def correlation_to_average(
     responses: np.ndarray, predictions: np.ndarray, image_id: np.ndarray
 ) -> np.ndarray:
     """r across images between repeat-averaged responses and predictions: -> (neuron,)."""
-
-    def score(responses, predictions, image_id):
+    finite = np.isfinite(responses)
+    if finite.all():
         return correlation(
             average_over_repeats(responses, image_id), average_over_repeats(predictions, image_id), axis=0
         )
-
-    return per_finite(score, responses, np.asarray(predictions), np.asarray(image_id))
+    count, response_mean, _ = image_sums(responses, finite, image_id)
+    _, prediction_mean, _ = image_sums(predictions, finite, image_id)
+    return masked_correlation(response_mean, prediction_mean, count > 0)
 
 
 def repeated_groups(image_id: np.ndarray) -> list[np.ndarray]:
@@ -136,29 +172,15 @@ def explainable_variance(responses: np.ndarray, image_id: np.ndarray):
     return total, noise
 
 
-def with_repeats(score):
-    """``score(responses, ..., image_id)`` for one set of finite trials, NaN (neuron,) when none
-    of their images repeats (neurons that missed the repeats)."""
-
-    @functools.wraps(score)
-    def scored(responses, *args):
-        if repeated_images(args[-1]) == 0:
-            return np.full(responses.shape[1], np.nan)
-        return score(responses, *args)
-
-    return scored
-
-
 def fev(responses: np.ndarray, image_id: np.ndarray) -> np.ndarray:
     """Fraction of explainable variance (total - noise) / total: -> (neuron,)."""
-
-    @with_repeats
-    def score(responses, image_id):
+    if np.isfinite(responses).all():
         total, noise = explainable_variance(responses, image_id)
+    else:
+        repeated_groups(image_id)
+        total, noise, _ = masked_variances(responses, image_id)
+    with np.errstate(divide="ignore", invalid="ignore"):
         return (total - noise) / total
-
-    repeated_groups(image_id)
-    return per_finite(score, responses, np.asarray(image_id))
 
 
 def feve(
@@ -170,35 +192,36 @@ def feve(
     score). Only trials of repeated images enter, as in Sensorium.
     """
 
-    @with_repeats
-    def score(responses, predictions, image_id):
-        trials = np.concatenate(repeated_groups(image_id))
+    trials = np.concatenate(repeated_groups(image_id))
+    predictions = np.asarray(predictions, np.float64)
+    if np.isfinite(responses).all():
         total, noise = explainable_variance(responses, image_id)
-        residual = np.asarray(responses, np.float64)[trials] - np.asarray(predictions, np.float64)[trials]
+        residual = np.asarray(responses, np.float64)[trials] - predictions[trials]
         mse = (residual**2).mean(axis=0)
-        # Silent neurons (no variance) divide by zero; the FEV filter turns them into NaN.
+    else:
+        total, noise, used = masked_variances(responses, image_id)
+        residual = np.where(used, np.asarray(responses, np.float64) - predictions, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            scores = 1 - (mse - noise) / (total - noise)
-            return np.where((total - noise) / total >= min_fev, scores, np.nan)
-
-    repeated_groups(image_id)
-    return per_finite(score, responses, np.asarray(predictions), np.asarray(image_id))
+            mse = (residual**2).sum(axis=0) / used.sum(axis=0)
+    # Silent neurons (no variance) divide by zero; the FEV filter turns them into NaN.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores = 1 - (mse - noise) / (total - noise)
+        return np.where((total - noise) / total >= min_fev, scores, np.nan)
 
 
 def oracle_correlation(responses: np.ndarray, image_id: np.ndarray) -> np.ndarray:
     """Jackknife oracle: r over trials between each response and the mean of its image's other
     repeats, (trial, neuron) -> (neuron,); images shown once are left out."""
-
-    @with_repeats
-    def score(responses, image_id):
-        responses = np.asarray(responses, dtype=np.float64)
-        groups = repeated_groups(image_id)
+    responses = np.asarray(responses, dtype=np.float64)
+    groups = repeated_groups(image_id)
+    if np.isfinite(responses).all():
         held_out = np.concatenate([responses[g] for g in groups])
         others = np.concatenate([(responses[g].sum(axis=0) - responses[g]) / (len(g) - 1) for g in groups])
         return correlation(held_out, others, axis=0)
-
-    repeated_groups(image_id)
-    return per_finite(score, responses, np.asarray(image_id))
+    responses, used, count, mean, row = masked_repeats(responses, image_id)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        others = (mean[row] * count[row] - responses) / (count[row] - 1)
+    return masked_correlation(responses, others, used)
 
 
 def fraction_of_oracle(correlations: np.ndarray, oracle: np.ndarray) -> float:
