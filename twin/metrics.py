@@ -66,7 +66,7 @@ def masked_correlation(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.nda
 
 def image_sums(values: np.ndarray, mask: np.ndarray, image_id: np.ndarray):
     """Per image (in order of image id) and neuron, over the finite repeats (``mask``) of
-    ``values`` (trial, neuron): (count, mean), each (image, neuron), and ``image`` (trial,): each
+    ``values`` (trial, neuron): (count, mean), each (image, neuron), and row (trial,): each
     trial's row in them."""
     image_id = np.asarray(image_id)
     order = np.argsort(image_id, kind="stable")
@@ -81,9 +81,9 @@ def image_sums(values: np.ndarray, mask: np.ndarray, image_id: np.ndarray):
 
 
 def masked_repeats(responses: np.ndarray, image_id: np.ndarray):
-    """For each neuron, its finite trials of images it has at least two finite repeats of:
-    (used (trial, neuron) bool, count and mean (image, neuron) as ``image_sums``, row (trial,)),
-    responses with NaN set to 0."""
+    """(responses with NaN set to 0, used, count, mean, row): ``used`` (trial, neuron) marks each
+    neuron's finite trials of images it has at least two finite repeats of; count, mean and row
+    as ``image_sums``."""
     finite = np.isfinite(responses)
     count, mean, row = image_sums(responses, finite, image_id)
     used = finite & (count[row] > 1)
