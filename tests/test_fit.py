@@ -121,3 +121,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, stor
         fit(CONFIG, [store], tmp_path / "run", progress=False)
     assert checkpoint.latest_step(tmp_path / "run" / "checkpoints" / "latest") == 1
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_small_recordings_train_on_smaller_batches():
+    from twin.fit import train_batch_size
+
+    data = DataConfig(batch_size=128, min_steps_per_epoch=20)
+    assert train_batch_size(data, [4473]) == 128  # a Sensorium session keeps the published batch
+    assert train_batch_size(data, [640]) == 32  # Cowley V4: 20 steps an epoch instead of 5
+    assert train_batch_size(data, [533]) == 24  # a multiple of 8, so it splits over devices
+    assert train_batch_size(data, [60]) == 8  # never below 8 trials
+    assert train_batch_size(data, [640, 960]) == 80  # sessions fitted together count together
+    assert train_batch_size(DataConfig(batch_size=16), [640]) == 16  # batch_size stays the maximum

@@ -34,13 +34,15 @@ from flax import nnx
 from tqdm import tqdm
 
 from twin import checkpoint, distributed, metrics
-from twin.config import RunConfig, check_image_size, load_config
+from twin.config import DataConfig, RunConfig, check_image_size, load_config
 from twin.errors import ConfigError, RunError, SessionError, TwinError
 from twin.models.twin import Ensemble
 from twin.outputs import check_output, output_in_place
 
 # Added to predictions inside the log (neuralpredictors' PoissonLoss bias).
 POISSON_EPS = 1e-8
+# Smallest train batch chosen for small recordings (batch-norm statistics need a few trials).
+MIN_TRAIN_BATCH = 8
 
 
 @dataclasses.dataclass
@@ -74,6 +76,14 @@ def plateau_step(schedule: Schedule, score: float, epoch: int, fit) -> str:
     schedule.decays += 1
     schedule.bad_epochs = 0
     return "decay"
+
+
+def train_batch_size(data: DataConfig, n_train: list[int]) -> int:
+    """[data].batch_size, or a smaller multiple of MIN_TRAIN_BATCH (so that it still splits over
+    devices) with which one epoch over the train trials of all sessions (``n_train``, one count per
+    session) takes at least [data].min_steps_per_epoch steps."""
+    fitting = sum(n_train) // data.min_steps_per_epoch // MIN_TRAIN_BATCH * MIN_TRAIN_BATCH
+    return min(data.batch_size, max(MIN_TRAIN_BATCH, fitting))
 
 
 def epoch_seed(config: RunConfig, epoch: int) -> int:
@@ -368,7 +378,8 @@ def fit(
     train_step = make_train_step(graphdef, tx, n_train, fit_config.scale_loss, ensemble, fit_config.loss)
     predict = make_predict(eval_graphdef, ensemble)
     batch_size = config.data.batch_size
-    n_steps = sum(math.ceil(n / batch_size) for n in n_train)
+    train_batch = train_batch_size(config.data, n_train)
+    n_steps = sum(math.ceil(n / train_batch) for n in n_train)
 
     started = time.time()
     # A run that stopped on its plateau stays stopped when resumed.
@@ -378,7 +389,7 @@ def fit(
         totals = {"loss": 0.0, fit_config.loss: 0.0, "regularizer": 0.0}
         n_done = 0
         lr = jnp.float32(schedule.learning_rate)
-        loader = batches(sessions, "train", batch_size, shuffle=True, seed=epoch_seed(config, epoch))
+        loader = batches(sessions, "train", train_batch, shuffle=True, seed=epoch_seed(config, epoch))
         with tqdm(total=n_steps, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress) as bar:
             for group in train_groups(loader, len(sessions)):
                 arrays = distributed.shard_batch(tuple(batch_arrays(b) for b in group), mesh)
@@ -446,6 +457,7 @@ def fit(
         "learning_rate_decays": schedule.decays,
         "seconds": time.time() - started,
         "ensemble_size": fit_config.ensemble_size,
+        "train_batch_size": train_batch,
         "n_parameters": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
         "sessions": [
             {"name": data.name, "path": record["path"], **tier_means(predict, best_params, best_rest, index, data, batch_size, mesh)}
