@@ -238,3 +238,32 @@ def test_empty_responses_csv_is_one_line_without_numpy_warning(tmp_path, capsys)
         warnings.simplefilter("always")
         refused(argv, capsys, tmp_path, "r.csv: shape (0, 1) has no axis of 12 (one entry per image)")
     assert not caught
+
+
+def test_large_images_are_stored_at_the_working_size(tmp_path, capsys):
+    """112 x 112 files are block-averaged to 28 x 28 (the size the twin is fitted at), the size shown
+    is kept, and image ids come from the full-size pixels; --size native keeps the files' size."""
+    from twin.data.images import working_size
+
+    assert working_size(112, 112) == (28, 28) and working_size(144, 256) == (36, 64)
+    assert working_size(10, 14) == (10, 14) and working_size(100, 100) == (50, 50)
+    images = pictures(n=4, size=(112, 112))
+    images[1] = images[0]
+    images[1, 0, 0] ^= 1  # differs from image 0 in one pixel only: a different image
+    write_folder(tmp_path / "images", images)
+    np.save(tmp_path / "responses.npy", np.ones((2, 4)))
+    argv = ["import", "images", tmp_path / "images", tmp_path / "responses.npy"]
+    assert run([*argv, tmp_path / "auto.zarr", "--tiers", write_tiers(tmp_path)], capsys)[0] == 0
+    ds = open_session(tmp_path / "auto.zarr")
+    blocks = np.moveaxis(images, -1, 1).reshape(4, 3, 28, 4, 28, 4).astype(np.float64).mean(axis=(3, 5))
+    np.testing.assert_array_equal(ds["images"].values, np.clip(np.rint(blocks), 0, 255))
+    assert list(ds.attrs["shown_size"]) == [112, 112]
+    assert len(np.unique(ds["image_id"].values)) == 4
+    assert run([*argv, tmp_path / "native.zarr", "--size", "native"], capsys)[0] == 0
+    assert open_session(tmp_path / "native.zarr")["images"].shape == (4, 3, 112, 112)
+
+
+def write_tiers(tmp_path):
+    path = tmp_path / "tiers.csv"
+    path.write_text("train\ntrain\ntest\ntest\n")
+    return path

@@ -51,6 +51,11 @@ def per_primary(text: str) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
+def parse_import_size(text: str):
+    """'auto' -> 'auto', 'native' -> None, else ``parse_size``."""
+    return {"auto": "auto", "native": None}.get(text.lower()) if text.lower() in ("auto", "native") else parse_size(text)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'36x64' -> (36, 64)."""
     try:
@@ -148,7 +153,7 @@ def cmd_import_images(args) -> int:
     ds = from_images(
         args.images,
         args.responses,
-        size=parse_size(args.size) if args.size else None,
+        size=parse_import_size(args.size),
         orientation=args.orientation,
         trial_images=args.trial_images,
         tiers=args.tiers,
@@ -526,9 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("out", metavar="OUT", help="store to write (.zarr)")
     f.add_argument(
-        "--size", metavar="HxW",
-        help="optional: resample every image to HEIGHTxWIDTH (pillow Lanczos); without it all"
-        " images must share one size",
+        "--size", metavar="HxW", default="auto",
+        help="image size to store: HEIGHTxWIDTH (integer factors block-average, others resample with"
+        " pillow Lanczos), 'native', or 'auto' (default: the files' common size divided by the largest"
+        " integer factor that keeps the shorter side at least 28 pixels, 112x112 -> 28x28, 144x256 ->"
+        " 36x64; the size shown is kept for export)",
     )
     f.add_argument(
         "--orientation", choices=["trials-neurons", "neurons-images"],

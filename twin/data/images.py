@@ -29,6 +29,10 @@ TABLE_SUFFIXES = (".npy", ".csv", ".txt")
 # Largest image file read: a 16k x 16k RGB TIFF stored raw is 768 MiB, any stimulus is far
 # smaller, and a larger zip entry is most likely a zip bomb (a few MB that unpack to GiBs).
 MAX_FILE_BYTES = 512 << 20
+# Default working resolution: the shorter side of the fitted images stays at least this long
+# (Sensorium's 36x64). Fitting V4's 112x112 images at full size made a default fit take minutes an
+# epoch here and did not predict better than at 28x28 (experiments/real_v4.md).
+MIN_WORKING_SIDE = 28
 
 
 def natural_key(name: str) -> list:
@@ -180,6 +184,45 @@ def resample(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.reshape(*images.shape[:-2], height, width)
 
 
+def working_size(height: int, width: int) -> tuple[int, int]:
+    """The image size sessions are fitted at by default: (height, width) divided by the largest
+    common integer factor that leaves the shorter side at least MIN_WORKING_SIDE pixels
+    (144x256 -> 36x64, the Sensorium baseline's scale; 112x112 -> 28x28); sizes without such a
+    factor stay as they are."""
+    factor = 1
+    for k in range(2, min(height, width) // MIN_WORKING_SIDE + 1):
+        if height % k == 0 and width % k == 0:
+            factor = k
+    return height // factor, width // factor
+
+
+def to_size(images: np.ndarray, size) -> np.ndarray:
+    """images (n, [c,] y, x) at ``size``: (height, width), "auto" (``working_size``) or None (as
+    they are). Integer factors block-average, as a coarser screen would show the image; other
+    sizes resample with pillow's Lanczos filter. uint8 images stay uint8 (rounded)."""
+    y, x = images.shape[-2:]
+    height, width = working_size(y, x) if size == "auto" else size or (y, x)
+    if (height, width) == (y, x):
+        return images
+    out = downscale(images, (height, width))
+    if out.shape[-2:] != (height, width):
+        out = resample(images, (height, width))
+    return to_uint8(out) if images.dtype == np.uint8 else out
+
+
+def downscale(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Block-average (n, [c,] y, x) down to ``size`` when y, x are integer multiples of it
+    (144x256 -> 36x64, the Sensorium baseline's x0.25); otherwise unchanged."""
+    if size is None:
+        return images
+    (height, width), (y, x) = size, images.shape[-2:]
+    if (y, x) == (height, width) or y % height or x % width or y // height != x // width:
+        return images
+    k = y // height
+    blocks = images.reshape(*images.shape[:-2], height, k, width, k).astype(np.float32)
+    return blocks.mean(axis=(-3, -1))
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Pixel levels (any float) rounded and clipped to uint8 0..255."""
     return np.clip(np.rint(images), 0, 255).astype(np.uint8)
@@ -200,8 +243,8 @@ def decode_images(path, mode: str | None = None) -> tuple[list[np.ndarray], np.n
 def read_images(path, size: tuple[int, int] | None = None, mode: str | None = None):
     """The images of the folder or .zip ``path`` (see ``decode_images``) and their names.
 
-    size: (height, width) to resample every image to; without it all images must share one size.
-    Returns images uint8 (n, y, x) grey or (n, 3, y, x) RGB, and names (n,) str.
+    size: (height, width) to bring every image to (``to_size``); without it all images must share
+    one size. Returns images uint8 (n, y, x) grey or (n, 3, y, x) RGB, and names (n,) str.
     """
     arrays, names = decode_images(path, mode)
     if size is None:
@@ -213,8 +256,7 @@ def read_images(path, size: tuple[int, int] | None = None, mode: str | None = No
                     f" {first[0]}x{first[1]}; pass --size HxW to resample every image to one size"
                 )
         return np.stack(arrays), names
-    arrays = [a if a.shape[-2:] == tuple(size) else to_uint8(resample(a[None], size)[0]) for a in arrays]
-    return np.stack(arrays), names
+    return np.stack([to_size(a[None], size)[0] for a in arrays]), names
 
 
 def read_table(path, flag: str, ndmin: int = 1) -> np.ndarray:

@@ -325,19 +325,6 @@ class FileTree:
         return out
 
 
-def downscale(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """Block-average (n, [c,] y, x) down to ``size`` when y, x are integer multiples of it
-    (144x256 -> 36x64, the Sensorium baseline's x0.25); otherwise unchanged."""
-    if size is None:
-        return images
-    (height, width), (y, x) = size, images.shape[-2:]
-    if (y, x) == (height, width) or y % height or x % width or y // height != x // width:
-        return images
-    k = y // height
-    blocks = images.reshape(*images.shape[:-2], height, k, width, k).astype(np.float32)
-    return blocks.mean(axis=(-3, -1))
-
-
 def from_sensorium(path, size: tuple[int, int] | None = (36, 64), pixel_range=None) -> xr.Dataset:
     """Session from a Sensorium 2022 / neuralpredictors tree (folder or .zip): data/images/<i>.npy
     (c, y, x), data/responses/<i>.npy (neurons,), optional data/behavior, data/pupil_center,
@@ -360,6 +347,8 @@ def from_sensorium(path, size: tuple[int, int] | None = (36, 64), pixel_range=No
 
 def session_from_tree(tree: FileTree, path: Path, size, pixel_range=None) -> xr.Dataset:
     """The session held by ``tree`` (see ``from_sensorium``)."""
+    from twin.data.images import downscale
+
     tier = tree.load("meta/trials/tiers.npy")
     if tier.ndim != 1 or len(tier) == 0:
         raise SessionError(
@@ -370,6 +359,7 @@ def session_from_tree(tree: FileTree, path: Path, size, pixel_range=None) -> xr.
     images = tree.stack("data/images", n)
     if images.ndim == 4 and images.shape[1] == 1:
         images = images[:, 0]
+    shown_size = {"shown_size": list(images.shape[-2:])}
     images = downscale(images, size)
     optional = {
         name: tree.stack(f"data/{name}", n) if tree.has_folder(f"data/{name}") else None
@@ -394,7 +384,7 @@ def session_from_tree(tree: FileTree, path: Path, size, pixel_range=None) -> xr.
         pupil_center=optional["pupil_center"],
         unit_id=unit_id,
         cell_xyz=meta["neurons/cell_motor_coordinates"],
-        attrs={"source": f"{path.name} (twin import sensorium)"} | range_attrs(pixel_range, path),
+        attrs={"source": f"{path.name} (twin import sensorium)"} | shown_size | range_attrs(pixel_range, path),
         names={
             "tier": "meta/trials/tiers.npy",
             "image_id": "meta/trials/frame_image_id.npy",
@@ -456,7 +446,7 @@ def read_unit_ids(path, n_neurons: int) -> np.ndarray:
 def from_images(
     images,
     responses,
-    size: tuple[int, int] | None = None,
+    size="auto",
     orientation: str | None = None,
     trial_images=None,
     tiers=None,
@@ -466,7 +456,8 @@ def from_images(
     """Session from a folder or .zip of image files and a response matrix (.npy or .csv).
 
     images: read by ``twin.data.images.read_images`` in natural file-name order (grey (y, x) or
-    RGB (channel, y, x) uint8; ``size`` (height, width) resamples). responses: (trials, neurons)
+    RGB (channel, y, x) uint8; ``size``: (height, width), "auto" for ``working_size`` or None for
+    the files' own size, see ``to_size``). responses: (trials, neurons)
     or (neurons, images), as ``orientation`` ("trials-neurons", "neurons-images") says or as
     inferred when only one axis has one entry per trial; one neuron may be a column, a row or a
     1-D .npy. trial_images: optional .npy/.csv of one
@@ -476,10 +467,15 @@ def from_images(
     (integers or strings, ``read_unit_ids``).
     Each trial's image file name is kept as ``image_name`` (trial,) str.
     """
-    from twin.data.images import as_numbers, orient, read_images, read_table, trial_image_indices
+    from twin.data.images import as_numbers, orient, read_images, read_table, to_size, trial_image_indices
 
     images, responses = Path(images), Path(responses)
-    pictures, names = read_images(images, size)
+    pictures, names = read_images(images, None if size == "auto" else size)
+    ids = image_ids_from_pixels(pictures)  # at full size: images that differ only in fine detail differ
+    attrs = {"source": f"{images.name} + {responses.name} (twin import images, seed {seed})"}
+    if size in ("auto", None):
+        attrs["shown_size"] = list(pictures.shape[-2:])
+        pictures = to_size(pictures, size)
     shown = np.arange(len(names))
     if trial_images is not None:
         shown = trial_image_indices(read_table(trial_images, "--trial-images"), names, trial_images)
@@ -492,8 +488,7 @@ def from_images(
         )
     per = "image" if trial_images is None else "trial"
     matrix = orient(matrix, len(shown), orientation, responses, per)
-    image_id = image_ids_from_pixels(pictures)[shown]
-    attrs = {"source": f"{images.name} + {responses.name} (twin import images, seed {seed})"}
+    image_id = ids[shown]
     if tiers is None:
         tier, attrs["tier_split"] = split_tiers(image_id, seed)
     else:

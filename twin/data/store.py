@@ -233,6 +233,7 @@ def session_info(ds: xr.Dataset, path) -> dict:
         "quiet_neurons": quiet_neurons(responses[(tier == "train") & recorded], unit_id),
         "image_shape": [int(ds.sizes[d]) for d in ds["images"].dims[1:]],
         "image_dtype": str(ds["images"].dtype),
+        "shown_size": [int(v) for v in ds.attrs.get("shown_size", [])],
         "pixel_range": list(pixel_range(ds, path)),
         "pixel_range_from": (
             str(ds.attrs.get("pixel_range_from", "stated"))
@@ -321,7 +322,8 @@ def format_info(info: dict) -> str:
         *([f"tiers        {info['tier_split']}"] if info["tier_split"] else []),
         f"neurons      {info['neurons']}" + (f" ({quiet})" if quiet else ""),
         f"images       {' x '.join(map(str, info['image_shape']))} {info['image_dtype']},"
-        f" pixel values {ranges['images'][0]:g}..{ranges['images'][1]:g},"
+        + (f" shown at {'x'.join(map(str, info['shown_size']))}," if info["shown_size"] else "")
+        + f" pixel values {ranges['images'][0]:g}..{ranges['images'][1]:g},"
         f" black..white {lo:g}..{hi:g} ({info['pixel_range_from']})",
         repeats,
         responses,
