@@ -183,7 +183,7 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
 
 
 def cmd_import_nwb(args) -> int:
-    from twin.data.importers import shift_responses
+    from twin.data.importers import import_notes, shift_responses
     from twin.data.nwb import from_nwb
     from twin.data.store import write_session
     from twin.outputs import check_output
@@ -207,6 +207,8 @@ def cmd_import_nwb(args) -> int:
         ds = shift_responses(ds, args.shift_responses)
     write_session(ds, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
+    for note in import_notes(ds):
+        print(note)
     return 0
 
 
