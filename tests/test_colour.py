@@ -139,6 +139,26 @@ def test_monitor_per_primary_from_table_from_model_and_from_flags(tmp_path):
         load_monitor(path).for_channels(1, path)
 
 
+def test_targets_per_primary_or_on_luminance():
+    from twin.loop.export import targets
+
+    train = np.stack([np.full((4, 4), 64.0), np.full((4, 4), 128.0), np.full((4, 4), 192.0)])[None]
+    train = train + np.array([-10.0, 10.0])[:, None, None, None]  # two images, contrast 10 levels
+    rgb = Monitor().for_channels(3, "m.toml")
+    mean, contrast = targets(rgb, train, False, "m.toml")
+    np.testing.assert_allclose(mean.ravel(), np.array([64, 128, 192]) * 80 / 255)
+    np.testing.assert_allclose(contrast.ravel(), [10 * 80 / 255] * 3)
+    mean, contrast = targets(rgb, train, True, "m.toml")  # one contrast, of the summed luminance
+    np.testing.assert_allclose(mean.ravel(), np.array([64, 128, 192]) * 80 / 255)
+    assert contrast == pytest.approx(30 * 80 / 255)
+    with pytest.raises(ConfigError, match="m.toml: \\[target\\] gives values per primary, but the stimuli are gray"):
+        targets(Monitor(mean_luminance=(10.0, 20.0, 5.0)), train[:, 0], False, "m.toml")
+    with pytest.raises(ConfigError, match="but --matching luminance matches the summed luminance"):
+        targets(Monitor(rms_contrast=(1.0, 2.0, 3.0)).for_channels(3, "m.toml"), train, True, "m.toml")
+    with pytest.raises(ConfigError, match="m.toml: the target mean luminance .* is outside the monitor's range"):
+        targets(Monitor(mean_luminance=(10.0, 90.0, 5.0)).for_channels(3, "m.toml"), train, False, "m.toml")
+
+
 @pytest.mark.parametrize("pooled", [False, True], ids=["channel", "luminance"])
 def test_rgb_render_on_target_and_png_round_trip(tmp_path, pooled):
     monitor = Monitor(a=(20.0, 60.0, 8.0), gamma=(1.8, 2.2, 2.6), c=(0.2, 0.2, 0.2))

@@ -102,6 +102,8 @@ def targets(monitor: Monitor, train_images: np.ndarray, pooled: bool, source) ->
     luminance). A target mean outside a primary's range is a ConfigError naming ``source``."""
     luminance = monitor.model_to_luminance(train_images)
     colour = monitor.primaries > 1
+    if not colour and (isinstance(monitor.mean_luminance, tuple) or isinstance(monitor.rms_contrast, tuple)):
+        raise ConfigError(f"{source}: [target] gives values per primary, but the stimuli are gray; give one number each")
     axes = (0, 2, 3) if colour else None
     means = luminance.mean(axis=axes)
     if pooled and colour:
