@@ -517,13 +517,13 @@ def format_summary(summary: dict, workdir) -> str:
             if tier in session:
                 s = session[tier]
                 text = f"  {session['name']} {tier}: r {s['single_trial_correlation']:.4f}"
-                if s["repeat_metrics"]:
-                    text += f", r to average, FEVE and oracle r {s['repeat_metrics']}"
-                else:
+                if not s["repeat_metrics"]:
                     text += (
                         f", r to average {number(s['correlation_to_average'])}, FEVE {number(s['feve'])},"
                         f" oracle r {number(s['oracle_correlation'])}"
                     )
+                elif tier == "test":  # validation images are not repeated by design
+                    text += f", r to average, FEVE and oracle r {s['repeat_metrics']}"
                 if s.get("fraction_of_ceiling") is not None:
                     text += f", {s['fraction_of_ceiling']:.0%} of the ground-truth ceiling"
                 lines.append(text)
