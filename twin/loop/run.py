@@ -6,6 +6,8 @@ stimuli/, responses.npz, report/ (index.html, summary.json) and loop.json (timin
 
 The default sizes run in about a minute on an idle 2-core CPU. A ``--config`` TOML file may
 override any [data], [model], [fit], [mei] value and, in a [loop] table, the LOOP values below.
+With ``channels = 3`` (``--channels 3``) the animal sees colour and the rig is shown RGB stimuli
+(see twin.data.simulate and twin.loop.export); the stages are the same.
 """
 
 from __future__ import annotations
@@ -126,6 +128,10 @@ def run_loop(
 
     out = check_output(out, overwrite, flag="OUT", inputs=[session] if session else [])
     loop, run_config = loop_config(config_path)
+    if channels is not None and session is not None:
+        raise ConfigError(f"--channels {channels}: the loop simulates an animal only without --session; drop one")
+    if channels is not None:
+        loop = dataclasses.replace(loop, channels=channels)
     if channels is not None and session is not None:
         raise ConfigError(f"--channels {channels}: the loop simulates an animal only without --session; drop one")
     if channels is not None:
