@@ -223,7 +223,8 @@ def export_stimuli(
             f"{meis}: images have {channels} channels; twin export renders gray (one-channel) or RGB"
             " (three-channel) stimuli, so export MEIs of 1 or 3 channels"
         )
-    source = monitor_path or "--gamma/--max-luminance"
+    flags = gamma is not None or max_luminance is not None
+    source = monitor_path or ("--gamma/--max-luminance" if flags else "the default monitor")
     monitor = load_monitor(monitor_path, gamma, max_luminance).for_channels(channels, source)
     pooled = matching == "luminance" and channels > 1
     session = open_session(store.attrs["store"])

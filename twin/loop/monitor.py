@@ -28,6 +28,8 @@ A monitor TOML file has a ``[calibration]`` table (required unless ``twin export
     mean_luminance = 20.0                    # cd/m²; default: the session's mean image value
     rms_contrast = 8.0                       # std of luminance over pixels, cd/m²;
                                              # default: the session's image std
+    # colour stimuli matched per primary (twin export --matching channel) may give
+    # [red, green, blue] for either; matched on luminance, the numbers are of the summed luminance
 """
 
 from __future__ import annotations
