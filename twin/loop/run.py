@@ -132,10 +132,6 @@ def run_loop(
         raise ConfigError(f"--channels {channels}: the loop simulates an animal only without --session; drop one")
     if channels is not None:
         loop = dataclasses.replace(loop, channels=channels)
-    if channels is not None and session is not None:
-        raise ConfigError(f"--channels {channels}: the loop simulates an animal only without --session; drop one")
-    if channels is not None:
-        loop = dataclasses.replace(loop, channels=channels)
     # The recipe is checked before the fit, not when the MEI stage needs it.
     recipe_config(recipe, config_path if "mei" in run_config else None)
     store = out / "session.zarr" if session is None else Path(session)
