@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from twin.config import DataConfig
-from twin.data.schema import TIERS, pixel_range, strings, unit_ids, validate
+from twin.data.schema import TIERS, pixel_range, responses_recorded, strings, unit_ids, validate
 from twin.data.store import load_values, open_session
 from twin.errors import ConfigError, SessionError
 
