@@ -194,14 +194,14 @@ def measured_calibration(path: Path, table: dict) -> tuple[Value, Value, Value]:
     return tuple(a), tuple(gamma), tuple(c)
 
 
-def model_calibration(where: str, gamma, max_luminance, black) -> tuple[Value, Value, Value]:
+def model_calibration(names: tuple[str, str, str], gamma, max_luminance, black) -> tuple[Value, Value, Value]:
     """(a, gamma, c) from gamma, max_luminance (cd/m² at 255) and black (cd/m² at 0): numbers
-    or one per primary; ``where`` names their source in errors."""
-    gamma = per_primary_value(gamma, f"{where}gamma")
-    white = per_primary_value(max_luminance, f"{where}max_luminance")
-    black = per_primary_value(black, f"{where}black", zero=True)
+    or one per primary; ``names`` name the three in errors."""
+    gamma = per_primary_value(gamma, names[0])
+    white = per_primary_value(max_luminance, names[1])
+    black = per_primary_value(black, names[2], zero=True)
     if np.any(np.asarray(white) <= np.asarray(black)):
-        raise ConfigError(f"{where}max_luminance {white} must lie above black {black} on every primary")
+        raise ConfigError(f"{names[1]} = {max_luminance!r} must lie above black ({black} cd/m²) on every primary")
     n = max((len(v) for v in (gamma, white, black) if isinstance(v, tuple)), default=1)
     if n == 1:
         return white - black, gamma, black
@@ -238,14 +238,16 @@ def load_monitor(path: str | Path | None, gamma=None, max_luminance=None) -> Mon
         )
     if flags:
         a, gamma, c = model_calibration(
-            "--", 1.0 if gamma is None else gamma, Monitor.a if max_luminance is None else max_luminance, 0.0
+            ("--gamma", "--max-luminance", "black"),
+            1.0 if gamma is None else gamma,
+            Monitor.a if max_luminance is None else max_luminance,
+            0.0,
         )
     elif table and "pixel" in table and "luminance" in table:
         a, gamma, c = measured_calibration(Path(path), table)
     elif table and "gamma" in table and "max_luminance" in table:
-        a, gamma, c = model_calibration(
-            f"{path}: [calibration].", table["gamma"], table["max_luminance"], table.get("black", 0.0)
-        )
+        names = tuple(f"{path}: [calibration].{key}" for key in ("gamma", "max_luminance", "black"))
+        a, gamma, c = model_calibration(names, table["gamma"], table["max_luminance"], table.get("black", 0.0))
     else:
         raise ConfigError(
             f"{path}: missing [calibration] pixel = [...] and luminance = [...] (or gamma and"
