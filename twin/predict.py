@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from twin.data.images import decode_images, resample
+from twin.data.images import decode_images, to_size
 from twin.data.schema import infer_pixel_range, pixel_range, strings, to_levels
 from twin.errors import ConfigError, SessionError
 
@@ -91,8 +91,8 @@ def read_inputs(path, channels: int) -> tuple[list[np.ndarray], np.ndarray]:
 
 def prepare(images: list[np.ndarray], data, source) -> np.ndarray:
     """Images (each (y, x) or (c, y, x), pixel levels) -> normalized model input (n, y, x, c)
-    for SessionData ``data``; images of another size with the same aspect ratio are resampled
-    (one stderr line says how many)."""
+    for SessionData ``data``; images of another size with the same aspect ratio are brought to the
+    run's size as ``twin import`` does (``to_size``; one stderr line says how many)."""
     height, width = data.image_shape
     resampled = 0
     prepared = []
@@ -114,13 +114,13 @@ def prepare(images: list[np.ndarray], data, source) -> np.ndarray:
                     f"{source}: an image is {y}x{x} but the run's images are {height}x{width};"
                     f" crop the images to the aspect ratio {height}:{width} first"
                 )
-            image = resample(image[None], (height, width))[0]
+            image = to_size(image[None], (height, width))[0]
             resampled += 1
         prepared.append(image if image.ndim == 2 else np.moveaxis(image, 0, -1))
     if resampled:
         print(
             f"twin predict: resampled {resampled} of {len(images)} images to the run's size"
-            f" {height}x{width} (pillow Lanczos)",
+            f" {height}x{width} (as twin import does: block averages for whole factors, else pillow Lanczos)",
             file=sys.stderr,
         )
     normalized = data.normalize_images(np.stack(prepared))
