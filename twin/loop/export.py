@@ -236,7 +236,9 @@ def export_stimuli(
     # What the manifest states and each stimulus is held to: the summed luminance when pooled.
     target_mean, target_contrast = (mean.sum(), contrast) if pooled else (mean, contrast)
     model_shape = tuple(int(s) for s in store["images"].shape[-2:])
-    screen_shape = monitor.screen or (UPSAMPLE * model_shape[0], UPSAMPLE * model_shape[1])
+    # Without a [screen] size: the size the session's images were shown at, else 4x the model's.
+    shown_size = tuple(int(v) for v in session.attrs.get("shown_size", ()))
+    screen_shape = monitor.screen or shown_size or (UPSAMPLE * model_shape[0], UPSAMPLE * model_shape[1])
 
     accepted, rejected = [], []
     for stimulus in gather_stimuli(store, session):

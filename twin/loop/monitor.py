@@ -22,7 +22,8 @@ A monitor TOML file has a ``[calibration]`` table (required unless ``twin export
     # max_luminance = [18.0, 60.0, 7.0]      # cd/m² at pixel 255
     # black = 0.0                            # cd/m² at pixel 0 (default 0)
     [screen]
-    height = 144                             # PNG size; default 4 x the model's image size
+    height = 144                             # PNG size; default: the size the session was shown at
+                                             # (attrs shown_size), else 4 x the model image
     width = 256
     [target]
     mean_luminance = 20.0                    # cd/m²; default: the session's mean image value
