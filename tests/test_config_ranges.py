@@ -72,6 +72,7 @@ FLAG = (st.booleans(), None)
 FIELDS = {
     DataConfig: {
         "batch_size": ints(1),
+        "min_steps_per_epoch": ints(1),
         "image_normalization": choices("global", "per_pixel"),
         "response_std_floor": floats(0),
         "shuffle_seed": ints(0, SEED_LIMIT - 1),
@@ -111,6 +112,7 @@ FIELDS = {
         "scale_loss": FLAG,
         "seed": ints(0, SEED_LIMIT - 1),
         "ensemble_size": ints(1),
+        "loss": choices("poisson", "gaussian"),
     },
     MEIConfig: {
         "recipe": (st.text(min_size=1, max_size=8).filter(str.strip), st.sampled_from(["", "  "])),
