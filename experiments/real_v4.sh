@@ -7,7 +7,7 @@
 set -euo pipefail
 DATA=$1; OUT=$2; shift 2
 STEPS=${*:-import twin ensemble shared peer ridge mei table}
-SESSIONS="190925 190927 210224 210322"
+SESSIONS=${SESSIONS:-190925 190927 210224 210322}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT/auto" "$OUT/native"
 
@@ -21,8 +21,10 @@ timed() {  # timed NAME COMMAND...: run, then append "NAME wall_s cpu_s" to OUT/
 fit_once() {  # fit_once NAME STORE... [FLAGS]: twin fit into OUT/NAME unless it finished; resumes a killed fit
     local name=$1; shift
     [ -e "$OUT/$name/summary.json" ] && return
+    mkdir "$OUT/.$name.running" 2>/dev/null || return 0  # another copy of this script is fitting it
     local resume=(); [ -d "$OUT/$name/checkpoints" ] && resume=(--resume)
     timed "$name" twin fit "$@" --out "$OUT/$name" "${resume[@]}"
+    rmdir "$OUT/.$name.running"
 }
 
 for step in $STEPS; do
@@ -56,7 +58,12 @@ for step in $STEPS; do
         done ;;
     mei)
         for s in $SESSIONS; do
-            [ -e "$OUT/meis_$s.zarr" ] || timed "mei_$s" twin mei "$OUT/twin_$s" --top 8 --seeds 3 --out "$OUT/meis_$s.zarr"
+            # the 8 neurons the twin predicts best (positions), three seeds, checked by the ensemble
+            best=$(python -c "import numpy as np; from twin.evaluate import evaluate_run
+r = np.nan_to_num(evaluate_run('$OUT/twin_$s')[0]['per_neuron']['single_trial_correlation'], nan=-1)
+print(','.join(map(str, np.argsort(-r)[:8])))")
+            [ -e "$OUT/meis_$s.zarr" ] || timed "mei_$s" twin mei "$OUT/twin_$s" --neurons "$best" --seeds 3 \
+                --validator "$OUT/ensemble_$s" --out "$OUT/meis_$s.zarr"
         done ;;
     table)
         python "$HERE/experiments/real_v4_table.py" "$OUT" ;;
