@@ -254,6 +254,7 @@ def test_ensemble_mean_equals_members():
     np.testing.assert_allclose(ensemble(x, 1, pupil_center=pupil), np.mean(members, axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ensemble.member(1)(x, 1, pupil_center=pupil), members[1], rtol=1e-5, atol=1e-6)
     assert ensemble.regularizer(0).shape == (3,)
+    assert ensemble.n_neurons == [5, 3]  # neurons per session, not members
     neurons = jnp.array([2, 0])
     np.testing.assert_allclose(ensemble(x, 1, pupil_center=pupil, neurons=neurons), ensemble(x, 1, pupil_center=pupil)[:, neurons], rtol=1e-6)
 

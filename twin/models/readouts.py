@@ -136,7 +136,7 @@ class GaussianReadout(nnx.Module):
 
     @property
     def n_neurons(self) -> int:
-        return self.bias.shape[0]
+        return self.bias.shape[-1]  # bias (neuron,), or (member, neuron) inside an Ensemble
 
     def grid_means(self, neurons: jax.Array | None = None) -> jax.Array:
         """mu of all neurons, or of ``neurons`` (k,): (n or k, 2) in (x, y) order."""
@@ -200,7 +200,7 @@ class FactorizedReadout(nnx.Module):
 
     @property
     def n_neurons(self) -> int:
-        return self.bias.shape[0]
+        return self.bias.shape[-1]  # bias (neuron,), or (member, neuron) inside an Ensemble
 
     def normalized_spatial(self, neurons: jax.Array | None = None) -> jax.Array:
         """(n or k, y, x) masks with unit L2 norm (+1e-6 in the denominator, as neuralpredictors)."""
