@@ -40,11 +40,13 @@ def json_scores(path: Path, *keys) -> dict | None:
 
 
 def read_times(out: Path) -> dict[str, tuple[float, float]]:
+    """name -> (wall s, CPU s), summed over the lines of a name (a resumed fit has several)."""
     times = {}
     if (out / "times.txt").exists():
         for line in (out / "times.txt").read_text().splitlines():
             name, wall, cpu = line.split()
-            times[name] = (float(wall), float(cpu))
+            before = times.get(name, (0.0, 0.0))
+            times[name] = (before[0] + float(wall), before[1] + float(cpu))
     return times
 
 
@@ -121,6 +123,40 @@ def neuron_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def mei_table(out: Path) -> str:
+    """Per session with MEIs: the MEI's activation over the best natural image's (the session's
+    images, train to test), under the twin that made them and under the ensemble (a model the MEIs
+    were not optimized on), and how alike the seeds' MEIs are (mean pairwise pixel correlation)."""
+    import xarray as xr
+
+    from twin.checkpoint import load_run
+    from twin.evaluate import predict
+
+    lines = [
+        "| session | neurons | MEI / best natural, twin | MEI / best natural, ensemble | MEIs above it (ensemble) |"
+        " seed consistency r |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in SESSIONS:
+        path = out / f"meis_{s}.zarr"
+        if not path.exists():
+            continue
+        meis = xr.open_zarr(path, consolidated=False)
+        index = meis["neuron_index"].values
+        ensemble = load_run(out / f"ensemble_{s}")
+        data = ensemble.sessions[0]
+        natural = predict(ensemble.model, 0, data, np.arange(len(data.responses)))[:, index].max(axis=0)
+        best = meis["best_seed"].values
+        validator = meis["validator_activations"].values[np.arange(len(index)), best] / natural
+        images = meis["images"].values.reshape(len(index), meis.sizes["seed"], -1)
+        consistency = [np.corrcoef(seeds)[np.triu_indices(len(seeds), 1)].mean() for seeds in images]
+        lines.append(
+            f"| {s} | {len(index)} | {np.median(meis['ratio'].values):.2f} | {np.median(validator):.2f} |"
+            f" {np.sum(validator > 1)} of {len(index)} | {np.mean(consistency):.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def plot(rows: dict, path: Path) -> None:
     import matplotlib
 
@@ -149,6 +185,8 @@ def main(out: str) -> None:
     print(time_table(rows, read_times(out)))
     print("\nPer neuron, twin against the peer\n")
     print(neuron_table(rows))
+    print("\nMEIs of the 8 best-predicted neurons (median over them; 3 seeds each)\n")
+    print(mei_table(out))
     plot(rows, out / "per_neuron.png")
 
 
