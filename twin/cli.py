@@ -52,8 +52,11 @@ def per_primary(text: str) -> float | list[float]:
 
 
 def parse_import_size(text: str):
-    """'auto' -> 'auto', 'native' -> None, else ``parse_size``."""
-    return {"auto": "auto", "native": None}.get(text.lower()) if text.lower() in ("auto", "native") else parse_size(text)
+    """'auto' -> 'auto' (the working size), 'native' -> None (the files' size), else ``parse_size``."""
+    keyword = text.lower()
+    if keyword in ("auto", "native"):
+        return "auto" if keyword == "auto" else None
+    return parse_size(text)
 
 
 def parse_size(text: str) -> tuple[int, int]:
