@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_import_nwb import N_TEMPLATES, write_nwb
+from test_import_nwb import N_TEMPLATES, RATE, write_nwb
 
 from twin.cli import main
 
@@ -37,6 +37,13 @@ def set_value(f, name: str, position: int, value) -> None:
     f[name][...] = values
 
 
+def during_presentation(f, k: int) -> int:
+    """A sample of the trace inside presentation k (mod their number): the trace of
+    tests/test_import_nwb.py has RATE samples a second, presentation i from 1 + i to 1.5 + i s."""
+    n_presentations = len(f[f"{SERIES}/data"]) // int(RATE) - 2
+    return int(((k % n_presentations) + 1.25) * RATE)
+
+
 DAMAGES = {
     "truncate": lambda path, k: truncate(path, (k % 1000) / 1000),
     "no stimulus table": lambda path, k: edit(path, lambda f: f.__delitem__(TABLE)),
@@ -50,7 +57,7 @@ DAMAGES = {
     "index above templates": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/frame", k, N_TEMPLATES + k)),
     "negative index": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/frame", k, -2 - k)),
     "fractional index": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/frame", k, 2.5)),
-    "NaN trace": lambda path, k: edit(path, lambda f: set_value(f, f"{SERIES}/data", k * 8 + 10, np.nan)),
+    "NaN trace": lambda path, k: edit(path, lambda f: set_value(f, f"{SERIES}/data", during_presentation(f, k), np.nan)),
     "stop before start": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/stop_time", k, 0.0)),
 }
 
