@@ -62,39 +62,20 @@ sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from downsample import downsample_sessions  # noqa: E402
 from neuralpredictors.layers.cores import SE2dCore  # noqa: E402
 from neuralpredictors.layers.encoders import FiringRateEncoder  # noqa: E402
 from neuralpredictors.layers.readouts import FullGaussian2d, MultiReadoutSharedParametersBase  # noqa: E402
 from neuralpredictors.measures.modules import PoissonLoss  # noqa: E402
 from neuralpredictors.training import LongCycler, early_stopping  # noqa: E402
-
-from downsample import downsample_sessions  # noqa: E402
+from peer_torch import SENSORIUM_CORE  # noqa: E402
 
 from twin import metrics  # noqa: E402
 from twin.config import DataConfig, RunConfig  # noqa: E402
 from twin.data.loader import batches, load_sessions  # noqa: E402
 from twin.fit import epoch_seed  # noqa: E402
 
-CORE = dict(
-    hidden_channels=64,
-    input_kern=9,
-    hidden_kern=7,
-    layers=4,
-    gamma_input=6.3831,
-    skip=0,
-    final_nonlinearity=True,
-    bias=False,
-    momentum=0.9,
-    pad_input=False,
-    batch_norm=True,
-    hidden_dilation=1,
-    laplace_padding=None,
-    input_regularizer="LaplaceL2norm",
-    stack=-1,
-    depth_separable=True,
-    use_avg_reg=False,
-    n_se_blocks=0,
-)
+CORE = SENSORIUM_CORE  # benchmarks/peer_torch.py, beside this script
 READOUT = dict(init_mu_range=0.3, init_sigma=0.1, bias=True, feature_reg_weight=0.0076, gauss_type="full")
 TRAINER = dict(
     lr_init=0.009,

@@ -45,6 +45,28 @@ SENSORIUM = dict(neurons=7776, height=36, width=64, batch=128, channels=64, laye
 MEI_NORM = 25.0
 
 
+# The Sensorium 2022 baseline core (sinzlab/sensorium, SE2dCore without SE blocks).
+SENSORIUM_CORE = dict(
+    hidden_channels=64,
+    input_kern=9,
+    hidden_kern=7,
+    layers=4,
+    gamma_input=6.3831,
+    skip=0,
+    final_nonlinearity=True,
+    bias=False,
+    momentum=0.9,
+    pad_input=False,
+    batch_norm=True,
+    hidden_dilation=1,
+    laplace_padding=None,
+    input_regularizer="LaplaceL2norm",
+    stack=-1,
+    depth_separable=True,
+    use_avg_reg=False,
+    n_se_blocks=0,
+)
+
 def build_model(
     n_neurons: int,
     image_shape: tuple[int, int] = (36, 64),
@@ -65,27 +87,7 @@ def build_model(
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    core = SE2dCore(
-        input_channels=1,
-        hidden_channels=channels,
-        input_kern=9,
-        hidden_kern=7,
-        layers=layers,
-        gamma_input=6.3831,
-        skip=0,
-        final_nonlinearity=True,
-        bias=False,
-        momentum=0.9,
-        pad_input=False,
-        batch_norm=True,
-        hidden_dilation=1,
-        laplace_padding=None,
-        input_regularizer="LaplaceL2norm",
-        stack=-1,
-        depth_separable=True,
-        use_avg_reg=False,
-        n_se_blocks=0,
-    )
+    core = SE2dCore(input_channels=1, **(SENSORIUM_CORE | dict(hidden_channels=channels, layers=layers)))
     out_shape = (channels, image_shape[0] - 8, image_shape[1] - 8)
     readout_kwargs = {}
     if grid_mean_predictor:
