@@ -601,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds after each onset to average, e.g. 0.05,0.55 for calcium indicator delays"
         " (default: each presentation's start_time..stop_time; before onset: --window=-0.1,0.4)",
     )
-    f.add_argument("--size", metavar="HxW", help="optional: resample the templates to HEIGHTxWIDTH (pillow Lanczos)")
+    f.add_argument("--size", metavar="HxW", help="optional: bring the templates to HEIGHTxWIDTH (whole factors block-average, others resample with pillow Lanczos)")
     f.add_argument(
         "--tiers", metavar="FILE",
         help="optional .npy/.csv: one tier per imported presentation (blank ones left out), in table"

@@ -631,7 +631,7 @@ def from_nwb(
     the first one's); ``image_name`` (trial,) holds each template's name. attrs say which objects
     were read (source), the window, the cell positions and the presentations left out.
     """
-    from twin.data.images import resample, to_uint8
+    from twin.data.images import to_size
 
     path = Path(path)
     with open_nwb(path) as nwb:
@@ -646,9 +646,7 @@ def from_nwb(
     windows = Windows(start, end, rows, shown.name)
     means = trial_responses(recorded, windows, path)
     behavior_values = trial_behavior(moving, windows, path)
-    if size is not None and pictures.shape[-2:] != tuple(size):
-        resampled = resample(pictures, size)
-        pictures = to_uint8(resampled) if pictures.dtype == np.uint8 else resampled
+    pictures = to_size(pictures, size)
     check_memory(len(rows), pictures, path, template)
     index = shown.index[rows]
     image_id = template_ids(pictures)[index]
