@@ -10,6 +10,7 @@ standardized. ``batches`` then only indexes these arrays with a permutation per 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -92,10 +93,14 @@ class SessionData:
         """(neuron,) mean over train trials (finite responses), normalized units."""
         return np.nanmean(self.responses[self.trials("train")], axis=0)
 
+    @functools.cached_property
+    def recorded(self) -> np.ndarray:
+        """(trial,) bool: the trial has responses (not all NaN); found once, not every epoch."""
+        return responses_recorded(self.responses)
+
     def trials(self, tier: str) -> np.ndarray:
         """Indices (n,) of the trials of ``tier`` that have responses (not all NaN)."""
-        index = np.flatnonzero(self.tier == tier)
-        return index[responses_recorded(self.responses[index])]
+        return np.flatnonzero((self.tier == tier) & self.recorded)
 
 
 @dataclasses.dataclass(frozen=True)
