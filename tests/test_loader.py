@@ -156,3 +156,20 @@ def test_channel_images_come_channels_last(tmp_path, normalization):
     np.testing.assert_allclose(train.std(axis=(0, 1, 2)), 1, rtol=0.05)
     pixels = np.moveaxis(images[:3], 1, -1)
     np.testing.assert_allclose(session.normalize_images(pixels), session.images[:3], rtol=1e-5, atol=1e-5)
+
+
+def test_train_fraction_keeps_nested_subsets_of_train_images(stores):
+    full = load_session(stores[0], DataConfig())
+    parts = {f: load_session(stores[0], DataConfig(train_fraction=f)) for f in (0.1, 0.25, 0.5)}
+    train_images = np.unique(full.image_id[full.trials("train")])
+    previous = set()
+    for fraction, session in parts.items():
+        kept = set(session.image_id[session.trials("train")].tolist())
+        assert len(kept) == round(fraction * len(train_images))
+        assert previous <= kept  # smaller fractions are subsets of larger ones
+        previous = kept
+        for tier in ("validation", "test"):
+            np.testing.assert_array_equal(session.trials(tier), full.trials(tier))
+        assert sum(len(b.trials) for b in batches([session], "train", 8, shuffle=True)) == len(session.trials("train"))
+    with pytest.raises(ConfigError, match="train_fraction"):
+        DataConfig(train_fraction=0.0)

@@ -211,6 +211,10 @@ class DataConfig(Checked):
     # replaced by it (neuralpredictors' NeuroNormalizer floor); 0 leaves responses unscaled.
     response_std_floor: float = number(0.01, 0)
     shuffle_seed: int = integer(0, 0, below=SEED_LIMIT)
+    # Fit on this fraction of each session's train images (all their trials), a seeded subset
+    # nested across fractions (the 10% subset lies inside the 25% one): data-efficiency curves.
+    # Validation and test tiers are untouched.
+    train_fraction: float = number(1.0, 0, 1, lo_open=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,8 @@ class SessionData:
     masks and rig images. image_min, image_max: the range of the train images (pixel levels).
     response_offset: (neuron,) what ``--shift-responses`` subtracted at import, or None.
     Responses are NaN where not recorded: trials with no response at all (e.g. final_test) are
-    left out of ``trials``; ``masked`` says some other trials miss some neurons, so batches carry
+    left out of ``trials``, and so are the train trials ``set_aside`` (trial,) by
+    ``DataConfig.train_fraction``; ``masked`` says some other trials miss some neurons, so batches carry
     a mask.
     """
 
@@ -58,6 +59,7 @@ class SessionData:
     behavior_names: tuple[str, ...] = ()
     response_offset: np.ndarray | None = None
     masked: bool = False
+    set_aside: np.ndarray | None = None
 
     @property
     def n_neurons(self) -> int:
@@ -99,8 +101,10 @@ class SessionData:
         return responses_recorded(self.responses)
 
     def trials(self, tier: str) -> np.ndarray:
-        """Indices (n,) of the trials of ``tier`` that have responses (not all NaN)."""
-        return np.flatnonzero((self.tier == tier) & self.recorded)
+        """Indices (n,) of the trials of ``tier`` that have responses (not all NaN), without the
+        train trials set aside by [data].train_fraction."""
+        used = self.recorded if self.set_aside is None else self.recorded & ~self.set_aside
+        return np.flatnonzero((self.tier == tier) & used)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +167,8 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         pupil_center = (ds["pupil_center"].values - ds["stats_pupil_center_mean"].values) / np.where(
             eye_std > 0, eye_std, 1
         )
+    tier = strings(ds["tier"].values)
+    image_id = ds["image_id"].values.astype(np.int64)
     cell_xyz = None
     if all(f"cell_{a}" in ds for a in "xyz"):
         cell_xyz = np.stack([ds[f"cell_{a}"].values for a in "xyz"], axis=1).astype(np.float32)
@@ -172,8 +178,8 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         images=np.ascontiguousarray(images, dtype=np.float32),
         responses=np.ascontiguousarray(responses, dtype=np.float32),
         response_std=response_std,
-        tier=strings(ds["tier"].values),
-        image_id=ds["image_id"].values.astype(np.int64),
+        tier=tier,
+        image_id=image_id,
         behavior=None if behavior is None else behavior.astype(np.float32),
         pupil_center=None if pupil_center is None else pupil_center.astype(np.float32),
         unit_id=unit_ids(ds["unit_id"].values),
@@ -185,7 +191,21 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         behavior_names=behavior_names,
         response_offset=ds["response_offset"].values.astype(np.float32) if "response_offset" in ds else None,
         masked=bool(np.isnan(responses[recorded]).any()),
+        set_aside=train_set_aside(tier, image_id, config),
     )
+
+
+def train_set_aside(tier: np.ndarray, image_id: np.ndarray, config: DataConfig) -> np.ndarray | None:
+    """(trial,) bool: the train trials whose image is outside the first ``config.train_fraction``
+    of the train images in a permutation seeded by ``config.shuffle_seed`` (so smaller fractions
+    are subsets of larger ones); None when the fraction is 1."""
+    if config.train_fraction >= 1:
+        return None
+    train = tier == "train"
+    images = np.unique(image_id[train])
+    order = np.random.default_rng([config.shuffle_seed, len(images)]).permutation(images)
+    kept = order[: max(1, round(config.train_fraction * len(images)))]
+    return train & ~np.isin(image_id, kept)
 
 
 def load_sessions(paths: Sequence, config: DataConfig = DataConfig()) -> list[SessionData]:

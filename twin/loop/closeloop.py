@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from twin.data.schema import unit_ids
 from twin.errors import RunError, StimulusError, TwinWarning
 from twin.loop.export import CONTROLS
-from twin.data.schema import unit_ids
 from twin.loop.files import MANIFEST, is_integer, read_manifest, read_responses
 
 P_VALUE = 0.05
