@@ -11,21 +11,7 @@ SESSIONS=${SESSIONS:-190925 190927 210224 210322}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT/auto" "$OUT/native"
 
-timed() {  # timed NAME COMMAND...: run, then append "NAME wall_s cpu_s" to OUT/times.txt
-    local name=$1; shift
-    local start; start=$(date +%s.%N)
-    /usr/bin/time -f "%U %S" -o "$OUT/.time" "$@"
-    echo "$name $(echo "$(date +%s.%N) - $start" | bc) $(awk '{print $1 + $2}' "$OUT/.time")" >> "$OUT/times.txt"
-}
-
-fit_once() {  # fit_once NAME STORE... [FLAGS]: twin fit into OUT/NAME unless it finished; resumes a killed fit
-    local name=$1; shift
-    [ -e "$OUT/$name/summary.json" ] && return
-    mkdir "$OUT/.$name.running" 2>/dev/null || return 0  # another copy of this script is fitting it
-    local resume=(); [ -d "$OUT/$name/checkpoints" ] && resume=(--resume)
-    timed "$name" twin fit "$@" --out "$OUT/$name" "${resume[@]}"
-    rmdir "$OUT/.$name.running"
-}
+source "$HERE/experiments/common.sh"
 
 for step in $STEPS; do
     case $step in
