@@ -440,6 +440,14 @@ def cmd_closeloop(args) -> int:
     return 0
 
 
+def cmd_match(args) -> int:
+    from twin.loop.match import format_match, match_command
+
+    result = match_command(args.day1, args.day2, args.out, tolerance=args.tolerance, overwrite=args.overwrite)
+    print(format_match(result, args.day1, args.day2, args.out))
+    return 0
+
+
 def cmd_loop(args) -> int:
     from twin.loop.run import run_loop
 
@@ -784,6 +792,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report directory")
     add_overwrite_flag(p)
     p.set_defaults(handler=cmd_closeloop)
+
+    p = commands.add_parser("match", help="pair the units of two sessions of one field of view (day 1, day 2)")
+    p.add_argument("day1", help="session store of day 1")
+    p.add_argument("day2", help="session store of day 2")
+    p.add_argument(
+        "--out", required=True,
+        help="pairs .csv: day1_unit, day2_unit, distance_um, response_correlation, confidence (0..1)",
+    )
+    p.add_argument(
+        "--tolerance", type=at_least(0.1, float), default=10.0, metavar="UM",
+        help="largest distance in µm between the two positions of a cell once the field's shift is removed (default 10)",
+    )
+    add_overwrite_flag(p)
+    p.set_defaults(handler=cmd_match)
 
     p = commands.add_parser("loop", help="the whole inception loop, on the simulated animal")
     p.add_argument("out")
