@@ -461,6 +461,7 @@ def cmd_loop(args) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
         channels=args.channels,
+        days=args.days,
     )
     return 0
 
@@ -819,6 +820,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--channels", type=int, choices=[1, 3],
         help="simulate a gray (1) or colour (3: RGB stimuli) animal (default: [loop].channels, 1)",
+    )
+    p.add_argument(
+        "--days", type=int, choices=[1, 2], default=1,
+        help="1: show the stimuli to the animal of day 1 (default); 2: to day 2 of the same animal, its"
+        " neurons found again by twin match (day2.zarr, matches.csv)",
     )
     p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
     add_overwrite_flag(p)
