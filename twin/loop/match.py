@@ -35,6 +35,7 @@ from twin.errors import ConfigError, SessionError
 TOLERANCE_UM = 10.0
 MIN_SHARED_IMAGES = 10
 MAX_CELLS_FOR_SHIFT = 2000  # cells of each day in the displacement histogram (all pairs: 4M vectors)
+MAX_BINS = 2000  # per axis of that histogram
 COLUMNS = ("day1_unit", "day2_unit", "distance_um", "response_correlation", "confidence")
 
 
@@ -72,11 +73,14 @@ def densest(values: np.ndarray, width: float) -> np.ndarray:
 
 def displacement_mode(xyz1: np.ndarray, xyz2: np.ndarray, tolerance: float) -> np.ndarray:
     """(3,) the median of the displacement vectors xyz2[j] - xyz1[i] (all pairs) in their densest
-    block: in x-y (bins of tolerance / 2), then in depth among those."""
+    block: in x-y (bins of tolerance / 2, or wider to keep MAX_BINS per axis), then in depth
+    among those."""
     rng = np.random.default_rng(0)
     d = (subsample(xyz2, rng)[None] - subsample(xyz1, rng)[:, None]).reshape(-1, 3)
-    d = d[densest(d[:, :2], tolerance / 2)]
-    d = d[densest(d[:, 2:], tolerance / 2)]
+    # at most MAX_BINS bins per axis, whatever the tolerance
+    width = max(tolerance / 2, float(np.ptp(d, axis=0).max()) / MAX_BINS)
+    d = d[densest(d[:, :2], width)]
+    d = d[densest(d[:, 2:], width)]
     return np.median(d, axis=0)
 
 
