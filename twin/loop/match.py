@@ -113,15 +113,19 @@ def estimate_shift(xyz1: np.ndarray, xyz2: np.ndarray, tolerance: float) -> tupl
 def image_hashes(ds, source) -> np.ndarray:
     """(trial,) a digest of each trial's image in screen levels 0..255 (2 decimals), so the same
     picture hashes alike in stores of either dtype or pixel range."""
-    levels = np.round(to_levels(ds["images"].values, pixel_range(ds, source)), 2).astype(np.float32)
-    return np.array([hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() for image in levels])
+    images, lo_hi = ds["images"].values, pixel_range(ds, source)
+    digests = []
+    for start in range(0, len(images), 256):  # float64 levels of a few images at a time
+        levels = np.round(to_levels(images[start : start + 256], lo_hi), 2).astype(np.float32)
+        digests += [hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() for image in levels]
+    return np.array(digests)
 
 
 def image_means(hashes: np.ndarray, responses: np.ndarray, shared: np.ndarray) -> np.ndarray:
     """(shared image, neuron) trial-averaged responses (NaN = not recorded left out)."""
     means = np.full((len(shared), responses.shape[1]), np.nan, np.float64)
     for k, h in enumerate(shared):
-        rows = responses[hashes == h]
+        rows = np.asarray(responses[hashes == h], np.float64)
         recorded = np.isfinite(rows)
         with np.errstate(invalid="ignore", divide="ignore"):
             means[k] = np.where(recorded, rows, 0).sum(0) / recorded.sum(0)
@@ -136,7 +140,7 @@ def shared_responses(ds1, ds2, source1, source2) -> tuple[np.ndarray, np.ndarray
     shared = np.intersect1d(h1, h2)
     if len(shared) < MIN_SHARED_IMAGES:
         return None
-    means = [image_means(h, np.asarray(ds["responses"].values, np.float64), shared) for h, ds in ((h1, ds1), (h2, ds2))]
+    means = [image_means(h, ds["responses"].values, shared) for h, ds in ((h1, ds1), (h2, ds2))]
     z = []
     for m in means:
         m = np.where(np.isnan(m), np.nanmean(m, axis=0, keepdims=True), m)  # an image a unit missed
