@@ -97,3 +97,20 @@ def test_loop_days_2_end_to_end(tmp_path, capsys):
     }
     assert result["day2"]["selected"] == 3 and (out / "report" / "index.html").exists()
     assert "selected neurons found again" in capsys.readouterr().out
+
+
+def test_no_selected_neuron_found_again_still_finishes(loop_dir, tmp_path, capsys):
+    from twin.data.simulate import day2
+
+    out = tmp_path / "out"
+    shutil.copytree(loop_dir, out, ignore=shutil.ignore_patterns("report", "responses.npz", "loop.json"))
+    session = open_session(out / "session.zarr").load()
+    lost = sorted(set(session["unit_id"].values.tolist()) - set(day2(session, seed=0)["gt_day1_unit"].values.tolist()))
+    selection = {"unit_id": lost[:1]}
+    before = {"out": str(out), "twin_median_mei_over_best_natural": None, "true_median_mei_over_best_natural": None}
+    stages = Stages(["day 2", "match", "respond", "closeloop"])
+    result = day2_stages(stages, out, out / "session.zarr", selection, before, seed=0)
+    assert result["day2"]["found_again"] == 0 and result["n_neurons"] == 0
+    assert "closeloop" not in result["seconds"] and not (out / "report").exists()
+    assert "no selected neuron was found again" in capsys.readouterr().out
+    assert json.loads((out / "loop.json").read_text())["units_without_responses"] == lost[:1]
