@@ -157,7 +157,7 @@ def test_abandoned_staging_is_reported_and_cleaned(tmp_path, capsys):
     assert (tmp_path / "y" / "kept.txt").exists()
 
 
-@pytest.mark.parametrize("command", ["simulate", "import", "fit", "mei", "export", "respond", "closeloop", "loop"])
+@pytest.mark.parametrize("command", ["simulate", "import", "fit", "mei", "export", "respond", "closeloop", "loop", "match"])
 def test_existing_outputs_are_never_touched(command, loop_dir, tmp_path, capsys):
     """Every command that writes refuses a user's folder or file at its output, and leaves it as it was."""
     user = tmp_path / "user"
@@ -175,6 +175,7 @@ def test_existing_outputs_are_never_touched(command, loop_dir, tmp_path, capsys)
         "respond": ["respond", str(loop_dir / "stimuli"), "--animal", str(loop_dir / "session.zarr"), "--out", "{out}"],
         "closeloop": ["closeloop", str(loop_dir / "run"), str(loop_dir / "stimuli"), str(loop_dir / "responses.npz"), "--out", "{out}"],
         "loop": ["loop", "{out}"],
+        "match": ["match", str(loop_dir / "session.zarr"), str(loop_dir / "session.zarr"), "--out", "{out}"],
     }[command]
     targets = [user, tmp_path / "plain.txt"] if command != "mei" else [tmp_path / "m.zarr", tmp_path / "plain.zarr"]
     if command == "mei":
@@ -218,7 +219,7 @@ def kill_before_commit(argv, cwd):
     assert process.returncode == -signal.SIGKILL, process.stderr.read()
 
 
-@pytest.mark.parametrize("command", ["simulate", "import", "mei", "export", "respond", "closeloop", "predict"])
+@pytest.mark.parametrize("command", ["simulate", "import", "mei", "export", "respond", "closeloop", "predict", "match"])
 def test_kill_9_keeps_the_previous_output(command, loop_dir, tmp_path, capsys):
     """kill -9 of `--overwrite` just before the output lands: the previous output is intact, the
     staging folder is reported by `twin info` and removed by the next write in that folder."""
@@ -233,8 +234,9 @@ def test_kill_9_keeps_the_previous_output(command, loop_dir, tmp_path, capsys):
         "respond": (["respond", str(loop_dir / "stimuli"), "--animal", str(loop_dir / "session.zarr"), "--out", "out.npz"], "responses.npz"),
         "closeloop": (["closeloop", str(loop_dir / "run"), str(loop_dir / "stimuli"), str(loop_dir / "responses.npz"), "--out", "out"], "report"),
         "predict": (["predict", str(loop_dir / "run"), "session.zarr", "--out", "out.npy"], "responses.npz"),
+        "match": (["match", "session.zarr", "session.zarr", "--out", "out.csv"], "selection.json"),
     }[command]
-    out = tmp_path / {"mei": "out.zarr", "respond": "out.npz", "predict": "out.npy"}.get(command, "out")
+    out = tmp_path / {"mei": "out.zarr", "respond": "out.npz", "predict": "out.npy", "match": "out.csv"}.get(command, "out")
     copy = shutil.copytree if (loop_dir / previous).is_dir() else shutil.copyfile
     copy(loop_dir / previous, out)
     if out.is_dir() and not (out / "zarr.json").exists():

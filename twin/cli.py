@@ -93,22 +93,66 @@ def check_simulation_memory(args, size: tuple[int, int]) -> None:
 def cmd_simulate(args) -> int:
     from twin.data.simulate import simulate
     from twin.data.store import write_session
-    from twin.outputs import check_output
+    from twin.outputs import check_output, output
 
-    check_output(args.out, args.overwrite, "store", flag="OUT")
+    if args.day2_of is not None:
+        return simulate_day2(args)
+    check_output(args.out, args.overwrite, "store" if args.animals is None else "folder", flag="OUT")
     size = parse_size(args.size)
     check_simulation_memory(args, size)
-    ds = simulate(
-        n_neurons=args.neurons,
-        n_train_images=args.train_images,
-        n_test_images=args.test_images,
-        repeats=args.repeats,
-        size=size,
-        seed=args.seed,
-        channels=args.channels,
+
+    def animal(index: int):
+        return simulate(
+            n_neurons=args.neurons,
+            n_train_images=args.train_images,
+            n_test_images=args.test_images,
+            repeats=args.repeats,
+            size=size,
+            seed=args.seed,
+            channels=args.channels,
+            animal=index,
+        )
+
+    if args.animals is None:
+        ds = animal(1)
+        write_session(ds, args.out, overwrite=args.overwrite)
+        print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
+        return 0
+    with output(args.out, args.overwrite, "folder", flag="OUT") as folder:
+        for index in range(1, args.animals + 1):
+            write_session(animal(index), folder / f"animal_{index}.zarr")
+            print(f"animal {index} of {args.animals} simulated", flush=True)
+    print(
+        f"wrote {args.animals} stores {Path(args.out) / 'animal_1.zarr'} .. animal_{args.animals}.zarr:"
+        f" {args.train_images} + {args.test_images}x{args.repeats} images x {args.neurons} neurons each"
     )
+    return 0
+
+
+# Defaults of `twin simulate`'s sizes; --day2-of takes the sizes from day 1 and refuses others.
+SIMULATE_SIZES = {"neurons": 100, "train_images": 2000, "test_images": 50, "repeats": 10, "size": "36x64", "channels": 1}
+
+
+def simulate_day2(args) -> int:
+    """`twin simulate OUT --day2-of DAY1`: day 2 of the same field of view (twin.data.simulate.day2)."""
+    from twin.data.simulate import day2
+    from twin.data.store import load_values, open_session, write_session
+    from twin.outputs import check_output
+
+    given = [name for name, default in SIMULATE_SIZES.items() if getattr(args, name) != default]
+    if given or args.animals is not None:
+        flag = "--" + (given[0].replace("_", "-") if given else "animals")
+        raise ConfigError(f"{flag} with --day2-of: day 2 takes its sizes from {args.day2_of}; drop {flag}")
+    check_output(args.out, args.overwrite, "store", flag="OUT", inputs=[args.day2_of])
+    day1 = open_session(args.day2_of)
+    if not day1.attrs.get("simulated"):
+        raise ConfigError(f"--day2-of {args.day2_of}: not a simulated session; pass a store written by twin simulate")
+    ds = day2(load_values(day1, args.day2_of), seed=args.seed)
     write_session(ds, args.out, overwrite=args.overwrite)
-    print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
+    print(
+        f"wrote {args.out}: day 2 of {args.day2_of}, {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons"
+        " (the day-1 unit of each is in gt_day1_unit)"
+    )
     return 0
 
 
@@ -396,6 +440,14 @@ def cmd_closeloop(args) -> int:
     return 0
 
 
+def cmd_match(args) -> int:
+    from twin.loop.match import format_match, match_command
+
+    result = match_command(args.day1, args.day2, args.out, tolerance=args.tolerance, overwrite=args.overwrite)
+    print(format_match(result, args.day1, args.day2, args.out))
+    return 0
+
+
 def cmd_loop(args) -> int:
     from twin.loop.run import run_loop
 
@@ -409,6 +461,7 @@ def cmd_loop(args) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
         channels=args.channels,
+        days=args.days,
     )
     return 0
 
@@ -485,16 +538,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("simulate", help="write a session store of the simulated animal")
     p.add_argument("out", help="store to write (.zarr)")
-    p.add_argument("--neurons", type=at_least(1), default=100)
-    p.add_argument("--train-images", type=at_least(2), default=2000)
-    p.add_argument("--test-images", type=at_least(1), default=50)
-    p.add_argument("--repeats", type=at_least(1), default=10)
-    p.add_argument("--size", default="36x64", help="HEIGHTxWIDTH (default 36x64)")
+    p.add_argument("--neurons", type=at_least(1), default=SIMULATE_SIZES["neurons"])
+    p.add_argument("--train-images", type=at_least(2), default=SIMULATE_SIZES["train_images"])
+    p.add_argument("--test-images", type=at_least(1), default=SIMULATE_SIZES["test_images"])
+    p.add_argument("--repeats", type=at_least(1), default=SIMULATE_SIZES["repeats"])
+    p.add_argument("--size", default=SIMULATE_SIZES["size"], help="HEIGHTxWIDTH (default 36x64)")
     p.add_argument(
-        "--channels", type=int, choices=[1, 3], default=1,
+        "--channels", type=int, choices=[1, 3], default=SIMULATE_SIZES["channels"],
         help="1: gray images (default); 3: RGB images and luminance and colour-opponent neurons",
     )
     p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
+    p.add_argument(
+        "--animals", type=at_least(1), metavar="K",
+        help="write K animals, OUT/animal_1.zarr .. animal_K.zarr, each with its own neurons, images and"
+        " noise from the same statistics (animal 1 is the store written without --animals)",
+    )
+    p.add_argument(
+        "--day2-of", metavar="DAY1.zarr",
+        help="write day 2 of this simulated session: the field of view shifted, some cells lost and some"
+        " new, gains drifted, new train images and day 1's test images again (truth in gt_day1_unit)",
+    )
     add_overwrite_flag(p)
     p.set_defaults(handler=cmd_simulate)
 
@@ -731,6 +794,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_overwrite_flag(p)
     p.set_defaults(handler=cmd_closeloop)
 
+    p = commands.add_parser("match", help="pair the units of two sessions of one field of view (day 1, day 2)")
+    p.add_argument("day1", help="session store of day 1")
+    p.add_argument("day2", help="session store of day 2")
+    p.add_argument(
+        "--out", required=True,
+        help="pairs .csv: day1_unit, day2_unit, distance_um, response_correlation, confidence (0..1)",
+    )
+    p.add_argument(
+        "--tolerance", type=at_least(0.1, float), default=10.0, metavar="UM",
+        help="largest distance in µm between the two positions of a cell once the field's shift is removed (default 10)",
+    )
+    add_overwrite_flag(p)
+    p.set_defaults(handler=cmd_match)
+
     p = commands.add_parser("loop", help="the whole inception loop, on the simulated animal")
     p.add_argument("out")
     p.add_argument("--session", help="start from this store instead of simulating")
@@ -743,6 +820,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--channels", type=int, choices=[1, 3],
         help="simulate a gray (1) or colour (3: RGB stimuli) animal (default: [loop].channels, 1)",
+    )
+    p.add_argument(
+        "--days", type=int, choices=[1, 2], default=1,
+        help="1: show the stimuli to the animal of day 1 (default); 2: to day 2 of the same animal, its"
+        " neurons found again by twin match (day2.zarr, matches.csv)",
     )
     p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
     add_overwrite_flag(p)

@@ -22,6 +22,10 @@ vector over R, G, B (``gt_colour``): ``luminance`` (1, 1, 1), ``red_green`` (1, 
 colour contrast alone; the surround pools the contrast energy averaged over channels. One
 channel (the default) is the gray animal, drawn exactly as without the option.
 
+Several animals (``simulate(..., animal=k)``) share these statistics, each with its own draws;
+``day2`` images the same field of view of a session again (cells shifted, lost, new, gains
+drifted, day 1's test images shown again).
+
 Ground truth is stored as ``gt_*`` variables; ``ground_truth(ds)`` returns it without the
 prefix, ``mean_response(params, images, xp)`` evaluates the noise-free population with numpy
 or jax.numpy (so it can be differentiated), and ``respond`` shows new images to the animal.
@@ -33,7 +37,7 @@ import numpy as np
 import xarray as xr
 
 from twin import metrics
-from twin.data.schema import make_session, strings
+from twin.data.schema import make_session, strings, unit_ids
 from twin.errors import ConfigError, SessionError
 
 GRAY = 128.0
@@ -214,38 +218,13 @@ def noisy_responses(params: dict, mean: np.ndarray, z: np.ndarray, rng: np.rando
     return np.where(events > 0, amounts, 0.0).astype(np.float32)
 
 
-def simulate(
-    n_neurons: int,
-    n_train_images: int,
-    n_test_images: int,
-    repeats: int,
-    size: tuple[int, int] = (36, 64),
-    seed: int = 0,
-    channels: int = 1,
-) -> xr.Dataset:
-    """A session of the simulated animal, with ground truth as ``gt_*`` variables.
-
-    ``channels`` 1 gives gray images (trial, y, x); 3 gives RGB images (trial, channel, y, x)
-    and a population of luminance and colour-opponent neurons (see the module doc).
-
-    ``n_train_images`` images are shown once each; 10% of them form the validation tier.
-    ``n_test_images`` images are shown ``repeats`` times each (tier test). Trials are in random
-    order. Returns a validated session Dataset (write it with ``write_session``).
-    """
-    for name, value, least in (
-        ("--neurons", n_neurons, 1),
-        ("--train-images", n_train_images, 2),
-        ("--test-images", n_test_images, 1),
-        ("--repeats", repeats, 1),
-    ):
-        if value < least:
-            raise ConfigError(f"simulate: {name} {value}: give at least {least}")
-    if channels not in (1, 3):
-        raise ConfigError(f"simulate: --channels {channels}: give 1 (gray) or 3 (RGB)")
-    rng = np.random.default_rng(seed)
-    train_images = natural_images(n_train_images, size, rng, channels)
-    test_images = natural_images(n_test_images, size, rng, channels)
-
+def population(
+    n_neurons: int, size: tuple[int, int], train_images: np.ndarray, rng: np.random.Generator, channels: int = 1
+) -> dict:
+    """Ground-truth parameters of ``n_neurons`` neurons drawn from the population's statistics
+    (kinds in KIND_FRACTIONS, colours in COLOUR_FRACTIONS, receptive fields as in ``gabors``);
+    surround weights and c50 are scaled on ``train_images`` (n, [channel,] y, x). Arrays are
+    (neuron, ...)."""
     params = gabors(n_neurons, size, rng)
     counts = np.floor(np.array(KIND_FRACTIONS) * n_neurons).astype(int)
     counts[0] += n_neurons - counts.sum()
@@ -285,7 +264,20 @@ def simulate(
     per_image = (-1,) + (1,) * len(image_axes)
     gabor = GRAY + params["optimal_norm"].reshape(per_image) * params["filter_even"]
     params["optimal_stimulus"] = np.where(~normalized.reshape(per_image), gabor, np.nan)
+    return params
 
+
+def recording(
+    params: dict, train_images: np.ndarray, test_images: np.ndarray, repeats: int, rng: np.random.Generator
+) -> dict:
+    """The trials of a session: train images once each (10% of them validation), test images
+    ``repeats`` times each, in random order, with behavior and noisy responses.
+
+    Returns {images (trial, [channel,] y, x), responses (trial, neuron), tier, image_id (trial,),
+    behavior (trial, 3), pupil_center (trial, 2)}; image ids are 0.. for the train images in
+    their given order, then one per test image.
+    """
+    n_train_images, n_test_images = len(train_images), len(test_images)
     n_validation = max(1, n_train_images // 10) if n_train_images >= 10 else 0
     image_tier = np.array(["validation"] * n_validation + ["train"] * (n_train_images - n_validation))
     image_tier = rng.permutation(image_tier)
@@ -300,8 +292,21 @@ def simulate(
     mean = mean_response(params, images)
     z, behavior, pupil_center = draw_behavior(len(images), rng)
     responses = noisy_responses(params, mean, z, rng)
-    # Retinotopy: cortical position follows receptive-field position (10 um per pixel).
-    cell_xyz = np.stack(
+    return {
+        "images": images,
+        "responses": responses,
+        "tier": tier,
+        "image_id": image_id,
+        "behavior": behavior,
+        "pupil_center": pupil_center,
+    }
+
+
+def retinotopic_positions(params: dict, rng: np.random.Generator) -> np.ndarray:
+    """Cortical positions (neuron, 3) in µm: x, y follow the receptive-field centre (10 µm per
+    pixel, 15 µm scatter), depth z is uniform in 200..400."""
+    n_neurons = len(params["x"])
+    return np.stack(
         [
             10 * params["x"] + rng.normal(0, 15, n_neurons),
             10 * params["y"] + rng.normal(0, 15, n_neurons),
@@ -309,37 +314,163 @@ def simulate(
         ],
         axis=1,
     )
-    ds = make_session(
-        "simulate",
-        images=images,
-        responses=responses,
-        tier=tier,
-        image_id=image_id,
-        behavior=behavior,
-        pupil_center=pupil_center,
-        cell_xyz=cell_xyz,
-        attrs={
-            "simulated": True,
-            "source": f"twin simulate seed {seed}",
-            "animal": "simulated",
-            "seed": seed,
-        },
-    )
-    neuron_dims = {
-        0: (),
-        1: ("neuron",),
-        2: ("neuron", "channel"),
-        3: ("neuron", "y", "x"),
-        4: ("neuron", "channel", "y", "x"),
-    }
+
+
+NEURON_DIMS = {
+    0: (),
+    1: ("neuron",),
+    2: ("neuron", "channel"),
+    3: ("neuron", "y", "x"),
+    4: ("neuron", "channel", "y", "x"),
+}
+
+
+def to_session(params: dict, trials: dict, cell_xyz: np.ndarray, attrs: dict, unit_id=None) -> xr.Dataset:
+    """A validated session from ``recording``'s trials, positions (neuron, 3) and the ground
+    truth ``params`` (stored as ``gt_*`` variables); unit ids default to 0..n-1."""
+    ds = make_session("simulate", **trials, cell_xyz=cell_xyz, unit_id=unit_id, attrs={"simulated": True, **attrs})
     for name, value in params.items():
         value = np.asarray(value)
         if value.dtype.kind == "U":
             value = value.astype(object)
         elif value.dtype.kind == "f":
             value = value.astype(np.float32)
-        ds[f"gt_{name}"] = (neuron_dims[value.ndim], value)
+        ds[f"gt_{name}"] = (NEURON_DIMS[value.ndim], value)
     return ds
+
+
+def animal_rng(seed: int, animal: int) -> np.random.Generator:
+    """The random stream of simulated animal ``animal`` (1, 2, ...) of ``seed``: animal 1 is the
+    single animal of that seed, so `twin simulate --seed S` and animal 1 of `--animals K` agree."""
+    return np.random.default_rng(seed if animal == 1 else [seed, animal])
+
+
+def simulate(
+    n_neurons: int,
+    n_train_images: int,
+    n_test_images: int,
+    repeats: int,
+    size: tuple[int, int] = (36, 64),
+    seed: int = 0,
+    channels: int = 1,
+    animal: int = 1,
+) -> xr.Dataset:
+    """A session of the simulated animal, with ground truth as ``gt_*`` variables.
+
+    ``channels`` 1 gives gray images (trial, y, x); 3 gives RGB images (trial, channel, y, x)
+    and a population of luminance and colour-opponent neurons (see the module doc).
+
+    ``n_train_images`` images are shown once each; 10% of them form the validation tier.
+    ``n_test_images`` images are shown ``repeats`` times each (tier test). Trials are in random
+    order. Returns a validated session Dataset (write it with ``write_session``).
+
+    ``animal`` (1, 2, ...) picks one of several animals of the same seed (``animal_rng``): each
+    has its own images, neurons, positions and noise, drawn from the same statistics (kinds of
+    cells, receptive-field sizes, gains), so a core fitted on some transfers to the others.
+    """
+    for name, value, least in (
+        ("--neurons", n_neurons, 1),
+        ("--train-images", n_train_images, 2),
+        ("--test-images", n_test_images, 1),
+        ("--repeats", repeats, 1),
+        ("--animals", animal, 1),
+    ):
+        if value < least:
+            raise ConfigError(f"simulate: {name} {value}: give at least {least}")
+    if channels not in (1, 3):
+        raise ConfigError(f"simulate: --channels {channels}: give 1 (gray) or 3 (RGB)")
+    rng = animal_rng(seed, animal)
+    train_images = natural_images(n_train_images, size, rng, channels)
+    test_images = natural_images(n_test_images, size, rng, channels)
+    params = population(n_neurons, size, train_images, rng, channels)
+    trials = recording(params, train_images, test_images, repeats, rng)
+    cell_xyz = retinotopic_positions(params, rng)
+    attrs = {"source": f"twin simulate seed {seed}", "animal": "simulated", "seed": seed}
+    if animal > 1:
+        attrs |= {"source": f"twin simulate seed {seed} animal {animal}", "animal": f"simulated {animal}"}
+    return to_session(params, trials, cell_xyz, attrs)
+
+
+# Day 2 of the same field of view (``day2``): a rigid shift of the field of view (µm; its length
+# in x-y uniform in this range, in a random direction, and a small shift in depth), each cell's
+# own jitter (µm, per axis), the fraction of day-1 cells lost and of day-1's count newly found,
+# and the drift of each kept cell's response gain (standard deviation of its log).
+DAY2_SHIFT_UM = (20.0, 50.0)
+DAY2_DEPTH_SHIFT_SD = 3.0
+DAY2_JITTER_UM = 2.0
+DAY2_LOST = 0.15
+DAY2_NEW = 0.10
+DAY2_GAIN_SD = 0.2
+
+
+def day1_layout(day1: xr.Dataset) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(positions (neuron, 3) µm, test images (image, [channel,] y, x), their repeats, number of
+    train + validation images) of a day-1 session."""
+    source = day1.attrs.get("session", "day-1 session")
+    if not all(f"cell_{axis}" in day1 for axis in "xyz"):
+        raise SessionError(f"{source}: no cell positions (cell_x, cell_y, cell_z); day 2 shifts them, so simulate day 1 with twin simulate")
+    xyz = np.stack([np.asarray(day1[f"cell_{axis}"].values, np.float64) for axis in "xyz"], axis=1)
+    tier = strings(day1["tier"].values)
+    image_id = np.asarray(day1["image_id"].values)
+    test = np.flatnonzero(tier == "test")
+    ids, first, counts = np.unique(image_id[test], return_index=True, return_counts=True)
+    test_images = np.asarray(day1["images"][test[first]].values)
+    n_train = len(np.unique(image_id[np.isin(tier, ("train", "validation"))]))
+    return xyz, test_images, int(np.median(counts)), n_train
+
+
+def day2(day1: xr.Dataset, seed: int = 0) -> xr.Dataset:
+    """Day 2 of the simulated session ``day1``: the same field of view imaged again.
+
+    The field of view moves rigidly (``DAY2_SHIFT_UM`` in x-y, ``DAY2_DEPTH_SHIFT_SD`` in depth)
+    and each cell by its own jitter (``DAY2_JITTER_UM``); a fraction ``DAY2_LOST`` of the cells
+    is lost and ``DAY2_NEW`` (of day 1's count) new cells appear, drawn like the others at
+    retinotopic positions; each kept cell's response gain (rmax, baseline and event size) is
+    multiplied by a lognormal (``DAY2_GAIN_SD``). Day 2 shows new train images (as many as day 1)
+    and day 1's test images again (same pixels and repeats, other image ids), so both days hold
+    responses to shared images. Neurons come in random order with unit ids 0..n-1 that say
+    nothing of day 1; the answer is ``gt_day1_unit`` (neuron,): the day-1 unit id of each day-2
+    unit, -1 ("" for string ids) for a new cell, and ``attrs["gt_shift_um"]`` the rigid shift
+    (x, y, z) added to day-1 positions. Returns a validated session like ``simulate``'s.
+    """
+    truth = ground_truth(day1)
+    xyz1, test_images, repeats, n_train = day1_layout(day1)
+    ids1 = unit_ids(day1["unit_id"].values)
+    n1 = len(ids1)
+    size = tuple(int(n) for n in day1["images"].shape[-2:])
+    channels = 3 if day1["images"].ndim == 4 else 1
+    rng = np.random.default_rng([seed, int(day1.attrs.get("seed", 0)), 2])
+    angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(*DAY2_SHIFT_UM)
+    shift = np.array([length * np.cos(angle), length * np.sin(angle), rng.normal(0, DAY2_DEPTH_SHIFT_SD)])
+    kept = np.sort(rng.permutation(n1)[: n1 - int(round(DAY2_LOST * n1))])
+    n_new = int(round(DAY2_NEW * n1))
+    train_images = natural_images(n_train, size, rng, channels)
+
+    per_neuron = {k: v for k, v in truth.items() if v.ndim >= 1 and k != "day1_unit"}
+    params = {k: v[kept] for k, v in per_neuron.items()}
+    drift = np.exp(rng.normal(0, DAY2_GAIN_SD, len(kept)))
+    for name in ("rmax", "baseline", "event_size"):
+        params[name] = params[name] * drift
+    xyz = xyz1[kept] + rng.normal(0, DAY2_JITTER_UM, (len(kept), 3))
+    day1_unit = ids1[kept]
+    if n_new:
+        new = population(n_new, size, train_images, rng, channels)
+        params = {k: np.concatenate([v, np.asarray(new[k], v.dtype)]) for k, v in params.items()}
+        xyz = np.concatenate([xyz, retinotopic_positions(new, rng)])
+        day1_unit = np.concatenate([day1_unit, np.full(n_new, "" if ids1.dtype.kind == "U" else -1, ids1.dtype)])
+    order = rng.permutation(len(xyz))
+    params = {k: v[order] for k, v in params.items()} | {k: v for k, v in truth.items() if v.ndim == 0}
+    params["day1_unit"] = day1_unit[order]
+    trials = recording(params, train_images, test_images[rng.permutation(len(test_images))], repeats, rng)
+    session = day1.attrs.get("session", "day 1")
+    attrs = {
+        "source": f"twin simulate --day2-of {session} --seed {seed}",
+        "animal": day1.attrs.get("animal", "simulated"),
+        "seed": seed,
+        "day": 2,
+        "gt_shift_um": [float(v) for v in shift],
+    }
+    return to_session(params, trials, xyz[order] + shift, attrs)
 
 
 def ground_truth(ds: xr.Dataset) -> dict[str, np.ndarray]:

@@ -185,12 +185,19 @@ def summarize(manifest: dict, data: dict, trials: dict) -> dict:
 
 
 def closeloop(
-    run: str | Path, stimuli: str | Path, responses: str | Path, out: str | Path, overwrite: bool = False
+    run: str | Path,
+    stimuli: str | Path,
+    responses: str | Path,
+    out: str | Path,
+    overwrite: bool = False,
+    day2: dict | None = None,
 ) -> dict:
     """Match responses.npz to the manifest of ``stimuli``, score every neuron, write the report.
 
     Writes ``out/summary.json``, ``out/index.html`` and the report's PNGs (atomically) and returns
-    the summary dict.
+    the summary dict. ``day2``: when the responses were recorded on day 2 (``twin loop --days
+    2``), how many selected neurons were found again (twin.loop.run.found_again), kept in the
+    summary and the report.
     """
     from twin.loop.report import write_report
     from twin.outputs import check_output, output
@@ -209,6 +216,8 @@ def closeloop(
         )
     trials = match_trials(manifest, data, responses, stimuli)
     summary = summarize(manifest, data, trials)
+    if day2 is not None:
+        summary["day2"] = day2
     with output(out, overwrite) as tmp:
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
         write_report(tmp, summary, manifest, Path(stimuli), Path(run))

@@ -245,6 +245,27 @@ th { background: #f3f3f3; }
 """
 
 
+def day2_numbers(day2: dict) -> list[tuple[str, str]]:
+    """Report rows of a loop shown on day 2 (twin.loop.run.found_again)."""
+
+    def microns(values):
+        return ", ".join(f"{v:+.1f}" for v in values) + " µm"
+
+    return [
+        ("day 2: selected neurons found again", f"{day2['found_again']} of {day2['selected']}"),
+        (
+            "day 2: of those, matched to the right cell / selected still imaged (simulation's truth)",
+            f"{day2['found_correctly']} / {day2['still_imaged']}",
+        ),
+        ("day 2: field-of-view shift, estimated (true)", f"{microns(day2['shift_um'])} ({microns(day2['true_shift_um'])})"),
+        (
+            "day 2: units matched, precision / recall (simulation's truth)",
+            f"{day2['matched_units']}, {number(day2['match_precision'])} / {number(day2['match_recall'])}",
+        ),
+        ("day 2: neurons below", "the selected neurons found again, their MEIs and controls measured on day 2"),
+    ]
+
+
 def write_report(folder: Path, summary: dict, manifest: dict, stimuli: Path, run: Path) -> Path:
     """Write the PNGs and index.html into ``folder``; returns the html path."""
     figures = []
@@ -275,6 +296,8 @@ def write_report(folder: Path, summary: dict, manifest: dict, stimuli: Path, run
         ("run", run),
         ("stimuli", stimuli),
     ]
+    if "day2" in summary:
+        numbers[:0] = day2_numbers(summary["day2"])
     body = [
         "<h1>Inception loop report</h1>",
         '<table class="numbers">' + "".join(row(pair) for pair in numbers) + "</table>",

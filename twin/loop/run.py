@@ -4,6 +4,14 @@ simulate -> fit -> select -> MEIs -> export -> respond -> closeloop (+ report). 
 in OUT/: session.zarr, config.toml (what fit and MEIs used), run/, selection.json, meis.zarr,
 stimuli/, responses.npz, report/ (index.html, summary.json) and loop.json (timings and numbers).
 
+With ``days = 2`` (``--days 2``) the stimuli are shown on day 2, as in the lab: after the export,
+day 2 of the same animal is simulated (day2.zarr: twin.data.simulate.day2, the field of view
+shifted, cells lost and new, gains drifted), its units are matched to day 1's (matches.csv:
+twin.loop.match), the animal of day 2 is shown the stimuli (responses_day2.npz, its own unit ids)
+and the responses of the day-2 units matched to day-1 units are renamed to their day-1 ids
+(responses.npz), so closeloop compares the day-1 twin with the neurons found again; loop.json and
+the report state how many selected neurons were found again (``day2``).
+
 The default sizes run in about a minute on an idle 2-core CPU. A ``--config`` TOML file may
 override any [data], [model], [fit], [mei] value and, in a [loop] table, the LOOP values below.
 With ``channels = 3`` (``--channels 3``) the animal sees colour and the rig is shown RGB stimuli
@@ -110,6 +118,7 @@ def run_loop(
     seed: int = 0,
     overwrite: bool = False,
     channels: int | None = None,
+    days: int = 1,
 ) -> dict:
     """Run the inception loop into ``out``; returns loop.json's content.
 
@@ -120,7 +129,8 @@ def run_loop(
     when it is a simulated session); neurons: how many to select; seeds: MEI initializations per
     neuron (default [loop].mei_seeds); recipe: the MEI recipe (default: the config's [mei].recipe,
     else walker2019; see twin.mei.recipes.recipe_config); channels: 1 simulates a gray animal, 3 a
-    colour one shown RGB stimuli (default [loop].channels).
+    colour one shown RGB stimuli (default [loop].channels); days: 1 shows the stimuli to the
+    animal of day 1, 2 to day 2 of the same animal, its neurons matched to day 1's (module doc).
     """
     from twin.data.store import open_session
     from twin.mei.recipes import recipe_config
@@ -136,12 +146,17 @@ def run_loop(
     recipe_config(recipe, config_path if "mei" in run_config else None)
     store = out / "session.zarr" if session is None else Path(session)
     simulated = session is None or bool(open_session(store).attrs.get("simulated"))
+    if days not in (1, 2):
+        raise ConfigError(f"--days {days}: give 1 (stimuli shown on day 1) or 2 (on day 2)")
+    if days == 2 and not simulated:
+        raise ConfigError(f"--days 2: {store} is not a simulated session; day 2 is simulated from day 1's ground truth")
     with output_in_place(out, overwrite, flag="OUT", inputs=[session] if session else []):
-        return run_stages(out, loop, run_config, store, session, simulated, neurons, seeds, recipe, seed)
+        return run_stages(out, loop, run_config, store, session, simulated, neurons, seeds, recipe, seed, days)
 
 
 def run_stages(
-    out: Path, loop, run_config: dict, store: Path, session, simulated: bool, neurons: int, seeds, recipe: str | None, seed: int
+    out: Path, loop, run_config: dict, store: Path, session, simulated: bool, neurons: int, seeds, recipe: str | None, seed: int,
+    days: int = 1,
 ) -> dict:
     """The loop's stages into the folder ``out``, which exists (see ``run_loop``)."""
     from twin.data.simulate import simulate
@@ -155,7 +170,7 @@ def run_stages(
 
     config_file = out / "config.toml"
     config_file.write_text(tomli_w.dumps(run_config))
-    names = ["simulate"] * (session is None) + ["fit", "select", "mei", "export"]
+    names = ["simulate"] * (session is None) + ["fit", "select", "mei", "export"] + ["day 2", "match"] * (days == 2)
     names += ["respond", "closeloop"] * simulated
     stages = Stages(names)
     if session is None:
@@ -213,6 +228,8 @@ def run_stages(
         "stimuli": len(manifest["stimuli"]),
         "rejected": len(manifest["rejected"]),
     }
+    if days == 2:
+        return day2_stages(stages, out, store, selection, result, seed)
     if simulated:
         stages.run(
             "respond",
@@ -225,10 +242,110 @@ def run_stages(
             lambda s: f"report in {out / 'report' / 'index.html'}",
         )
         result |= {k: v for k, v in summary.items() if k != "neurons"}
+    return finish(stages, out, result, simulated)
+
+
+def finish(stages: Stages, out: Path, result: dict, simulated: bool) -> dict:
+    """Add the timings to ``result``, write loop.json, print the summary; returns ``result``."""
     result["seconds"] = stages.seconds | {"total": round(time.perf_counter() - stages.start, 1)}
     (out / "loop.json").write_text(json.dumps(result, indent=1))
     print(format_result(result, simulated))
     return result
+
+
+def day2_stages(stages: Stages, out: Path, store: Path, selection: dict, result: dict, seed: int) -> dict:
+    """The loop's day 2 (see the module doc): day2.zarr, matches.csv, the responses of day 2
+    under day-1 ids and the report; returns loop.json's content."""
+    from twin.data.simulate import day2
+    from twin.data.store import load_values, open_session, write_session
+    from twin.loop.closeloop import closeloop
+    from twin.loop.match import match_command
+
+    day2_store = out / "day2.zarr"
+    stages.run(
+        "day 2",
+        lambda: write_session(day2(load_values(open_session(store), store), seed=seed), day2_store),
+        lambda _: f"the same field of view again: shifted, some cells lost, some new, gains drifted -> {day2_store}",
+    )
+    matched = stages.run(
+        "match",
+        lambda: match_command(store, day2_store, out / "matches.csv"),
+        lambda m: f"{len(m['pairs']['day1_unit'])} of {m['n_day1']} day-1 units found again, field shifted by"
+        f" {', '.join(f'{v:+.1f}' for v in m['shift_um'])} µm -> {out / 'matches.csv'}",
+    )
+    found = found_again(selection, matched, open_session(day2_store))
+    stages.run(
+        "respond",
+        lambda: respond_on_day2(out, day2_store, matched["pairs"], seed + 1),
+        lambda r: f"{r['responses'].shape[0]} trials x {r['responses'].shape[1]} matched neurons ->"
+        f" {out / 'responses.npz'} (day-1 unit ids)",
+    )
+    result["day2"] = found
+    if found["found_again"] == 0:
+        print("no selected neuron was found again on day 2: nothing to compare", flush=True)
+        empty = ["median_mei_over_best_natural", "fraction_mei_beats_controls_p05", "prediction_correlation"]
+        result |= {"n_neurons": 0, "units_without_responses": selection["unit_id"]} | dict.fromkeys(empty)
+        return finish(stages, out, result, True)
+    summary = stages.run(
+        "closeloop",
+        lambda: closeloop(out / "run", out / "stimuli", out / "responses.npz", out / "report", day2=found),
+        lambda s: f"{s['n_neurons']} neurons found again scored; report in {out / 'report' / 'index.html'}",
+    )
+    result |= {k: v for k, v in summary.items() if k not in ("neurons", "day2")}
+    return finish(stages, out, result, True)
+
+
+def respond_on_day2(out: Path, day2_store: Path, pairs: dict, seed: int) -> dict:
+    """Show the stimuli to the animal of day 2 (responses_day2.npz, day-2 unit ids) and keep the
+    units matched to day 1 under their day-1 ids (responses.npz, what closeloop reads)."""
+    import numpy as np
+
+    from twin.loop.files import write_responses
+    from twin.loop.respond import respond_to_stimuli
+
+    day2 = respond_to_stimuli(out / "stimuli", animal=day2_store, out=out / "responses_day2.npz", seed=seed)
+    column = {unit: i for i, unit in enumerate(day2["unit_id"].tolist())}
+    columns = np.array([column[unit] for unit in pairs["day2_unit"].tolist()], np.int64)
+    arrays = {
+        "responses": day2["responses"][:, columns],
+        "stimulus_id": day2["stimulus_id"],
+        "unit_id": pairs["day1_unit"],
+    }
+    write_responses(out / "responses.npz", **arrays)
+    return arrays
+
+
+def found_again(selection: dict, matched: dict, day2) -> dict:
+    """How many selected day-1 neurons ``matched`` (match_sessions' result) found on ``day2`` (the
+    simulated day-2 session), checked against its truth (gt_day1_unit)."""
+    from twin.data.schema import unit_ids
+
+    partner = dict(zip(matched["pairs"]["day1_unit"].tolist(), matched["pairs"]["day2_unit"].tolist()))
+    confidence = dict(zip(matched["pairs"]["day1_unit"].tolist(), matched["pairs"]["confidence"].tolist()))
+    truth = unit_ids(day2["gt_day1_unit"].values).tolist()
+    true_partner = dict(zip(truth, unit_ids(day2["unit_id"].values).tolist()))
+    units = [
+        {
+            "day1_unit": unit,
+            "day2_unit": partner.get(unit),
+            "true_day2_unit": true_partner.get(unit),
+            "confidence": confidence.get(unit),
+        }
+        for unit in selection["unit_id"]
+    ]
+    scores = matched["truth"] or {}
+    return {
+        "selected": len(units),
+        "found_again": sum(u["day2_unit"] is not None for u in units),
+        "found_correctly": sum(u["day2_unit"] is not None and u["day2_unit"] == u["true_day2_unit"] for u in units),
+        "still_imaged": sum(u["true_day2_unit"] is not None for u in units),
+        "matched_units": len(partner),
+        "match_precision": scores.get("precision"),
+        "match_recall": scores.get("recall"),
+        "shift_um": [round(float(v), 2) for v in matched["shift_um"]],
+        "true_shift_um": [round(float(v), 2) for v in day2.attrs["gt_shift_um"]],
+        "units": units,
+    }
 
 
 def format_result(result: dict, simulated: bool) -> str:
@@ -238,6 +355,15 @@ def format_result(result: dict, simulated: bool) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
     lines = [f"inception loop done in {result['seconds']['total']:.0f} s: {result['out']}"]
+    day2 = result.get("day2")
+    if day2 is not None:
+        lines += [
+            f"  day 2: {day2['found_again']} of {day2['selected']} selected neurons found again"
+            f" ({day2['found_correctly']} correctly, {day2['still_imaged']} still imaged, by the simulation's truth);"
+            f" field shift {', '.join(f'{v:+.1f}' for v in day2['shift_um'])} µm"
+            f" (true {', '.join(f'{v:+.1f}' for v in day2['true_shift_um'])})",
+            f"  day-2 matching of all units: precision {show(day2['match_precision'])}, recall {show(day2['match_recall'])}",
+        ]
     if simulated:
         lines += [
             f"  neurons: {result['n_neurons']}",

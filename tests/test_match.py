@@ -1,0 +1,102 @@
+"""twin match: units of two sessions of one field of view paired again, on simulated day pairs
+with a known answer (shifted field of view, lost and new cells, jitter, drifted gains, noise)."""
+
+import csv
+
+import numpy as np
+import pytest
+
+import twin.loop.match as match
+from twin.cli import main
+from twin.data.simulate import day2, simulate
+from twin.data.store import open_session, write_session
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A dense day pair: 600 cells in a 180 x 320 µm field, 200 µm deep (nearest neighbours ~17 µm)."""
+    root = tmp_path_factory.mktemp("days")
+    one = simulate(600, 100, 20, 3, size=(18, 32), seed=1)
+    write_session(one, root / "day1.zarr")
+    write_session(day2(one, seed=4), root / "day2.zarr")
+    return root
+
+
+def read_pairs(path):
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+def scores(rows, day2_store):
+    truth = open_session(day2_store)["gt_day1_unit"].values
+    true_pairs = {(int(t), u) for u, t in enumerate(truth) if t >= 0}
+    found = {(int(r["day1_unit"]), int(r["day2_unit"])) for r in rows}
+    correct = len(found & true_pairs)
+    return correct / len(found), correct / len(true_pairs)
+
+
+def test_match_finds_the_cells_again(pair, capsys):
+    out = pair / "matches.csv"
+    assert main(["match", str(pair / "day1.zarr"), str(pair / "day2.zarr"), "--out", str(out)]) == 0
+    rows = read_pairs(out)
+    assert list(rows[0]) == list(match.COLUMNS)
+    precision, recall = scores(rows, pair / "day2.zarr")
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
+    day1_units = [int(r["day1_unit"]) for r in rows]
+    assert len(set(day1_units)) == len(rows) == len({r["day2_unit"] for r in rows})  # one to one
+    distance = np.array([float(r["distance_um"]) for r in rows])
+    confidence = np.array([float(r["confidence"]) for r in rows])
+    correlation = np.array([float(r["response_correlation"]) for r in rows])
+    assert distance.max() < 10 and ((confidence > 0) & (confidence <= 1)).all()
+    assert np.median(correlation) > 0.5  # the same neurons respond alike to the shared images
+    printed = capsys.readouterr().out
+    assert "shared images: 20" in printed and f"matched: {len(rows)} pairs" in printed
+    assert "precision" in printed and "unmatched:" in printed
+
+
+def test_shift_is_estimated_within_a_micrometre(pair):
+    result = match.match_sessions(pair / "day1.zarr", pair / "day2.zarr")
+    truth = np.array(open_session(pair / "day2.zarr").attrs["gt_shift_um"])
+    assert np.abs(result["shift_um"] - truth).max() < 1.0
+    assert result["unmatched_day1"] == result["n_day1"] - len(result["pairs"]["day1_unit"])
+
+
+def test_positions_alone_still_match(pair, monkeypatch, tmp_path):
+    monkeypatch.setattr(match, "MIN_SHARED_IMAGES", 10**9)  # as if no image were shown on both days
+    out = tmp_path / "positions.csv"
+    result = match.match_command(pair / "day1.zarr", pair / "day2.zarr", out)
+    assert result["shared_images"] == 0
+    rows = read_pairs(out)
+    assert all(r["response_correlation"] == "" for r in rows)
+    precision, recall = scores(rows, pair / "day2.zarr")
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
+
+
+def test_string_ids_and_a_session_matched_with_itself(tmp_path):
+    one = simulate(30, 40, 12, 2, size=(16, 24), seed=2)
+    one["unit_id"] = ("neuron", np.array([f"cell-{i}" for i in range(30)], dtype=object))
+    write_session(one, tmp_path / "a.zarr")
+    result = match.match_command(tmp_path / "a.zarr", tmp_path / "a.zarr", tmp_path / "self.csv")
+    rows = read_pairs(tmp_path / "self.csv")
+    assert [(r["day1_unit"], r["day2_unit"]) for r in rows] == [(f"cell-{i}", f"cell-{i}") for i in range(30)]
+    assert np.abs(result["shift_um"]).max() < 1e-6 and all(float(r["distance_um"]) == 0 for r in rows)
+
+
+def test_match_errors_are_one_line(pair, tmp_path, capsys):
+    bare = open_session(pair / "day1.zarr").load().drop_vars(["cell_x", "cell_y", "cell_z"])
+    write_session(bare, tmp_path / "bare.zarr")
+    cases = [
+        ([str(tmp_path / "bare.zarr"), str(pair / "day2.zarr"), "--out", str(tmp_path / "m.csv")], "no cell positions"),
+        ([str(pair / "day1.zarr"), str(pair / "day2.zarr"), "--out", str(tmp_path / "m.txt")], ".csv suffix"),
+        ([str(pair / "day1.zarr"), str(tmp_path / "none.zarr"), "--out", str(tmp_path / "m.csv")], "no zarr store"),
+    ]
+    for args, message in cases:
+        assert main(["match", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "m.csv").exists()
+    (tmp_path / "mine.csv").write_text("keep")
+    args = ["match", str(pair / "day1.zarr"), str(pair / "day2.zarr"), "--out", str(tmp_path / "mine.csv")]
+    assert main(args) == 2 and "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "mine.csv").read_text() == "keep"
+    assert main([*args, "--overwrite"]) == 0 and read_pairs(tmp_path / "mine.csv")
