@@ -7,18 +7,22 @@ respond to, gets almost no gradient towards the right place, and often never rea
 most ``MAX_TRIALS`` seeded train trials, whose argmax is the position:
 
 - ``energy_positions`` (fits from scratch; the core is random): the responses against the local
-  contrast energy of the images, (image - its mean)^2 averaged over colour channels and smoothed
-  by a Gaussian, at several smoothing scales (the best scale per neuron). Any visual neuron with a
-  localized receptive field (simple, complex, normalized; luminance or colour) responds more, on
-  average, to images with more contrast inside its receptive field, whatever its preferred
-  pattern; contrast elsewhere does not drive it (and, under surround normalization, suppresses
-  it). The energy map is the one stimulus statistic that needs no knowledge of the tuning.
+  contrast energy of the images, (image - its mean)^2 smoothed by a Gaussian, at several smoothing
+  scales and, for colour images, in each principal colour component (luminance and the opponent
+  axes), the best map per neuron. Any visual neuron with a localized receptive field (simple,
+  complex, normalized; luminance or colour) responds more, on average, to images with more
+  contrast inside its receptive field, whatever its preferred pattern; contrast elsewhere does
+  not drive it (and, under surround normalization, suppresses it). The energy map is the one
+  stimulus statistic that needs no knowledge of the tuning. Averaging the energy over R, G, B
+  instead loses colour-opponent neurons, whose drive is swamped by luminance contrast: on the
+  simulated colour animal of tests/test_placement.py only half the neurons then land within 2
+  pixels of their receptive field.
 - ``feature_positions`` (a transferred core): the responses against the core's eval-mode
   features at each output position, the best |r| over channels: where some feature the readout
   can weight predicts the neuron.
 
 A neuron's map maximum is kept only where it is significant: above the Bonferroni bound over all
-positions (x scales or channels) at family-wise rate ``ALPHA``, with the null distribution of
+positions (x scales x colour components, or x channels) at family-wise rate ``ALPHA``, with the null distribution of
 Fisher's z, atanh(r) sqrt(trials - 3) ~ N(0, 1). Other neurons keep their random init.
 
 Missing responses (NaN) are left out per neuron: its mean and spread are taken over its recorded
@@ -37,7 +41,8 @@ from scipy.ndimage import gaussian_filter
 from twin.models.readouts import GaussianReadout
 
 # Trials used per session (a seeded subset of the train tier): the maps cost
-# neurons x trials x positions (x channels), which stays seconds at Sensorium scale.
+# neurons x trials x positions (x channels): at Sensorium scale (8,000 neurons, 36x64) about 10 s
+# from the images and 1-2 min from a 64-channel core on 2 CPU cores (benchmarks/RESULTS.md).
 MAX_TRIALS = 2000
 # Family-wise false-positive rate of one neuron's significance test over its whole map.
 ALPHA = 0.01
@@ -56,24 +61,42 @@ def sample_trials(data, n_trials: int = MAX_TRIALS, seed: int = 0) -> np.ndarray
     return trials
 
 
-def correlation_maps(responses: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pearson r of each neuron with each map entry over trials, missing responses left out.
-
-    responses: (t, n), NaN where not recorded; maps: (t, p). Returns r (n, p) and the recorded
-    trial count (n,). A neuron's mean and spread are over its recorded trials; the maps' are over
-    all t. Constant neurons or entries get r = 0.
-    """
+def response_weights(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Responses (t, n), NaN where not recorded -> weights (n, t) such that ``weights @ z`` is
+    each neuron's Pearson r with a map z (t,) standardized over trials, and the recorded trial
+    count (n,). A neuron's mean and spread are over its recorded trials; its missing trials get
+    weight 0. Constant neurons get weight 0 (r = 0)."""
     recorded = np.isfinite(responses)
     count = recorded.sum(axis=0)
     mean = np.where(recorded, responses, 0).sum(axis=0) / np.maximum(count, 1)
-    centred = np.where(recorded, responses - mean, 0).astype(np.float32)
+    centred = np.where(recorded, responses - mean, 0)
     spread = np.sqrt((centred**2).sum(axis=0))  # sqrt(count) x its std
-    maps = maps - maps.mean(axis=0)
-    map_std = maps.std(axis=0)
-    maps = (maps / np.where(map_std > 0, map_std, np.inf)).astype(np.float32)
-    r = centred.T @ maps  # (n, p): sum over recorded trials of centred response x standardized map
     scale = np.where(spread > 0, spread * np.sqrt(np.maximum(count, 1)), np.inf)
-    return r / scale[:, None], count
+    return np.ascontiguousarray((centred / scale).T, dtype=np.float32), count
+
+
+def correlation_maps(weights: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """r (n, p) of the neurons of ``weights`` (n, t, from response_weights) with each column of
+    ``maps`` (t, p), standardized here over all t trials; constant columns get r = 0."""
+    maps = maps - maps.mean(axis=0)
+    std = maps.std(axis=0)
+    return weights @ (maps / np.where(std > 0, std, np.inf)).astype(np.float32)
+
+
+def keep_best(best: dict, r: np.ndarray, label: int) -> None:
+    """Update ``best`` (``r``, ``index``, ``label``, each (n,)) in place with the maxima of the
+    maps r (n, p) named ``label``."""
+    index = r.argmax(axis=1)
+    top = np.take_along_axis(r, index[:, None], axis=1)[:, 0]
+    better = top > best["r"]
+    best["r"] = np.where(better, top, best["r"])
+    best["index"] = np.where(better, index, best["index"])
+    best["label"] = np.where(better, label, best["label"])
+
+
+def no_best(n: int) -> dict:
+    """The starting ``best`` of keep_best for n neurons."""
+    return {"r": np.full(n, -np.inf, np.float32), "index": np.zeros(n, np.int64), "label": np.zeros(n, np.int64)}
 
 
 def threshold(count: np.ndarray, n_tests: int) -> np.ndarray:
@@ -115,26 +138,18 @@ def energy_positions(images: np.ndarray, responses: np.ndarray) -> dict[str, np.
     t, height, width, channels = images.shape
     scales = [s for s in SCALES if s <= min(height, width) / 4] or [SCALES[0]]
     components = colour_components(images)
-    n = responses.shape[1]
-    best, index = np.full(n, -np.inf, np.float32), np.zeros(n, np.int64)
-    best_scale, best_component = np.zeros(n, np.float32), np.zeros(n, np.int64)
+    weights, count = response_weights(responses)
+    best = no_best(responses.shape[1])
     for component in range(channels):
-        for scale in scales:
+        for k, scale in enumerate(scales):
             energy = contrast_energy(components[..., component], scale).reshape(t, -1)
-            r, count = correlation_maps(responses, energy)
-            top, where = r.max(axis=1), r.argmax(axis=1)
-            better = top > best
-            best, index = np.where(better, top, best), np.where(better, where, index)
-            best_scale = np.where(better, scale, best_scale)
-            best_component = np.where(better, component, best_component)
-    significant = best > threshold(count, height * width * len(scales) * channels)
-    position = np.stack([index % width, index // width], axis=1).astype(np.float32)
+            keep_best(best, correlation_maps(weights, energy), component * len(scales) + k)
     return {
-        "position": position,
-        "r": best,
-        "scale": best_scale,
-        "component": best_component,
-        "significant": significant,
+        "position": np.stack([best["index"] % width, best["index"] // width], axis=1).astype(np.float32),
+        "r": best["r"],
+        "scale": np.asarray(scales, np.float32)[best["label"] % len(scales)],
+        "component": best["label"] // len(scales),
+        "significant": best["r"] > threshold(count, height * width * len(scales) * channels),
     }
 
 
@@ -146,18 +161,16 @@ def feature_positions(features: np.ndarray, responses: np.ndarray) -> dict[str, 
     over positions and channels, ``channel`` (n,) its channel and ``significant`` (n,) bool.
     """
     t, height, width, channels = features.shape
-    n = responses.shape[1]
-    best, index, best_channel = np.full(n, -np.inf, np.float32), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    weights, count = response_weights(responses)
+    best = no_best(responses.shape[1])
     for channel in range(channels):  # one channel at a time keeps the (n, positions) map small
-        r, count = correlation_maps(responses, features[..., channel].reshape(t, -1))
-        r = np.abs(r)
-        top, where = r.max(axis=1), r.argmax(axis=1)
-        better = top > best
-        best, index = np.where(better, top, best), np.where(better, where, index)
-        best_channel = np.where(better, channel, best_channel)
-    significant = best > threshold(count, height * width * channels)
-    position = np.stack([index % width, index // width], axis=1).astype(np.float32)
-    return {"position": position, "r": best, "channel": best_channel, "significant": significant}
+        keep_best(best, np.abs(correlation_maps(weights, features[..., channel].reshape(t, -1))), channel)
+    return {
+        "position": np.stack([best["index"] % width, best["index"] // width], axis=1).astype(np.float32),
+        "r": best["r"],
+        "channel": best["label"],
+        "significant": best["r"] > threshold(count, height * width * channels),
+    }
 
 
 def pixels_to_grid(position: np.ndarray, map_shape: tuple[int, int], offset=(0.0, 0.0)) -> np.ndarray:
@@ -216,23 +229,24 @@ def place_readouts(
     or (members, n) for an Ensemble (all False for readouts left as they are).
     """
     ensemble = hasattr(model, "members")
-    twins = [model.member(k) for k in range(model.size)] if ensemble else [model]
+    members = model.size if ensemble else 1
     base = model.members if ensemble else model
     placed = []
     for index, data in enumerate(sessions):
         readout = base.readouts[index]
         old = np.asarray(readout.mu[...]) if placeable(readout) else None
         if old is None:
-            placed.append(np.zeros((len(twins), data.n_neurons) if ensemble else data.n_neurons, bool))
+            placed.append(np.zeros((members, data.n_neurons) if ensemble else data.n_neurons, bool))
             continue
         trials = sample_trials(data, n_trials, seed)
         responses = data.responses[trials]
         map_shape = tuple(readout.in_shape[:2])
         if use_core:
+            twins = [model.member(k) for k in range(members)] if ensemble else [model]
             found = [feature_positions(core_features(twin, data, trials), responses) for twin in twins]
             offset = (0.0, 0.0)
         else:
-            found = [energy_positions(data.images[trials], responses)] * len(twins)
+            found = [energy_positions(data.images[trials], responses)] * members
             height, width = data.image_shape
             offset = ((width - map_shape[1]) / 2, (height - map_shape[0]) / 2)
         grid = np.stack([pixels_to_grid(f["position"], map_shape, offset) for f in found])
