@@ -92,6 +92,7 @@ FIELDS = {
         "readout": choices("gaussian", "factorized"),
         "gauss_type": choices("full", "isotropic"),
         "init_mu_range": floats(0),
+        "readout_init": choices("data", "random"),
         "init_sigma": floats(0),
         "gamma_readout": floats(0),
         "grid_mean_predictor": FLAG,

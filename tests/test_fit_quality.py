@@ -1,5 +1,7 @@
 """Quality bar, fast version: a tiny twin fit on a small simulated session gets a good part of the
-way to the ground-truth ceiling (the full bar, >= 0.9 of it, is experiments/fit_simulated.md)."""
+way to the ground-truth ceiling (the full bar, >= 0.9 of it, is experiments/fit_simulated.md).
+With readout positions from the data it reaches 0.77 of the ceiling in 8 epochs (0.55 with
+readout_init = "random")."""
 
 import dataclasses
 from pathlib import Path
@@ -21,4 +23,4 @@ def test_tiny_twin_approaches_the_ground_truth_ceiling(tmp_path):
     fit(config, [str(store)], tmp_path / "run", progress=False)
     (result,) = evaluate_run(tmp_path / "run")
     assert result["ground_truth_ceiling"]["correlation_to_average"] > 0.8
-    assert result["fraction_of_ceiling"] >= 0.4
+    assert result["fraction_of_ceiling"] >= 0.6

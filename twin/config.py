@@ -263,6 +263,11 @@ class ModelConfig(Checked):
     gauss_type: str = choice("full", "isotropic")  # 2x2 covariance or one sigma
     # Readout positions start uniform in +-init_mu_range of the grid (-1..1; beyond reads padding).
     init_mu_range: float = number(0.3, 0)
+    # "data": a fit from scratch starts each Gaussian readout position where the neuron's responses
+    # correlate best with the images' local contrast energy (twin.models.placement), neurons
+    # without a significant estimate at random; "random": all uniform in +-init_mu_range.
+    # Factorized readouts and the grid-mean predictor ignore it.
+    readout_init: str = choice("data", "random")
     init_sigma: float = number(0.1, 0)
     gamma_readout: float = number(0.0076, 0)
     grid_mean_predictor: bool = flag(False)

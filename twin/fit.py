@@ -36,6 +36,7 @@ from tqdm import tqdm
 from twin import checkpoint, distributed, metrics
 from twin.config import DataConfig, RunConfig, check_image_size, load_config
 from twin.errors import ConfigError, RunError, SessionError, TwinError
+from twin.models import placement
 from twin.models.twin import Ensemble
 from twin.outputs import check_output, output_in_place
 
@@ -345,6 +346,8 @@ def fit(
 
     fit_config = config.fit
     model = checkpoint.make_model(config, records, checkpoint.readout_specs(sessions))
+    if config.model.readout_init == "data" and not (resume and checkpoint.latest_step(latest_dir) is not None):
+        placement.place_readouts(model, sessions)
     ensemble = isinstance(model, Ensemble)
     target = model.members if ensemble else model
     graphdef, params, rest = nnx.split(target, nnx.Param, ...)

@@ -1,0 +1,258 @@
+"""Readout positions from the data: each neuron's receptive-field position on the core's output
+grid, estimated from the train trials of its session, as the starting ``mu`` of its Gaussian readout.
+
+A readout point that starts far from the receptive field sees features its neuron does not
+respond to, gets almost no gradient towards the right place, and often never reaches it
+(experiments/fit_simulated.md). Two estimators, both a correlation map (neuron, y, x) over at
+most ``MAX_TRIALS`` seeded train trials, whose argmax is the position:
+
+- ``energy_positions`` (fits from scratch; the core is random): the responses against the local
+  contrast energy of the images, (image - its mean)^2 smoothed by a Gaussian, at several smoothing
+  scales and, for colour images, in each principal colour component (luminance and the opponent
+  axes), the best map per neuron. Any visual neuron with a localized receptive field (simple,
+  complex, normalized; luminance or colour) responds more, on average, to images with more
+  contrast inside its receptive field, whatever its preferred pattern; contrast elsewhere does
+  not drive it (and, under surround normalization, suppresses it). The energy map is the one
+  stimulus statistic that needs no knowledge of the tuning. Averaging the energy over R, G, B
+  instead loses colour-opponent neurons, whose drive is swamped by luminance contrast: on the
+  simulated colour animal of tests/test_placement.py only half the neurons then land within 2
+  pixels of their receptive field.
+- ``feature_positions`` (a transferred core): the responses against the core's eval-mode
+  features at each output position, the best |r| over channels: where some feature the readout
+  can weight predicts the neuron.
+
+A neuron's map maximum is kept only where it is significant: above the Bonferroni bound over all
+positions (x scales x colour components, or x channels) at family-wise rate ``ALPHA``, with the null distribution of
+Fisher's z, atanh(r) sqrt(trials - 3) ~ N(0, 1). Other neurons keep their random init.
+
+Missing responses (NaN) are left out per neuron: its mean and spread are taken over its recorded
+trials, its missing trials add nothing to the covariance, and its trial count sets its threshold.
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from scipy.ndimage import gaussian_filter
+
+from twin.models.readouts import GaussianReadout
+
+# Trials used per session (a seeded subset of the train tier): the maps cost
+# neurons x trials x positions (x channels): at Sensorium scale (8,000 neurons, 36x64) about 10 s
+# from the images and 1-2 min from a 64-channel core on 2 CPU cores (benchmarks/RESULTS.md).
+MAX_TRIALS = 2000
+# Family-wise false-positive rate of one neuron's significance test over its whole map.
+ALPHA = 0.01
+# Smoothing scales of the contrast energy in image pixels; those above a quarter of the image's
+# shorter side are dropped.
+SCALES = (1.0, 2.0, 4.0, 8.0)
+# Images per batch when running the core for its features.
+FEATURE_BATCH = 256
+
+
+def sample_trials(data, n_trials: int = MAX_TRIALS, seed: int = 0) -> np.ndarray:
+    """At most ``n_trials`` train trials (k,) of SessionData ``data``, drawn with ``seed``, sorted."""
+    trials = data.trials("train")
+    if len(trials) > n_trials:
+        trials = np.sort(np.random.default_rng(seed).choice(trials, n_trials, replace=False))
+    return trials
+
+
+def response_weights(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Responses (t, n), NaN where not recorded -> weights (n, t) such that ``weights @ z`` is
+    each neuron's Pearson r with a map z (t,) standardized over trials, and the recorded trial
+    count (n,). A neuron's mean and spread are over its recorded trials; its missing trials get
+    weight 0. Constant neurons get weight 0 (r = 0)."""
+    recorded = np.isfinite(responses)
+    count = recorded.sum(axis=0)
+    mean = np.where(recorded, responses, 0).sum(axis=0) / np.maximum(count, 1)
+    centred = np.where(recorded, responses - mean, 0)
+    spread = np.sqrt((centred**2).sum(axis=0))  # sqrt(count) x its std
+    scale = np.where(spread > 0, spread * np.sqrt(np.maximum(count, 1)), np.inf)
+    return np.ascontiguousarray((centred / scale).T, dtype=np.float32), count
+
+
+def correlation_maps(weights: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """r (n, p) of the neurons of ``weights`` (n, t, from response_weights) with each column of
+    ``maps`` (t, p), standardized here over all t trials; constant columns get r = 0."""
+    maps = maps - maps.mean(axis=0)
+    std = maps.std(axis=0)
+    return weights @ (maps / np.where(std > 0, std, np.inf)).astype(np.float32)
+
+
+def keep_best(best: dict, r: np.ndarray, label: int) -> None:
+    """Update ``best`` (``r``, ``index``, ``label``, each (n,)) in place with the maxima of the
+    maps r (n, p) named ``label``."""
+    index = r.argmax(axis=1)
+    top = np.take_along_axis(r, index[:, None], axis=1)[:, 0]
+    better = top > best["r"]
+    best["r"] = np.where(better, top, best["r"])
+    best["index"] = np.where(better, index, best["index"])
+    best["label"] = np.where(better, label, best["label"])
+
+
+def no_best(n: int) -> dict:
+    """The starting ``best`` of keep_best for n neurons."""
+    return {"r": np.full(n, -np.inf, np.float32), "index": np.zeros(n, np.int64), "label": np.zeros(n, np.int64)}
+
+
+def threshold(count: np.ndarray, n_tests: int) -> np.ndarray:
+    """Smallest significant r (n,) for ``count`` (n,) trials and ``n_tests`` tests per neuron
+    (Bonferroni at ALPHA, two-sided, Fisher z); 1 (never reached) below 4 trials."""
+    z = NormalDist().inv_cdf(1 - ALPHA / (2 * n_tests))
+    return np.where(count > 3, np.tanh(z / np.sqrt(np.maximum(count - 3, 1))), 1.0)
+
+
+def colour_components(images: np.ndarray) -> np.ndarray:
+    """Images (t, y, x, c) minus each image's mean, in the principal colour axes of their pixels
+    (t, y, x, c): for natural images luminance and the two colour-opponent axes (Ruderman et al.
+    1998), so an opponent neuron's drive lives in one component instead of being spread over
+    R, G, B and swamped by luminance. One channel is returned as it is (minus its mean)."""
+    deviation = images - images.mean(axis=(1, 2), keepdims=True)
+    if images.shape[-1] == 1:
+        return deviation
+    pixels = deviation.reshape(-1, images.shape[-1])
+    _, axes = np.linalg.eigh(pixels.T @ pixels)
+    return (deviation @ axes[:, ::-1]).astype(np.float32)
+
+
+def contrast_energy(components: np.ndarray, scale: float) -> np.ndarray:
+    """Local contrast energy (t, y, x) of one colour component (t, y, x) (see colour_components):
+    its square smoothed by a Gaussian of ``scale`` pixels, normalized by the weight inside the
+    image so edges are not darkened."""
+    weight = gaussian_filter(np.ones(components.shape[1:], np.float32), scale, mode="constant")
+    return gaussian_filter(components**2, (0, scale, scale), mode="constant") / weight
+
+
+def energy_positions(images: np.ndarray, responses: np.ndarray) -> dict[str, np.ndarray]:
+    """Receptive-field positions from the contrast energy (see the module doc): the best map over
+    smoothing scales and colour components.
+
+    images: (t, y, x, c); responses: (t, n) with NaN where missing. Returns ``position`` (n, 2)
+    as (x, y) image pixels, ``r`` (n,) the best correlation, ``scale`` (n,) its smoothing scale
+    in pixels, ``component`` (n,) its colour component (0: luminance) and ``significant`` (n,) bool.
+    """
+    t, height, width, channels = images.shape
+    scales = [s for s in SCALES if s <= min(height, width) / 4] or [SCALES[0]]
+    components = colour_components(images)
+    weights, count = response_weights(responses)
+    best = no_best(responses.shape[1])
+    for component in range(channels):
+        for k, scale in enumerate(scales):
+            energy = contrast_energy(components[..., component], scale).reshape(t, -1)
+            keep_best(best, correlation_maps(weights, energy), component * len(scales) + k)
+    return {
+        "position": np.stack([best["index"] % width, best["index"] // width], axis=1).astype(np.float32),
+        "r": best["r"],
+        "scale": np.asarray(scales, np.float32)[best["label"] % len(scales)],
+        "component": best["label"] // len(scales),
+        "significant": best["r"] > threshold(count, height * width * len(scales) * channels),
+    }
+
+
+def feature_positions(features: np.ndarray, responses: np.ndarray) -> dict[str, np.ndarray]:
+    """Receptive-field positions from core features (see the module doc).
+
+    features: (t, h, w, channels) the core's output; responses: (t, n) with NaN where missing.
+    Returns ``position`` (n, 2) as (x, y) pixels of the feature map, ``r`` (n,) the best |r|
+    over positions and channels, ``channel`` (n,) its channel and ``significant`` (n,) bool.
+    """
+    t, height, width, channels = features.shape
+    weights, count = response_weights(responses)
+    best = no_best(responses.shape[1])
+    for channel in range(channels):  # one channel at a time keeps the (n, positions) map small
+        keep_best(best, np.abs(correlation_maps(weights, features[..., channel].reshape(t, -1))), channel)
+    return {
+        "position": np.stack([best["index"] % width, best["index"] // width], axis=1).astype(np.float32),
+        "r": best["r"],
+        "channel": best["label"],
+        "significant": best["r"] > threshold(count, height * width * channels),
+    }
+
+
+def pixels_to_grid(position: np.ndarray, map_shape: tuple[int, int], offset=(0.0, 0.0)) -> np.ndarray:
+    """Readout grid points (n, 2) (x, y) in [-1, 1] of pixel positions (n, 2) (x, y).
+
+    map_shape: the core output (h, w); offset: (x, y) of the map's first pixel in the pixel
+    coordinates of ``position`` ((image - map) / 2 per axis for image pixels, 0 for map pixels).
+    The inverse of the readout's sampling (readouts.grid_corners, align_corners=True): -1 and 1
+    are the centres of the first and last pixels. Points beyond the map are clipped to its edge;
+    a map one pixel wide has its centre at 0.
+    """
+    h, w = map_shape
+    size = np.array([w - 1, h - 1], np.float32)
+    local = np.asarray(position, np.float32) - np.asarray(offset, np.float32)
+    grid = np.where(size > 0, 2 * local / np.maximum(size, 1) - 1, 0.0)
+    return np.clip(grid, -1, 1).astype(np.float32)
+
+
+def grid_to_pixels(grid: np.ndarray, map_shape: tuple[int, int], offset=(0.0, 0.0)) -> np.ndarray:
+    """Pixel positions (n, 2) (x, y) of readout grid points (n, 2): the inverse of pixels_to_grid
+    inside the map."""
+    h, w = map_shape
+    size = np.array([w - 1, h - 1], np.float32)
+    return ((np.asarray(grid, np.float32) + 1) * 0.5 * size + np.asarray(offset, np.float32)).astype(np.float32)
+
+
+def core_features(twin, data, trials: np.ndarray) -> np.ndarray:
+    """The core's eval-mode output (k, h, w, channels) for ``trials`` (k,) of SessionData ``data``
+    (with its behavior channels when the twin uses them); ``twin`` itself is left unchanged."""
+    core = nnx.clone(twin.core)
+    core.eval()
+    run = nnx.jit(lambda core, x: core(x))
+    outputs = []
+    for start in range(0, len(trials), FEATURE_BATCH):
+        index = trials[start : start + FEATURE_BATCH]
+        behavior = None if data.behavior is None else jnp.asarray(data.behavior[index])
+        outputs.append(np.asarray(run(core, twin.core_input(jnp.asarray(data.images[index]), behavior))))
+    return np.concatenate(outputs)
+
+
+def placeable(readout) -> bool:
+    """Whether a readout has free grid means to place: Gaussian, without a grid-mean predictor."""
+    return isinstance(readout, GaussianReadout) and readout.grid_predictor is None
+
+
+def place_readouts(
+    model, sessions, *, use_core: bool = False, n_trials: int = MAX_TRIALS, seed: int = 0
+) -> list[np.ndarray]:
+    """Set the readout positions ``mu`` of ``model`` (Twin or Ensemble) from ``sessions`` (one
+    SessionData per readout, in order), in place.
+
+    use_core: False (a fit from scratch) places by contrast energy, the same points for every
+    ensemble member; True (a transferred core) by each member's own core features. Neurons
+    without a significant map keep their random mu; factorized readouts and readouts with a
+    grid-mean predictor are left as they are. Returns per session the neurons placed: bool (n,),
+    or (members, n) for an Ensemble (all False for readouts left as they are).
+    """
+    ensemble = hasattr(model, "members")
+    members = model.size if ensemble else 1
+    base = model.members if ensemble else model
+    placed = []
+    for index, data in enumerate(sessions):
+        readout = base.readouts[index]
+        old = np.asarray(readout.mu[...]) if placeable(readout) else None
+        if old is None:
+            placed.append(np.zeros((members, data.n_neurons) if ensemble else data.n_neurons, bool))
+            continue
+        trials = sample_trials(data, n_trials, seed)
+        responses = data.responses[trials]
+        map_shape = tuple(readout.in_shape[:2])
+        if use_core:
+            twins = [model.member(k) for k in range(members)] if ensemble else [model]
+            found = [feature_positions(core_features(twin, data, trials), responses) for twin in twins]
+            offset = (0.0, 0.0)
+        else:
+            found = [energy_positions(data.images[trials], responses)] * members
+            height, width = data.image_shape
+            offset = ((width - map_shape[1]) / 2, (height - map_shape[0]) / 2)
+        grid = np.stack([pixels_to_grid(f["position"], map_shape, offset) for f in found])
+        significant = np.stack([f["significant"] for f in found])
+        if not ensemble:
+            grid, significant = grid[0], significant[0]
+        readout.mu[...] = jnp.asarray(np.where(significant[..., None], grid, old), jnp.float32)
+        placed.append(significant)
+    return placed
