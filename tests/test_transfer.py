@@ -4,7 +4,10 @@ import dataclasses
 import json
 import shutil
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from test_fit import CONFIG, assert_same_numbers, read_metrics
@@ -102,9 +105,8 @@ def test_fine_tuned_core_changes_at_its_own_rate(root):
     source, tuned = core_arrays(root / "source"), core_arrays(out)
     kernel = "layers.0.conv.kernel.value"
     change = np.abs(tuned[kernel] - source[kernel]).max()
-    assert change > 0
-    # Adam moves each weight by at most about its learning rate per step: 2 epochs of 3 steps.
-    assert change < 6 * 0.002 * 1.5
+    # 2 epochs of 9 steps (65 train trials in batches of 8), Adam: about the rate per step at most.
+    assert 0 < change < 18 * 0.002
     assert not np.array_equal(tuned["layers.0.norm.mean.value"], source["layers.0.norm.mean.value"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["core_features"] == "trained"
@@ -146,7 +148,40 @@ def test_multi_session_ensemble_starts_every_member_from_the_core(root, multi):
     assert summary["core"]["source_members"] == 1
 
 
-def test_evaluate_and_predict_work_on_a_transferred_run(root, frozen, capsys):
+def test_an_ensemble_core_gives_member_i_its_member_i(root, multi):
+    out = root / "from_ensemble"
+    assert twin("fit", root / "a.zarr", "--out", out, "--config", root / "two.toml",
+                "--core", multi, "--freeze-core", "--seeds", 2) == 0
+    for member in range(2):
+        assert_same_core(core_arrays(out, member), core_arrays(multi, member))
+    summary = json.loads((out / "summary.json").read_text())
+    # Each member has its own frozen core: it runs every step (a cache would be one per member).
+    assert summary["core_features"] == "frozen, per step" and summary["core"]["source_members"] == 2
+
+
+def test_optimizer_scales_the_core_and_freezes_it(root):
+    model = checkpoint.load_run(root / "source", load_sessions=False).model
+    params = nnx.state(model, nnx.Param)
+    grads = jax.tree.map(jnp.ones_like, params)
+
+    def first_update(core):
+        tx = transfer.optimizer(params, core, 0.01)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return {name: np.asarray(value) for name, value in checkpoint.tree_to_arrays(updates).items()}
+
+    plain = first_update(None)  # Adam's first step: g / |g| = 1 everywhere
+    scaled = first_update(CoreTransfer("x", False, 0.002))
+    frozen = first_update(CoreTransfer("x", True, None))
+    for name in plain:
+        core = name.startswith("core.")
+        np.testing.assert_allclose(scaled[name], plain[name] * (0.2 if core else 1), rtol=1e-6)
+        np.testing.assert_array_equal(frozen[name], 0 * plain[name] if core else plain[name])
+    # The core at the rate of the rest: plain Adam, as a fit from scratch.
+    same = transfer.optimizer(params, CoreTransfer("x", False, 0.01), 0.01)
+    assert isinstance(same.init(params), optax.ScaleByAdamState)
+
+
+def test_evaluate_predict_and_mei_work_on_a_transferred_run(root, frozen, capsys):
     capsys.readouterr()
     assert twin("evaluate", frozen, "--json") == 0
     result = json.loads(capsys.readouterr().out)
@@ -161,6 +196,10 @@ def test_evaluate_and_predict_work_on_a_transferred_run(root, frozen, capsys):
     expected = np.asarray(run.model(data.images, 0)) * data.response_std
     assert predicted.shape == (80, 6)
     np.testing.assert_allclose(predicted, expected, rtol=1e-4, atol=1e-5)
+    (root / "mei.toml").write_text("[mei]\nsteps = 4\nchunk_size = 2\n")
+    out = root / "meis.zarr"
+    assert twin("mei", frozen, "--neurons", "0,3", "--seeds", 1, "--config", root / "mei.toml", "--out", out) == 0
+    assert out.exists()
 
 
 @pytest.mark.parametrize(
@@ -202,22 +241,39 @@ def prepare_bad_inputs(root):
             path.write_bytes(b"")
 
 
+# A core that has seen many trials of one simulated animal (300 images, 40 neurons), and other
+# animals (other seeds: other receptive fields, the same kinds of cells) with 60 trials each.
+SMALL_CORE = RunConfig(
+    data=DataConfig(batch_size=32),
+    model=ModelConfig(core_layers=2, core_channels=8, input_kernel=9, hidden_kernel=5),
+    fit=FitConfig(max_epochs=6, learning_rate=0.01),
+)
+
+
+def transfer_against_scratch(root, seeds) -> list[tuple[float, float]]:
+    """(test r of the frozen-core transfer, test r from scratch) on 60 trials of each animal."""
+    write_session(simulate(40, 300, 20, 4, size=(18, 32), seed=1), root / "many.zarr")
+    fit(SMALL_CORE, [str(root / "many.zarr")], root / "source", progress=False)
+    results = []
+    for seed in seeds:
+        store = str(root / f"few{seed}.zarr")
+        write_session(simulate(40, 60, 20, 4, size=(18, 32), seed=seed), store)
+        scratch = fit(SMALL_CORE, [store], root / f"scratch{seed}", progress=False)
+        frozen = fit(
+            SMALL_CORE, [store], root / f"transferred{seed}", progress=False,
+            core_transfer=CoreTransfer(str(root / "source"), True, None),
+        )
+        results.append(tuple(s["sessions"][0]["test"]["single_trial_correlation"] for s in (frozen, scratch)))
+    return results
+
+
 def test_transferred_twin_beats_scratch_on_few_trials(tmp_path):
-    """A core fit on one simulated animal with many trials, frozen, against fitting another
-    animal's 60 trials from scratch: the transferred twin predicts its test trials better."""
-    config = RunConfig(
-        data=DataConfig(batch_size=32),
-        model=ModelConfig(core_layers=2, core_channels=8, input_kernel=9, hidden_kernel=5),
-        fit=FitConfig(max_epochs=6, learning_rate=0.01),
-    )
-    write_session(simulate(40, 300, 20, 4, size=(18, 32), seed=1), tmp_path / "many.zarr")
-    write_session(simulate(40, 60, 20, 4, size=(18, 32), seed=8), tmp_path / "few.zarr")
-    fit(config, [str(tmp_path / "many.zarr")], tmp_path / "source", progress=False)
-    scratch = fit(config, [str(tmp_path / "few.zarr")], tmp_path / "scratch", progress=False)
-    frozen = fit(
-        config, [str(tmp_path / "few.zarr")], tmp_path / "transferred", progress=False,
-        core_transfer=CoreTransfer(str(tmp_path / "source"), True, None),
-    )
-    r_scratch = scratch["sessions"][0]["test"]["single_trial_correlation"]
-    r_frozen = frozen["sessions"][0]["test"]["single_trial_correlation"]
-    assert r_frozen > r_scratch + 0.03, (r_frozen, r_scratch)
+    # One animal; the margin was 0.06 (0.05 to 0.07 over animals 7, 8, 9).
+    ((transferred, scratch),) = transfer_against_scratch(tmp_path, [8])
+    assert transferred > scratch + 0.03, (transferred, scratch)
+
+
+@pytest.mark.slow
+def test_transferred_twin_beats_scratch_on_every_animal(tmp_path):
+    for transferred, scratch in transfer_against_scratch(tmp_path, [7, 9, 10, 11]):
+        assert transferred > scratch + 0.02, (transferred, scratch)

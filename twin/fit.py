@@ -94,8 +94,9 @@ def epoch_seed(config: RunConfig, epoch: int) -> int:
 def batch_arrays(batch, caches=None) -> dict[str, np.ndarray]:
     """A loader Batch as a dict of arrays (optional inputs left out when None); with ``caches``
     (a twin.transfer.FeatureCache per session) the cached core features replace the images."""
-    arrays = {"images": batch.images, "responses": batch.responses}
-    if caches is not None:
+    if caches is None:
+        arrays = {"images": batch.images, "responses": batch.responses}
+    else:
         arrays = {"features": caches[batch.session][batch.trials], "responses": batch.responses}
     if batch.mask is not None:
         arrays["mask"] = batch.mask
@@ -352,9 +353,9 @@ def fit(
         checkpoint.check_store_digests(
             workdir, saved_records, store_paths, fix="resume with the stores the run was fit on, or fit a new run on it"
         )
+    core_transfer, provenance = transfer.resolve(workdir, resume, core_transfer)
     # Several hosts share the run directory: process 0 writes the plain files, every process
     # takes part in the orbax checkpoints.
-    core_transfer, provenance = transfer.resolve(workdir, resume, core_transfer)
     primary = jax.process_index() == 0
     progress = progress and primary
     if primary:

@@ -149,7 +149,7 @@ def setup(
         source_config, _ = read_source(core)
         rate = None if freeze_core else (config.fit.learning_rate if core_learning_rate is None else core_learning_rate)
         transfer = CoreTransfer(str(Path(core).absolute()), freeze_core, rate)
-        return transfer, with_core_fields(config, source_config, config_path, core)
+        return transfer, with_core_fields(config, source_config, config_path, f"--core {core}")
     transfer = recorded(provenance)
     wanted = transfer.learning_rate if core_learning_rate is None else core_learning_rate
     if (
@@ -161,19 +161,19 @@ def setup(
             f"--core: {out} was transferred from {transfer.source} ({state}, {Path(out) / PROVENANCE});"
             " resume it without --core flags, or fit a new run"
         )
-    return transfer, with_core_fields(config, load_config(Path(out) / "config.toml"), config_path, out)
+    return transfer, with_core_fields(config, load_config(Path(out) / "config.toml"), config_path, f"the run {out}")
 
 
 def with_core_fields(config: RunConfig, source: RunConfig, config_path: str | None, core: str) -> RunConfig:
-    """``config`` with the CORE_FIELDS of ``source`` (the config of the run ``core``); a field that
-    the file ``config_path`` sets to another value is a ConfigError."""
+    """``config`` with the CORE_FIELDS of ``source`` (the config of the core ``core``, e.g.
+    "--core RUN"); a field that the file ``config_path`` sets to another value is a ConfigError."""
     given = read_toml(config_path).get("model", {}) if config_path else {}
     for name in CORE_FIELDS:
         theirs, ours = getattr(source.model, name), getattr(config.model, name)
         if name in given and ours != theirs:
             raise ConfigError(
-                f"{config_path}: [model].{name} = {ours!r} but the core of --core {core} has {theirs!r};"
-                f" remove {name} from [model] (the core's hyperparameters come from --core)"
+                f"{config_path}: [model].{name} = {ours!r} but the core of {core} has {theirs!r};"
+                f" remove {name} from [model] (the core's hyperparameters come from {core})"
             )
     model = dataclasses.replace(config.model, **{name: getattr(source.model, name) for name in CORE_FIELDS})
     return dataclasses.replace(config, model=model)
