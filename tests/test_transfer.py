@@ -97,9 +97,12 @@ def test_cached_features_give_the_numbers_of_the_per_step_core(root, frozen, mon
 
 
 def test_fine_tuned_core_changes_at_its_own_rate(root):
+    # A config without [model]: the core's hyperparameters come from the source run.
+    (root / "fit_only.toml").write_text("[data]\nbatch_size = 24\n[fit]\nmax_epochs = 2\nlearning_rate = 0.01\n")
     out = root / "tuned"
-    assert twin("fit", root / "b.zarr", "--out", out, "--config", root / "two.toml",
+    assert twin("fit", root / "b.zarr", "--out", out, "--config", root / "fit_only.toml",
                 "--core", root / "source", "--core-learning-rate", "0.002") == 0
+    assert load_config(out / "config.toml").model == TWO.model != ModelConfig()
     provenance = json.loads((out / "core.json").read_text())
     assert provenance["frozen"] is False and provenance["core_learning_rate"] == 0.002
     source, tuned = core_arrays(root / "source"), core_arrays(out)
