@@ -364,11 +364,12 @@ def fit(
 
     fit_config = config.fit
     model = checkpoint.make_model(config, records, checkpoint.readout_specs(sessions))
-    if config.model.readout_init == "data" and not (resume and checkpoint.latest_step(latest_dir) is not None):
+    fresh = not (resume and checkpoint.latest_step(latest_dir) is not None)
+    if config.model.readout_init == "data" and fresh:  # from scratch and on a transferred core alike
         placement.place_readouts(model, sessions)
     ensemble = isinstance(model, Ensemble)
     target = model.members if ensemble else model
-    if core_transfer is not None and not (resume and checkpoint.latest_step(latest_dir) is not None):
+    if core_transfer is not None and fresh:
         provenance = start_from_core(core_transfer, provenance, config, records, target, workdir, primary)
     frozen = core_transfer is not None and core_transfer.frozen
     if frozen:  # eval mode: the BatchNorm statistics stay the source's
