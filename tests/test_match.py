@@ -118,6 +118,8 @@ def test_nan_positions_are_refused_by_name(pair, tmp_path, capsys):
     ds = open_session(pair / "day1.zarr")
     with pytest.raises(match.SessionError, match="variable 'cell_z' holds NaN or inf for 1 of"):
         match.cell_positions(ds.assign(cell_z=ds["cell_z"].where(np.arange(ds.sizes["neuron"]) != 5)), "day1.zarr")
+    with pytest.raises(match.SessionError, match="all 600 units share one position"):
+        match.cell_positions(ds.assign(cell_x=ds["cell_x"] * 0, cell_y=ds["cell_y"] * 0, cell_z=ds["cell_z"] * 0), "day1.zarr")
 
 
 def test_a_tolerance_within_the_position_noise_warns(pair, capsys):
@@ -125,9 +127,12 @@ def test_a_tolerance_within_the_position_noise_warns(pair, capsys):
         result = match.match_sessions(pair / "day1.zarr", pair / "day2.zarr", tolerance=2.0)
     assert 0 < len(result["pairs"]["day1_unit"]) < 0.8 * result["n_day1"]
     xyz = match.cell_positions(open_session(pair / "day1.zarr"), "day1")
-    assert match.position_noise(xyz, xyz, 10.0, np.zeros(3)) == 0.0
+    spacing = match.spacing(xyz)
+    assert 10 < spacing < 25 and match.position_noise(xyz, xyz, 10.0, np.zeros(3), spacing) == 0.0
     rng = np.random.default_rng(0)  # unrelated fields: distances measure spacing, not noise
-    assert match.position_noise(xyz, rng.permutation(xyz) + rng.normal(0, 30, xyz.shape), 10.0, np.zeros(3)) is None
+    assert match.position_noise(xyz, rng.permutation(xyz) + rng.normal(0, 30, xyz.shape), 10.0, np.zeros(3), spacing) is None
+    with pytest.warns(match.TwinWarning, match="above the distance between neighbouring cells"):
+        match.warn_tolerance(None, spacing, 100.0)
 
 
 def test_a_unit_without_responses_to_the_shared_images_is_quiet(pair, tmp_path, recwarn):

@@ -1293,6 +1293,11 @@ case("match-tolerance-far-below-jitter", MATCH, MATCHES + " --tolerance 0.5", co
      note="cells move ~3 µm between days: no shift is found at 0.5 µm")
 case("match-tolerance-below-jitter", MATCH, MATCHES + " --tolerance 3", copy("sim.zarr", "day2.zarr"), expect=0, allow_new=["m.csv"],
      warns=["--tolerance", "noise"], note="success, with a warning line that the tolerance is within the position noise")
+case("match-tolerance-huge", MATCH, MATCHES + " --tolerance 1e300", copy("sim.zarr", "day2.zarr"), expect=0, allow_new=["m.csv"],
+     warns=["--tolerance", "neighbouring cells"], note="success, with a warning that neighbouring cells become candidates")
+case("match-positions-all-zero", MATCH, MATCHES, copy("sim.zarr", "day2.zarr"),
+     rewrite_store("sim.zarr", lambda ds: ds.assign(cell_x=ds["cell_x"] * 0, cell_y=ds["cell_y"] * 0, cell_z=ds["cell_z"] * 0)),
+     mentions=["sim.zarr", "one position"], note="positions that were never recorded (all 0)")
 case("match-default", MATCH, MATCHES, copy("sim.zarr", "day2.zarr"), expect=0, allow_new=["m.csv"], warns=(),
      check=pairs_check("m.csv", lambda rows: len(rows) == 7, "not the 7 cells kept on day 2"), note="success: no warning")
 case("match-identical-stores", MATCH, "match sim.zarr copy.zarr --out m.csv", copy("sim.zarr"), copy_as("sim.zarr", "copy.zarr"), expect=0,

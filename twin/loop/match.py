@@ -5,7 +5,7 @@
    block of bins), refined by the mean displacement of mutual nearest neighbours closer than the
    tolerance until it settles. A shift resting on fewer than MIN_MUTUAL of them is refused (one
    pair agrees with any shift fitted to it); a tolerance near the cells' day-to-day position
-   noise gets a warning (position_noise).
+   noise (position_noise), or beyond the spacing of neighbouring cells, gets a warning.
 2. Candidates: pairs closer than the tolerance once the shift is removed.
 3. Responses, where both days showed the same images (found by pixel content, a hash of each
    image in screen levels, never by image_id: ids differ across stores): each unit's
@@ -59,7 +59,17 @@ def cell_positions(ds, source) -> np.ndarray:
             f"{source}: variable 'cell_{axis}' holds NaN or inf for {int(bad.sum())} of {len(xyz)} units; give"
             " every unit a position (or drop the units without one) before twin match"
         )
+    if len(xyz) > 1 and np.ptp(xyz, axis=0).max() == 0:
+        raise SessionError(
+            f"{source}: all {len(xyz)} units share one position (cell_x, cell_y, cell_z); twin match pairs units"
+            " by position, so import the session with its cells' positions"
+        )
     return xyz
+
+
+def spacing(xyz: np.ndarray) -> float | None:
+    """Median distance (µm) from each cell to its nearest neighbour of the same day; None for one cell."""
+    return float(np.median(cKDTree(xyz).query(xyz, k=2)[0][:, 1])) if len(xyz) > 1 else None
 
 
 def subsample(xyz: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -133,28 +143,36 @@ def check_shift(mutual: int, day1, day2, tolerance: float) -> None:
         )
 
 
-def position_noise(xyz1: np.ndarray, xyz2: np.ndarray, tolerance: float, shift: np.ndarray) -> float | None:
+def position_noise(xyz1: np.ndarray, xyz2: np.ndarray, tolerance: float, shift: np.ndarray, cell_spacing: float | None) -> float | None:
     """Median distance (µm) between the two days' positions of a cell: of the mutual nearest
     neighbours within a generous scale, max(2 * tolerance, TOLERANCE_UM), after a shift estimated
     at that scale (``shift``, estimated at ``tolerance``, when that is already TOLERANCE_UM or more).
     None when fewer than 5 such pairs, or when they lie no closer than half the median distance
-    between neighbouring cells of day 1: the days then do not show one field, and the distances
-    measure cell spacing, not noise."""
+    between neighbouring cells of day 1 (``cell_spacing``): the days then do not show one field,
+    and the distances measure cell spacing, not noise."""
     scale = max(2 * tolerance, TOLERANCE_UM)
     if tolerance < TOLERANCE_UM:
         shift = estimate_shift(xyz1, xyz2, scale)[0]
     i, j = mutual_neighbours(xyz1, xyz2 - shift, scale)
-    if len(i) < 5 or len(xyz1) < 2:
+    if len(i) < 5 or cell_spacing is None:
         return None
     noise = float(np.median(np.linalg.norm(xyz2[j] - shift - xyz1[i], axis=1)))
-    spacing = float(np.median(cKDTree(xyz1).query(xyz1, k=2)[0][:, 1]))
-    return noise if noise < spacing / 2 else None
+    return noise if noise < cell_spacing / 2 else None
 
 
-def warn_tolerance(noise: float | None, tolerance: float) -> None:
-    """A warning line when ``tolerance`` is within twice the position noise: for 3-D Gaussian
-    jitter about 3 % of true pairs lie beyond twice the median distance, half beyond the median."""
-    if noise is not None and tolerance < 2 * noise:
+def warn_tolerance(noise: float | None, cell_spacing: float | None, tolerance: float) -> None:
+    """A warning line when ``tolerance`` is within twice the position noise (for 3-D Gaussian
+    jitter about 3 % of true pairs lie beyond twice the median distance, half beyond the median),
+    or beyond the distance between neighbouring cells (a cell's neighbour becomes a candidate)."""
+    if cell_spacing is not None and tolerance > cell_spacing:
+        warnings.warn(
+            f"--tolerance {tolerance:g} µm is above the distance between neighbouring cells (median"
+            f" {cell_spacing:.1f} µm on day 1), so a cell may be paired with its neighbour; use a tolerance"
+            f" below {cell_spacing:.1f} µm",
+            TwinWarning,
+            stacklevel=2,
+        )
+    elif noise is not None and tolerance < 2 * noise:
         warnings.warn(
             f"--tolerance {tolerance:g} µm is below or near the cells' position noise: the two days'"
             f" positions of a cell lie a median {noise:.1f} µm apart after the shift, so many cells go unmatched"
@@ -287,7 +305,8 @@ def match_sessions(day1: str | Path, day2: str | Path, tolerance: float = TOLERA
     ids1, ids2 = unit_ids(ds1["unit_id"].values), unit_ids(ds2["unit_id"].values)
     shift, mutual = estimate_shift(xyz1, xyz2, tolerance)
     check_shift(mutual, day1, day2, tolerance)
-    warn_tolerance(position_noise(xyz1, xyz2, tolerance, shift), tolerance)
+    cell_spacing = spacing(xyz1)
+    warn_tolerance(position_noise(xyz1, xyz2, tolerance, shift, cell_spacing), cell_spacing, tolerance)
     found = cKDTree(xyz1).sparse_distance_matrix(cKDTree(xyz2 - shift), tolerance, output_type="ndarray")
     rows, cols, distance = found["i"].astype(np.int64), found["j"].astype(np.int64), found["v"]
     keep = distance < tolerance
