@@ -1361,6 +1361,66 @@ case("loop-days2", DAYS, "loop out --config loop.toml --days 2", copy("loop.toml
      check=lambda d: None if "day2" in json.loads((d / "out/loop.json").read_text()) else "loop.json says nothing of day 2",
      note="success: the miniature two-day loop")
 
+# ---------------------------------------------------------------------------- fit --core
+TRANSFER = "transfer"
+CORE = "fit day2.zarr --out r2 --config fit.toml --max-epochs 1 --core"
+RESUME = "fit day2.zarr --out transfer --config fit.toml --max-epochs 3 --resume"
+case("fit-core-missing", TRANSFER, CORE + " nope", copy("day2.zarr", "fit.toml"), mentions=["--core", "nope"])
+case("fit-core-is-store", TRANSFER, CORE + " sim.zarr", copy("day2.zarr", "fit.toml", "sim.zarr"), mentions=["--core", "sim.zarr"])
+case("fit-core-is-file", TRANSFER, CORE + " core", copy("day2.zarr", "fit.toml"), write("core", "x"), mentions=["--core", "core"])
+case("fit-core-is-mei-store", TRANSFER, CORE + " meis.zarr", copy("day2.zarr", "fit.toml", "meis.zarr"), mentions=["--core", "meis.zarr"])
+case("fit-core-is-empty-folder", TRANSFER, CORE + " empty", copy("day2.zarr", "fit.toml"), mkdir("empty"), mentions=["--core", "empty"])
+case("fit-core-other-channels", TRANSFER, "fit col.zarr --out r2 --config fit.toml --max-epochs 1 --core run", copy("run", "fit.toml"),
+     colour_store("col.zarr"), mentions=["col.zarr", "channel"], note="a gray core on colour images")
+case("fit-core-no-checkpoints", TRANSFER, CORE + " run", copy("run", "day2.zarr", "fit.toml"), remove("run/checkpoints"), mentions=["run", "checkpoint"])
+case("fit-core-truncated-checkpoint", TRANSFER, CORE + " run", copy("run", "day2.zarr", "fit.toml"),
+     lambda d, fx: [p.write_bytes(b"") for p in (d / "run/checkpoints/best").rglob("*") if p.is_file() and "arrays" in p.parts],
+     mentions=["run"])
+case("fit-core-config-edited", TRANSFER, "fit day2.zarr --out r2 --max-epochs 1 --core run", copy("run", "day2.zarr"),
+     lambda d, fx: (d / "run/config.toml").write_text((d / "run/config.toml").read_text().replace("core_channels = 4", "core_channels = 8")),
+     mentions=["run"], note="the source run's config no longer fits its checkpoint")
+case("fit-core-config-conflict", TRANSFER, "fit day2.zarr --out r2 --config c8.toml --max-epochs 1 --core run", copy("run", "day2.zarr"),
+     toml("c8.toml", {"model": {"core_channels": 8}}), mentions=["c8.toml", "core_channels"])
+case("fit-core-sessions-garbage", TRANSFER, CORE + " run", copy("run", "day2.zarr", "fit.toml"), write("run/sessions.json", "{nope"),
+     mentions=["sessions.json"])
+case("fit-core-is-out", TRANSFER, "fit day2.zarr --out run --config fit.toml --max-epochs 1 --core run", copy("run", "day2.zarr", "fit.toml"),
+     mentions=["run"])
+case("fit-core-is-out-overwrite", TRANSFER, "fit day2.zarr --out run --config fit.toml --max-epochs 1 --core run --overwrite",
+     copy("run", "day2.zarr", "fit.toml"), mentions=["run"], note="--overwrite never replaces the core it reads")
+case("fit-core-inside-out-overwrite", TRANSFER, "fit day2.zarr --out runs --config fit.toml --max-epochs 1 --core runs/run --overwrite",
+     copy("day2.zarr", "fit.toml"), copy_as("run", "runs/run"), write("runs/.twin", "written by twin\n"), mentions=["runs"],
+     note="a folder holding the core is not replaced either")
+case("fit-core-both-freeze-flags", TRANSFER, CORE + " run --freeze-core --core-learning-rate 0.001", copy("run", "day2.zarr", "fit.toml"),
+     mentions=["--freeze-core", "--core-learning-rate"])
+for value in ("-0.001", "nan", "inf", "abc"):
+    case(f"fit-core-learning-rate={value}", TRANSFER, CORE + f" run --core-learning-rate={value}", copy("run", "day2.zarr", "fit.toml"),
+         mentions=["--core-learning-rate"])
+case("fit-freeze-without-core", TRANSFER, "fit day2.zarr --out r2 --config fit.toml --freeze-core", copy("day2.zarr", "fit.toml"),
+     mentions=["--freeze-core", "--core"])
+case("fit-core-learning-rate-without-core", TRANSFER, "fit day2.zarr --out r2 --config fit.toml --core-learning-rate 0.01",
+     copy("day2.zarr", "fit.toml"), mentions=["--core-learning-rate", "--core"])
+case("fit-core-ensemble-size", TRANSFER, CORE + " ens --seeds 3", copy("sim.zarr", "day2.zarr", "fit.toml"),
+     lambda d, fx: cli(["fit", "sim.zarr", "--out", "ens", "--config", "fit.toml", "--max-epochs", "1", "--seeds", "2"], d),
+     mentions=["--seeds"], timeout=300, note="an ensemble of 2 cores for 3 members")
+case("fit-core-resume-other-core", TRANSFER, RESUME + " --core run2", copy("transfer", "day2.zarr", "fit.toml"), copy_as("run", "run2"),
+     mentions=["--core", "transfer"])
+case("fit-core-resume-unfreeze", TRANSFER, RESUME + " --core-learning-rate 0.01", copy("transfer", "day2.zarr", "fit.toml"),
+     mentions=["--core", "transfer"])
+case("fit-core-resume-scratch-run", TRANSFER, "fit sim.zarr --out run --config fit.toml --max-epochs 3 --resume --core run2",
+     copy("run", "sim.zarr", "fit.toml"), copy_as("run", "run2"), mentions=["--core", "run"])
+for name, text in [("garbage", "{nope"), ("list", "[]"), ("no-keys", "{}"),
+                   ("wrong-types", json.dumps({"source": 3, "frozen": "yes", "core_learning_rate": "fast"})),
+                   ("negative-rate", json.dumps({"source": "/x", "frozen": False, "core_learning_rate": -1.0}))]:
+    case(f"fit-core-resume-core-json-{name}", TRANSFER, RESUME, copy("transfer", "day2.zarr", "fit.toml"), write("transfer/core.json", text),
+         mentions=["core.json"], note="a damaged provenance file")
+case("fit-core-frozen", TRANSFER, CORE + " run --freeze-core", copy("run", "day2.zarr", "fit.toml"), expect=0, allow_new=["r2"],
+     check=lambda d: None if json.loads((d / "r2/core.json").read_text())["frozen"] is True else "core.json does not say frozen",
+     note="success: readouts on a frozen core, its provenance in core.json")
+case("kill-fit-core-then-resume", CRASH, "fit day2.zarr --out r2 --config fit.toml --max-epochs 30 --core run --freeze-core",
+     copy("run", "day2.zarr", "fit.toml"), expect=0, mode="kill9", kill_when="r2/checkpoints/latest/2",
+     then="fit day2.zarr --out r2 --config fit.toml --max-epochs 3 --resume", allow_new=["r2"], killed_leaves=["r2"], timeout=300,
+     note="SIGKILL after epoch 2; --resume without the core flags reads core.json and finishes")
+
 # ---------------------------------------------------------------------------- the fast subset
 # One or more cases of each class that need no fitted run: tests/test_adversarial.py runs them in CI.
 FAST = {

@@ -108,7 +108,7 @@ class Fixtures:
 
     Names: sim.zarr (8 neurons, simulated), day2.zarr (its day 2), other.zarr (5 neurons), fit.toml, mei.toml,
     loop.toml, data.npz (valid arrays), sensorium/ (valid tree), sensorium.zip, run/ (fitted,
-    2 epochs), meis.zarr (neurons 0..3, 1 seed, 5 steps), stimuli/ (exported), responses.npz.
+    2 epochs), transfer/ (day2.zarr's readouts on run's frozen core), meis.zarr (neurons 0..3, 1 seed, 5 steps), stimuli/ (exported), responses.npz.
     """
 
     def __init__(self, root: Path):
@@ -179,6 +179,10 @@ class Fixtures:
     def build_run(self, target: Path) -> None:
         self.path("sim.zarr"), self.path("fit.toml")
         cli(["fit", "sim.zarr", "--out", target.name, "--config", "fit.toml"], self.root)
+
+    def build_transfer(self, target: Path) -> None:
+        self.path("run"), self.path("day2.zarr")
+        cli(["fit", "day2.zarr", "--out", target.name, "--core", "run", "--freeze-core", "--config", "fit.toml"], self.root)
 
     def build_meis_zarr(self, target: Path) -> None:
         self.path("run"), self.path("mei.toml")
