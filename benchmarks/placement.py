@@ -1,10 +1,9 @@
-"""Readout placement at Sensorium scale: seconds of twin.models.placement's two estimators.
+"""Readout placement at Sensorium scale: seconds of twin.models.placement's contrast-energy map.
 
-    python benchmarks/placement.py [--neurons 8000] [--trials 2000] [--channels 64]
+    python benchmarks/placement.py [--neurons 8000] [--trials 2000]
 
 Random responses (gamma, 5% missing) of ``--neurons`` neurons on ``--trials`` 36x64 one-channel
-images: the contrast-energy estimator (fits from scratch) and the core-feature estimator (a
-transferred core) on random (trials, 36, 64, ``--channels``) features, as a Sensorium core gives.
+images.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--neurons", type=int, default=8000)
     parser.add_argument("--trials", type=int, default=placement.MAX_TRIALS)
-    parser.add_argument("--channels", type=int, default=64)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     responses = rng.gamma(1.0, size=(args.trials, args.neurons)).astype(np.float32)
@@ -31,11 +29,7 @@ def main() -> None:
     start = time.perf_counter()
     placement.energy_positions(images, responses)
     energy = time.perf_counter() - start
-    features = rng.normal(size=(args.trials, 36, 64, args.channels)).astype(np.float32)
-    start = time.perf_counter()
-    placement.feature_positions(features, responses)
-    core = time.perf_counter() - start
-    print(json.dumps({**vars(args), "energy_seconds": round(energy, 1), "features_seconds": round(core, 1)}))
+    print(json.dumps({**vars(args), "energy_seconds": round(energy, 1)}))
 
 
 if __name__ == "__main__":

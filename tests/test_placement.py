@@ -123,31 +123,6 @@ def test_missing_responses_are_left_out(session):
     assert np.allclose(r[0], expected, atol=0.05)
 
 
-def test_core_features_place_neurons_on_their_feature():
-    """With a given core, a neuron that follows one channel at one position is placed there."""
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(400, 6, 9, 3)).astype(np.float32)
-    where = np.array([[0, 0, 0], [8, 5, 1], [4, 2, 2], [6, 3, 1]])  # (x, y, channel)
-    sign = np.array([1, -1, 1, -1])
-    responses = features[:, where[:, 1], where[:, 0], where[:, 2]] * sign + rng.normal(size=(400, 4))
-    noise = rng.normal(size=(400, 100))  # neurons that follow nothing: at most a few false positives
-    responses = np.concatenate([responses, noise], axis=1).astype(np.float32)
-    found = placement.feature_positions(features, responses)
-    assert np.array_equal(found["position"][:4], where[:, :2]) and np.array_equal(found["channel"][:4], where[:, 2])
-    assert found["significant"][:4].all() and found["significant"][4:].mean() <= 0.05
-
-
-def test_transferred_core_path_leaves_the_core_alone(session):
-    data, _ = session
-    model = small_twin(data)
-    core = nnx.state(model.core)
-    (placed,) = placement.place_readouts(model, [data], use_core=True, n_trials=200)
-    assert placed.shape == (data.n_neurons,)
-    assert np.isfinite(np.asarray(model.readouts[0].mu[...])).all()
-    same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(core), jax.tree.leaves(nnx.state(model.core)))]
-    assert all(same) and not model.core.layers[0].norm.use_running_average
-
-
 def test_ensemble_members_share_the_data_positions(session):
     data, _ = session
     model = nnx.jit(lambda: make_ensemble(SMALL, 1, SIZE, specs(data), 0, [0, 1]))()
@@ -155,8 +130,6 @@ def test_ensemble_members_share_the_data_positions(session):
     mu = np.asarray(model.members.readouts[0].mu[...])
     assert placed.shape == (2, data.n_neurons) and placed.any()
     assert np.array_equal(mu[0][placed[0]], mu[1][placed[0]])
-    (placed,) = placement.place_readouts(model, [data], use_core=True, n_trials=100)  # each member's own core
-    assert placed.shape == (2, data.n_neurons) and np.isfinite(np.asarray(model.members.readouts[0].mu[...])).all()
 
 
 def test_factorized_and_grid_predictor_readouts_are_skipped(session):

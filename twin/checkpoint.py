@@ -101,6 +101,18 @@ def save_step(path: str | Path, step: int, trees: dict[str, Any], meta: dict) ->
 def restore_step(path: str | Path, templates: dict[str, Any]) -> tuple[dict[str, Any], dict]:
     """(trees shaped like ``templates``, meta) of the newest step under ``path``; a missing or
     damaged checkpoint is a RunError (reading never creates folders)."""
+    arrays, meta = read_step(path)
+    trees = {}
+    for name, template in templates.items():
+        prefix = name + "."
+        own = {key[len(prefix) :]: value for key, value in arrays.items() if key.startswith(prefix)}
+        trees[name] = arrays_to_tree(own, template, str(path))
+    return trees, meta
+
+
+def read_step(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """(flat {name: array}, meta) of the newest step under ``path``, as save_step wrote them; a
+    missing or damaged checkpoint is a RunError."""
     step = latest_step(path)
     if step is None:
         raise RunError(f"{path}: no checkpoint found; fit the run first (twin fit ... --out RUN)")
@@ -114,13 +126,7 @@ def restore_step(path: str | Path, templates: dict[str, Any]) -> tuple[dict[str,
             f"{path}: checkpoint {step} cannot be read ({type(error).__name__}); it is damaged: fit"
             " the run again, or continue it with twin fit --resume if checkpoints/latest is intact"
         ) from None
-    arrays = restored["arrays"]
-    trees = {}
-    for name, template in templates.items():
-        prefix = name + "."
-        own = {key[len(prefix) :]: value for key, value in arrays.items() if key.startswith(prefix)}
-        trees[name] = arrays_to_tree(own, template, str(path))
-    return trees, restored["meta"]
+    return restored["arrays"], restored["meta"]
 
 
 def latest_step(path: str | Path) -> int | None:

@@ -327,6 +327,9 @@ def cmd_fit(args) -> int:
         num_processes=args.num_processes,
         process_id=args.process_id,
         overwrite=args.overwrite,
+        core=args.core,
+        freeze_core=args.freeze_core,
+        core_learning_rate=args.core_learning_rate,
     )
 
 
@@ -719,6 +722,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=at_least(1), help="ensemble members (overrides [fit].ensemble_size)")
     p.add_argument("--max-epochs", type=at_least(1), help="overrides [fit].max_epochs")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--core", metavar="RUN", help="start from the core of this run (new readouts for the stores)")
+    p.add_argument("--freeze-core", action="store_true", help="keep the --core fixed: fit the readouts only")
+    p.add_argument(
+        "--core-learning-rate", type=at_least(0.0, float), metavar="LR",
+        help="fine-tune the --core at this learning rate (default: [fit].learning_rate)",
+    )
     add_multihost_flags(p)
     add_overwrite_flag(p)
     p.set_defaults(handler=cmd_fit)

@@ -33,7 +33,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from twin import checkpoint, distributed, metrics
+from twin import checkpoint, distributed, metrics, transfer
 from twin.config import DataConfig, RunConfig, check_image_size, load_config
 from twin.errors import ConfigError, RunError, SessionError, TwinError
 from twin.models import placement
@@ -92,9 +92,13 @@ def epoch_seed(config: RunConfig, epoch: int) -> int:
     return int(np.random.SeedSequence([config.data.shuffle_seed, epoch]).generate_state(1)[0])
 
 
-def batch_arrays(batch) -> dict[str, np.ndarray]:
-    """A loader Batch as a dict of arrays (optional inputs left out when None)."""
-    arrays = {"images": batch.images, "responses": batch.responses}
+def batch_arrays(batch, caches=None) -> dict[str, np.ndarray]:
+    """A loader Batch as a dict of arrays (optional inputs left out when None); with ``caches``
+    (a twin.transfer.FeatureCache per session) the cached core features replace the images."""
+    if caches is None:
+        arrays = {"images": batch.images, "responses": batch.responses}
+    else:
+        arrays = {"features": caches[batch.session][batch.trials], "responses": batch.responses}
     if batch.mask is not None:
         arrays["mask"] = batch.mask
     if batch.behavior is not None:
@@ -105,7 +109,10 @@ def batch_arrays(batch) -> dict[str, np.ndarray]:
 
 
 def forward(model, arrays: dict, session: int) -> jax.Array:
-    """model(images, session, behavior=..., pupil_center=...) from a dict of batch arrays."""
+    """model(images, session, behavior=..., pupil_center=...) from a dict of batch arrays, or
+    the readout of ``arrays["features"]`` (core features computed before) when present."""
+    if "features" in arrays:
+        return model.readout(arrays["features"], session, pupil_center=arrays.get("pupil_center"))
     return model(
         arrays["images"],
         session,
@@ -128,19 +135,25 @@ def data_loss(predictions: jax.Array, arrays: dict, loss: str) -> jax.Array:
     return jnp.sum(terms)
 
 
-def make_train_step(graphdef, tx, n_train: list[int], scale_loss: bool, ensemble: bool, loss: str = "poisson"):
+def make_train_step(
+    graphdef, tx, n_train: list[int], scale_loss: bool, ensemble: bool, loss: str = "poisson", frozen_core: bool = False
+):
     """Jitted step(params, rest, opt_state, lr, batches, sessions) -> (params, rest, opt_state,
     metrics). ``batches``: tuple of batch dicts, one per entry of the static tuple ``sessions``;
     their gradients are summed into one Adam step. Metrics: loss, the data term named ``loss``
     ("poisson" or "gaussian", see ``data_loss``), regularizer (summed over the batches; per
-    member for ensembles)."""
+    member for ensembles). ``frozen_core``: no gradient flows into the core (its features are
+    computed under stop_gradient, or come precomputed as ``features``)."""
 
     def loss_fn(params, rest, arrays, session):
         # copy: fresh Variables at this trace level, so BatchNorm may update its statistics.
         model = nnx.merge(graphdef, params, rest, copy=True)
+        if frozen_core and "features" not in arrays:
+            features = model.features(arrays["images"], arrays.get("behavior"))
+            arrays = {**arrays, "features": jax.lax.stop_gradient(features)}
         predictions = forward(model, arrays, session)
         data = data_loss(predictions, arrays, loss)
-        scale = math.sqrt(n_train[session] / arrays["images"].shape[0]) if scale_loss else 1.0
+        scale = math.sqrt(n_train[session] / arrays["responses"].shape[0]) if scale_loss else 1.0
         regularizer = model.regularizer(session)
         total = scale * data + regularizer
         _, _, rest = nnx.split(model, nnx.Param, ...)
@@ -182,16 +195,17 @@ def make_predict(graphdef, ensemble: bool):
     return jax.jit(predict, static_argnames="session")
 
 
-def predict_trials(apply, data, trials: np.ndarray, batch_size: int, mesh=None) -> np.ndarray:
+def predict_trials(apply, data, trials: np.ndarray, batch_size: int, mesh=None, cache=None) -> np.ndarray:
     """Predictions for ``trials`` (k,) of SessionData ``data``, in that order.
 
     apply(arrays) -> (..., b, n) for a dict of batch arrays (images, optional behavior and
-    pupil_center); the batch axis is the second to last. Returns (..., k, n) numpy.
+    pupil_center); the batch axis is the second to last. Returns (..., k, n) numpy. ``cache``:
+    a twin.transfer.FeatureCache of ``data`` whose core features replace the images.
     """
     outputs = []
     for start in range(0, len(trials), batch_size):
         index = trials[start : start + batch_size]
-        arrays = {"images": data.images[index]}
+        arrays = {"images": data.images[index]} if cache is None else {"features": cache[index]}
         if data.behavior is not None:
             arrays["behavior"] = data.behavior[index]
         if data.pupil_center is not None:
@@ -202,14 +216,15 @@ def predict_trials(apply, data, trials: np.ndarray, batch_size: int, mesh=None) 
     return np.concatenate(outputs, axis=-2)
 
 
-def validation_scores(predict, params, rest, sessions, batch_size, mesh) -> np.ndarray:
+def validation_scores(predict, params, rest, sessions, batch_size, mesh, caches=None) -> np.ndarray:
     """(members,) mean single-trial correlation on the validation tier over all neurons of all
-    sessions, per ensemble member ((1,) for a single twin)."""
+    sessions, per ensemble member ((1,) for a single twin); ``caches``: as batch_arrays."""
     scores = []
     for index, data in enumerate(sessions):
         trials = data.trials("validation")
+        cache = None if caches is None else caches[index]
         predictions = predict_trials(
-            lambda arrays: predict(params, rest, arrays, index), data, trials, batch_size, mesh
+            lambda arrays: predict(params, rest, arrays, index), data, trials, batch_size, mesh, cache
         )
         predictions = predictions.reshape((-1,) + predictions.shape[-2:])
         scores.append(
@@ -306,12 +321,14 @@ def fit(
     devices: list | None = None,
     progress: bool = True,
     config_source: str | None = None,
+    core_transfer: transfer.CoreTransfer | None = None,
 ) -> dict:
     """Fit ``config`` to the session stores and write the run directory ``workdir``.
 
     resume: continue from checkpoints/latest (the config and stores must be the run's own).
     devices: devices of the data mesh (default: all). config_source: the file ``config`` came
-    from, named by errors about its values. Returns the summary (also summary.json).
+    from, named by errors about its values. core_transfer: start from another run's core
+    (twin.transfer; a resumed run's core.json decides). Returns the summary (also summary.json).
     """
     from twin.data.loader import batches, load_sessions
 
@@ -337,6 +354,7 @@ def fit(
         checkpoint.check_store_digests(
             workdir, saved_records, store_paths, fix="resume with the stores the run was fit on, or fit a new run on it"
         )
+    core_transfer, provenance = transfer.resolve(workdir, resume, core_transfer)
     # Several hosts share the run directory: process 0 writes the plain files, every process
     # takes part in the orbax checkpoints.
     primary = jax.process_index() == 0
@@ -346,16 +364,22 @@ def fit(
 
     fit_config = config.fit
     model = checkpoint.make_model(config, records, checkpoint.readout_specs(sessions))
-    if config.model.readout_init == "data" and not (resume and checkpoint.latest_step(latest_dir) is not None):
+    fresh = not (resume and checkpoint.latest_step(latest_dir) is not None)
+    if config.model.readout_init == "data" and fresh:  # from scratch and on a transferred core alike
         placement.place_readouts(model, sessions)
     ensemble = isinstance(model, Ensemble)
     target = model.members if ensemble else model
+    if core_transfer is not None and fresh:
+        provenance = start_from_core(core_transfer, provenance, config, records, target, workdir, primary)
+    frozen = core_transfer is not None and core_transfer.frozen
+    if frozen:  # eval mode: the BatchNorm statistics stay the source's
+        target.core.eval()
     graphdef, params, rest = nnx.split(target, nnx.Param, ...)
     target.eval()
     eval_graphdef = nnx.split(target, nnx.Param, ...)[0]
     target.train()
 
-    tx = optax.scale_by_adam()
+    tx = transfer.optimizer(params, core_transfer, fit_config.learning_rate)
     opt_state = jax.vmap(tx.init)(params) if ensemble else tx.init(params)
     schedule = Schedule(learning_rate=fit_config.learning_rate)
     best_params, best_rest = params, rest
@@ -378,9 +402,13 @@ def fit(
     mesh = distributed.data_mesh(devices)
     params, rest, opt_state = distributed.replicate((params, rest, opt_state), mesh)
     n_train = [len(s.trials("train")) for s in sessions]
-    train_step = make_train_step(graphdef, tx, n_train, fit_config.scale_loss, ensemble, fit_config.loss)
+    train_step = make_train_step(graphdef, tx, n_train, fit_config.scale_loss, ensemble, fit_config.loss, frozen)
     predict = make_predict(eval_graphdef, ensemble)
     batch_size = config.data.batch_size
+    caches = None
+    # A frozen core shared by all members and blind to behavior: its features once per trial.
+    if frozen and not target.use_behavior and provenance["source_members"] == 1:
+        caches = transfer.feature_caches(eval_graphdef, params, rest, model, sessions, batch_size, mesh, progress)
     train_batch = train_batch_size(config.data, n_train)
     n_steps = sum(math.ceil(n / train_batch) for n in n_train)
 
@@ -395,7 +423,7 @@ def fit(
         loader = batches(sessions, "train", train_batch, shuffle=True, seed=epoch_seed(config, epoch))
         with tqdm(total=n_steps, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress) as bar:
             for group in train_groups(loader, len(sessions)):
-                arrays = distributed.shard_batch(tuple(batch_arrays(b) for b in group), mesh)
+                arrays = distributed.shard_batch(tuple(batch_arrays(b, caches) for b in group), mesh)
                 sessions_in_step = tuple(int(b.session) for b in group)
                 params, rest, opt_state, values = train_step(params, rest, opt_state, lr, arrays, sessions_in_step)
                 totals = {k: totals[k] + values[k] for k in totals}
@@ -408,7 +436,7 @@ def fit(
                 f"{workdir}: the training loss is not finite ({totals['loss']}) in epoch {epoch}; stopped, the last good"
                 f" checkpoint (epoch {start}) is kept; lower [fit].learning_rate or check the store's responses"
             )
-        member_scores = validation_scores(predict, params, rest, sessions, batch_size, mesh)
+        member_scores = validation_scores(predict, params, rest, sessions, batch_size, mesh, caches)
         score = float(member_scores.mean())
         lr_used = schedule.learning_rate
         action = plateau_step(schedule, score, epoch, fit_config)
@@ -462,6 +490,8 @@ def fit(
         "ensemble_size": fit_config.ensemble_size,
         "train_batch_size": train_batch,
         "n_parameters": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
+        "core": provenance,
+        "core_features": "cached" if caches else "frozen, per step" if frozen else "trained",
         "sessions": [
             {"name": data.name, "path": record["path"], **tier_means(predict, best_params, best_rest, index, data, batch_size, mesh)}
             for index, (data, record) in enumerate(zip(sessions, records))
@@ -474,6 +504,22 @@ def fit(
         tmp.write_text(json.dumps(summary, indent=2))
         tmp.replace(workdir / "summary.json")
     return summary
+
+
+def start_from_core(core_transfer, provenance, config, records, target, workdir: Path, primary: bool) -> dict:
+    """Put the core of ``core_transfer``'s source run into ``target`` (the Twin or the stacked
+    members) and write core.json; returns its content. ``provenance``: what a resumed run's
+    core.json recorded (the source core must not have changed since)."""
+    state, found = transfer.load_core(core_transfer, config, records)
+    if provenance is not None and provenance["sha256"] != found["sha256"]:
+        raise RunError(
+            f"--core {core_transfer.source}: its core changed since {workdir} started from it (sha256"
+            f" {found['sha256'][:12]}, recorded {provenance['sha256'][:12]}); fit a new run"
+        )
+    transfer.place_core(target, state, found["source_members"], config.fit.ensemble_size, core_transfer.source)
+    if primary:
+        transfer.write_provenance(workdir, found)
+    return found
 
 
 def save_best(model, target, params, rest, best_dir: Path, schedule: Schedule) -> None:
@@ -545,10 +591,14 @@ def fit_command(
     num_processes: int | None = None,
     process_id: int | None = None,
     overwrite: bool = False,
+    core: str | None = None,
+    freeze_core: bool = False,
+    core_learning_rate: float | None = None,
 ) -> int:
     """`twin fit`: config from --config (or, with --resume, the run's config.toml), overrides
     from --seeds / --max-epochs, then fit and print the summary. coordinator, num_processes,
-    process_id: multi-host set-up (twin.distributed.initialize).
+    process_id: multi-host set-up (twin.distributed.initialize). core, freeze_core,
+    core_learning_rate: reuse the core of the run ``core`` (twin.transfer.setup).
 
     A new run directory is written in place, so a killed fit can be resumed; a fit that fails
     before its first checkpoint leaves nothing. ``overwrite`` replaces an existing run only when
@@ -561,9 +611,10 @@ def fit_command(
     if resume:
         checkpoint.read_run_files(Path(out))
     else:  # every process: the same answer on a shared filesystem, so all stop together
-        check_output(out, overwrite, inputs=stores)
+        check_output(out, overwrite, inputs=stores + ([core] if core else []))
         distributed.sync("twin fit: output checked")
     config = fit_config_from(out, config_path, resume, seeds, max_epochs)
+    core_transfer, config = transfer.setup(out, resume, core, freeze_core, core_learning_rate, config, config_path)
     # Process 0 prepares the run directory; the others wait for it before fitting into it.
     if resume or not primary:
         run_directory = contextlib.nullcontext()
@@ -571,7 +622,7 @@ def fit_command(
         run_directory = output_in_place(out, overwrite, keep=has_checkpoint, inputs=stores)
     with run_directory:
         distributed.sync("twin fit: run directory ready")
-        summary = fit(config, stores, out, resume=resume, config_source=config_path)
+        summary = fit(config, stores, out, resume=resume, config_source=config_path, core_transfer=core_transfer)
     print(format_summary(summary, out))
     return 0
 

@@ -1,28 +1,27 @@
 """Readout positions from the data: each neuron's receptive-field position on the core's output
-grid, estimated from the train trials of its session, as the starting ``mu`` of its Gaussian readout.
+grid, estimated from the train trials of its session, as the starting ``mu`` of its Gaussian readout,
+for fits from scratch and on a transferred core alike.
 
 A readout point that starts far from the receptive field sees features its neuron does not
 respond to, gets almost no gradient towards the right place, and often never reaches it
-(experiments/fit_simulated.md). Two estimators, both a correlation map (neuron, y, x) over at
-most ``MAX_TRIALS`` seeded train trials, whose argmax is the position:
-
-- ``energy_positions`` (fits from scratch; the core is random): the responses against the local
-  contrast energy of the images, (image - its mean)^2 smoothed by a Gaussian, at several smoothing
-  scales and, for colour images, in each principal colour component (luminance and the opponent
-  axes), the best map per neuron. Any visual neuron with a localized receptive field (simple,
-  complex, normalized; luminance or colour) responds more, on average, to images with more
-  contrast inside its receptive field, whatever its preferred pattern; contrast elsewhere does
-  not drive it (and, under surround normalization, suppresses it). The energy map is the one
-  stimulus statistic that needs no knowledge of the tuning. Averaging the energy over R, G, B
-  instead loses colour-opponent neurons, whose drive is swamped by luminance contrast: on the
-  simulated colour animal of tests/test_placement.py only half the neurons then land within 2
-  pixels of their receptive field.
-- ``feature_positions`` (a transferred core): the responses against the core's eval-mode
-  features at each output position, the best |r| over channels: where some feature the readout
-  can weight predicts the neuron.
+(experiments/fit_simulated.md). The estimator is a correlation map (neuron, y, x) over at most
+``MAX_TRIALS`` seeded train trials, whose argmax is the position: the responses against the
+local contrast energy of the images, (image - its mean)^2 smoothed by a Gaussian, at several
+smoothing scales and, for colour images, in each principal colour component (luminance and the
+opponent axes), the best map per neuron. Any visual neuron with a localized receptive field
+(simple, complex, normalized; luminance or colour) responds more, on average, to images with more
+contrast inside its receptive field, whatever its preferred pattern; contrast elsewhere does not
+drive it (and, under surround normalization, suppresses it). The energy map is the one stimulus
+statistic that needs no knowledge of the tuning. Averaging the energy over R, G, B instead loses
+colour-opponent neurons, whose drive is swamped by luminance contrast: on the simulated colour
+animal of tests/test_placement.py only half the neurons then land within 2 pixels of their
+receptive field. A trained core's features (the best |r| over channels and positions) place
+neurons less well than the images do, also on an animal the core never saw (median 1.25 against
+0.65 pixels from the true receptive field, experiments/fit_simulated.md), so a transferred core
+is placed by contrast energy too.
 
 A neuron's map maximum is kept only where it is significant: above the Bonferroni bound over all
-positions (x scales x colour components, or x channels) at family-wise rate ``ALPHA``, with the null distribution of
+positions x scales x colour components at family-wise rate ``ALPHA``, with the null distribution of
 Fisher's z, atanh(r) sqrt(trials - 3) ~ N(0, 1). Other neurons keep their random init.
 
 Missing responses (NaN) are left out per neuron: its mean and spread are taken over its recorded
@@ -35,22 +34,19 @@ from statistics import NormalDist
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from scipy.ndimage import gaussian_filter
 
 from twin.models.readouts import GaussianReadout
 
 # Trials used per session (a seeded subset of the train tier): the maps cost
-# neurons x trials x positions (x channels): at Sensorium scale (8,000 neurons, 36x64) about 10 s
-# from the images and 1-2 min from a 64-channel core on 2 CPU cores (benchmarks/RESULTS.md).
+# neurons x trials x positions: at Sensorium scale (8,000 neurons, 36x64) about 10-15 s on 2 CPU
+# cores (benchmarks/RESULTS.md).
 MAX_TRIALS = 2000
 # Family-wise false-positive rate of one neuron's significance test over its whole map.
 ALPHA = 0.01
 # Smoothing scales of the contrast energy in image pixels; those above a quarter of the image's
 # shorter side are dropped.
 SCALES = (1.0, 2.0, 4.0, 8.0)
-# Images per batch when running the core for its features.
-FEATURE_BATCH = 256
 
 
 def sample_trials(data, n_trials: int = MAX_TRIALS, seed: int = 0) -> np.ndarray:
@@ -153,26 +149,6 @@ def energy_positions(images: np.ndarray, responses: np.ndarray) -> dict[str, np.
     }
 
 
-def feature_positions(features: np.ndarray, responses: np.ndarray) -> dict[str, np.ndarray]:
-    """Receptive-field positions from core features (see the module doc).
-
-    features: (t, h, w, channels) the core's output; responses: (t, n) with NaN where missing.
-    Returns ``position`` (n, 2) as (x, y) pixels of the feature map, ``r`` (n,) the best |r|
-    over positions and channels, ``channel`` (n,) its channel and ``significant`` (n,) bool.
-    """
-    t, height, width, channels = features.shape
-    weights, count = response_weights(responses)
-    best = no_best(responses.shape[1])
-    for channel in range(channels):  # one channel at a time keeps the (n, positions) map small
-        keep_best(best, np.abs(correlation_maps(weights, features[..., channel].reshape(t, -1))), channel)
-    return {
-        "position": np.stack([best["index"] % width, best["index"] // width], axis=1).astype(np.float32),
-        "r": best["r"],
-        "channel": best["label"],
-        "significant": best["r"] > threshold(count, height * width * channels),
-    }
-
-
 def pixels_to_grid(position: np.ndarray, map_shape: tuple[int, int], offset=(0.0, 0.0)) -> np.ndarray:
     """Readout grid points (n, 2) (x, y) in [-1, 1] of pixel positions (n, 2) (x, y).
 
@@ -197,62 +173,34 @@ def grid_to_pixels(grid: np.ndarray, map_shape: tuple[int, int], offset=(0.0, 0.
     return ((np.asarray(grid, np.float32) + 1) * 0.5 * size + np.asarray(offset, np.float32)).astype(np.float32)
 
 
-def core_features(twin, data, trials: np.ndarray) -> np.ndarray:
-    """The core's eval-mode output (k, h, w, channels) for ``trials`` (k,) of SessionData ``data``
-    (with its behavior channels when the twin uses them); ``twin`` itself is left unchanged."""
-    core = nnx.clone(twin.core)
-    core.eval()
-    run = nnx.jit(lambda core, x: core(x))
-    outputs = []
-    for start in range(0, len(trials), FEATURE_BATCH):
-        index = trials[start : start + FEATURE_BATCH]
-        behavior = None if data.behavior is None else jnp.asarray(data.behavior[index])
-        outputs.append(np.asarray(run(core, twin.core_input(jnp.asarray(data.images[index]), behavior))))
-    return np.concatenate(outputs)
-
-
 def placeable(readout) -> bool:
     """Whether a readout has free grid means to place: Gaussian, without a grid-mean predictor."""
     return isinstance(readout, GaussianReadout) and readout.grid_predictor is None
 
 
-def place_readouts(
-    model, sessions, *, use_core: bool = False, n_trials: int = MAX_TRIALS, seed: int = 0
-) -> list[np.ndarray]:
+def place_readouts(model, sessions, *, n_trials: int = MAX_TRIALS, seed: int = 0) -> list[np.ndarray]:
     """Set the readout positions ``mu`` of ``model`` (Twin or Ensemble) from ``sessions`` (one
-    SessionData per readout, in order), in place.
-
-    use_core: False (a fit from scratch) places by contrast energy, the same points for every
-    ensemble member; True (a transferred core) by each member's own core features. Neurons
-    without a significant map keep their random mu; factorized readouts and readouts with a
-    grid-mean predictor are left as they are. Returns per session the neurons placed: bool (n,),
-    or (members, n) for an Ensemble (all False for readouts left as they are).
+    SessionData per readout, in order), in place, by contrast energy: the same points for every
+    ensemble member, whatever its core. Neurons without a significant map keep their random mu;
+    factorized readouts and readouts with a grid-mean predictor are left as they are. Returns per
+    session the neurons placed: bool (n,), or (members, n) for an Ensemble (all False for
+    readouts left as they are).
     """
     ensemble = hasattr(model, "members")
-    members = model.size if ensemble else 1
     base = model.members if ensemble else model
     placed = []
     for index, data in enumerate(sessions):
         readout = base.readouts[index]
-        old = np.asarray(readout.mu[...]) if placeable(readout) else None
-        if old is None:
-            placed.append(np.zeros((members, data.n_neurons) if ensemble else data.n_neurons, bool))
-            continue
-        trials = sample_trials(data, n_trials, seed)
-        responses = data.responses[trials]
-        map_shape = tuple(readout.in_shape[:2])
-        if use_core:
-            twins = [model.member(k) for k in range(members)] if ensemble else [model]
-            found = [feature_positions(core_features(twin, data, trials), responses) for twin in twins]
-            offset = (0.0, 0.0)
-        else:
-            found = [energy_positions(data.images[trials], responses)] * members
+        significant = np.zeros(data.n_neurons, bool)
+        if placeable(readout):
+            trials = sample_trials(data, n_trials, seed)
+            found = energy_positions(data.images[trials], data.responses[trials])
+            map_shape = tuple(readout.in_shape[:2])
             height, width = data.image_shape
             offset = ((width - map_shape[1]) / 2, (height - map_shape[0]) / 2)
-        grid = np.stack([pixels_to_grid(f["position"], map_shape, offset) for f in found])
-        significant = np.stack([f["significant"] for f in found])
-        if not ensemble:
-            grid, significant = grid[0], significant[0]
-        readout.mu[...] = jnp.asarray(np.where(significant[..., None], grid, old), jnp.float32)
-        placed.append(significant)
+            grid = pixels_to_grid(found["position"], map_shape, offset)
+            significant = found["significant"]
+            old = np.asarray(readout.mu[...])  # (n, 2), or (members, n, 2)
+            readout.mu[...] = jnp.asarray(np.where(significant[:, None], grid, old), jnp.float32)
+        placed.append(np.broadcast_to(significant, (model.size, data.n_neurons)) if ensemble else significant)
     return placed

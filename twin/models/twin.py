@@ -150,7 +150,23 @@ class Twin(nnx.Module):
         images: (b, y, x, channel) normalized; behavior: (b, n_behavior), needed when the twin
         uses behavior; pupil_center: (b, 2), needed with a shifter; session: static int.
         """
-        fmap = self.core(self.core_input(images, behavior))
+        return self.readout(self.features(images, behavior), session, pupil_center=pupil_center, neurons=neurons)
+
+    def features(self, images: jax.Array, behavior: jax.Array | None = None) -> jax.Array:
+        """The core's feature map (b, y', x', c') of images (b, y, x, channel); behavior as __call__.
+        A frozen core's eval-mode features of each trial can be computed once (twin.transfer)."""
+        return self.core(self.core_input(images, behavior))
+
+    def readout(
+        self,
+        fmap: jax.Array,
+        session: int = 0,
+        *,
+        pupil_center: jax.Array | None = None,
+        neurons: jax.Array | None = None,
+    ) -> jax.Array:
+        """Predicted responses (b, n or k) from the core's feature map (b, y', x', c'): the
+        session's readout (shifted by its shifter), then the output nonlinearity."""
         shift = self.shift(session, pupil_center)
         return OUTPUTS[self.output](self.readouts[session](fmap, shift=shift, neurons=neurons))
 
