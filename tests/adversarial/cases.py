@@ -1432,6 +1432,8 @@ FAST = {
     "toml-loop-size-tiny", "simulate--neurons-0", "simulate--seed--1", "fit-seeds-0", "unknown-command",
     "simulate-into-folder-with-file", "simulate-over-store", "simulate-missing-parent", "fit-into-its-store",
     "loop-into-folder-with-config", "store-deleted-chunk", "store-no-root-json", "pipe-info", "path-newline-missing",
+    "animals-huge", "day2-of-nan-position", "match-nan-position", "match-one-cell", "match-tolerance-below-jitter", "loop-days-3",
+    "fit-freeze-without-core",
 }
 unknown = FAST - {c.name for c in CASES}
 if unknown:
