@@ -110,7 +110,7 @@ def test_positions_that_agree_on_no_shift_are_refused(tmp_path, capsys):
     write_session(day2(one, seed=1), tmp_path / "two.zarr")
     assert main(["match", str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr"), "--out", str(tmp_path / "m.csv")]) == 2
     err = capsys.readouterr().err
-    assert "agree on no shift" in err and "1 pair of cells" in err and len(err.strip().splitlines()) == 1
+    assert "agree on no shift" in err and "mutual nearest neighbours within --tolerance 10 µm after it: 1 (2 needed)" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.csv").exists()
 
 

@@ -138,7 +138,7 @@ def check_shift(mutual: int, day1, day2, tolerance: float) -> None:
     if mutual < MIN_MUTUAL:
         raise SessionError(
             f"{day1}, {day2}: the cell positions (cell_x, cell_y, cell_z) agree on no shift of the field of view:"
-            f" {mutual} pair of cells lies within --tolerance {tolerance:g} µm after it ({MIN_MUTUAL} needed);"
+            f" mutual nearest neighbours within --tolerance {tolerance:g} µm after it: {mutual} ({MIN_MUTUAL} needed);"
             " check that both stores image the same field with more than one cell, or raise --tolerance"
         )
 
