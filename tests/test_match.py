@@ -100,3 +100,44 @@ def test_match_errors_are_one_line(pair, tmp_path, capsys):
     assert main(args) == 2 and "already exists; pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "mine.csv").read_text() == "keep"
     assert main([*args, "--overwrite"]) == 0 and read_pairs(tmp_path / "mine.csv")
+
+
+def test_positions_that_agree_on_no_shift_are_refused(tmp_path, capsys):
+    """One cell (or two unrelated fields) agrees with any shift fitted to it: refused, not one
+    pair at distance 0 with confidence 1."""
+    one = simulate(6, 30, 10, 2, size=(16, 24), seed=3)
+    write_session(one.isel(neuron=[0]), tmp_path / "one.zarr")
+    write_session(day2(one, seed=1), tmp_path / "two.zarr")
+    assert main(["match", str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr"), "--out", str(tmp_path / "m.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "agree on no shift" in err and "mutual nearest neighbours within --tolerance 10 µm after it: 1 (2 needed)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_nan_positions_are_refused_by_name(pair, tmp_path, capsys):
+    ds = open_session(pair / "day1.zarr")
+    with pytest.raises(match.SessionError, match="variable 'cell_z' holds NaN or inf for 1 of"):
+        match.cell_positions(ds.assign(cell_z=ds["cell_z"].where(np.arange(ds.sizes["neuron"]) != 5)), "day1.zarr")
+    with pytest.raises(match.SessionError, match="all 600 units share one position"):
+        match.cell_positions(ds.assign(cell_x=ds["cell_x"] * 0, cell_y=ds["cell_y"] * 0, cell_z=ds["cell_z"] * 0), "day1.zarr")
+
+
+def test_a_tolerance_within_the_position_noise_warns(pair, capsys):
+    with pytest.warns(match.TwinWarning, match="--tolerance 2 µm is below or near the cells' position noise"):
+        result = match.match_sessions(pair / "day1.zarr", pair / "day2.zarr", tolerance=2.0)
+    assert 0 < len(result["pairs"]["day1_unit"]) < 0.8 * result["n_day1"]
+    xyz = match.cell_positions(open_session(pair / "day1.zarr"), "day1")
+    spacing = match.spacing(xyz)
+    assert 10 < spacing < 25 and match.position_noise(xyz, xyz, 10.0, np.zeros(3), spacing) == 0.0
+    rng = np.random.default_rng(0)  # unrelated fields: distances measure spacing, not noise
+    assert match.position_noise(xyz, rng.permutation(xyz) + rng.normal(0, 30, xyz.shape), 10.0, np.zeros(3), spacing) is None
+    with pytest.warns(match.TwinWarning, match="above the distance between neighbouring cells"):
+        match.warn_tolerance(None, spacing, 100.0)
+
+
+def test_a_unit_without_responses_to_the_shared_images_is_quiet(pair, tmp_path, recwarn):
+    two = open_session(pair / "day2.zarr").load()
+    test = (two["tier"] == "test").values[:, None] & (np.arange(two.sizes["neuron"]) == 7)[None]
+    write_session(two.assign(responses=two["responses"].where(~test)), tmp_path / "two.zarr")
+    result = match.match_sessions(pair / "day1.zarr", tmp_path / "two.zarr")
+    assert result["shared_images"] == 20 and not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -94,3 +94,25 @@ def test_simulate_day2_cli(tmp_path, capsys):
     assert main(["simulate", str(day1), "--day2-of", str(day1), "--overwrite"]) == 2
     assert "holds the input" in capsys.readouterr().err
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_animals_beyond_the_free_disk_are_refused_before_writing(tmp_path, capsys):
+    assert main(["simulate", str(tmp_path / "herd"), "--animals", "100000000", *SIZES]) == 2
+    err = capsys.readouterr().err
+    assert "--animals 100000000" in err and "GiB free" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_day2_of_a_store_with_a_nan_position_names_the_store_given(tmp_path, capsys):
+    import zarr
+
+    day1 = tmp_path / "day1.zarr"
+    assert main(["simulate", str(day1), *SIZES]) == 0
+    array = zarr.open_array(str(day1 / "cell_y"), mode="r+")
+    values = array[...]
+    values[3] = np.nan
+    array[...] = values
+    assert main(["simulate", str(tmp_path / "d2.zarr"), "--day2-of", str(day1)]) == 2
+    err = capsys.readouterr().err
+    assert f"{day1}: variable 'cell_y' holds NaN" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d2.zarr").exists()

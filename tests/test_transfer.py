@@ -17,6 +17,7 @@ from twin.cli import main
 from twin.config import DataConfig, FitConfig, ModelConfig, RunConfig, load_config, save_config
 from twin.data.simulate import simulate
 from twin.data.store import write_session
+from twin.errors import RunError
 from twin.fit import fit
 from twin.transfer import CoreTransfer
 
@@ -280,3 +281,17 @@ def test_transferred_twin_beats_scratch_on_few_trials(tmp_path):
 def test_transferred_twin_beats_scratch_on_every_animal(tmp_path):
     for transferred, scratch in transfer_against_scratch(tmp_path, [7, 9, 10, 11]):
         assert transferred > scratch + 0.02, (transferred, scratch)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[]", "holds a list, not an object"),
+    ("{}", "has no source, frozen, core_learning_rate"),
+    ('{"source": 3, "frozen": true, "core_learning_rate": null}', "source is 3"),
+    ('{"source": "/r", "frozen": "yes", "core_learning_rate": null}', "frozen is 'yes'"),
+    ('{"source": "/r", "frozen": true, "core_learning_rate": 0.01}', "frozen is true but core_learning_rate is 0.01"),
+    ('{"source": "/r", "frozen": false, "core_learning_rate": -1}', "core_learning_rate is -1, not a number >= 0"),
+])
+def test_a_damaged_core_json_is_one_line(tmp_path, text, message):
+    (tmp_path / "core.json").write_text(text)
+    with pytest.raises(RunError, match=f"core.json: {message}.*it is damaged"):
+        transfer.read_provenance(tmp_path)

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -90,6 +91,21 @@ def check_simulation_memory(args, size: tuple[int, int]) -> None:
         )
 
 
+def check_simulation_disk(args, size: tuple[int, int]) -> None:
+    """Refuse --animals K whose K stores (images in uint8, responses and the float32 ground truth
+    of each neuron's filters, without compression) cannot fit on the disk that will hold them."""
+    trials = args.train_images + args.test_images * args.repeats
+    pixels = size[0] * size[1] * args.channels
+    per_animal = trials * pixels + 8 * trials * args.neurons + 16 * args.neurons * pixels
+    free = shutil.disk_usage(Path(args.out).absolute().parent).free
+    if args.animals * per_animal > free:
+        raise ConfigError(
+            f"--animals {args.animals}: {args.animals} stores of about {per_animal / 2**20:.1f} MiB each need"
+            f" {args.animals * per_animal / 2**30:.0f} GiB, more than the {free / 2**30:.0f} GiB free under"
+            f" {Path(args.out).absolute().parent}; simulate fewer animals or smaller ones"
+        )
+
+
 def cmd_simulate(args) -> int:
     from twin.data.simulate import simulate
     from twin.data.store import write_session
@@ -100,6 +116,8 @@ def cmd_simulate(args) -> int:
     check_output(args.out, args.overwrite, "store" if args.animals is None else "folder", flag="OUT")
     size = parse_size(args.size)
     check_simulation_memory(args, size)
+    if args.animals is not None:
+        check_simulation_disk(args, size)
 
     def animal(index: int):
         return simulate(
@@ -122,8 +140,10 @@ def cmd_simulate(args) -> int:
         for index in range(1, args.animals + 1):
             write_session(animal(index), folder / f"animal_{index}.zarr")
             print(f"animal {index} of {args.animals} simulated", flush=True)
+    first = Path(args.out) / "animal_1.zarr"
+    stores = f"stores {first} .. animal_{args.animals}.zarr" if args.animals > 1 else f"store {first}"
     print(
-        f"wrote {args.animals} stores {Path(args.out) / 'animal_1.zarr'} .. animal_{args.animals}.zarr:"
+        f"wrote {args.animals} {stores}:"
         f" {args.train_images} + {args.test_images}x{args.repeats} images x {args.neurons} neurons each"
     )
     return 0
@@ -147,7 +167,7 @@ def simulate_day2(args) -> int:
     day1 = open_session(args.day2_of)
     if not day1.attrs.get("simulated"):
         raise ConfigError(f"--day2-of {args.day2_of}: not a simulated session; pass a store written by twin simulate")
-    ds = day2(load_values(day1, args.day2_of), seed=args.seed)
+    ds = day2(load_values(day1, args.day2_of), seed=args.seed, source=args.day2_of)
     write_session(ds, args.out, overwrite=args.overwrite)
     print(
         f"wrote {args.out}: day 2 of {args.day2_of}, {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons"

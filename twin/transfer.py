@@ -103,9 +103,33 @@ def read_provenance(run_dir: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        provenance = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunError(f"{path}: not valid JSON ({error}); it is damaged: fit the run again") from None
+    problem = provenance_problem(provenance)
+    if problem:
+        raise RunError(f"{path}: {problem}; it is damaged: fit the run again")
+    return provenance
+
+
+def provenance_problem(provenance) -> str | None:
+    """What makes ``provenance`` (core.json's content) unusable, or None: ``source`` a path,
+    ``frozen`` true or false, ``core_learning_rate`` null when frozen, else a number >= 0."""
+    if not isinstance(provenance, dict):
+        return f"holds a {type(provenance).__name__}, not an object"
+    missing = [key for key in ("source", "frozen", "core_learning_rate") if key not in provenance]
+    if missing:
+        return f"has no {', '.join(missing)}"
+    rate = provenance["core_learning_rate"]
+    if not isinstance(provenance["source"], str) or not provenance["source"]:
+        return f"source is {provenance['source']!r}, not the path of a run"
+    if not isinstance(provenance["frozen"], bool):
+        return f"frozen is {provenance['frozen']!r}, not true or false"
+    if provenance["frozen"] != (rate is None):
+        return f"frozen is {str(provenance['frozen']).lower()} but core_learning_rate is {rate!r}"
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate < 0):
+        return f"core_learning_rate is {rate!r}, not a number >= 0"
+    return None
 
 
 def write_provenance(run_dir: Path, provenance: dict) -> None:

@@ -53,6 +53,9 @@ class Case:
     then: tuple[str, ...] = ()
     killed_leaves: tuple[str, ...] = ()  # kill9: paths the killed command may leave (besides hidden partials)
     memory_limit: int = 0  # bytes of address space in subprocess mode; 0: none
+    # On success: None (stderr not judged), or the strings the stderr's warning lines must hold
+    # (every stderr line then a `twin CMD: warning:` line; () for none at all).
+    warns: tuple[str, ...] | None = None
     timeout: float = 120.0
 
 
@@ -71,6 +74,8 @@ def case(name: str, cls: str, argv, *steps: Setup, expect=2, **options) -> None:
             step(d, fx)
 
     options["then"] = tuple(shlex.split(options["then"])) if isinstance(options.get("then"), str) else options.get("then", ())
+    if options.get("warns") is not None:
+        options["warns"] = tuple(options["warns"])
     for key in ("mentions", "allow_new", "allow_changed", "killed_leaves"):
         options[key] = tuple(options.get(key, ()))
     CASES.append(Case(name, cls, argv, setup, expect, **options))
@@ -1161,6 +1166,261 @@ case("sigint-simulate", CRASH, "simulate big.zarr --neurons 4 --train-images 20 
      interrupted("simulate big.zarr --neurons 8 --train-images 30000 --test-images 10 --repeats 2", ".big.zarr.partial*", 0.05), expect=0,
      allow_new=["big.zarr"], check=interrupt_behaved, note="Ctrl-C mid-write: exit 130, no store and no partial one")
 
+# ---------------------------------------------------------------------------- several animals, day 2, matching
+DAYS, MATCH = "days", "match"
+SMALL = "--neurons 4 --train-images 20 --test-images 2 --repeats 2"
+ANIMALS = f"simulate out {SMALL} --animals 2"
+
+
+def string_ids(store: str) -> Setup:
+    return rewrite_store(store, lambda ds: ds.assign(unit_id=("neuron", np.array([f"cell-{i}" for i in range(ds.sizes["neuron"])], dtype=object))))
+
+
+def colour_store(name: str) -> Setup:
+    return lambda d, fx: cli(["simulate", name, "--neurons", "6", "--train-images", "40", "--test-images", "12", "--repeats", "2",
+                              "--channels", "3"], d)
+
+
+def day2_of(day1: str, name: str) -> Setup:
+    return lambda d, fx: cli(["simulate", name, "--day2-of", day1], d)
+
+
+def csv_rows(name: str) -> Callable[[Path], list[dict]]:
+    return lambda d: list(csv.DictReader((d / name).open()))
+
+
+def pairs_check(name: str, predicate: Callable[[list[dict]], bool], what: str) -> Callable[[Path], str | None]:
+    def check(d: Path) -> str | None:
+        try:
+            return None if predicate(csv_rows(name)(d)) else what
+        except Exception as error:  # noqa: BLE001 - reported as the case's failure
+            return f"{name}: check failed ({error})"
+
+    return check
+
+
+def animals_check(k: int) -> Callable[[Path], str | None]:
+    def check(d: Path) -> str | None:
+        stores = sorted(p.name for p in (d / "out").glob("animal_*.zarr"))
+        return None if stores == [f"animal_{i}.zarr" for i in range(1, k + 1)] else f"out holds {stores}"
+
+    return check
+
+
+# simulate --animals
+for value in ("0", "-1", "abc", "1.5"):
+    case(f"animals-{value}", DAYS, f"simulate out {SMALL} --animals {value}", mentions=["--animals"])
+case("animals-huge", DAYS, f"simulate out {SMALL} --animals 100000000", mentions=["--animals"], timeout=60,
+     note="refused before writing: 10^8 stores do not fit on the disk (it used to write until the disk was full)")
+case("animals-into-folder-with-file", DAYS, ANIMALS, write("out/notes.txt", "mine"), mentions=["out"])
+case("animals-onto-plain-file", DAYS, ANIMALS, write("out", "mine"), mentions=["out"])
+case("animals-over-animals", DAYS, ANIMALS, lambda d, fx: cli(shlex.split(ANIMALS), d), mentions=["out", "--overwrite"])
+case("animals-overwrite-animals", DAYS, ANIMALS.replace("--animals 2", "--animals 3") + " --overwrite", lambda d, fx: cli(shlex.split(ANIMALS), d),
+     expect=0, allow_changed=["out"], allow_new=["out"], check=animals_check(3), note="success: --overwrite replaces twin's folder of animals")
+case("animals-overwrite-store", DAYS, ANIMALS.replace("out", "sim.zarr") + " --overwrite", copy("sim.zarr"), mentions=["sim.zarr"],
+     note="--overwrite never turns a session store into a folder of animals")
+case("animals-inside-store", DAYS, ANIMALS.replace("out", "sim.zarr/out"), copy("sim.zarr"), mentions=["sim.zarr"])
+case("animals-with-day2-of", DAYS, "simulate out --animals 2 --day2-of sim.zarr", copy("sim.zarr"), mentions=["--animals"])
+case("animals-one", DAYS, ANIMALS.replace("--animals 2", "--animals 1"), expect=0, allow_new=["out"], check=animals_check(1),
+     warns=(), note="success: one animal in OUT/animal_1.zarr")
+case("kill-animals", CRASH, f"simulate out {SMALL} --animals 40", expect=0, mode="kill9", kill_when=".out.partial-*/animal_2.zarr",
+     then=ANIMALS, allow_new=["out"], timeout=300, check=animals_check(2),
+     note="SIGKILL after the first animal: no OUT; the next write removes the staged folder")
+
+# simulate --day2-of
+DAY2 = "simulate d2.zarr --day2-of sim.zarr"
+case("day2-of-missing", DAYS, "simulate d2.zarr --day2-of nope.zarr", mentions=["nope.zarr"])
+case("day2-of-recorded", DAYS, "simulate d2.zarr --day2-of rec.zarr", copy("data.npz"), lambda d, fx: cli(["import", "arrays", "data.npz", "rec.zarr"], d),
+     mentions=["rec.zarr"], note="day 2 is drawn from day 1's ground truth")
+case("day2-of-mei-store", DAYS, "simulate d2.zarr --day2-of meis.zarr", copy("meis.zarr"), mentions=["meis.zarr"])
+case("day2-of-run", DAYS, "simulate d2.zarr --day2-of run", copy("run"), mentions=["run"])
+case("day2-of-deleted-chunk", DAYS, DAY2, copy("sim.zarr"), remove("sim.zarr/images/c/0/0/0"), mentions=["sim.zarr", "images"])
+case("day2-of-corrupted-truth", DAYS, DAY2, copy("sim.zarr"), flip_bytes("sim.zarr/gt_filter_even/c"), mentions=["sim.zarr", "gt_filter_even"])
+case("day2-of-nan-position", DAYS, DAY2, copy("sim.zarr"), zarr_edit("sim.zarr", "cell_x", lambda a: np.where(np.arange(len(a)) == 2, np.nan, a)),
+     mentions=["sim.zarr", "cell_x"], note="names the store given, not its session attribute")
+case("day2-of-no-truth", DAYS, DAY2, copy("sim.zarr"),
+     rewrite_store("sim.zarr", lambda ds: ds.drop_vars([v for v in ds.variables if str(v).startswith("gt_")])),
+     mentions=["sim.zarr", "gt_"], note="marked simulated but without its ground truth")
+case("day2-of-itself", DAYS, "simulate sim.zarr --day2-of sim.zarr", copy("sim.zarr"), mentions=["sim.zarr"])
+case("day2-of-itself-overwrite", DAYS, "simulate sim.zarr --day2-of sim.zarr --overwrite", copy("sim.zarr"), mentions=["sim.zarr"])
+case("day2-of-itself-other-spelling", DAYS, "simulate ./sim.zarr/ --day2-of sim.zarr --overwrite", copy("sim.zarr"), mentions=["sim.zarr"])
+case("day2-of-inside-day1", DAYS, "simulate sim.zarr/d2.zarr --day2-of sim.zarr", copy("sim.zarr"), mentions=["sim.zarr"])
+case("day2-of-over-store", DAYS, "simulate day2.zarr --day2-of sim.zarr", copy("sim.zarr", "day2.zarr"), mentions=["day2.zarr", "--overwrite"])
+case("day2-of-with-neurons", DAYS, DAY2 + " --neurons 5", copy("sim.zarr"), mentions=["--neurons"])
+case("day2-of-with-channels", DAYS, DAY2 + " --channels 3", copy("sim.zarr"), mentions=["--channels"])
+case("day2-of-colour", DAYS, "simulate d2.zarr --day2-of col.zarr", colour_store("col.zarr"), expect=0, allow_new=["d2.zarr"], warns=(),
+     check=store_check("d2.zarr", lambda ds: ds["images"].ndim == 4 and "gt_day1_unit" in ds, "day 2 of a colour store is not a colour store"),
+     note="success: day 2 of a colour animal shows colour images")
+case("day2-of-string-ids", DAYS, DAY2, copy("sim.zarr"), string_ids("sim.zarr"), expect=0, allow_new=["d2.zarr"], warns=(),
+     check=store_check("d2.zarr", lambda ds: {str(u) for u in ds["gt_day1_unit"].values} <= {f"cell-{i}" for i in range(8)} | {""},
+                       "gt_day1_unit does not hold day 1's string ids"), note="success: the truth keeps day 1's string ids")
+case("day2-of-day2", DAYS, "simulate d3.zarr --day2-of day2.zarr", copy("day2.zarr"), expect=0, allow_new=["d3.zarr"], warns=(),
+     note="success: day 3 is day 2 of day 2")
+case("day2-of-one-cell", DAYS, DAY2, copy("sim.zarr"), rewrite_store("sim.zarr", lambda ds: ds.isel(neuron=[0])), expect=0,
+     allow_new=["d2.zarr"], warns=(), note="success: one cell, none lost or new")
+
+
+def big_day1(d: Path, fx: Fixtures) -> None:
+    cli(["simulate", "big.zarr", "--neurons", "8", "--train-images", "4000", "--test-images", "10", "--repeats", "2"], d)
+
+
+case("kill-day2-of", CRASH, "simulate d2.zarr --day2-of big.zarr", big_day1, expect=0, mode="kill9", kill_when=".d2.zarr.partial-*",
+     then="simulate d2.zarr --day2-of big.zarr", allow_new=["d2.zarr"], timeout=300,
+     note="SIGKILL mid-write: no store; the same command then succeeds and removes the partial one")
+
+# match
+MATCHES = "match sim.zarr day2.zarr --out m.csv"
+for flag, value in [("--tolerance", "0"), ("--tolerance", "-1"), ("--tolerance", "nan"), ("--tolerance", "inf"), ("--tolerance", "abc"),
+                    ("--tolerance", "1e400")]:
+    case(f"match{flag}={value}", MATCH, MATCHES + f" {flag}={value}", copy("sim.zarr", "day2.zarr"), mentions=[flag])
+case("match-missing-day1", MISSING, "match nope.zarr day2.zarr --out m.csv", copy("day2.zarr"), mentions=["nope.zarr"])
+case("match-missing-day2", MISSING, "match sim.zarr nope.zarr --out m.csv", copy("sim.zarr"), mentions=["nope.zarr"])
+case("match-no-positions", MATCH, "match rec.zarr day2.zarr --out m.csv", copy("data.npz", "day2.zarr"),
+     lambda d, fx: cli(["import", "arrays", "data.npz", "rec.zarr"], d), mentions=["rec.zarr", "cell_x"])
+case("match-nan-position", MATCH, MATCHES, copy("sim.zarr", "day2.zarr"),
+     zarr_edit("sim.zarr", "cell_x", lambda a: np.where(np.arange(len(a)) == 2, np.nan, a)), mentions=["sim.zarr", "cell_x"],
+     note="it used to end in a traceback from the displacement histogram")
+case("match-inf-depth", MATCH, MATCHES, copy("sim.zarr", "day2.zarr"),
+     zarr_edit("day2.zarr", "cell_z", lambda a: np.where(np.arange(len(a)) == 0, np.inf, a)), mentions=["day2.zarr", "cell_z"])
+case("match-all-nan-positions", MATCH, MATCHES, copy("sim.zarr", "day2.zarr"), zarr_edit("day2.zarr", "cell_y", lambda a: a * np.nan),
+     mentions=["day2.zarr", "cell_y"])
+case("match-one-cell", MATCH, "match one.zarr day2.zarr --out m.csv", copy("sim.zarr", "day2.zarr"),
+     lambda d, fx: shutil.copytree(d / "sim.zarr", d / "one.zarr"), rewrite_store("one.zarr", lambda ds: ds.isel(neuron=[0])),
+     mentions=["one.zarr", "day2.zarr"], note="one cell agrees with any shift: its pair (distance 0, confidence 1) used to be written as found")
+case("match-other-animal", MATCH, "match sim.zarr col.zarr --out m.csv", copy("sim.zarr"), colour_store("col.zarr"),
+     mentions=["sim.zarr", "col.zarr"], note="no shift rests on more than one pair of cells: refused rather than one pair at distance 0")
+case("match-tolerance-far-below-jitter", MATCH, MATCHES + " --tolerance 0.5", copy("sim.zarr", "day2.zarr"), mentions=["--tolerance"],
+     note="cells move ~3 µm between days: no shift is found at 0.5 µm")
+case("match-tolerance-below-jitter", MATCH, MATCHES + " --tolerance 3", copy("sim.zarr", "day2.zarr"), expect=0, allow_new=["m.csv"],
+     warns=["--tolerance", "noise"], note="success, with a warning line that the tolerance is within the position noise")
+case("match-tolerance-huge", MATCH, MATCHES + " --tolerance 1e300", copy("sim.zarr", "day2.zarr"), expect=0, allow_new=["m.csv"],
+     warns=["--tolerance", "neighbouring cells"], note="success, with a warning that neighbouring cells become candidates")
+case("match-positions-all-zero", MATCH, MATCHES, copy("sim.zarr", "day2.zarr"),
+     rewrite_store("sim.zarr", lambda ds: ds.assign(cell_x=ds["cell_x"] * 0, cell_y=ds["cell_y"] * 0, cell_z=ds["cell_z"] * 0)),
+     mentions=["sim.zarr", "one position"], note="positions that were never recorded (all 0)")
+case("match-default", MATCH, MATCHES, copy("sim.zarr", "day2.zarr"), expect=0, allow_new=["m.csv"], warns=(),
+     check=pairs_check("m.csv", lambda rows: len(rows) == 7, "not the 7 cells kept on day 2"), note="success: no warning")
+case("match-identical-stores", MATCH, "match sim.zarr copy.zarr --out m.csv", copy("sim.zarr"), copy_as("sim.zarr", "copy.zarr"), expect=0,
+     allow_new=["m.csv"], warns=(), check=pairs_check("m.csv", lambda rows: [(r["day1_unit"], r["day2_unit"]) for r in rows] == [(str(i), str(i)) for i in range(8)],
+                                                   "a store matched with its copy does not pair each unit with itself"))
+case("match-same-store-twice", MATCH, "match sim.zarr sim.zarr --out m.csv", copy("sim.zarr"), expect=0, allow_new=["m.csv"], warns=(),
+     check=pairs_check("m.csv", lambda rows: len(rows) == 8, "not every unit paired with itself"))
+case("match-days-swapped", MATCH, "match day2.zarr sim.zarr --out m.csv", copy("sim.zarr", "day2.zarr"), expect=0, allow_new=["m.csv"], warns=(),
+     check=pairs_check("m.csv", lambda rows: len(rows) == 7, "swapped days do not find the same 7 pairs"))
+case("match-string-and-integer-ids", MATCH, "match sim.zarr day2.zarr --out m.csv", copy("sim.zarr", "day2.zarr"), string_ids("sim.zarr"), expect=0,
+     allow_new=["m.csv"], warns=(), check=pairs_check("m.csv", lambda rows: len(rows) == 7 and all(r["day1_unit"].startswith("cell-") for r in rows),
+                                                      "day-1 string ids not written"))
+case("match-other-image-size", MATCH, "match sim.zarr small.zarr --out m.csv", copy("sim.zarr", "day2.zarr"),
+     lambda d, fx: shutil.copytree(d / "day2.zarr", d / "small.zarr"),
+     rewrite_store("small.zarr", lambda ds: ds.isel(y=slice(0, 18), x=slice(0, 32))), expect=0, allow_new=["m.csv"], warns=(),
+     check=pairs_check("m.csv", lambda rows: len(rows) == 7 and all(r["response_correlation"] == "" for r in rows),
+                       "day 2 of other image sizes: not 7 pairs from positions alone"),
+     note="success: no image is shared, pairs from positions alone")
+def unrecorded_on_test(unit: int) -> Callable:
+    def change(ds):
+        test = (ds["tier"] == "test").values[:, None] & (np.arange(ds.sizes["neuron"]) == unit)[None]
+        return ds.assign(responses=ds["responses"].where(~test))
+
+    return change
+
+
+case("match-unit-unrecorded-on-shared-images", MATCH, MATCHES, copy("sim.zarr", "day2.zarr"), rewrite_store("day2.zarr", unrecorded_on_test(3)),
+     expect=0, allow_new=["m.csv"], warns=(), check=pairs_check("m.csv", lambda rows: len(rows) == 7, "not 7 pairs"),
+     note="success: a day-2 unit without responses to the shared images is matched by position, without numpy warnings")
+case("match-colour-days", MATCH, "match col.zarr col2.zarr --out m.csv", colour_store("col.zarr"), day2_of("col.zarr", "col2.zarr"), expect=0,
+     allow_new=["m.csv"], warns=(), note="success")
+case("match-out-missing-folder", MATCH, "match sim.zarr day2.zarr --out nope/m.csv", copy("sim.zarr", "day2.zarr"), mentions=["nope"])
+case("match-out-directory", MATCH, MATCHES, copy("sim.zarr", "day2.zarr"), mkdir("m.csv"), mentions=["m.csv"])
+case("match-out-is-input", MATCH, "match sim.zarr day2.zarr --out day2.zarr", copy("sim.zarr", "day2.zarr"), mentions=["day2.zarr"])
+case("match-out-is-input-overwrite", MATCH, "match sim.zarr day2.zarr --out day2.zarr --overwrite", copy("sim.zarr", "day2.zarr"), mentions=["day2.zarr"])
+case("match-out-inside-input", MATCH, "match sim.zarr day2.zarr --out sim.zarr/m.csv", copy("sim.zarr", "day2.zarr"), mentions=["sim.zarr"])
+case("match-out-not-csv", MATCH, "match sim.zarr day2.zarr --out m.txt", copy("sim.zarr", "day2.zarr"), mentions=["m.txt", ".csv"])
+case("match-onto-user-csv", MATCH, MATCHES, copy("sim.zarr", "day2.zarr"), write("m.csv", "mine\n"), mentions=["m.csv", "--overwrite"])
+case("match-overwrite-csv", MATCH, MATCHES + " --overwrite", copy("sim.zarr", "day2.zarr"), write("m.csv", "mine\n"), expect=0,
+     allow_changed=["m.csv"], warns=(), note="success: --overwrite replaces the file")
+case("match-onto-link", MATCH, MATCHES.replace("m.csv", "link.csv") + " --overwrite", copy("sim.zarr", "day2.zarr"), write("mine.csv", "mine\n"),
+     link("mine.csv", "link.csv"), mentions=["link.csv"], note="--overwrite does not write through a link")
+case("match-run-as-day1", MATCH, "match run day2.zarr --out m.csv", copy("run", "day2.zarr"), mentions=["run"])
+case("match-mei-store", MATCH, "match meis.zarr day2.zarr --out m.csv", copy("meis.zarr", "day2.zarr"), mentions=["meis.zarr"])
+case("match-damaged-day2", MATCH, MATCHES, copy("sim.zarr", "day2.zarr"), truncate("day2.zarr/responses/c"), mentions=["day2.zarr", "responses"])
+
+# loop --days
+for value in ("0", "3", "two"):
+    case(f"loop-days-{value}", DAYS, f"loop out --config loop.toml --days {value}", copy("loop.toml"), mentions=["--days"])
+case("loop-days2-recorded-session", DAYS, "loop out --config loop.toml --days 2 --session rec.zarr", copy("loop.toml", "data.npz"),
+     lambda d, fx: cli(["import", "arrays", "data.npz", "rec.zarr"], d), mentions=["rec.zarr", "--days"])
+case("loop-days2-mei-store", DAYS, "loop out --config loop.toml --days 2 --session meis.zarr", copy("loop.toml", "meis.zarr"), mentions=["meis.zarr"])
+case("loop-days2-missing-session", DAYS, "loop out --config loop.toml --days 2 --session nope.zarr", copy("loop.toml"), mentions=["nope.zarr"])
+case("loop-days2-into-folder-with-file", DAYS, "loop out --config loop.toml --days 2", copy("loop.toml"), write("out/notes.txt", "mine"), mentions=["out"])
+case("loop-days2-out-is-session", DAYS, "loop sim.zarr --config loop.toml --days 2 --session sim.zarr --overwrite", copy("loop.toml", "sim.zarr"),
+     mentions=["sim.zarr"])
+case("loop-days2-nan-position", DAYS, "loop out --config loop.toml --days 2 --session sim.zarr", copy("loop.toml", "sim.zarr"),
+     zarr_edit("sim.zarr", "cell_x", lambda a: np.where(np.arange(len(a)) == 2, np.nan, a)), mentions=["sim.zarr", "cell_x"], timeout=300,
+     note="found before the fit, not after it")
+case("loop-days2", DAYS, "loop out --config loop.toml --days 2", copy("loop.toml"), expect=0, allow_new=["out"], timeout=600,
+     check=lambda d: None if "day2" in json.loads((d / "out/loop.json").read_text()) else "loop.json says nothing of day 2",
+     note="success: the miniature two-day loop")
+
+# ---------------------------------------------------------------------------- fit --core
+TRANSFER = "transfer"
+CORE = "fit day2.zarr --out r2 --config fit.toml --max-epochs 1 --core"
+RESUME = "fit day2.zarr --out transfer --config fit.toml --max-epochs 3 --resume"
+case("fit-core-missing", TRANSFER, CORE + " nope", copy("day2.zarr", "fit.toml"), mentions=["--core", "nope"])
+case("fit-core-is-store", TRANSFER, CORE + " sim.zarr", copy("day2.zarr", "fit.toml", "sim.zarr"), mentions=["--core", "sim.zarr"])
+case("fit-core-is-file", TRANSFER, CORE + " core", copy("day2.zarr", "fit.toml"), write("core", "x"), mentions=["--core", "core"])
+case("fit-core-is-mei-store", TRANSFER, CORE + " meis.zarr", copy("day2.zarr", "fit.toml", "meis.zarr"), mentions=["--core", "meis.zarr"])
+case("fit-core-is-empty-folder", TRANSFER, CORE + " empty", copy("day2.zarr", "fit.toml"), mkdir("empty"), mentions=["--core", "empty"])
+case("fit-core-other-channels", TRANSFER, "fit col.zarr --out r2 --config fit.toml --max-epochs 1 --core run", copy("run", "fit.toml"),
+     colour_store("col.zarr"), mentions=["col.zarr", "channel"], note="a gray core on colour images")
+case("fit-core-no-checkpoints", TRANSFER, CORE + " run", copy("run", "day2.zarr", "fit.toml"), remove("run/checkpoints"), mentions=["run", "checkpoint"])
+case("fit-core-truncated-checkpoint", TRANSFER, CORE + " run", copy("run", "day2.zarr", "fit.toml"),
+     lambda d, fx: [p.write_bytes(b"") for p in (d / "run/checkpoints/best").rglob("*") if p.is_file() and "arrays" in p.parts],
+     mentions=["run"])
+case("fit-core-config-edited", TRANSFER, "fit day2.zarr --out r2 --max-epochs 1 --core run", copy("run", "day2.zarr"),
+     lambda d, fx: (d / "run/config.toml").write_text((d / "run/config.toml").read_text().replace("core_channels = 4", "core_channels = 8")),
+     mentions=["run"], note="the source run's config no longer fits its checkpoint")
+case("fit-core-config-conflict", TRANSFER, "fit day2.zarr --out r2 --config c8.toml --max-epochs 1 --core run", copy("run", "day2.zarr"),
+     toml("c8.toml", {"model": {"core_channels": 8}}), mentions=["c8.toml", "core_channels"])
+case("fit-core-sessions-garbage", TRANSFER, CORE + " run", copy("run", "day2.zarr", "fit.toml"), write("run/sessions.json", "{nope"),
+     mentions=["sessions.json"])
+case("fit-core-is-out", TRANSFER, "fit day2.zarr --out run --config fit.toml --max-epochs 1 --core run", copy("run", "day2.zarr", "fit.toml"),
+     mentions=["run"])
+case("fit-core-is-out-overwrite", TRANSFER, "fit day2.zarr --out run --config fit.toml --max-epochs 1 --core run --overwrite",
+     copy("run", "day2.zarr", "fit.toml"), mentions=["run"], note="--overwrite never replaces the core it reads")
+case("fit-core-inside-out-overwrite", TRANSFER, "fit day2.zarr --out runs --config fit.toml --max-epochs 1 --core runs/run --overwrite",
+     copy("day2.zarr", "fit.toml"), copy_as("run", "runs/run"), write("runs/.twin", "written by twin\n"), mentions=["runs"],
+     note="a folder holding the core is not replaced either")
+case("fit-core-both-freeze-flags", TRANSFER, CORE + " run --freeze-core --core-learning-rate 0.001", copy("run", "day2.zarr", "fit.toml"),
+     mentions=["--freeze-core", "--core-learning-rate"])
+for value in ("-0.001", "nan", "inf", "abc"):
+    case(f"fit-core-learning-rate={value}", TRANSFER, CORE + f" run --core-learning-rate={value}", copy("run", "day2.zarr", "fit.toml"),
+         mentions=["--core-learning-rate"])
+case("fit-freeze-without-core", TRANSFER, "fit day2.zarr --out r2 --config fit.toml --freeze-core", copy("day2.zarr", "fit.toml"),
+     mentions=["--freeze-core", "--core"])
+case("fit-core-learning-rate-without-core", TRANSFER, "fit day2.zarr --out r2 --config fit.toml --core-learning-rate 0.01",
+     copy("day2.zarr", "fit.toml"), mentions=["--core-learning-rate", "--core"])
+case("fit-core-ensemble-size", TRANSFER, CORE + " ens --seeds 3", copy("sim.zarr", "day2.zarr", "fit.toml"),
+     lambda d, fx: cli(["fit", "sim.zarr", "--out", "ens", "--config", "fit.toml", "--max-epochs", "1", "--seeds", "2"], d),
+     mentions=["--seeds"], timeout=300, note="an ensemble of 2 cores for 3 members")
+case("fit-core-resume-other-core", TRANSFER, RESUME + " --core run2", copy("transfer", "day2.zarr", "fit.toml"), copy_as("run", "run2"),
+     mentions=["--core", "transfer"])
+case("fit-core-resume-unfreeze", TRANSFER, RESUME + " --core-learning-rate 0.01", copy("transfer", "day2.zarr", "fit.toml"),
+     mentions=["--core", "transfer"])
+case("fit-core-resume-scratch-run", TRANSFER, "fit sim.zarr --out run --config fit.toml --max-epochs 3 --resume --core run2",
+     copy("run", "sim.zarr", "fit.toml"), copy_as("run", "run2"), mentions=["--core", "run"])
+for name, text in [("garbage", "{nope"), ("list", "[]"), ("no-keys", "{}"),
+                   ("wrong-types", json.dumps({"source": 3, "frozen": "yes", "core_learning_rate": "fast"})),
+                   ("negative-rate", json.dumps({"source": "/x", "frozen": False, "core_learning_rate": -1.0}))]:
+    case(f"fit-core-resume-core-json-{name}", TRANSFER, RESUME, copy("transfer", "day2.zarr", "fit.toml"), write("transfer/core.json", text),
+         mentions=["core.json"], note="a damaged provenance file")
+case("fit-core-frozen", TRANSFER, CORE + " run --freeze-core", copy("run", "day2.zarr", "fit.toml"), expect=0, allow_new=["r2"],
+     check=lambda d: None if json.loads((d / "r2/core.json").read_text())["frozen"] is True else "core.json does not say frozen",
+     note="success: readouts on a frozen core, its provenance in core.json")
+case("kill-fit-core-then-resume", CRASH, "fit day2.zarr --out r2 --config fit.toml --max-epochs 30 --core run --freeze-core",
+     copy("run", "day2.zarr", "fit.toml"), expect=0, mode="kill9", kill_when="r2/checkpoints/latest/2",
+     then="fit day2.zarr --out r2 --config fit.toml --max-epochs 3 --resume", allow_new=["r2"], killed_leaves=["r2"], timeout=300,
+     note="SIGKILL after epoch 2; --resume without the core flags reads core.json and finishes")
+
 # ---------------------------------------------------------------------------- the fast subset
 # One or more cases of each class that need no fitted run: tests/test_adversarial.py runs them in CI.
 FAST = {
@@ -1172,6 +1432,8 @@ FAST = {
     "toml-loop-size-tiny", "simulate--neurons-0", "simulate--seed--1", "fit-seeds-0", "unknown-command",
     "simulate-into-folder-with-file", "simulate-over-store", "simulate-missing-parent", "fit-into-its-store",
     "loop-into-folder-with-config", "store-deleted-chunk", "store-no-root-json", "pipe-info", "path-newline-missing",
+    "animals-huge", "day2-of-nan-position", "match-nan-position", "match-one-cell", "match-tolerance-below-jitter", "loop-days-3",
+    "fit-freeze-without-core",
 }
 unknown = FAST - {c.name for c in CASES}
 if unknown:

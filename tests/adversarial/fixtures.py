@@ -106,9 +106,9 @@ def write_sensorium(root: Path, n: int = 20, n_neurons: int = 6, seed: int = 0) 
 class Fixtures:
     """Lazily built shared inputs under ``root``; ``path(name)`` builds one on first use.
 
-    Names: sim.zarr (8 neurons, simulated), other.zarr (5 neurons), fit.toml, mei.toml,
+    Names: sim.zarr (8 neurons, simulated), day2.zarr (its day 2), other.zarr (5 neurons), fit.toml, mei.toml,
     loop.toml, data.npz (valid arrays), sensorium/ (valid tree), sensorium.zip, run/ (fitted,
-    2 epochs), meis.zarr (neurons 0..3, 1 seed, 5 steps), stimuli/ (exported), responses.npz.
+    2 epochs), transfer/ (day2.zarr's readouts on run's frozen core), meis.zarr (neurons 0..3, 1 seed, 5 steps), stimuli/ (exported), responses.npz.
     """
 
     def __init__(self, root: Path):
@@ -153,6 +153,10 @@ class Fixtures:
     def build_other_zarr(self, target: Path) -> None:
         cli(["simulate", target.name, *OTHER, "--seed", "1"], self.root)
 
+    def build_day2_zarr(self, target: Path) -> None:
+        self.path("sim.zarr")
+        cli(["simulate", target.name, "--day2-of", "sim.zarr"], self.root)
+
     def build_fit_toml(self, target: Path) -> None:
         target.write_text(toml_text(TINY_FIT))
 
@@ -175,6 +179,10 @@ class Fixtures:
     def build_run(self, target: Path) -> None:
         self.path("sim.zarr"), self.path("fit.toml")
         cli(["fit", "sim.zarr", "--out", target.name, "--config", "fit.toml"], self.root)
+
+    def build_transfer(self, target: Path) -> None:
+        self.path("run"), self.path("day2.zarr")
+        cli(["fit", "day2.zarr", "--out", target.name, "--core", "run", "--freeze-core", "--config", "fit.toml"], self.root)
 
     def build_meis_zarr(self, target: Path) -> None:
         self.path("run"), self.path("mei.toml")

@@ -2,6 +2,7 @@
 
     python tests/adversarial/run.py            # every case (a few minutes on 2 cores)
     python tests/adversarial/run.py -k mei     # cases whose name or class contains "mei"
+    python tests/adversarial/run.py -k mei,match   # either
     python tests/adversarial/run.py --fast     # the subset that needs no fitted run
     python tests/adversarial/run.py --list     # names, classes and what each expects
 
@@ -249,6 +250,17 @@ class Result:
         return not self.problems
 
 
+def warning_problems(lines: list[str], warns) -> list[str]:
+    """A succeeding command's stderr ``lines``: each a one-line `twin CMD: warning:`, and together
+    holding every string of ``warns``."""
+    other = [line for line in lines if not (line.startswith("twin") and ": warning: " in line)]
+    problems = [f"{len(other)} stderr lines besides twin's warnings: {other[0][:120]}"] if other else []
+    missing = [w for w in warns if not any(w.lower() in line.lower() for line in lines)]
+    if missing:
+        problems.append("no warning naming " + ", ".join(missing))
+    return problems
+
+
 def judge(case: Case, outcome: Outcome, destroyed: list[str], left: list[str], cwd: Path, seconds: float) -> Result:
     stderr = outcome.stderr
     has_traceback = outcome.traceback or "Traceback (most recent call last)" in stderr or "Exception ignored" in stderr
@@ -274,6 +286,8 @@ def judge(case: Case, outcome: Outcome, destroyed: list[str], left: list[str], c
         problems.append("changed/removed: " + ", ".join(top_level(destroyed)[:3]))
     if left:
         problems.append("left behind: " + ", ".join(top_level(left)[:3]))
+    if outcome.code == 0 and case.warns is not None:
+        problems += warning_problems(lines, case.warns)
     if outcome.code == 0 and case.check is not None and 0 in case.expect:
         problem = case.check(cwd)
         if problem:
@@ -374,7 +388,8 @@ def print_table(results: list[Result]) -> None:
 def select(pattern: str | None, fast: bool) -> list[Case]:
     chosen = [c for c in CASES if (not fast or c.fast)]
     if pattern:
-        chosen = [c for c in chosen if pattern in c.name or pattern == c.cls]
+        patterns = pattern.split(",")
+        chosen = [c for c in chosen if any(p in c.name or p == c.cls for p in patterns)]
     return chosen
 
 
@@ -391,7 +406,7 @@ def run_cases(cases: list[Case], root: Path, progress=None) -> list[Result]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Try to break every twin command; print and write the results.")
-    parser.add_argument("-k", dest="pattern", help="run cases whose name contains PATTERN (or whose class is PATTERN)")
+    parser.add_argument("-k", dest="pattern", help="run cases whose name contains PATTERN (or whose class is PATTERN); several: A,B")
     parser.add_argument("--fast", action="store_true", help="only the cases that need no fitted run")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--keep", action="store_true", help="keep the case folders (path printed at the end)")

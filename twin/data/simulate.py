@@ -403,13 +403,16 @@ DAY2_NEW = 0.10
 DAY2_GAIN_SD = 0.2
 
 
-def day1_layout(day1: xr.Dataset) -> tuple[np.ndarray, np.ndarray, int, int]:
+def day1_layout(day1: xr.Dataset, source=None) -> tuple[np.ndarray, np.ndarray, int, int]:
     """(positions (neuron, 3) µm, test images (image, [channel,] y, x), their repeats, number of
-    train + validation images) of a day-1 session."""
-    source = day1.attrs.get("session", "day-1 session")
+    train + validation images) of a day-1 session; ``source`` names it in errors."""
+    source = source or day1.attrs.get("session", "day-1 session")
     if not all(f"cell_{axis}" in day1 for axis in "xyz"):
         raise SessionError(f"{source}: no cell positions (cell_x, cell_y, cell_z); day 2 shifts them, so simulate day 1 with twin simulate")
     xyz = np.stack([np.asarray(day1[f"cell_{axis}"].values, np.float64) for axis in "xyz"], axis=1)
+    for axis, values in zip("xyz", xyz.T):
+        if not np.isfinite(values).all():
+            raise SessionError(f"{source}: variable 'cell_{axis}' holds NaN or inf; day 2 shifts the positions, so write day 1 again with twin simulate")
     tier = strings(day1["tier"].values)
     image_id = np.asarray(day1["image_id"].values)
     test = np.flatnonzero(tier == "test")
@@ -419,7 +422,7 @@ def day1_layout(day1: xr.Dataset) -> tuple[np.ndarray, np.ndarray, int, int]:
     return xyz, test_images, int(np.median(counts)), n_train
 
 
-def day2(day1: xr.Dataset, seed: int = 0) -> xr.Dataset:
+def day2(day1: xr.Dataset, seed: int = 0, source=None) -> xr.Dataset:
     """Day 2 of the simulated session ``day1``: the same field of view imaged again.
 
     The field of view moves rigidly (``DAY2_SHIFT_UM`` in x-y, ``DAY2_DEPTH_SHIFT_SD`` in depth)
@@ -431,10 +434,11 @@ def day2(day1: xr.Dataset, seed: int = 0) -> xr.Dataset:
     responses to shared images. Neurons come in random order with unit ids 0..n-1 that say
     nothing of day 1; the answer is ``gt_day1_unit`` (neuron,): the day-1 unit id of each day-2
     unit, -1 ("" for string ids) for a new cell, and ``attrs["gt_shift_um"]`` the rigid shift
-    (x, y, z) added to day-1 positions. Returns a validated session like ``simulate``'s.
+    (x, y, z) added to day-1 positions. ``source`` (the day-1 store's path) names it in errors.
+    Returns a validated session like ``simulate``'s.
     """
-    truth = ground_truth(day1)
-    xyz1, test_images, repeats, n_train = day1_layout(day1)
+    truth = ground_truth(day1, source)
+    xyz1, test_images, repeats, n_train = day1_layout(day1, source)
     ids1 = unit_ids(day1["unit_id"].values)
     n1 = len(ids1)
     size = tuple(int(n) for n in day1["images"].shape[-2:])
@@ -473,12 +477,13 @@ def day2(day1: xr.Dataset, seed: int = 0) -> xr.Dataset:
     return to_session(params, trials, xyz[order] + shift, attrs)
 
 
-def ground_truth(ds: xr.Dataset) -> dict[str, np.ndarray]:
-    """The ground-truth parameters of a simulated session: {name without 'gt_': array}."""
+def ground_truth(ds: xr.Dataset, source=None) -> dict[str, np.ndarray]:
+    """The ground-truth parameters of a simulated session: {name without 'gt_': array};
+    ``source`` (its path) names it in errors."""
     names = [str(n) for n in ds.variables if str(n).startswith("gt_")]
     if not names:
         raise SessionError(
-            f"{ds.attrs.get('session', 'session')}: no gt_* variables; this is not a simulated"
+            f"{source or ds.attrs.get('session', 'session')}: no gt_* variables; this is not a simulated"
             " session (write one with twin simulate)"
         )
     return {name[3:]: np.asarray(ds[name].values) for name in names}

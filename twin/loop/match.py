@@ -3,7 +3,9 @@
 1. Rigid shift (day-2 position - day-1 position): the mode of all displacement vectors between
    the two position sets (a 3-D histogram with bins of half the tolerance, the densest 2x2x2
    block of bins), refined by the mean displacement of mutual nearest neighbours closer than the
-   tolerance until it settles.
+   tolerance until it settles. A shift resting on fewer than MIN_MUTUAL of them is refused (one
+   pair agrees with any shift fitted to it); a tolerance near the cells' day-to-day position
+   noise (position_noise), or beyond the spacing of neighbouring cells, gets a warning.
 2. Candidates: pairs closer than the tolerance once the shift is removed.
 3. Responses, where both days showed the same images (found by pixel content, a hash of each
    image in screen levels, never by image_id: ids differ across stores): each unit's
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +33,11 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from twin.data.schema import pixel_range, to_levels, unit_ids
-from twin.errors import ConfigError, SessionError
+from twin.errors import ConfigError, SessionError, TwinWarning
 
 TOLERANCE_UM = 10.0
 MIN_SHARED_IMAGES = 10
+MIN_MUTUAL = 2  # mutual nearest neighbours a shift must rest on (one pair agrees with itself)
 MAX_CELLS_FOR_SHIFT = 2000  # cells of each day in the displacement histogram (all pairs: 4M vectors)
 MAX_BINS = 2000  # per axis of that histogram
 COLUMNS = ("day1_unit", "day2_unit", "distance_um", "response_correlation", "confidence")
@@ -47,7 +51,25 @@ def cell_positions(ds, source) -> np.ndarray:
             " import the session with its cells' positions"
         )
     depth = ds["cell_z"].values if "cell_z" in ds else np.zeros(ds.sizes["neuron"])
-    return np.stack([np.asarray(v, np.float64) for v in (ds["cell_x"].values, ds["cell_y"].values, depth)], axis=1)
+    xyz = np.stack([np.asarray(v, np.float64) for v in (ds["cell_x"].values, ds["cell_y"].values, depth)], axis=1)
+    bad = ~np.isfinite(xyz).all(axis=1)
+    if bad.any():
+        axis = "xyz"[int(np.flatnonzero(~np.isfinite(xyz[bad][0]))[0])]
+        raise SessionError(
+            f"{source}: variable 'cell_{axis}' holds NaN or inf for {int(bad.sum())} of {len(xyz)} units; give"
+            " every unit a position (or drop the units without one) before twin match"
+        )
+    if len(xyz) > 1 and np.ptp(xyz, axis=0).max() == 0:
+        raise SessionError(
+            f"{source}: all {len(xyz)} units share one position (cell_x, cell_y, cell_z); twin match pairs units"
+            " by position, so import the session with its cells' positions"
+        )
+    return xyz
+
+
+def spacing(xyz: np.ndarray) -> float | None:
+    """Median distance (µm) from each cell to its nearest neighbour of the same day; None for one cell."""
+    return float(np.median(cKDTree(xyz).query(xyz, k=2)[0][:, 1])) if len(xyz) > 1 else None
 
 
 def subsample(xyz: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -110,6 +132,56 @@ def estimate_shift(xyz1: np.ndarray, xyz2: np.ndarray, tolerance: float) -> tupl
     return shift, n
 
 
+def check_shift(mutual: int, day1, day2, tolerance: float) -> None:
+    """Refuse a shift that rests on fewer than MIN_MUTUAL pairs of cells: one pair always agrees
+    with itself, so its shift (and every pair found with it) says nothing."""
+    if mutual < MIN_MUTUAL:
+        raise SessionError(
+            f"{day1}, {day2}: the cell positions (cell_x, cell_y, cell_z) agree on no shift of the field of view:"
+            f" mutual nearest neighbours within --tolerance {tolerance:g} µm after it: {mutual} ({MIN_MUTUAL} needed);"
+            " check that both stores image the same field with more than one cell, or raise --tolerance"
+        )
+
+
+def position_noise(xyz1: np.ndarray, xyz2: np.ndarray, tolerance: float, shift: np.ndarray, cell_spacing: float | None) -> float | None:
+    """Median distance (µm) between the two days' positions of a cell: of the mutual nearest
+    neighbours within a generous scale, max(2 * tolerance, TOLERANCE_UM), after a shift estimated
+    at that scale (``shift``, estimated at ``tolerance``, when that is already TOLERANCE_UM or more).
+    None when fewer than 5 such pairs, or when they lie no closer than half the median distance
+    between neighbouring cells of day 1 (``cell_spacing``): the days then do not show one field,
+    and the distances measure cell spacing, not noise."""
+    scale = max(2 * tolerance, TOLERANCE_UM)
+    if tolerance < TOLERANCE_UM:
+        shift = estimate_shift(xyz1, xyz2, scale)[0]
+    i, j = mutual_neighbours(xyz1, xyz2 - shift, scale)
+    if len(i) < 5 or cell_spacing is None:
+        return None
+    noise = float(np.median(np.linalg.norm(xyz2[j] - shift - xyz1[i], axis=1)))
+    return noise if noise < cell_spacing / 2 else None
+
+
+def warn_tolerance(noise: float | None, cell_spacing: float | None, tolerance: float) -> None:
+    """A warning line when ``tolerance`` is within twice the position noise (for 3-D Gaussian
+    jitter about 3 % of true pairs lie beyond twice the median distance, half beyond the median),
+    or beyond the distance between neighbouring cells (a cell's neighbour becomes a candidate)."""
+    if cell_spacing is not None and tolerance > cell_spacing:
+        warnings.warn(
+            f"--tolerance {tolerance:g} µm is above the distance between neighbouring cells (median"
+            f" {cell_spacing:.1f} µm on day 1), so a cell may be paired with its neighbour; use a tolerance"
+            f" below {cell_spacing:.1f} µm",
+            TwinWarning,
+            stacklevel=2,
+        )
+    elif noise is not None and tolerance < 2 * noise:
+        warnings.warn(
+            f"--tolerance {tolerance:g} µm is below or near the cells' position noise: the two days'"
+            f" positions of a cell lie a median {noise:.1f} µm apart after the shift, so many cells go unmatched"
+            f" (or are paired wrongly); use --tolerance {2 * noise:.1f} or more",
+            TwinWarning,
+            stacklevel=2,
+        )
+
+
 def image_hashes(ds, source) -> np.ndarray:
     """(trial,) a digest of each trial's image in screen levels 0..255 (2 decimals), so the same
     picture hashes alike in stores of either dtype or pixel range."""
@@ -143,7 +215,9 @@ def shared_responses(ds1, ds2, source1, source2) -> tuple[np.ndarray, np.ndarray
     means = [image_means(h, ds["responses"].values, shared) for h, ds in ((h1, ds1), (h2, ds2))]
     z = []
     for m in means:
-        m = np.where(np.isnan(m), np.nanmean(m, axis=0, keepdims=True), m)  # an image a unit missed
+        recorded = np.isfinite(m)  # an image a unit missed gets its mean; a unit that missed all, 0 (then NaN)
+        fill = np.where(recorded, m, 0).sum(axis=0, keepdims=True) / np.maximum(recorded.sum(axis=0, keepdims=True), 1)
+        m = np.where(recorded, m, fill)
         m = m - m.mean(axis=0)
         std = m.std(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -230,6 +304,9 @@ def match_sessions(day1: str | Path, day2: str | Path, tolerance: float = TOLERA
     xyz1, xyz2 = cell_positions(ds1, day1), cell_positions(ds2, day2)
     ids1, ids2 = unit_ids(ds1["unit_id"].values), unit_ids(ds2["unit_id"].values)
     shift, mutual = estimate_shift(xyz1, xyz2, tolerance)
+    check_shift(mutual, day1, day2, tolerance)
+    cell_spacing = spacing(xyz1)
+    warn_tolerance(position_noise(xyz1, xyz2, tolerance, shift, cell_spacing), cell_spacing, tolerance)
     found = cKDTree(xyz1).sparse_distance_matrix(cKDTree(xyz2 - shift), tolerance, output_type="ndarray")
     rows, cols, distance = found["i"].astype(np.int64), found["j"].astype(np.int64), found["v"]
     keep = distance < tolerance
