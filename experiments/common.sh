@@ -3,8 +3,9 @@
 timed() {  # timed NAME COMMAND...: run, then append "NAME wall_s cpu_s" to OUT/times.txt
     local name=$1; shift
     local start; start=$(date +%s.%N)
-    /usr/bin/time -f "%U %S" -o "$OUT/.time" "$@"
-    echo "$name $(echo "$(date +%s.%N) - $start" | bc) $(awk '{print $1 + $2}' "$OUT/.time")" >> "$OUT/times.txt"
+    /usr/bin/time -f "%U %S" -o "$OUT/.time.$name" "$@"  # one file per name: scripts may run side by side
+    echo "$name $(echo "$(date +%s.%N) - $start" | bc) $(awk '{print $1 + $2}' "$OUT/.time.$name")" >> "$OUT/times.txt"
+    rm "$OUT/.time.$name"
 }
 
 fit_once() {  # fit_once NAME STORE... [FLAGS]: twin fit into OUT/NAME unless it finished; resumes a killed fit
