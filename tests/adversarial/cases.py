@@ -976,12 +976,20 @@ def link(target: str, name: str) -> Setup:
     return lambda d, fx: os.symlink(target, d / name)
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C's default action, even when the harness was started in the background
+    (`cmd &` in a script ignores SIGINT, and an ignored signal stays ignored across exec)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def twin_process(argv: list[str], cwd: Path):
     import subprocess
     import sys
 
     return subprocess.Popen([sys.executable, "-m", "twin.cli", *argv], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=default_sigint)
 
 
 def writers_log(d: Path, runs: list[tuple[int, str]], listing: list[str] | None = None) -> None:
