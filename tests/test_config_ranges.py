@@ -76,6 +76,7 @@ FIELDS = {
         "image_normalization": choices("global", "per_pixel"),
         "response_std_floor": floats(0),
         "shuffle_seed": ints(0, SEED_LIMIT - 1),
+        "train_fraction": floats(0, 1, lo_open=True),
     },
     ModelConfig: {
         "core_layers": (st.integers(1, 6), ints(1, MAX_LAYERS)[1]),  # few layers: stacks drawn from them
