@@ -458,7 +458,7 @@ def format_peer(peer: dict, variants: dict, fastest: dict) -> list[str]:
             lines.append(f"    {setting}: torch.compile variants skipped: {compiled['skipped']}")
         else:
             times = ", ".join(f"{k} {v:.1f} s" for k, v in compiled["compile_s"].items())
-            lines.append(f"    {setting}: torch.compile first calls: {times}")
+            lines.append(f"    {setting}: torch.compile first calls: {times} (inductor's disk cache may hold earlier compiles)")
     lines.append("    peer variants (img/s; image-steps/s for mei):")
     for name, figures in variants.items():
         text = ", ".join(
