@@ -4,13 +4,23 @@ Run as its own process (``twin bench`` starts it twice: with and without the gli
 tunables, which must be set before the process starts) and prints one JSON object::
 
     python benchmarks/peer_torch.py [--shapes JSON] [--repeats 3] [--mei-neurons 3] [--mei-steps 30]
+        [--mei-counts 1,16,128,1024] [--mei-budget 512] [--mei-chunk 128] [--no-compile REASON]
 
 Measures, after warm-up, medians over a few repeats:
 - forward images/s (eval mode, no grad, batch 128),
 - training images/s (train mode, Adam, Poisson loss x sqrt(n_train / batch) + regularizers),
 - the MEI loop of the Sinz-lab tools, one neuron at a time: eval mode, gradient of that one
   neuron's response w.r.t. the image (batch 1), SGD, image rescaled to a fixed L2 norm each step;
-  image-steps/s.
+  image-steps/s,
+- the same MEI loop batched, as a PyTorch user would write it for many neurons: B images in one
+  forward pass, the readout's ``out_idx`` set to the B target neurons and image i read out only
+  for its own target (the diagonal of the (B, B) output), SGD on the sum, each image rescaled to
+  the norm; for each count of neurons in ``--mei-counts``, in chunks of at most ``--mei-chunk``
+  images; image-steps/s,
+- with ``torch.compile`` (inductor), unless ``--no-compile``: the forward pass, the training
+  loss (forward + loss + regularizers; its backward compiled by AOTAutograd, Adam eager) and the
+  batched MEI objective (its backward compiled too; the SGD step and rescaling eager), each with
+  its compile time. A compile that fails is reported as skipped with the reason.
 
 ``build_model`` is also used by tests/test_convert.py to make the checkpoint that twin converts.
 """
@@ -128,8 +138,83 @@ def median_rate(work, run, repeats: int) -> float:
     return work / statistics.median(times)
 
 
-def measure(shapes: dict, repeats: int, mei_neurons: int, mei_steps: int) -> dict:
-    """Forward, train-step and MEI-loop throughput of the baseline at ``shapes``."""
+def neuron_activation(model, image, neuron: int):
+    """The one-neuron loop's objective: the response of ``neuron`` to ``image`` (1, 1, y, x); scalar."""
+    return model(image, data_key="session", out_idx=np.array([neuron]))[0, 0]
+
+
+def target_activations(model, images, targets):
+    """The batched loop's objective: image i's response of neuron ``targets[i]``; images (B, 1, y, x),
+    targets (B,) int64 tensor; returns (B,). Eval mode, so images do not interact."""
+    return model(images, data_key="session", out_idx=targets).diagonal()
+
+
+def random_images(count: int, shapes: dict, generator) -> "torch.Tensor":
+    """``count`` random images (count, 1, y, x), each at L2 norm MEI_NORM."""
+    images = torch.randn(count, 1, shapes["height"], shapes["width"], generator=generator)
+    return images * (MEI_NORM / images.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
+
+
+def mei_neuron(model, image, neuron: int, steps: int):
+    """The one-neuron loop: ``steps`` SGD steps (lr 1) on ``image`` (1, 1, y, x), rescaled to
+    MEI_NORM after each; returns the image."""
+    image = image.clone().requires_grad_(True)
+    sgd = torch.optim.SGD([image], lr=1.0)
+    for _ in range(steps):
+        sgd.zero_grad()
+        (-neuron_activation(model, image, neuron)).backward()
+        sgd.step()
+        with torch.no_grad():
+            image *= MEI_NORM / image.norm()
+    return image.detach()
+
+
+def mei_batch(objective, images, targets, steps: int):
+    """The batched loop: the one-neuron loop's steps for B images at once, image i for neuron
+    ``targets[i]``; ``objective(images, targets)`` -> (B,); images (B, 1, y, x); returns the images."""
+    images = images.clone().requires_grad_(True)
+    sgd = torch.optim.SGD([images], lr=1.0)
+    for _ in range(steps):
+        sgd.zero_grad()
+        # Summing is exact: each activation depends on its own image only.
+        (-objective(images, targets).sum()).backward()
+        sgd.step()
+        with torch.no_grad():
+            images *= (MEI_NORM / images.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
+    return images.detach()
+
+
+def mei_steps(n: int, budget: int, max_steps: int) -> int:
+    """Steps per image in a timed call for ``n`` neurons, as twin bench chooses them."""
+    return max(2, min(max_steps, budget // n))
+
+
+def batched_rates(objective, shapes: dict, repeats: int, counts, budget: int, chunk: int, max_steps: int, generator):
+    """Image-steps/s of ``mei_batch`` for each count of neurons: {str(n): rate}."""
+    rates = {}
+    for n in counts:
+        steps = mei_steps(n, budget, max_steps)
+        targets = torch.arange(n) % shapes["neurons"]
+
+        def run():
+            for first in range(0, n, chunk):
+                batch = targets[first : first + chunk]
+                mei_batch(objective, random_images(len(batch), shapes, generator), batch, steps)
+
+        rates[str(n)] = median_rate(n * steps, run, repeats)
+    return rates
+
+
+def first_call_seconds(run) -> float:
+    """Wall time of the first call of ``run`` (a compiled function's compile time plus one call)."""
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def measure(shapes: dict, repeats: int, mei_neurons: int, max_steps: int, mei: dict, compile_skip: str | None) -> dict:
+    """Forward, train-step and MEI-loop throughput of the baseline at ``shapes``, eager and (unless
+    ``compile_skip`` says why not) compiled. ``mei``: counts, budget, chunk of the batched loop."""
     model = build_model(
         shapes["neurons"], (shapes["height"], shapes["width"]), shapes["channels"], shapes["layers"]
     )
@@ -137,58 +222,102 @@ def measure(shapes: dict, repeats: int, mei_neurons: int, mei_steps: int) -> dic
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(batch, 1, shapes["height"], shapes["width"], generator=generator)
     responses = torch.poisson(torch.ones(batch, shapes["neurons"]), generator=generator)
-
-    model.eval()
-
-    def forward():
-        with torch.no_grad():
-            model(images, data_key="session")
-
-    forward_rate = median_rate(batch, forward, repeats)
-
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.009)
     loss_scale = (shapes["n_train"] / batch) ** 0.5
 
-    def train_step():
-        optimizer.zero_grad()
+    def train_loss(images, responses):
         output = model(images, data_key="session")
         poisson = (output - responses * torch.log(output + 1e-12)).sum()
-        loss = loss_scale * poisson + model.regularizer(data_key="session")
-        loss.backward()
-        optimizer.step()
+        return loss_scale * poisson + model.regularizer(data_key="session")
 
-    train_rate = median_rate(batch, train_step, repeats)
+    def forward_rate(forward):
+        model.eval()
+        with torch.no_grad():
+            return median_rate(batch, lambda: forward(images, data_key="session"), repeats)
+
+    def train_rate(loss_fn):
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.009)
+
+        def train_step():
+            optimizer.zero_grad()
+            loss_fn(images, responses).backward()
+            optimizer.step()
+
+        return median_rate(batch, train_step, repeats)
+
+    result = {"forward_img_s": forward_rate(model), "train_img_s": train_rate(train_loss)}
 
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
 
-    def mei_neuron(neuron: int):
-        image = torch.randn(1, 1, shapes["height"], shapes["width"], generator=generator)
-        image = (image * MEI_NORM / image.norm()).requires_grad_(True)
-        sgd = torch.optim.SGD([image], lr=1.0)
-        out_idx = np.array([neuron])
-        for _ in range(mei_steps):
-            sgd.zero_grad()
-            activation = model(image, data_key="session", out_idx=out_idx)[0, 0]
-            (-activation).backward()
-            sgd.step()
-            with torch.no_grad():
-                image *= MEI_NORM / image.norm()
-
     def mei_loop():
         for neuron in range(mei_neurons):
-            mei_neuron(neuron)
+            mei_neuron(model, random_images(1, shapes, generator), neuron, max_steps)
 
-    mei_rate = median_rate(mei_neurons * mei_steps, mei_loop, repeats)
-    return {
-        "forward_img_s": forward_rate,
-        "train_img_s": train_rate,
-        "mei_image_steps_s": mei_rate,
-        "mei_neurons_timed": mei_neurons,
-        "mei_steps_timed": mei_steps,
-    }
+    result["mei_image_steps_s"] = median_rate(mei_neurons * max_steps, mei_loop, repeats)
+    result["mei_neurons_timed"] = mei_neurons
+    result["mei_steps_timed"] = max_steps
+
+    def objective(images, targets):
+        return target_activations(model, images, targets)
+
+    batched = dict(shapes=shapes, repeats=repeats, **mei, max_steps=max_steps, generator=generator)
+    result["mei_batched"] = batched_rates(objective, **batched)
+    result["mei_batched_steps"] = {str(n): mei_steps(n, mei["budget"], max_steps) for n in mei["counts"]}
+    result["compiled"] = {"skipped": compile_skip} if compile_skip else measure_compiled(
+        model, images, responses, train_loss, objective, forward_rate, train_rate, batched
+    )
+    return result
+
+
+def measure_compiled(model, images, responses, train_loss, objective, forward_rate, train_rate, batched) -> dict:
+    """The forward pass, training loss and batched MEI objective under ``torch.compile``: rates
+    and compile times (first call), or {"skipped": why} when inductor fails here."""
+    try:
+        compiled_forward = torch.compile(model, dynamic=False)
+        model.eval()
+        with torch.no_grad():
+            forward_s = first_call_seconds(lambda: compiled_forward(images, data_key="session"))
+        out = {"forward_img_s": forward_rate(compiled_forward)}
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        compiled_loss = torch.compile(train_loss, dynamic=False)
+        model.train()
+        train_s = first_call_seconds(lambda: compiled_loss(images, responses).backward())
+        out["train_img_s"] = train_rate(compiled_loss)
+        model.eval()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        compiled_objective = torch.compile(objective, dynamic=False)
+        shapes, generator = batched["shapes"], batched["generator"]
+        mei_s = 0.0
+        for size in sorted({min(n, batched["chunk"]) for n in batched["counts"]}):  # one compile per batch size
+            targets = torch.arange(size) % shapes["neurons"]
+            start_images = random_images(size, shapes, generator)
+            mei_s += first_call_seconds(lambda: mei_batch(compiled_objective, start_images, targets, 1))
+        check_compiled_gradient(objective, compiled_objective, shapes, generator)
+        out["mei_batched"] = batched_rates(compiled_objective, **batched)
+        out["compile_s"] = {"forward": forward_s, "train": train_s, "mei": mei_s}
+        return out
+    except Exception as error:  # inductor needs a working C compiler; any failure skips the variant
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return {"skipped": f"torch.compile failed: {type(error).__name__}: {message[:200]}"}
+
+
+def mei_gradient(objective, images, targets):
+    """d(sum of ``objective``)/d images for images (B, 1, y, x): (B, 1, y, x)."""
+    images = images.clone().requires_grad_(True)
+    return torch.autograd.grad(objective(images, targets).sum(), images)[0]
+
+
+def check_compiled_gradient(objective, compiled_objective, shapes: dict, generator) -> None:
+    """Raise when the compiled batched objective's gradient differs from the eager one's."""
+    images = random_images(4, shapes, generator)
+    targets = torch.arange(4) % shapes["neurons"]
+    eager, compiled = mei_gradient(objective, images, targets), mei_gradient(compiled_objective, images, targets)
+    if not torch.allclose(eager, compiled, rtol=1e-3, atol=1e-5 * float(eager.abs().max())):
+        raise RuntimeError("the compiled MEI gradient differs from the eager one")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,14 +326,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up")
     parser.add_argument("--mei-neurons", type=int, default=3, help="neurons optimized in a timed MEI call")
     parser.add_argument("--mei-steps", type=int, default=30, help="steps per neuron in a timed MEI call")
+    parser.add_argument("--mei-counts", default="1,16,128,1024", help="neuron counts of the batched MEI loop")
+    parser.add_argument("--mei-budget", type=int, default=512, help="batched image-steps per timed call")
+    parser.add_argument("--mei-chunk", type=int, default=128, help="images per batched forward pass, at most")
+    parser.add_argument("--no-compile", metavar="REASON", help="skip the torch.compile variants, saying why")
     args = parser.parse_args(argv)
+    mei = dict(counts=[int(n) for n in args.mei_counts.split(",")], budget=args.mei_budget, chunk=args.mei_chunk)
     result = {
         "torch": torch.__version__,
         "neuralpredictors": importlib.metadata.version("neuralpredictors"),
         "threads": torch.get_num_threads(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "shapes": args.shapes,
-        **measure(args.shapes, args.repeats, args.mei_neurons, args.mei_steps),
+        **measure(args.shapes, args.repeats, args.mei_neurons, args.mei_steps, mei, args.no_compile),
     }
     print(json.dumps(result))
     return 0

@@ -30,6 +30,19 @@ def test_quick_json_has_every_measurement(capsys):
     if peer_available() is None:
         assert set(results["peer"]) == {"default", "malloc_tuned"}
         assert "glibc.malloc" in results["peer"]["malloc_tuned"]["glibc_tunables"]
-        assert set(results["ratios"]) == {"forward", "train"} | {f"mei_{n}" for n in QUICK.mei_neurons}
+        rows = {"forward", "train"} | {f"mei_{n}" for n in QUICK.mei_neurons}
+        assert set(results["ratios"]) == set(results["peer_variants"]) == rows
+        for setting in ("default", "malloc_tuned"):
+            run = results["peer"][setting]
+            assert "--quick" in run["compiled"]["skipped"]
+            assert sorted(run["mei_batched"], key=int) == [str(n) for n in QUICK.mei_neurons]
+            assert set(results["peer_variants"][f"mei_{QUICK.mei_neurons[-1]}"]) >= {
+                f"{setting} one-neuron",
+                f"{setting} batched",
+            }
+        # Ratios are against the fastest variant of each row.
+        for row, figures in results["peer_variants"].items():
+            assert results["peer_fastest"][row]["rate"] == max(figures.values()) > 0
+        assert results["ratios"]["train"] == results["train"]["img_s"] / max(results["peer_variants"]["train"].values())
     else:
-        assert "skipped" in results["peer"] and results["ratios"] == {}
+        assert "skipped" in results["peer"] and results["ratios"] == {} and results["peer_fastest"] == {}

@@ -12,7 +12,10 @@ achieved FLOP/s and its share of the measured float32 matmul peak. Default shape
 
 The peer (benchmarks/peer_torch.py, neuralpredictors 0.3.0) runs in child processes, once with
 the default glibc malloc and once with the tunables that stop it returning big buffers to the OS
-on every free; ratios are against the faster of the two.
+on every free. Each process times its variants: eager and ``torch.compile`` forward and train
+steps; for MEI the one-neuron loop and the batched loop (one image per neuron, B images per
+forward pass, at twin's neuron counts), eager and compiled. Ratios are against the fastest
+variant of each row; every variant's figure is reported too.
 """
 
 from __future__ import annotations
@@ -62,21 +65,28 @@ class Shapes:
     mei_max_steps: int
     mei_chunk: int
     repeats: int
-    peer_mei_neurons: int
-    peer_mei_steps: int
+    peer_mei_neurons: int  # neurons of the one-neuron loop per timed call
+    peer_mei_steps: int  # its steps per neuron; also the most steps per image of the batched loop
+    peer_compile: bool  # time the torch.compile variants (their compiles take tens of seconds)
 
     def peer_arguments(self) -> list[str]:
         shapes = {k: getattr(self, k) for k in ("neurons", "height", "width", "batch", "channels", "layers", "n_train")}
-        return [
+        arguments = [
             "--shapes", json.dumps(shapes),
             "--repeats", str(self.repeats),
             "--mei-neurons", str(self.peer_mei_neurons),
             "--mei-steps", str(self.peer_mei_steps),
+            "--mei-counts", ",".join(map(str, self.mei_neurons)),
+            "--mei-budget", str(self.mei_budget),
+            "--mei-chunk", str(self.mei_chunk),
         ]  # fmt: skip
+        if not self.peer_compile:
+            arguments += ["--no-compile", "--quick: compile time would dominate"]
+        return arguments
 
 
-FULL = Shapes(7776, 36, 64, 128, 64, 4, 4500, (1, 16, 128, 1024), 512, 100, 128, 3, 3, 30)
-QUICK = Shapes(24, 20, 24, 4, 8, 2, 64, (1, 4), 8, 2, 2, 1, 2, 3)
+FULL = Shapes(7776, 36, 64, 128, 64, 4, 4500, (1, 16, 128, 1024), 512, 100, 128, 3, 3, 30, True)
+QUICK = Shapes(24, 20, 24, 4, 8, 2, 64, (1, 4), 8, 2, 2, 1, 2, 3, False)
 
 
 def machine_info() -> dict:
@@ -335,21 +345,46 @@ def run_peer(shapes: Shapes) -> dict:
 PARTS = {"loader": bench_loader, "forward": bench_forward, "train": bench_train, "mei": bench_mei}
 
 
-def ratios(results: dict) -> dict:
-    """twin / peer for forward, train and each MEI neuron count, against the faster peer setting."""
-    peer = results["peer"]
+def peer_variants(peer: dict, mei_neurons) -> dict:
+    """Each row's peer figures by variant: {"forward": {"default eager": img/s, ...}, "train": ...,
+    "mei_N": {"default one-neuron": image-steps/s, "default batched": ..., ...}}; {} when skipped."""
     if "skipped" in peer:
         return {}
-    best = {
-        key: max(run[key] for run in peer.values())
-        for key in ("forward_img_s", "train_img_s", "mei_image_steps_s")
-    }
+    rows = {"forward": {}, "train": {}} | {f"mei_{n}": {} for n in mei_neurons}
+    for setting, run in peer.items():
+        compiled = run.get("compiled", {})
+        for name in ("forward", "train"):
+            rows[name][f"{setting} eager"] = run[f"{name}_img_s"]
+            if f"{name}_img_s" in compiled:
+                rows[name][f"{setting} compiled"] = compiled[f"{name}_img_s"]
+        for n in mei_neurons:
+            row = rows[f"mei_{n}"]
+            row[f"{setting} one-neuron"] = run["mei_image_steps_s"]
+            row[f"{setting} batched"] = run["mei_batched"][str(n)]
+            if "mei_batched" in compiled:
+                row[f"{setting} batched compiled"] = compiled["mei_batched"][str(n)]
+    return rows
+
+
+def fastest_peer(variants: dict) -> dict:
+    """{row: {"variant": name, "rate": figure}} of the fastest peer variant of each row."""
+    best = {}
+    for row, figures in variants.items():
+        name = max(figures, key=figures.get)
+        best[row] = {"variant": name, "rate": figures[name]}
+    return best
+
+
+def ratios(results: dict) -> dict:
+    """twin / peer for forward, train and each MEI neuron count, against the fastest peer variant."""
+    best = results["peer_fastest"]
     out = {}
     for name in ("forward", "train"):
-        if name in results:
-            out[name] = results[name]["img_s"] / best[f"{name}_img_s"]
+        if name in results and name in best:
+            out[name] = results[name]["img_s"] / best[name]["rate"]
     for n, row in results.get("mei", {}).items():
-        out[f"mei_{n}"] = row["image_step_s"] / best["mei_image_steps_s"]
+        if f"mei_{n}" in best:
+            out[f"mei_{n}"] = row["image_step_s"] / best[f"mei_{n}"]["rate"]
     return out
 
 
@@ -365,6 +400,8 @@ def run_suite(quick: bool = False, peer: bool = True, parts: tuple[str, ...] = t
     if peer:
         print("twin bench: PyTorch peer ...", file=sys.stderr, flush=True)
     results["peer"] = run_peer(shapes) if peer else {"skipped": "--no-peer"}
+    results["peer_variants"] = peer_variants(results["peer"], shapes.mei_neurons)
+    results["peer_fastest"] = fastest_peer(results["peer_variants"])
     results["ratios"] = ratios(results)
     return results
 
@@ -380,17 +417,14 @@ def format_results(results: dict) -> str:
     if "loader" in results:
         lines.append(f"  loader   {results['loader']['trials_s']:12,.0f} trials/s (batches over one training epoch)")
     peer = results["peer"]
-    faster = {}
-    if "skipped" not in peer:
-        for key in ("forward_img_s", "train_img_s", "mei_image_steps_s"):
-            faster[key] = max(run[key] for run in peer.values())
+    fastest = results["peer_fastest"]
     peak = results["matmul_peak"]["gflop_s"]
     lines.append(f"  matmul peak {peak:,.0f} GFLOP/s (float32, {results['matmul_peak']['n']}^2)")
     header = f"  {'':24}{'twin':>10}{'peer':>10}{'ratio':>8}{'compile s':>11}{'GFLOP/step':>12}{'GFLOP/s':>9}{'of peak':>9}"
     lines.append(header)
 
-    def row(label, value, peer_key, compile_s, gflop_step, gflop_s):
-        peer_value = faster.get(peer_key)
+    def row(label, value, peer_row, compile_s, gflop_step, gflop_s):
+        peer_value = fastest.get(peer_row, {}).get("rate")
         peer_text = f"{peer_value:10,.1f}" if peer_value else f"{'-':>10}"
         ratio = f"{value / peer_value:7.2f}x" if peer_value else f"{'-':>8}"
         lines.append(
@@ -403,21 +437,35 @@ def format_results(results: dict) -> str:
         if name in results:
             r = results[name]
             step_gflop = r["flops_per_img"] * shapes["batch"] / 1e9
-            row(f"{name} img/s", r["img_s"], f"{name}_img_s", r["compile_s"], step_gflop, r["gflop_s"])
+            row(f"{name} img/s", r["img_s"], name, r["compile_s"], step_gflop, r["gflop_s"])
     for n, r in results.get("mei", {}).items():
         step_gflop = r["flops_per_image_step"] * int(n) / 1e9
-        row(f"mei {n:>5} image-steps/s", r["image_step_s"], "mei_image_steps_s", r["compile_s"], step_gflop, r["gflop_s"])
+        row(f"mei {n:>5} image-steps/s", r["image_step_s"], f"mei_{n}", r["compile_s"], step_gflop, r["gflop_s"])
     if "skipped" in peer:
         lines.append(f"  peer skipped: {peer['skipped']}")
     else:
-        first = next(iter(peer.values()))
-        lines.append(f"  peer: torch {first['torch']}, neuralpredictors {first['neuralpredictors']}, {first['threads']} threads")
-        for name, run in peer.items():
-            lines.append(
-                f"    {name:13} forward {run['forward_img_s']:8,.1f} img/s  train {run['train_img_s']:7,.1f} img/s"
-                f"  mei {run['mei_image_steps_s']:7,.1f} image-steps/s (one neuron at a time)"
-            )
+        lines += format_peer(peer, results["peer_variants"], fastest)
     return "\n".join(lines)
+
+
+def format_peer(peer: dict, variants: dict, fastest: dict) -> list[str]:
+    """The peer's versions, compile times and every variant's figure per row (* marks the fastest)."""
+    first = next(iter(peer.values()))
+    lines = [f"  peer: torch {first['torch']}, neuralpredictors {first['neuralpredictors']}, {first['threads']} threads"]
+    for setting, run in peer.items():
+        compiled = run.get("compiled", {})
+        if "skipped" in compiled:
+            lines.append(f"    {setting}: torch.compile variants skipped: {compiled['skipped']}")
+        else:
+            times = ", ".join(f"{k} {v:.1f} s" for k, v in compiled["compile_s"].items())
+            lines.append(f"    {setting}: torch.compile first calls: {times} (inductor's disk cache may hold earlier compiles)")
+    lines.append("    peer variants (img/s; image-steps/s for mei):")
+    for name, figures in variants.items():
+        text = ", ".join(
+            f"{variant} {rate:,.1f}{'*' if variant == fastest[name]['variant'] else ''}" for variant, rate in figures.items()
+        )
+        lines.append(f"    {name:9} {text}")
+    return lines
 
 
 def bench_command(
