@@ -44,6 +44,13 @@ def during_presentation(f, k: int) -> int:
     return int(((k % n_presentations) + 1.25) * RATE)
 
 
+def showing_an_image(f, k: int) -> int:
+    """Presentation k (mod their number) among those that show an image: a blank-screen
+    presentation (frame -1) is left out of the import, so damage there changes nothing."""
+    rows = np.flatnonzero(f[f"{TABLE}/frame"][()] >= 0)
+    return int(rows[k % len(rows)])
+
+
 DAMAGES = {
     "truncate": lambda path, k: truncate(path, (k % 1000) / 1000),
     "no stimulus table": lambda path, k: edit(path, lambda f: f.__delitem__(TABLE)),
@@ -58,7 +65,9 @@ DAMAGES = {
     "negative index": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/frame", k, -2 - k)),
     "fractional index": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/frame", k, 2.5)),
     "NaN trace": lambda path, k: edit(path, lambda f: set_value(f, f"{SERIES}/data", during_presentation(f, k), np.nan)),
-    "stop before start": lambda path, k: edit(path, lambda f: set_value(f, f"{TABLE}/stop_time", k, 0.0)),
+    "stop before start": lambda path, k: edit(
+        path, lambda f: set_value(f, f"{TABLE}/stop_time", showing_an_image(f, k), 0.0)
+    ),
 }
 
 
