@@ -53,6 +53,8 @@ def test_export_manifest_on_target_and_interleaved(loop_dir):
         assert abs(s["rms_contrast"] / target["rms_contrast"] - 1) <= 0.05
     for r in manifest["rejected"]:
         assert r["off_target"] > 0.05
+    assert all(s["spectral_kl"] >= 0 for s in stimuli) and manifest["natural_spectral_slope"] < 0
+    assert "MEI spectral KL" in (loop_dir / "report" / "index.html").read_text()
     n = len(stimuli)
     order = manifest["order"]
     assert len(order) == n * manifest["repeats"]

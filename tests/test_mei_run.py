@@ -41,8 +41,11 @@ def test_mei_command_writes_store_grid_and_summary(run_dir, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["recipe"] == "walker2019"
     assert [n["id"] for n in summary["neurons"]] == [0, 2, 5]
-    keys = {"id", "activation", "best_natural_activation", "ratio", "true_ratio", "optimum_correlation"}
+    keys = {"id", "activation", "best_natural_activation", "ratio", "true_ratio", "optimum_correlation",
+            "spectral_kl", "spectral_slope"}
     assert all(set(n) == keys for n in summary["neurons"])
+    assert all(n["spectral_kl"] >= 0 for n in summary["neurons"])
+    assert summary["natural_spectral_slope"] < 0
     ds = open_meis(out)
     assert ds["images"].shape == (3, 2, 18, 32) and ds["deis"].shape == (3, 2, 18, 32)
     np.testing.assert_array_equal(ds["neuron_index"].values, [0, 2, 5])
@@ -54,6 +57,8 @@ def test_mei_command_writes_store_grid_and_summary(run_dir, capsys):
     assert attrs["recipe"] == "walker2019" and "steps = 6" in attrs["mei_config"]
     assert (run_dir / "meis.png").stat().st_size > 0
     assert ds["contrast_activation"].shape == (3, 7) and ds["shift_activation"].shape == (3, 4)
+    assert ds["spectral_kl"].shape == (3,) and ds["dei_spectral_kl"].shape == (3, 2)
+    assert ds.attrs["natural_spectral_slope"] == pytest.approx(summary["natural_spectral_slope"])
 
 
 @pytest.mark.parametrize(

@@ -382,6 +382,8 @@ def cmd_mei(args) -> int:
             f" ({'; '.join(summary['config_sources'])}),"
             f" median MEI / best natural image {summary['median_ratio']:.2f} under the twin"
             + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
+            + f"; median spectral KL from the natural images {summary['median_spectral_kl']:.2f}"
+            f" (spectral slope: natural {summary['natural_spectral_slope']:.2f})"
         )
     return 0
 

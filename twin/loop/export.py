@@ -208,6 +208,7 @@ def export_stimuli(
     from twin.data.store import open_session
     from twin.errors import StimulusError
     from twin.mei.store import open_meis
+    from twin.naturalness import naturalness
     from twin.outputs import check_output, output
 
     if repeats < 1:
@@ -262,17 +263,21 @@ def export_stimuli(
     neuron_index = np.array([record["neuron_index"] for record, _ in accepted], int)
     images = np.stack([shown["model"] for _, shown in accepted])
     predicted = own_neuron_responses(store.attrs["run"], int(store.attrs["session"]), neuron_index, images)
+    # A one-channel session keeps a channel axis of 1 beside the gray stimuli (y, x).
+    spectra = naturalness(images, train[:, 0] if train.ndim == images.ndim + 1 else train)
 
     stimuli = []
     with output(out, overwrite, inputs=inputs) as tmp:
         (tmp / "stimuli").mkdir()
-        for stimulus_id, ((record, shown), response) in enumerate(zip(accepted, predicted)):
+        for stimulus_id, ((record, shown), response, kl) in enumerate(
+            zip(accepted, predicted, spectra["spectral_kl"])
+        ):
             name = f"stimuli/{stimulus_id:04d}_{record['kind']}_u{file_label(record['unit_id'])}.png"
             save_png(shown["screen"], screen_shape, tmp / name)
             stimuli.append(
                 {"stimulus_id": stimulus_id, "file": name}
                 | record
-                | {"predicted_response": float(response)}
+                | {"predicted_response": float(response), "spectral_kl": float(kl)}
             )
         rng = np.random.default_rng(seed)
         order = [int(i) for _ in range(repeats) for i in rng.permutation(len(stimuli))]
@@ -288,6 +293,7 @@ def export_stimuli(
                 "tolerance": TOLERANCE,
                 "matching": matching,
             },
+            "natural_spectral_slope": spectra["natural_spectral_slope"],
             "model_shape": list(model_shape),
             "screen_shape": list(screen_shape),
             "repeats": repeats,

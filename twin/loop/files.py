@@ -95,6 +95,7 @@ MANIFEST_FIELDS = {
     "stimuli": LIST,
     "rejected": LIST,
     "order": LIST,
+    "natural_spectral_slope": NUMBER,
 }
 MONITOR_FIELDS = {
     "a": per_primary(POSITIVE),
@@ -121,18 +122,24 @@ STIMULUS_FIELDS = {
     "predicted_response": NUMBER,
     "mean_luminance": per_primary(NUMBER),
     "rms_contrast": per_primary(NUMBER),
+    "spectral_kl": NUMBER,
 }
+# Fields added after the first manifests were written: older exports lack them and stay readable.
+OPTIONAL_FIELDS = ("natural_spectral_slope", "spectral_kl")
 CSV_CHECKED = ("file", "kind", "unit_id")  # manifest.csv columns that must agree with manifest.json
 
 
 def check_fields(path: Path, where: str, values: dict, fields: dict) -> None:
-    """Refuse unknown, missing and mistyped fields of one JSON object; ``where`` prefixes messages."""
+    """Refuse unknown, missing (unless in OPTIONAL_FIELDS) and mistyped fields of one JSON object;
+    ``where`` prefixes messages."""
     for name in values:
         if name not in fields:
             close = difflib.get_close_matches(name, fields, n=1)
             fix = f"rename it to {close[0]!r}" if close else "remove it"
             raise StimulusError(f"{path}: {where}unknown field {shown(name)}; {fix}")
     for name, (description, test) in fields.items():
+        if name not in values and name in OPTIONAL_FIELDS:
+            continue
         if name not in values:
             raise StimulusError(f"{path}: {where}field {name!r} is missing; export the stimuli again")
         if not test(values[name]):

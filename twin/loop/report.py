@@ -202,18 +202,40 @@ def matching_text(target: dict) -> str:
     return "matched per primary" if isinstance(target["mean_luminance"], list) else "matched on luminance"
 
 
+def spectral_text(manifest: dict) -> str:
+    """Median spectral KL of the MEIs and of the natural controls, as the report shows it."""
+    kl = spectral_kl(manifest)
+
+    def median(kind):
+        values = [v for (_, k), v in kl.items() if k == kind and v is not None]
+        return number(float(np.median(values)), 2) if values else "–"
+
+    return f"{median('mei')} / {median('natural')}"
+
+
 def number(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}g}"
 
 
 NEURON_COLUMNS = [
     "unit", "MEI", "natural", "natural masked", "DEIs", "MEI / best natural", "t", "p", "beats controls",
-    "predicted MEI",
+    "predicted MEI", "MEI spectral KL", "natural spectral KL",
 ]
 
 
-def neuron_table(summary: dict) -> str:
+def spectral_kl(manifest: dict) -> dict:
+    """{(unit id as text, kind): the stimulus's spectral KL from the natural images (twin.naturalness)}
+    for the MEIs and unmasked natural controls of an export's manifest."""
+    return {
+        (str(s["unit_id"]), s["kind"]): s.get("spectral_kl")
+        for s in manifest["stimuli"]
+        if s["kind"] in ("mei", "natural")
+    }
+
+
+def neuron_table(summary: dict, manifest: dict) -> str:
     rows = [row(NEURON_COLUMNS, "th")]
+    kl = spectral_kl(manifest)
     for n in summary["neurons"]:
         controls = n["control_responses"]
         rows.append(
@@ -229,6 +251,8 @@ def neuron_table(summary: dict) -> str:
                     number(n["p"], 2),
                     "yes" if n["mei_beats_controls"] else "no",
                     number(n["predicted_mei"]),
+                    number(kl.get((str(n["unit_id"]), "mei")), 2),
+                    number(kl.get((str(n["unit_id"]), "natural")), 2),
                 ]
             )
         )
@@ -286,6 +310,7 @@ def write_report(folder: Path, summary: dict, manifest: dict, stimuli: Path, run
         ("median MEI / best natural image (measured)", number(summary["median_mei_over_best_natural"])),
         ("fraction of MEIs beating controls, p < 0.05", number(summary["fraction_mei_beats_controls_p05"])),
         ("prediction correlation (twin vs measured)", number(summary["prediction_correlation"])),
+        ("median spectral KL from the natural images: MEIs / natural controls", spectral_text(manifest)),
         ("stimuli shown / rejected at export", f"{len(manifest['stimuli'])} / {len(manifest['rejected'])}"),
         ("units without responses (lost on the rig)", ", ".join(map(str, lost)) or "none"),
         ("repeats per stimulus", manifest["repeats"]),
@@ -304,7 +329,7 @@ def write_report(folder: Path, summary: dict, manifest: dict, stimuli: Path, run
     ]
     for title, path in figures:
         body += [f"<h2>{text(title)}</h2>", embed(path)]
-    body += ["<h2>Per neuron</h2>", neuron_table(summary)]
+    body += ["<h2>Per neuron</h2>", neuron_table(summary, manifest)]
     page = (
         '<!doctype html><html><head><meta charset="utf-8"><title>twin: inception loop</title>'
         f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"

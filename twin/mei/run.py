@@ -176,6 +176,7 @@ def mei_command(
     from twin.mei.optimize import neuron_objective, optimize_meis
     from twin.mei.recipes import recipe_config
     from twin.mei.store import config_toml, meis_dataset, write_meis
+    from twin.naturalness import naturalness
 
     distributed.initialize(coordinator, num_processes, process_id)
     primary = jax.process_index() == 0
@@ -235,6 +236,10 @@ def mei_command(
     )
     shift_activation = validate.shift_robustness(model, objective, best, index)
 
+    pixels = best * engine_std + engine_mean
+    train_pixels = engine_layout(data.images[train]) * engine_std + engine_mean
+    spectra = naturalness(pixels, train_pixels)
+
     n = len(index)
     nan = np.full(n, np.nan, np.float32)
     true_activation = true_natural = true_ratio = correlation = nan
@@ -242,20 +247,21 @@ def mei_command(
     ds_session = open_session(data.path)
     if ds_session.attrs.get("simulated"):
         params = ground_truth(ds_session)
-        pixels = best * engine_std + engine_mean
-        train_pixels = engine_layout(data.images[train]) * engine_std + engine_mean
         true_activation = validate.true_responses(params, pixels, index)
         true_natural, true_where = validate.true_best_natural(params, train_pixels, index)
         true_trial = train[true_where]
         true_ratio = true_activation / true_natural
         correlation = validate.optimum_correlation(pixels, params["optimal_stimulus"][index])
 
-    dei_images = dei_activations = None
+    dei_images = dei_activations = dei_spectral_kl = None
     if deis:
         dei_images, dei_activations = diverse.diverse_images(
             model, session, index, best, activation, config, deis,
             pixel_range=pixel_range, progress=progress, **fixed,
         )
+        dei_pixels = dei_images * engine_std + engine_mean
+        flat = dei_pixels.reshape(-1, *dei_pixels.shape[2:])
+        dei_spectral_kl = naturalness(flat, train_pixels)["spectral_kl"].reshape(dei_images.shape[:2])
 
     variables = {
         "images": result.images,
@@ -277,8 +283,11 @@ def mei_command(
         "contrast_activation": contrast_activation,
         "shift_offset": validate.shift_offsets(),
         "shift_activation": shift_activation,
+        "spectral_kl": spectra["spectral_kl"],
+        "spectral_slope": spectra["spectral_slope"],
         "deis": dei_images,
         "dei_activations": dei_activations,
+        "dei_spectral_kl": dei_spectral_kl,
         "image_mean": image_mean,
         "image_std": image_std,
     }
@@ -290,6 +299,7 @@ def mei_command(
         "mei_config": config_toml(config),
         "config_sources": config_sources,
         "true_ratio_control": "the ground truth's best train image",
+        "natural_spectral_slope": spectra["natural_spectral_slope"],
     }
     if primary:
         write_meis(meis_dataset(variables, attrs), out, overwrite)
@@ -305,6 +315,8 @@ def mei_command(
         "config_sources": config_sources,
         "median_ratio": finite(np.median(ratios)),
         "median_true_ratio": finite(np.median(true_ratio)) if np.isfinite(true_ratio).any() else None,
+        "median_spectral_kl": finite(np.median(spectra["spectral_kl"])),
+        "natural_spectral_slope": spectra["natural_spectral_slope"],
         "neurons": [
             {
                 "id": data.unit_id[neuron].item(),
@@ -313,6 +325,8 @@ def mei_command(
                 "ratio": finite(ratios[i]),
                 "true_ratio": finite(true_ratio[i]),
                 "optimum_correlation": finite(correlation[i]),
+                "spectral_kl": finite(spectra["spectral_kl"][i]),
+                "spectral_slope": finite(spectra["spectral_slope"][i]),
             }
             for i, neuron in enumerate(index)
         ],

@@ -8,8 +8,10 @@ session's normalization; activations (neuron, seed), best_seed (neuron,), steps
 best_natural_trial, ratio (neuron,), true_ratio, optimum_correlation, true_activation, true_best_natural,
 true_best_natural_trial (neuron,; NaN / -1 for recorded sessions), contrast_rms,
 contrast_activation (neuron, contrast), shift_offset (shift, yx), shift_activation (neuron, shift),
-optional validator_activations (neuron, seed), deis (neuron, dei, [channel,] y, x),
-dei_activations (neuron, dei). attrs: run, session, store, recipe, mei_config (TOML).
+spectral_kl, spectral_slope (neuron,) of the best MEI (twin.naturalness), optional
+validator_activations (neuron, seed), deis (neuron, dei, [channel,] y, x), dei_activations,
+dei_spectral_kl (neuron, dei). attrs: run, session, store, recipe, mei_config (TOML),
+natural_spectral_slope (of the session's train images).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ DIMS = {
     "shift_activation": ("neuron", "shift"),
     "deis": ("neuron", "dei", "y", "x"),
     "dei_activations": ("neuron", "dei"),
+    "dei_spectral_kl": ("neuron", "dei"),
 }
 IMAGE_DIMS = {0: (), 1: ("channel",), 2: ("y", "x"), 3: ("channel", "y", "x")}
 REQUIRED = ("images", "activations", "best_seed", "unit_id", "neuron_index", "image_mean", "image_std")
