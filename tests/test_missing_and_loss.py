@@ -250,7 +250,11 @@ def test_repeat_metrics_need_enough_repeated_images(signed, tmp_path, capsys):
     assert main(["evaluate", str(run), "--store", str(few), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["repeat_metrics"] == NOTE_3
     assert f"oracle and FEVE {NOTE_3}" in run_cli(["info", few])
-    assert main(["select", str(run), "--store", str(few)]) == 2
-    assert f"{few}: oracle reliability {NOTE_3}; selection ranks neurons by it" in capsys.readouterr().err
+    assert main(["select", str(run), "--store", str(few), "--json"]) == 0
+    selection = json.loads(capsys.readouterr().out)
+    assert selection["reliability"] == f"skipped: oracle {NOTE_3}"
+    assert selection["thresholds"]["oracle"] is None and selection["excluded"]["unreliable"] == 0
+    twin_r = [n["twin_correlation"] for n in selection["neurons"]]
+    assert twin_r and min(twin_r) >= selection["thresholds"]["twin_correlation"]
     (enough,) = evaluate_run(run)
     assert enough["repeat_metrics"] == "" and all(enough[name] is not None for name in metrics.REPEAT_METRICS)

@@ -211,7 +211,7 @@ def test_repeated_images_become_the_test_tier(tmp_path):
     assert "20 images shown more than once are the test tier" in info["tier_split"]
 
 
-def test_no_repeats_is_stated_and_select_gives_one_line(tmp_path):
+def test_no_repeats_is_stated_and_select_ranks_by_the_twin(tmp_path):
     recording(tmp_path / "r.npz", n_once=40, n_repeated=0)
     store = tmp_path / "r.zarr"
     run_cli(["import", "arrays", tmp_path / "r.npz", store])
@@ -222,9 +222,10 @@ def test_no_repeats_is_stated_and_select_gives_one_line(tmp_path):
     config = RunConfig(model=ModelConfig(core_layers=1, core_channels=4, input_kernel=3))
     model = Twin(config.model, 1, data.image_shape, readout_specs([data]), rngs=nnx.Rngs(0))
     save_run_model(tmp_path / "run", model, config, [data])
-    code, out, err = run_cli(["select", tmp_path / "run"])
-    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert f"{store}: oracle reliability n/a: only 0 test images are repeated (at least 20 needed);" in err
+    code, out, err = run_cli(["select", tmp_path / "run", "--n", "3"])
+    assert code == 0, err
+    assert "reliability skipped: oracle n/a: only 0 test images are repeated (at least 20 needed)" in out
+    assert "ranked by twin - LN single-trial correlation" in out and "twin test correlation >=" in out
 
 
 # ---------------------------------------------------------------- quiet neurons

@@ -3,6 +3,8 @@
 1. reliable: oracle correlation on the test repeats in the top half of the session;
 2. well predicted: the twin's fraction of oracle (single-trial test correlation / oracle, both
    single-trial measures) in the top half of the reliable neurons;
+   a recording with too few repeated test images (responses averaged over repeats, say) has no
+   oracle: then rule 1 is skipped and rule 2 keeps the top half by the twin's test correlation;
 3. ranked by the twin's gain over a linear-nonlinear (LN) model fit to the same trials (ridge
    regression on pixels + a binned output nonlinearity), when ``ln`` is on;
 4. taken in rank order, skipping neurons within ``edge`` µm of the imaging field's border and
@@ -111,6 +113,30 @@ def spaced(order: np.ndarray, xyz: np.ndarray | None, n: int, min_distance: floa
     return chosen, at_edge, too_close
 
 
+def top_half(values: np.ndarray, among: np.ndarray) -> tuple[np.ndarray, float]:
+    """(values >= their median over ``among`` (bool), that median); NaN counts as below."""
+    threshold = float(np.nanmedian(values[among]))
+    return among & (np.nan_to_num(values, nan=-np.inf) >= threshold), threshold
+
+
+def well_predicted(data, test: np.ndarray, twin_r: np.ndarray, note: str) -> tuple:
+    """Rules 1 and 2: (oracle (neuron,), reliable, well predicted (neuron,) bool, thresholds).
+
+    note: ``repeats_note`` of the test tier; when set there is no oracle (NaN) and every neuron
+    counts as reliable."""
+    everyone = np.ones(len(twin_r), bool)
+    if note:
+        good, threshold = top_half(twin_r, everyone)
+        oracle = np.full(len(twin_r), np.nan)
+        return oracle, everyone, good, {"oracle": None, "fraction_of_oracle": None, "twin_correlation": threshold}
+    oracle = oracle_correlation(data.responses[test], data.image_id[test])
+    reliable, oracle_threshold = top_half(oracle, everyone)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        good, fraction_threshold = top_half(twin_r / oracle, reliable)
+    thresholds = {"oracle": oracle_threshold, "fraction_of_oracle": fraction_threshold, "twin_correlation": None}
+    return oracle, reliable, good, thresholds
+
+
 def select_neurons(
     run: str | Path,
     n: int = 50,
@@ -128,7 +154,7 @@ def select_neurons(
     stores: the run's sessions from these stores instead of the recorded ones (--store).
     """
     from twin.checkpoint import load_run
-    from twin.errors import ConfigError, SessionError
+    from twin.errors import ConfigError
     from twin.evaluate import predict
 
     if n < 1:
@@ -139,23 +165,14 @@ def select_neurons(
     data = loaded.sessions[session]
     edge = min_distance if edge is None else edge
     test = data.trials("test")
-    note = repeats_note(data.image_id[test])
-    if note:
-        raise SessionError(
-            f"{data.path}: oracle reliability {note}; selection ranks neurons by it, so import the"
-            " recording with its repeated images (twin import puts images shown more than once in"
-            " the test tier)"
-        )
-    oracle = oracle_correlation(data.responses[test], data.image_id[test])
     twin_r = single_trial_correlation(data.responses[test], predict(loaded.model, session, data, test))
+    note = repeats_note(data.image_id[test])
+    oracle, reliable, good, thresholds = well_predicted(data, test, twin_r, note)
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = twin_r / oracle
-    oracle_threshold = float(np.nanmedian(oracle))
-    reliable = np.nan_to_num(oracle, nan=-np.inf) >= oracle_threshold
-    fraction_threshold = float(np.nanmedian(fraction[reliable]))
-    good = reliable & (np.nan_to_num(fraction, nan=-np.inf) >= fraction_threshold)
     ln_r = ln_correlations(data) if ln else np.full(len(oracle), np.nan)
-    rank_by = np.nan_to_num(twin_r - ln_r, nan=-np.inf) if ln else np.nan_to_num(fraction, nan=-np.inf)
+    rank_by = twin_r - ln_r if ln else (twin_r if note else fraction)
+    rank_by = np.nan_to_num(rank_by, nan=-np.inf)
     candidates = np.flatnonzero(good)
     order = candidates[np.argsort(-rank_by[candidates], kind="stable")]
     chosen, at_edge, too_close = spaced(order, data.cell_xyz, n, min_distance, edge)
@@ -182,10 +199,10 @@ def select_neurons(
         "requested": n,
         "neuron_index": chosen,
         "unit_id": [data.unit_id[i].item() for i in chosen],
-        "ranked_by": "twin - LN single-trial correlation" if ln else "twin fraction of oracle",
+        "ranked_by": "twin - LN single-trial correlation" if ln else ("twin single-trial correlation" if note else "twin fraction of oracle"),
+        "reliability": f"skipped: oracle {note}" if note else "oracle correlation on the test repeats",
         "thresholds": {
-            "oracle": oracle_threshold,
-            "fraction_of_oracle": fraction_threshold,
+            **thresholds,
             "min_distance_um": min_distance if data.cell_xyz is not None else None,
             "edge_um": edge if data.cell_xyz is not None else None,
         },
@@ -199,6 +216,17 @@ def select_neurons(
     }
 
 
+def kept_text(selection: dict) -> str:
+    """The reliability and prediction rules as applied, for ``format_selection``."""
+    t = selection["thresholds"]
+    if t["oracle"] is None:
+        return (
+            f"reliability {selection['reliability']}; kept: twin test correlation >= {t['twin_correlation']:.3f}"
+            " (top half)"
+        )
+    return f"kept: oracle >= {t['oracle']:.3f} (top half), fraction of oracle >= {t['fraction_of_oracle']:.3f}"
+
+
 def format_selection(selection: dict) -> str:
     """A readable table of the selection and why."""
     from twin.mei.run import neurons_flag
@@ -207,7 +235,7 @@ def format_selection(selection: dict) -> str:
     lines = [
         f"{len(selection['neurons'])} of {selection['requested']} requested neurons from {selection['run']}"
         f" (session {selection['session']}), ranked by {selection['ranked_by']}",
-        f"kept: oracle >= {t['oracle']:.3f} (top half), fraction of oracle >= {t['fraction_of_oracle']:.3f}"
+        kept_text(selection)
         + (
             f", >= {t['edge_um']:g} um from the field edge, >= {t['min_distance_um']:g} um apart"
             if t["min_distance_um"] is not None
