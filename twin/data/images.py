@@ -6,6 +6,7 @@ image10); hidden files and ``__MACOSX`` folders are skipped, any other file must
 Files are refused before they are read when one is above MAX_FILE_BYTES or all of them do not fit
 in the free memory, and images above pillow's ``Image.MAX_IMAGE_PIXELS`` are refused.
 Images are decoded with pillow into grey ``(y, x)`` or RGB ``(channel, y, x)`` uint8 arrays.
+``ImageFiles`` lists a collection without reading it, for readers that stream it (twin.data.sources).
 """
 
 from __future__ import annotations
