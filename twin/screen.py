@@ -101,7 +101,7 @@ class Screened:
         return int(self.image_crops.sum())
 
 
-def fixed_inputs(data) -> dict:
+def train_means(data) -> dict:
     """Behavior and pupil center of SessionData ``data`` at their train means (absent ones left out)."""
     train = data.trials("train")
     fixed = {"behavior": data.behavior, "pupil_center": data.pupil_center}
@@ -115,7 +115,7 @@ def make_respond(model, session: int, data, index: np.ndarray, masks, batch: int
     from twin.models.twin import Twin
 
     graphdef, state, stacked = split_model(model)
-    fixed = fixed_inputs(data)
+    fixed = train_means(data)
     neurons = jnp.asarray(index, jnp.int32)
     k = len(index)
     if masks is None and not (isinstance(model, Twin) and k <= WINDOW_NEURONS):
@@ -180,7 +180,8 @@ def make_step(respond, edges: np.ndarray, top: int):
 def empty_carry(k: int, top: int) -> dict:
     minus = np.full((k, top), -np.inf, np.float32)
     none = np.full((k, top), -1, np.int32)
-    return {"top_value": minus, "top_id": none, "low_value": minus, "low_id": none, "counts": np.zeros((k, BINS), np.int32)}
+    counts = np.zeros((k, BINS), np.int32)
+    return {"top_value": minus, "top_id": none, "low_value": minus, "low_id": none, "counts": counts}
 
 
 class Reader:
@@ -341,7 +342,9 @@ def mei_values(meis: xr.Dataset, data, index: np.ndarray, session: int, path) ->
     return meis["activations"].values[row, best].astype(np.float32), masks
 
 
-def screen_dataset(screened: Screened, top: int, table: dict, data, index: np.ndarray, extra: dict, attrs: dict) -> xr.Dataset:
+def screen_dataset(
+    screened: Screened, top: int, table: dict, data, index: np.ndarray, extra: dict, attrs: dict
+) -> xr.Dataset:
     """The screen store (see ``screen_command``) from ``screened``, keeping ``top`` ranks."""
 
     def units(values):  # (k, ...) model units -> recording units
@@ -427,7 +430,9 @@ def screen_command(
     if out.suffix != ".zarr":
         raise ConfigError(f"--out {out}: name the screen store with a .zarr suffix")
     if masked and meis is None:
-        raise ConfigError("--masked: the masks come from the neurons' MEIs; pass --meis MEIS.zarr (written by twin mei)")
+        raise ConfigError(
+            "--masked: the masks come from the neurons' MEIs; pass --meis MEIS.zarr (written by twin mei)"
+        )
     stores = [record["path"] for record in read_run_files(Path(run))[1]]
     check_output(out, overwrite, "store", inputs=[run, *images, *stores, *([meis] if meis else [])])
     loaded = load_run(run)
@@ -498,7 +503,10 @@ def summarize(path) -> dict:
 
     ds = open_dataset(path)
     if "histogram_counts" not in ds or "top_response" not in ds:
-        raise SessionError(f"{path}: variable 'histogram_counts' is missing; this is not a screen store (write one with twin screen)")
+        raise SessionError(
+            f"{path}: variable 'histogram_counts' is missing; this is not a screen store (write one with"
+            " twin screen)"
+        )
     ds = load_values(ds, path)
     names = [
         f"{Path(source).name}:{name}" + (f"@{y},{x}" if ds.attrs["crop_size"] else "")
