@@ -50,6 +50,7 @@ HISTOGRAM_RANGE = (1e-2, 1e2)
 WINDOW_NEURONS = 4
 MAX_PAIRS = 4096  # (crop, neuron) pairs per call when pairs are read on their own
 QUEUE = 4
+MAX_CROPS = 2**31 - 1  # stream positions are int32 on the device
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of the MEI's activation, for the summary
 
 
@@ -247,6 +248,11 @@ class Reader:
             self.put(self.batch_of(np.concatenate(pending), first))
 
     def batch_of(self, images: np.ndarray, first: int) -> tuple:
+        if first + self.batch > MAX_CROPS:
+            raise ConfigError(
+                f"{self.sources[0].path}: more than {MAX_CROPS:,} crops in one screen; screen the"
+                " collection in parts, or with fewer crops (a larger --stride)"
+            )
         n = len(images)
         padded = np.concatenate([images, np.zeros((self.batch - n, *images.shape[1:]), np.float32)])
         return padded, np.arange(first, first + self.batch, dtype=np.int32), np.arange(self.batch) < n
