@@ -414,7 +414,9 @@ def cmd_screen(args) -> int:
         summary = summarize(args.summary)
     else:
         if args.run is None or not args.images or args.out is None:
-            raise ConfigError("RUN, IMAGES and --out are needed: give RUN IMAGES --out STORE.zarr, or --summary STORE.zarr")
+            raise ConfigError(
+                "RUN, IMAGES and --out are needed: give RUN IMAGES --out STORE.zarr, or --summary STORE.zarr"
+            )
         summary = screen_command(
             run=args.run,
             images=args.images,
