@@ -60,14 +60,14 @@ def parse_import_size(text: str):
     return parse_size(text)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'36x64' -> (36, 64)."""
+def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
+    """'36x64' -> (36, 64); ``flag`` names the option in messages."""
     try:
         height, width = (int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise ConfigError(f"--size {text!r}: write HEIGHTxWIDTH, e.g. 36x64") from None
+        raise ConfigError(f"{flag} {text!r}: write HEIGHTxWIDTH, e.g. 36x64") from None
     if height < 8 or width < 8:
-        raise ConfigError(f"--size {text!r}: both sides must be at least 8 pixels")
+        raise ConfigError(f"{flag} {text!r}: both sides must be at least 8 pixels")
     return height, width
 
 
@@ -404,6 +404,39 @@ def cmd_predict(args) -> int:
         f"wrote {summary['out']}: {summary['images']} images x {summary['neurons']} neurons"
         f" of session {summary['session']}"
     )
+    return 0
+
+
+def cmd_screen(args) -> int:
+    from twin.screen import format_summary, screen_command, summarize
+
+    if args.summary is not None:
+        if args.run is not None or args.out is not None:
+            raise ConfigError(f"--summary {args.summary}: reads a screen store; leave out RUN, IMAGES and --out")
+        summary = summarize(args.summary)
+    else:
+        if args.run is None or not args.images or args.out is None:
+            raise ConfigError(
+                "RUN, IMAGES and --out are needed: give RUN IMAGES --out STORE.zarr, or --summary STORE.zarr"
+            )
+        summary = screen_command(
+            run=args.run,
+            images=args.images,
+            out=args.out,
+            neurons=args.neurons,
+            top=args.top,
+            crops=None if args.crops is None else parse_size(args.crops, "--crops"),
+            stride=args.stride,
+            masked=args.masked,
+            meis=args.meis,
+            session=args.session,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+        )
+    if args.json:
+        print_json(summary)
+    else:
+        print(format_summary(summary))
     return 0
 
 
@@ -777,6 +810,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=at_least(1), help="images per batch (default: the run's)")
     add_overwrite_flag(p)
     p.set_defaults(handler=cmd_predict)
+
+    p = commands.add_parser(
+        "screen", help="top and bottom natural images (or crops) of every neuron, streamed from any collection",
+        description="Streams IMAGES (folders or .zip of image files, .npy arrays, zarr arrays or session"
+        " stores, never all in memory) through the run's twin and keeps, per neuron, the --top best and"
+        " worst images or crops with their responses (in the recording's units), their pixels and"
+        " sources, and a histogram of all responses. Images are prepared as twin predict prepares them."
+        " With --meis the store also holds each neuron's MEI activation, so the share of crops reaching"
+        " a fraction of it can be read (--summary); --masked shows each neuron every crop through the"
+        " Walker mask of its MEI.",
+    )
+    p.add_argument("run", metavar="RUN", nargs="?")
+    p.add_argument("images", metavar="IMAGES", nargs="*", help="folders, .zip, .npy, zarr arrays or session stores")
+    p.add_argument("--out", help="screen store to write (.zarr)")
+    p.add_argument("--summary", metavar="STORE", help="print what a screen store holds instead of screening")
+    p.add_argument("--neurons", help=NEURONS_HELP + " (default: all, or the neurons of --meis)")
+    p.add_argument("--top", type=at_least(1), help="images kept per neuron at each end (default 16)")
+    p.add_argument("--crops", metavar="HxW", help="cut every image into windows of HxW source pixels")
+    p.add_argument("--stride", type=at_least(1), help="pixels between windows (default: a quarter of the height)")
+    p.add_argument("--meis", metavar="MEIS", help="MEI store of the run (twin mei): MEI activations, and masks")
+    p.add_argument("--masked", action="store_true", help="show each neuron every crop through its MEI's mask")
+    p.add_argument("--session", type=at_least(0), default=0, help="session index within the run")
+    p.add_argument("--batch-size", type=at_least(1), help="crops per batch (default: the run's)")
+    p.add_argument("--json", action="store_true")
+    add_overwrite_flag(p)
+    p.set_defaults(handler=cmd_screen)
 
     p = commands.add_parser("select", help="choose neurons for a closed loop")
     p.add_argument("run")

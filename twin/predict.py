@@ -89,13 +89,14 @@ def read_inputs(path, channels: int) -> tuple[list[np.ndarray], np.ndarray]:
     return list(images), names
 
 
-def prepare(images: list[np.ndarray], data, source) -> np.ndarray:
-    """Images (each (y, x) or (c, y, x), pixel levels) -> normalized model input (n, y, x, c)
-    for SessionData ``data``; images of another size with the same aspect ratio are brought to the
-    run's size as ``twin import`` does (``to_size``; one stderr line says how many)."""
+def run_size(images: list[np.ndarray], data, source) -> tuple[np.ndarray, int]:
+    """Images (each (y, x) or (c, y, x), pixel levels) -> pixel levels at the run's size (n, y, x)
+    or (n, y, x, c) float32 for SessionData ``data``, and how many were resampled: images of
+    another size with the same aspect ratio are brought to the run's size as ``twin import`` does
+    (``to_size``)."""
     height, width = data.image_shape
     resampled = 0
-    prepared = []
+    pixels = []
     for image in images:
         image = np.asarray(image, dtype=np.float32)
         if image.ndim == 3 and image.shape[0] == 1:
@@ -116,15 +117,35 @@ def prepare(images: list[np.ndarray], data, source) -> np.ndarray:
                 )
             image = to_size(image[None], (height, width))[0]
             resampled += 1
-        prepared.append(image if image.ndim == 2 else np.moveaxis(image, 0, -1))
+        pixels.append(image if image.ndim == 2 else np.moveaxis(image, 0, -1))
+    return np.stack(pixels), resampled
+
+
+def resampled_note(command: str, resampled: int, total: int, data) -> None:
+    """One stderr line saying how many of ``total`` images ``run_size`` resampled (none: silent)."""
     if resampled:
+        height, width = data.image_shape
         print(
-            f"twin predict: resampled {resampled} of {len(images)} images to the run's size"
-            f" {height}x{width} (as twin import does: block averages for whole factors, else pillow Lanczos)",
+            f"{command}: resampled {resampled} of {total} images to the run's size {height}x{width}"
+            " (as twin import does: block averages for whole factors, else pillow Lanczos)",
             file=sys.stderr,
         )
-    normalized = data.normalize_images(np.stack(prepared))
+
+
+def normalize(pixels: np.ndarray, data) -> np.ndarray:
+    """Pixel levels at the run's size ((n, y, x) or (n, y, x, c), ``run_size``) -> normalized
+    model input (n, y, x, c) for SessionData ``data``."""
+    normalized = data.normalize_images(pixels)
     return normalized if data.channels > 1 else normalized[..., None]
+
+
+def prepare(images: list[np.ndarray], data, source) -> np.ndarray:
+    """Images (each (y, x) or (c, y, x), pixel levels) -> normalized model input (n, y, x, c)
+    for SessionData ``data`` (``run_size``, then ``normalize``; one stderr line says how many
+    were resampled)."""
+    pixels, resampled = run_size(images, data, source)
+    resampled_note("twin predict", resampled, len(images), data)
+    return normalize(pixels, data)
 
 
 def predict_images(model, session: int, data, images: np.ndarray, batch_size: int) -> np.ndarray:

@@ -6,6 +6,7 @@ image10); hidden files and ``__MACOSX`` folders are skipped, any other file must
 Files are refused before they are read when one is above MAX_FILE_BYTES or all of them do not fit
 in the free memory, and images above pillow's ``Image.MAX_IMAGE_PIXELS`` are refused.
 Images are decoded with pillow into grey ``(y, x)`` or RGB ``(channel, y, x)`` uint8 arrays.
+``ImageFiles`` lists a collection without reading it, for readers that stream it (twin.data.sources).
 """
 
 from __future__ import annotations
@@ -71,17 +72,23 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def check_file_size(path: Path, name: str, size: int) -> None:
+    """SessionError naming the file ``name`` (``size`` bytes) of the folder or .zip ``path`` when
+    it is above MAX_FILE_BYTES."""
+    if size > MAX_FILE_BYTES:
+        raise SessionError(
+            f"{path}: file {name!r} takes {size / 2**20:.0f} MiB, more than the"
+            f" {MAX_FILE_BYTES >> 20} MiB an image file may hold; remove it or shrink it"
+        )
+
+
 def check_sizes(path: Path, sizes: list[tuple[str, int]]) -> None:
     """SessionError naming the first file of ``sizes`` (name, bytes), about to be read from the
     folder or .zip ``path``, above MAX_FILE_BYTES or that brings the total above the free memory."""
     free, total = available_memory(), 0
     for name, size in sizes:
         total += size
-        if size > MAX_FILE_BYTES:
-            raise SessionError(
-                f"{path}: file {name!r} takes {size / 2**20:.0f} MiB, more than the"
-                f" {MAX_FILE_BYTES >> 20} MiB an image file may hold; remove it or shrink it"
-            )
+        check_file_size(path, name, size)
         if total > free:
             raise SessionError(
                 f"{path}: the files up to {name!r} take {total / 2**30:.1f} GiB, more than the"
@@ -89,52 +96,76 @@ def check_sizes(path: Path, sizes: list[tuple[str, int]]) -> None:
             )
 
 
-def zip_files(path: Path) -> list[tuple[str, bytes]]:
-    """(name, file bytes) of every file in the .zip ``path`` that is not hidden, in natural order
-    of the names (relative to the zip's one top folder if it has one, with /)."""
-    with zipfile.ZipFile(path) as archive:
-        entries = [e for e in archive.infolist() if not e.is_dir()]
+class ImageFiles:
+    """The files of a folder or .zip ``path``, listed but not read: ``names`` (n,) in natural
+    order (paths relative to the folder, or to the zip's one top folder if it has one, with /),
+    ``sizes`` (n,) bytes, and ``read(i)`` the bytes of file i. Hidden files are left out; a zip
+    entry that climbs out of the archive or two entries of one name are refused."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if self.path.is_dir():
+            self.list_folder()
+        elif self.path.is_file() and zipfile.is_zipfile(self.path):
+            try:
+                self.list_zip()
+            except (OSError, ValueError, zipfile.BadZipFile) as error:
+                raise SessionError(f"{self.path}: cannot be read as a .zip ({error}); zip the images again") from None
+        else:
+            raise SessionError(f"{self.path}: neither a folder nor a .zip; pass a folder or .zip of image files")
+        if not self.names:
+            raise SessionError(f"{self.path}: holds no image files; add PNG, JPEG or TIFF files")
+
+    def list_folder(self) -> None:
+        files = [
+            (file.relative_to(self.path).as_posix(), file)
+            for file in self.path.rglob("*")
+            if file.is_file() and not skipped(file.relative_to(self.path).as_posix())
+        ]
+        files.sort(key=lambda item: natural_key(item[0]))
+        self.names = [name for name, _ in files]
+        self.sizes = [file.stat().st_size for _, file in files]
+        self.files = [file for _, file in files]
+        self.archive = None
+
+    def list_zip(self) -> None:
+        self.archive = zipfile.ZipFile(self.path)
+        entries = [e for e in self.archive.infolist() if not e.is_dir()]
         for entry in entries:
             if climbs_out(entry.filename):
-                raise SessionError(
-                    f"{path}: entry {entry.filename!r} climbs out of the archive; remove it"
-                )
+                raise SessionError(f"{self.path}: entry {entry.filename!r} climbs out of the archive; remove it")
         entries = [e for e in entries if not skipped(e.filename)]
         entries.sort(key=lambda e: natural_key(e.filename))
         top = len(common_folder([e.filename for e in entries]))
-        names = [e.filename[top:] for e in entries]
+        self.names = [e.filename[top:] for e in entries]
         seen = set()
-        for name in names:
+        for name in self.names:
             if name in seen:  # which of the two is which image (and response) is ambiguous
-                raise SessionError(f"{path}: holds two entries named {name!r}; remove one of them")
+                raise SessionError(f"{self.path}: holds two entries named {name!r}; remove one of them")
             seen.add(name)
-        check_sizes(path, [(name, e.file_size) for name, e in zip(names, entries)])
-        return [(name, archive.read(e)) for name, e in zip(names, entries)]
+        self.sizes = [e.file_size for e in entries]
+        self.files = entries
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def read(self, i: int) -> bytes:
+        """The bytes of file i (a file above MAX_FILE_BYTES is a SessionError)."""
+        check_file_size(self.path, self.names[i], self.sizes[i])
+        if self.archive is None:
+            return self.files[i].read_bytes()
+        try:
+            return self.archive.read(self.files[i])
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
+            raise SessionError(f"{self.path}: cannot be read as a .zip ({error}); zip the images again") from None
 
 
 def image_files(path) -> list[tuple[str, bytes]]:
-    """(name, file bytes) of every file in the folder or .zip ``path``, in natural order of the
-    names (paths relative to the folder, or to the zip's one top folder if it has one, with /)."""
-    path = Path(path)
-    if path.is_dir():
-        files = [
-            (file.relative_to(path).as_posix(), file)
-            for file in path.rglob("*")
-            if file.is_file() and not skipped(file.relative_to(path).as_posix())
-        ]
-        files.sort(key=lambda item: natural_key(item[0]))
-        check_sizes(path, [(name, file.stat().st_size) for name, file in files])
-        found = [(name, file.read_bytes()) for name, file in files]
-    elif path.is_file() and zipfile.is_zipfile(path):
-        try:
-            found = zip_files(path)
-        except (OSError, ValueError, zipfile.BadZipFile) as error:
-            raise SessionError(f"{path}: cannot be read as a .zip ({error}); zip the images again") from None
-    else:
-        raise SessionError(f"{path}: neither a folder nor a .zip; pass a folder or .zip of image files")
-    if not found:
-        raise SessionError(f"{path}: holds no image files; add PNG, JPEG or TIFF files")
-    return found
+    """(name, file bytes) of every file in the folder or .zip ``path`` (see ``ImageFiles``),
+    refused before any is read when they do not fit in the free memory."""
+    files = ImageFiles(path)
+    check_sizes(files.path, list(zip(files.names, files.sizes)))
+    return [(name, files.read(i)) for i, name in enumerate(files.names)]
 
 
 def decode(data: bytes, name: str, source: Path) -> Image.Image:
