@@ -67,6 +67,9 @@ def test_top_bottom_and_histogram_match_every_prediction(run, tmp_path, capsys):
     counts, edges = ds["histogram_counts"].values, ds["histogram_edges"].values
     assert (counts.sum(1) == 70).all() and ds.attrs["n_images"] == 70
     assert fraction_reaching(counts, edges, edges[:, 0])[0] == pytest.approx(1.0)
+    kl = ds["crop_spectral_kl"].values
+    assert kl.shape == ds["crop_id"].shape and np.all(kl >= 0) and ds.attrs["natural_spectral_slope"] < 0
+    assert (tmp_path / "s.png").stat().st_size > 1000
 
 
 def test_crops_are_resampled_windows_with_their_offsets(run, tmp_path, capsys):

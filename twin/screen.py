@@ -22,7 +22,8 @@ its core on the neuron's receptive-field window only (Twin.target_responses).
 The histogram has BINS bins between geometric edges HISTOGRAM_RANGE in the model's output units
 (responses / the session's response std): the first bin also counts responses below it, the last
 those above. The store keeps everything in the recording's response units (twin.predict.
-recording_units).
+recording_units). Each kept crop has its naturalness (twin.naturalness: the spectral KL from the
+run's train images), and ``<out stem>.png`` shows the best crops of the first neurons.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ MAX_PAIRS = 4096  # (crop, neuron) pairs per call when pairs are read on their o
 QUEUE = 4
 MAX_CROPS = 2**31 - 1  # stream positions are int32 on the device
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of the MEI's activation, for the summary
+GRID_NEURONS, GRID_RANKS = 16, 4  # the PNG beside the store: best crops of the first neurons
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,6 +373,7 @@ def screen_dataset(
         "crop_pixels": (crop_dims, table["crop_pixels"]),
         **{name: ("crop", table[name]) for name in ("crop_source", "crop_name", "crop_id")},
         "crop_offset": (("crop", "yx"), table["crop_offset"]),
+        "crop_spectral_kl": ("crop", table["crop_spectral_kl"]),
     }
     if "mei_activation" in extra:
         variables["mei_activation"] = ("neuron", units(extra["mei_activation"]))
@@ -423,14 +426,16 @@ def screen_command(
     (neuron, bin) (see the module doc); with ``meis``: mei_activation (neuron,) and, ``masked``,
     mask (neuron, y, x). attrs: run, session, images, n_images, n_crops, crop_size, stride,
     masked, meis, units, seconds (of streaming), first_batch_seconds (of them, the first batch's,
-    which compiles), batch_size. Returns ``summarize``'s dict.
+    which compiles), batch_size, natural_spectral_slope; crop_spectral_kl (crop,). Writes
+    ``<out stem>.png`` too (``plot_top_crops``). Returns ``summarize``'s dict.
     """
     from twin.checkpoint import load_run, read_run_files
     from twin.data.sources import open_source
     from twin.data.store import write_dataset
-    from twin.mei.run import parse_neurons
+    from twin.mei.run import natural_pixels, parse_neurons
     from twin.mei.store import open_meis
-    from twin.outputs import check_output
+    from twin.naturalness import naturalness
+    from twin.outputs import check_output, output
 
     out, top = Path(out), top or TOP
     if out.suffix != ".zarr":
@@ -440,7 +445,9 @@ def screen_command(
             "--masked: the masks come from the neurons' MEIs; pass --meis MEIS.zarr (written by twin mei)"
         )
     stores = [record["path"] for record in read_run_files(Path(run))[1]]
-    check_output(out, overwrite, "store", inputs=[run, *images, *stores, *([meis] if meis else [])])
+    inputs = [run, *images, *stores, *([meis] if meis else [])]
+    check_output(out, overwrite, "store", inputs=inputs)
+    check_output(out.with_suffix(".png"), overwrite, "file", inputs=inputs)
     loaded = load_run(run)
     if not 0 <= session < len(loaded.sessions):
         raise ConfigError(f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}")
@@ -485,8 +492,32 @@ def screen_command(
         "batch_size": screened.batch,
     }
     table = crop_table(ids, screened, sources, crop, data)
-    write_dataset(screen_dataset(screened, kept, table, data, index, extra, attrs), out, overwrite=overwrite)
+    spectra = naturalness(table["crop_pixels"], natural_pixels(data))
+    table["crop_spectral_kl"] = spectra["spectral_kl"].astype(np.float32)
+    attrs["natural_spectral_slope"] = spectra["natural_spectral_slope"]
+    ds = screen_dataset(screened, kept, table, data, index, extra, attrs)
+    write_dataset(ds, out, overwrite=overwrite)
+    with output(out.with_suffix(".png"), overwrite, "file") as grid:
+        plot_top_crops(ds, grid)
     return summarize(out)
+
+
+def plot_top_crops(ds: xr.Dataset, path: Path) -> None:
+    """PNG of the best GRID_RANKS crops of the first GRID_NEURONS neurons of the screen store ``ds``
+    (one neuron per row), titled with the unit and its response."""
+    from twin.data.schema import plot_text, unit_ids
+    from twin.mei.run import plot_grid
+
+    neurons = min(ds.sizes["neuron"], GRID_NEURONS)
+    ranks = min(ds.sizes["rank"], GRID_RANKS)
+    crops = ds["top_crop"].values[:neurons, :ranks]
+    responses = ds["top_response"].values[:neurons, :ranks]
+    titles = [
+        f"unit {plot_text(unit)} #{r + 1}: {responses[i, r]:.3g}"
+        for i, unit in enumerate(unit_ids(ds["unit_id"].values[:neurons]).tolist())
+        for r in range(ranks)
+    ]
+    plot_grid(ds["crop_pixels"].values[crops.ravel()], titles, path, columns=ranks)
 
 
 def fraction_reaching(counts: np.ndarray, edges: np.ndarray, threshold: np.ndarray) -> np.ndarray:
@@ -530,6 +561,7 @@ def summarize(path) -> dict:
             "top": float(ds["top_response"].values[i, 0]),
             "top_crop": str(names[ds["top_crop"].values[i, 0]]),
             "bottom": float(ds["bottom_response"].values[i, 0]),
+            "top_spectral_kl": float(ds["crop_spectral_kl"].values[ds["top_crop"].values[i, 0]]),
             **({"reaching": {f"{f:g}": float(v[i]) for f, v in reaching.items()}} if reaching else {}),
         }
         for i, unit in enumerate(unit_ids(ds["unit_id"].values).tolist())
@@ -545,6 +577,8 @@ def summarize(path) -> dict:
         "units": ds.attrs["units"],
         "per_neuron": per_neuron,
         "median_reaching": {f"{f:g}": float(np.median(v)) for f, v in reaching.items()},
+        "median_top_spectral_kl": float(np.median([n["top_spectral_kl"] for n in per_neuron])),
+        "natural_spectral_slope": float(ds.attrs["natural_spectral_slope"]),
     }
 
 
@@ -556,7 +590,8 @@ def format_summary(summary: dict, shown: int = 10) -> str:
     lines = [
         f"{summary['store']}: {summary['images']:,} images, {summary['crops']:,} crops x {summary['neurons']}"
         f" neurons ({rate} the first batch, which compiled in {summary['first_batch_seconds']:.1f} s)",
-        f"  responses in {summary['units']}",
+        f"  responses in {summary['units']}; median spectral KL of each neuron's best crop from the"
+        f" natural images {summary['median_top_spectral_kl']:.2f} (twin.naturalness)",
     ]
     if summary["median_reaching"]:
         shares = ", ".join(f"{float(f):.0%}: {v:.2%}" for f, v in summary["median_reaching"].items())

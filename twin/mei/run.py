@@ -99,8 +99,15 @@ def engine_layout(images: np.ndarray) -> np.ndarray:
     return images[..., 0] if images.shape[-1] == 1 else np.moveaxis(images, -1, 1)
 
 
-def plot_grid(images: np.ndarray, titles: list[str], path: Path) -> None:
-    """PNG of images (n, y, x) in pixel units 0..255, gray scale, up to 8 per row; images
+def natural_pixels(data) -> np.ndarray:
+    """The train images of SessionData ``data`` in pixel levels, in the engine's layout (n, y, x)
+    or (n, channel, y, x): the natural reference of ``twin.naturalness``."""
+    mean, std = (broadcastable(stats_channels_first(v)) for v in (data.image_mean, data.image_std))
+    return engine_layout(data.images[data.trials("train")]) * std + mean
+
+
+def plot_grid(images: np.ndarray, titles: list[str], path: Path, columns: int = 8) -> None:
+    """PNG of images (n, y, x) in pixel units 0..255, gray scale, up to ``columns`` per row; images
     (n, 3, y, x) are shown as RGB, other channel counts (e.g. UV and green) side by side."""
     import matplotlib
 
@@ -114,7 +121,7 @@ def plot_grid(images: np.ndarray, titles: list[str], path: Path) -> None:
         parts = [part for channel in np.moveaxis(images, 1, 0) for part in (channel, gap)]
         images = np.concatenate(parts[:-1], axis=2)
     n = len(images)
-    cols = min(n, 8)
+    cols = min(n, columns)
     rows = -(-n // cols)
     height, width = images.shape[1:3]
     fig, axes = plt.subplots(
@@ -237,7 +244,7 @@ def mei_command(
     shift_activation = validate.shift_robustness(model, objective, best, index)
 
     pixels = best * engine_std + engine_mean
-    train_pixels = engine_layout(data.images[train]) * engine_std + engine_mean
+    train_pixels = natural_pixels(data)
     spectra = naturalness(pixels, train_pixels)
 
     n = len(index)
