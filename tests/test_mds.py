@@ -11,18 +11,20 @@ from flax import nnx
 
 from twin.checkpoint import readout_specs, save_run_model
 from twin.cli import main
-from twin.config import DataConfig, ModelConfig, RunConfig
+from twin.config import DataConfig, MEIConfig, ModelConfig, RunConfig
 from twin.data.loader import load_session
-from twin.data.simulate import simulate
+from twin.data.simulate import ground_truth, mean_response, simulate
 from twin.data.store import open_dataset, write_session
 from twin.mei.mds import (
     cluster_weights,
     contrastive_values,
     drop_empty,
     kmeans,
+    most_discriminative_stimuli,
     pair_discriminability,
     reassign,
 )
+from twin.mei.validate import GroundTruth
 from twin.metrics import adjusted_rand_index
 from twin.models.twin import Twin
 
@@ -62,10 +64,11 @@ def test_pair_discriminability_finds_the_pair_to_merge():
     # Stimuli 0 and 1 drive clusters 0 and 1 alike; stimulus 2 drives only cluster 2.
     cluster = np.array([0, 0, 1, 1, 2, 2])
     z = np.array(
-        [[2.0, 2.0, 1.8, 1.8, 0.0, 0.0], [1.9, 1.9, 2.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 3.0, 3.0]]
+        [[2.0, 2.0, 1.8, 1.8, 0.0, 0.0], [1.6, 1.6, 2.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 3.0, 3.0]]
     )
     d = pair_discriminability(z, cluster)
-    np.testing.assert_allclose(d[0, 1], min(2.0 - 1.8, 2.0 - 1.9))
+    np.testing.assert_allclose(d[0, 1], 1 - (1.8 / 2.0 + 1.6 / 2.0) / 2)
+    np.testing.assert_allclose(d[0, 2], 1.0)
     assert d[0, 1] == d[1, 0] and np.isinf(d[0, 0])
     assert np.unravel_index(np.argmin(d), d.shape) in ((0, 1), (1, 0))
 
@@ -87,6 +90,29 @@ def test_adjusted_rand_index_against_a_hand_computed_value():
     assert adjusted_rand_index(["x", "x", "y"], [5, 5, 2]) == 1.0  # labels need not match
     assert adjusted_rand_index([0, 0, 0, 0], [0, 0, 0, 0]) == 1.0
     assert adjusted_rand_index([0, 1, 0, 1], [0, 0, 1, 1]) == pytest.approx(-0.5)
+
+
+@pytest.mark.parametrize("threshold", [None, np.inf])
+def test_merging_runs_until_every_pair_is_discriminated(threshold):
+    """On the simulated animal's own neurons (the ground-truth adapter), four clusters stay four
+    (or fewer, when one empties) without merging and end as one when no pair counts as
+    discriminated."""
+    ds = simulate(8, 30, 2, 2, size=(18, 32), seed=3, types=2)
+    params = ground_truth(ds)
+    natural = mean_response(params, ds["images"].values.astype(np.float32))
+    model = GroundTruth(params, 128.0, 64.0)
+    result = most_discriminative_stimuli(
+        model, 0, np.arange(8), MEIConfig(steps=3, seeds=1), np.array([0, 1, 2, 3] * 2),
+        natural.mean(0), natural.std(0), image_shape=(18, 32), pixel_range=(-2.0, 127 / 64),
+        max_iter=1, merge_threshold=threshold, progress=False,
+    )  # fmt: skip
+    k = len(result.images)
+    assert result.images.shape == (k, 18, 32) and result.responses.shape == (k, 8)
+    assert sorted(set(result.cluster)) == list(range(k))
+    if threshold is None:
+        assert result.merges == [] and result.iterations == 1 and k <= 4
+    else:
+        assert k == 1 and len(result.merges) >= 1 and result.iterations == len(result.merges) + 1
 
 
 @pytest.fixture(scope="module")

@@ -820,8 +820,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=at_least(1), help="optimize-and-reassign rounds (default 10)")
     p.add_argument(
         "--merge-threshold", type=at_least(0, float),
-        help="with --clusters auto, merge pairs whose stimuli separate them by less than this (natural-image"
-        " standard deviations of the responses; default 1.0)",
+        help="with --clusters auto, merge pairs of clusters whose discriminability is below this: 1 - the mean"
+        " over the pair of how much one cluster's stimulus drives the other cluster relative to its own"
+        " stimulus (default 0.65)",
     )
     p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
     p.add_argument("--store", nargs="+", help="session stores to use instead of the run's own")

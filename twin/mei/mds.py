@@ -20,10 +20,12 @@ natural train images.
 
 Choosing K (``clusters="auto"``): start from a generous K (``AUTO_START``); after the loop
 settles, the least discriminated pair of clusters, the pair (a, b) with the smallest
-d_ab = min(m_a(x_a) - m_b(x_a), m_b(x_b) - m_a(x_b)) (normalized units), is merged while
-d_ab < ``merge_threshold`` and the loop runs again from the merged assignment. Burg et al. grow
-K instead, splitting a cluster when the mean objective improves; merging from a generous start
-needs no sub-clustering and the threshold is in the units of the responses.
+D_ab = 1 - (m_b(x_a) / m_b(x_b) + m_a(x_b) / m_a(x_a)) / 2 (``pair_discriminability``: 1 when
+each stimulus leaves the other cluster at its natural mean, 0 when both stimuli drive both
+clusters alike), is merged while D_ab < ``merge_threshold`` and the loop runs again from the
+merged assignment. Burg et al. grow K instead, splitting a cluster when the mean objective
+improves; merging from a generous start needs no sub-clustering and its threshold does not
+depend on K (the objective's ceiling, log K, does).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ from twin.mei.params import Parametrization
 IMAGE_DIMS = {2: ("y", "x"), 3: ("channel", "y", "x")}
 STAT_DIMS = {0: (), 1: ("channel",), 2: ("y", "x"), 3: ("channel", "y", "x")}
 AUTO_START = 12  # clusters the automatic choice starts from (at most half the neurons)
-MERGE_THRESHOLD = 1.0  # normalized response units (natural-image standard deviations)
+# Merge pairs whose stimuli drive each other's cluster at more than 35% of its own drive, on average.
+MERGE_THRESHOLD = 0.65
 TEMPERATURE = 1.6  # as in Burg et al.'s example script
 MAX_ITER = 10  # optimize-and-reassign rounds per clustering
 
@@ -63,7 +66,7 @@ class MDSResult:
     objective: np.ndarray  # (k,) J_k of each stimulus
     responses: np.ndarray  # (k, n) normalized responses of the neurons to the stimuli
     iterations: int  # optimize-and-reassign rounds, over all merges
-    merges: list  # [(a, b, d_ab)] merged pairs, in order (cluster numbers of that moment)
+    merges: list  # [(a, b, D_ab)] merged pairs, in order (cluster numbers of that moment)
 
 
 def cluster_weights(cluster: np.ndarray, k: int) -> np.ndarray:
@@ -110,12 +113,15 @@ def drop_empty(cluster: np.ndarray) -> np.ndarray:
 
 
 def pair_discriminability(z: np.ndarray, cluster: np.ndarray) -> np.ndarray:
-    """(k, k) d_ab = min(m_a(x_a) - m_b(x_a), m_b(x_b) - m_a(x_b)), symmetric, +inf on the
-    diagonal; z (k, n) normalized responses to the k stimuli, cluster (n,) in 0..k-1."""
+    """(k, k) D_ab = 1 - (m_b(x_a) / m_b(x_b) + m_a(x_b) / m_a(x_a)) / 2, symmetric, +inf on the
+    diagonal: 1 when each stimulus leaves the other cluster at its natural mean, 0 when the two
+    stimuli drive both clusters alike. z (k, n) normalized responses to the k stimuli, cluster
+    (n,) in 0..k-1."""
     k = len(z)
-    means = z @ cluster_weights(cluster, k).T  # (stimulus, cluster)
-    margin = np.diag(means)[:, None] - means  # margin[a, b] = m_a(x_a) - m_b(x_a)
-    d = np.minimum(margin, margin.T)
+    means = z @ cluster_weights(cluster, k).T  # means[s, c] = m_c(x_s)
+    # How much stimulus a drives cluster b, relative to b's own stimulus.
+    confusion = means / np.maximum(np.diag(means), 1e-6)[None, :]
+    d = 1.0 - (confusion + confusion.T) / 2
     np.fill_diagonal(d, np.inf)
     return d
 
@@ -170,7 +176,7 @@ def most_discriminative_stimuli(
     progress: bool = True,
 ) -> MDSResult:
     """Burg et al.'s alternation for ``neurons (n,)`` of ``session`` from the clusters ``initial
-    (n,)``; merges pairs with d_ab < ``merge_threshold`` when given (see the module doc).
+    (n,)``; merges pairs with D_ab < ``merge_threshold`` when given (see the module doc).
 
     natural_mean, natural_std: (neurons of the session,) for the normalization; the recipe
     ``config`` sets the engine (``config.seeds`` stimuli per cluster, the best kept); other
