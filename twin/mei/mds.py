@@ -429,7 +429,7 @@ def mds_command(
     with output(out.with_suffix(".png"), overwrite, "file") as grid:
         plot_grid(
             result.images * engine_std + engine_mean,
-            [f"cluster {c}: {n} neurons" for c, n in enumerate(sizes)],
+            [f"cluster {c}: {n} neuron{'' if n == 1 else 's'}" for c, n in enumerate(sizes)],
             grid,
         )
     with output(out.with_suffix(".json"), overwrite, "file") as path:
