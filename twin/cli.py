@@ -817,7 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="MDS store to write (.zarr)")
     p.add_argument("--session", type=at_least(0), default=0, help="session index within the run")
     p.add_argument("--temperature", type=at_least(1e-3, float), help="softmax temperature (default 1.6)")
-    p.add_argument("--max-iter", type=at_least(1), help="optimize-and-reassign rounds (default 10)")
+    p.add_argument("--max-iter", type=at_least(1), help="optimize-and-reassign rounds per clustering, again after each merge (default 10)")
     p.add_argument(
         "--merge-threshold", type=at_least(0, float),
         help="with --clusters auto, merge pairs of clusters whose discriminability is below this: 1 - the mean"

@@ -496,9 +496,15 @@ def day2(day1: xr.Dataset, seed: int = 0, source=None) -> xr.Dataset:
     nothing of day 1; the answer is ``gt_day1_unit`` (neuron,): the day-1 unit id of each day-2
     unit, -1 ("" for string ids) for a new cell, and ``attrs["gt_shift_um"]`` the rigid shift
     (x, y, z) added to day-1 positions. ``source`` (the day-1 store's path) names it in errors.
-    Returns a validated session like ``simulate``'s.
+    Returns a validated session like ``simulate``'s. Sessions simulated with functional types
+    (``gt_type``) have no day 2: new cells would belong to no type.
     """
     truth = ground_truth(day1, source)
+    if "type" in truth:
+        raise ConfigError(
+            f"{source or 'day 1'}: simulated with --types, which day 2 does not support; simulate day 1"
+            " without --types"
+        )
     xyz1, test_images, repeats, n_train = day1_layout(day1, source)
     ids1 = unit_ids(day1["unit_id"].values)
     n1 = len(ids1)
