@@ -8,6 +8,7 @@ import pytest
 from twin import metrics
 from twin.data.simulate import (
     KINDS,
+    day2,
     ground_truth,
     ground_truth_ceiling,
     mean_response,
@@ -135,3 +136,28 @@ def test_bad_arguments_and_non_simulated_sessions(session):
         simulate(0, 10, 2, 2)
     with pytest.raises(SessionError, match="not a simulated session"):
         ground_truth(session.drop_vars([n for n in session.variables if n.startswith("gt_")]))
+
+
+def test_functional_types_share_a_prototype_up_to_small_jitter():
+    ds = simulate(24, 30, 2, 2, size=(18, 32), seed=4, types=3)
+    params = ground_truth(ds)
+    kind_of_type = np.array(KINDS)[np.arange(3)]
+    np.testing.assert_array_equal(np.bincount(params["type"]), [8, 8, 8])
+    np.testing.assert_array_equal(params["kind"], kind_of_type[params["type"]])
+    for t in range(3):
+        members = params["type"] == t
+        angles = 2 * params["orientation"][members]  # orientation is periodic in pi
+        spread = np.sqrt(-2 * np.log(np.abs(np.mean(np.exp(1j * angles))))) / 2
+        assert spread < 0.2  # radians; types are 60 degrees apart
+        assert np.ptp(params["x"][members]) < 8 and np.ptp(params["y"][members]) < 8
+    # Without types there is no gt_type and the population is drawn as before.
+    assert "gt_type" not in simulate(6, 20, 2, 2, size=(16, 24), seed=5)
+    with pytest.raises(ConfigError, match="--types -1"):
+        simulate(6, 20, 2, 2, types=-1)
+    with pytest.raises(ConfigError, match="day1.zarr: simulated with --types"):
+        day2(ds, source="day1.zarr")
+
+
+def test_functional_types_in_colour_follow_the_type():
+    params = ground_truth(simulate(12, 20, 2, 2, size=(16, 24), seed=1, channels=3, types=3))
+    np.testing.assert_array_equal(params["colour"], np.array(["luminance", "red_green", "blue_yellow"])[params["type"]])

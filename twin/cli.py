@@ -129,6 +129,7 @@ def cmd_simulate(args) -> int:
             seed=args.seed,
             channels=args.channels,
             animal=index,
+            types=args.types,
         )
 
     if args.animals is None:
@@ -388,6 +389,44 @@ def cmd_mei(args) -> int:
     return 0
 
 
+def cmd_mds(args) -> int:
+    from twin.mei.mds import mds_command
+
+    summary = mds_command(
+        run=args.run,
+        clusters=args.clusters,
+        neurons=args.neurons,
+        seeds=args.seeds,
+        recipe=args.recipe,
+        config_path=args.config,
+        out=args.out,
+        session=args.session,
+        seed=args.seed,
+        progress=not args.json,
+        overwrite=args.overwrite,
+        stores=args.store,
+        # Unset options keep mds_command's defaults.
+        **{
+            name: getattr(args, name)
+            for name in ("temperature", "max_iter", "merge_threshold")
+            if getattr(args, name) is not None
+        },
+    )
+    if args.json:
+        print_json(summary)
+    else:
+        aris = ", ".join(
+            f"ARI {summary[key]:.3f} against the true {key.removeprefix('ari_true_')}s"
+            for key in summary if key.startswith("ari_true_")
+        )
+        print(
+            f"wrote {args.out}: {len(summary['neurons'])} neurons in {summary['clusters']} clusters"
+            f" (sizes {summary['cluster_sizes']}) after {summary['iterations']} rounds"
+            + (f"; {aris}" if aris else "")
+        )
+    return 0
+
+
 def cmd_predict(args) -> int:
     from twin.predict import predict_command
 
@@ -607,6 +646,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
     p.add_argument(
+        "--types", type=at_least(0), default=0, metavar="K",
+        help="K functional types (kind, orientation, phase, size and colour shared up to a small jitter,"
+        " receptive fields in one region; true type in gt_type) instead of independent neurons (default 0)",
+    )
+    p.add_argument(
         "--animals", type=at_least(1), metavar="K",
         help="write K animals, OUT/animal_1.zarr .. animal_K.zarr, each with its own neurons, images and"
         " noise from the same statistics (animal 1 is the store written without --animals)",
@@ -789,6 +833,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_multihost_flags(p)
     add_overwrite_flag(p)
     p.set_defaults(handler=cmd_mei)
+
+    p = commands.add_parser(
+        "mds", help="cluster neurons by their most discriminative stimuli (Burg et al. 2024)",
+        description="Alternates optimizing one stimulus per cluster (a contrastive objective over the"
+        " clusters' mean normalized responses) with moving each neuron to the cluster whose stimulus"
+        " drives it most. Writes OUT (.zarr), the stimuli as OUT's .png and a summary as OUT's .json.",
+    )
+    p.add_argument("run")
+    p.add_argument(
+        "--clusters", default="auto",
+        help="auto (start from 12 and merge clusters discriminated by less than --merge-threshold) or K",
+    )
+    p.add_argument("--neurons", default="all", help=NEURONS_HELP)
+    p.add_argument("--seeds", type=at_least(1), help="initializations per cluster stimulus")
+    p.add_argument("--recipe", help="walker2019, sinz_ga or lucid (default: the run's [mei].recipe)")
+    p.add_argument("--config", help="TOML file with a [mei] table")
+    p.add_argument("--out", required=True, help="MDS store to write (.zarr)")
+    p.add_argument("--session", type=at_least(0), default=0, help="session index within the run")
+    p.add_argument("--temperature", type=at_least(1e-3, float), help="softmax temperature (default 1.6)")
+    p.add_argument("--max-iter", type=at_least(1), help="optimize-and-reassign rounds per clustering, again after each merge (default 10)")
+    p.add_argument(
+        "--merge-threshold", type=at_least(0, float),
+        help="with --clusters auto, merge pairs of clusters whose discriminability is below this: 1 - the mean"
+        " over the pair of how much one cluster's stimulus drives the other cluster relative to its own"
+        " stimulus (default 0.65)",
+    )
+    p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
+    p.add_argument("--store", nargs="+", help="session stores to use instead of the run's own")
+    p.add_argument("--json", action="store_true")
+    add_overwrite_flag(p)
+    p.set_defaults(handler=cmd_mds)
 
     p = commands.add_parser(
         "predict", help="responses of a run's neurons to any images",

@@ -245,3 +245,25 @@ def score(
         scores["feve"] = feve(responses, predictions, image_id, min_fev)
         scores["oracle_correlation"] = oracle_correlation(responses, image_id)
     return scores
+
+
+def adjusted_rand_index(labels_a: np.ndarray, labels_b: np.ndarray) -> float:
+    """Adjusted Rand index (Hubert & Arabie 1985) of two labelings (n,) of the same items: 1 for
+    the same partition, about 0 for independent ones (any label values, any numbers of groups)."""
+    a = np.unique(np.asarray(labels_a), return_inverse=True)[1].reshape(-1)
+    b = np.unique(np.asarray(labels_b), return_inverse=True)[1].reshape(-1)
+    if len(a) != len(b):
+        raise ValueError(f"labelings of {len(a)} and {len(b)} items")
+    table = np.zeros((a.max() + 1, b.max() + 1), np.int64)
+    np.add.at(table, (a, b), 1)
+
+    def pairs(counts):
+        return (counts * (counts - 1) // 2).sum()
+
+    index = pairs(table)
+    rows, cols, total = pairs(table.sum(1)), pairs(table.sum(0)), pairs(np.array([len(a)]))
+    expected = rows * cols / total if total else 0.0
+    largest = (rows + cols) / 2
+    if largest == expected:  # both labelings put everything together or everything apart
+        return 1.0
+    return float((index - expected) / (largest - expected))

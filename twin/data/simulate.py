@@ -67,6 +67,10 @@ COLOURS = {
     "blue_yellow": np.array([-0.5, -0.5, 1.0]) / np.sqrt(1.5),
 }
 COLOUR_FRACTIONS = (0.5, 0.25, 0.25)
+# Functional types (``types``): each neuron's deviation from its type's prototype, as standard
+# deviations of orientation and phase (radians), of the log of size and wavelength, and of the
+# centre position (pixels at 36x64, scaled with the image height).
+TYPE_JITTER = {"orientation": 0.08, "phase": 0.3, "log_size": 0.05, "position": 1.0}
 
 
 def natural_images(n: int, size: tuple[int, int], rng: np.random.Generator, channels: int = 1) -> np.ndarray:
@@ -125,6 +129,44 @@ def gabors(n_neurons: int, size: tuple[int, int], rng: np.random.Generator) -> d
         "phase": rng.uniform(0, 2 * np.pi, n_neurons),
         "aspect": rng.uniform(0.6, 1.0, n_neurons),
     }
+    return p | gabor_filters(p, size)
+
+
+def typed_gabors(n_neurons: int, types: int, size: tuple[int, int], rng: np.random.Generator) -> dict:
+    """Receptive fields of ``types`` functional types (``gabors``' layout plus ``type`` (neuron,)
+    int): each type is a prototype (orientation, phase, size, wavelength, aspect; orientations
+    evenly spaced over 180 degrees) and its neurons are copies with small jitter (TYPE_JITTER),
+    all centred in one region in the middle of the screen. Neurons are dealt to the types in turn
+    and shuffled, so type sizes differ by at most one."""
+    height, width = size
+    scale = height / 36
+    type_of = rng.permutation(np.arange(n_neurons) % types)
+    proto_sigma = rng.uniform(2.5, 4.5, types) * scale
+    proto = {
+        "sigma": proto_sigma,
+        "orientation": rng.uniform(0, np.pi) + np.pi * np.arange(types) / types,
+        "wavelength": rng.uniform(2.8, 4.0, types) * proto_sigma,
+        "phase": rng.uniform(0, 2 * np.pi, types),
+        "aspect": rng.uniform(0.6, 1.0, types),
+    }
+    jitter = TYPE_JITTER
+    p = {
+        "sigma": proto["sigma"][type_of] * np.exp(rng.normal(0, jitter["log_size"], n_neurons)),
+        "x": 0.5 * (width - 1) + rng.normal(0, jitter["position"] * scale, n_neurons),
+        "y": 0.5 * (height - 1) + rng.normal(0, jitter["position"] * scale, n_neurons),
+        "orientation": (proto["orientation"][type_of] + rng.normal(0, jitter["orientation"], n_neurons)) % np.pi,
+        "wavelength": proto["wavelength"][type_of] * np.exp(rng.normal(0, jitter["log_size"], n_neurons)),
+        "phase": proto["phase"][type_of] + rng.normal(0, jitter["phase"], n_neurons),
+        "aspect": np.clip(proto["aspect"][type_of] + rng.normal(0, 0.05, n_neurons), 0.5, 1.0),
+    }
+    return p | gabor_filters(p, size) | {"type": type_of}
+
+
+def gabor_filters(p: dict, size: tuple[int, int]) -> dict:
+    """Unit-norm quadrature filters and the surround ring (neuron, y, x) of receptive-field
+    parameters ``p`` (sigma, x, y, orientation, wavelength, phase, aspect; each (neuron,))."""
+    height, width = size
+    sigma = p["sigma"]
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     dx = xx - p["x"][:, None, None]
     dy = yy - p["y"][:, None, None]
@@ -150,10 +192,11 @@ def gabors(n_neurons: int, size: tuple[int, int], rng: np.random.Generator) -> d
     # Surround: Gaussian ring around the receptive field, weights summing to 1.
     r2 = dx**2 + dy**2
     ring = np.clip(np.exp(-r2 / (2 * (2.5 * s) ** 2)) - np.exp(-r2 / (2 * s**2)), 0, None)
-    p["filter_even"] = (even / norm).astype(np.float32)
-    p["filter_odd"] = (odd / norm).astype(np.float32)
-    p["surround"] = (ring / ring.sum(axis=(1, 2), keepdims=True)).astype(np.float32)
-    return p
+    return {
+        "filter_even": (even / norm).astype(np.float32),
+        "filter_odd": (odd / norm).astype(np.float32),
+        "surround": (ring / ring.sum(axis=(1, 2), keepdims=True)).astype(np.float32),
+    }
 
 
 def surround_energy(params: dict, images, xp=np):
@@ -219,23 +262,36 @@ def noisy_responses(params: dict, mean: np.ndarray, z: np.ndarray, rng: np.rando
 
 
 def population(
-    n_neurons: int, size: tuple[int, int], train_images: np.ndarray, rng: np.random.Generator, channels: int = 1
+    n_neurons: int,
+    size: tuple[int, int],
+    train_images: np.ndarray,
+    rng: np.random.Generator,
+    channels: int = 1,
+    types: int = 0,
 ) -> dict:
     """Ground-truth parameters of ``n_neurons`` neurons drawn from the population's statistics
     (kinds in KIND_FRACTIONS, colours in COLOUR_FRACTIONS, receptive fields as in ``gabors``);
     surround weights and c50 are scaled on ``train_images`` (n, [channel,] y, x). Arrays are
-    (neuron, ...)."""
-    params = gabors(n_neurons, size, rng)
-    counts = np.floor(np.array(KIND_FRACTIONS) * n_neurons).astype(int)
-    counts[0] += n_neurons - counts.sum()
-    kind = rng.permutation(np.repeat(np.array(KINDS), counts))
+    (neuron, ...). ``types`` > 0 draws that many functional types instead (``typed_gabors``):
+    type t has kind KINDS[t % 4] and colour t % 3 of COLOURS, and ``type`` (neuron,) is stored."""
+    if types:
+        params = typed_gabors(n_neurons, types, size, rng)
+        kind = np.array(KINDS)[params["type"] % len(KINDS)]
+    else:
+        params = gabors(n_neurons, size, rng)
+        counts = np.floor(np.array(KIND_FRACTIONS) * n_neurons).astype(int)
+        counts[0] += n_neurons - counts.sum()
+        kind = rng.permutation(np.repeat(np.array(KINDS), counts))
     params["kind"] = kind
     params["complex"] = np.char.startswith(kind, "complex").astype(np.float32)
     normalized = np.char.endswith(kind, "normalized")
     if channels == 3:
-        counts = np.floor(np.array(COLOUR_FRACTIONS) * n_neurons).astype(int)
-        counts[0] += n_neurons - counts.sum()
-        colour = rng.permutation(np.repeat(np.array(list(COLOURS)), counts))
+        if types:
+            colour = np.array(list(COLOURS))[params["type"] % len(COLOURS)]
+        else:
+            counts = np.floor(np.array(COLOUR_FRACTIONS) * n_neurons).astype(int)
+            counts[0] += n_neurons - counts.sum()
+            colour = rng.permutation(np.repeat(np.array(list(COLOURS)), counts))
         weights = np.stack([COLOURS[c] for c in colour]).astype(np.float32)
         params["colour"] = colour
         params["colour_weights"] = weights
@@ -354,6 +410,7 @@ def simulate(
     seed: int = 0,
     channels: int = 1,
     animal: int = 1,
+    types: int = 0,
 ) -> xr.Dataset:
     """A session of the simulated animal, with ground truth as ``gt_*`` variables.
 
@@ -367,6 +424,9 @@ def simulate(
     ``animal`` (1, 2, ...) picks one of several animals of the same seed (``animal_rng``): each
     has its own images, neurons, positions and noise, drawn from the same statistics (kinds of
     cells, receptive-field sizes, gains), so a core fitted on some transfers to the others.
+
+    ``types`` > 0 draws a population of that many functional types (``typed_gabors``; the true
+    type of each neuron is ``gt_type``) instead of independent receptive fields.
     """
     for name, value, least in (
         ("--neurons", n_neurons, 1),
@@ -374,6 +434,7 @@ def simulate(
         ("--test-images", n_test_images, 1),
         ("--repeats", repeats, 1),
         ("--animals", animal, 1),
+        ("--types", types, 0),
     ):
         if value < least:
             raise ConfigError(f"simulate: {name} {value}: give at least {least}")
@@ -382,7 +443,7 @@ def simulate(
     rng = animal_rng(seed, animal)
     train_images = natural_images(n_train_images, size, rng, channels)
     test_images = natural_images(n_test_images, size, rng, channels)
-    params = population(n_neurons, size, train_images, rng, channels)
+    params = population(n_neurons, size, train_images, rng, channels, types)
     trials = recording(params, train_images, test_images, repeats, rng)
     cell_xyz = retinotopic_positions(params, rng)
     attrs = {"source": f"twin simulate seed {seed}", "animal": "simulated", "seed": seed}
@@ -435,9 +496,15 @@ def day2(day1: xr.Dataset, seed: int = 0, source=None) -> xr.Dataset:
     nothing of day 1; the answer is ``gt_day1_unit`` (neuron,): the day-1 unit id of each day-2
     unit, -1 ("" for string ids) for a new cell, and ``attrs["gt_shift_um"]`` the rigid shift
     (x, y, z) added to day-1 positions. ``source`` (the day-1 store's path) names it in errors.
-    Returns a validated session like ``simulate``'s.
+    Returns a validated session like ``simulate``'s. Sessions simulated with functional types
+    (``gt_type``) have no day 2: new cells would belong to no type.
     """
     truth = ground_truth(day1, source)
+    if "type" in truth:
+        raise ConfigError(
+            f"{source or 'day 1'}: simulated with --types, which day 2 does not support; simulate day 1"
+            " without --types"
+        )
     xyz1, test_images, repeats, n_train = day1_layout(day1, source)
     ids1 = unit_ids(day1["unit_id"].values)
     n1 = len(ids1)

@@ -11,6 +11,7 @@ twin.distributed.initialize) and cut into chunks that fit device memory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -214,6 +215,13 @@ def make_ascent(
     return run
 
 
+@functools.lru_cache(maxsize=4)
+def compiled_ascent(graphdef, stacked: bool, objective: Objective, config: MEIConfig, param: Parametrization):
+    """The jitted ``make_ascent``, kept for callers that run the same program again with new
+    targets (MDS rounds reuse one compiled program)."""
+    return jax.jit(make_ascent(graphdef, stacked, objective, config, param))
+
+
 def available_bytes(device) -> int:
     """Free memory of ``device``; CPU devices share the host's free RAM equally."""
     stats = device.memory_stats()
@@ -268,7 +276,7 @@ def run_pairs(
     n_devices = mesh.devices.size
     unit = math.lcm(group, n_devices)
     n_pairs = len(keys)
-    run = make_ascent(graphdef, stacked, objective, config, param)
+    compiled = compiled_ascent(graphdef, stacked, objective, config, param)
     state = distributed.replicate(state, mesh)
 
     def rows(size: int, first: int):
@@ -286,10 +294,9 @@ def run_pairs(
     chunk = config.chunk_size
     if chunk <= 0:
         chunk = auto_chunk_size(
-            run, lambda size: [state, *chunk_args(rows(size, 0))], unit, n_pairs, mesh
+            compiled, lambda size: [state, *chunk_args(rows(size, 0))], unit, n_pairs, mesh
         )
     chunk = math.ceil(chunk / unit) * unit
-    compiled = jax.jit(run)
     starts = range(0, n_pairs, chunk)
     outputs = []
     pending = None
