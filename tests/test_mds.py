@@ -141,6 +141,7 @@ def test_mds_command_writes_store_grid_and_summary(run_dir, capsys):
     assert [n["cluster"] for n in summary["neurons"]] == cluster.tolist()
     assert summary["ari_true_type"] == pytest.approx(adjusted_rand_index(cluster, ds["true_type"].values))
     assert "ari_true_kind" in summary and summary["merges"] == []
+    assert len(summary["spectral_kl"]) == k and min(summary["spectral_kl"]) >= 0
     assert (run_dir / "mds.png").stat().st_size > 0
 
 

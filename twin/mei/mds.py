@@ -314,12 +314,14 @@ def mds_command(
     from twin.mei.run import (
         broadcastable,
         engine_layout,
+        natural_pixels,
         parse_neurons,
         plot_grid,
         stats_channels_first,
     )
     from twin.mei.store import config_toml
     from twin.metrics import adjusted_rand_index
+    from twin.naturalness import naturalness
     from twin.outputs import check_output, output
 
     requested = parse_clusters(clusters)
@@ -381,6 +383,7 @@ def mds_command(
                 truth[name] = np.asarray(params[name])[index]
     k = len(result.images)
     sizes = np.bincount(result.cluster, minlength=k)
+    spectra = naturalness(result.images * engine_std + engine_mean, natural_pixels(data))
     summary = {
         "clusters": int(k),
         "clusters_requested": clusters,
@@ -393,6 +396,8 @@ def mds_command(
         "config_sources": config_sources,
         "cluster_sizes": sizes.tolist(),
         "objective": [float(v) for v in result.objective],
+        "spectral_kl": [float(v) for v in spectra["spectral_kl"]],
+        "natural_spectral_slope": spectra["natural_spectral_slope"],
         **{f"ari_true_{name}": adjusted_rand_index(result.cluster, labels) for name, labels in truth.items()},
         **{
             f"ari_initial_true_{name}": adjusted_rand_index(result.initial_cluster, labels)
