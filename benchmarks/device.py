@@ -69,7 +69,7 @@ def suite_at(quick: bool, part: str, precision: str) -> dict | None:
 def twin_side(out: Path, quick: bool) -> None:
     """Every twin measurement, written to ``out``/twin.json after each."""
     path = out / "twin.json"
-    results = {"quick": quick, "matmul_peak": {}, "float32": {}, "bfloat16": {}}
+    results = {"quick": quick, "matmul_peak": {}, "float32": {}, "bfloat16": {}, "failed": {}}
     for dtype in PRECISIONS:
         log(f"twin: matmul peak {dtype}")
         results["matmul_peak"][dtype] = bench_matmul(quick, dtype)
@@ -77,20 +77,30 @@ def twin_side(out: Path, quick: bool) -> None:
     for precision in PRECISIONS:
         for part in PARTS:
             log(f"twin: {part} {precision}")
-            suite = suite_at(quick, part, precision)
+            try:
+                suite = suite_at(quick, part, precision)
+            except Exception as error:  # one failing part must not cost the others their GPU time
+                results["failed"][f"{part} {precision}"] = f"{type(error).__name__}: {error}"[:300]
+                log(f"twin: {part} {precision} failed: {type(error).__name__}: {error}")
+                continue
             if suite is None:
                 results[precision] = {"skipped": "not available: twin.bench.run_suite has no precision option here"}
                 log(f"twin: {precision} not available")
+                write_json(path, results)
                 break
             results |= {"machine": suite["machine"], "shapes": suite["shapes"]}
             results[precision][part] = suite[part]
             write_json(path, results)
         if precision == "float32":
-            shapes = QUICK if quick else GPU
-            steps = 10 if quick else 1000
+            # --quick: 10 steps, one chunk of all neurons (the engine's memory probe is one more compile).
+            shapes, steps, chunk = (QUICK, 10, QUICK.neurons) if quick else (GPU, 1000, 0)
             log(f"twin: workload, {shapes.neurons} neurons x 1 seed x {steps} walker2019 steps")
-            results["workload"] = bench_workload(shapes, steps)
-            log(f"twin: workload took {results['workload']['wall_s']:.1f} s")
+            try:
+                results["workload"] = bench_workload(shapes, steps, chunk)
+                log(f"twin: workload took {results['workload']['wall_s']:.1f} s")
+            except Exception as error:
+                results["failed"]["workload"] = f"{type(error).__name__}: {error}"[:300]
+                log(f"twin: workload failed: {type(error).__name__}: {error}")
             write_json(path, results)
 
 
@@ -98,7 +108,7 @@ def run_twin_side(out: Path, quick: bool, timeout: float) -> str:
     """The twin side in a child process; returns how it ended."""
     command = [sys.executable, __file__, "--side", "twin", "--started", str(START), "--out", str(out)]
     command += ["--quick"] * quick
-    env = os.environ | {"XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "false")}
+    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} | os.environ  # JAX takes GPU memory as it needs it
     try:
         done = subprocess.run(command, env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -111,7 +121,8 @@ def combine(twin: dict, peer: dict, status: dict) -> dict:
     mei_neurons = twin.get("shapes", {}).get("mei_neurons", [])
     variants = peer_variants(peer, mei_neurons) if peer else {}
     fastest = fastest_peer(variants)
-    rows = {p: ratios(twin[p] | {"peer_fastest": fastest}) for p in PRECISIONS if "skipped" not in twin.get(p, {})}
+    measured = [p for p in PRECISIONS if "skipped" not in twin.get(p, {})]
+    rows = {p: ratios(twin.get(p, {}) | {"peer_fastest": fastest}) for p in measured}
     return twin | {
         "elapsed_s": time.time() - START,
         "status": status,
@@ -174,6 +185,8 @@ def format_markdown(results: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if "skipped" in bf16:
         lines.append(f"\nbf16: {bf16['skipped']}.")
+    for name, message in results.get("failed", {}).items():
+        lines.append(f"\nFailed: {name}: {message}")
     workload = results.get("workload")
     if workload:
         lines.append(

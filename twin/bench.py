@@ -5,14 +5,15 @@ Measured after compilation, medians over a few repeats after one warm-up call:
 - forward: images/s of the eval-mode Twin (nnx.split/merge + jax.jit),
 - train: images/s of one Adam step on the Poisson loss + regularizers (train mode),
 - mei: image-steps/s of the MEI engine (``twin.mei.optimize.make_ascent``) running the peer's loop
-  (SGD, fixed L2 norm each step, no blur) for 1, 16, 128 and 1,024 neurons at once,
+  (SGD, fixed L2 norm each step, no blur) for 1, 16, 128 and 1,024 neurons at once (on a GPU also
+  7,776),
 each with its compile time, XLA's FLOP count per step (``compiled.cost_analysis()``), the
 achieved FLOP/s and its share of the measured float32 matmul peak. Default shapes: the Sensorium 2022 baseline (7,776 neurons, 1x36x64, batch 128,
 4 layers x 64 channels); ``quick``: tiny shapes that only check the suite runs.
 
-The peer (benchmarks/peer_torch.py, neuralpredictors 0.3.0) runs in child processes, once with
-the default glibc malloc and once with the tunables that stop it returning big buffers to the OS
-on every free. Each process times its variants: eager and ``torch.compile`` forward and train
+The peer (benchmarks/peer_torch.py, neuralpredictors 0.3.0) runs in child processes, on the CPU
+once with the default glibc malloc and once with the tunables that stop it returning big buffers
+to the OS on every free, on a GPU once on cuda. Each process times its variants: eager and ``torch.compile`` forward and train
 steps; for MEI the one-neuron loop and the batched loop (one image per neuron, B images per
 forward pass, at twin's neuron counts), eager and compiled. Ratios are against the fastest
 variant of each row; every variant's figure is reported too.
@@ -285,9 +286,10 @@ def bench_mei(shapes: Shapes) -> dict:
     return results
 
 
-def bench_workload(shapes: Shapes, steps: int) -> dict:
+def bench_workload(shapes: Shapes, steps: int, chunk_size: int = 0) -> dict:
     """MEIs of all ``shapes.neurons`` neurons, one seed each, ``steps`` steps of the walker2019
-    recipe through the MEI engine (``optimize_meis``: memory-sized chunks on all devices).
+    recipe through the MEI engine (``optimize_meis`` on all devices; ``chunk_size`` 0: chunks sized
+    from device memory, which costs one more compile).
 
     Wall time from the call to the images in host memory, compilation included.
     """
@@ -295,7 +297,7 @@ def bench_workload(shapes: Shapes, steps: int) -> dict:
     from twin.mei.recipes import RECIPES
 
     model = build_twin(shapes)
-    config = dataclasses.replace(RECIPES["walker2019"], steps=steps, seeds=1)
+    config = dataclasses.replace(RECIPES["walker2019"], steps=steps, seeds=1, chunk_size=chunk_size)
     start = time.perf_counter()
     result = optimize_meis(
         model, 0, np.arange(shapes.neurons), config, image_shape=(shapes.height, shapes.width),
@@ -308,6 +310,7 @@ def bench_workload(shapes: Shapes, steps: int) -> dict:
         "neurons": shapes.neurons,
         "seeds": 1,
         "steps": steps,
+        "chunk_size": chunk_size,
         "wall_s": seconds,
         "image_steps": image_steps,
         "image_step_s": image_steps / seconds,
@@ -448,7 +451,9 @@ def run_suite(quick: bool = False, peer: bool = True, parts: tuple[str, ...] = t
         results[name] = PARTS[name](shapes)
     if peer:
         print("twin bench: PyTorch peer ...", file=sys.stderr, flush=True)
-    results["peer"] = run_peer(shapes) if peer else {"skipped": "--no-peer"}
+    # The peer on the same kind of device; the malloc tunables concern CPU runs only.
+    device = "cuda" if results["machine"]["platform"] == "gpu" else "cpu"
+    results["peer"] = run_peer(shapes, device, tuned_malloc=device == "cpu") if peer else {"skipped": "--no-peer"}
     results["peer_variants"] = peer_variants(results["peer"], shapes.mei_neurons)
     results["peer_fastest"] = fastest_peer(results["peer_variants"])
     results["ratios"] = ratios(results)
