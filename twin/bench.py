@@ -383,9 +383,10 @@ def run_peer(shapes: Shapes, device: str = "cpu", timeout: float | None = None, 
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=timeout)
         except subprocess.TimeoutExpired as expired:
             printed = expired.stdout.decode() if isinstance(expired.stdout, bytes) else expired.stdout or ""
-            if not printed.strip():
+            lines = [line for line in printed.splitlines() if line.endswith("}")]  # whole JSON lines
+            if not lines:
                 return {"skipped": f"peer ({name}) stopped after {timeout:.0f} s before its first figures"}
-            results[name] = json.loads(printed.strip().splitlines()[-1])
+            results[name] = json.loads(lines[-1])
             continue
         if done.returncode != 0:
             tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
