@@ -5,6 +5,10 @@ tunables, which must be set before the process starts) and prints one JSON objec
 
     python benchmarks/peer_torch.py [--shapes JSON] [--repeats 3] [--mei-neurons 3] [--mei-steps 30]
         [--mei-counts 1,16,128,1024] [--mei-budget 512] [--mei-chunk 128] [--no-compile REASON]
+        [--device cpu|cuda]
+
+It prints the eager figures first (with the compiled variants marked unfinished), then the whole
+object, so a run stopped during its compiles still leaves its eager figures on the last line.
 
 Measures, after warm-up, medians over a few repeats:
 - forward images/s (eval mode, no grad, batch 128),
@@ -127,8 +131,21 @@ def build_model(
     return FiringRateEncoder(core=core, readout=readout, shifter=shift, elu_offset=0.0)
 
 
+def synchronized(run):
+    """``run`` followed by waiting for the GPU, when there is one (its kernels run asynchronously)."""
+    if not torch.cuda.is_initialized():
+        return run
+
+    def call():
+        run()
+        torch.cuda.synchronize()
+
+    return call
+
+
 def median_rate(work, run, repeats: int) -> float:
     """``work`` units per second: median over ``repeats`` timed calls of ``run`` after one warm-up."""
+    run = synchronized(run)
     run()
     times = []
     for _ in range(repeats):
@@ -150,8 +167,8 @@ def target_activations(model, images, targets):
 
 
 def random_images(count: int, shapes: dict, generator) -> "torch.Tensor":
-    """``count`` random images (count, 1, y, x), each at L2 norm MEI_NORM."""
-    images = torch.randn(count, 1, shapes["height"], shapes["width"], generator=generator)
+    """``count`` random images (count, 1, y, x) on the generator's device, each at L2 norm MEI_NORM."""
+    images = torch.randn(count, 1, shapes["height"], shapes["width"], generator=generator, device=generator.device)
     return images * (MEI_NORM / images.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
 
 
@@ -194,7 +211,7 @@ def batched_rates(objective, shapes: dict, repeats: int, counts, budget: int, ch
     rates = {}
     for n in counts:
         steps = mei_steps(n, budget, max_steps)
-        targets = torch.arange(n) % shapes["neurons"]
+        targets = (torch.arange(n) % shapes["neurons"]).to(generator.device)
 
         def run():
             for first in range(0, n, chunk):
@@ -207,21 +224,25 @@ def batched_rates(objective, shapes: dict, repeats: int, counts, budget: int, ch
 
 def first_call_seconds(run) -> float:
     """Wall time of the first call of ``run`` (a compiled function's compile time plus one call)."""
+    run = synchronized(run)
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
 
 
-def measure(shapes: dict, repeats: int, mei_neurons: int, max_steps: int, mei: dict, compile_skip: str | None) -> dict:
-    """Forward, train-step and MEI-loop throughput of the baseline at ``shapes``, eager and (unless
-    ``compile_skip`` says why not) compiled. ``mei``: counts, budget, chunk of the batched loop."""
+def measure(
+    shapes: dict, repeats: int, mei_neurons: int, max_steps: int, mei: dict, compile_skip: str | None, device: str, emit
+) -> dict:
+    """Forward, train-step and MEI-loop throughput of the baseline at ``shapes`` on ``device``, eager
+    and (unless ``compile_skip`` says why not) compiled. ``mei``: counts, budget, chunk of the batched
+    loop. ``emit(result)`` receives the eager figures before the compiles start."""
     model = build_model(
         shapes["neurons"], (shapes["height"], shapes["width"]), shapes["channels"], shapes["layers"]
-    )
+    ).to(device)
     batch = shapes["batch"]
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randn(batch, 1, shapes["height"], shapes["width"], generator=generator)
-    responses = torch.poisson(torch.ones(batch, shapes["neurons"]), generator=generator)
+    generator = torch.Generator(device).manual_seed(1)
+    images = torch.randn(batch, 1, shapes["height"], shapes["width"], generator=generator, device=device)
+    responses = torch.poisson(torch.ones(batch, shapes["neurons"], device=device), generator=generator)
     loss_scale = (shapes["n_train"] / batch) ** 0.5
 
     def train_loss(images, responses):
@@ -265,6 +286,8 @@ def measure(shapes: dict, repeats: int, mei_neurons: int, max_steps: int, mei: d
     batched = dict(shapes=shapes, repeats=repeats, **mei, max_steps=max_steps, generator=generator)
     result["mei_batched"] = batched_rates(objective, **batched)
     result["mei_batched_steps"] = {str(n): mei_steps(n, mei["budget"], max_steps) for n in mei["counts"]}
+    if not compile_skip:
+        emit(result | {"compiled": {"skipped": "torch.compile variants unfinished (the run was stopped)"}})
     result["compiled"] = {"skipped": compile_skip} if compile_skip else measure_compiled(
         model, images, responses, train_loss, objective, forward_rate, train_rate, batched
     )
@@ -293,7 +316,7 @@ def measure_compiled(model, images, responses, train_loss, objective, forward_ra
         shapes, generator = batched["shapes"], batched["generator"]
         mei_s = 0.0
         for size in sorted({min(n, batched["chunk"]) for n in batched["counts"]}):  # one compile per batch size
-            targets = torch.arange(size) % shapes["neurons"]
+            targets = (torch.arange(size) % shapes["neurons"]).to(generator.device)
             start_images = random_images(size, shapes, generator)
             mei_s += first_call_seconds(lambda: mei_batch(compiled_objective, start_images, targets, 1))
         check_compiled_gradient(objective, compiled_objective, shapes, generator)
@@ -314,7 +337,7 @@ def mei_gradient(objective, images, targets):
 def check_compiled_gradient(objective, compiled_objective, shapes: dict, generator) -> None:
     """Raise when the compiled batched objective's gradient differs from the eager one's."""
     images = random_images(4, shapes, generator)
-    targets = torch.arange(4) % shapes["neurons"]
+    targets = (torch.arange(4) % shapes["neurons"]).to(generator.device)
     eager, compiled = mei_gradient(objective, images, targets), mei_gradient(compiled_objective, images, targets)
     if not torch.allclose(eager, compiled, rtol=1e-3, atol=1e-5 * float(eager.abs().max())):
         raise RuntimeError("the compiled MEI gradient differs from the eager one")
@@ -330,17 +353,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mei-budget", type=int, default=512, help="batched image-steps per timed call")
     parser.add_argument("--mei-chunk", type=int, default=128, help="images per batched forward pass, at most")
     parser.add_argument("--no-compile", metavar="REASON", help="skip the torch.compile variants, saying why")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     args = parser.parse_args(argv)
     mei = dict(counts=[int(n) for n in args.mei_counts.split(",")], budget=args.mei_budget, chunk=args.mei_chunk)
-    result = {
+    head = {
         "torch": torch.__version__,
         "neuralpredictors": importlib.metadata.version("neuralpredictors"),
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "shapes": args.shapes,
-        **measure(args.shapes, args.repeats, args.mei_neurons, args.mei_steps, mei, args.no_compile),
     }
-    print(json.dumps(result))
+
+    def emit(result):
+        print(json.dumps(head | result), flush=True)
+
+    emit(measure(args.shapes, args.repeats, args.mei_neurons, args.mei_steps, mei, args.no_compile, args.device, emit))
     return 0
 
 

@@ -5,14 +5,15 @@ Measured after compilation, medians over a few repeats after one warm-up call:
 - forward: images/s of the eval-mode Twin (nnx.split/merge + jax.jit),
 - train: images/s of one Adam step on the Poisson loss + regularizers (train mode),
 - mei: image-steps/s of the MEI engine (``twin.mei.optimize.make_ascent``) running the peer's loop
-  (SGD, fixed L2 norm each step, no blur) for 1, 16, 128 and 1,024 neurons at once,
+  (SGD, fixed L2 norm each step, no blur) for 1, 16, 128 and 1,024 neurons at once (on a GPU also
+  7,776),
 each with its compile time, XLA's FLOP count per step (``compiled.cost_analysis()``), the
 achieved FLOP/s and its share of the measured float32 matmul peak. Default shapes: the Sensorium 2022 baseline (7,776 neurons, 1x36x64, batch 128,
 4 layers x 64 channels); ``quick``: tiny shapes that only check the suite runs.
 
-The peer (benchmarks/peer_torch.py, neuralpredictors 0.3.0) runs in child processes, once with
-the default glibc malloc and once with the tunables that stop it returning big buffers to the OS
-on every free. Each process times its variants: eager and ``torch.compile`` forward and train
+The peer (benchmarks/peer_torch.py, neuralpredictors 0.3.0) runs in child processes, on the CPU
+once with the default glibc malloc and once with the tunables that stop it returning big buffers
+to the OS on every free, on a GPU once on cuda. Each process times its variants: eager and ``torch.compile`` forward and train
 steps; for MEI the one-neuron loop and the batched loop (one image per neuron, B images per
 forward pass, at twin's neuron counts), eager and compiled. Ratios are against the fastest
 variant of each row; every variant's figure is reported too.
@@ -86,7 +87,17 @@ class Shapes:
 
 
 FULL = Shapes(7776, 36, 64, 128, 64, 4, 4500, (1, 16, 128, 1024), 512, 100, 128, 3, 3, 30, True)
+# On a GPU: MEIs for up to all 7,776 neurons at once, in chunks of 7,776 / 3 (the peer's batched
+# loop reads out a (chunk, chunk) matrix per step, so it cannot take all 7,776 in one pass).
+GPU = Shapes(7776, 36, 64, 128, 64, 4, 4500, (1, 16, 128, 1024, 7776), 65536, 100, 2592, 3, 3, 30, True)
 QUICK = Shapes(24, 20, 24, 4, 8, 2, 64, (1, 4), 8, 2, 2, 1, 2, 3, False)
+
+
+def suite_shapes(quick: bool) -> Shapes:
+    """QUICK, else GPU on a GPU, else FULL."""
+    if quick:
+        return QUICK
+    return GPU if jax.default_backend() == "gpu" else FULL
 
 
 def machine_info() -> dict:
@@ -148,14 +159,15 @@ def throughput(work: float, seconds: float, compile_s: float, flops: float, unit
     }
 
 
-def bench_matmul(quick: bool) -> dict:
-    """Measured float32 matmul peak of the default device (the yardstick for achieved FLOP/s)."""
+def bench_matmul(quick: bool, dtype: str = "float32") -> dict:
+    """Measured matmul peak of the default device in ``dtype`` (the yardstick for achieved FLOP/s);
+    float32 runs at JAX's default matmul precision (TF32 on recent NVIDIA GPUs), as the model does."""
     n = 256 if quick else (2048 if jax.devices()[0].platform == "cpu" else 8192)
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
     matmul = jax.jit(lambda a: a @ a)
     compiled = matmul.lower(a).compile()
-    seconds = median_seconds(lambda: compiled(a).block_until_ready(), 3)
-    return {"n": n, "gflop_s": 2 * n**3 / seconds / 1e9}
+    seconds = median_seconds(lambda: compiled(a).block_until_ready(), 10)
+    return {"n": n, "dtype": dtype, "gflop_s": 2 * n**3 / seconds / 1e9}
 
 
 def build_twin(shapes: Shapes) -> Twin:
@@ -274,6 +286,38 @@ def bench_mei(shapes: Shapes) -> dict:
     return results
 
 
+def bench_workload(shapes: Shapes, steps: int, chunk_size: int = 0) -> dict:
+    """MEIs of all ``shapes.neurons`` neurons, one seed each, ``steps`` steps of the walker2019
+    recipe through the MEI engine (``optimize_meis`` on all devices; ``chunk_size`` 0: chunks sized
+    from device memory, which costs one more compile).
+
+    Wall time from the call to the images in host memory, compilation included.
+    """
+    from twin.mei.optimize import optimize_meis
+    from twin.mei.recipes import RECIPES
+
+    model = build_twin(shapes)
+    config = dataclasses.replace(RECIPES["walker2019"], steps=steps, seeds=1, chunk_size=chunk_size)
+    start = time.perf_counter()
+    result = optimize_meis(
+        model, 0, np.arange(shapes.neurons), config, image_shape=(shapes.height, shapes.width),
+        pixel_range=(-2.0, 2.0), progress=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    image_steps = int(result.steps.sum())
+    return {
+        "recipe": "walker2019",
+        "neurons": shapes.neurons,
+        "seeds": 1,
+        "steps": steps,
+        "chunk_size": chunk_size,
+        "wall_s": seconds,
+        "image_steps": image_steps,
+        "image_step_s": image_steps / seconds,
+        "images_finite": bool(np.isfinite(result.images).all()),
+    }
+
+
 def bench_loader(shapes: Shapes) -> dict:
     """``batches`` over one shuffled training epoch of an in-memory session: trials/s."""
     from twin.data.loader import batches
@@ -321,20 +365,29 @@ def peer_available() -> str | None:
     return None
 
 
-def run_peer(shapes: Shapes) -> dict:
-    """The peer in two child processes: {"default": {...}, "malloc_tuned": {...}} or {"skipped": why}."""
+def run_peer(shapes: Shapes, device: str = "cpu", timeout: float | None = None, tuned_malloc: bool = True) -> dict:
+    """The peer in child processes on torch ``device``: {"default": {...}, "malloc_tuned": {...}}
+    (the second only with ``tuned_malloc``) or {"skipped": why}. A process still running after
+    ``timeout`` seconds is stopped and its eager figures, printed before the compiled ones, kept."""
     reason = peer_available()
     if reason:
         return {"skipped": reason}
+    settings = (("default", None), ("malloc_tuned", MALLOC_TUNABLES))
     results = {}
-    for name, tunables in (("default", None), ("malloc_tuned", MALLOC_TUNABLES)):
+    for name, tunables in settings if tuned_malloc else settings[:1]:
         env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
         if tunables:
             env["GLIBC_TUNABLES"] = tunables
-        done = subprocess.run(
-            [sys.executable, str(PEER_SCRIPT), *shapes.peer_arguments()],
-            env=env, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        command = [sys.executable, str(PEER_SCRIPT), *shapes.peer_arguments(), "--device", device]
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=timeout)
+        except subprocess.TimeoutExpired as expired:
+            printed = expired.stdout.decode() if isinstance(expired.stdout, bytes) else expired.stdout or ""
+            lines = [line for line in printed.splitlines() if line.endswith("}")]  # whole JSON lines
+            if not lines:
+                return {"skipped": f"peer ({name}) stopped after {timeout:.0f} s before its first figures"}
+            results[name] = json.loads(lines[-1])
+            continue
         if done.returncode != 0:
             tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
             return {"skipped": f"peer failed ({name}): {tail[0]}"}
@@ -391,7 +444,7 @@ def ratios(results: dict) -> dict:
 def run_suite(quick: bool = False, peer: bool = True, parts: tuple[str, ...] = tuple(PARTS)) -> dict:
     """The measurements named in ``parts`` (all by default), the peer's and the ratios, as one
     JSON-ready dict."""
-    shapes = QUICK if quick else FULL
+    shapes = suite_shapes(quick)
     results = {"machine": machine_info(), "quick": quick, "shapes": dataclasses.asdict(shapes)}
     results["matmul_peak"] = bench_matmul(quick)
     for name in parts:
@@ -399,7 +452,9 @@ def run_suite(quick: bool = False, peer: bool = True, parts: tuple[str, ...] = t
         results[name] = PARTS[name](shapes)
     if peer:
         print("twin bench: PyTorch peer ...", file=sys.stderr, flush=True)
-    results["peer"] = run_peer(shapes) if peer else {"skipped": "--no-peer"}
+    # The peer on the same kind of device; the malloc tunables concern CPU runs only.
+    device = "cuda" if results["machine"]["platform"] == "gpu" else "cpu"
+    results["peer"] = run_peer(shapes, device, tuned_malloc=device == "cpu") if peer else {"skipped": "--no-peer"}
     results["peer_variants"] = peer_variants(results["peer"], shapes.mei_neurons)
     results["peer_fastest"] = fastest_peer(results["peer_variants"])
     results["ratios"] = ratios(results)
