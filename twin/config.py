@@ -368,7 +368,7 @@ class MEIConfig(Checked):
     # Transparent MEIs (`twin mei --transparency`): the loss is -activation + opacity_penalty x the
     # mean opacity (normalized response units per unit of opacity); the per-pixel opacity is a
     # sigmoid of logits that start at 0 (half opaque) and step with Adam at opacity_learning_rate.
-    opacity_penalty: float = number(1.0, 0)
+    opacity_penalty: float = number(0.1, 0)
     opacity_learning_rate: float = number(0.05, 0, lo_open=True)
 
 

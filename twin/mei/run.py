@@ -168,16 +168,21 @@ def is_store(path: str) -> bool:
     return Path(path).suffix == ".zarr"
 
 
-def store_centres(path, ds, run, session, data, index, engine_mean, engine_std):
+def store_centres(path, ds, run, session, data, index, image_mean, image_std):
     """(neuron indices (n,), centres (n, [channel,] y, x) normalized): the best-seed MEIs of
-    ``index (n,)`` (None: all of the store's) from the MEI store ``ds`` read from ``path``."""
+    ``index (n,)`` (None: all of the store's) from the MEI store ``ds`` read from ``path``, whose
+    normalization must be the session's ``image_mean``, ``image_std`` (channels first)."""
     from twin.mei.context import check_centre_store
 
     rows = check_centre_store(path, ds, run, session, data.unit_id, data.image_shape, data.channels, index)
-    pixels = (ds["images"] * ds["image_std"] + ds["image_mean"]).values
-    chosen = pixels[rows, ds["best_seed"].values.astype(np.int64)[rows]]
-    centres = ((chosen - engine_mean) / engine_std).astype(np.float32)
-    return ds["neuron_index"].values[rows].astype(np.int64), centres
+    for name, value in (("image_mean", image_mean), ("image_std", image_std)):
+        if not np.array_equal(ds[name].values, value):
+            raise ConfigError(
+                f"--centre {path}: variable {name} differs from the normalization of the session's store"
+                f" {data.path}; make the MEIs with the same session store"
+            )
+    chosen = ds["images"].values[rows, ds["best_seed"].values.astype(np.int64)[rows]]
+    return ds["neuron_index"].values[rows].astype(np.int64), chosen.astype(np.float32)
 
 
 def file_centres(path, data, n: int, engine_mean, engine_std):
@@ -327,7 +332,7 @@ def mei_command(
     from twin.data.store import open_session
     from twin.mei import diverse, validate
     from twin.mei.context import GRAY, background_bank, surround_inputs
-    from twin.mei.masks import tight_masks
+    from twin.mei.masks import THRESHOLD, tight_masks
     from twin.mei.optimize import neuron_objective, optimize_meis
     from twin.mei.recipes import recipe_config
     from twin.mei.store import config_toml, meis_dataset, open_meis, write_meis
@@ -394,8 +399,14 @@ def mei_command(
     }
     if surround is not None:
         if centre_store is not None:
-            index, centre_images = store_centres(centre, centre_store, run, session, data, index, engine_mean, engine_std)
+            index, centre_images = store_centres(centre, centre_store, run, session, data, index, image_mean, image_std)
             masks = tight_masks(model, neuron_objective(session, **fixed), centre_images, index, engine_std, solid=True)
+            empty = np.flatnonzero(~(masks == 1).any(axis=(1, 2)))
+            if len(empty):
+                raise ConfigError(
+                    f"--centre {centre}: the MEI of unit {data.unit_id[index[empty[0]]]} nowhere differs from"
+                    f" the mean gray by {THRESHOLD:g} levels, so it has no centre; pass stronger MEIs (more steps)"
+                )
         else:
             centre_images, masks = file_centres(centre, data, len(index), engine_mean, engine_std)
         found = surround_inputs(
