@@ -149,6 +149,8 @@ FIELDS = {
         "dei_learning_rate": floats(0, lo_open=True),
         "dei_penalty": floats(0),
         "dei_diversity": choices("pixel", "population"),
+        "opacity_penalty": floats(0),
+        "opacity_learning_rate": floats(0, lo_open=True),
     },
     LoopConfig: {
         "simulated_neurons": ints(1),

@@ -369,6 +369,10 @@ def cmd_mei(args) -> int:
         process_id=args.process_id,
         overwrite=args.overwrite,
         stores=args.store,
+        surround=args.surround,
+        centre=args.centre,
+        transparency=args.transparency,
+        background=args.background,
     )
     import jax
 
@@ -376,6 +380,14 @@ def cmd_mei(args) -> int:
         return 0  # process 0 reports for all hosts
     if args.json:
         print_json(summary)
+    elif args.surround:
+        true_ratio = summary["median_true_surround_ratio"]
+        print(
+            f"wrote {args.out}: {args.surround} surrounds of {len(summary['neurons'])} neurons, recipe"
+            f" {summary['recipe']} ({'; '.join(summary['config_sources'])}), median response with the"
+            f" surround / centre alone {summary['median_surround_ratio']:.2f} under the twin"
+            + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
+        )
     else:
         true_ratio = summary["median_true_ratio"]
         print(
@@ -385,6 +397,7 @@ def cmd_mei(args) -> int:
             + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
             + f"; median spectral KL from the natural images {summary['median_spectral_kl']:.2f}"
             f" (spectral slope: natural {summary['natural_spectral_slope']:.2f})"
+            + (f"; mean opacity {summary['mean_opacity']:.2f}" if args.transparency else "")
         )
     return 0
 
@@ -820,7 +833,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("mei", help="most exciting inputs for many neurons and seeds at once")
     p.add_argument("run")
-    p.add_argument("--neurons", default="all", help=NEURONS_HELP)
+    p.add_argument("--neurons", help=NEURONS_HELP + " (default: all; with a --centre MEI store, its neurons)")
     p.add_argument("--seeds", type=at_least(1), help="initializations per neuron")
     p.add_argument("--recipe", help="walker2019, sinz_ga or lucid (default: the run's [mei].recipe)")
     p.add_argument("--config", help="TOML file with a [mei] table")
@@ -829,6 +842,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", type=at_least(0), default=0, help="session index within the run")
     p.add_argument("--validator", help="a second run whose model picks the best seed")
     p.add_argument("--store", nargs="+", help="session stores to use instead of the run's own")
+    p.add_argument(
+        "--surround", choices=["excite", "suppress"],
+        help="optimize only the surround of each neuron's fixed --centre, to excite or suppress it",
+    )
+    p.add_argument(
+        "--centre", metavar="MEIS.zarr|IMAGES",
+        help="the centres for --surround: an MEI store of this run (each MEI inside its tight mask) or"
+        " image patches on the mean gray (.npy, folder or .zip; one, or one per neuron)",
+    )
+    p.add_argument(
+        "--transparency", action="store_true",
+        help="optimize each MEI with a per-pixel opacity over --background ([mei].opacity_penalty,"
+        " opacity_learning_rate)",
+    )
+    p.add_argument(
+        "--background", metavar="grey|noise|IMAGES",
+        help="what shows through transparent pixels, drawn anew each step: grey (default), noise, or"
+        " natural images (.npy, folder, .zip or a session store)",
+    )
     p.add_argument("--json", action="store_true")
     add_multihost_flags(p)
     add_overwrite_flag(p)

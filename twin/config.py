@@ -365,6 +365,11 @@ class MEIConfig(Checked):
     dei_penalty: float = number(10.0, 0)  # weight of the activation constraint against diversity
     # "pixel" (RMS difference) or "population" (response cosine).
     dei_diversity: str = choice("pixel", "population")
+    # Transparent MEIs (`twin mei --transparency`): the loss is -activation + opacity_penalty x the
+    # mean opacity (normalized response units per unit of opacity); the per-pixel opacity is a
+    # sigmoid of logits that start at 0 (half opaque) and step with Adam at opacity_learning_rate.
+    opacity_penalty: float = number(0.1, 0)
+    opacity_learning_rate: float = number(0.05, 0, lo_open=True)
 
 
 SECTIONS: dict[str, type] = {

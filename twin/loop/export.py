@@ -216,6 +216,12 @@ def export_stimuli(
     if matching not in MATCHING:
         raise ConfigError(f"--matching {matching!r}: use one of {', '.join(MATCHING)}")
     store = open_meis(meis)
+    if "surround" in store.attrs:
+        raise ConfigError(
+            f"{meis}: holds {store.attrs['surround']} surrounds, which need the centre alone as their"
+            " control; twin export writes MEIs with natural controls, so export a store of plain or"
+            " transparent MEIs"
+        )
     inputs = [meis, store.attrs["store"], store.attrs["run"], *([monitor_path] if monitor_path else [])]
     check_output(out, overwrite, inputs=inputs)
     channels = store.sizes.get("channel", 1)

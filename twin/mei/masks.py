@@ -4,7 +4,8 @@
   dropped, convex hull, dilated, blurred; values in [0, 1].
 - ``gaussian_mask``: a Gaussian envelope fitted to the MEI's contrast energy.
 - ``tight_mask``: the Walker mask eroded step by step until the model's activation falls to
-  ``fraction`` (90%) of the full-mask value; the last mask above it.
+  ``fraction`` (90%) of the full-mask value; the last mask above it (``tight_masks``: many at
+  once; ``solid``: masks that are 1 on the whole eroded region, for a centre kept exactly).
 
 A mask m shows an image as mean + m * (image - mean); in normalized units (mean 0), m * image.
 """
@@ -88,6 +89,56 @@ def gaussian_mask(mei: np.ndarray, mean: float, width: float = 2.0) -> np.ndarra
     return np.exp(-0.5 * distance / width**2).reshape(energy.shape)
 
 
+def solid_edge(region: np.ndarray, blur: float = BLUR) -> np.ndarray:
+    """(y, x) mask that is 1 on the whole boolean ``region`` and fades outward as its Gaussian
+    blur: max(region, blurred region), so pixels of the region are kept exactly."""
+    region = region.astype(np.float64)
+    return np.maximum(region, ndimage.gaussian_filter(region, blur, mode="constant"))
+
+
+def tight_masks(
+    model,
+    objective: Objective,
+    meis: np.ndarray,
+    neurons,
+    image_std,
+    fraction: float = 0.9,
+    blur: float = BLUR,
+    solid: bool = False,
+) -> np.ndarray:
+    """(n, y, x) Walker masks of ``meis (n, [channel,] y, x)`` (normalized units, mean 0; ``image_std``
+    converts the pixel threshold) of ``neurons (n,)``, each eroded until the activation falls
+    below ``fraction`` of its full-mask one; the candidates of all neurons are scored in one
+    batch. solid: candidates are ``solid_edge`` masks (1 on the whole eroded region) instead
+    of the blurred region."""
+    neurons = np.asarray(neurons, np.int64).reshape(-1)
+    candidates = []
+    for mei in meis:
+        regions = [hull_region(mei * image_std, 0.0)]
+        while regions[-1].any():
+            regions.append(ndimage.binary_erosion(regions[-1]))
+        if solid:
+            masks = [solid_edge(r, blur) for r in regions]
+        else:
+            masks = [ndimage.gaussian_filter(r.astype(np.float64), blur, mode="constant") for r in regions]
+        candidates.append(np.stack(masks).astype(np.float32))
+    # (k, y, x) masks shared by the channels of a (channel, y, x) MEI
+    images = np.concatenate([
+        masks.reshape(len(masks), *[1] * (mei.ndim - 2), *masks.shape[1:]) * mei[None]
+        for masks, mei in zip(candidates, meis)
+    ])
+    owner = np.repeat(neurons, [len(masks) for masks in candidates]).astype(np.int32)
+    values = evaluate_pairs(model, objective, images, {"neuron": owner})
+    chosen = []
+    first = 0
+    for masks in candidates:
+        scores = values[first : first + len(masks)]
+        first += len(masks)
+        below = np.flatnonzero(scores < fraction * scores[0])
+        chosen.append(masks[below[0] - 1] if len(below) else masks[-1])
+    return np.stack(chosen)
+
+
 def tight_mask(
     model,
     objective: Objective,
@@ -99,15 +150,4 @@ def tight_mask(
 ) -> np.ndarray:
     """(y, x) Walker mask of ``mei (y, x)`` (normalized units, mean 0; ``image_std`` converts the
     pixel threshold) eroded until the activation falls below ``fraction`` of the full-mask one."""
-    region = hull_region(mei * image_std, 0.0)
-    regions = [region]
-    while regions[-1].any():
-        regions.append(ndimage.binary_erosion(regions[-1]))
-    masks = np.stack(
-        [ndimage.gaussian_filter(r.astype(np.float64), blur, mode="constant") for r in regions]
-    ).astype(np.float32)
-    values = evaluate_pairs(
-        model, objective, masks * mei[None], {"neuron": np.full(len(masks), neuron, np.int32)}
-    )
-    below = np.flatnonzero(values < fraction * values[0])
-    return masks[below[0] - 1] if len(below) else masks[-1]
+    return tight_masks(model, objective, mei[None], [neuron], image_std, fraction, blur)[0]

@@ -42,6 +42,9 @@ class MEIResult:
     best_seed: np.ndarray  # (n,) by the validator if given, else by the generator
     steps: np.ndarray  # (n, seeds) steps each pair ran before stopping
     validator_activations: np.ndarray | None = None  # (n, seeds)
+    # Transparent MEIs: images are the foreground under its opacity over the mean gray.
+    foreground: np.ndarray | None = None  # (n, seeds, [channel,] y, x)
+    opacity: np.ndarray | None = None  # (n, seeds, y, x) in (0, 1)
 
     def best_images(self) -> np.ndarray:
         """(n, [channel,] y, x) the chosen seed's image per neuron."""
@@ -123,19 +126,32 @@ def make_ascent(
     graphdef, stacked: bool, objective: Objective, config: MEIConfig, param: Parametrization
 ):
     """Pure function (state, keys (p, 2), targets, start | None) -> (images (p, *image_shape),
-    values (p,), steps (p,)) running the whole recipe for a batch of pairs."""
+    values (p,), steps (p,)) running the whole recipe for a batch of pairs. For transparent
+    images (``param.transparent``) images is a dict: "images" (over the mean gray), "foreground"
+    (the image under the opacity) and "opacity" (p, y, x), and the loss adds
+    ``config.opacity_penalty`` x the mean opacity."""
     pixel = not param.fourier
     blur_sigma = ops.schedule(config.blur_sigma, config.final_blur_sigma, config.steps, "linear")
     radius = ops.blur_radius(config.blur_sigma, config.final_blur_sigma)
     tx = ops.optimizer(config)
+    if param.transparent:
+        labels = {"image": "image", "opacity": "opacity"}
+        tx = optax.multi_transform({"image": tx, "opacity": optax.adam(config.opacity_learning_rate)}, labels)
     stopping = config.tolerance > 0
 
-    def image_of(params, targets):
-        images = param.to_image(params)
-        if "mask" not in targets:
-            return images
-        # One (y, x) mask per pair, shared by its channels.
-        return images * jnp.expand_dims(targets["mask"], tuple(range(1, images.ndim - 2)))
+    def image_of(params, targets, keys=None):
+        images = param.to_image(params, keys)
+
+        def per_pair(mask):  # one (y, x) mask per pair, shared by its channels
+            return jnp.expand_dims(mask, tuple(range(1, images.ndim - 2)))
+
+        if "mask" in targets:
+            images = images * per_pair(targets["mask"])
+        if "centre" in targets:
+            # Surround: the pair's fixed centre where its mask is 1, the optimized image outside.
+            inside = per_pair(targets["centre_mask"])
+            images = inside * targets["centre"] + (1 - inside) * images
+        return images
 
     def constrain(params, sigma):
         # Walker 2019 order: step, clip to the pixel range, blur the image.
@@ -153,14 +169,16 @@ def make_ascent(
 
         init_keys, loop_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
         params = jax.vmap(param.init)(init_keys) if start is None else start
-        n = params.shape[0]
+        n = len(keys)
 
         def loss(params, step_keys):
-            images = image_of(params, targets)
+            images = image_of(params, targets, step_keys)
             images = ops.random_transform(
                 images, step_keys, config.jitter, config.scale_jitter, config.rotate
             )
             values = evaluate(images)
+            if param.transparent:
+                values = values - config.opacity_penalty * param.opacity(params).mean(axis=(1, 2))
             return -values.sum(), values
 
         def body(carry):
@@ -168,6 +186,7 @@ def make_ascent(
             sigma = blur_sigma(t)
             step_keys = jax.vmap(jax.random.fold_in, (0, None))(loop_keys, t)
             gradient, values = jax.grad(loss, has_aux=True)(params, step_keys)
+            gradient, opacity_gradient = param.split(gradient)
             ascent = -gradient
             if pixel and config.blur_target == "gradient":
                 ascent = ops.gaussian_blur(ascent, sigma, radius)
@@ -175,17 +194,18 @@ def make_ascent(
                 ascent = ops.precondition(ascent, config.precondition)
             if config.normalize_gradient:
                 ascent = ops.normalize_gradient(ascent, config.step_gain * param.pixel_unit)
-            updates, new_state = tx.update(-ascent, opt_state, params)
+            updates, new_state = tx.update(param.join(-ascent, opacity_gradient), opt_state, params)
             new_params = optax.apply_updates(params, updates)
             if pixel:
-                new_params = constrain(new_params, sigma)
+                image_params, opacity_params = param.split(new_params)
+                new_params = param.join(constrain(image_params, sigma), opacity_params)
 
             # Stopped pairs keep their image and optimizer state (a masked update, no host sync).
             def keep(new, old):
                 mask = active.reshape(active.shape + (1,) * (new.ndim - 1))
                 return jnp.where(mask, new, old) if new.ndim and new.shape[0] == n else new
 
-            params = keep(new_params, params)
+            params = jax.tree.map(keep, new_params, params)
             opt_state = jax.tree.map(keep, new_state, opt_state)
             steps = steps + active
             if stopping:
@@ -210,7 +230,10 @@ def make_ascent(
         )
         _, params, _, _, _, steps = jax.lax.while_loop(cond, body, carry)
         images = image_of(params, targets)
-        return images, evaluate(images), steps
+        values = evaluate(images)
+        if param.transparent:
+            images = {"images": images, "foreground": param.image(params), "opacity": param.opacity(params)}
+        return images, values, steps
 
     return run
 
@@ -269,7 +292,8 @@ def run_pairs(
     keys: (p, 2) uint32; start: optional initial parameters (p, ...); group: pairs whose objective
     is coupled (DEIs of one neuron) stay in one chunk; devices: default all devices of all
     processes (every process then makes the same call with the same arguments). Returns numpy
-    images (p, *param.shape), values (p,), steps (p,), in every process.
+    images (p, *param.shape) (a dict of arrays for transparent images, see make_ascent), values
+    (p,), steps (p,), in every process.
     """
     graphdef, state, stacked = split_model(model)
     mesh = distributed.data_mesh(devices)
@@ -288,7 +312,7 @@ def run_pairs(
 
     def chunk_args(index):
         args = [keys[index], {k: v[index] for k, v in targets.items()}]
-        args.append(None if start is None else start[index])
+        args.append(None if start is None else jax.tree.map(lambda a: a[index], start))
         return distributed.shard_batch(args, mesh)
 
     chunk = config.chunk_size
@@ -308,7 +332,7 @@ def run_pairs(
             outputs.append(distributed.gather(pending))
         pending = dispatched
     outputs.append(distributed.gather(pending))
-    return tuple(np.concatenate(out)[:n_pairs] for out in zip(*outputs))
+    return jax.tree.map(lambda *parts: np.concatenate(parts)[:n_pairs], *outputs)
 
 
 def evaluate_pairs(
@@ -351,6 +375,8 @@ def optimize_meis(
     image_stats=None,
     validator: nnx.Module | None = None,
     mask: np.ndarray | None = None,
+    centre: tuple[np.ndarray, np.ndarray] | None = None,
+    backgrounds: np.ndarray | None = None,
     behavior=None,
     pupil_center=None,
     objective: Objective | None = None,
@@ -363,8 +389,11 @@ def optimize_meis(
     ground-truth adapter). image_shape: (y, x), or (channel, y, x) for a model of several image
     channels. pixel_range: (lo, hi) valid normalized values; image_stats: (mean, std) in pixel
     levels 0..255 (see Parametrization; without it pixel_range is 0..255). mask: optional (y, x) or
-    (n, y, x) multiplied into every image (every channel). validator: a distinct model that picks the
-    best seed. objective: per-pair objective (default ``neuron_objective``; see twin.mei.diverse
+    (n, y, x) multiplied into every image (every channel). centre: (images (n, *image_shape), masks
+    (n, y, x) in [0, 1]): only the surround of each neuron's fixed centre is optimized, images
+    being mask * centre + (1 - mask) * surround. backgrounds: (k, *image_shape) in normalized units
+    for transparent MEIs (see Parametrization), and the result's images are then over the mean
+    gray. validator: a distinct model that picks the best seed. objective: per-pair objective (default ``neuron_objective``; see twin.mei.diverse
     for population objectives). devices: defaults to all devices of all processes.
     """
     neurons = np.asarray(neurons, np.int64).reshape(-1)
@@ -375,7 +404,10 @@ def optimize_meis(
     if mask is not None:
         mask = np.broadcast_to(np.asarray(mask, np.float32), (len(neurons), *image_shape[-2:]))
         targets["mask"] = np.repeat(mask, seeds, axis=0)
-    param = Parametrization(config, image_shape, pixel_range, image_stats)
+    if centre is not None:
+        targets["centre"] = np.repeat(np.asarray(centre[0], np.float32), seeds, axis=0)
+        targets["centre_mask"] = np.repeat(np.asarray(centre[1], np.float32), seeds, axis=0)
+    param = Parametrization(config, image_shape, pixel_range, image_stats, backgrounds)
     if objective is None:
         objective = neuron_objective(session, behavior, pupil_center)
     images, values, steps = run_pairs(
@@ -383,6 +415,13 @@ def optimize_meis(
         devices=devices, progress=progress,
     )
     shape = (len(neurons), seeds)
+    layers = {}
+    if param.transparent:
+        layers = {
+            "foreground": images["foreground"].reshape(*shape, *image_shape),
+            "opacity": images["opacity"].reshape(*shape, *image_shape[-2:]),
+        }
+        images = images["images"]
     activations = values.reshape(shape)
     scores = activations
     validator_activations = None
@@ -397,4 +436,5 @@ def optimize_meis(
         best_seed=np.argmax(scores, axis=1),
         steps=steps.reshape(shape),
         validator_activations=validator_activations,
+        **layers,
     )

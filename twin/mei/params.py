@@ -7,6 +7,11 @@ units, where 0 is the mean gray of the training images.
   scaled by 1 / max(f, 1 / max(y, x)) ** decay (f in cycles per pixel) and inverted with the
   orthonormal inverse FFT; with range clipping the result is squashed into the pixel range by a
   sigmoid that maps 0 to 0, as lucid squashes into [0, 1].
+
+Transparency (sinzlab/mei's transparent MEIs): the parameters are a dict of the image's parameters
+("image", either of the above) and per-pixel opacity logits ("opacity", (pairs, y, x)); the model
+sees opacity * image + (1 - opacity) * background, the background drawn at random each step from
+a bank of images (mean gray, noise or natural images).
 """
 
 from __future__ import annotations
@@ -66,13 +71,17 @@ class Parametrization:
     or (channel, 1, 1) for per-channel normalization); image_stats: (mean, std) of the
     normalization in pixel levels 0..255 (same layouts; the loader maps the store's pixel_range
     onto 0..255, so recipes written for 0..255 fit any store), used to place the initialization
-    (without it pixel_range is taken to be 0..255).
+    (without it pixel_range is taken to be 0..255); backgrounds: for transparent images, the bank
+    (k, *image_shape) in normalized units that each step draws one background from per pair;
+    None for opaque images.
     """
 
     def __init__(
-        self, config: MEIConfig, image_shape: tuple[int, int], pixel_range, image_stats=None
+        self, config: MEIConfig, image_shape: tuple[int, int], pixel_range, image_stats=None,
+        backgrounds=None,
     ):
         self.config = config
+        self.backgrounds = None if backgrounds is None else jnp.asarray(backgrounds, jnp.float32)
         self.shape = tuple(image_shape)
         self.pixel_range = (np.float32(pixel_range[0]), np.float32(pixel_range[1]))
         self.image_stats = image_stats
@@ -87,9 +96,26 @@ class Parametrization:
     def fourier(self) -> bool:
         return self.config.parametrization == "fourier"
 
-    def init(self, key: jax.Array) -> jax.Array:
-        """One random initialization: pixel noise N(init_mean, init_std) clipped to 0..255 and
-        normalized (Walker 2019), or a lucid random spectrum with sd ``fourier_init_std``."""
+    @property
+    def transparent(self) -> bool:
+        return self.backgrounds is not None
+
+    def split(self, params):
+        """(the image's parameters, the opacity logits or None) of ``params``."""
+        return (params["image"], params["opacity"]) if self.transparent else (params, None)
+
+    def join(self, image, opacity):
+        """Inverse of ``split``."""
+        return {"image": image, "opacity": opacity} if self.transparent else image
+
+    def init(self, key: jax.Array):
+        """One random initialization of the image (see ``init_image``); transparent images start
+        half opaque (logits 0)."""
+        return self.join(self.init_image(key), jnp.zeros(self.shape[-2:], jnp.float32))
+
+    def init_image(self, key: jax.Array) -> jax.Array:
+        """Pixel noise N(init_mean, init_std) clipped to 0..255 and normalized (Walker 2019), or a
+        lucid random spectrum with sd ``fourier_init_std``."""
         config = self.config
         if self.fourier:
             height, width = self.shape[-2:]
@@ -102,12 +128,33 @@ class Parametrization:
         mean, std = self.image_stats
         return (pixels - mean) / std
 
-    def to_image(self, params: jax.Array) -> jax.Array:
-        """``params (p, ...)`` -> images ``(p, *image_shape)``."""
+    def image(self, params) -> jax.Array:
+        """``params (p, ...)`` -> images ``(p, *image_shape)``; for transparent images the image
+        under the opacity."""
+        params, _ = self.split(params)
         if not self.fourier:
             return params
         image = fourier_to_image(params, self.scale, self.shape[-1])
         return squash(image, self.pixel_range) if self.config.clip_range else image
+
+    def opacity(self, params) -> jax.Array:
+        """(p, y, x) opacity in (0, 1) of transparent ``params``."""
+        return jax.nn.sigmoid(self.split(params)[1])
+
+    def to_image(self, params, keys: jax.Array | None = None) -> jax.Array:
+        """What the model sees, ``(p, *image_shape)``: the image, or for transparent images
+        opacity * image + (1 - opacity) * background, the background drawn from the bank by
+        ``keys (p, 2)`` (the mean gray, 0, without keys)."""
+        image = self.image(params)
+        if not self.transparent:
+            return image
+        opacity = self.opacity(params)
+        opacity = opacity[:, None] if image.ndim == 4 else opacity  # shared by the channels
+        if keys is None:
+            return opacity * image
+        # fold_in: a stream apart from the one of the random transforms, which split the same keys
+        draw = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 1), (), 0, len(self.backgrounds)))
+        return opacity * image + (1 - opacity) * self.backgrounds[draw(keys)]
 
     def from_image(self, images: jax.Array) -> jax.Array:
         """Parameters that reproduce ``images (p, *image_shape)`` (used to start from an MEI)."""

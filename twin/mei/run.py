@@ -1,4 +1,5 @@
-"""`twin mei`: MEIs of a fitted run's neurons, validated, written as a store and a PNG grid."""
+"""`twin mei`: MEIs of a fitted run's neurons, validated, written as a store and a PNG grid; with
+--surround, surrounds around fixed centres; with --transparency, transparent MEIs (twin.mei.context)."""
 
 from __future__ import annotations
 
@@ -137,14 +138,164 @@ def plot_grid(images: np.ndarray, titles: list[str], path: Path, columns: int = 
     plt.close(fig)
 
 
+def checkerboard(shape: tuple[int, int], square: int = 4) -> np.ndarray:
+    """(y, x) checkerboard of pixel levels 96 and 160 (what shows through transparent pixels)."""
+    yy, xx = np.indices(shape)
+    return np.where((yy // square + xx // square) % 2, 160.0, 96.0).astype(np.float32)
+
+
 def finite(value) -> float | None:
     value = float(value)
     return value if np.isfinite(value) else None
 
 
+def check_modes(surround, centre, transparency: bool, background, deis: int) -> None:
+    """One ConfigError line for --surround, --centre, --transparency, --background and --deis
+    that do not go together."""
+    from twin.mei.context import DIRECTIONS
+
+    if surround is not None and surround not in DIRECTIONS:
+        raise ConfigError(f"--surround {surround}: use {' or '.join(DIRECTIONS)}")
+    if surround is not None and centre is None:
+        raise ConfigError(
+            f"--surround {surround}: give --centre, an MEI store of this run or image files of the centre"
+        )
+    if centre is not None and surround is None:
+        raise ConfigError(f"--centre {centre}: give --surround excite or --surround suppress with it")
+    if transparency and surround is not None:
+        raise ConfigError("--transparency with --surround: run them as two commands")
+    if background is not None and not transparency:
+        raise ConfigError(f"--background {background}: backgrounds are for --transparency; add it or drop --background")
+    if deis and (transparency or surround is not None):
+        raise ConfigError(f"--deis {deis}: DEIs are made for plain MEIs; drop --deis or --surround/--transparency")
+
+
+def is_store(path: str) -> bool:
+    """Whether ``--centre path`` names an MEI store (a .zarr folder) rather than image files."""
+    return Path(path).suffix == ".zarr"
+
+
+def store_centres(path, ds, run, session, data, index, image_mean, image_std):
+    """(neuron indices (n,), centres (n, [channel,] y, x) normalized): the best-seed MEIs of
+    ``index (n,)`` (None: all of the store's) from the MEI store ``ds`` read from ``path``, whose
+    normalization must be the session's ``image_mean``, ``image_std`` (channels first)."""
+    from twin.mei.context import check_centre_store
+
+    rows = check_centre_store(path, ds, run, session, data.unit_id, data.image_shape, data.channels, index)
+    for name, value in (("image_mean", image_mean), ("image_std", image_std)):
+        if not np.array_equal(ds[name].values, value):
+            raise ConfigError(
+                f"--centre {path}: variable {name} differs from the normalization of the session's store"
+                f" {data.path}; make the MEIs with the same session store"
+            )
+    chosen = ds["images"].values[rows, ds["best_seed"].values.astype(np.int64)[rows]]
+    return ds["neuron_index"].values[rows].astype(np.int64), chosen.astype(np.float32)
+
+
+def file_centres(path, data, n: int, engine_mean, engine_std):
+    """(centres (n, [channel,] y, x) normalized, masks (n, y, x)) of the image patches in the
+    files ``path``: one for every neuron, or one per neuron."""
+    from twin.mei.context import patch_masks
+    from twin.predict import prepare, read_inputs
+
+    images, names = read_inputs(path, data.channels)
+    centres = engine_layout(prepare(images, data, f"--centre {path}"))
+    if len(centres) not in (1, n):
+        raise ConfigError(
+            f"--centre {path}: holds {len(centres)} images for {n} neurons; give one image patch, or one"
+            " per neuron in the order of --neurons"
+        )
+    masks = patch_masks(path, names, centres * engine_std + engine_mean, engine_mean)
+    repeat = n // len(centres)
+    return np.repeat(centres, repeat, axis=0).astype(np.float32), np.repeat(masks, repeat, axis=0)
+
+
+def per_image(masks: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """Masks (n, y, x) shaped to multiply images (n, [channel,] y, x)."""
+    return masks[:, None] if images.ndim == 4 else masks
+
+
+def write_surrounds(found, centres, data, index, image_mean, image_std, attrs, config_sources, out,
+                    overwrite, primary) -> dict:
+    """Write the surround store and PNG (see twin.mei.store) of ``found`` (SurroundResult) around
+    ``centres (n, [channel,] y, x)`` of neurons ``index (n,)``; returns the summary."""
+    from twin.data.schema import plot_text
+    from twin.data.simulate import ground_truth
+    from twin.data.store import open_session
+    from twin.mei import validate
+    from twin.mei.store import meis_dataset, write_meis
+    from twin.naturalness import naturalness
+
+    result = found.result
+    engine_mean, engine_std = broadcastable(image_mean), broadcastable(image_std)
+    best = result.best_images()
+    alone = per_image(found.centre_mask, centres) * centres
+    n = len(index)
+    true_centre = true_activation = np.full(n, np.nan, np.float32)
+    ds_session = open_session(data.path)
+    if ds_session.attrs.get("simulated"):
+        params = ground_truth(ds_session)
+        true_centre = validate.true_responses(params, alone * engine_std + engine_mean, index)
+        true_activation = validate.true_responses(params, best * engine_std + engine_mean, index)
+    true_ratio = true_activation / true_centre
+    spectra = naturalness(best * engine_std + engine_mean, natural_pixels(data))
+    attrs = attrs | {"natural_spectral_slope": spectra["natural_spectral_slope"]}
+    variables = {
+        "images": result.images,
+        "activations": result.activations,
+        "best_seed": result.best_seed,
+        "steps": result.steps,
+        "validator_activations": result.validator_activations,
+        "unit_id": data.unit_id[index],
+        "neuron_index": index,
+        "surround": found.surround,
+        "centre_mask": found.centre_mask,
+        "centre_activation": found.centre_activation,
+        "surround_ratio": found.ratio,
+        "true_centre_activation": true_centre,
+        "true_activation": true_activation,
+        "true_surround_ratio": true_ratio,
+        "spectral_kl": spectra["spectral_kl"],
+        "spectral_slope": spectra["spectral_slope"],
+        "image_mean": image_mean,
+        "image_std": image_std,
+    }
+    if primary:
+        write_meis(meis_dataset(variables, attrs), out, overwrite)
+        with output(out.with_suffix(".png"), overwrite, "file") as grid:
+            panels = np.stack([alone, best], axis=1).reshape(2 * n, *best.shape[1:])
+            titles = [
+                title
+                for unit, ratio in zip(data.unit_id[index], found.ratio)
+                for title in (f"unit {plot_text(unit)}: centre", f"{attrs['surround']} {ratio:.2f}x")
+            ]
+            plot_grid(panels * engine_std + engine_mean, titles, grid)
+    activation = result.best_activations()
+    return {
+        "recipe": attrs["recipe"],
+        "config_sources": config_sources,
+        "surround": attrs["surround"],
+        "median_surround_ratio": finite(np.median(found.ratio)),
+        "median_true_surround_ratio": finite(np.median(true_ratio)) if np.isfinite(true_ratio).any() else None,
+        "median_spectral_kl": finite(np.median(spectra["spectral_kl"])),
+        "natural_spectral_slope": spectra["natural_spectral_slope"],
+        "neurons": [
+            {
+                "id": data.unit_id[neuron].item(),
+                "centre_activation": finite(found.centre_activation[i]),
+                "activation": finite(activation[i]),
+                "surround_ratio": finite(found.ratio[i]),
+                "true_surround_ratio": finite(true_ratio[i]),
+                "spectral_kl": finite(spectra["spectral_kl"][i]),
+            }
+            for i, neuron in enumerate(index)
+        ],
+    }
+
+
 def mei_command(
     run: str,
-    neurons: str = "all",
+    neurons: str | None = None,
     seeds: int | None = None,
     recipe: str | None = None,
     config_path: str | None = None,
@@ -158,6 +309,10 @@ def mei_command(
     process_id: int | None = None,
     overwrite: bool = False,
     stores: list[str] | None = None,
+    surround: str | None = None,
+    centre: str | None = None,
+    transparency: bool = False,
+    background: str | None = None,
 ) -> dict:
     """Optimize, validate and store the MEIs of ``neurons`` of ``session`` of the run ``run``.
 
@@ -170,7 +325,18 @@ def mei_command(
     coordinator, num_processes, process_id: multi-host set-up (twin.distributed.initialize);
     every process runs the same command, the (neuron, seed) pairs are split over all their
     devices, and process 0 writes the outputs. stores: the run's sessions from these stores
-    instead of the recorded ones (--store; twin.checkpoint.load_run).
+    instead of the recorded ones (--store; twin.checkpoint.load_run). neurons: a --neurons spec
+    (parse_neurons); None is all, or with a centre MEI store the store's neurons.
+
+    surround ("excite" or "suppress") with centre: optimize only the surround of each neuron's
+    fixed centre, from an MEI store of this run (each MEI inside its tight mask) or image files
+    (.npy, folder or .zip: one patch on the mean gray, or one per neuron, inside its Walker mask);
+    returns {"recipe", "config_sources", "surround", "median_surround_ratio",
+    "median_true_surround_ratio", "neurons": [{"id", "centre_activation", "activation",
+    "surround_ratio", "true_surround_ratio"}]} (twin.mei.context). transparency: MEIs with a
+    per-pixel opacity over ``background`` (grey, noise, or image files or a session store of
+    natural images); the summary gains "background", "mean_opacity" and each neuron's
+    "mean_opacity".
     """
     import jax
 
@@ -180,10 +346,13 @@ def mei_command(
     from twin.data.simulate import ground_truth
     from twin.data.store import open_session
     from twin.mei import diverse, validate
+    from twin.mei.context import GRAY, background_bank, surround_inputs
+    from twin.mei.masks import THRESHOLD, tight_masks
     from twin.mei.optimize import neuron_objective, optimize_meis
     from twin.mei.recipes import recipe_config
-    from twin.mei.store import config_toml, meis_dataset, write_meis
+    from twin.mei.store import config_toml, meis_dataset, open_meis, write_meis
     from twin.naturalness import naturalness
+    from twin.predict import prepare, read_inputs
 
     distributed.initialize(coordinator, num_processes, process_id)
     primary = jax.process_index() == 0
@@ -194,11 +363,13 @@ def mei_command(
     )
     if deis == 1 or deis < 0:
         raise ConfigError(f"--deis {deis}: give 0 (none) or at least 2 images per neuron")
+    check_modes(surround, centre, transparency, background, deis)
     out = Path(out)
     if out.suffix != ".zarr":
         raise ConfigError(f"--out {out}: name the MEI store with a .zarr suffix")
     # Every process checks (the same answer on a shared filesystem), so all stop together.
     inputs = [run, *([validator] if validator else []), *(stores or [r["path"] for r in run_records])]
+    inputs += [path for path in (centre, background) if path and path not in ("noise", *GRAY)]
     check_output(out, overwrite, "store", inputs=inputs)
     check_output(out.with_suffix(".png"), overwrite, "file", inputs=inputs)
     loaded = load_run(run, stores=stores)
@@ -207,7 +378,10 @@ def mei_command(
             f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}"
         )
     data = loaded.sessions[session]
-    index = parse_neurons(neurons, data.unit_id)
+    centre_store = None
+    if centre is not None and is_store(centre):
+        centre_store = open_meis(centre)
+    index = None if neurons is None and centre_store is not None else parse_neurons(neurons or "all", data.unit_id)
     validator_model = None
     if validator is not None:
         validator_model = load_run(validator, load_sessions=False).model
@@ -227,11 +401,46 @@ def mei_command(
     image_mean, image_std = stats_channels_first(data.image_mean), stats_channels_first(data.image_std)
     engine_mean, engine_std = broadcastable(image_mean), broadcastable(image_std)
     pixel_range = tuple(broadcastable(stats_channels_first(v)) for v in data.pixel_range)
-    result = optimize_meis(
-        model, session, index, config, image_shape=image_shape, pixel_range=pixel_range,
-        image_stats=(engine_mean, engine_std), validator=validator_model, progress=progress,
-        **fixed,
-    )
+    attrs = {
+        "run": str(Path(run).absolute()),
+        "session": session,
+        "store": str(Path(data.path).absolute()),
+        "recipe": config.recipe,
+        "mei_config": config_toml(config),
+        "config_sources": config_sources,
+    }
+    engine = {
+        "image_shape": image_shape, "pixel_range": pixel_range, "image_stats": (engine_mean, engine_std),
+        "validator": validator_model, "progress": progress, **fixed,
+    }
+    if surround is not None:
+        if centre_store is not None:
+            index, centre_images = store_centres(centre, centre_store, run, session, data, index, image_mean, image_std)
+            masks = tight_masks(model, neuron_objective(session, **fixed), centre_images, index, engine_std, solid=True)
+            empty = np.flatnonzero(~(masks == 1).any(axis=(1, 2)))
+            if len(empty):
+                raise ConfigError(
+                    f"--centre {centre}: the MEI of unit {data.unit_id[index[empty[0]]]} nowhere differs from"
+                    f" the mean gray by {THRESHOLD:g} levels, so it has no centre; pass stronger MEIs (more steps)"
+                )
+        else:
+            centre_images, masks = file_centres(centre, data, len(index), engine_mean, engine_std)
+        found = surround_inputs(
+            model, session, index, config, centre=centre_images, centre_mask=masks, direction=surround, **engine
+        )
+        attrs |= {"surround": surround, "centre": str(Path(centre).absolute())}
+        return write_surrounds(
+            found, centre_images, data, index, image_mean, image_std, attrs, config_sources, out, overwrite, primary
+        )
+    backgrounds = None
+    if transparency:
+        def read(path):
+            images, _ = read_inputs(path, data.channels)
+            return engine_layout(prepare(images, data, f"--background {path}"))
+
+        backgrounds = background_bank(background or GRAY[0], read, image_shape, pixel_range)
+        attrs |= {"background": background or GRAY[0], "opacity_penalty": config.opacity_penalty}
+    result = optimize_meis(model, session, index, config, backgrounds=backgrounds, **engine)
     best = result.best_images()
     activation = result.best_activations()
     natural_activation, natural_index = validate.best_natural(
@@ -295,29 +504,34 @@ def mei_command(
         "deis": dei_images,
         "dei_activations": dei_activations,
         "dei_spectral_kl": dei_spectral_kl,
+        "foreground": result.foreground,
+        "opacity": result.opacity,
         "image_mean": image_mean,
         "image_std": image_std,
     }
-    attrs = {
-        "run": str(Path(run).absolute()),
-        "session": session,
-        "store": str(Path(data.path).absolute()),
-        "recipe": config.recipe,
-        "mei_config": config_toml(config),
-        "config_sources": config_sources,
-        "true_ratio_control": "the ground truth's best train image",
-        "natural_spectral_slope": spectra["natural_spectral_slope"],
-    }
+    attrs["true_ratio_control"] = "the ground truth's best train image"
+    attrs["natural_spectral_slope"] = spectra["natural_spectral_slope"]
+    titles = [f"unit {plot_text(u)}: {r:.2f}x" for u, r in zip(data.unit_id[index], variables["ratio"])]
+    panels = best * engine_std + engine_mean
+    mean_opacity = None
+    if transparency:
+        chosen = (np.arange(n), result.best_seed)
+        opacity = result.opacity[chosen]
+        mean_opacity = variables["mean_opacity"] = opacity.mean(axis=(1, 2))
+        # Each MEI over the mean gray, then its foreground with the opacity over a checkerboard.
+        seen = per_image(opacity, panels) * (result.foreground[chosen] * engine_std + engine_mean)
+        seen = seen + (1 - per_image(opacity, panels)) * checkerboard(opacity.shape[1:])
+        panels = np.stack([panels, seen], axis=1).reshape(2 * n, *panels.shape[1:])
+        titles = [t for title, m in zip(titles, mean_opacity) for t in (title, f"opacity {m:.2f}")]
     if primary:
         write_meis(meis_dataset(variables, attrs), out, overwrite)
         with output(out.with_suffix(".png"), overwrite, "file") as grid:
-            plot_grid(
-                best * engine_std + engine_mean,
-                [f"unit {plot_text(u)}: {r:.2f}x" for u, r in zip(data.unit_id[index], variables["ratio"])],
-                grid,
-            )
+            plot_grid(panels, titles, grid)
     ratios = variables["ratio"]
-    return {
+    opacity_summary = {}
+    if transparency:
+        opacity_summary = {"background": attrs["background"], "mean_opacity": finite(mean_opacity.mean())}
+    return opacity_summary | {
         "recipe": config.recipe,
         "config_sources": config_sources,
         "median_ratio": finite(np.median(ratios)),
@@ -334,6 +548,7 @@ def mei_command(
                 "optimum_correlation": finite(correlation[i]),
                 "spectral_kl": finite(spectra["spectral_kl"][i]),
                 "spectral_slope": finite(spectra["spectral_slope"][i]),
+                **({} if mean_opacity is None else {"mean_opacity": finite(mean_opacity[i])}),
             }
             for i, neuron in enumerate(index)
         ],

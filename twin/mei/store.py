@@ -12,6 +12,17 @@ spectral_kl, spectral_slope (neuron,) of the best MEI (twin.naturalness), option
 validator_activations (neuron, seed), deis (neuron, dei, [channel,] y, x), dei_activations,
 dei_spectral_kl (neuron, dei). attrs: run, session, store, recipe, mei_config (TOML),
 natural_spectral_slope (of the session's train images).
+
+Transparent MEIs (attrs background, opacity_penalty): images are the foreground under its opacity
+over the mean gray; foreground (neuron, seed, [channel,] y, x), opacity (neuron, seed, y, x) in
+(0, 1), mean_opacity (neuron,) of the best seed.
+Surround stores (attrs surround: excite or suppress, centre: the centre's source): images are
+centre and surround together, activations the responses to them; surround (neuron, seed,
+[channel,] y, x) = images - centre_mask * centre (0 where the mask is 1), centre_mask (neuron, y,
+x), centre_activation (neuron,) the response to the centre alone on the mean gray,
+surround_ratio (neuron,) best activation / centre_activation, and for simulated sessions
+true_centre_activation, true_activation, true_surround_ratio (neuron,). They hold no natural-image
+controls.
 """
 
 from __future__ import annotations
@@ -39,7 +50,12 @@ DIMS = {
     "deis": ("neuron", "dei", "y", "x"),
     "dei_activations": ("neuron", "dei"),
     "dei_spectral_kl": ("neuron", "dei"),
+    "foreground": ("neuron", "seed", "y", "x"),
+    "opacity": ("neuron", "seed", "y", "x"),
+    "surround": ("neuron", "seed", "y", "x"),
+    "centre_mask": ("neuron", "y", "x"),
 }
+CHANNEL_IMAGES = ("images", "deis", "foreground", "surround")  # a channel axis before y, x when 5-d
 IMAGE_DIMS = {0: (), 1: ("channel",), 2: ("y", "x"), 3: ("channel", "y", "x")}
 REQUIRED = ("images", "activations", "best_seed", "unit_id", "neuron_index", "image_mean", "image_std")
 
@@ -49,7 +65,7 @@ def dims_of(name: str, value: np.ndarray) -> tuple[str, ...]:
     if name in ("image_mean", "image_std"):
         return IMAGE_DIMS[value.ndim]
     dims = DIMS.get(name, ("neuron",))
-    if name in ("images", "deis") and value.ndim == 5:
+    if name in CHANNEL_IMAGES and value.ndim == 5:
         return dims[:2] + ("channel",) + dims[2:]
     return dims
 
