@@ -42,4 +42,12 @@ mei_once mei_bfloat16_on_float32 "$OUT/fit_float32" --config "$OUT/mei_bf16.toml
 mei_once mei_bfloat16_on_bfloat16 "$OUT/fit_bfloat16" --config "$OUT/mei_bf16.toml"
 mei_once mei_float32_on_bfloat16 "$OUT/fit_bfloat16"
 
+# Speed on this machine at the Sensorium shapes of `twin bench` (forward and train, no peer).
+for precision in float32 bfloat16; do
+    [ -e "$OUT/bench_$precision.json" ] ||
+        python -c "import json, sys; from twin.bench import run_suite
+json.dump(run_suite(peer=False, parts=('forward', 'train'), precision=sys.argv[1]), open(sys.argv[2], 'w'))" \
+            "$precision" "$OUT/bench_$precision.json"
+done
+
 python "$HERE/experiments/precision_table.py" "$OUT"

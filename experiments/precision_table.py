@@ -44,3 +44,15 @@ for fit in ("float32", "bfloat16"):
             f"| {fit} | {mei} | {activations[len(activations) // 2]:.3f} | {report['median_ratio']:.2f} |"
             f" {report['median_true_ratio']:.2f} | {above} of {len(neurons)} | {cpu:.0f}, {wall:.0f} |"
         )
+
+print()
+print("| precision | forward img/s | train img/s | matmul peak GFLOP/s (that precision's inputs) |")
+print("|---|---|---|---|")
+for precision in ("float32", "bfloat16"):
+    path = out / f"bench_{precision}.json"
+    if path.exists():
+        bench = json.loads(path.read_text())
+        print(
+            f"| {precision} | {bench['forward']['img_s']:.1f} | {bench['train']['img_s']:.1f} |"
+            f" {bench['matmul_peak']['gflop_s']:.0f} |"
+        )
