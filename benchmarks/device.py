@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import inspect
 import json
 import os
 import subprocess
@@ -59,13 +58,6 @@ def write_json(path: Path, data: dict) -> None:
     partial.replace(path)
 
 
-def suite_at(quick: bool, part: str, precision: str) -> dict | None:
-    """run_suite for one part at ``precision``; None where run_suite has no precision option."""
-    if "precision" in inspect.signature(run_suite).parameters:
-        return run_suite(quick, peer=False, parts=(part,), precision=precision)
-    return run_suite(quick, peer=False, parts=(part,)) if precision == "float32" else None
-
-
 def twin_side(out: Path, quick: bool) -> None:
     """Every twin measurement, written to ``out``/twin.json after each."""
     path = out / "twin.json"
@@ -78,16 +70,11 @@ def twin_side(out: Path, quick: bool) -> None:
         for part in PARTS:
             log(f"twin: {part} {precision}")
             try:
-                suite = suite_at(quick, part, precision)
+                suite = run_suite(quick, peer=False, parts=(part,), precision=precision)
             except Exception as error:  # one failing part must not cost the others their GPU time
                 results["failed"][f"{part} {precision}"] = f"{type(error).__name__}: {error}"[:300]
                 log(f"twin: {part} {precision} failed: {type(error).__name__}: {error}")
                 continue
-            if suite is None:
-                results[precision] = {"skipped": "not available: twin.bench.run_suite has no precision option here"}
-                log(f"twin: {precision} not available")
-                write_json(path, results)
-                break
             results |= {"machine": suite["machine"], "shapes": suite["shapes"]}
             results[precision][part] = suite[part]
             write_json(path, results)

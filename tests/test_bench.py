@@ -10,7 +10,7 @@ def test_quick_json_has_every_measurement(capsys):
     assert main(["bench", "--quick", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
 
-    assert results["quick"] is True
+    assert results["quick"] is True and results["precision"] == "float32"
     assert results["shapes"]["neurons"] == QUICK.neurons
     assert results["matmul_peak"]["gflop_s"] > 0
     for key in ("date", "cpu", "platform", "versions"):

@@ -115,6 +115,7 @@ FIELDS = {
         "seed": ints(0, SEED_LIMIT - 1),
         "ensemble_size": ints(1),
         "loss": choices("poisson", "gaussian"),
+        "precision": choices("float32", "bfloat16"),
     },
     MEIConfig: {
         "recipe": (st.text(min_size=1, max_size=8).filter(str.strip), st.sampled_from(["", "  "])),
@@ -151,6 +152,7 @@ FIELDS = {
         "dei_diversity": choices("pixel", "population"),
         "opacity_penalty": floats(0),
         "opacity_learning_rate": floats(0, lo_open=True),
+        "precision": choices("float32", "bfloat16"),
     },
     LoopConfig: {
         "simulated_neurons": ints(1),
@@ -295,6 +297,8 @@ BAD = [
     ("model", "readout", "'pooled'", "'pooled' is not a known value; use one of 'gaussian', 'factorized'"),
     ("data", "image_normalization", "'pixel'", "'pixel' is not a known value; use one of 'global', 'per_pixel'"),
     ("mei", "optimizer", "'lbfgs'", "'lbfgs' is not a known value; use one of 'sgd', 'adam', 'adamw'"),
+    ("fit", "precision", "'float16'", "'float16' is not a known value; use one of 'float32', 'bfloat16'"),
+    ("mei", "precision", "'bf16'", "'bf16' is not a known value; use one of 'float32', 'bfloat16'"),
 ]
 
 

@@ -1,14 +1,13 @@
 """benchmarks/device.sh --quick: the GPU benchmark runs end to end on the CPU, tiny, and writes its
 JSON and Markdown table (no speed checks)."""
 
-import inspect
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from twin.bench import QUICK, peer_available, run_suite
+from twin.bench import QUICK, peer_available
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,12 +24,7 @@ def test_device_quick_writes_json_and_table(tmp_path):
     assert results["shapes"]["mei_neurons"] == list(QUICK.mei_neurons)
     for dtype in ("float32", "bfloat16"):
         assert results["matmul_peak"][dtype]["gflop_s"] > 0
-    precisions = ["float32"]
-    if "precision" in inspect.signature(run_suite).parameters:
-        precisions.append("bfloat16")
-    else:
-        assert "not available" in results["bfloat16"]["skipped"]
-    for precision in precisions:
+    for precision in ("float32", "bfloat16"):
         rows = results[precision]
         assert rows["forward"]["img_s"] > 0 and rows["train"]["img_s"] > 0
         assert sorted(rows["mei"], key=int) == [str(n) for n in QUICK.mei_neurons]

@@ -8,7 +8,9 @@ Measured after compilation, medians over a few repeats after one warm-up call:
   (SGD, fixed L2 norm each step, no blur) for 1, 16, 128 and 1,024 neurons at once (on a GPU also
   7,776),
 each with its compile time, XLA's FLOP count per step (``compiled.cost_analysis()``), the
-achieved FLOP/s and its share of the measured float32 matmul peak. Default shapes: the Sensorium 2022 baseline (7,776 neurons, 1x36x64, batch 128,
+achieved FLOP/s and its share of the measured matmul peak. ``precision`` (twin.precision) sets the
+model's compute precision in forward, train and mei, and the inputs of the peak's matmul; the
+peer runs float32. Default shapes: the Sensorium 2022 baseline (7,776 neurons, 1x36x64, batch 128,
 4 layers x 64 channels); ``quick``: tiny shapes that only check the suite runs.
 
 The peer (benchmarks/peer_torch.py, neuralpredictors 0.3.0) runs in child processes, on the CPU
@@ -41,7 +43,9 @@ import optax
 from flax import nnx
 
 from twin.config import ModelConfig
+from twin.errors import ConfigError
 from twin.models.twin import ReadoutSpec, Twin
+from twin.precision import DTYPES, set_precision
 
 PEER_SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "peer_torch.py"
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
@@ -159,15 +163,16 @@ def throughput(work: float, seconds: float, compile_s: float, flops: float, unit
     }
 
 
-def bench_matmul(quick: bool, dtype: str = "float32") -> dict:
-    """Measured matmul peak of the default device in ``dtype`` (the yardstick for achieved FLOP/s);
-    float32 runs at JAX's default matmul precision (TF32 on recent NVIDIA GPUs), as the model does."""
+def bench_matmul(quick: bool, precision: str = "float32") -> dict:
+    """Measured matmul peak of the default device (the yardstick for achieved FLOP/s): inputs in
+    ``precision``, float32 sums; float32 runs at JAX's default matmul precision (TF32 on recent
+    NVIDIA GPUs), as the model does."""
     n = 256 if quick else (2048 if jax.devices()[0].platform == "cpu" else 8192)
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
-    matmul = jax.jit(lambda a: a @ a)
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(DTYPES[precision])
+    matmul = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
     compiled = matmul.lower(a).compile()
     seconds = median_seconds(lambda: compiled(a).block_until_ready(), 10)
-    return {"n": n, "dtype": dtype, "gflop_s": 2 * n**3 / seconds / 1e9}
+    return {"n": n, "dtype": precision, "gflop_s": 2 * n**3 / seconds / 1e9}
 
 
 def build_twin(shapes: Shapes) -> Twin:
@@ -185,8 +190,8 @@ def sample_batch(shapes: Shapes) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(images), jnp.asarray(responses)
 
 
-def bench_forward(shapes: Shapes) -> dict:
-    """Eval-mode predictions of a batch: images/s."""
+def bench_forward(shapes: Shapes, precision: str = "float32") -> dict:
+    """Eval-mode predictions of a batch in ``precision``: images/s."""
     model = build_twin(shapes)
     model.eval()
     graphdef, state = nnx.split(model)
@@ -194,15 +199,16 @@ def bench_forward(shapes: Shapes) -> dict:
 
     @jax.jit
     def forward(state, images):
-        return nnx.merge(graphdef, state)(images)
+        return set_precision(nnx.merge(graphdef, state), precision)(images)
 
     compiled, compile_s, flops = compile_with_cost(forward, state, images)
     seconds = median_seconds(lambda: compiled(state, images).block_until_ready(), shapes.repeats)
     return throughput(shapes.batch, seconds, compile_s, flops, "img")
 
 
-def bench_train(shapes: Shapes) -> dict:
-    """One training step (train mode, Adam, Poisson loss x sqrt(n_train / batch) + regularizers): images/s."""
+def bench_train(shapes: Shapes, precision: str = "float32") -> dict:
+    """One training step (train mode, Adam, Poisson loss x sqrt(n_train / batch) + regularizers;
+    the model in ``precision``): images/s."""
     model = build_twin(shapes)
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -213,7 +219,7 @@ def bench_train(shapes: Shapes) -> dict:
 
     def loss_fn(params, rest, images, responses):
         # copy: fresh variables at this trace level, so BatchNorm may update its statistics.
-        model = nnx.merge(graphdef, params, rest, copy=True)
+        model = set_precision(nnx.merge(graphdef, params, rest, copy=True), precision)
         output = model(images)
         poisson = jnp.sum(output - responses * jnp.log(output + 1e-12))
         loss = scale * poisson + model.regularizer(0)
@@ -237,8 +243,9 @@ def bench_train(shapes: Shapes) -> dict:
     return throughput(shapes.batch, seconds, compile_s, flops, "img")
 
 
-def bench_mei(shapes: Shapes) -> dict:
-    """The MEI engine on the peer's loop for each count of neurons at once: image-steps/s.
+def bench_mei(shapes: Shapes, precision: str = "float32") -> dict:
+    """The MEI engine on the peer's loop for each count of neurons at once, the model's
+    objective and gradient in ``precision``: image-steps/s.
 
     Pairs beyond ``mei_chunk`` run as several calls of one compiled chunk, as the engine chunks
     to fit memory. FLOPs per image-step: XLA's count for the objective's gradient of one image
@@ -256,7 +263,7 @@ def bench_mei(shapes: Shapes) -> dict:
 
     @jax.jit
     def gradient(state, images, targets):
-        model = nnx.merge(graphdef, state)
+        model = set_precision(nnx.merge(graphdef, state), precision)
         return jax.grad(lambda x: objective(model, x, targets).sum())(images)
 
     one = {"neuron": jnp.zeros(1, jnp.int32)}
@@ -266,7 +273,13 @@ def bench_mei(shapes: Shapes) -> dict:
         steps = max(2, min(shapes.mei_max_steps, shapes.mei_budget // n))
         chunk = min(n, shapes.mei_chunk)
         config = dataclasses.replace(
-            RECIPES["sinz_ga"], steps=steps, blur_target="none", clip_range=False, norm=MEI_NORM, seeds=1
+            RECIPES["sinz_ga"],
+            steps=steps,
+            blur_target="none",
+            clip_range=False,
+            norm=MEI_NORM,
+            seeds=1,
+            precision=precision,
         )
         param = Parametrization(config, image_shape, (-2.0, 2.0))
         run = jax.jit(make_ascent(graphdef, stacked, objective, config, param))
@@ -441,15 +454,24 @@ def ratios(results: dict) -> dict:
     return out
 
 
-def run_suite(quick: bool = False, peer: bool = True, parts: tuple[str, ...] = tuple(PARTS)) -> dict:
+def run_suite(
+    quick: bool = False, peer: bool = True, parts: tuple[str, ...] = tuple(PARTS), precision: str = "float32"
+) -> dict:
     """The measurements named in ``parts`` (all by default), the peer's and the ratios, as one
-    JSON-ready dict."""
+    JSON-ready dict; twin's model runs in ``precision`` ("float32" or "bfloat16", twin.precision)."""
+    if precision not in DTYPES:
+        raise ConfigError(f"precision {precision!r} is not known; use one of {', '.join(map(repr, DTYPES))}")
     shapes = suite_shapes(quick)
-    results = {"machine": machine_info(), "quick": quick, "shapes": dataclasses.asdict(shapes)}
-    results["matmul_peak"] = bench_matmul(quick)
+    results = {
+        "machine": machine_info(),
+        "quick": quick,
+        "precision": precision,
+        "shapes": dataclasses.asdict(shapes),
+    }
+    results["matmul_peak"] = bench_matmul(quick, precision)
     for name in parts:
         print(f"twin bench: {name} ...", file=sys.stderr, flush=True)
-        results[name] = PARTS[name](shapes)
+        results[name] = PARTS[name](shapes) if name == "loader" else PARTS[name](shapes, precision)
     if peer:
         print("twin bench: PyTorch peer ...", file=sys.stderr, flush=True)
     # The peer on the same kind of device; the malloc tunables concern CPU runs only.
@@ -467,6 +489,7 @@ def format_results(results: dict) -> str:
     lines = [
         f"twin bench{' --quick' if results['quick'] else ''}  {machine['date']}  {machine['cpu']}"
         f" ({machine['cpu_count']} cores; JAX on {machine['devices']} {machine['device']} device(s))",
+        f"  precision {results['precision']} (twin's model; the peer runs float32)",
         "  " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
     ]
     if "loader" in results:
@@ -474,7 +497,7 @@ def format_results(results: dict) -> str:
     peer = results["peer"]
     fastest = results["peer_fastest"]
     peak = results["matmul_peak"]["gflop_s"]
-    lines.append(f"  matmul peak {peak:,.0f} GFLOP/s (float32, {results['matmul_peak']['n']}^2)")
+    lines.append(f"  matmul peak {peak:,.0f} GFLOP/s ({results['precision']}, {results['matmul_peak']['n']}^2)")
     header = f"  {'':24}{'twin':>10}{'peer':>10}{'ratio':>8}{'compile s':>11}{'GFLOP/step':>12}{'GFLOP/s':>9}{'of peak':>9}"
     lines.append(header)
 
@@ -524,10 +547,15 @@ def format_peer(peer: dict, variants: dict, fastest: dict) -> list[str]:
 
 
 def bench_command(
-    quick: bool = False, as_json: bool = False, peer: bool = True, parts: tuple[str, ...] = tuple(PARTS)
+    quick: bool = False,
+    as_json: bool = False,
+    peer: bool = True,
+    parts: tuple[str, ...] = tuple(PARTS),
+    precision: str = "float32",
 ) -> int:
-    """``twin bench``: run the suite (or ``parts`` of it), print the table or JSON. Returns the exit status."""
-    results = run_suite(quick=quick, peer=peer, parts=parts)
+    """``twin bench``: run the suite (or ``parts`` of it) in ``precision``, print the table or JSON.
+    Returns the exit status."""
+    results = run_suite(quick=quick, peer=peer, parts=parts, precision=precision)
     if as_json:
         print(json.dumps(results, indent=2, allow_nan=False))
     else:

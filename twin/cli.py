@@ -582,7 +582,7 @@ def cmd_loop(args) -> int:
 def cmd_bench(args) -> int:
     from twin.bench import bench_command
 
-    return bench_command(quick=args.quick, as_json=args.json, peer=not args.no_peer)
+    return bench_command(quick=args.quick, as_json=args.json, peer=not args.no_peer, precision=args.precision)
 
 
 def cmd_convert(args) -> int:
@@ -1031,6 +1031,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small shapes (CI)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-peer", action="store_true", help="skip the PyTorch peer")
+    p.add_argument(
+        "--precision", choices=["float32", "bfloat16"], default="float32", help="twin's compute precision (the peer: float32)"
+    )
     p.set_defaults(handler=cmd_bench)
 
     p = commands.add_parser("convert", help="import a checkpoint from another toolkit")

@@ -308,6 +308,10 @@ class FitConfig(Checked):
     seed: int = integer(0, 0, below=SEED_LIMIT)
     # Ensemble members trained together (different init seeds), held as one stacked model.
     ensemble_size: int = integer(1, 1)
+    # "bfloat16": the core's convolutions take bfloat16 inputs and weights and accumulate in
+    # float32; parameters, optimizer state, BatchNorm statistics, readout and loss stay float32
+    # (twin.precision).
+    precision: str = choice("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,6 +374,9 @@ class MEIConfig(Checked):
     # sigmoid of logits that start at 0 (half opaque) and step with Adam at opacity_learning_rate.
     opacity_penalty: float = number(0.1, 0)
     opacity_learning_rate: float = number(0.05, 0, lo_open=True)
+    # Precision of the model in the ascent's objective and gradient (as [fit].precision); the
+    # images, their updates and the reported activations stay float32.
+    precision: str = choice("float32", "bfloat16")
 
 
 SECTIONS: dict[str, type] = {

@@ -39,6 +39,7 @@ from twin.errors import ConfigError, RunError, SessionError, TwinError
 from twin.models import placement
 from twin.models.twin import Ensemble
 from twin.outputs import check_output, output_in_place
+from twin.precision import set_precision
 
 # Added to predictions inside the log (neuralpredictors' PoissonLoss bias).
 POISSON_EPS = 1e-8
@@ -136,18 +137,26 @@ def data_loss(predictions: jax.Array, arrays: dict, loss: str) -> jax.Array:
 
 
 def make_train_step(
-    graphdef, tx, n_train: list[int], scale_loss: bool, ensemble: bool, loss: str = "poisson", frozen_core: bool = False
+    graphdef,
+    tx,
+    n_train: list[int],
+    scale_loss: bool,
+    ensemble: bool,
+    loss: str = "poisson",
+    frozen_core: bool = False,
+    precision: str = "float32",
 ):
     """Jitted step(params, rest, opt_state, lr, batches, sessions) -> (params, rest, opt_state,
     metrics). ``batches``: tuple of batch dicts, one per entry of the static tuple ``sessions``;
     their gradients are summed into one Adam step. Metrics: loss, the data term named ``loss``
     ("poisson" or "gaussian", see ``data_loss``), regularizer (summed over the batches; per
     member for ensembles). ``frozen_core``: no gradient flows into the core (its features are
-    computed under stop_gradient, or come precomputed as ``features``)."""
+    computed under stop_gradient, or come precomputed as ``features``). ``precision``: the
+    model's compute precision (twin.precision); params and optimizer state stay float32."""
 
     def loss_fn(params, rest, arrays, session):
         # copy: fresh Variables at this trace level, so BatchNorm may update its statistics.
-        model = nnx.merge(graphdef, params, rest, copy=True)
+        model = set_precision(nnx.merge(graphdef, params, rest, copy=True), precision)
         if frozen_core and "features" not in arrays:
             features = model.features(arrays["images"], arrays.get("behavior"))
             arrays = {**arrays, "features": jax.lax.stop_gradient(features)}
@@ -180,12 +189,12 @@ def make_train_step(
     return jax.jit(step, static_argnames="sessions")
 
 
-def make_predict(graphdef, ensemble: bool):
+def make_predict(graphdef, ensemble: bool, precision: str = "float32"):
     """Jitted predict(params, rest, arrays, session) -> (b, n), or (members, b, n) for ensembles;
-    ``graphdef`` must be in eval mode."""
+    ``graphdef`` must be in eval mode; ``precision`` as make_train_step's."""
 
     def member_predict(params, rest, arrays, session):
-        return forward(nnx.merge(graphdef, params, rest), arrays, session)
+        return forward(set_precision(nnx.merge(graphdef, params, rest), precision), arrays, session)
 
     def predict(params, rest, arrays, session):
         if ensemble:
@@ -402,8 +411,10 @@ def fit(
     mesh = distributed.data_mesh(devices)
     params, rest, opt_state = distributed.replicate((params, rest, opt_state), mesh)
     n_train = [len(s.trials("train")) for s in sessions]
-    train_step = make_train_step(graphdef, tx, n_train, fit_config.scale_loss, ensemble, fit_config.loss, frozen)
-    predict = make_predict(eval_graphdef, ensemble)
+    train_step = make_train_step(
+        graphdef, tx, n_train, fit_config.scale_loss, ensemble, fit_config.loss, frozen, fit_config.precision
+    )
+    predict = make_predict(eval_graphdef, ensemble, fit_config.precision)
     batch_size = config.data.batch_size
     caches = None
     # A frozen core shared by all members and blind to behavior: its features once per trial.

@@ -28,6 +28,7 @@ from twin.config import MEIConfig
 from twin.mei import ops
 from twin.mei.params import Parametrization
 from twin.models.twin import Ensemble, Twin
+from twin.precision import set_precision
 
 # objective(model, images (p, [channel,] y, x), targets {name: (p, ...)}) -> (p,) values to maximize.
 Objective = Callable[[nnx.Module, jax.Array, dict], jax.Array]
@@ -115,11 +116,14 @@ def split_model(model: nnx.Module):
     return (*nnx.split(copy), False)
 
 
-def apply_model(graphdef, state, stacked: bool, fn: Callable[[nnx.Module], jax.Array]):
-    """``fn(model)`` of the merged model, or its mean over the members of a stacked ensemble."""
+def apply_model(
+    graphdef, state, stacked: bool, fn: Callable[[nnx.Module], jax.Array], precision: str = "float32"
+):
+    """``fn(model)`` of the merged model, or its mean over the members of a stacked ensemble; the
+    model computes in ``precision`` (twin.precision)."""
     if not stacked:
-        return fn(nnx.merge(graphdef, state))
-    return jax.vmap(lambda member: fn(nnx.merge(graphdef, member)))(state).mean(axis=0)
+        return fn(set_precision(nnx.merge(graphdef, state), precision))
+    return jax.vmap(lambda member: fn(set_precision(nnx.merge(graphdef, member), precision)))(state).mean(axis=0)
 
 
 def make_ascent(
@@ -129,7 +133,8 @@ def make_ascent(
     values (p,), steps (p,)) running the whole recipe for a batch of pairs. For transparent
     images (``param.transparent``) images is a dict: "images" (over the mean gray), "foreground"
     (the image under the opacity) and "opacity" (p, y, x), and the loss adds
-    ``config.opacity_penalty`` x the mean opacity."""
+    ``config.opacity_penalty`` x the mean opacity. The ascent's objective and gradient run the
+    model in ``config.precision``; the returned values are float32's."""
     pixel = not param.fourier
     blur_sigma = ops.schedule(config.blur_sigma, config.final_blur_sigma, config.steps, "linear")
     radius = ops.blur_radius(config.blur_sigma, config.final_blur_sigma)
@@ -164,8 +169,8 @@ def make_ascent(
         return params
 
     def run(state, keys, targets, start):
-        def evaluate(images):
-            return apply_model(graphdef, state, stacked, lambda m: objective(m, images, targets))
+        def evaluate(images, precision="float32"):
+            return apply_model(graphdef, state, stacked, lambda m: objective(m, images, targets), precision)
 
         init_keys, loop_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
         params = jax.vmap(param.init)(init_keys) if start is None else start
@@ -176,7 +181,7 @@ def make_ascent(
             images = ops.random_transform(
                 images, step_keys, config.jitter, config.scale_jitter, config.rotate
             )
-            values = evaluate(images)
+            values = evaluate(images, config.precision)
             if param.transparent:
                 values = values - config.opacity_penalty * param.opacity(params).mean(axis=(1, 2))
             return -values.sum(), values

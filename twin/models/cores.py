@@ -33,10 +33,13 @@ def xavier_normal(shape: tuple[int, ...], fan_in: int, fan_out: int, key: jax.Ar
 
 
 def shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Valid depthwise cross-correlation: x (b, Y, X, c), kernel (k, k, c) -> (b, Y-k+1, X-k+1, c)."""
+    """Valid depthwise cross-correlation: x (b, Y, X, c), kernel (k, k, c) -> (b, Y-k+1, X-k+1, c)
+float32, whatever the inputs' dtype."""
     k = kernel.shape[0]
     h = x.shape[1] - k + 1
     w = x.shape[2] - k + 1
+    # float32 products and sums of (possibly bfloat16) inputs: the accumulation stays float32.
+    x, kernel = x.astype(jnp.float32), kernel.astype(jnp.float32)
     out = x[:, :h, :w, :] * kernel[0, 0]
     for i in range(k):
         for j in range(k):
@@ -87,8 +90,10 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     """Depthwise 2d cross-correlation as k*k shifted multiply-adds (XLA CPU runs grouped convs slowly).
 
     x: (b, y, x, c); kernel: (k, k, c); zero padding ``padding`` on each side; stride 1.
-    Returns (b, y + 2 * padding - k + 1, x + 2 * padding - k + 1, c). The gradient is hand-written:
-    the input's is the same op with the flipped kernel, the kernel's a scan (kernel_gradient).
+    Returns (b, y + 2 * padding - k + 1, x + 2 * padding - k + 1, c) float32 (bfloat16 x and
+    kernel are multiplied and summed in float32). The gradient is hand-written: the input's is the
+    same op with the flipped kernel, the kernel's a scan (kernel_gradient), each returned in its
+    argument's dtype.
     """
     return shifted_sum(pad_hw(x, padding), kernel)
 
@@ -101,23 +106,28 @@ def depthwise_backward(padding, residuals, g):
     x, kernel = residuals
     k = kernel.shape[0]
     grad_x = shifted_sum(pad_hw(g, k - 1 - padding), kernel[::-1, ::-1])
-    return grad_x, kernel_gradient(pad_hw(x, padding), g)
+    grad_kernel = kernel_gradient(pad_hw(x.astype(g.dtype), padding), g)
+    return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 
 depthwise_conv.defvjp(depthwise_forward, depthwise_backward)
 
 
-def conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
-    """Dense 2d cross-correlation. x: (b, y, x, in); kernel: (k, k, in, out) HWIO."""
+def conv(x: jax.Array, kernel: jax.Array, padding: int, dtype=jnp.float32) -> jax.Array:
+    """Dense 2d cross-correlation. x: (b, y, x, in); kernel: (k, k, in, out) HWIO; both are cast
+    to ``dtype`` and the products summed in float32. Returns (b, y', x', out) float32."""
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
     if kernel.shape[0] == 1 and padding == 0:
         # A 2d matmul: its weight gradient then contracts one axis (a 4d x needs ~3x longer on XLA CPU).
-        return (x.reshape(-1, x.shape[-1]) @ kernel[0, 0]).reshape(x.shape[:-1] + kernel.shape[-1:])
+        flat = jnp.matmul(x.reshape(-1, x.shape[-1]), kernel[0, 0], preferred_element_type=jnp.float32)
+        return flat.reshape(x.shape[:-1] + kernel.shape[-1:])
     return jax.lax.conv_general_dilated(
         x,
         kernel,
         window_strides=(1, 1),
         padding=((padding, padding), (padding, padding)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=jnp.float32,
     )
 
 
@@ -134,7 +144,11 @@ def laplace_l2norm(kernel: jax.Array, padding: int = 1) -> jax.Array:
 
 
 class Conv(nnx.Module):
-    """Dense conv, kernel (k, k, in, out) HWIO, optional bias (out,), zero padding ``padding``."""
+    """Dense conv, kernel (k, k, in, out) HWIO, optional bias (out,), zero padding ``padding``.
+
+    ``dtype``: the dtype its input and kernel are cast to for the products (float32 sums either
+    way; set by twin.precision); the kernel is stored in float32.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, padding: int, bias: bool, *, rngs: nnx.Rngs):
         receptive = kernel * kernel
@@ -148,10 +162,11 @@ class Conv(nnx.Module):
         )
         self.bias = nnx.Param(jnp.zeros(out_channels)) if bias else None
         self.padding = padding
+        self.dtype = jnp.float32
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x: (b, y, x, in) -> (b, y', x', out)."""
-        y = conv(x, self.kernel[...], self.padding)
+        """x: (b, y, x, in) -> (b, y', x', out) float32."""
+        y = conv(x, self.kernel[...], self.padding, self.dtype)
         return y if self.bias is None else y + self.bias[...]
 
     def window(self, x: jax.Array, inside: jax.Array | None) -> jax.Array:
@@ -160,12 +175,13 @@ class Conv(nnx.Module):
         the output is (b, y - k + 1, x - k + 1, out)."""
         if inside is not None:
             x = x * inside[..., None]
-        y = conv(x, self.kernel[...], 0)
+        y = conv(x, self.kernel[...], 0, self.dtype)
         return y if self.bias is None else y + self.bias[...]
 
 
 class DepthwiseConv(nnx.Module):
-    """Depthwise conv, kernel (k, k, channels), optional bias (channels,), zero padding."""
+    """Depthwise conv, kernel (k, k, channels), optional bias (channels,), zero padding; ``dtype``
+    as Conv's."""
 
     def __init__(self, channels: int, kernel: int, padding: int, bias: bool, *, rngs: nnx.Rngs):
         receptive = kernel * kernel
@@ -174,15 +190,17 @@ class DepthwiseConv(nnx.Module):
         )
         self.bias = nnx.Param(jnp.zeros(channels)) if bias else None
         self.padding = padding
+        self.dtype = jnp.float32
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x: (b, y, x, c) -> (b, y', x', c)."""
-        y = depthwise_conv(x, self.kernel[...], self.padding)
+        """x: (b, y, x, c) -> (b, y', x', c) float32."""
+        y = depthwise_conv(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.padding)
         return y if self.bias is None else y + self.bias[...]
 
     def window(self, x: jax.Array, inside: jax.Array) -> jax.Array:
         """As Conv.window: x (b, y, x, c) zeroed where ``inside`` (b, y, x) is 0, no padding."""
-        y = depthwise_conv(x * inside[..., None], self.kernel[...], 0)
+        x = (x * inside[..., None]).astype(self.dtype)
+        y = depthwise_conv(x, self.kernel[...].astype(self.dtype), 0)
         return y if self.bias is None else y + self.bias[...]
 
 
