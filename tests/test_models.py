@@ -10,7 +10,7 @@ from flax import nnx
 
 from twin.config import ModelConfig
 from twin.errors import ConfigError
-from twin.models.cores import Stacked2dCore, conv, depthwise_conv, laplace_l2norm
+from twin.models.cores import PATCH_LIMIT, Stacked2dCore, conv, depthwise_conv, laplace_l2norm
 from twin.models.readouts import FactorizedReadout, GaussianReadout, bilinear_readout
 from twin.models.twin import ReadoutSpec, Twin, make_ensemble
 
@@ -275,6 +275,28 @@ def test_depthwise_conv_gradient_equals_grouped_conv_gradient():
     actual = jax.grad(lambda x, k: jnp.sum(depthwise_conv(x, k, 2) * weights), argnums=(0, 1))(x, kernel)
     for a, e in zip(actual, expected):
         np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding", [0, 4])
+def test_first_layer_conv_and_its_gradients_equal_lax_conv(padding):
+    # 3 images: not a whole number of the kernel gradient's 8-image chunks.
+    x = images(b=3, h=14, w=17, c=2)
+    kernel = jax.random.normal(jax.random.key(10), (9, 9, 2, 6))
+    assert 9 * 9 * 2 <= PATCH_LIMIT
+    weights = jax.random.normal(jax.random.key(11), (3, 14 + 2 * padding - 8, 17 + 2 * padding - 8, 6))
+
+    def plain(x, kernel):
+        pads = ((padding, padding), (padding, padding))
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def relative(actual, expected):
+        return float(jnp.abs(actual - expected).max() / jnp.abs(expected).max())
+
+    assert relative(conv(x, kernel, padding), plain(x, kernel)) < 1e-5
+    expected = jax.grad(lambda x, k: jnp.sum(plain(x, k) * weights), argnums=(0, 1))(x, kernel)
+    actual = jax.grad(lambda x, k: jnp.sum(conv(x, k, padding) * weights), argnums=(0, 1))(x, kernel)
+    for a, e in zip(actual, expected):
+        assert relative(a, e) < 1e-5
 
 
 def test_output_nonlinearity_is_elu_plus_one_and_stays_positive():

@@ -39,7 +39,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from twin.config import ModelConfig
@@ -207,37 +206,27 @@ def bench_forward(shapes: Shapes, precision: str = "float32") -> dict:
 
 
 def bench_train(shapes: Shapes, precision: str = "float32") -> dict:
-    """One training step (train mode, Adam, Poisson loss x sqrt(n_train / batch) + regularizers;
-    the model in ``precision``): images/s."""
+    """One step of ``twin fit``'s train step (train mode, Adam, Poisson loss x sqrt(n_train / batch)
+    + regularizers; the model in ``precision``): images/s."""
+    from twin.fit import make_train_step
+    from twin.transfer import optimizer
+
     model = build_twin(shapes)
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = optax.adam(0.009)
+    tx = optimizer(params, None, 0.009)
     opt_state = tx.init(params)
     images, responses = sample_batch(shapes)
-    scale = (shapes.n_train / shapes.batch) ** 0.5
-
-    def loss_fn(params, rest, images, responses):
-        # copy: fresh variables at this trace level, so BatchNorm may update its statistics.
-        model = set_precision(nnx.merge(graphdef, params, rest, copy=True), precision)
-        output = model(images)
-        poisson = jnp.sum(output - responses * jnp.log(output + 1e-12))
-        loss = scale * poisson + model.regularizer(0)
-        return loss, nnx.state(model, nnx.Not(nnx.Param))
-
-    @jax.jit
-    def train_step(params, rest, opt_state, images, responses):
-        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, images, responses)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), rest, opt_state, loss
-
-    compiled, compile_s, flops = compile_with_cost(train_step, params, rest, opt_state, images, responses)
+    batches = ({"images": images, "responses": responses},)
+    lr = jnp.float32(0.009)
+    train_step = make_train_step(graphdef, tx, [shapes.n_train], scale_loss=True, ensemble=False, precision=precision)
+    compiled, compile_s, flops = compile_with_cost(train_step, params, rest, opt_state, lr, batches, (0,))
     carry = [params, rest, opt_state]
 
     def step():
-        *new, loss = compiled(*carry, images, responses)
+        *new, metrics = compiled(*carry, lr, batches)
         carry[:] = new
-        loss.block_until_ready()
+        metrics["loss"].block_until_ready()
 
     seconds = median_seconds(step, shapes.repeats)
     return throughput(shapes.batch, seconds, compile_s, flops, "img")
