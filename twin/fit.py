@@ -332,6 +332,7 @@ def fit(
     """
     from twin.data.loader import batches, load_sessions
 
+    called, called_cpu = time.time(), time.process_time()
     workdir = Path(workdir)
     latest_dir = workdir / "checkpoints" / "latest"
     best_dir = workdir / "checkpoints" / "best"
@@ -396,6 +397,9 @@ def fit(
         if schedule.best_epoch and checkpoint.latest_step(best_dir) != schedule.best_epoch:
             save_best(model, target, best_params, best_rest, best_dir, schedule)
     history = read_history(workdir / "metrics.jsonl", start)
+    # A resumed run counts on from the time its last kept epoch had taken.
+    elapsed0 = history[-1].get("elapsed_seconds", 0.0) if history else 0.0
+    cpu0 = history[-1].get("cpu_seconds", 0.0) if history else 0.0
     if primary:
         write_lines(workdir / "metrics.jsonl", history)
 
@@ -431,6 +435,7 @@ def fit(
                 bar.update(len(group))
         member_loss = np.atleast_1d(np.asarray(totals["loss"])) / n_done
         totals = {k: float(jnp.mean(v)) for k, v in totals.items()}
+        validation_start = time.time()
         if not all(math.isfinite(v) for v in totals.values()):
             raise TwinError(
                 f"{workdir}: the training loss is not finite ({totals['loss']}) in epoch {epoch}; stopped, the last good"
@@ -438,6 +443,7 @@ def fit(
             )
         member_scores = validation_scores(predict, params, rest, sessions, batch_size, mesh, caches)
         score = float(member_scores.mean())
+        checkpoint_start = time.time()
         lr_used = schedule.learning_rate
         action = plateau_step(schedule, score, epoch, fit_config)
         if action == "improved":
@@ -453,14 +459,10 @@ def fit(
             "validation_correlation": score,
             "learning_rate": lr_used,
             "event": action,
-            "seconds": time.time() - epoch_start,
         }
         if ensemble:
             line["member_loss"] = member_loss.tolist()
             line["member_validation_correlation"] = member_scores.tolist()
-        history.append(line)
-        if primary:
-            write_lines(workdir / "metrics.jsonl", history)
         if action == "stop":
             stopped = "plateau"
         checkpoint.save_step(
@@ -469,6 +471,18 @@ def fit(
             {"params": params, "rest": rest, "opt": opt_state, "best_params": best_params, "best_rest": best_rest},
             {"epoch": epoch, "schedule": dataclasses.asdict(schedule), "stopped": stopped},
         )
+        # Wall seconds of the epoch and its parts; elapsed and CPU (this process, all threads)
+        # since fit() was called (store loading and compilation included).
+        now = time.time()
+        line["seconds"] = now - epoch_start
+        line["train_seconds"] = validation_start - epoch_start
+        line["validation_seconds"] = checkpoint_start - validation_start
+        line["checkpoint_seconds"] = now - checkpoint_start
+        line["elapsed_seconds"] = elapsed0 + now - called
+        line["cpu_seconds"] = cpu0 + time.process_time() - called_cpu
+        history.append(line)
+        if primary:
+            write_lines(workdir / "metrics.jsonl", history)
         start = epoch
         if progress:
             tqdm.write(
