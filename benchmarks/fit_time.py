@@ -28,7 +28,7 @@ and keeps the other's file.
 Combined (DIR/fit_time.json and the Markdown table DIR/fit_time.md, also printed): target = the
 lower of the two sides' best validation correlations; for each side the first epoch at or above
 it and the wall and CPU seconds to it; ratio = peer seconds / twin seconds (> 1: twin is faster).
-``--quick``: a tiny session and 2 epochs, to check that it all runs.
+``--quick``: a tiny session, a core of 2 layers x 8 channels and 2 epochs, to check that it all runs.
 """
 
 from __future__ import annotations
@@ -48,7 +48,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("twin", "peer")
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
 TEST_IMAGES, REPEATS, SIZE = 100, 10, "36x64"
-QUICK = {"neurons": 16, "train_images": 60, "test_images": 4, "repeats": 2, "max_epochs": 2}
+# --quick: a tiny session, and a core of 2 layers x 8 channels on both sides.
+QUICK = {"neurons": 16, "train_images": 60, "test_images": 4, "repeats": 2, "max_epochs": 2, "layers": 2, "channels": 8}
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return int(text)
 
 
 def write_json(path: Path, value: dict) -> None:
@@ -58,13 +66,14 @@ def write_json(path: Path, value: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_twin(store: str, out: Path, max_epochs: int, seed: int, launched: float) -> dict:
+def run_twin(store: str, out: Path, max_epochs: int, seed: int, launched: float, quick: bool) -> dict:
     """twin.fit.fit on ``store`` in this process; history times counted from ``launched``."""
     from twin.bench import machine_info
-    from twin.config import DataConfig, FitConfig, RunConfig
+    from twin.config import DataConfig, FitConfig, ModelConfig, RunConfig
     from twin.fit import fit
 
-    config = RunConfig(data=DataConfig(shuffle_seed=seed), fit=FitConfig(max_epochs=max_epochs, seed=seed))
+    model = ModelConfig(core_layers=QUICK["layers"], core_channels=QUICK["channels"]) if quick else ModelConfig()
+    config = RunConfig(data=DataConfig(shuffle_seed=seed), model=model, fit=FitConfig(max_epochs=max_epochs, seed=seed))
     run = out / "twin_run"
     called, called_cpu = time.time() - launched, time.process_time()
     summary = fit(config, [store], run, progress=False)
@@ -96,7 +105,7 @@ def run_twin(store: str, out: Path, max_epochs: int, seed: int, launched: float)
     }
 
 
-def run_peer(store: str, out: Path, max_epochs: int, seed: int, launched: float) -> dict:
+def run_peer(store: str, out: Path, max_epochs: int, seed: int, launched: float, quick: bool) -> dict:
     """benchmarks/peer_fit_torch.py's fit on ``store`` in this process; times from ``launched``."""
     import numpy as np
     import peer_fit_torch as peer
@@ -106,7 +115,8 @@ def run_peer(store: str, out: Path, max_epochs: int, seed: int, launched: float)
     from twin.evaluate import score_predictions
 
     sessions = load_sessions([store])
-    model = peer.build_model(sessions, seed)
+    core = peer.CORE | (dict(layers=QUICK["layers"], hidden_channels=QUICK["channels"]) if quick else {})
+    model = peer.build_model(sessions, seed, core)
     trained_at, trained_cpu = time.time() - launched, time.process_time()
 
     def log(line, seconds):
@@ -143,22 +153,23 @@ def run_peer(store: str, out: Path, max_epochs: int, seed: int, launched: float)
     }
 
 
-def child(side: str, store: str, out: Path, max_epochs: int, seed: int, launched: float) -> None:
+def child(side: str, store: str, out: Path, max_epochs: int, seed: int, launched: float, quick: bool) -> None:
     """The body of one side's process: fit, then write DIR/<side>.json."""
     run = run_twin if side == "twin" else run_peer
-    result = run(store, out, max_epochs, seed, launched)
+    result = run(store, out, max_epochs, seed, launched, quick)
     result |= {
         "side": side,
         "store": store,
         "max_epochs": max_epochs,
         "seed": seed,
+        "quick": quick,
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "load_average_at_launch": float(os.environ["FIT_TIME_LOAD"]),
     }
     write_json(out / f"{side}.json", result)
 
 
-def launch(side: str, store: str, out: Path, max_epochs: int, seed: int) -> None:
+def launch(side: str, store: str, out: Path, max_epochs: int, seed: int, quick: bool) -> None:
     """Run one side in a fresh process (env: this one's, plus the peer's malloc tunables)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env["FIT_TIME_LOAD"] = str(os.getloadavg()[0])
@@ -167,6 +178,7 @@ def launch(side: str, store: str, out: Path, max_epochs: int, seed: int) -> None
     print(f"{time.strftime('%H:%M:%S', time.gmtime())} UTC  {side}: fitting {store}", flush=True)
     args = [sys.executable, __file__, "--child", side, "--store", store, "--out", str(out)]
     args += ["--max-epochs", str(max_epochs), "--seed", str(seed), "--launched", repr(time.time())]
+    args += ["--quick"] if quick else []
     done = subprocess.run(args, env=env)
     if done.returncode != 0:
         raise SystemExit(f"fit_time: the {side} fit failed (exit {done.returncode}); see its output above")
@@ -268,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", help="session store to fit (default: simulate DIR/session.zarr)")
     parser.add_argument("--side", choices=("both", *SIDES, "none"), default="both",
                         help="which side to (re)fit; none: only combine the results in --out")
-    parser.add_argument("--max-epochs", type=int, default=12, help="epoch cap of both sides (default 12)")
-    parser.add_argument("--train-images", type=int, default=5000, help="simulated train + validation images")
-    parser.add_argument("--neurons", type=int, default=8000, help="simulated neurons")
+    parser.add_argument("--max-epochs", type=positive, default=12, help="epoch cap of both sides (default 12)")
+    parser.add_argument("--train-images", type=positive, default=5000, help="simulated train + validation images")
+    parser.add_argument("--neurons", type=positive, default=8000, help="simulated neurons")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a tiny session and 2 epochs")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
@@ -278,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.child:
-        child(args.child, args.store, out, args.max_epochs, args.seed, args.launched)
+        child(args.child, args.store, out, args.max_epochs, args.seed, args.launched, args.quick)
         return 0
     if args.store is not None and not Path(args.store).exists():
         print(f"fit_time: --store {args.store}: no such store; pass a session store (.zarr) or leave it out", file=sys.stderr)
@@ -294,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     for side in SIDES if args.side == "both" else (args.side,) if args.side in SIDES else ():
         if side == "twin" and (out / "twin_run").exists():
             shutil.rmtree(out / "twin_run")
-        launch(side, store, out, max_epochs, args.seed)
+        launch(side, store, out, max_epochs, args.seed, args.quick)
     results = {side: json.loads((out / f"{side}.json").read_text()) for side in SIDES if (out / f"{side}.json").exists()}
     if not results:
         print(f"fit_time: {out}: holds no twin.json or peer.json; run a side first", file=sys.stderr)

@@ -92,14 +92,16 @@ TRAINER = dict(
 )
 
 
-def build_model(sessions, seed: int) -> FiringRateEncoder:
-    """Shared SE2dCore + one FullGaussian2d readout per session (keyed by session index)."""
+def build_model(sessions, seed: int, core_config: dict = CORE) -> FiringRateEncoder:
+    """Shared SE2dCore (``core_config``: SE2dCore's keywords) + one FullGaussian2d readout per
+    session (keyed by session index)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     height, width = sessions[0].image_shape
-    core = SE2dCore(input_channels=sessions[0].channels, **CORE)
+    core = SE2dCore(input_channels=sessions[0].channels, **core_config)
     # Without input padding the 9x9 layer drops 8 rows and columns; the hidden layers keep size.
-    out_shape = (CORE["hidden_channels"], height - CORE["input_kern"] + 1, width - CORE["input_kern"] + 1)
+    channels, kernel = core_config["hidden_channels"], core_config["input_kern"]
+    out_shape = (channels, height - kernel + 1, width - kernel + 1)
     keys = [str(i) for i in range(len(sessions))]
     readout = MultiReadoutSharedParametersBase(
         in_shape_dict={k: out_shape for k in keys},
