@@ -1,5 +1,6 @@
 """The benchmark fits (benchmarks/ridge_fit.py, benchmarks/peer_fit_torch.py) on tiny simulated
-stores: they run, write metrics.json with twin's score keys, and the scores are finite."""
+stores: they run, write metrics.json with twin's score keys, and the scores are finite; and
+benchmarks/fit_time.py's combination of both sides' histories, and its --quick run."""
 
 import importlib.util
 import json
@@ -121,6 +122,8 @@ def test_fit_time_combine_times_both_sides_to_the_lower_best():
     assert "| epochs run | 4 |" in markdown(alone)
 
 
+# Three processes (simulate, twin, peer) that import jax or torch and compile: ~50 CPU seconds.
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("neuralpredictors") is None, reason="neuralpredictors not installed")
 def test_fit_time_quick_runs_both_sides(tmp_path):
     out = tmp_path / "fit_time"

@@ -11,6 +11,12 @@ below ``min_learning_rate``) and restores the best weights; the next plateau sto
 Ensembles train all members at once: the pure train step of one Twin is vmapped over the members'
 stacked state; the schedule follows the members' mean validation correlation.
 
+metrics.jsonl holds one line per epoch: the loss terms, the validation correlation, the learning
+rate, the schedule's event, the epoch's wall seconds (``seconds`` = ``train_seconds`` +
+``validation_seconds`` + ``checkpoint_seconds``), and the wall and CPU seconds (this process, all
+threads) since fit() was called (``elapsed_seconds``, ``cpu_seconds``; a resumed run counts on
+from its last kept epoch).
+
 Crash safety: each epoch ends with an atomic orbax checkpoint (``checkpoints/latest``) holding
 the model, optimizer and schedule state and the best weights. The data order of an epoch is a
 function of (data.shuffle_seed, epoch) and the readout's sampling rng lives in the model state,
