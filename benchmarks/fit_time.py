@@ -120,7 +120,11 @@ def run_peer(store: str, out: Path, max_epochs: int, seed: int, launched: float,
     trained_at, trained_cpu = time.time() - launched, time.process_time()
 
     def log(line, seconds):
-        print(f"peer epoch {line['epoch']:3d}  validation r {line['validation_correlation']:.4f}  {seconds:.1f} s", flush=True)
+        print(
+            f"peer epoch {line['epoch']:3d}  validation r {line['validation_correlation']:.4f}  {seconds:.1f} s"
+            f"  wall {trained_at + line['elapsed_seconds']:.0f} s  CPU {trained_cpu + line['cpu_seconds']:.0f} s",
+            flush=True,
+        )
 
     batch_size = peer.TRAINER["batch_size"]
     trained = peer.train(model, sessions, max_epochs, seed, batch_size, log)
