@@ -92,14 +92,16 @@ TRAINER = dict(
 )
 
 
-def build_model(sessions, seed: int) -> FiringRateEncoder:
-    """Shared SE2dCore + one FullGaussian2d readout per session (keyed by session index)."""
+def build_model(sessions, seed: int, core_config: dict = CORE) -> FiringRateEncoder:
+    """Shared SE2dCore (``core_config``: SE2dCore's keywords) + one FullGaussian2d readout per
+    session (keyed by session index)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     height, width = sessions[0].image_shape
-    core = SE2dCore(input_channels=sessions[0].channels, **CORE)
+    core = SE2dCore(input_channels=sessions[0].channels, **core_config)
     # Without input padding the 9x9 layer drops 8 rows and columns; the hidden layers keep size.
-    out_shape = (CORE["hidden_channels"], height - CORE["input_kern"] + 1, width - CORE["input_kern"] + 1)
+    channels, kernel = core_config["hidden_channels"], core_config["input_kern"]
+    out_shape = (channels, height - kernel + 1, width - kernel + 1)
     keys = [str(i) for i in range(len(sessions))]
     readout = MultiReadoutSharedParametersBase(
         in_shape_dict={k: out_shape for k in keys},
@@ -139,7 +141,10 @@ def validation_correlation(model, sessions, batch_size: int) -> float:
 
 def train(model, sessions, max_epochs: int, seed: int, batch_size: int, log) -> dict:
     """sensorium standard_trainer on twin's batches; returns {"epochs", "best_validation_correlation",
-    "history"}."""
+    "history"}. Each history line holds the epoch's validation correlation, its train and validation
+    wall seconds, and the wall and CPU seconds (this process, all threads) since train() was called
+    when that score was known."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     torch.manual_seed(seed)
     np.random.seed(seed)
     model.train()
@@ -157,10 +162,26 @@ def train(model, sessions, max_epochs: int, seed: int, batch_size: int, log) -> 
     n_train = [len(data.trials("train")) for data in sessions]
     config = RunConfig(data=DataConfig(batch_size=batch_size, shuffle_seed=seed))
     history = []
-    epoch_start = time.perf_counter()
-    for epoch, objective in early_stopping(
+    # Every validation run as (epochs trained, score, seconds, wall, cpu); early_stopping also
+    # scores before training and around each restore of the best weights.
+    scores = []
+
+    def objective(m):
+        start = time.perf_counter()
+        score = validation_correlation(m, sessions, batch_size)
+        now = time.perf_counter()
+        scores.append((len(history), score, now - start, now - wall0, time.process_time() - cpu0))
+        return score
+
+    def finish(line):
+        """Fill ``line`` (the last epoch) from the first validation run after it."""
+        _, score, seconds, wall, cpu = next(s for s in scores if s[0] == line["epoch"])
+        line.update(validation_correlation=score, validation_seconds=seconds, elapsed_seconds=wall, cpu_seconds=cpu)
+        log(line, line["train_seconds"] + seconds)
+
+    for epoch, _ in early_stopping(
         model,
-        lambda m: validation_correlation(m, sessions, batch_size),
+        objective,
         interval=1,
         patience=TRAINER["patience"],
         max_iter=max_epochs,
@@ -170,10 +191,8 @@ def train(model, sessions, max_epochs: int, seed: int, batch_size: int, log) -> 
         scheduler=scheduler,
         lr_decay_steps=TRAINER["lr_decay_steps"],
     ):
-        # early_stopping yields each epoch with the validation score of the one before.
         if history:
-            history[-1]["validation_correlation"] = float(objective)
-            log(history[-1], time.perf_counter() - epoch_start)
+            finish(history[-1])
         epoch_start = time.perf_counter()
         grouped = {str(i): [] for i in range(len(sessions))}
         for batch in batches(sessions, "train", batch_size, shuffle=True, seed=epoch_seed(config, epoch)):
@@ -190,11 +209,12 @@ def train(model, sessions, max_epochs: int, seed: int, batch_size: int, log) -> 
             if (batch_no + 1) % optimizer_every == 0:
                 optimizer.step()
                 optimizer.zero_grad()
-        history.append({"epoch": epoch, "loss": total, "lr": optimizer.param_groups[0]["lr"]})
+        line = {"epoch": epoch, "loss": total, "lr": optimizer.param_groups[0]["lr"]}
+        history.append(line | {"train_seconds": time.perf_counter() - epoch_start})
+    if history:
+        finish(history[-1])
     model.eval()
     best = validation_correlation(model, sessions, batch_size)
-    if history and "validation_correlation" not in history[-1]:
-        history[-1]["validation_correlation"] = None
     return {"epochs": len(history), "best_validation_correlation": best, "history": history}
 
 

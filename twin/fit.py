@@ -11,6 +11,12 @@ below ``min_learning_rate``) and restores the best weights; the next plateau sto
 Ensembles train all members at once: the pure train step of one Twin is vmapped over the members'
 stacked state; the schedule follows the members' mean validation correlation.
 
+metrics.jsonl holds one line per epoch: the loss terms, the validation correlation, the learning
+rate, the schedule's event, the epoch's wall seconds (``seconds`` = ``train_seconds`` +
+``validation_seconds`` + ``checkpoint_seconds``), and the wall and CPU seconds (this process, all
+threads) since fit() was called (``elapsed_seconds``, ``cpu_seconds``; a resumed run counts on
+from its last kept epoch).
+
 Crash safety: each epoch ends with an atomic orbax checkpoint (``checkpoints/latest``) holding
 the model, optimizer and schedule state and the best weights. The data order of an epoch is a
 function of (data.shuffle_seed, epoch) and the readout's sampling rng lives in the model state,
@@ -341,6 +347,7 @@ def fit(
     """
     from twin.data.loader import batches, load_sessions
 
+    called, called_cpu = time.time(), time.process_time()
     workdir = Path(workdir)
     latest_dir = workdir / "checkpoints" / "latest"
     best_dir = workdir / "checkpoints" / "best"
@@ -405,6 +412,9 @@ def fit(
         if schedule.best_epoch and checkpoint.latest_step(best_dir) != schedule.best_epoch:
             save_best(model, target, best_params, best_rest, best_dir, schedule)
     history = read_history(workdir / "metrics.jsonl", start)
+    # A resumed run counts on from the time its last kept epoch had taken.
+    elapsed0 = history[-1].get("elapsed_seconds", 0.0) if history else 0.0
+    cpu0 = history[-1].get("cpu_seconds", 0.0) if history else 0.0
     if primary:
         write_lines(workdir / "metrics.jsonl", history)
 
@@ -442,6 +452,7 @@ def fit(
                 bar.update(len(group))
         member_loss = np.atleast_1d(np.asarray(totals["loss"])) / n_done
         totals = {k: float(jnp.mean(v)) for k, v in totals.items()}
+        validation_start = time.time()
         if not all(math.isfinite(v) for v in totals.values()):
             raise TwinError(
                 f"{workdir}: the training loss is not finite ({totals['loss']}) in epoch {epoch}; stopped, the last good"
@@ -449,6 +460,7 @@ def fit(
             )
         member_scores = validation_scores(predict, params, rest, sessions, batch_size, mesh, caches)
         score = float(member_scores.mean())
+        checkpoint_start = time.time()
         lr_used = schedule.learning_rate
         action = plateau_step(schedule, score, epoch, fit_config)
         if action == "improved":
@@ -464,14 +476,10 @@ def fit(
             "validation_correlation": score,
             "learning_rate": lr_used,
             "event": action,
-            "seconds": time.time() - epoch_start,
         }
         if ensemble:
             line["member_loss"] = member_loss.tolist()
             line["member_validation_correlation"] = member_scores.tolist()
-        history.append(line)
-        if primary:
-            write_lines(workdir / "metrics.jsonl", history)
         if action == "stop":
             stopped = "plateau"
         checkpoint.save_step(
@@ -480,6 +488,18 @@ def fit(
             {"params": params, "rest": rest, "opt": opt_state, "best_params": best_params, "best_rest": best_rest},
             {"epoch": epoch, "schedule": dataclasses.asdict(schedule), "stopped": stopped},
         )
+        # Wall seconds of the epoch and its parts; elapsed and CPU (this process, all threads)
+        # since fit() was called (store loading and compilation included).
+        now = time.time()
+        line["seconds"] = now - epoch_start
+        line["train_seconds"] = validation_start - epoch_start
+        line["validation_seconds"] = checkpoint_start - validation_start
+        line["checkpoint_seconds"] = now - checkpoint_start
+        line["elapsed_seconds"] = elapsed0 + now - called
+        line["cpu_seconds"] = cpu0 + time.process_time() - called_cpu
+        history.append(line)
+        if primary:
+            write_lines(workdir / "metrics.jsonl", history)
         start = epoch
         if progress:
             tqdm.write(
