@@ -686,8 +686,9 @@ def mei_command(
 
     Writes the MEI store ``out`` and ``<out stem>.png`` beside it (existing ones only with
     ``overwrite``; both paths are checked before the work starts); returns the summary
-    {"recipe", "config_sources", "median_ratio", "median_true_ratio", "neurons": [{"id",
-    "activation", "best_natural_activation", "ratio", "true_ratio", "optimum_correlation"}]}.
+    {"recipe", "config_sources", "median_ratio", "median_true_ratio", "median_spectral_kl",
+    "natural_spectral_slope", "neurons": [{"id", "activation", "best_natural_activation", "ratio",
+    "true_ratio", "optimum_correlation", "spectral_kl", "spectral_slope"}]}.
     recipe: a preset or custom recipe name; None uses the run's own [mei] recipe (see
     twin.mei.recipes.recipe_config for how the run's [mei], ``config_path`` and ``seeds`` apply).
     coordinator, num_processes, process_id: multi-host set-up (twin.distributed.initialize);
@@ -700,8 +701,9 @@ def mei_command(
     fixed centre, from an MEI store of this run (each MEI inside its tight mask) or image files
     (.npy, folder or .zip: one patch on the mean gray, or one per neuron, inside its Walker mask);
     returns {"recipe", "config_sources", "surround", "median_surround_ratio",
-    "median_true_surround_ratio", "neurons": [{"id", "centre_activation", "activation",
-    "surround_ratio", "true_surround_ratio"}]} (twin.mei.context). transparency: MEIs with a
+    "median_true_surround_ratio", "median_spectral_kl", "natural_spectral_slope", "neurons":
+    [{"id", "centre_activation", "activation", "surround_ratio", "true_surround_ratio",
+    "spectral_kl"}]} (twin.mei.context). transparency: MEIs with a
     per-pixel opacity over ``background`` (grey, noise, or image files or a session store of
     natural images); the summary gains "background", "mean_opacity" and each neuron's
     "mean_opacity".
