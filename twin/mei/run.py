@@ -432,11 +432,49 @@ def surround_centres(job: MeiJob, centre: str) -> tuple[np.ndarray, np.ndarray, 
     return index, centres, masks
 
 
+def surround_truth(job: MeiJob, index: np.ndarray, alone: np.ndarray, best: np.ndarray) -> tuple:
+    """The simulated animal's responses (n,) of neurons ``index`` (n,) to the centres ``alone`` and
+    to the best centres with surrounds ``best`` (n, [channel,] y, x), normalized; NaN for a
+    recorded session."""
+    from twin.mei import validate
+
+    truth = simulated_truth(job.data)
+    if truth is None:
+        nan = np.full(len(index), np.nan, np.float32)
+        return nan, nan
+    return tuple(validate.true_responses(truth, job.pixels(images), index) for images in (alone, best))
+
+
+def surround_summary(job: MeiJob, surround: str, variables: dict, activation: np.ndarray,
+                     spectra_summary: dict) -> dict:
+    """The surround summary of mei_command from the store ``variables`` and the best activations
+    (n,)."""
+    ratio, true_ratio = variables["surround_ratio"], variables["true_surround_ratio"]
+    return {
+        "recipe": job.config.recipe,
+        "config_sources": job.config_sources,
+        "surround": surround,
+        "median_surround_ratio": finite(np.median(ratio)),
+        "median_true_surround_ratio": finite(np.median(true_ratio)),
+        **spectra_summary,
+        "neurons": [
+            {
+                "id": job.data.unit_id[neuron].item(),
+                "centre_activation": finite(variables["centre_activation"][i]),
+                "activation": finite(activation[i]),
+                "surround_ratio": finite(ratio[i]),
+                "true_surround_ratio": finite(true_ratio[i]),
+                "spectral_kl": finite(variables["spectral_kl"][i]),
+            }
+            for i, neuron in enumerate(variables["neuron_index"])
+        ],
+    }
+
+
 def run_surround(job: MeiJob, surround: str, centre: str) -> dict:
     """Optimize, check and write the ``surround`` surrounds (excite or suppress) of the neurons'
     fixed centres from ``centre``; returns the surround summary of mei_command."""
     from twin.data.schema import plot_text
-    from twin.mei import validate
     from twin.mei.context import surround_inputs
 
     index, centres, masks = surround_centres(job, centre)
@@ -445,11 +483,7 @@ def run_surround(job: MeiJob, surround: str, centre: str) -> dict:
     )
     best = found.result.best_images()
     alone = per_image(found.centre_mask, centres) * centres
-    true_centre = true_activation = np.full(len(index), np.nan, np.float32)
-    truth = simulated_truth(job.data)
-    if truth is not None:
-        true_centre = validate.true_responses(truth, job.pixels(alone), index)
-        true_activation = validate.true_responses(truth, job.pixels(best), index)
+    true_centre, true_activation = surround_truth(job, index, alone, best)
     true_ratio = true_activation / true_centre
     spectra, spectra_summary = naturalness_checks(job, best, natural_pixels(job.data))
     attrs = job.attrs | {
@@ -475,26 +509,7 @@ def run_surround(job: MeiJob, surround: str, centre: str) -> dict:
         for title in (f"unit {plot_text(unit)}: centre", f"{surround} {ratio:.2f}x")
     ]
     write_outputs(job, variables, attrs, job.pixels(panels), titles)
-    activation = found.result.best_activations()
-    return {
-        "recipe": job.config.recipe,
-        "config_sources": job.config_sources,
-        "surround": surround,
-        "median_surround_ratio": finite(np.median(found.ratio)),
-        "median_true_surround_ratio": finite(np.median(true_ratio)),
-        **spectra_summary,
-        "neurons": [
-            {
-                "id": job.data.unit_id[neuron].item(),
-                "centre_activation": finite(found.centre_activation[i]),
-                "activation": finite(activation[i]),
-                "surround_ratio": finite(found.ratio[i]),
-                "true_surround_ratio": finite(true_ratio[i]),
-                "spectral_kl": finite(spectra["spectral_kl"][i]),
-            }
-            for i, neuron in enumerate(index)
-        ],
-    }
+    return surround_summary(job, surround, variables, found.result.best_activations(), spectra_summary)
 
 
 def transparency_backgrounds(job: MeiJob, background: str | None) -> tuple[np.ndarray, dict]:
