@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from twin.errors import ConfigError
 from twin.outputs import check_output, output
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from twin.config import MEIConfig
+    from twin.data.loader import SessionData
+    from twin.models.twin import Twin
 
 
 def parse_neurons(spec: str, unit_id: np.ndarray) -> np.ndarray:
@@ -150,10 +159,12 @@ def finite(value) -> float | None:
 
 
 def check_modes(surround, centre, transparency: bool, background, deis: int) -> None:
-    """One ConfigError line for --surround, --centre, --transparency, --background and --deis
-    that do not go together."""
+    """One ConfigError line for a --deis count other than 0 or at least 2, or --surround,
+    --centre, --transparency, --background and --deis that do not go together."""
     from twin.mei.context import DIRECTIONS
 
+    if deis == 1 or deis < 0:
+        raise ConfigError(f"--deis {deis}: give 0 (none) or at least 2 images per neuron")
     if surround is not None and surround not in DIRECTIONS:
         raise ConfigError(f"--surround {surround}: use {' or '.join(DIRECTIONS)}")
     if surround is not None and centre is None:
@@ -215,39 +226,272 @@ def per_image(masks: np.ndarray, images: np.ndarray) -> np.ndarray:
     return masks[:, None] if images.ndim == 4 else masks
 
 
-def write_surrounds(found, centres, data, index, image_mean, image_std, attrs, config_sources, out,
-                    overwrite, primary) -> dict:
-    """Write the surround store and PNG (see twin.mei.store) of ``found`` (SurroundResult) around
-    ``centres (n, [channel,] y, x)`` of neurons ``index (n,)``; returns the summary."""
-    from twin.data.schema import plot_text
+@dataclass(frozen=True)
+class MeiJob:
+    """A checked `twin mei` job: the run, its session and what the MEI, surround and transparency
+    paths share.
+
+    run: the run folder as given; index: the neurons (n,) as positions in the session, None for
+    the neurons of ``centre_store`` (the --centre MEI store, or None); engine: the keyword
+    arguments of optimize_meis and surround_inputs (image_shape, pixel_range, image_stats,
+    validator, progress, behavior, pupil_center); image_mean, image_std: the session's
+    normalization channels first, as stored; attrs: the store attributes of every path; primary:
+    whether this process writes the outputs.
+    """
+
+    run: str
+    model: Twin
+    session: int
+    data: SessionData
+    index: np.ndarray | None
+    centre_store: xr.Dataset | None
+    config: MEIConfig
+    config_sources: list[str]
+    attrs: dict
+    engine: dict
+    image_mean: np.ndarray
+    image_std: np.ndarray
+    out: Path
+    overwrite: bool
+    primary: bool
+
+    @property
+    def fixed(self) -> dict:
+        """Behavior and pupil centre, each at its train mean (None when the session has none)."""
+        return {name: self.engine[name] for name in ("behavior", "pupil_center")}
+
+    def pixels(self, images: np.ndarray) -> np.ndarray:
+        """Normalized images (..., [channel,] y, x) in pixel levels."""
+        mean, std = self.engine["image_stats"]
+        return images * std + mean
+
+
+def check_outputs(out: Path, overwrite: bool, run: str, validator, stores, run_records, centre, background) -> None:
+    """ConfigError unless the store ``out`` and its PNG may be written (twin.outputs.check_output
+    against the command's inputs). Every process checks (the same answer on a shared
+    filesystem), so all stop together."""
+    from twin.mei.context import GRAY
+
+    inputs = [run, *([validator] if validator else []), *(stores or [r["path"] for r in run_records])]
+    inputs += [path for path in (centre, background) if path and path not in ("noise", *GRAY)]
+    check_output(out, overwrite, "store", inputs=inputs)
+    check_output(out.with_suffix(".png"), overwrite, "file", inputs=inputs)
+
+
+def load_validator(validator: str | None, session: int, data, run: str):
+    """The model of the run ``validator`` (None: none), checked to have ``data``'s neurons."""
+    from twin.checkpoint import load_run
+
+    if validator is None:
+        return None
+    model = load_run(validator, load_sessions=False).model
+    if model.n_neurons[session] != data.n_neurons:
+        raise ConfigError(
+            f"--validator {validator}: session {session} has {model.n_neurons[session]}"
+            f" neurons there but {data.n_neurons} in {run}; pass a run fit on the same session"
+        )
+    return model
+
+
+def engine_arguments(data, validator_model, progress: bool) -> dict:
+    """The keyword arguments of optimize_meis for SessionData ``data``: images in the engine's
+    layout, (y, x) or (channel, y, x) for several channels; behavior and pupil centre at their
+    train means."""
+    train = data.trials("train")
+    image_shape = data.image_shape if data.channels == 1 else (data.channels, *data.image_shape)
+    mean, std = (broadcastable(stats_channels_first(v)) for v in (data.image_mean, data.image_std))
+    return {
+        "image_shape": image_shape,
+        "pixel_range": tuple(broadcastable(stats_channels_first(v)) for v in data.pixel_range),
+        "image_stats": (mean, std),
+        "validator": validator_model,
+        "progress": progress,
+        "behavior": None if data.behavior is None else data.behavior[train].mean(0),
+        "pupil_center": None if data.pupil_center is None else data.pupil_center[train].mean(0),
+    }
+
+
+def prepare_job(run: str, neurons, seeds, recipe, config_path, out, deis: int, session: int, validator,
+                progress: bool, overwrite: bool, stores, surround, centre, transparency: bool, background) -> MeiJob:
+    """Check mei_command's arguments and outputs, then load the run, its session ``session`` and
+    the validator: one ConfigError line for the first problem, before any work."""
+    import jax
+
+    from twin.checkpoint import load_run, read_run_files
+    from twin.mei.recipes import recipe_config
+    from twin.mei.store import config_toml, open_meis
+
+    primary = jax.process_index() == 0
+    run_config, run_records = read_run_files(Path(run))
+    config, config_sources = recipe_config(
+        recipe, config_path, seeds, run_config.mei, str(Path(run) / "config.toml")
+    )
+    check_modes(surround, centre, transparency, background, deis)
+    out = Path(out)
+    if out.suffix != ".zarr":
+        raise ConfigError(f"--out {out}: name the MEI store with a .zarr suffix")
+    check_outputs(out, overwrite, run, validator, stores, run_records, centre, background)
+    loaded = load_run(run, stores=stores)
+    if not 0 <= session < len(loaded.sessions):
+        raise ConfigError(
+            f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}"
+        )
+    data = loaded.sessions[session]
+    centre_store = open_meis(centre) if centre is not None and is_store(centre) else None
+    index = None if neurons is None and centre_store is not None else parse_neurons(neurons or "all", data.unit_id)
+    validator_model = load_validator(validator, session, data, run)
+    attrs = {
+        "run": str(Path(run).absolute()),
+        "session": session,
+        "store": str(Path(data.path).absolute()),
+        "recipe": config.recipe,
+        "mei_config": config_toml(config),
+        "config_sources": config_sources,
+    }
+    return MeiJob(
+        run=run, model=loaded.model, session=session, data=data, index=index, centre_store=centre_store,
+        config=config, config_sources=config_sources, attrs=attrs,
+        engine=engine_arguments(data, validator_model, progress and primary),
+        image_mean=stats_channels_first(data.image_mean), image_std=stats_channels_first(data.image_std),
+        out=out, overwrite=overwrite, primary=primary,
+    )
+
+
+def simulated_truth(data) -> dict | None:
+    """The simulated animal behind SessionData ``data`` (twin.data.simulate.ground_truth), or
+    None for a recorded session."""
     from twin.data.simulate import ground_truth
     from twin.data.store import open_session
-    from twin.mei import validate
-    from twin.mei.store import meis_dataset, write_meis
+
+    ds = open_session(data.path)
+    return ground_truth(ds) if ds.attrs.get("simulated") else None
+
+
+def naturalness_checks(job: MeiJob, images: np.ndarray, natural: np.ndarray) -> tuple[dict, dict]:
+    """The naturalness (twin.naturalness) of normalized images (n, [channel,] y, x) against the
+    session's train images ``natural`` (natural_pixels): (store variables spectral_kl and
+    spectral_slope (n,), summary entries median_spectral_kl and natural_spectral_slope)."""
     from twin.naturalness import naturalness
 
-    result = found.result
-    engine_mean, engine_std = broadcastable(image_mean), broadcastable(image_std)
-    best = result.best_images()
-    alone = per_image(found.centre_mask, centres) * centres
-    n = len(index)
-    true_centre = true_activation = np.full(n, np.nan, np.float32)
-    ds_session = open_session(data.path)
-    if ds_session.attrs.get("simulated"):
-        params = ground_truth(ds_session)
-        true_centre = validate.true_responses(params, alone * engine_std + engine_mean, index)
-        true_activation = validate.true_responses(params, best * engine_std + engine_mean, index)
-    true_ratio = true_activation / true_centre
-    spectra = naturalness(best * engine_std + engine_mean, natural_pixels(data))
-    attrs = attrs | {"natural_spectral_slope": spectra["natural_spectral_slope"]}
-    variables = {
+    spectra = naturalness(job.pixels(images), natural)
+    variables = {name: spectra[name] for name in ("spectral_kl", "spectral_slope")}
+    summary = {
+        "median_spectral_kl": finite(np.median(spectra["spectral_kl"])),
+        "natural_spectral_slope": spectra["natural_spectral_slope"],
+    }
+    return variables, summary
+
+
+def result_variables(job: MeiJob, result, index: np.ndarray) -> dict:
+    """Store variables of an MEIResult ``result`` of neurons ``index`` (n,)."""
+    return {
         "images": result.images,
         "activations": result.activations,
         "best_seed": result.best_seed,
         "steps": result.steps,
         "validator_activations": result.validator_activations,
-        "unit_id": data.unit_id[index],
+        "unit_id": job.data.unit_id[index],
         "neuron_index": index,
+    }
+
+
+def write_outputs(job: MeiJob, variables: dict, attrs: dict, panels: np.ndarray, titles: list[str]) -> None:
+    """On the primary process, write the MEI store of ``variables`` (twin.mei.store; the
+    normalization added) with ``attrs``, and the PNG of ``panels`` (m, [channel,] y, x) in pixel
+    levels titled ``titles`` (m,)."""
+    from twin.mei.store import meis_dataset, write_meis
+
+    if not job.primary:
+        return
+    variables = variables | {"image_mean": job.image_mean, "image_std": job.image_std}
+    write_meis(meis_dataset(variables, attrs), job.out, job.overwrite)
+    with output(job.out.with_suffix(".png"), job.overwrite, "file") as grid:
+        plot_grid(panels, titles, grid)
+
+
+def surround_centres(job: MeiJob, centre: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(neurons (n,), centres (n, [channel,] y, x) normalized, centre masks (n, y, x)): the
+    best-seed MEIs of the --centre store inside their tight masks, or the patches of the
+    --centre files inside their Walker masks."""
+    from twin.mei.masks import THRESHOLD, tight_masks
+    from twin.mei.optimize import neuron_objective
+
+    if job.centre_store is None:
+        return job.index, *file_centres(centre, job.data, len(job.index), *job.engine["image_stats"])
+    index, centres = store_centres(
+        centre, job.centre_store, job.run, job.session, job.data, job.index, job.image_mean, job.image_std
+    )
+    objective = neuron_objective(job.session, **job.fixed)
+    masks = tight_masks(job.model, objective, centres, index, job.engine["image_stats"][1], solid=True)
+    empty = np.flatnonzero(~(masks == 1).any(axis=(1, 2)))
+    if len(empty):
+        raise ConfigError(
+            f"--centre {centre}: the MEI of unit {job.data.unit_id[index[empty[0]]]} nowhere differs from"
+            f" the mean gray by {THRESHOLD:g} levels, so it has no centre; pass stronger MEIs (more steps)"
+        )
+    return index, centres, masks
+
+
+def surround_truth(job: MeiJob, index: np.ndarray, alone: np.ndarray, best: np.ndarray) -> tuple:
+    """The simulated animal's responses (n,) of neurons ``index`` (n,) to the centres ``alone`` and
+    to the best centres with surrounds ``best`` (n, [channel,] y, x), normalized; NaN for a
+    recorded session."""
+    from twin.mei import validate
+
+    truth = simulated_truth(job.data)
+    if truth is None:
+        nan = np.full(len(index), np.nan, np.float32)
+        return nan, nan
+    return tuple(validate.true_responses(truth, job.pixels(images), index) for images in (alone, best))
+
+
+def surround_summary(job: MeiJob, surround: str, variables: dict, activation: np.ndarray,
+                     spectra_summary: dict) -> dict:
+    """The surround summary of mei_command from the store ``variables`` and the best activations
+    (n,)."""
+    ratio, true_ratio = variables["surround_ratio"], variables["true_surround_ratio"]
+    return {
+        "recipe": job.config.recipe,
+        "config_sources": job.config_sources,
+        "surround": surround,
+        "median_surround_ratio": finite(np.median(ratio)),
+        "median_true_surround_ratio": finite(np.median(true_ratio)),
+        **spectra_summary,
+        "neurons": [
+            {
+                "id": job.data.unit_id[neuron].item(),
+                "centre_activation": finite(variables["centre_activation"][i]),
+                "activation": finite(activation[i]),
+                "surround_ratio": finite(ratio[i]),
+                "true_surround_ratio": finite(true_ratio[i]),
+                "spectral_kl": finite(variables["spectral_kl"][i]),
+            }
+            for i, neuron in enumerate(variables["neuron_index"])
+        ],
+    }
+
+
+def run_surround(job: MeiJob, surround: str, centre: str) -> dict:
+    """Optimize, check and write the ``surround`` surrounds (excite or suppress) of the neurons'
+    fixed centres from ``centre``; returns the surround summary of mei_command."""
+    from twin.data.schema import plot_text
+    from twin.mei.context import surround_inputs
+
+    index, centres, masks = surround_centres(job, centre)
+    found = surround_inputs(
+        job.model, job.session, index, job.config, centre=centres, centre_mask=masks, direction=surround, **job.engine
+    )
+    best = found.result.best_images()
+    alone = per_image(found.centre_mask, centres) * centres
+    true_centre, true_activation = surround_truth(job, index, alone, best)
+    true_ratio = true_activation / true_centre
+    spectra, spectra_summary = naturalness_checks(job, best, natural_pixels(job.data))
+    attrs = job.attrs | {
+        "surround": surround,
+        "centre": str(Path(centre).absolute()),
+        "natural_spectral_slope": spectra_summary["natural_spectral_slope"],
+    }
+    variables = result_variables(job, found.result, index) | {
         "surround": found.surround,
         "centre_mask": found.centre_mask,
         "centre_activation": found.centre_activation,
@@ -255,42 +499,181 @@ def write_surrounds(found, centres, data, index, image_mean, image_std, attrs, c
         "true_centre_activation": true_centre,
         "true_activation": true_activation,
         "true_surround_ratio": true_ratio,
-        "spectral_kl": spectra["spectral_kl"],
-        "spectral_slope": spectra["spectral_slope"],
-        "image_mean": image_mean,
-        "image_std": image_std,
+        **spectra,
     }
-    if primary:
-        write_meis(meis_dataset(variables, attrs), out, overwrite)
-        with output(out.with_suffix(".png"), overwrite, "file") as grid:
-            panels = np.stack([alone, best], axis=1).reshape(2 * n, *best.shape[1:])
-            titles = [
-                title
-                for unit, ratio in zip(data.unit_id[index], found.ratio)
-                for title in (f"unit {plot_text(unit)}: centre", f"{attrs['surround']} {ratio:.2f}x")
-            ]
-            plot_grid(panels * engine_std + engine_mean, titles, grid)
-    activation = result.best_activations()
+    # Each neuron's centre alone, then with the surround.
+    panels = np.stack([alone, best], axis=1).reshape(2 * len(index), *best.shape[1:])
+    titles = [
+        title
+        for unit, ratio in zip(job.data.unit_id[index], found.ratio)
+        for title in (f"unit {plot_text(unit)}: centre", f"{surround} {ratio:.2f}x")
+    ]
+    write_outputs(job, variables, attrs, job.pixels(panels), titles)
+    return surround_summary(job, surround, variables, found.result.best_activations(), spectra_summary)
+
+
+def transparency_backgrounds(job: MeiJob, background: str | None) -> tuple[np.ndarray, dict]:
+    """(the backgrounds (b, [channel,] y, x) normalized that transparent MEIs are optimized over,
+    the store attrs with background and opacity_penalty): ``background`` is gray (None), noise, or
+    image files or a session store of natural images."""
+    from twin.mei.context import GRAY, background_bank
+    from twin.predict import prepare, read_inputs
+
+    background = background or GRAY[0]
+
+    def read(path):
+        images, _ = read_inputs(path, job.data.channels)
+        return engine_layout(prepare(images, job.data, f"--background {path}"))
+
+    backgrounds = background_bank(background, read, job.engine["image_shape"], job.engine["pixel_range"])
+    return backgrounds, job.attrs | {"background": background, "opacity_penalty": job.config.opacity_penalty}
+
+
+def natural_checks(job: MeiJob, best: np.ndarray) -> dict:
+    """The in-silico controls of the best MEIs (n, [channel,] y, x) as store variables: the best
+    natural train image (best_natural_activation, best_natural_trial (n,)), contrast tuning
+    (contrast_rms, contrast_activation (n, contrast)) and shift robustness (shift_offset (shift,
+    yx), shift_activation (n, shift))."""
+    from twin.mei import validate
+    from twin.mei.optimize import neuron_objective
+
+    train = job.data.trials("train")
+    activation, where = validate.best_natural(
+        job.model, job.session, job.data.images[train], job.index, **job.fixed
+    )
+    objective = neuron_objective(job.session, **job.fixed)
+    contrast_rms, contrast_activation = validate.contrast_tuning(
+        job.model, objective, best, job.index, job.engine["pixel_range"]
+    )
     return {
-        "recipe": attrs["recipe"],
-        "config_sources": config_sources,
-        "surround": attrs["surround"],
-        "median_surround_ratio": finite(np.median(found.ratio)),
-        "median_true_surround_ratio": finite(np.median(true_ratio)) if np.isfinite(true_ratio).any() else None,
-        "median_spectral_kl": finite(np.median(spectra["spectral_kl"])),
-        "natural_spectral_slope": spectra["natural_spectral_slope"],
+        "best_natural_activation": activation,
+        "best_natural_trial": train[where],
+        "contrast_rms": contrast_rms,
+        "contrast_activation": contrast_activation,
+        "shift_offset": validate.shift_offsets(),
+        "shift_activation": validate.shift_robustness(job.model, objective, best, job.index),
+    }
+
+
+def ground_truth_checks(job: MeiJob, best: np.ndarray, natural: np.ndarray) -> dict:
+    """The simulated animal's view of the best MEIs (n, [channel,] y, x) as store variables, all
+    (n,): its responses (true_activation), its best train image among ``natural``
+    (natural_pixels; true_best_natural, true_best_natural_trial), their ratio (true_ratio) and the
+    correlation with its optimal stimulus (optimum_correlation); NaN and trial -1 for a recorded
+    session."""
+    from twin.mei import validate
+
+    n = len(job.index)
+    nan = np.full(n, np.nan, np.float32)
+    truth = simulated_truth(job.data)
+    if truth is None:
+        return {
+            "true_activation": nan,
+            "true_best_natural": nan,
+            "true_best_natural_trial": np.full(n, -1, np.int64),
+            "true_ratio": nan,
+            "optimum_correlation": nan,
+        }
+    pixels = job.pixels(best)
+    true_activation = validate.true_responses(truth, pixels, job.index)
+    true_natural, where = validate.true_best_natural(truth, natural, job.index)
+    return {
+        "true_activation": true_activation,
+        "true_best_natural": true_natural,
+        "true_best_natural_trial": job.data.trials("train")[where],
+        "true_ratio": true_activation / true_natural,
+        "optimum_correlation": validate.optimum_correlation(pixels, truth["optimal_stimulus"][job.index]),
+    }
+
+
+def diverse_step(job: MeiJob, result, deis: int, natural: np.ndarray) -> dict:
+    """``deis`` diverse exciting images of each neuron from its best MEI (twin.mei.diverse) as
+    store variables deis (n, deis, [channel,] y, x), dei_activations and dei_spectral_kl (n, deis)
+    against the train images ``natural``; None (left out of the store) when ``deis`` is 0."""
+    from twin.mei import diverse
+    from twin.naturalness import naturalness
+
+    if not deis:
+        return {"deis": None, "dei_activations": None, "dei_spectral_kl": None}
+    images, activations = diverse.diverse_images(
+        job.model, job.session, job.index, result.best_images(), result.best_activations(), job.config, deis,
+        pixel_range=job.engine["pixel_range"], progress=job.engine["progress"], **job.fixed,
+    )
+    pixels = job.pixels(images)
+    spectral_kl = naturalness(pixels.reshape(-1, *pixels.shape[2:]), natural)["spectral_kl"]
+    return {"deis": images, "dei_activations": activations, "dei_spectral_kl": spectral_kl.reshape(images.shape[:2])}
+
+
+def transparency_panels(job: MeiJob, result, panels: np.ndarray, titles: list[str]) -> tuple:
+    """(panels (2n, [channel,] y, x), titles (2n,), mean opacity (n,) of the best seeds): each of
+    ``panels`` (n, [channel,] y, x), the MEIs over the mean gray in pixel levels, followed by its
+    foreground under its opacity over a checkerboard (``result``: the transparent MEIResult)."""
+    n = len(panels)
+    chosen = (np.arange(n), result.best_seed)
+    opacity = result.opacity[chosen]
+    mean_opacity = opacity.mean(axis=(1, 2))
+    seen = per_image(opacity, panels) * job.pixels(result.foreground[chosen])
+    seen = seen + (1 - per_image(opacity, panels)) * checkerboard(opacity.shape[1:])
+    panels = np.stack([panels, seen], axis=1).reshape(2 * n, *panels.shape[1:])
+    titles = [t for title, m in zip(titles, mean_opacity) for t in (title, f"opacity {m:.2f}")]
+    return panels, titles, mean_opacity
+
+
+def mei_summary(job: MeiJob, variables: dict, activation: np.ndarray, spectra_summary: dict) -> dict:
+    """The MEI summary of mei_command from the store ``variables`` and the best activations (n,)."""
+    ratio, true_ratio, spectra = variables["ratio"], variables["true_ratio"], variables["spectral_kl"]
+    mean_opacity = variables.get("mean_opacity")
+    return {
+        "recipe": job.config.recipe,
+        "config_sources": job.config_sources,
+        "median_ratio": finite(np.median(ratio)),
+        "median_true_ratio": finite(np.median(true_ratio)),
+        **spectra_summary,
         "neurons": [
             {
-                "id": data.unit_id[neuron].item(),
-                "centre_activation": finite(found.centre_activation[i]),
+                "id": job.data.unit_id[neuron].item(),
                 "activation": finite(activation[i]),
-                "surround_ratio": finite(found.ratio[i]),
-                "true_surround_ratio": finite(true_ratio[i]),
-                "spectral_kl": finite(spectra["spectral_kl"][i]),
+                "best_natural_activation": finite(variables["best_natural_activation"][i]),
+                "ratio": finite(ratio[i]),
+                "true_ratio": finite(true_ratio[i]),
+                "optimum_correlation": finite(variables["optimum_correlation"][i]),
+                "spectral_kl": finite(spectra[i]),
+                "spectral_slope": finite(variables["spectral_slope"][i]),
+                **({} if mean_opacity is None else {"mean_opacity": finite(mean_opacity[i])}),
             }
-            for i, neuron in enumerate(index)
+            for i, neuron in enumerate(job.index)
         ],
     }
+
+
+def run_meis(job: MeiJob, deis: int, transparency: bool, background: str | None) -> dict:
+    """Optimize, check and write the MEIs (with ``transparency``, transparent over ``background``)
+    and ``deis`` DEIs of each; returns the MEI summary of mei_command."""
+    from twin.data.schema import plot_text
+    from twin.mei.optimize import optimize_meis
+
+    backgrounds, attrs = transparency_backgrounds(job, background) if transparency else (None, job.attrs)
+    result = optimize_meis(job.model, job.session, job.index, job.config, backgrounds=backgrounds, **job.engine)
+    best, activation = result.best_images(), result.best_activations()
+    natural = natural_pixels(job.data)
+    checks = natural_checks(job, best)
+    ratio = activation / checks["best_natural_activation"]
+    spectra, spectra_summary = naturalness_checks(job, best, natural)
+    variables = result_variables(job, result, job.index) | checks | {"ratio": ratio}
+    variables |= ground_truth_checks(job, best, natural) | spectra | diverse_step(job, result, deis, natural)
+    variables |= {"foreground": result.foreground, "opacity": result.opacity}
+    attrs = attrs | {
+        "true_ratio_control": "the ground truth's best train image",
+        "natural_spectral_slope": spectra_summary["natural_spectral_slope"],
+    }
+    panels = job.pixels(best)
+    titles = [f"unit {plot_text(u)}: {r:.2f}x" for u, r in zip(job.data.unit_id[job.index], ratio)]
+    opacity_summary = {}
+    if transparency:
+        panels, titles, variables["mean_opacity"] = transparency_panels(job, result, panels, titles)
+        opacity_summary = {"background": attrs["background"], "mean_opacity": finite(variables["mean_opacity"].mean())}
+    write_outputs(job, variables, attrs, panels, titles)
+    return opacity_summary | mei_summary(job, variables, activation, spectra_summary)
 
 
 def mei_command(
@@ -318,8 +701,9 @@ def mei_command(
 
     Writes the MEI store ``out`` and ``<out stem>.png`` beside it (existing ones only with
     ``overwrite``; both paths are checked before the work starts); returns the summary
-    {"recipe", "config_sources", "median_ratio", "median_true_ratio", "neurons": [{"id",
-    "activation", "best_natural_activation", "ratio", "true_ratio", "optimum_correlation"}]}.
+    {"recipe", "config_sources", "median_ratio", "median_true_ratio", "median_spectral_kl",
+    "natural_spectral_slope", "neurons": [{"id", "activation", "best_natural_activation", "ratio",
+    "true_ratio", "optimum_correlation", "spectral_kl", "spectral_slope"}]}.
     recipe: a preset or custom recipe name; None uses the run's own [mei] recipe (see
     twin.mei.recipes.recipe_config for how the run's [mei], ``config_path`` and ``seeds`` apply).
     coordinator, num_processes, process_id: multi-host set-up (twin.distributed.initialize);
@@ -332,224 +716,20 @@ def mei_command(
     fixed centre, from an MEI store of this run (each MEI inside its tight mask) or image files
     (.npy, folder or .zip: one patch on the mean gray, or one per neuron, inside its Walker mask);
     returns {"recipe", "config_sources", "surround", "median_surround_ratio",
-    "median_true_surround_ratio", "neurons": [{"id", "centre_activation", "activation",
-    "surround_ratio", "true_surround_ratio"}]} (twin.mei.context). transparency: MEIs with a
+    "median_true_surround_ratio", "median_spectral_kl", "natural_spectral_slope", "neurons":
+    [{"id", "centre_activation", "activation", "surround_ratio", "true_surround_ratio",
+    "spectral_kl"}]} (twin.mei.context). transparency: MEIs with a
     per-pixel opacity over ``background`` (grey, noise, or image files or a session store of
     natural images); the summary gains "background", "mean_opacity" and each neuron's
     "mean_opacity".
     """
-    import jax
-
     from twin import distributed
-    from twin.checkpoint import load_run, read_run_files
-    from twin.data.schema import plot_text
-    from twin.data.simulate import ground_truth
-    from twin.data.store import open_session
-    from twin.mei import diverse, validate
-    from twin.mei.context import GRAY, background_bank, surround_inputs
-    from twin.mei.masks import THRESHOLD, tight_masks
-    from twin.mei.optimize import neuron_objective, optimize_meis
-    from twin.mei.recipes import recipe_config
-    from twin.mei.store import config_toml, meis_dataset, open_meis, write_meis
-    from twin.naturalness import naturalness
-    from twin.predict import prepare, read_inputs
 
     distributed.initialize(coordinator, num_processes, process_id)
-    primary = jax.process_index() == 0
-    progress = progress and primary
-    run_config, run_records = read_run_files(Path(run))
-    config, config_sources = recipe_config(
-        recipe, config_path, seeds, run_config.mei, str(Path(run) / "config.toml")
+    job = prepare_job(
+        run, neurons, seeds, recipe, config_path, out, deis, session, validator, progress, overwrite, stores,
+        surround, centre, transparency, background,
     )
-    if deis == 1 or deis < 0:
-        raise ConfigError(f"--deis {deis}: give 0 (none) or at least 2 images per neuron")
-    check_modes(surround, centre, transparency, background, deis)
-    out = Path(out)
-    if out.suffix != ".zarr":
-        raise ConfigError(f"--out {out}: name the MEI store with a .zarr suffix")
-    # Every process checks (the same answer on a shared filesystem), so all stop together.
-    inputs = [run, *([validator] if validator else []), *(stores or [r["path"] for r in run_records])]
-    inputs += [path for path in (centre, background) if path and path not in ("noise", *GRAY)]
-    check_output(out, overwrite, "store", inputs=inputs)
-    check_output(out.with_suffix(".png"), overwrite, "file", inputs=inputs)
-    loaded = load_run(run, stores=stores)
-    if not 0 <= session < len(loaded.sessions):
-        raise ConfigError(
-            f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}"
-        )
-    data = loaded.sessions[session]
-    centre_store = None
-    if centre is not None and is_store(centre):
-        centre_store = open_meis(centre)
-    index = None if neurons is None and centre_store is not None else parse_neurons(neurons or "all", data.unit_id)
-    validator_model = None
-    if validator is not None:
-        validator_model = load_run(validator, load_sessions=False).model
-        if validator_model.n_neurons[session] != data.n_neurons:
-            raise ConfigError(
-                f"--validator {validator}: session {session} has {validator_model.n_neurons[session]}"
-                f" neurons there but {data.n_neurons} in {run}; pass a run fit on the same session"
-            )
-    model = loaded.model
-    train = data.trials("train")
-    fixed = {
-        "behavior": None if data.behavior is None else data.behavior[train].mean(0),
-        "pupil_center": None if data.pupil_center is None else data.pupil_center[train].mean(0),
-    }
-    # The engine's layout: (y, x) images, or (channel, y, x) for several channels.
-    image_shape = data.image_shape if data.channels == 1 else (data.channels, *data.image_shape)
-    image_mean, image_std = stats_channels_first(data.image_mean), stats_channels_first(data.image_std)
-    engine_mean, engine_std = broadcastable(image_mean), broadcastable(image_std)
-    pixel_range = tuple(broadcastable(stats_channels_first(v)) for v in data.pixel_range)
-    attrs = {
-        "run": str(Path(run).absolute()),
-        "session": session,
-        "store": str(Path(data.path).absolute()),
-        "recipe": config.recipe,
-        "mei_config": config_toml(config),
-        "config_sources": config_sources,
-    }
-    engine = {
-        "image_shape": image_shape, "pixel_range": pixel_range, "image_stats": (engine_mean, engine_std),
-        "validator": validator_model, "progress": progress, **fixed,
-    }
     if surround is not None:
-        if centre_store is not None:
-            index, centre_images = store_centres(centre, centre_store, run, session, data, index, image_mean, image_std)
-            masks = tight_masks(model, neuron_objective(session, **fixed), centre_images, index, engine_std, solid=True)
-            empty = np.flatnonzero(~(masks == 1).any(axis=(1, 2)))
-            if len(empty):
-                raise ConfigError(
-                    f"--centre {centre}: the MEI of unit {data.unit_id[index[empty[0]]]} nowhere differs from"
-                    f" the mean gray by {THRESHOLD:g} levels, so it has no centre; pass stronger MEIs (more steps)"
-                )
-        else:
-            centre_images, masks = file_centres(centre, data, len(index), engine_mean, engine_std)
-        found = surround_inputs(
-            model, session, index, config, centre=centre_images, centre_mask=masks, direction=surround, **engine
-        )
-        attrs |= {"surround": surround, "centre": str(Path(centre).absolute())}
-        return write_surrounds(
-            found, centre_images, data, index, image_mean, image_std, attrs, config_sources, out, overwrite, primary
-        )
-    backgrounds = None
-    if transparency:
-        def read(path):
-            images, _ = read_inputs(path, data.channels)
-            return engine_layout(prepare(images, data, f"--background {path}"))
-
-        backgrounds = background_bank(background or GRAY[0], read, image_shape, pixel_range)
-        attrs |= {"background": background or GRAY[0], "opacity_penalty": config.opacity_penalty}
-    result = optimize_meis(model, session, index, config, backgrounds=backgrounds, **engine)
-    best = result.best_images()
-    activation = result.best_activations()
-    natural_activation, natural_index = validate.best_natural(
-        model, session, data.images[train], index, **fixed
-    )
-    objective = neuron_objective(session, **fixed)
-    contrast_rms, contrast_activation = validate.contrast_tuning(
-        model, objective, best, index, pixel_range
-    )
-    shift_activation = validate.shift_robustness(model, objective, best, index)
-
-    pixels = best * engine_std + engine_mean
-    train_pixels = natural_pixels(data)
-    spectra = naturalness(pixels, train_pixels)
-
-    n = len(index)
-    nan = np.full(n, np.nan, np.float32)
-    true_activation = true_natural = true_ratio = correlation = nan
-    true_trial = np.full(n, -1, np.int64)
-    ds_session = open_session(data.path)
-    if ds_session.attrs.get("simulated"):
-        params = ground_truth(ds_session)
-        true_activation = validate.true_responses(params, pixels, index)
-        true_natural, true_where = validate.true_best_natural(params, train_pixels, index)
-        true_trial = train[true_where]
-        true_ratio = true_activation / true_natural
-        correlation = validate.optimum_correlation(pixels, params["optimal_stimulus"][index])
-
-    dei_images = dei_activations = dei_spectral_kl = None
-    if deis:
-        dei_images, dei_activations = diverse.diverse_images(
-            model, session, index, best, activation, config, deis,
-            pixel_range=pixel_range, progress=progress, **fixed,
-        )
-        dei_pixels = dei_images * engine_std + engine_mean
-        flat = dei_pixels.reshape(-1, *dei_pixels.shape[2:])
-        dei_spectral_kl = naturalness(flat, train_pixels)["spectral_kl"].reshape(dei_images.shape[:2])
-
-    variables = {
-        "images": result.images,
-        "activations": result.activations,
-        "best_seed": result.best_seed,
-        "steps": result.steps,
-        "validator_activations": result.validator_activations,
-        "unit_id": data.unit_id[index],
-        "neuron_index": index,
-        "best_natural_activation": natural_activation,
-        "best_natural_trial": train[natural_index],
-        "ratio": activation / natural_activation,
-        "true_activation": true_activation,
-        "true_best_natural": true_natural,
-        "true_best_natural_trial": true_trial,
-        "true_ratio": true_ratio,
-        "optimum_correlation": correlation,
-        "contrast_rms": contrast_rms,
-        "contrast_activation": contrast_activation,
-        "shift_offset": validate.shift_offsets(),
-        "shift_activation": shift_activation,
-        "spectral_kl": spectra["spectral_kl"],
-        "spectral_slope": spectra["spectral_slope"],
-        "deis": dei_images,
-        "dei_activations": dei_activations,
-        "dei_spectral_kl": dei_spectral_kl,
-        "foreground": result.foreground,
-        "opacity": result.opacity,
-        "image_mean": image_mean,
-        "image_std": image_std,
-    }
-    attrs["true_ratio_control"] = "the ground truth's best train image"
-    attrs["natural_spectral_slope"] = spectra["natural_spectral_slope"]
-    titles = [f"unit {plot_text(u)}: {r:.2f}x" for u, r in zip(data.unit_id[index], variables["ratio"])]
-    panels = best * engine_std + engine_mean
-    mean_opacity = None
-    if transparency:
-        chosen = (np.arange(n), result.best_seed)
-        opacity = result.opacity[chosen]
-        mean_opacity = variables["mean_opacity"] = opacity.mean(axis=(1, 2))
-        # Each MEI over the mean gray, then its foreground with the opacity over a checkerboard.
-        seen = per_image(opacity, panels) * (result.foreground[chosen] * engine_std + engine_mean)
-        seen = seen + (1 - per_image(opacity, panels)) * checkerboard(opacity.shape[1:])
-        panels = np.stack([panels, seen], axis=1).reshape(2 * n, *panels.shape[1:])
-        titles = [t for title, m in zip(titles, mean_opacity) for t in (title, f"opacity {m:.2f}")]
-    if primary:
-        write_meis(meis_dataset(variables, attrs), out, overwrite)
-        with output(out.with_suffix(".png"), overwrite, "file") as grid:
-            plot_grid(panels, titles, grid)
-    ratios = variables["ratio"]
-    opacity_summary = {}
-    if transparency:
-        opacity_summary = {"background": attrs["background"], "mean_opacity": finite(mean_opacity.mean())}
-    return opacity_summary | {
-        "recipe": config.recipe,
-        "config_sources": config_sources,
-        "median_ratio": finite(np.median(ratios)),
-        "median_true_ratio": finite(np.median(true_ratio)) if np.isfinite(true_ratio).any() else None,
-        "median_spectral_kl": finite(np.median(spectra["spectral_kl"])),
-        "natural_spectral_slope": spectra["natural_spectral_slope"],
-        "neurons": [
-            {
-                "id": data.unit_id[neuron].item(),
-                "activation": finite(activation[i]),
-                "best_natural_activation": finite(natural_activation[i]),
-                "ratio": finite(ratios[i]),
-                "true_ratio": finite(true_ratio[i]),
-                "optimum_correlation": finite(correlation[i]),
-                "spectral_kl": finite(spectra["spectral_kl"][i]),
-                "spectral_slope": finite(spectra["spectral_slope"][i]),
-                **({} if mean_opacity is None else {"mean_opacity": finite(mean_opacity[i])}),
-            }
-            for i, neuron in enumerate(index)
-        ],
-    }
+        return run_surround(job, surround, centre)
+    return run_meis(job, deis, transparency, background)
