@@ -46,6 +46,7 @@ from twin.errors import ConfigError, SessionError
 from twin.predict import normalize, recording_units, resampled_note, run_size
 
 TOP = 16
+MAX_TOP = 10_000  # images kept per neuron at each end: their pixels are all written to the store
 BINS = 256
 HISTOGRAM_RANGE = (1e-2, 1e2)
 WINDOW_NEURONS = 4
@@ -438,6 +439,8 @@ def screen_command(
     from twin.outputs import check_output, output
 
     out, top = Path(out), top or TOP
+    if top > MAX_TOP:
+        raise ConfigError(f"--top {top}: keeps at most {MAX_TOP:,} images per neuron at each end; give a smaller --top")
     if out.suffix != ".zarr":
         raise ConfigError(f"--out {out}: name the screen store with a .zarr suffix")
     if masked and meis is None:
