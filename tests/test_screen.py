@@ -149,6 +149,19 @@ def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path, capsys):
         code, _, err = twin(["screen", run_dir, tmp_path / "small.npy", "--out", out, *extra], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists() and not list(tmp_path.glob(".s.zarr*"))
+    meis = meis_dataset(
+        {
+            "images": np.zeros((1, 1, *SIZE), np.float32), "activations": np.ones((1, 1), np.float32),
+            "best_seed": np.zeros(1, np.int64), "unit_id": np.array([0]), "neuron_index": np.array([0]),
+            "image_mean": np.float32(0), "image_std": np.float32(1),
+        },
+        {"session": 0, "run": str(tmp_path / "elsewhere")},
+    )
+    write_meis(meis, tmp_path / "other.zarr")
+    write_meis(meis.assign_attrs(run=str(run_dir), surround="excite"), tmp_path / "surround.zarr")
+    for store, message in (("other.zarr", "attribute run is"), ("surround.zarr", "holds surround or transparent images")):
+        code, _, err = twin(["screen", run_dir, tmp_path / "small.npy", "--out", out, "--meis", tmp_path / store], capsys)
+        assert code == 2 and f"--meis {tmp_path / store}: {message}" in err and not out.exists(), err
     code, _, err = twin(["screen", run_dir, tmp_path / "missing.npy", "--out", out], capsys)
     assert code == 2 and "missing.npy: no such file" in err
     code, _, err = twin(["screen", "--summary", tmp_path / "small.npy"], capsys)

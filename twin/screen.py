@@ -321,12 +321,17 @@ def crop_table(ids: np.ndarray, screened: Screened, sources, crops: Crops, data)
     }
 
 
-def mei_values(meis: xr.Dataset, data, index: np.ndarray, session: int, path) -> tuple[np.ndarray, np.ndarray]:
+def mei_values(meis: xr.Dataset, data, index: np.ndarray, session: int, path, run) -> tuple[np.ndarray, np.ndarray]:
     """(activation (k,) in the model's output units, Walker masks (k, y, x)) of the best seed's MEI
-    of each neuron ``index`` (k,) of SessionData ``data`` in the MEI store ``meis``."""
+    of each neuron ``index`` (k,) of SessionData ``data`` in the MEI store ``meis`` made by ``run``."""
     from twin.data.schema import unit_ids
     from twin.mei.masks import walker_mask
 
+    if "surround" in meis.attrs or "opacity" in meis:
+        raise ConfigError(f"--meis {path}: holds surround or transparent images; pass a store of plain MEIs (twin mei)")
+    made_by = meis.attrs.get("run")
+    if made_by is not None and Path(made_by).resolve() != Path(run).resolve():
+        raise ConfigError(f"--meis {path}: attribute run is {made_by!r}, not {run}; pass MEIs made by twin mei {run}")
     if int(meis.attrs.get("session", session)) != session:
         raise ConfigError(f"--meis {path}: holds MEIs of session {meis.attrs['session']}; pass --session to match")
     rows = {u: i for i, u in enumerate(unit_ids(meis["unit_id"].values).tolist())}
@@ -464,7 +469,7 @@ def screen_command(
     sources = [open_source(path, data.channels) for path in images]
     extra = {}
     if mei_store is not None:
-        extra["mei_activation"], masks = mei_values(mei_store, data, index, session, meis)
+        extra["mei_activation"], masks = mei_values(mei_store, data, index, session, meis, run)
         if masked:
             extra["mask"] = masks
     screened = screen(

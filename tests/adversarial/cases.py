@@ -1556,14 +1556,18 @@ case("screen-session-out-of-range", SCREEN, SCR + " --session 3", own_run, image
 case("screen-masked-without-meis", SCREEN, SCR + " --masked", own_run, images_npy(), mentions=["--masked", "--meis"])
 case("screen-meis-missing", SCREEN, SCR + " --meis nope.zarr", own_run, images_npy(), mentions=["nope.zarr"])
 case("screen-meis-is-session-store", SCREEN, SCR + " --meis sim.zarr", own_run, images_npy(), mentions=["sim.zarr"])
-case("screen-meis-other-neurons", SCREEN, SCR + " --meis meis.zarr --neurons 5:7", own_run, images_npy(), copy("meis.zarr"),
+case("screen-meis-other-neurons", SCREEN, SCR + " --meis meis.zarr --neurons 5:7", own_run, images_npy(), copy("meis.zarr"), meis_attrs(),
      mentions=["meis.zarr"])
 case("screen-meis-other-session", SCREEN, SCR + " --meis meis.zarr", own_run, images_npy(), copy("meis.zarr"),
      meis_attrs(session=1), mentions=["meis.zarr"])
-case("screen-meis-other-run", SCREEN, SCR + " --meis meis.zarr", own_run, images_npy(), copy("meis.zarr"),
+case("screen-meis-other-units", SCREEN, SCR + " --meis meis.zarr", own_run, images_npy(), copy("meis.zarr"), meis_attrs(),
      rewrite_meis("meis.zarr", lambda ds, d: ds.assign(unit_id=ds["unit_id"] + 1000)), mentions=["meis.zarr"],
      note="MEIs of other units (another run's)")
-case("screen-meis-other-size", SCREEN, SCR + " --meis meis.zarr", own_run, images_npy(), copy("meis.zarr"),
+case("screen-meis-other-run-attr", SCREEN, SCR + " --meis meis.zarr", own_run, images_npy(), copy("meis.zarr"), mentions=["meis.zarr", "run"],
+     note="meis.zarr was made by another copy of the run")
+case("screen-meis-own-run", SCREEN, SCR + " --meis meis.zarr --masked --top 2", own_run, images_npy(), copy("meis.zarr"), meis_attrs(),
+     expect=0, allow_new=["s.zarr", "s.png"], check=screen_check)
+case("screen-meis-other-size", SCREEN, SCR + " --meis meis.zarr", own_run, images_npy(), copy("meis.zarr"), meis_attrs(),
      rewrite_meis("meis.zarr", lambda ds, d: ds.isel(y=slice(0, 18), x=slice(0, 32))), mentions=["meis.zarr"])
 # screen: outputs
 case("screen-out-without-zarr", SCREEN, "screen run imgs.npy --out s", own_run, images_npy(), mentions=["--out"])
@@ -1623,6 +1627,9 @@ case("mds-store-as-run", MDS, "mds sim.zarr --out c.zarr", copy("sim.zarr"), men
 case("mds-neurons-out-of-range", MDS, MDS_RUN + " --neurons 0:99", own_run, copy("mei.toml"), mentions=["--neurons"])
 case("mds-two-clusters", MDS, MDS_RUN + " --clusters 2", own_run, copy("mei.toml"), expect=0, allow_new=["c.zarr", "c.png", "c.json"],
      note="the smallest valid clustering")
+for span in ("0:2", "0:3", "0,0,1"):
+    case(f"mds-auto-neurons-{span}", MDS, MDS_RUN + f" --neurons {span}", own_run, copy("mei.toml"), expect=(0, 2), mentions=["--neurons"],
+         allow_new=["c.zarr", "c.png", "c.json"], note="automatic K on 2 or 3 neurons: clustered, or refused in one line")
 case("mds-store-as-images", MDS, "screen run c.zarr --out s.zarr", own_run, copy("mei.toml"),
      lambda d, fx: cli(MDS_RUN.split() + ["--clusters", "2", "--json"], d), mentions=["c.zarr", "twin mds"])
 
@@ -1664,6 +1671,11 @@ case("surround-with-transparency", CONTEXT, SURROUND + " --centre meis.zarr --tr
 case("surround-centre-is-out", CONTEXT, SURROUND.replace("s.zarr", "meis.zarr") + " --centre meis.zarr --overwrite", own_run,
      copy("mei.toml", "meis.zarr"), meis_attrs(), mentions=["meis.zarr"])
 TRANSPARENT = "mei run --neurons 0:2 --config mei.toml --out t.zarr --transparency"
+case("screen-meis-surround-store", SCREEN, SCR + " --meis sur.zarr --masked", own_run, images_npy(), copy("mei.toml", "meis.zarr"), meis_attrs(),
+     lambda d, fx: cli(SURROUND.replace("s.zarr", "sur.zarr").split() + ["--centre", "meis.zarr", "--json"], d), mentions=["sur.zarr"],
+     note="surround images are not MEIs: their masks and activations mean something else")
+case("screen-meis-transparent-store", SCREEN, SCR + " --meis t.zarr --masked", own_run, images_npy(), copy("mei.toml"),
+     lambda d, fx: cli(TRANSPARENT.split() + ["--json"], d), mentions=["t.zarr"])
 case("transparency-background-missing", CONTEXT, TRANSPARENT + " --background nope.npy", own_run, copy("mei.toml"), mentions=["nope.npy"])
 case("transparency-background-word", CONTEXT, TRANSPARENT + " --background pink", own_run, copy("mei.toml"), mentions=["pink"])
 case("transparency-background-3-channels", CONTEXT, TRANSPARENT + " --background b.npy", own_run, copy("mei.toml"),
@@ -1735,7 +1747,8 @@ FAST = {
     "simulate-into-folder-with-file", "simulate-over-store", "simulate-missing-parent", "fit-into-its-store",
     "loop-into-folder-with-config", "store-deleted-chunk", "store-no-root-json", "pipe-info", "path-newline-missing",
     "animals-huge", "day2-of-nan-position", "match-nan-position", "match-one-cell", "match-tolerance-below-jitter", "loop-days-3",
-    "fit-freeze-without-core",
+    "fit-freeze-without-core", "screen-summary-missing", "precision-fit-float16", "simulate-types-more-than-neurons",
+    "simulate-types-with-day2-of",
 }
 unknown = FAST - {c.name for c in CASES}
 if unknown:
