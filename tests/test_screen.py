@@ -144,6 +144,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path, capsys):
         (["--crops", "24x24"], "--crops 24x24: the run's images are 12x16"),
         (["--crops", "24x32"], "no image is as large as --crops 24x32"),
         (["--top", "2000000000"], "--top 2000000000: keeps at most 10,000 images"),
+        (["--neurons="], "--neurons '': not a list of integers"),
     ]
     for extra, message in cases:
         code, _, err = twin(["screen", run_dir, tmp_path / "small.npy", "--out", out, *extra], capsys)

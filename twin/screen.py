@@ -464,7 +464,7 @@ def screen_command(
     if neurons is None and mei_store is not None:
         index = np.asarray(mei_store["neuron_index"].values, np.int64)
     else:
-        index = parse_neurons(neurons or "all", data.unit_id)
+        index = parse_neurons("all" if neurons is None else neurons, data.unit_id)
     crop = check_crops(crops, stride, data)
     sources = [open_source(path, data.channels) for path in images]
     extra = {}

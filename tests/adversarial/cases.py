@@ -1551,6 +1551,7 @@ case("screen-crops-huge-stride", SCREEN, SCR + " --crops 18x32 --stride 100000",
      allow_new=["s.zarr", "s.png"], check=screen_check, note="one window per image")
 case("screen-neurons-out-of-range", SCREEN, SCR + " --neurons 99", own_run, images_npy(), mentions=["--neurons"])
 case("screen-neurons-unknown-id", SCREEN, SCR + " --neurons id:nope", own_run, images_npy(), mentions=["--neurons"])
+case("screen-neurons-empty", SCREEN, SCR + " --neurons=", own_run, images_npy(), mentions=["--neurons"])
 case("screen-neurons-empty-range", SCREEN, SCR + " --neurons 5:2", own_run, images_npy(), mentions=["--neurons"])
 case("screen-session-out-of-range", SCREEN, SCR + " --session 3", own_run, images_npy(), mentions=["--session"])
 case("screen-masked-without-meis", SCREEN, SCR + " --masked", own_run, images_npy(), mentions=["--masked", "--meis"])
