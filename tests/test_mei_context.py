@@ -165,6 +165,7 @@ def damaged(source, path, change):
         (["--surround", "excite", "--centre", "GRAY.npy"], "nowhere differs from the mean gray"),
         (["--surround", "excite", "--centre", "FAINT"], "the MEI of unit 0 nowhere differs from the mean gray"),
         (["--transparency", "--background", "missing.npy"], "missing.npy: no such file"),
+        (["--transparency", "--background", "pink"], "--background pink: no such file or folder; give grey, noise"),
     ],
 )
 def test_surround_and_transparency_errors_exit_2_without_output(run_dir, centre_store, capsys, flags, message):  # noqa: F811

@@ -121,6 +121,19 @@ def test_masked_screen_with_meis(run, tmp_path, capsys):
     np.testing.assert_allclose(ds["top_response"].values[:, 0], [expected[0, :, 0].max(), expected[1, :, 1].max()], rtol=1e-5)
 
 
+def test_plain_zarr_array_is_a_source(run, tmp_path, capsys):
+    import zarr
+
+    run_dir, _ = run
+    images = natural_images(5, SIZE, np.random.default_rng(4))
+    zarr.create_array(str(tmp_path / "a.zarr"), shape=images.shape, dtype="float32")[...] = images / 255.0
+    assert twin(["screen", run_dir, tmp_path / "a.zarr", "--out", tmp_path / "s.zarr", "--top", "2"], capsys)[0] == 0
+    expected = predicted(run_dir, images, tmp_path, capsys)
+    ds = open_dataset(tmp_path / "s.zarr").load()
+    assert ds.attrs["n_images"] == 5
+    np.testing.assert_allclose(ds["top_response"].values[:, 0], expected.max(0), rtol=1e-4)
+
+
 def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path, capsys):
     run_dir, _ = run
     np.save(tmp_path / "small.npy", natural_images(3, SIZE, np.random.default_rng(3)))
@@ -130,11 +143,26 @@ def test_bad_inputs_are_one_line_and_write_nothing(run, tmp_path, capsys):
         (["--stride", "4"], "--stride 4: only goes with --crops"),
         (["--crops", "24x24"], "--crops 24x24: the run's images are 12x16"),
         (["--crops", "24x32"], "no image is as large as --crops 24x32"),
+        (["--top", "2000000000"], "--top 2000000000: keeps at most 10,000 images"),
+        (["--neurons="], "--neurons '': not a list of integers"),
     ]
     for extra, message in cases:
         code, _, err = twin(["screen", run_dir, tmp_path / "small.npy", "--out", out, *extra], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists() and not list(tmp_path.glob(".s.zarr*"))
+    meis = meis_dataset(
+        {
+            "images": np.zeros((1, 1, *SIZE), np.float32), "activations": np.ones((1, 1), np.float32),
+            "best_seed": np.zeros(1, np.int64), "unit_id": np.array([0]), "neuron_index": np.array([0]),
+            "image_mean": np.float32(0), "image_std": np.float32(1),
+        },
+        {"session": 0, "run": str(tmp_path / "elsewhere")},
+    )
+    write_meis(meis, tmp_path / "other.zarr")
+    write_meis(meis.assign_attrs(run=str(run_dir), surround="excite"), tmp_path / "surround.zarr")
+    for store, message in (("other.zarr", "attribute run is"), ("surround.zarr", "holds surround or transparent images")):
+        code, _, err = twin(["screen", run_dir, tmp_path / "small.npy", "--out", out, "--meis", tmp_path / store], capsys)
+        assert code == 2 and f"--meis {tmp_path / store}: {message}" in err and not out.exists(), err
     code, _, err = twin(["screen", run_dir, tmp_path / "missing.npy", "--out", out], capsys)
     assert code == 2 and "missing.npy: no such file" in err
     code, _, err = twin(["screen", "--summary", tmp_path / "small.npy"], capsys)

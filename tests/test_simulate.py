@@ -154,6 +154,8 @@ def test_functional_types_share_a_prototype_up_to_small_jitter():
     assert "gt_type" not in simulate(6, 20, 2, 2, size=(16, 24), seed=5)
     with pytest.raises(ConfigError, match="--types -1"):
         simulate(6, 20, 2, 2, types=-1)
+    with pytest.raises(ConfigError, match="--types 7: more types than the 6 neurons"):
+        simulate(6, 20, 2, 2, types=7)
     with pytest.raises(ConfigError, match="day1.zarr: simulated with --types"):
         day2(ds, source="day1.zarr")
 

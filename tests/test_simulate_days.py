@@ -91,6 +91,8 @@ def test_simulate_day2_cli(tmp_path, capsys):
     assert two.attrs["day"] == 2 and "gt_day1_unit" in two
     assert main(["simulate", str(tmp_path / "x.zarr"), "--day2-of", str(day1), "--neurons", "5"]) == 2
     assert "--neurons with --day2-of" in capsys.readouterr().err
+    assert main(["simulate", str(tmp_path / "x.zarr"), "--day2-of", str(day1), "--types", "2"]) == 2
+    assert "--types with --day2-of" in capsys.readouterr().err
     assert main(["simulate", str(day1), "--day2-of", str(day1), "--overwrite"]) == 2
     assert "holds the input" in capsys.readouterr().err
     assert not (tmp_path / "x.zarr").exists()

@@ -212,3 +212,10 @@ def test_uint8_pixel_range_reads_no_images():
 
     ds = xr.Dataset({"images": (("trial", "y", "x"), LazilyIndexedArray(Unreadable()))})
     assert pixel_range(ds, "s.zarr") == (0.0, 255.0)
+
+
+@pytest.mark.parametrize("name, writer", [("histogram_counts", "twin screen"), ("initial_cluster", "twin mds")])
+def test_screen_and_mds_stores_are_not_sessions(tmp_path, name, writer):
+    path = write_dataset(xr.Dataset({name: ("neuron", np.zeros(3, np.int64))}), tmp_path / "out.zarr")
+    with pytest.raises(SessionError, match=f"holds the output of {writer}, not a session"):
+        open_session(path)

@@ -151,7 +151,9 @@ def cmd_simulate(args) -> int:
 
 
 # Defaults of `twin simulate`'s sizes; --day2-of takes the sizes from day 1 and refuses others.
-SIMULATE_SIZES = {"neurons": 100, "train_images": 2000, "test_images": 50, "repeats": 10, "size": "36x64", "channels": 1}
+SIMULATE_SIZES = {
+    "neurons": 100, "train_images": 2000, "test_images": 50, "repeats": 10, "size": "36x64", "channels": 1, "types": 0,
+}
 
 
 def simulate_day2(args) -> int:

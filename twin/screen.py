@@ -46,6 +46,7 @@ from twin.errors import ConfigError, SessionError
 from twin.predict import normalize, recording_units, resampled_note, run_size
 
 TOP = 16
+MAX_TOP = 10_000  # images kept per neuron at each end: their pixels are all written to the store
 BINS = 256
 HISTOGRAM_RANGE = (1e-2, 1e2)
 WINDOW_NEURONS = 4
@@ -320,12 +321,17 @@ def crop_table(ids: np.ndarray, screened: Screened, sources, crops: Crops, data)
     }
 
 
-def mei_values(meis: xr.Dataset, data, index: np.ndarray, session: int, path) -> tuple[np.ndarray, np.ndarray]:
+def mei_values(meis: xr.Dataset, data, index: np.ndarray, session: int, path, run) -> tuple[np.ndarray, np.ndarray]:
     """(activation (k,) in the model's output units, Walker masks (k, y, x)) of the best seed's MEI
-    of each neuron ``index`` (k,) of SessionData ``data`` in the MEI store ``meis``."""
+    of each neuron ``index`` (k,) of SessionData ``data`` in the MEI store ``meis`` made by ``run``."""
     from twin.data.schema import unit_ids
     from twin.mei.masks import walker_mask
 
+    if "surround" in meis.attrs or "opacity" in meis:
+        raise ConfigError(f"--meis {path}: holds surround or transparent images; pass a store of plain MEIs (twin mei)")
+    made_by = meis.attrs.get("run")
+    if made_by is not None and Path(made_by).resolve() != Path(run).resolve():
+        raise ConfigError(f"--meis {path}: attribute run is {made_by!r}, not {run}; pass MEIs made by twin mei {run}")
     if int(meis.attrs.get("session", session)) != session:
         raise ConfigError(f"--meis {path}: holds MEIs of session {meis.attrs['session']}; pass --session to match")
     rows = {u: i for i, u in enumerate(unit_ids(meis["unit_id"].values).tolist())}
@@ -438,6 +444,8 @@ def screen_command(
     from twin.outputs import check_output, output
 
     out, top = Path(out), top or TOP
+    if top > MAX_TOP:
+        raise ConfigError(f"--top {top}: keeps at most {MAX_TOP:,} images per neuron at each end; give a smaller --top")
     if out.suffix != ".zarr":
         raise ConfigError(f"--out {out}: name the screen store with a .zarr suffix")
     if masked and meis is None:
@@ -456,12 +464,12 @@ def screen_command(
     if neurons is None and mei_store is not None:
         index = np.asarray(mei_store["neuron_index"].values, np.int64)
     else:
-        index = parse_neurons(neurons or "all", data.unit_id)
+        index = parse_neurons("all" if neurons is None else neurons, data.unit_id)
     crop = check_crops(crops, stride, data)
     sources = [open_source(path, data.channels) for path in images]
     extra = {}
     if mei_store is not None:
-        extra["mei_activation"], masks = mei_values(mei_store, data, index, session, meis)
+        extra["mei_activation"], masks = mei_values(mei_store, data, index, session, meis, run)
         if masked:
             extra["mask"] = masks
     screened = screen(

@@ -1429,6 +1429,313 @@ case("kill-fit-core-then-resume", CRASH, "fit day2.zarr --out r2 --config fit.to
      then="fit day2.zarr --out r2 --config fit.toml --max-epochs 3 --resume", allow_new=["r2"], killed_leaves=["r2"], timeout=300,
      note="SIGKILL after epoch 2; --resume without the core flags reads core.json and finishes")
 
+# ---------------------------------------------------------------------------- screen, mds, centre-surround, transparency, precision
+SCREEN, MDS, CONTEXT, PRECISION = "screen", "mds", "mei-context", "precision"
+SCR = "screen run imgs.npy --out s.zarr"
+
+
+def images_npy(name: str = "imgs.npy", n: int = 6, shape=(36, 64), dtype=np.uint8, fill=None) -> Setup:
+    """An .npy of ``n`` random images ``shape`` ((y, x) or (channel, y, x)); ``fill`` replaces every value."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        values = np.random.default_rng(0).integers(0, 256, (n, *shape)).astype(dtype)
+        if fill is not None:
+            values[...] = fill
+        save_npy(name, values)(d, fx)
+
+    return step
+
+
+def png_folder(name: str = "imgs", n: int = 3, size=(64, 36), mode: str = "L") -> Setup:
+    def step(d: Path, fx: Fixtures) -> None:
+        (d / name).mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        for i in range(n):
+            channels = {"L": (), "LA": (2,), "RGB": (3,), "RGBA": (4,)}[mode]
+            Image.fromarray(rng.integers(0, 256, (size[1], size[0], *channels)).astype(np.uint8), mode).save(d / name / f"im{i}.png")
+
+    return step
+
+
+def zarr_array(name: str, shape, dtype="uint8") -> Setup:
+    def step(d: Path, fx: Fixtures) -> None:
+        import zarr
+
+        array = zarr.create_array(str(d / name), shape=shape, dtype=dtype)
+        array[...] = np.ones(shape, dtype)
+
+    return step
+
+
+def rewrite_meis(name: str, change: Callable) -> Setup:
+    """Rewrite the MEI store ``name`` through twin's own writer with ``change(ds, case folder)``."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        from twin.mei.store import open_meis, write_meis
+
+        ds = change(open_meis(d / name).load(), d)
+        write_meis(ds, d / (name + ".new"))
+        shutil.rmtree(d / name)
+        (d / (name + ".new")).rename(d / name)
+
+    return step
+
+
+def meis_attrs(**changes) -> Setup:
+    """meis.zarr made by the case's own run (its attribute run points there), with ``changes``."""
+    return rewrite_meis("meis.zarr", lambda ds, d: ds.assign_attrs(run=str(d / "run"), **changes))
+
+
+def screen_check(d: Path) -> str | None:
+    from twin.screen import summarize
+
+    try:
+        summary = summarize(d / "s.zarr")
+    except Exception as error:  # noqa: BLE001 - reported as the case's failure
+        return f"s.zarr: check failed ({error})"
+    return None if summary["neurons"] > 0 and (d / "s.png").is_file() else "s.zarr or s.png incomplete"
+
+
+# screen: inputs
+case("screen-images-missing", SCREEN, SCR, own_run, mentions=["imgs.npy"])
+case("screen-folder-missing", SCREEN, "screen run imgs --out s.zarr", own_run, mentions=["imgs"])
+case("screen-truncated-npy", SCREEN, SCR, own_run, images_npy(), truncate("imgs.npy"), mentions=["imgs.npy"])
+case("screen-npy-garbage", SCREEN, SCR, own_run, write("imgs.npy", b"\x93NUMPY garbage"), mentions=["imgs.npy"])
+case("screen-npy-pickled", SCREEN, SCR, own_run, save_npy("imgs.npy", np.array([{"a": 1}], object), allow_pickle=True), mentions=["imgs.npy"])
+case("screen-npy-2d", SCREEN, SCR, own_run, save_npy("imgs.npy", np.zeros((36, 64), np.uint8)), mentions=["imgs.npy"])
+case("screen-npy-no-images", SCREEN, SCR, own_run, save_npy("imgs.npy", np.zeros((0, 36, 64), np.uint8)), mentions=["imgs.npy"])
+case("screen-npy-nan", SCREEN, SCR, own_run, images_npy(dtype=np.float32, fill=np.nan), mentions=["imgs.npy"])
+case("screen-npy-inf", SCREEN, SCR, own_run, images_npy(dtype=np.float32, fill=np.inf), mentions=["imgs.npy"])
+case("screen-npy-not-pixels", SCREEN, SCR, own_run, images_npy(dtype=np.float32, fill=1000.0), mentions=["imgs.npy"])
+case("screen-npy-bool", SCREEN, SCR, own_run, images_npy(dtype=bool), mentions=["imgs.npy"])
+case("screen-npy-2-channels", SCREEN, SCR, own_run, images_npy(shape=(2, 36, 64)), mentions=["imgs.npy"])
+case("screen-npy-4-channels", SCREEN, SCR, own_run, images_npy(shape=(4, 36, 64)), mentions=["imgs.npy"])
+case("screen-npy-1x1", SCREEN, SCR, own_run, images_npy(shape=(1, 1)), mentions=["imgs.npy"])
+case("screen-npy-other-aspect", SCREEN, SCR, own_run, images_npy(shape=(64, 64)), mentions=["imgs.npy"])
+case("screen-zip-of-text", SCREEN, "screen run imgs.zip --out s.zarr", own_run,
+     lambda d, fx: zipfile.ZipFile(d / "imgs.zip", "w").writestr("readme.txt", "hi"), mentions=["imgs.zip"])
+case("screen-zip-truncated", SCREEN, "screen run imgs.zip --out s.zarr", own_run, png_folder(),
+     lambda d, fx: shutil.make_archive(str(d / "imgs"), "zip", d, "imgs"), remove("imgs"), truncate("imgs.zip"), mentions=["imgs.zip"])
+case("screen-empty-folder", SCREEN, "screen run imgs --out s.zarr", own_run, mkdir("imgs"), mentions=["imgs"])
+case("screen-folder-of-notes", SCREEN, "screen run imgs --out s.zarr", own_run, write("imgs/a.txt", "x"), mentions=["imgs"])
+case("screen-corrupt-png", SCREEN, "screen run imgs --out s.zarr", own_run, png_folder(), write("imgs/im1.png", b"\x89PNG\r\n\x1a\n broken"),
+     mentions=["im1.png"])
+case("screen-rgba-png-grey-run", SCREEN, "screen run imgs --out s.zarr --top 2", own_run, png_folder(mode="RGBA"), expect=0,
+     allow_new=["s.zarr", "s.png"], check=screen_check, note="image files are decoded to the run's grey")
+case("screen-1x1-png", SCREEN, "screen run imgs --out s.zarr", own_run, png_folder(size=(1, 1)), mentions=["imgs"])
+case("screen-zarr-array-2d", SCREEN, "screen run a.zarr --out s.zarr", own_run, zarr_array("a.zarr", (36, 64)), mentions=["a.zarr"])
+case("screen-zarr-array-5d", SCREEN, "screen run a.zarr --out s.zarr", own_run, zarr_array("a.zarr", (2, 1, 1, 36, 64)), mentions=["a.zarr"])
+case("screen-zarr-array-bool", SCREEN, "screen run a.zarr --out s.zarr", own_run, zarr_array("a.zarr", (3, 36, 64), "bool"), mentions=["a.zarr"])
+case("screen-zarr-array-nan", SCREEN, "screen run a.zarr --out s.zarr", own_run, zarr_array("a.zarr", (3, 36, 64), "float32"),
+     zarr_edit("a.zarr", "", lambda a: a * np.nan), mentions=["a.zarr"])
+case("screen-zarr-empty-group", SCREEN, "screen run a.zarr --out s.zarr", own_run,
+     lambda d, fx: __import__("zarr").open_group(str(d / "a.zarr"), mode="w"), mentions=["a.zarr"])
+case("screen-mei-store-as-images", SCREEN, "screen run meis.zarr --out s.zarr", own_run, copy("meis.zarr"), mentions=["meis.zarr"])
+case("screen-run-as-images", SCREEN, "screen run run --out s.zarr", own_run, mentions=["run"])
+case("screen-store-as-images", SCREEN, "screen run sim.zarr --out s.zarr --top 3", own_run, expect=0, allow_new=["s.zarr", "s.png"],
+     check=screen_check, note="a session store's images are a valid source")
+# screen: values
+case("screen-top-huge", SCREEN, SCR + " --top 2000000000", own_run, images_npy(), mentions=["--top"], mode="subprocess",
+     memory_limit=3 << 30, timeout=120, note="kept values for 8 neurons x 2e9 ranks do not fit; refused before allocating")
+case("screen-top-more-than-images", SCREEN, SCR + " --top 50", own_run, images_npy(), expect=0, allow_new=["s.zarr", "s.png"],
+     check=screen_check, note="keeps every image when there are fewer than --top")
+for value in ("0", "-1", "abc"):
+    case(f"screen-top-{value}", SCREEN, SCR + f" --top {value}", own_run, images_npy(), mentions=["--top"])
+    case(f"screen-stride-{value}", SCREEN, SCR + f" --crops 18x32 --stride {value}", own_run, images_npy(), mentions=["--stride"])
+case("screen-stride-without-crops", SCREEN, SCR + " --stride 4", own_run, images_npy(), mentions=["--stride"])
+case("screen-crops-bigger-than-images", SCREEN, SCR + " --crops 72x128", own_run, images_npy(), mentions=["--crops"])
+case("screen-crops-other-aspect", SCREEN, SCR + " --crops 30x30", own_run, images_npy(), mentions=["--crops"])
+case("screen-crops-garbage", SCREEN, SCR + " --crops big", own_run, images_npy(), mentions=["--crops"])
+case("screen-crops-zero", SCREEN, SCR + " --crops 0x0", own_run, images_npy(), mentions=["--crops"])
+case("screen-crops-huge-stride", SCREEN, SCR + " --crops 18x32 --stride 100000", own_run, images_npy(), expect=0,
+     allow_new=["s.zarr", "s.png"], check=screen_check, note="one window per image")
+case("screen-neurons-out-of-range", SCREEN, SCR + " --neurons 99", own_run, images_npy(), mentions=["--neurons"])
+case("screen-neurons-unknown-id", SCREEN, SCR + " --neurons id:nope", own_run, images_npy(), mentions=["--neurons"])
+case("screen-neurons-empty", SCREEN, SCR + " --neurons=", own_run, images_npy(), mentions=["--neurons"])
+case("screen-neurons-empty-range", SCREEN, SCR + " --neurons 5:2", own_run, images_npy(), mentions=["--neurons"])
+case("screen-session-out-of-range", SCREEN, SCR + " --session 3", own_run, images_npy(), mentions=["--session"])
+case("screen-masked-without-meis", SCREEN, SCR + " --masked", own_run, images_npy(), mentions=["--masked", "--meis"])
+case("screen-meis-missing", SCREEN, SCR + " --meis nope.zarr", own_run, images_npy(), mentions=["nope.zarr"])
+case("screen-meis-is-session-store", SCREEN, SCR + " --meis sim.zarr", own_run, images_npy(), mentions=["sim.zarr"])
+case("screen-meis-other-neurons", SCREEN, SCR + " --meis meis.zarr --neurons 5:7", own_run, images_npy(), copy("meis.zarr"), meis_attrs(),
+     mentions=["meis.zarr"])
+case("screen-meis-other-session", SCREEN, SCR + " --meis meis.zarr", own_run, images_npy(), copy("meis.zarr"),
+     meis_attrs(session=1), mentions=["meis.zarr"])
+case("screen-meis-other-units", SCREEN, SCR + " --meis meis.zarr", own_run, images_npy(), copy("meis.zarr"), meis_attrs(),
+     rewrite_meis("meis.zarr", lambda ds, d: ds.assign(unit_id=ds["unit_id"] + 1000)), mentions=["meis.zarr"],
+     note="MEIs of other units (another run's)")
+case("screen-meis-other-run-attr", SCREEN, SCR + " --meis meis.zarr", own_run, images_npy(), copy("meis.zarr"), mentions=["meis.zarr", "run"],
+     note="meis.zarr was made by another copy of the run")
+case("screen-meis-own-run", SCREEN, SCR + " --meis meis.zarr --masked --top 2", own_run, images_npy(), copy("meis.zarr"), meis_attrs(),
+     expect=0, allow_new=["s.zarr", "s.png"], check=screen_check)
+case("screen-meis-other-size", SCREEN, SCR + " --meis meis.zarr", own_run, images_npy(), copy("meis.zarr"), meis_attrs(),
+     rewrite_meis("meis.zarr", lambda ds, d: ds.isel(y=slice(0, 18), x=slice(0, 32))), mentions=["meis.zarr"])
+# screen: outputs
+case("screen-out-without-zarr", SCREEN, "screen run imgs.npy --out s", own_run, images_npy(), mentions=["--out"])
+case("screen-over-store", SCREEN, SCR, own_run, images_npy(), write("s.zarr/keep.txt", "mine"), mentions=["s.zarr"])
+case("screen-over-png", SCREEN, SCR, own_run, images_npy(), write("s.png", "mine"), mentions=["s.png"])
+case("screen-onto-its-images", SCREEN, "screen run a.zarr --out a.zarr --overwrite", own_run, zarr_array("a.zarr", (3, 36, 64)),
+     mentions=["a.zarr"])
+case("screen-inside-its-images", SCREEN, "screen run imgs --out imgs/s.zarr --top 2", own_run, png_folder(), expect=0,
+     allow_new=["imgs/s.zarr", "imgs/s.png"], check=lambda d: screen_check(d / "imgs"),
+     note="as every command: an output may lie in an input folder, not over or inside an input store")
+case("screen-inside-run-store", SCREEN, "screen run imgs.npy --out sim.zarr/s.zarr", own_run, images_npy(), mentions=["sim.zarr"])
+case("screen-inside-run", SCREEN, "screen run imgs.npy --out run/s.zarr --top 2", own_run, images_npy(), expect=0,
+     allow_new=["run/s.zarr", "run/s.png"], check=lambda d: screen_check(d / "run"), note="as twin mei --out run/m.zarr")
+case("screen-readonly-parent", SCREEN, f"screen run imgs.npy --out {readonly_parent()}/twin-adversarial.zarr", own_run, images_npy(),
+     lock("locked"), mentions=["twin-adversarial"])
+case("screen-missing-parent", SCREEN, "screen run imgs.npy --out nope/s.zarr", own_run, images_npy(), mentions=["nope"])
+case("screen-summary-session-store", SCREEN, "screen --summary sim.zarr", copy("sim.zarr"), mentions=["sim.zarr"])
+case("screen-summary-mei-store", SCREEN, "screen --summary meis.zarr", copy("meis.zarr"), mentions=["meis.zarr"])
+case("screen-summary-missing", SCREEN, "screen --summary nope.zarr", mentions=["nope.zarr"])
+case("screen-summary-file", SCREEN, "screen --summary s.zarr", write("s.zarr", "x"), mentions=["s.zarr"])
+case("screen-summary-with-run", SCREEN, "screen run --summary sim.zarr", own_run, mentions=["--summary"])
+case("screen-batch-size-huge", SCREEN, SCR + " --batch-size 1000000000", own_run, images_npy(), mentions=["--batch-size"],
+     mode="subprocess", memory_limit=3 << 30, timeout=120, note="a batch of 10^9 crops does not fit; refused, not allocated")
+case("screen-overwrite-user-folder", SCREEN, SCR + " --overwrite", own_run, images_npy(), write("s.zarr/keep.txt", "mine"),
+     mentions=["s.zarr"], note="--overwrite replaces only a store twin wrote")
+case("screen-overwrite-screen", SCREEN, SCR + " --overwrite --top 2", own_run, images_npy(),
+     lambda d, fx: cli(["screen", "run", "imgs.npy", "--out", "s.zarr", "--top", "3"], d), expect=0,
+     allow_changed=["s.zarr", "s.png"], allow_new=["s.zarr"], check=screen_check)
+case("screen-screen-store-as-images", SCREEN, "screen run s.zarr --out t.zarr", own_run, images_npy(),
+     lambda d, fx: cli(["screen", "run", "imgs.npy", "--out", "s.zarr", "--top", "2"], d), mentions=["s.zarr", "twin screen"])
+case("fit-screen-store", SCREEN, "fit s.zarr --out r --config fit.toml", own_run, images_npy(), copy("fit.toml"),
+     lambda d, fx: cli(["screen", "run", "imgs.npy", "--out", "s.zarr", "--top", "2"], d), mentions=["s.zarr", "twin screen"])
+case("screen-summary-deleted-chunk", SCREEN, "screen --summary s.zarr", own_run, images_npy(),
+     lambda d, fx: cli(["screen", "run", "imgs.npy", "--out", "s.zarr", "--top", "2"], d),
+     lambda d, fx: first_file(d / "s.zarr/top_response").unlink(), mentions=["s.zarr"])
+case("screen-no-arguments", SCREEN, "screen", mentions=["RUN"])
+case("screen-no-out", SCREEN, "screen run imgs.npy", own_run, images_npy(), mentions=["--out"])
+
+# mds
+MDS_RUN = "mds run --config mei.toml --max-iter 1 --out c.zarr"
+for value in ("0", "1", "-1", "autox", "2.5", "100"):
+    case(f"mds-clusters-{value}", MDS, MDS_RUN + f" --clusters={value}", own_run, copy("mei.toml"), mentions=["--clusters"])
+case("mds-one-neuron", MDS, MDS_RUN + " --neurons 0", own_run, copy("mei.toml"), mentions=["--neurons"])
+case("mds-clusters-more-than-neurons", MDS, MDS_RUN + " --neurons 0:3 --clusters 4", own_run, copy("mei.toml"), mentions=["--clusters"])
+for value in ("0", "-1", "nan", "inf"):
+    case(f"mds-temperature-{value}", MDS, MDS_RUN + f" --temperature={value}", own_run, copy("mei.toml"), mentions=["--temperature"])
+case("mds-merge-threshold-nan", MDS, MDS_RUN + " --merge-threshold nan", own_run, copy("mei.toml"), mentions=["--merge-threshold"])
+case("mds-out-without-zarr", MDS, "mds run --config mei.toml --out c", own_run, copy("mei.toml"), mentions=["--out"])
+case("mds-over-store", MDS, MDS_RUN, own_run, copy("mei.toml"), write("c.zarr/keep.txt", "mine"), mentions=["c.zarr"])
+case("mds-over-png", MDS, MDS_RUN, own_run, copy("mei.toml"), write("c.png", "mine"), mentions=["c.png"])
+case("mds-over-json", MDS, MDS_RUN, own_run, copy("mei.toml"), write("c.json", "mine"), mentions=["c.json"])
+case("mds-inside-run-store", MDS, "mds run --config mei.toml --out sim.zarr/c.zarr", own_run, copy("mei.toml"), mentions=["sim.zarr"])
+case("mds-readonly-parent", MDS, f"mds run --config mei.toml --max-iter 1 --json --out {readonly_parent()}/twin-adversarial.zarr", own_run,
+     copy("mei.toml"), lock("locked"), mentions=["twin-adversarial"],
+     note="--json: no progress bar; as root /sys is found unwritable only when writing, after the work")
+case("mds-store-as-run", MDS, "mds sim.zarr --out c.zarr", copy("sim.zarr"), mentions=["sim.zarr"])
+case("mds-neurons-out-of-range", MDS, MDS_RUN + " --neurons 0:99", own_run, copy("mei.toml"), mentions=["--neurons"])
+case("mds-two-clusters", MDS, MDS_RUN + " --clusters 2", own_run, copy("mei.toml"), expect=0, allow_new=["c.zarr", "c.png", "c.json"],
+     note="the smallest valid clustering")
+for span in ("0:2", "0:3", "0,0,1"):
+    case(f"mds-auto-neurons-{span}", MDS, MDS_RUN + f" --neurons {span}", own_run, copy("mei.toml"), expect=(0, 2), mentions=["--neurons"],
+         allow_new=["c.zarr", "c.png", "c.json"], note="automatic K on 2 or 3 neurons: clustered, or refused in one line")
+case("mds-store-as-images", MDS, "screen run c.zarr --out s.zarr", own_run, copy("mei.toml"),
+     lambda d, fx: cli(MDS_RUN.split() + ["--clusters", "2", "--json"], d), mentions=["c.zarr", "twin mds"])
+
+# mei --surround / --transparency
+SURROUND = "mei run --neurons 0:2 --config mei.toml --out s.zarr --surround excite"
+case("surround-without-centre", CONTEXT, SURROUND, own_run, copy("mei.toml"), mentions=["--centre"])
+case("centre-without-surround", CONTEXT, "mei run --neurons 0:2 --config mei.toml --out s.zarr --centre meis.zarr", own_run,
+     copy("mei.toml", "meis.zarr"), meis_attrs(), mentions=["--centre"])
+case("surround-centre-missing", CONTEXT, SURROUND + " --centre nope.zarr", own_run, copy("mei.toml"), mentions=["nope.zarr"])
+case("surround-bogus", CONTEXT, SURROUND.replace("excite", "inhibit") + " --centre meis.zarr", own_run, copy("mei.toml", "meis.zarr"), meis_attrs(),
+     mentions=["--surround"])
+case("surround-centre-other-neurons", CONTEXT, SURROUND.replace("0:2", "5:7") + " --centre meis.zarr", own_run,
+     copy("mei.toml", "meis.zarr"), meis_attrs(), mentions=["meis.zarr", "neuron"])
+case("surround-centre-other-run", CONTEXT, SURROUND + " --centre meis.zarr", own_run, copy("mei.toml", "meis.zarr"),
+     mentions=["meis.zarr", "run"], note="meis.zarr was made by another copy of the run")
+case("surround-centre-other-session", CONTEXT, SURROUND + " --centre meis.zarr", own_run, copy("mei.toml", "meis.zarr"), meis_attrs(),
+     meis_attrs(session=1), mentions=["meis.zarr", "session"])
+case("surround-centre-other-units", CONTEXT, SURROUND + " --centre meis.zarr", own_run, copy("mei.toml", "meis.zarr"), meis_attrs(),
+     rewrite_meis("meis.zarr", lambda ds, d: ds.assign(unit_id=ds["unit_id"] + 1000)), mentions=["meis.zarr", "unit_id"])
+case("surround-centre-other-size", CONTEXT, SURROUND + " --centre meis.zarr", own_run, copy("mei.toml", "meis.zarr"), meis_attrs(),
+     rewrite_meis("meis.zarr", lambda ds, d: ds.isel(y=slice(0, 18), x=slice(0, 32))), mentions=["meis.zarr"])
+case("surround-centre-of-own-run", CONTEXT, SURROUND + " --centre meis.zarr", own_run, copy("mei.toml", "meis.zarr"), meis_attrs(),
+     expect=0, allow_new=["s.zarr", "s.png"], note="the valid counterpart of the centre cases")
+case("surround-centre-session-store", CONTEXT, SURROUND + " --centre sim.zarr", own_run, copy("mei.toml"), mentions=["sim.zarr"])
+case("surround-centre-npy-other-aspect", CONTEXT, SURROUND + " --centre c.npy", own_run, copy("mei.toml"), images_npy("c.npy", 2, (20, 20)),
+     mentions=["c.npy"])
+case("surround-centre-npy-grey", CONTEXT, SURROUND + " --centre c.npy", own_run, copy("mei.toml"), images_npy("c.npy", 1, fill=128),
+     mentions=["c.npy"])
+case("surround-centre-npy-nan", CONTEXT, SURROUND + " --centre c.npy", own_run, copy("mei.toml"),
+     images_npy("c.npy", 1, dtype=np.float32, fill=np.nan), mentions=["c.npy"])
+case("surround-centre-npy-count", CONTEXT, SURROUND + " --centre c.npy", own_run, copy("mei.toml"), images_npy("c.npy", 3),
+     mentions=["c.npy"], note="three patches for two neurons")
+case("surround-centre-truncated", CONTEXT, SURROUND + " --centre c.npy", own_run, copy("mei.toml"), images_npy("c.npy", 1),
+     truncate("c.npy"), mentions=["c.npy"])
+case("surround-with-deis", CONTEXT, SURROUND + " --centre meis.zarr --deis 2", own_run, copy("mei.toml", "meis.zarr"), meis_attrs(),
+     mentions=["--deis"])
+case("surround-with-transparency", CONTEXT, SURROUND + " --centre meis.zarr --transparency", own_run, copy("mei.toml", "meis.zarr"), meis_attrs(),
+     mentions=["--transparency"])
+case("surround-centre-is-out", CONTEXT, SURROUND.replace("s.zarr", "meis.zarr") + " --centre meis.zarr --overwrite", own_run,
+     copy("mei.toml", "meis.zarr"), meis_attrs(), mentions=["meis.zarr"])
+TRANSPARENT = "mei run --neurons 0:2 --config mei.toml --out t.zarr --transparency"
+case("screen-meis-surround-store", SCREEN, SCR + " --meis sur.zarr --masked", own_run, images_npy(), copy("mei.toml", "meis.zarr"), meis_attrs(),
+     lambda d, fx: cli(SURROUND.replace("s.zarr", "sur.zarr").split() + ["--centre", "meis.zarr", "--json"], d), mentions=["sur.zarr"],
+     note="surround images are not MEIs: their masks and activations mean something else")
+case("screen-meis-transparent-store", SCREEN, SCR + " --meis t.zarr --masked", own_run, images_npy(), copy("mei.toml"),
+     lambda d, fx: cli(TRANSPARENT.split() + ["--json"], d), mentions=["t.zarr"])
+case("transparency-background-missing", CONTEXT, TRANSPARENT + " --background nope.npy", own_run, copy("mei.toml"), mentions=["nope.npy"])
+case("transparency-background-word", CONTEXT, TRANSPARENT + " --background pink", own_run, copy("mei.toml"), mentions=["pink"])
+case("transparency-background-3-channels", CONTEXT, TRANSPARENT + " --background b.npy", own_run, copy("mei.toml"),
+     images_npy("b.npy", 4, (3, 36, 64)), mentions=["b.npy"])
+case("transparency-background-2-channels", CONTEXT, TRANSPARENT + " --background b.npy", own_run, copy("mei.toml"),
+     images_npy("b.npy", 4, (2, 36, 64)), mentions=["b.npy"])
+case("transparency-background-nan", CONTEXT, TRANSPARENT + " --background b.npy", own_run, copy("mei.toml"),
+     images_npy("b.npy", 4, dtype=np.float32, fill=np.nan), mentions=["b.npy"])
+case("transparency-background-empty-folder", CONTEXT, TRANSPARENT + " --background b", own_run, copy("mei.toml"), mkdir("b"),
+     mentions=["b"])
+case("transparency-background-mei-store", CONTEXT, TRANSPARENT + " --background meis.zarr", own_run, copy("mei.toml", "meis.zarr"), meis_attrs(),
+     mentions=["meis.zarr"])
+case("transparency-background-session-store", CONTEXT, TRANSPARENT + " --background sim.zarr", own_run, copy("mei.toml"), expect=0,
+     allow_new=["t.zarr", "t.png"], note="a session store's images as backgrounds")
+case("background-without-transparency", CONTEXT, "mei run --neurons 0:2 --config mei.toml --out t.zarr --background noise", own_run,
+     copy("mei.toml"), mentions=["--background"])
+case("transparency-with-deis", CONTEXT, TRANSPARENT + " --deis 2", own_run, copy("mei.toml"), mentions=["--deis"])
+
+# [fit] / [mei] precision
+for value in ('"float16"', '"bf16"', "1", '"BFLOAT16"', "true"):
+    label = value.strip('"').lower()
+    case(f"precision-fit-{label}", PRECISION, "fit sim.zarr --out r --config p.toml", copy("sim.zarr"),
+         toml("p.toml", f"[fit]\nprecision = {value}\n"), mentions=["p.toml", "precision"])
+    case(f"precision-mei-{label}", PRECISION, "mei run --neurons 0:2 --out m.zarr --config p.toml", own_run,
+         toml("p.toml", f"[mei]\nprecision = {value}\n"), mentions=["p.toml", "precision"])
+
+# simulate --types
+TYPES = "simulate t.zarr --neurons 8 --train-images 20 --test-images 2 --repeats 2"
+for value in ("-1", "abc", "1.5"):
+    case(f"simulate-types-{value}", "cli-value", TYPES + f" --types {value}", mentions=["--types"])
+case("simulate-types-more-than-neurons", "cli-value", TYPES + " --types 20", mentions=["--types"])
+case("simulate-types-huge", "cli-value", TYPES + " --types 10000000000", mentions=["--types"])
+case("simulate-types-with-day2-of", "cli-value", "simulate t.zarr --day2-of sim.zarr --types 2", copy("sim.zarr"), mentions=["--types"])
+case("simulate-types-one", "cli-value", TYPES + " --types 1", expect=0, allow_new=["t.zarr"], note="all neurons of one type")
+
+
+# select on a recording without repeats
+def no_repeats_run(d: Path, fx: Fixtures) -> None:
+    fx.copy("data.npz", d)
+    fx.copy("fit.toml", d)
+    cli(["import", "arrays", "data.npz", "rec.zarr"], d)
+    cli(["fit", "rec.zarr", "--out", "run", "--config", "fit.toml"], d)
+
+
+case("select-no-repeats", RUN, "select run --min-distance 0", no_repeats_run, expect=0,
+     note="no oracle: every neuron counts as reliable, said in the output")
+case("select-no-repeats-json", RUN, "select run --min-distance 0 --json", no_repeats_run, expect=0)
+
+# naturalness fields of the export manifest
+bad_stimuli("closeloop-spectral-kl-text", CLOSELOOP, ["manifest.json", "spectral_kl"], edit_json(MANIFEST, first_stimulus("spectral_kl", "low")))
+bad_stimuli("closeloop-spectral-kl-nan", CLOSELOOP, ["manifest.json", "spectral_kl"], edit_json(MANIFEST, first_stimulus("spectral_kl", float("nan"))))
+bad_stimuli("closeloop-spectral-slope-list", CLOSELOOP, ["manifest.json", "natural_spectral_slope"],
+            edit_json(MANIFEST, lambda m: m.update(natural_spectral_slope=[1, 2]) if "natural_spectral_slope" in m
+                      else first_stimulus("natural_spectral_slope", [1, 2])(m)))
+bad_stimuli("closeloop-spectral-kl-absent", CLOSELOOP, [], edit_json(MANIFEST, lambda m: [s.pop("spectral_kl", None) for s in m["stimuli"]]),
+            expect=0, allow_new=["rep"], note="stimuli exported before the naturalness fields existed")
+bad_stimuli("respond-spectral-kl-text", RESPOND, ["manifest.json", "spectral_kl"], edit_json(MANIFEST, first_stimulus("spectral_kl", "low")))
+
+
 # ---------------------------------------------------------------------------- the fast subset
 # One or more cases of each class that need no fitted run: tests/test_adversarial.py runs them in CI.
 FAST = {
@@ -1441,7 +1748,8 @@ FAST = {
     "simulate-into-folder-with-file", "simulate-over-store", "simulate-missing-parent", "fit-into-its-store",
     "loop-into-folder-with-config", "store-deleted-chunk", "store-no-root-json", "pipe-info", "path-newline-missing",
     "animals-huge", "day2-of-nan-position", "match-nan-position", "match-one-cell", "match-tolerance-below-jitter", "loop-days-3",
-    "fit-freeze-without-core",
+    "fit-freeze-without-core", "screen-summary-missing", "precision-fit-float16", "simulate-types-more-than-neurons",
+    "simulate-types-with-day2-of",
 }
 unknown = FAST - {c.name for c in CASES}
 if unknown:

@@ -438,6 +438,8 @@ def simulate(
     ):
         if value < least:
             raise ConfigError(f"simulate: {name} {value}: give at least {least}")
+    if types > n_neurons:
+        raise ConfigError(f"simulate: --types {types}: more types than the {n_neurons} neurons; give at most {n_neurons}")
     if channels not in (1, 3):
         raise ConfigError(f"simulate: --channels {channels}: give 1 (gray) or 3 (RGB)")
     rng = animal_rng(seed, animal)

@@ -54,7 +54,7 @@ class ArraySource:
         self.names = names
 
     def __len__(self) -> int:
-        return len(self.array)
+        return int(self.array.shape[0])  # zarr arrays have no len()
 
     def block(self, start: int, stop: int) -> list[np.ndarray]:
         return list(to_levels(np.asarray(self.array[start:stop]), self.lo_hi))
@@ -69,7 +69,7 @@ def array_range(array, path: Path) -> tuple[float, float]:
     if array.dtype == np.uint8:
         return (0.0, 255.0)
     lo, hi = np.inf, -np.inf
-    for start in range(0, len(array), RANGE_BLOCK):
+    for start in range(0, array.shape[0], RANGE_BLOCK):
         values = np.asarray(array[start : start + RANGE_BLOCK])
         if not np.isfinite(values).all():
             raise SessionError(f"{path}: holds NaN or inf; give finite pixel values")

@@ -158,8 +158,13 @@ def open_session(path) -> xr.Dataset:
     """Open the session store ``path`` lazily and check its schema (names, dims, dtypes, tiers)."""
     path = Path(path)
     ds = open_dataset(path)
-    for name, writer in (("predictions", "twin predict"), ("activations", "twin mei")):
-        if name in ds and "responses" not in ds:
+    outputs = (
+        ("predictions", "twin predict"), ("activations", "twin mei"), ("histogram_counts", "twin screen"),
+        ("initial_cluster", "twin mds"),
+    )
+    for name, writer in outputs:
+        # Every session store holds stats_response_std (write_session).
+        if name in ds and "stats_response_std" not in ds:
             raise SessionError(f"{path}: holds the output of {writer}, not a session; pass a session store (twin import or twin simulate)")
     validate(ds, path, values=False)
     if "stats_response_std" not in ds:

@@ -157,6 +157,11 @@ def background_bank(spec: str, read, image_shape, pixel_range, seed: int = 0) ->
     if spec == "noise":
         noise = rng.normal(0.0, 1.0, (BACKGROUNDS, *image_shape))
         return np.clip(noise, *pixel_range).astype(np.float32)
+    if not Path(spec).exists():
+        raise ConfigError(
+            f"--background {spec}: no such file or folder; give grey, noise, or natural images (.npy, a"
+            " folder or .zip of image files, or a session store)"
+        )
     images = read(spec)
     if len(images) > BACKGROUNDS:
         images = images[np.sort(rng.choice(len(images), BACKGROUNDS, replace=False))]
