@@ -146,11 +146,13 @@ def patch_masks(path, names: np.ndarray, pixels: np.ndarray, mean) -> np.ndarray
     return masks
 
 
-def background_bank(spec: str, read, image_shape, pixel_range, seed: int = 0) -> np.ndarray:
+def background_bank(spec: str, open_images, prepare, image_shape, pixel_range, seed: int = 0) -> np.ndarray:
     """(k, *image_shape) backgrounds in normalized units for ``--background spec``: the mean gray
     (one image of 0), "noise" (BACKGROUNDS white-noise images with the training images' contrast,
-    std 1 in normalized units, clipped to ``pixel_range``), or the images ``read(spec)`` returns
-    (normalized, engine layout; a seeded random subset of BACKGROUNDS when there are more)."""
+    std 1 in normalized units, clipped to ``pixel_range``), or natural images: ``open_images(spec)``
+    gives a source (len, block(start, stop) -> pixel-level images, twin.data.sources) of which a
+    seeded random subset of BACKGROUNDS is read (all when fewer) and ``prepare(images)`` normalizes
+    it to the engine layout."""
     rng = np.random.default_rng(seed)
     if spec in GRAY:
         return np.zeros((1, *image_shape), np.float32)
@@ -162,7 +164,7 @@ def background_bank(spec: str, read, image_shape, pixel_range, seed: int = 0) ->
             f"--background {spec}: no such file or folder; give grey, noise, or natural images (.npy, a"
             " folder or .zip of image files, or a session store)"
         )
-    images = read(spec)
-    if len(images) > BACKGROUNDS:
-        images = images[np.sort(rng.choice(len(images), BACKGROUNDS, replace=False))]
-    return images.astype(np.float32)
+    source = open_images(spec)
+    count = len(source)
+    pick = np.sort(rng.choice(count, BACKGROUNDS, replace=False)) if count > BACKGROUNDS else range(count)
+    return prepare([source.block(i, i + 1)[0] for i in pick]).astype(np.float32)

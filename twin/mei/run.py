@@ -338,7 +338,7 @@ def prepare_job(run: str, neurons, seeds, recipe, config_path, out, deis: int, s
         )
     data = loaded.sessions[session]
     centre_store = open_meis(centre) if centre is not None and is_store(centre) else None
-    index = None if neurons is None and centre_store is not None else parse_neurons(neurons or "all", data.unit_id)
+    index = None if neurons is None and centre_store is not None else parse_neurons("all" if neurons is None else neurons, data.unit_id)
     validator_model = load_validator(validator, session, data, run)
     attrs = {
         "run": str(Path(run).absolute()),
@@ -516,16 +516,18 @@ def transparency_backgrounds(job: MeiJob, background: str | None) -> tuple[np.nd
     """(the backgrounds (b, [channel,] y, x) normalized that transparent MEIs are optimized over,
     the store attrs with background and opacity_penalty): ``background`` is gray (None), noise, or
     image files or a session store of natural images."""
+    from twin.data.sources import open_source
     from twin.mei.context import GRAY, background_bank
-    from twin.predict import prepare, read_inputs
+    from twin.predict import prepare
 
     background = background or GRAY[0]
-
-    def read(path):
-        images, _ = read_inputs(path, job.data.channels)
-        return engine_layout(prepare(images, job.data, f"--background {path}"))
-
-    backgrounds = background_bank(background, read, job.engine["image_shape"], job.engine["pixel_range"])
+    backgrounds = background_bank(
+        background,
+        lambda path: open_source(path, job.data.channels),
+        lambda images: engine_layout(prepare(images, job.data, f"--background {background}")),
+        job.engine["image_shape"],
+        job.engine["pixel_range"],
+    )
     return backgrounds, job.attrs | {"background": background, "opacity_penalty": job.config.opacity_penalty}
 
 
