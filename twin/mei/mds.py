@@ -319,7 +319,7 @@ def mds_command(
         plot_grid,
         stats_channels_first,
     )
-    from twin.mei.store import config_toml
+    from twin.mei.store import recipe_attrs
     from twin.metrics import adjusted_rand_index
     from twin.naturalness import naturalness
     from twin.outputs import check_output, output
@@ -421,13 +421,7 @@ def mds_command(
         "image_std": (STAT_DIMS[image_std.ndim], image_std),
         **{f"true_{name}": (("neuron",), labels) for name, labels in truth.items()},
     }
-    attrs = {
-        "run": str(Path(run).absolute()),
-        "session": session,
-        "store": str(Path(data.path).absolute()),
-        "recipe": config.recipe,
-        "mei_config": config_toml(config),
-        "config_sources": config_sources,
+    attrs = recipe_attrs(run, session, data.path, config, config_sources) | {
         "summary": json.dumps({key: value for key, value in summary.items() if key != "neurons"}),
     }
     write_dataset(xr.Dataset(variables, attrs=attrs), out, overwrite=overwrite)

@@ -319,7 +319,7 @@ def prepare_job(run: str, neurons, seeds, recipe, config_path, out, deis: int, s
 
     from twin.checkpoint import load_run, read_run_files
     from twin.mei.recipes import recipe_config
-    from twin.mei.store import config_toml, open_meis
+    from twin.mei.store import open_meis, recipe_attrs
 
     primary = jax.process_index() == 0
     run_config, run_records = read_run_files(Path(run))
@@ -338,16 +338,12 @@ def prepare_job(run: str, neurons, seeds, recipe, config_path, out, deis: int, s
         )
     data = loaded.sessions[session]
     centre_store = open_meis(centre) if centre is not None and is_store(centre) else None
-    index = None if neurons is None and centre_store is not None else parse_neurons("all" if neurons is None else neurons, data.unit_id)
+    if neurons is None and centre_store is not None:
+        index = None  # the centre store's neurons
+    else:
+        index = parse_neurons("all" if neurons is None else neurons, data.unit_id)
     validator_model = load_validator(validator, session, data, run)
-    attrs = {
-        "run": str(Path(run).absolute()),
-        "session": session,
-        "store": str(Path(data.path).absolute()),
-        "recipe": config.recipe,
-        "mei_config": config_toml(config),
-        "config_sources": config_sources,
-    }
+    attrs = recipe_attrs(run, session, data.path, config, config_sources)
     return MeiJob(
         run=run, model=loaded.model, session=session, data=data, index=index, centre_store=centre_store,
         config=config, config_sources=config_sources, attrs=attrs,

@@ -75,6 +75,18 @@ def config_toml(config: MEIConfig) -> str:
     return tomli_w.dumps({"mei": dataclasses.asdict(config)})
 
 
+def recipe_attrs(run, session: int, store, config: MEIConfig, config_sources: list[str]) -> dict:
+    """The attrs every store made by the MEI engine starts with: where it came from and its recipe."""
+    return {
+        "run": str(Path(run).absolute()),
+        "session": session,
+        "store": str(Path(store).absolute()),
+        "recipe": config.recipe,
+        "mei_config": config_toml(config),
+        "config_sources": config_sources,
+    }
+
+
 def meis_dataset(variables: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
     """Dataset from arrays named as in the module doc (None values are left out)."""
     data = {
