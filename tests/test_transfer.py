@@ -271,6 +271,7 @@ def transfer_against_scratch(root, seeds) -> list[tuple[float, float]]:
     return results
 
 
+@pytest.mark.slow  # ~40 s; experiments/transfer.md records the same comparison at full length
 def test_transferred_twin_beats_scratch_on_few_trials(tmp_path):
     # One animal; the margin was 0.06 (0.05 to 0.07 over animals 7, 8, 9).
     ((transferred, scratch),) = transfer_against_scratch(tmp_path, [8])
