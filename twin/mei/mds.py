@@ -307,22 +307,10 @@ def mds_command(
     true types (gt_type).
     """
     from twin.checkpoint import load_run, read_run_files
-    from twin.data.schema import plot_text
-    from twin.data.simulate import ground_truth
-    from twin.data.store import open_session
     from twin.mei.recipes import recipe_config
-    from twin.mei.run import (
-        broadcastable,
-        engine_layout,
-        natural_pixels,
-        parse_neurons,
-        plot_grid,
-        stats_channels_first,
-    )
+    from twin.mei.run import broadcastable, engine_layout, parse_neurons, stats_channels_first
     from twin.mei.store import recipe_attrs
-    from twin.metrics import adjusted_rand_index
-    from twin.naturalness import naturalness
-    from twin.outputs import check_output, output
+    from twin.outputs import check_output
 
     requested = parse_clusters(clusters)
     if not temperature > 0:
@@ -374,38 +362,16 @@ def mds_command(
         seed=seed, progress=progress, **fixed,
     )
 
-    truth = {}
-    ds_session = open_session(data.path)
-    if ds_session.attrs.get("simulated"):
-        params = ground_truth(ds_session)
-        for name in ("kind", "type"):
-            if name in params:
-                truth[name] = np.asarray(params[name])[index]
-    k = len(result.images)
-    sizes = np.bincount(result.cluster, minlength=k)
-    spectra = naturalness(result.images * engine_std + engine_mean, natural_pixels(data))
-    summary = {
-        "clusters": int(k),
+    truth = true_labels(data, index)
+    found = mds_summary(result, data, index, truth, config_sources, engine_mean, engine_std)
+    summary = {  # the settings after the cluster count, the neurons last
+        "clusters": found.pop("clusters"),
         "clusters_requested": clusters,
         "initial_clusters": int(start),
-        "iterations": result.iterations,
-        "merges": [{"clusters": [a, b], "discriminability": d} for a, b, d in result.merges],
         "temperature": temperature,
         "merge_threshold": merge_threshold if requested is None else None,
         "recipe": config.recipe,
-        "config_sources": config_sources,
-        "cluster_sizes": sizes.tolist(),
-        "objective": [float(v) for v in result.objective],
-        "spectral_kl": [float(v) for v in spectra["spectral_kl"]],
-        "natural_spectral_slope": spectra["natural_spectral_slope"],
-        **{f"ari_true_{name}": adjusted_rand_index(result.cluster, labels) for name, labels in truth.items()},
-        **{
-            f"ari_initial_true_{name}": adjusted_rand_index(result.initial_cluster, labels)
-            for name, labels in truth.items()
-        },
-        "neurons": [
-            {"id": data.unit_id[neuron].item(), "cluster": int(c)} for neuron, c in zip(index, result.cluster)
-        ],
+        **found,
     }
     variables = {
         "images": (("cluster", *IMAGE_DIMS[len(image_shape)]), result.images),
@@ -424,13 +390,62 @@ def mds_command(
     attrs = recipe_attrs(run, session, data.path, config, config_sources) | {
         "summary": json.dumps({key: value for key, value in summary.items() if key != "neurons"}),
     }
-    write_dataset(xr.Dataset(variables, attrs=attrs), out, overwrite=overwrite)
+    write_mds(xr.Dataset(variables, attrs=attrs), summary, result.images * engine_std + engine_mean, out, overwrite)
+    return summary
+
+
+def true_labels(data, index: np.ndarray) -> dict:
+    """{"kind", and "type" when simulated with types: labels (k,) of neurons ``index``} of a
+    simulated session; {} for a recorded one."""
+    from twin.data.simulate import ground_truth
+    from twin.data.store import open_session
+
+    ds_session = open_session(data.path)
+    if not ds_session.attrs.get("simulated"):
+        return {}
+    params = ground_truth(ds_session)
+    return {name: np.asarray(params[name])[index] for name in ("kind", "type") if name in params}
+
+
+def mds_summary(result, data, index: np.ndarray, truth: dict, config_sources, engine_mean, engine_std) -> dict:
+    """The summary of an MDS ``result`` of neurons ``index``: clusters, merges, objective,
+    naturalness of the stimuli, adjusted Rand indices against ``truth`` and each neuron's cluster."""
+    from twin.mei.run import natural_pixels
+    from twin.metrics import adjusted_rand_index
+    from twin.naturalness import naturalness
+
+    k = len(result.images)
+    spectra = naturalness(result.images * engine_std + engine_mean, natural_pixels(data))
+    return {
+        "clusters": int(k),
+        "iterations": result.iterations,
+        "merges": [{"clusters": [a, b], "discriminability": d} for a, b, d in result.merges],
+        "config_sources": config_sources,
+        "cluster_sizes": np.bincount(result.cluster, minlength=k).tolist(),
+        "objective": [float(v) for v in result.objective],
+        "spectral_kl": [float(v) for v in spectra["spectral_kl"]],
+        "natural_spectral_slope": spectra["natural_spectral_slope"],
+        **{f"ari_true_{name}": adjusted_rand_index(result.cluster, labels) for name, labels in truth.items()},
+        **{
+            f"ari_initial_true_{name}": adjusted_rand_index(result.initial_cluster, labels)
+            for name, labels in truth.items()
+        },
+        "neurons": [
+            {"id": data.unit_id[neuron].item(), "cluster": int(c)} for neuron, c in zip(index, result.cluster)
+        ],
+    }
+
+
+def write_mds(ds: xr.Dataset, summary: dict, pixels: np.ndarray, out: Path, overwrite: bool) -> None:
+    """The MDS store ``out``, ``<out stem>.png`` (the stimuli ``pixels`` (k, [channel,] y, x) in
+    pixel levels, titled with their cluster sizes) and ``<out stem>.json`` (``summary``)."""
+    from twin.data.schema import plot_text
+    from twin.mei.run import plot_grid
+    from twin.outputs import output
+
+    write_dataset(ds, out, overwrite=overwrite)
     with output(out.with_suffix(".png"), overwrite, "file") as grid:
-        plot_grid(
-            result.images * engine_std + engine_mean,
-            [f"cluster {c}: {n} neuron{'' if n == 1 else 's'}" for c, n in enumerate(sizes)],
-            grid,
-        )
+        sizes = summary["cluster_sizes"]
+        plot_grid(pixels, [f"cluster {c}: {n} neuron{'' if n == 1 else 's'}" for c, n in enumerate(sizes)], grid)
     with output(out.with_suffix(".json"), overwrite, "file") as path:
         path.write_text(json.dumps(summary, indent=2, allow_nan=False, default=plot_text) + "\n")
-    return summary
