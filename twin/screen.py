@@ -482,23 +482,7 @@ def screen_command(
         )
     kept = min(top, screened.n_crops)
     ids = np.unique(np.concatenate([screened.top_id[:, :kept], screened.bottom_id[:, :kept]]))
-    units = recording_units(np.zeros((1, 1)), data, index[:1])[1]
-    attrs = {
-        "created_by": "twin screen",
-        "run": str(Path(run).absolute()),
-        "session": session,
-        "images": json.dumps([str(Path(p).absolute()) for p in images]),
-        "n_images": len(screened.image_crops),
-        "n_crops": screened.n_crops,
-        "crop_size": list(crop.size) if crop.size else [],
-        "stride": crop.stride if crop.size else 0,
-        "masked": bool(masked),
-        "meis": str(Path(meis).absolute()) if meis else "",
-        "units": units,
-        "seconds": screened.seconds,
-        "first_batch_seconds": screened.first_seconds,
-        "batch_size": screened.batch,
-    }
+    attrs = screen_attrs(run, session, images, screened, crop, masked, meis, data, index)
     table = crop_table(ids, screened, sources, crop, data)
     spectra = naturalness(table["crop_pixels"], natural_pixels(data))
     table["crop_spectral_kl"] = spectra["spectral_kl"].astype(np.float32)
@@ -526,6 +510,27 @@ def plot_top_crops(ds: xr.Dataset, path: Path) -> None:
         for r in range(ranks)
     ]
     plot_grid(ds["crop_pixels"].values[crops.ravel()], titles, path, columns=ranks)
+
+
+def screen_attrs(run, session: int, images: list, screened: Screened, crop: Crops, masked: bool, meis, data,
+                 index: np.ndarray) -> dict:
+    """The screen store's attrs (see ``screen_command``) but natural_spectral_slope."""
+    return {
+        "created_by": "twin screen",
+        "run": str(Path(run).absolute()),
+        "session": session,
+        "images": json.dumps([str(Path(p).absolute()) for p in images]),
+        "n_images": len(screened.image_crops),
+        "n_crops": screened.n_crops,
+        "crop_size": list(crop.size) if crop.size else [],
+        "stride": crop.stride if crop.size else 0,
+        "masked": bool(masked),
+        "meis": str(Path(meis).absolute()) if meis else "",
+        "units": recording_units(np.zeros((1, 1)), data, index[:1])[1],
+        "seconds": screened.seconds,
+        "first_batch_seconds": screened.first_seconds,
+        "batch_size": screened.batch,
+    }
 
 
 def fraction_reaching(counts: np.ndarray, edges: np.ndarray, threshold: np.ndarray) -> np.ndarray:
