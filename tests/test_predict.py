@@ -50,6 +50,16 @@ def test_store_matches_evaluate(run, tmp_path, capsys):
     np.testing.assert_allclose(predictions, expected, atol=1e-5)
 
 
+def test_blocks_stream_through_with_the_same_predictions(run, tmp_path, capsys, monkeypatch):
+    """Images are read and predicted a block at a time: a block smaller than the store (and not
+    dividing it) gives the whole store's predictions in order."""
+    run_dir, store, expected, _ = run
+    monkeypatch.setattr("twin.predict.BLOCK", 7)
+    out = tmp_path / "p.npy"
+    assert twin(["predict", run_dir, store, "--out", out], capsys)[0] == 0
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+
+
 def test_folder_zip_and_npy_give_the_same_predictions(run, tmp_path, capsys):
     run_dir, _, expected, images = run
     folder = tmp_path / "pngs"

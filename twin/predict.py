@@ -1,7 +1,8 @@
 """`twin predict`: responses of a run's neurons to any images.
 
-Images come from a folder or .zip of image files, an .npy array (n, y, x) or (n, c, y, x), or a
-session store (its trials). They are prepared as in training: converted to the run's channels
+Images come from a folder or .zip of image files, an .npy array (n, y, x) or (n, c, y, x), a zarr
+array, or a session store (its trials), read ``BLOCK`` images at a time (``twin.data.sources``, the
+readers ``twin screen`` uses), so collections larger than memory stream through. They are prepared as in training: converted to the run's channels
 (grey or RGB), resampled with pillow to the run's image size when only the size differs (not
 the aspect ratio), mapped from their pixel range to pixel levels 0..255 and normalized with the
 run session's statistics (``SessionData.normalize_images``); behavior and pupil center are held
@@ -21,72 +22,22 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from twin.data.images import decode_images, to_size
-from twin.data.schema import infer_pixel_range, pixel_range, strings, to_levels
+from twin.data.images import to_size
+from twin.data.sources import open_source
 from twin.errors import ConfigError, SessionError
 
 SUFFIXES = (".npy", ".csv", ".zarr")
+# Images read and predicted at a time by `twin predict`.
+BLOCK = 1024
 # Largest relative change of the aspect ratio (height / width) that resampling may make.
 ASPECT_TOLERANCE = 0.02
 
 
-def read_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Images (n, y, x) or (n, c, y, x) in pixel levels 0..255 from an .npy file, and names
-    (their indices as strings)."""
-    try:
-        images = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise SessionError(f"{path}: not a plain .npy array ({error}); save it with np.save") from None
-    if images.ndim not in (3, 4) or images.dtype.kind not in "uif" or len(images) == 0:
-        raise SessionError(
-            f"{path}: holds a {images.dtype} array of shape {images.shape}; give images (n, y, x) or"
-            " (n, channel, y, x) as numbers"
-        )
-    if not np.isfinite(images).all():
-        raise SessionError(f"{path}: holds NaN or inf; give finite pixel values")
-    lo_hi = infer_pixel_range(images)
-    if lo_hi is None:
-        raise SessionError(
-            f"{path}: values {float(images.min()):g}..{float(images.max()):g} are not pixel values"
-            " 0..255 or 0..1; save the images as uint8 0..255"
-        )
-    return to_levels(images, lo_hi), np.arange(len(images)).astype(str)
-
-
-def read_store(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The images of every trial of a session store in pixel levels 0..255, and names (its
-    image_name, else the trial indices as strings)."""
-    from twin.data.store import load_values, open_session
-
-    ds = open_session(path)
-    images = np.asarray(load_values(ds[["images"]], path)["images"].values)
-    if "image_name" in ds:
-        names = strings(ds["image_name"].values)
-    else:
-        names = np.arange(len(images)).astype(str)
-    return to_levels(images, pixel_range(ds, path)), names
-
-
 def read_inputs(path, channels: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Images of any accepted source as a list of (y, x) or (c, y, x) arrays in pixel levels,
-    and their names (n,) str. channels: the run's, to convert image files to (1 grey, 3 RGB)."""
-    path = Path(path)
-    if (path / "zarr.json").is_file():
-        images, names = read_store(path)
-    elif path.suffix.lower() == ".npy":
-        if not path.is_file():
-            raise SessionError(f"{path}: no such file; pass a folder, .zip, .npy or session store")
-        images, names = read_array(path)
-    elif path.is_dir() or path.is_file():
-        if channels not in (1, 3):
-            raise SessionError(
-                f"{path}: the run's images have {channels} channels; image files give 1 or 3, so"
-                f" pass an .npy array (n, {channels}, y, x)"
-            )
-        return decode_images(path, "L" if channels == 1 else "RGB")
-    else:
-        raise SessionError(f"{path}: no such file or folder; pass a folder, .zip, .npy or session store")
-    return list(images), names
+    """All images of a source (``twin.data.sources.open_source``) as a list of (y, x) or (c, y, x)
+    arrays in pixel levels, and their names (n,) str; for inputs small enough to hold at once."""
+    source = open_source(path, channels)
+    return source.block(0, len(source)), np.array([source.name(i) for i in range(len(source))])
 
 
 def run_size(images: list[np.ndarray], data, source) -> tuple[np.ndarray, int]:
@@ -172,6 +123,21 @@ def predict_images(model, session: int, data, images: np.ndarray, batch_size: in
     return predict(model, session, shown, np.arange(n), batch_size)
 
 
+def predict_source(model, session: int, data, source, index: np.ndarray, batch_size: int):
+    """Normalized predictions (n, k) of neurons ``index`` (k,) for every image of ``source``
+    (``twin.data.sources``), and the images' names (n,) str. The images are read, prepared and
+    predicted ``BLOCK`` at a time, so a collection larger than memory streams through."""
+    blocks, names, resampled = [], [], 0
+    for start in range(0, len(source), BLOCK):
+        stop = min(start + BLOCK, len(source))
+        pixels, count = run_size(source.block(start, stop), data, source.path)
+        resampled += count
+        blocks.append(predict_images(model, session, data, normalize(pixels, data), batch_size)[:, index])
+        names.extend(source.name(i) for i in range(start, stop))
+    resampled_note("twin predict", resampled, len(source), data)
+    return np.concatenate(blocks), np.array(names, dtype=str)
+
+
 def recording_units(predictions: np.ndarray, data, index: np.ndarray) -> tuple[np.ndarray, str]:
     """Normalized predictions (n, k) of neurons ``index`` (k,) of SessionData ``data`` -> the
     recording's response units (n, k) float32, and a line naming those units."""
@@ -252,12 +218,11 @@ def predict_command(
         raise ConfigError(f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}")
     data = loaded.sessions[session]
     index = parse_neurons(neurons, data.unit_id)
-    pictures, names = read_inputs(images, data.channels)
-    model_input = prepare(pictures, data, images)
-    predictions = predict_images(
-        loaded.model, session, data, model_input, batch_size or loaded.config.data.batch_size
+    predictions, names = predict_source(
+        loaded.model, session, data, open_source(images, data.channels), index,
+        batch_size or loaded.config.data.batch_size,
     )
-    predictions, units = recording_units(predictions[:, index], data, index)
+    predictions, units = recording_units(predictions, data, index)
     attrs = {
         "run": str(run), "session": data.name, "session_index": session, "images": str(images), "units": units
     }
