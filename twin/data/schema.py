@@ -473,7 +473,10 @@ def make_session(
             fail(source, f"variable 'frame_count' has shape {frame_count.shape}; give one value per trial (trial,)")
         per_trial["frame_count"] = frame_count
     elif frame_count is not None:
-        fail(source, "variable 'frame_count' is given for responses (trial, neuron); give responses (trial, frame, neuron)")
+        fail(
+            source,
+            "variable 'frame_count' is given for responses (trial, neuron); give responses (trial, frame, neuron)",
+        )
     for name, array in per_trial.items():
         if len(array) != n_trials:
             fail(
@@ -482,7 +485,9 @@ def make_session(
                 " give both the same length",
             )
         if video and name in FRAMED and array.ndim < 3:
-            fail(source, f"variable {called(name)!r} has shape {array.shape}; give (trial, frame, ...) like 'responses'")
+            fail(
+                source, f"variable {called(name)!r} has shape {array.shape}; give (trial, frame, ...) like 'responses'"
+            )
         if video and name in FRAMED and array.shape[1] != responses.shape[1]:
             fail(
                 source,
