@@ -206,7 +206,8 @@ def cmd_import(args) -> int:
     if args.shift_responses:
         ds = shift_responses(ds, args.shift_responses)
     write_session(ds, args.out, overwrite=args.overwrite)
-    print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
+    frames = f" x {ds.sizes['frame']} frames" if "frame" in ds.dims else ""
+    print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons{frames}")
     for note in import_notes(ds):
         print(note)
     return 0
