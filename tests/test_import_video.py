@@ -122,6 +122,18 @@ def test_cli_imports_a_video_tree(tmp_path, capsys):
     assert is_video(ds) and ds.attrs["frame_rate"] == 30.0
 
 
+def test_shift_responses_keeps_the_frame_axis(tmp_path):
+    video_tree(tmp_path / "mouse")
+    args = ["import", "sensorium", str(tmp_path / "mouse"), str(tmp_path / "v.zarr"), "--shift-responses", "neuron"]
+    assert main(args) == 0
+    ds = open_session(tmp_path / "v.zarr")
+    plain = from_sensorium(tmp_path / "mouse")
+    lowest = np.nanmin(plain.responses.values, axis=(0, 1))
+    assert ds.responses.dims == ("trial", "frame", "neuron")
+    np.testing.assert_allclose(ds.response_offset.values, lowest)
+    np.testing.assert_allclose(ds.responses.values, plain.responses.values - lowest, rtol=1e-6)
+
+
 def save(path, value):
     np.save(path, value)
 

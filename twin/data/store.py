@@ -16,6 +16,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 import twin
 from twin import metrics
+from twin.config import DataConfig
 from twin.data.digest import FIX, check_digest, damaged_chunk, write_digest
 from twin.data.schema import (
     SCHEMA_VERSION,
@@ -240,12 +241,25 @@ def session_info(ds: xr.Dataset, path) -> dict:
     {name: [lo, hi]}, pupil_center}, simulated, oracle_correlation (mean over neurons, test tier,
     when enough images repeat) and for simulated sessions ground_truth_ceiling (mean scores of
     the noise-free responses on the test tier).
+    Video sessions add frames {min, median, max} (recorded frames per trial), frame_rate (Hz)
+    and clip_frames (frames per training clip: [data].clip_frames's default, at most the
+    session's frames); their per-neuron summaries use the recorded frames, and the oracle
+    correlates each frame of a repeated video with the same frame of its other repeats.
     """
     tier = strings(ds["tier"].values)
     image_id = np.asarray(ds["image_id"].values)
     responses = np.asarray(ds["responses"].values)
     recorded = responses_recorded(responses)
     test = (tier == "test") & recorded
+    video = is_video(ds)
+    if video:
+        frame_count = np.asarray(ds["frame_count"].values)
+        shown = recorded_frames(frame_count, ds.sizes["frame"])
+
+    def samples(trials: np.ndarray) -> np.ndarray:
+        """(sample, neuron): the responses of ``trials`` (trial,) bool, recorded frames only."""
+        return responses[trials][shown[trials]] if video else responses[trials]
+
     _, repeats = np.unique(image_id[test], return_counts=True)
     repeats = repeats if repeats.size else np.zeros(1, int)
     behavior = [str(n) for n in ds["behavior_var"].values] if "behavior" in ds else []
@@ -256,8 +270,8 @@ def session_info(ds: xr.Dataset, path) -> dict:
         "trials": {name: int(np.sum(tier == name)) for name in TIERS if np.any(tier == name)},
         "tier_split": str(ds.attrs.get("tier_split", "")),
         "neurons": int(ds.sizes["neuron"]),
-        "quiet_neurons": quiet_neurons(responses[(tier == "train") & recorded], unit_id),
-        "image_shape": [int(ds.sizes[d]) for d in ds["images"].dims[1:]],
+        "quiet_neurons": quiet_neurons(samples((tier == "train") & recorded), unit_id),
+        "image_shape": [int(ds.sizes[d]) for d in ds["images"].dims if d not in ("trial", "frame")],
         "image_dtype": str(ds["images"].dtype),
         "shown_size": [int(v) for v in ds.attrs.get("shown_size", [])],
         "pixel_range": list(pixel_range(ds, path)),
@@ -274,7 +288,7 @@ def session_info(ds: xr.Dataset, path) -> dict:
         "test_repeats": bool(repeats.max() > 1),
         "repeat_metrics": metrics.repeats_note(image_id[test]) or "",
         "trials_without_responses": int(np.sum(~recorded)),
-        "missing_responses": int(np.isnan(responses[recorded]).sum()),
+        "missing_responses": int(np.isnan(samples(recorded)).sum()),
         "responses_signed": bool(np.nanmin(responses) < 0),
         "response_shift": str(ds.attrs.get("response_shift", "")),
         "behavior": behavior,
@@ -285,12 +299,25 @@ def session_info(ds: xr.Dataset, path) -> dict:
         },
         "simulated": bool(ds.attrs.get("simulated", False)),
     }
+    if video:
+        frames = int(ds.sizes["frame"])
+        info["frames"] = {
+            "min": int(frame_count.min()),
+            "median": float(np.median(frame_count)),
+            "max": int(frame_count.max()),
+        }
+        info["frame_rate"] = float(ds.attrs["frame_rate"])
+        info["clip_frames"] = min(DataConfig().clip_frames, frames)
     if not info["repeat_metrics"]:
-        oracle = metrics.oracle_correlation(responses[test], image_id[test])
+        if video:  # samples: (trial x frame, neuron); id: (video, frame); padding is NaN, left out
+            ids = (image_id[test][:, None] * frames + np.arange(frames)).ravel()
+            oracle = metrics.oracle_correlation(responses[test].reshape(-1, responses.shape[-1]), ids)
+        else:
+            oracle = metrics.oracle_correlation(responses[test], image_id[test])
         info["oracle_correlation"] = float(np.nanmean(oracle))
     if behavior:
         values = np.asarray(ds["behavior"].values)
-        info["ranges"]["behavior"] = {n: value_range(values[:, i]) for i, n in enumerate(behavior)}
+        info["ranges"]["behavior"] = {n: value_range(values[..., i]) for i, n in enumerate(behavior)}
     if "pupil_center" in ds:
         info["ranges"]["pupil_center"] = value_range(ds["pupil_center"].values)
     if info["simulated"]:
@@ -351,6 +378,16 @@ def format_info(info: dict) -> str:
         + (f" shown at {'x'.join(map(str, info['shown_size']))}," if info["shown_size"] else "")
         + f" pixel values {ranges['images'][0]:g}..{ranges['images'][1]:g},"
         f" black..white {lo:g}..{hi:g} ({info['pixel_range_from']})",
+        *(
+            [
+                "frames       {min}..{max} per trial (median {median:g}) at {rate:g} Hz; training clips of"
+                " {clip} frames ([data].clip_frames)".format(
+                    **info["frames"], rate=info["frame_rate"], clip=info["clip_frames"]
+                )
+            ]
+            if "frames" in info
+            else []
+        ),
         repeats,
         responses,
         "behavior     "
