@@ -86,6 +86,18 @@ def mean_std(values: np.ndarray, axis, skip_nan: bool = False) -> tuple[np.ndarr
     return mean(values, axis=axis).astype(np.float32), std(values, axis=axis).astype(np.float32)
 
 
+def streamed_mean_std(parts: list[np.ndarray], axis) -> tuple[np.ndarray, np.ndarray]:
+    """``mean_std`` of ``parts`` (each (samples, ...)) joined along samples, NaN left out, one
+    part at a time in float64 (two passes: the mean, then squared deviations from it)."""
+    count = sum(np.sum(~np.isnan(part), axis=axis, keepdims=True) for part in parts)
+    mean = sum(np.nansum(part, axis=axis, keepdims=True, dtype=np.float64) for part in parts) / count
+    variance = sum(np.nansum((part - mean) ** 2, axis=axis, keepdims=True) for part in parts) / count
+    return (
+        np.squeeze(mean, axis=axis).astype(np.float32),
+        np.squeeze(np.sqrt(variance), axis=axis).astype(np.float32),
+    )
+
+
 def statistics(ds: xr.Dataset) -> xr.Dataset:
     """Normalization statistics over the train trials of session ``ds``, as ``stats_*`` variables.
 
@@ -98,36 +110,35 @@ def statistics(ds: xr.Dataset) -> xr.Dataset:
     are left out.
     """
     recorded = responses_recorded(np.asarray(ds["responses"].values))
-    train = ds.isel(trial=np.flatnonzero((strings(ds["tier"].values) == "train") & recorded))
-    if is_video(ds):
-        shown = recorded_frames(train["frame_count"].values, ds.sizes["frame"])
+    rows = np.flatnonzero((strings(ds["tier"].values) == "train") & recorded)
+    video = is_video(ds)
+    frame_count = np.asarray(ds["frame_count"].values) if video else None
 
-        def samples(name: str) -> np.ndarray:  # (recorded frame, ...)
-            return np.asarray(train[name].values)[shown]
+    def moments(name: str, axis, skip_nan: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        values = np.asarray(ds[name].values)
+        if video:  # one trial's recorded frames at a time: a float64 copy of all would be large
+            return streamed_mean_std([values[i, : frame_count[i]] for i in rows], axis)
+        return mean_std(values[rows], axis, skip_nan=skip_nan)
 
-    else:
-
-        def samples(name: str) -> np.ndarray:  # (trial, ...)
-            return np.asarray(train[name].values)
-
-    pixel_dims = tuple(d for d in train["images"].dims if d not in ("trial", "frame"))
+    images = np.asarray(ds["images"].values)
+    pixel_dims = tuple(d for d in ds["images"].dims if d not in ("trial", "frame"))
     global_dims = tuple(d for d in pixel_dims if d == "channel")
-    pixels = samples("images")
-    global_axes = (0, *range(pixels.ndim - 2, pixels.ndim))
+    global_axes = (0, len(pixel_dims) - 1, len(pixel_dims))  # samples, y, x
     stats = {}
     stats["stats_image_mean"], stats["stats_image_std"] = (
-        (global_dims, a) for a in mean_std(pixels, global_axes)
+        (global_dims, a) for a in moments("images", global_axes)
     )
     stats["stats_image_pixel_mean"], stats["stats_image_pixel_std"] = (
-        (pixel_dims, a) for a in mean_std(pixels, 0)
+        (pixel_dims, a) for a in moments("images", 0)
     )
-    stats["stats_image_min"] = ((), np.float32(pixels.min()))
-    stats["stats_image_max"] = ((), np.float32(pixels.max()))
+    shown = [images[i, : frame_count[i]] for i in rows] if video else [images[rows]]
+    stats["stats_image_min"] = ((), np.float32(min(part.min() for part in shown)))
+    stats["stats_image_max"] = ((), np.float32(max(part.max() for part in shown)))
     for name, dim in (("responses", "neuron"), ("behavior", "behavior_var"), ("pupil_center", "xy")):
         if name in ds:
             key = "response" if name == "responses" else name
             stats[f"stats_{key}_mean"], stats[f"stats_{key}_std"] = (
-                ((dim,), a) for a in mean_std(samples(name), 0, skip_nan=name == "responses")
+                ((dim,), a) for a in moments(name, 0, skip_nan=name == "responses")
             )
     return xr.Dataset(stats)
 
