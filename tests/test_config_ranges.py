@@ -77,6 +77,7 @@ FIELDS = {
         "response_std_floor": floats(0),
         "shuffle_seed": ints(0, SEED_LIMIT - 1),
         "train_fraction": floats(0, 1, lo_open=True),
+        "clip_frames": ints(1),
     },
     ModelConfig: {
         "core_layers": (st.integers(1, 6), ints(1, MAX_LAYERS)[1]),  # few layers: stacks drawn from them
