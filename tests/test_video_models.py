@@ -47,19 +47,27 @@ def inputs(batch: int = 2, seed: int = 0):
     return images, behavior, pupil
 
 
+@nnx.jit
+def run(model, images, behavior, pupil):
+    """(b, t, n): the model's responses for session 0, in one compiled call (op-by-op calls of
+    a video core compile many small programs)."""
+    return model(images, 0, behavior=behavior, pupil_center=pupil)
+
+
 @pytest.mark.parametrize("core", CORES)
 @pytest.mark.parametrize("pad_input", [False, True])
 def test_video_twin_shapes(core, pad_input):
     model = twin(core, pad_input=pad_input)
     images, behavior, pupil = inputs()
     assert model.video
-    fmap = model.features(images, behavior)
+    fmap = nnx.jit(lambda model, images, behavior: model.features(images, behavior))(model, images, behavior)
     expected = (8, 12) if pad_input else (6, 10)
     assert fmap.shape == (2, FRAMES) + expected + (4,)
     assert model.core.output_shape(SHAPE) == expected + (4,)
-    assert model(images, 0, behavior=behavior, pupil_center=pupil).shape == (2, FRAMES, 5)
+    assert run(model, images, behavior, pupil).shape == (2, FRAMES, 5)
     neurons = jnp.array([4, 1])
-    assert model(images, 0, behavior=behavior, pupil_center=pupil, neurons=neurons).shape == (2, FRAMES, 2)
+    subset = nnx.jit(lambda model, neurons: model(images, 0, behavior=behavior, pupil_center=pupil, neurons=neurons))
+    assert subset(model, neurons).shape == (2, FRAMES, 2)
 
 
 def test_image_twins_keep_the_stacked2d_core():
@@ -73,16 +81,16 @@ def test_image_twins_keep_the_stacked2d_core():
 def test_output_frames_depend_on_earlier_input_frames_only(core):
     model = twin(core)
     images, behavior, pupil = inputs()
-    model(images, 0, behavior=behavior, pupil_center=pupil)  # move the batch statistics
+    run(model, images, behavior, pupil)  # move the batch statistics
     model.eval()
-    before = np.asarray(model(images, 0, behavior=behavior, pupil_center=pupil))
+    before = np.asarray(run(model, images, behavior, pupil))
     t = 4
     changed = images.at[:, t + 1 :].add(1.0)
-    after = np.asarray(model(changed, 0, behavior=behavior.at[:, t + 1 :].add(1.0), pupil_center=pupil))
+    after = np.asarray(run(model, changed, behavior.at[:, t + 1 :].add(1.0), pupil))
     np.testing.assert_array_equal(after[:, : t + 1], before[:, : t + 1])
     assert np.abs(after[:, t + 1 :] - before[:, t + 1 :]).min(axis=(0, 2)).max() > 0
     # A later frame sees an earlier one (the temporal kernels / the recurrent state carry it).
-    earlier = np.asarray(model(images.at[:, 0].add(1.0), 0, behavior=behavior, pupil_center=pupil))
+    earlier = np.asarray(run(model, images.at[:, 0].add(1.0), behavior, pupil))
     assert np.abs(earlier[:, 2] - before[:, 2]).max() > 1e-6
 
 
@@ -94,7 +102,7 @@ def test_gradients_reach_every_core_parameter(core):
     def loss(model):
         return jnp.mean(model(images, 0, behavior=behavior, pupil_center=pupil)) + model.regularizer(0)
 
-    grads = nnx.grad(loss)(model)
+    grads = nnx.jit(nnx.grad(loss))(model)
     core = jax.tree_util.tree_leaves_with_path(grads["core"])
     assert len(core) > 0
     for path, value in core:
@@ -148,7 +156,7 @@ def test_target_responses_of_a_video_twin(core):
     model.eval()
     images, behavior, pupil = inputs(3)
     neurons = jnp.array([4, 0, 2])
-    full = model(images, 0, behavior=behavior, pupil_center=pupil)
+    full = run(model, images, behavior, pupil)
     target = model.target_responses(images, 0, neurons=neurons, behavior=behavior, pupil_center=pupil)
     assert target.shape == (3, FRAMES)
     np.testing.assert_allclose(target, full[jnp.arange(3), :, neurons], rtol=1e-5, atol=1e-6)
@@ -164,11 +172,11 @@ def test_ensemble_of_two_video_twins():
     for seed in (0, 3):
         model = Twin(config, 1, SHAPE, specs, 2, rngs=nnx.Rngs(seed))
         model.eval()
-        members.append(np.asarray(model(images, 0, behavior=behavior, pupil_center=pupil)))
+        members.append(np.asarray(run(model, images, behavior, pupil)))
     outputs = ensemble.member_outputs(images, 0, behavior=behavior, pupil_center=pupil)
     assert outputs.shape == (2, 2, FRAMES, 5)
     np.testing.assert_allclose(outputs, np.stack(members), rtol=1e-5, atol=1e-6)
-    mean = ensemble(images, 0, behavior=behavior, pupil_center=pupil)
+    mean = run(ensemble, images, behavior, pupil)
     np.testing.assert_allclose(mean, np.mean(members, 0), rtol=1e-5, atol=1e-6)
     assert ensemble.regularizer(0).shape == (2,)
 
@@ -182,17 +190,17 @@ def test_video_checkpoint_round_trip_gives_identical_outputs(tmp_path, core, ens
     ]
     model = checkpoint.make_model(config, records, [ReadoutSpec(5, np.full(5, 0.5, np.float32))])
     images, behavior, pupil = inputs()
-    model(images, 0, behavior=behavior, pupil_center=pupil)  # batch statistics away from their start
+    run(model, images, behavior, pupil)  # batch statistics away from their start
     model.eval()
-    expected = np.asarray(model(images, 0, behavior=behavior, pupil_center=pupil))
+    expected = np.asarray(run(model, images, behavior, pupil))
     run_dir = tmp_path / "run"
     checkpoint.write_run_files(run_dir, config, records)
     checkpoint.save_step(run_dir / "checkpoints" / "best", 0, {"model": nnx.state(model)}, {"epoch": 0})
 
-    run = checkpoint.load_run(run_dir, load_sessions=False)
-    assert isinstance(run.model, Ensemble if ensemble_size > 1 else Twin)
-    assert run.config.model.core == core
-    np.testing.assert_array_equal(np.asarray(run.model(images, 0, behavior=behavior, pupil_center=pupil)), expected)
+    loaded = checkpoint.load_run(run_dir, load_sessions=False)
+    assert isinstance(loaded.model, Ensemble if ensemble_size > 1 else Twin)
+    assert loaded.config.model.core == core
+    np.testing.assert_array_equal(np.asarray(run(loaded.model, images, behavior, pupil)), expected)
 
 
 def test_config_declares_the_video_fields():
@@ -224,10 +232,10 @@ def test_bfloat16_reaches_every_video_conv(core):
     model = twin(core)
     model.eval()
     images, behavior, pupil = inputs()
-    full = np.asarray(model(images, 0, behavior=behavior, pupil_center=pupil))
+    full = np.asarray(run(model, images, behavior, pupil))
     set_precision(model, "bfloat16")
     convs = [m for _, m in nnx.iter_graph(model) if isinstance(m, (Conv, TemporalConv))]
     assert len(convs) > 2 and all(m.dtype == jnp.bfloat16 for m in convs)
-    half = np.asarray(model(images, 0, behavior=behavior, pupil_center=pupil))
+    half = np.asarray(run(model, images, behavior, pupil))
     assert not np.array_equal(half, full)
     np.testing.assert_allclose(half, full, rtol=0.05, atol=0.05)
