@@ -18,7 +18,7 @@ from flax import nnx
 
 from twin.config import ModelConfig
 from twin.errors import ConfigError
-from twin.models.cores import Stacked2dCore
+from twin.models.cores import Stacked2dCore, core_arguments
 from twin.models.readouts import FactorizedReadout, GaussianReadout, bilinear_weights, grid_corners
 from twin.models.video import video_core
 
@@ -88,21 +88,10 @@ class Twin(nnx.Module):
         self.use_behavior = config.use_behavior and n_behavior > 0
         self.video = config.core != "stacked2d"
         core_channels = in_channels + (n_behavior if self.use_behavior else 0)
-        self.core = video_core(config, core_channels, rngs=rngs) if self.video else Stacked2dCore(
-            core_channels,
-            layers=config.core_layers,
-            channels=config.core_channels,
-            input_kernel=config.input_kernel,
-            hidden_kernel=config.hidden_kernel,
-            depth_separable=config.depth_separable,
-            pad_input=config.pad_input,
-            stack=config.stack,
-            bias=config.core_bias,
-            momentum=config.batch_norm_momentum,
-            eps=config.batch_norm_eps,
-            gamma_input=config.gamma_input,
-            rngs=rngs,
-        )
+        if self.video:
+            self.core = video_core(config, core_channels, rngs=rngs)
+        else:
+            self.core = Stacked2dCore(core_channels, **core_arguments(config), rngs=rngs)
         in_shape = self.core.output_shape(tuple(image_shape))
         modules = []
         for spec in readouts:

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from twin.config import ModelConfig
-from twin.models.cores import Conv, DepthSeparable, Stacked2dCore, conv, laplace_l2norm, xavier_normal
+from twin.models.cores import Conv, DepthSeparable, Stacked2dCore, conv, core_arguments, laplace_l2norm, xavier_normal
 
 LAPLACE_1D = np.array([-1, 4, -1], np.float32)
 
@@ -213,19 +213,7 @@ class GruCore(nnx.Module):
 
 def video_core(config: ModelConfig, in_channels: int, *, rngs: nnx.Rngs) -> Factorized3dCore | GruCore:
     """The video core ``config.core`` ("factorized3d" or "gru") for frames of ``in_channels``."""
-    shared = dict(
-        layers=config.core_layers,
-        channels=config.core_channels,
-        input_kernel=config.input_kernel,
-        hidden_kernel=config.hidden_kernel,
-        depth_separable=config.depth_separable,
-        pad_input=config.pad_input,
-        stack=config.stack,
-        bias=config.core_bias,
-        momentum=config.batch_norm_momentum,
-        eps=config.batch_norm_eps,
-        gamma_input=config.gamma_input,
-    )
+    shared = core_arguments(config)
     if config.core == "factorized3d":
         return Factorized3dCore(
             in_channels,
