@@ -123,6 +123,36 @@ def test_missing_responses_are_left_out(session):
     assert np.allclose(r[0], expected, atol=0.05)
 
 
+def test_video_readouts_are_placed_frame_by_frame(session):
+    """The simulated train images as videos of 30 frames at 30 Hz, each response recorded
+    LAG_SECONDS (3 frames) after its image: the frames place the readouts of a video twin as the
+    images place an image twin's; the same videos without the lag place few."""
+    data, truth = session
+    k = len(data.trials("train")) // 30
+    trials = data.trials("train")[: k * 30]
+    lag = round(placement.LAG_SECONDS * 30)
+    responses = np.full((k, 30, data.n_neurons), np.nan, np.float32)
+    responses[:, lag:] = data.responses[trials].reshape(k, 30, -1)[:, : 30 - lag]
+    videos = SimpleNamespace(
+        images=data.images[trials].reshape((k, 30) + data.images.shape[1:]),
+        responses=responses,
+        frame_count=np.full(k, 30),
+        frame_rate=30.0,
+        n_neurons=data.n_neurons,
+        trials=lambda tier: np.arange(k),
+    )
+    config = dataclasses.replace(SMALL, core="factorized3d")
+    model = nnx.jit(lambda: Twin(config, 1, SIZE, specs(data), rngs=nnx.Rngs(0)))()
+    (placed,) = placement.place_readouts(model, [videos])
+    pixels = placement.grid_to_pixels(np.asarray(model.readouts[0].mu[...]), (14, 28), (2.0, 2.0))
+    inside = (truth["x"] >= 2) & (truth["x"] <= 29) & (truth["y"] >= 2) & (truth["y"] <= 15)
+    assert placed.mean() >= 0.7
+    assert np.mean(errors(pixels, truth)[placed & inside] <= 2.0) >= 0.8
+    videos.responses = data.responses[trials].reshape(k, 30, -1)
+    (placed,) = placement.place_readouts(model, [videos])
+    assert placed.mean() <= 0.3
+
+
 def test_ensemble_members_share_the_data_positions(session):
     data, _ = session
     model = nnx.jit(lambda: make_ensemble(SMALL, 1, SIZE, specs(data), 0, [0, 1]))()

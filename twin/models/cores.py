@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from twin.config import ModelConfig
+
 LAPLACE = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32)
 
 
@@ -403,3 +405,21 @@ class Stacked2dCore(nnx.Module):
     def regularizer(self) -> jax.Array:
         """gamma_input * LaplaceL2norm(first layer)."""
         return self.gamma_input * self.laplace()
+
+
+def core_arguments(config: ModelConfig) -> dict:
+    """Stacked2dCore's keyword arguments (but in_channels and rngs) from ``config``; the video
+    cores' spatial convs take the same."""
+    return dict(
+        layers=config.core_layers,
+        channels=config.core_channels,
+        input_kernel=config.input_kernel,
+        hidden_kernel=config.hidden_kernel,
+        depth_separable=config.depth_separable,
+        pad_input=config.pad_input,
+        stack=config.stack,
+        bias=config.core_bias,
+        momentum=config.batch_norm_momentum,
+        eps=config.batch_norm_eps,
+        gamma_input=config.gamma_input,
+    )

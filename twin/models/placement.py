@@ -26,6 +26,11 @@ Fisher's z, atanh(r) sqrt(trials - 3) ~ N(0, 1). Other neurons keep their random
 
 Missing responses (NaN) are left out per neuron: its mean and spread are taken over its recorded
 trials, its missing trials add nothing to the covariance, and its trial count sets its threshold.
+
+A video session is placed frame by frame: each sample is one recorded frame of a train trial
+against the responses ``LAG_SECONDS`` later (activity follows the stimulus), at most ``MAX_FRAMES``
+(trial, frame) pairs drawn with the seed. The test counts the frames as independent samples;
+frames of one video are not, so a video's threshold is lower than its true family-wise rate asks.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ ALPHA = 0.01
 # Smoothing scales of the contrast energy in image pixels; those above a quarter of the image's
 # shorter side are dropped.
 SCALES = (1.0, 2.0, 4.0, 8.0)
+# Videos: the response to a frame is read this long after it, and at most MAX_FRAMES frames are used.
+LAG_SECONDS = 0.1
+MAX_FRAMES = 4000
 
 
 def sample_trials(data, n_trials: int = MAX_TRIALS, seed: int = 0) -> np.ndarray:
@@ -55,6 +63,20 @@ def sample_trials(data, n_trials: int = MAX_TRIALS, seed: int = 0) -> np.ndarray
     if len(trials) > n_trials:
         trials = np.sort(np.random.default_rng(seed).choice(trials, n_trials, replace=False))
     return trials
+
+
+def frame_samples(data, trials: np.ndarray, n_frames: int = MAX_FRAMES, seed: int = 0):
+    """Frames of the video SessionData ``data``'s ``trials`` as images (k, y, x, c) and the
+    responses (k, n) LAG_SECONDS after each: at most ``n_frames`` recorded (trial, frame) pairs,
+    drawn with ``seed``."""
+    lag = int(round(LAG_SECONDS * data.frame_rate))
+    counts = np.maximum(np.asarray(data.frame_count)[trials] - lag, 0)
+    trial = np.repeat(trials, counts)
+    frame = np.concatenate([np.arange(count) for count in counts] + [np.zeros(0, np.int64)])
+    if len(trial) > n_frames:
+        pick = np.sort(np.random.default_rng(seed).choice(len(trial), n_frames, replace=False))
+        trial, frame = trial[pick], frame[pick]
+    return data.images[trial, frame], data.responses[trial, frame + lag]
 
 
 def response_weights(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,8 +202,8 @@ def placeable(readout) -> bool:
 
 def place_readouts(model, sessions, *, n_trials: int = MAX_TRIALS, seed: int = 0) -> list[np.ndarray]:
     """Set the readout positions ``mu`` of ``model`` (Twin or Ensemble) from ``sessions`` (one
-    SessionData per readout, in order), in place, by contrast energy: the same points for every
-    ensemble member, whatever its core. Neurons without a significant map keep their random mu;
+    SessionData per readout, in order; videos frame by frame), in place, by contrast energy: the
+    same points for every ensemble member, whatever its core. Neurons without a significant map keep their random mu;
     factorized readouts and readouts with a grid-mean predictor are left as they are. Returns per
     session the neurons placed: bool (n,), or (members, n) for an Ensemble (all False for
     readouts left as they are).
@@ -194,9 +216,12 @@ def place_readouts(model, sessions, *, n_trials: int = MAX_TRIALS, seed: int = 0
         significant = np.zeros(data.n_neurons, bool)
         if placeable(readout):
             trials = sample_trials(data, n_trials, seed)
-            found = energy_positions(data.images[trials], data.responses[trials])
+            if data.images.ndim == 5:  # video: (trial, frame, y, x, c)
+                found = energy_positions(*frame_samples(data, trials, seed=seed))
+            else:
+                found = energy_positions(data.images[trials], data.responses[trials])
             map_shape = tuple(readout.in_shape[:2])
-            height, width = data.image_shape
+            height, width = data.images.shape[-3:-1]
             offset = ((width - map_shape[1]) / 2, (height - map_shape[0]) / 2)
             grid = pixels_to_grid(found["position"], map_shape, offset)
             significant = found["significant"]
