@@ -215,6 +215,9 @@ class DataConfig(Checked):
     # nested across fractions (the 10% subset lies inside the 25% one): data-efficiency curves.
     # Validation and test tiers are untouched.
     train_fraction: float = number(1.0, 0, 1, lo_open=True)
+    # Video sessions train on clips of this many frames at a random start per trial and epoch
+    # (Sensorium 2023: 80); at most a session's frames, a shorter trial's clip ends in masked padding.
+    clip_frames: int = integer(80, 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,9 @@ and normalizes them once, as neuralpredictors' NeuroNormalizer does: images (x -
 (global or per pixel), responses divided by their train std floored at
 ``DataConfig.response_std_floor`` times the mean std, behavior divided by its std, pupil center
 standardized. ``batches`` then only indexes these arrays with a permutation per epoch.
+
+Video sessions carry a frame axis after trial (images (trial, frame, y, x, channel)); their
+batches hold clips of ``clip_frames`` frames or whole trials, padding masked.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from twin.config import DataConfig
-from twin.data.schema import TIERS, pixel_range, responses_recorded, strings, unit_ids, validate
+from twin.data.schema import TIERS, is_video, pixel_range, responses_recorded, strings, unit_ids, validate
 from twin.data.store import load_values, open_session
 from twin.errors import ConfigError, SessionError
 
@@ -39,6 +42,10 @@ class SessionData:
     left out of ``trials``, and so are the train trials ``set_aside`` (trial,) by
     ``DataConfig.train_fraction``; ``masked`` says some other trials miss some neurons, so batches carry
     a mask.
+    A video session has a frame axis after trial: images (trial, frame, y, x, channel),
+    responses (trial, frame, neuron) (NaN on padding frames), behavior (trial, frame, k),
+    pupil_center (trial, frame, 2); frame_count (trial,) int64 recorded frames per trial and
+    frame_rate (Hz); both None for an image session.
     """
 
     name: str
@@ -60,19 +67,25 @@ class SessionData:
     response_offset: np.ndarray | None = None
     masked: bool = False
     set_aside: np.ndarray | None = None
+    frame_count: np.ndarray | None = None
+    frame_rate: float | None = None
+
+    @property
+    def video(self) -> bool:
+        return self.frame_count is not None
 
     @property
     def n_neurons(self) -> int:
-        return self.responses.shape[1]
+        return self.responses.shape[-1]
 
     @property
     def image_shape(self) -> tuple[int, int]:
         """(y, x)."""
-        return self.images.shape[1:3]
+        return self.images.shape[-3:-1]
 
     @property
     def channels(self) -> int:
-        return self.images.shape[3]
+        return self.images.shape[-1]
 
     def normalize_images(self, pixels) -> np.ndarray:
         """Pixel units -> normalized: (..., y, x) for one channel, (..., y, x, channel) for several."""
@@ -92,8 +105,8 @@ class SessionData:
 
     @property
     def mean_response(self) -> np.ndarray:
-        """(neuron,) mean over train trials (finite responses), normalized units."""
-        return np.nanmean(self.responses[self.trials("train")], axis=0)
+        """(neuron,) mean over train trials (finite responses; recorded frames of videos), normalized units."""
+        return np.nanmean(self.responses[self.trials("train")].reshape(-1, self.n_neurons), axis=0)
 
     @functools.cached_property
     def recorded(self) -> np.ndarray:
@@ -111,7 +124,10 @@ class SessionData:
 class Batch:
     """One batch from one session: images (b, y, x, c), responses (b, n), behavior (b, k) | None,
     pupil_center (b, 2) | None, trials (b,) indices into the session's trials; for a ``masked``
-    session, mask (b, n) bool, False where a response is missing (its NaN there replaced by 0)."""
+    session, mask (b, n) bool, False where a response is missing (its NaN there replaced by 0).
+    From a video session every field but trials has a frame axis after b: images (b, t, y, x, c),
+    responses (b, t, n), behavior (b, t, k), pupil_center (b, t, 2), and mask (b, t, n) is always
+    given (False on padding frames too)."""
 
     session: int
     images: np.ndarray
@@ -128,7 +144,8 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
     ds = open_session(path)
     # One read per variable (chunk by chunk inside zarr), then checks on the values in memory.
     ds = validate(load_values(ds, path), path)
-    channels_last = ds["images"].dims[1] == "channel"
+    dims = ds["images"].dims
+    channels_last = "channel" in dims
     prefix = "stats_image" if config.image_normalization == "global" else "stats_image_pixel"
     mean = ds[f"{prefix}_mean"].values.astype(np.float32)
     std = ds[f"{prefix}_std"].values.astype(np.float32)
@@ -136,7 +153,7 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         mean, std = np.moveaxis(mean, 0, -1), np.moveaxis(std, 0, -1)
     std = np.where(std > 0, std, np.float32(1))
     images = ds["images"].values
-    images = np.moveaxis(images, 1, -1) if channels_last else images[..., None]
+    images = np.moveaxis(images, dims.index("channel"), -1) if channels_last else images[..., None]
     if channels_last and images.shape[-1] == 1:
         # One channel stored with a channel axis: keep the one-channel layouts () and (y, x).
         mean, std = mean[..., 0], std[..., 0]
@@ -169,6 +186,7 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         )
     tier = strings(ds["tier"].values)
     image_id = ds["image_id"].values.astype(np.int64)
+    video = is_video(ds)
     cell_xyz = None
     if all(f"cell_{a}" in ds for a in "xyz"):
         cell_xyz = np.stack([ds[f"cell_{a}"].values for a in "xyz"], axis=1).astype(np.float32)
@@ -192,6 +210,8 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         response_offset=ds["response_offset"].values.astype(np.float32) if "response_offset" in ds else None,
         masked=bool(np.isnan(responses[recorded]).any()),
         set_aside=train_set_aside(tier, image_id, config),
+        frame_count=ds["frame_count"].values.astype(np.int64) if video else None,
+        frame_rate=float(ds.attrs["frame_rate"]) if video else None,
     )
 
 
@@ -209,14 +229,22 @@ def train_set_aside(tier: np.ndarray, image_id: np.ndarray, config: DataConfig) 
 
 
 def load_sessions(paths: Sequence, config: DataConfig = DataConfig()) -> list[SessionData]:
-    """``load_session`` for each path; every session must have the same image shape."""
+    """``load_session`` for each path; every session must have the same image shape (y, x, c),
+    and all are videos or none (videos may differ in frames)."""
     sessions = [load_session(path, config) for path in paths]
-    shapes = {s.images.shape[1:] for s in sessions}
-    if len(shapes) > 1:
+    first, last = sessions[0], sessions[-1]
+    if len({s.images.shape[-3:] for s in sessions}) > 1:
         raise SessionError(
-            f"{sessions[-1].path}: variable 'images' is {sessions[-1].images.shape[1:]} (y, x, c)"
-            f" but {sessions[0].path} has {sessions[0].images.shape[1:]}; fit sessions with one"
+            f"{last.path}: variable 'images' is {last.images.shape[-3:]} (y, x, c)"
+            f" but {first.path} has {first.images.shape[-3:]}; fit sessions with one"
             " image shape together"
+        )
+    if len({s.video for s in sessions}) > 1:
+        video = next(s for s in sessions if s.video)
+        still = next(s for s in sessions if not s.video)
+        raise SessionError(
+            f"{still.path}: variable 'images' has no frame dim but {video.path} is a video session;"
+            " fit image and video sessions separately"
         )
     return sessions
 
@@ -229,41 +257,54 @@ def batches(
     shuffle: bool,
     seed: int = 0,
     drop_last: bool = False,
+    clip_frames: int | None = None,
 ) -> Iterator[Batch]:
     """One epoch of batches of ``tier`` over all sessions.
 
     Each session's trials are split into batches (in a random order per ``seed`` when
     ``shuffle``); batches then alternate between sessions until all are used, so every trial
     appears exactly once. ``drop_last`` leaves out each session's final short batch.
+    Video sessions give whole trials (all the session's frames, padding masked) when
+    ``clip_frames`` is None, else per trial a clip of min(clip_frames, session frames) frames
+    starting at a frame drawn from the epoch's ``seed`` in 0..frame_count - clip (0 for trials
+    shorter than the clip, whose clip ends in masked padding). Image sessions ignore ``clip_frames``.
     """
     if tier not in TIERS:
         raise ConfigError(f"tier {tier!r}: use one of {', '.join(TIERS)}")
     if batch_size < 1:
         raise ConfigError(f"[data].batch_size = {batch_size}: use a positive number")
+    if clip_frames is not None and clip_frames < 1:
+        raise ConfigError(f"[data].clip_frames = {clip_frames}: use a positive number")
     rng = np.random.default_rng(seed)
     plans = []
     for session in sessions:
         trials = session.trials(tier)
         if shuffle:
             trials = rng.permutation(trials)
+        frames = None
+        if session.video and clip_frames is not None:
+            clip = min(clip_frames, session.responses.shape[1])
+            starts = rng.integers(0, np.maximum(session.frame_count[trials] - clip, 0) + 1)
+            frames = starts[:, None] + np.arange(clip)
         stop = len(trials) - len(trials) % batch_size if drop_last else len(trials)
-        plans.append([trials[i : i + batch_size] for i in range(0, stop, batch_size)])
-    for step in range(max((len(plan) for plan in plans), default=0)):
-        for index, plan in enumerate(plans):
-            if step < len(plan):
-                session, trials = sessions[index], plan[step]
-                responses, mask = session.responses[trials], None
-                if session.masked:
+        parts = [slice(i, i + batch_size) for i in range(0, stop, batch_size)]
+        plans.append((trials, frames, parts))
+    for step in range(max((len(parts) for *_, parts in plans), default=0)):
+        for index, (all_trials, all_frames, parts) in enumerate(plans):
+            if step < len(parts):
+                session, trials = sessions[index], all_trials[parts[step]]
+                # Whole trials, or one clip (t,) of frames per trial.
+                at = trials if all_frames is None else (trials[:, None], all_frames[parts[step]])
+                responses, mask = session.responses[at], None
+                if session.masked or session.video:
                     mask = np.isfinite(responses)
                     responses = np.where(mask, responses, np.float32(0))
                 yield Batch(
                     session=index,
-                    images=session.images[trials],
+                    images=session.images[at],
                     responses=responses,
-                    behavior=None if session.behavior is None else session.behavior[trials],
-                    pupil_center=(
-                        None if session.pupil_center is None else session.pupil_center[trials]
-                    ),
+                    behavior=None if session.behavior is None else session.behavior[at],
+                    pupil_center=None if session.pupil_center is None else session.pupil_center[at],
                     trials=trials,
                     mask=mask,
                 )

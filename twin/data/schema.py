@@ -15,6 +15,13 @@ A session is an ``xarray.Dataset``:
 
 | response_offset | (neuron,) | float32, optional: what ``--shift-responses`` subtracted |
 
+A video session (``is_video``) has a ``frame`` dim after ``trial``: images (trial, frame, y, x) or
+(trial, frame, channel, y, x), responses (trial, frame, neuron), behavior (trial, frame,
+behavior_var) and pupil_center (trial, frame, xy). It also needs ``frame_count`` (trial,) int64:
+frames 0..frame_count-1 were shown and recorded; later frames pad trials to the longest one, with
+NaN responses and behavior and pupil_center repeating the trial's last value. ``attrs["frame_rate"]``
+(Hz > 0) is required. Statistics are computed on the recorded frames of train trials.
+
 ``attrs["pixel_range"] = [lo, hi]``: the image values shown as black and white (screen levels 0 and
 255). Importers infer it (``infer_pixel_range``) or take it as stated; stores without it get it
 inferred the same way when read (``pixel_range``). Responses may be signed (dF/F); the poisson
@@ -44,15 +51,24 @@ BEHAVIOR_NAMES = ("pupil", "pupil_derivative", "running")
 
 # name -> (allowed dims, allowed dtypes); optional variables may be absent.
 REQUIRED = {
-    "images": ((("trial", "y", "x"), ("trial", "channel", "y", "x")), ("uint8", "float32")),
-    "responses": ((("trial", "neuron"),), ("float32",)),
+    "images": (
+        (
+            ("trial", "y", "x"),
+            ("trial", "channel", "y", "x"),
+            ("trial", "frame", "y", "x"),
+            ("trial", "frame", "channel", "y", "x"),
+        ),
+        ("uint8", "float32"),
+    ),
+    "responses": ((("trial", "neuron"), ("trial", "frame", "neuron")), ("float32",)),
     "tier": ((("trial",),), ("str",)),
     "image_id": ((("trial",),), ("int64",)),
     "unit_id": ((("neuron",),), ("int64", "str")),
 }
 OPTIONAL = {
-    "behavior": ((("trial", "behavior_var"),), ("float32",)),
-    "pupil_center": ((("trial", "xy"),), ("float32",)),
+    "behavior": ((("trial", "behavior_var"), ("trial", "frame", "behavior_var")), ("float32",)),
+    "pupil_center": ((("trial", "xy"), ("trial", "frame", "xy")), ("float32",)),
+    "frame_count": ((("trial",),), ("int64",)),
     "cell_x": ((("neuron",),), ("float32",)),
     "cell_y": ((("neuron",),), ("float32",)),
     "cell_z": ((("neuron",),), ("float32",)),
@@ -60,6 +76,8 @@ OPTIONAL = {
 }
 # Variables whose values must be finite; responses may be NaN (not recorded) but not inf.
 FINITE = ("images", "behavior", "pupil_center", "cell_x", "cell_y", "cell_z", "response_offset")
+# Variables with a frame dim in video sessions and none in image sessions.
+FRAMED = ("images", "responses", "behavior", "pupil_center")
 PIXEL_RANGE_FIX = "state the values shown as black and white with `twin import ... --pixel-range=LO,HI`"
 
 
@@ -76,6 +94,72 @@ def strings(values) -> np.ndarray:
 
 def fail(source, message: str):
     raise SessionError(f"{source}: {message}")
+
+
+def is_video(ds: xr.Dataset) -> bool:
+    """True for a video session (``images`` has a ``frame`` dim)."""
+    return "frame" in ds["images"].dims
+
+
+def recorded_frames(frame_count: np.ndarray, n_frames: int) -> np.ndarray:
+    """(trial, frame) bool: True on the frames 0..frame_count-1 of each trial."""
+    return np.arange(n_frames) < np.asarray(frame_count)[:, None]
+
+
+def check_frame_rate(value, source) -> float:
+    """``attrs["frame_rate"]`` as a finite float > 0 (Hz), else SessionError."""
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = float("nan")
+    if not (np.isfinite(rate) and rate > 0):
+        fail(source, f"attribute 'frame_rate' is {value!r}; give the frames per second shown (e.g. 30.0)")
+    return rate
+
+
+def check_video(ds: xr.Dataset, source, values: bool) -> None:
+    """SessionError when the frame dims of ``ds`` disagree (all framed variables or none), or
+    when a video session lacks ``frame_count`` or ``attrs["frame_rate"]``; ``values`` also checks
+    that frame_count lies in 1..frames and that padding frames hold no responses."""
+    video = is_video(ds)
+    for name in FRAMED[1:]:
+        if name in ds.variables and ("frame" in ds[name].dims) != video:
+            kind = "a video session (images with a frame dim)" if video else "an image session"
+            fail(
+                source,
+                f"variable {name!r} has dims {ds[name].dims}; {kind} needs it with{'' if video else 'out'}"
+                " a frame dim",
+            )
+    if not video:
+        for name in ("frame_count", "frame_rate"):
+            if name in ds.variables or name in ds.attrs:
+                fail(source, f"{name!r} is given for an image session; drop it or give images a frame dim")
+        return
+    if "frame_count" not in ds.variables:
+        fail(source, "variable 'frame_count' is missing; add it (trial,) int64: the recorded frames of each trial")
+    if "frame_rate" not in ds.attrs:
+        fail(source, "attribute 'frame_rate' is missing; give the frames per second shown (e.g. 30.0)")
+    check_frame_rate(ds.attrs["frame_rate"], source)
+    if ds.sizes["frame"] == 0:
+        fail(source, "variable 'images' has 0 frames; give every trial at least one frame")
+    if values:
+        count = np.asarray(ds["frame_count"].values)
+        bad = np.flatnonzero((count < 1) | (count > ds.sizes["frame"]))
+        if len(bad):
+            fail(
+                source,
+                f"variable 'frame_count' is {count[bad[0]]} on trial {bad[0]}; give 1..{ds.sizes['frame']}"
+                " (the frames recorded)",
+            )
+        padded = ~recorded_frames(count, ds.sizes["frame"])
+        late = np.isfinite(np.asarray(ds["responses"].values)).any(axis=2) & padded
+        if late.any():
+            trial = int(np.flatnonzero(late.any(axis=1))[0])
+            fail(
+                source,
+                f"variable 'responses' has values past frame_count on trial {trial}; set frames"
+                " frame_count.. to NaN (padding)",
+            )
 
 
 def unit_ids(values) -> np.ndarray:
@@ -219,6 +303,7 @@ def validate(ds: xr.Dataset, source, *, values: bool = True) -> xr.Dataset:
         fail(source, "variable 'responses' has 0 neurons; record at least one neuron")
     if ds.sizes["trial"] == 0:
         fail(source, "variable 'responses' has 0 trials; record at least one train and one test trial")
+    check_video(ds, source, values)
     if ds.sizes["y"] < 2 or ds.sizes["x"] < 2:
         fail(source, f"variable 'images' is {ds.sizes['y']}x{ds.sizes['x']} pixels; images must be 2-D")
     tier = strings(ds["tier"].values)
@@ -246,16 +331,18 @@ def validate(ds: xr.Dataset, source, *, values: bool = True) -> xr.Dataset:
 
 
 def responses_recorded(responses: np.ndarray) -> np.ndarray:
-    """(trial,) bool: the trials of ``responses`` (trial, neuron) with at least one finite value."""
-    return ~np.isnan(responses).all(axis=1)
+    """(trial,) bool: the trials of ``responses`` (trial, neuron) or (trial, frame, neuron) with
+    at least one finite value."""
+    return ~np.isnan(responses).all(axis=tuple(range(1, responses.ndim)))
 
 
 def check_responses(responses: np.ndarray, tier: np.ndarray, unit_id: np.ndarray, source) -> None:
-    """SessionError for inf in ``responses`` (trial, neuron), or a neuron without a finite
-    response on any train trial (nothing to fit it to); NaN elsewhere marks missing values."""
+    """SessionError for inf in ``responses`` (trial, [frame,] neuron), or a neuron without a
+    finite response on any train trial (nothing to fit it to); NaN elsewhere marks missing values."""
     if np.isinf(responses).any():
         fail(source, "variable 'responses' contains inf; remove or fill those values (NaN marks a missing one)")
-    unfit = ~np.isfinite(responses[tier == "train"]).any(axis=0)
+    train = responses[tier == "train"]
+    unfit = ~np.isfinite(train.reshape(-1, train.shape[-1])).any(axis=0)
     if unfit.any():
         fail(
             source,
@@ -317,6 +404,7 @@ def make_session(
     pupil_center=None,
     unit_id=None,
     cell_xyz=None,
+    frame_count=None,
     attrs=None,
     names: dict | None = None,
 ) -> xr.Dataset:
@@ -326,6 +414,9 @@ def make_session(
     responses: (trial, neuron); tier: (trial,) str; image_id: (trial,) int; behavior: (trial, k);
     pupil_center: (trial, 2); unit_id: (neuron,) integers or strings (default 0..n-1);
     cell_xyz: (neuron, 3).
+    A video session (responses (trial, frame, neuron)) takes images (trial, frame, y, x) or
+    (trial, frame, channel, y, x), behavior (trial, frame, k), pupil_center (trial, frame, 2),
+    frame_count (trial,) (default: every frame recorded) and ``attrs["frame_rate"]``.
     ``attrs["pixel_range"]``, when given, states the images' range; otherwise it is inferred
     (``infer_pixel_range``) and added. names: the caller's names of variables for messages,
     e.g. {"unit_id": "neuron_ids"}. Returns a validated session (values checked).
@@ -335,23 +426,28 @@ def make_session(
     def called(variable: str) -> str:
         return names.get(variable, variable)
 
+    responses = as_dtype(responses, "float32", "responses", source)
+    video = responses.ndim == 3
+    lead, frame = (("trial", "frame"), "frame, ") if video else (("trial",), "")
     images = np.asarray(images)
-    if images.ndim not in (3, 4):
+    if images.ndim - len(lead) not in (2, 3):
         fail(
             source,
-            f"variable 'images' has shape {images.shape}; give (trial, y, x) or (trial, channel, y, x)",
+            f"variable 'images' has shape {images.shape}; give (trial, {frame}y, x) or (trial, {frame}channel, y, x)",
         )
-    if images.ndim == 4 and images.shape[-1] in (3, 4) and images.shape[1] > 4:
+    if images.ndim == len(lead) + 3 and images.shape[-1] in (3, 4) and images.shape[len(lead)] > 4:
         fail(
             source,
-            f"variable 'images' has shape {images.shape}, channels last; move them to axis 1"
-            " (np.moveaxis(images, -1, 1)) for (trial, channel, y, x)",
+            f"variable 'images' has shape {images.shape}, channels last; move them to axis {len(lead)}"
+            f" (np.moveaxis(images, -1, {len(lead)})) for (trial, {frame}channel, y, x)",
         )
     images = images if images.dtype == np.uint8 else as_dtype(images, "float32", "images", source)
-    responses = as_dtype(responses, "float32", "responses", source)
-    if responses.ndim != 2:
-        fail(source, f"variable 'responses' has shape {responses.shape}; give (trial, neuron)")
-    n_trials, n_neurons = responses.shape
+    if responses.ndim not in (2, 3):
+        fail(
+            source,
+            f"variable 'responses' has shape {responses.shape}; give (trial, neuron) or (trial, frame, neuron)",
+        )
+    n_trials, n_neurons = responses.shape[0], responses.shape[-1]
     tier = np.asarray(tier)
     if tier.dtype.kind not in "OUT":
         fail(source, f"variable {called('tier')!r} has dtype {tier.dtype}; give strings like 'train', 'test'")
@@ -366,11 +462,21 @@ def make_session(
     per_trial = {"images": images, "tier": tier, "image_id": image_id}
     if behavior is not None:
         behavior = as_dtype(behavior, "float32", "behavior", source)
-        behavior = behavior[:, None] if behavior.ndim == 1 else behavior
+        behavior = behavior[..., None] if behavior.ndim == len(lead) else behavior
         per_trial["behavior"] = behavior
     if pupil_center is not None:
         pupil_center = as_dtype(pupil_center, "float32", "pupil_center", source)
         per_trial["pupil_center"] = pupil_center
+    if video:
+        frame_count = np.full(n_trials, responses.shape[1]) if frame_count is None else np.asarray(frame_count)
+        if frame_count.ndim != 1:
+            fail(source, f"variable 'frame_count' has shape {frame_count.shape}; give one value per trial (trial,)")
+        per_trial["frame_count"] = frame_count
+    elif frame_count is not None:
+        fail(
+            source,
+            "variable 'frame_count' is given for responses (trial, neuron); give responses (trial, frame, neuron)",
+        )
     for name, array in per_trial.items():
         if len(array) != n_trials:
             fail(
@@ -378,27 +484,39 @@ def make_session(
                 f"variable {called(name)!r} has {len(array)} trials but 'responses' has {n_trials};"
                 " give both the same length",
             )
+        if video and name in FRAMED and array.ndim < 3:
+            fail(
+                source, f"variable {called(name)!r} has shape {array.shape}; give (trial, frame, ...) like 'responses'"
+            )
+        if video and name in FRAMED and array.shape[1] != responses.shape[1]:
+            fail(
+                source,
+                f"variable {called(name)!r} has {array.shape[1]} frames but 'responses' has"
+                f" {responses.shape[1]}; give both the same frames (pad trials to the longest)",
+            )
     if n_trials == 0:
         fail(source, "variables 'images' and 'responses' have 0 trials; record at least one train and one test trial")
     check_tier_labels(tier, source, called("tier"))
     check_tier_leaks(tier, image_id, source, called("tier"))
     unit_id = np.arange(n_neurons) if unit_id is None else unit_id
     unit_id = check_unit_ids(unit_id, n_neurons, f"{source}: variable {called('unit_id')!r}")
-    dims = ("trial", "y", "x") if images.ndim == 3 else ("trial", "channel", "y", "x")
+    dims = (*lead, "y", "x") if images.ndim == len(lead) + 2 else (*lead, "channel", "y", "x")
     data = {
         "images": (dims, images),
-        "responses": (("trial", "neuron"), responses),
+        "responses": ((*lead, "neuron"), responses),
         "tier": ("trial", strings(tier).astype(object)),
         "image_id": ("trial", as_dtype(image_id, "int64", called("image_id"), source)),
         "unit_id": ("neuron", unit_id),
     }
+    if video:
+        data["frame_count"] = ("trial", as_dtype(frame_count, "int64", "frame_count", source))
     coords = {}
     if behavior is not None:
-        if behavior.ndim != 2:
+        if behavior.ndim != len(lead) + 1:
             fail(
-                source, f"variable 'behavior' has shape {behavior.shape}; give (trial, behavior_var)"
+                source, f"variable 'behavior' has shape {behavior.shape}; give (trial, {frame}behavior_var)"
             )
-        k = behavior.shape[1]
+        k = behavior.shape[-1]
         if behavior_names is None:
             behavior_names = BEHAVIOR_NAMES if k == 3 else [f"behavior_{i}" for i in range(k)]
         if len(behavior_names) != k:
@@ -407,12 +525,12 @@ def make_session(
                 f"variable 'behavior_names' has {len(behavior_names)} names for {k} behavior"
                 " variables; give one name each",
             )
-        data["behavior"] = (("trial", "behavior_var"), behavior)
+        data["behavior"] = ((*lead, "behavior_var"), behavior)
         coords["behavior_var"] = strings(behavior_names).astype(object)
     if pupil_center is not None:
-        if pupil_center.shape[1:] != (2,):
-            fail(source, f"variable 'pupil_center' has shape {pupil_center.shape}; give (trial, 2)")
-        data["pupil_center"] = (("trial", "xy"), pupil_center)
+        if pupil_center.ndim != len(lead) + 1 or pupil_center.shape[-1] != 2:
+            fail(source, f"variable 'pupil_center' has shape {pupil_center.shape}; give (trial, {frame}2)")
+        data["pupil_center"] = ((*lead, "xy"), pupil_center)
         coords["xy"] = np.array(["x", "y"], dtype=object)
     if cell_xyz is not None:
         cell_xyz = as_dtype(cell_xyz, "float32", called("cell_xyz"), source)

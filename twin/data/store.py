@@ -17,7 +17,16 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 import twin
 from twin import metrics
 from twin.data.digest import FIX, check_digest, damaged_chunk, write_digest
-from twin.data.schema import SCHEMA_VERSION, TIERS, pixel_range, responses_recorded, strings, validate
+from twin.data.schema import (
+    SCHEMA_VERSION,
+    TIERS,
+    is_video,
+    pixel_range,
+    recorded_frames,
+    responses_recorded,
+    strings,
+    validate,
+)
 from twin.errors import SessionError
 from twin.outputs import output
 
@@ -83,14 +92,26 @@ def statistics(ds: xr.Dataset) -> xr.Dataset:
     (y, x) or (channel, y, x); stats_image_min/max: () pixel range of train images;
     stats_response_mean/std: (neuron,), over each neuron's finite responses;
     stats_behavior_mean/std: (behavior_var,); stats_pupil_center_mean/std: (xy,). Train trials
-    without responses (all NaN) are left out of every statistic.
+    without responses (all NaN) are left out of every statistic. In a video session every
+    recorded frame (before frame_count) of a train trial counts as one sample; padding frames
+    are left out.
     """
     recorded = responses_recorded(np.asarray(ds["responses"].values))
     train = ds.isel(trial=np.flatnonzero((strings(ds["tier"].values) == "train") & recorded))
-    images = train["images"]
-    pixel_dims = images.dims[1:]
+    if is_video(ds):
+        shown = recorded_frames(train["frame_count"].values, ds.sizes["frame"])
+
+        def samples(name: str) -> np.ndarray:  # (recorded frame, ...)
+            return np.asarray(train[name].values)[shown]
+
+    else:
+
+        def samples(name: str) -> np.ndarray:  # (trial, ...)
+            return np.asarray(train[name].values)
+
+    pixel_dims = tuple(d for d in train["images"].dims if d not in ("trial", "frame"))
     global_dims = tuple(d for d in pixel_dims if d == "channel")
-    pixels = np.asarray(images.values)
+    pixels = samples("images")
     global_axes = (0, *range(pixels.ndim - 2, pixels.ndim))
     stats = {}
     stats["stats_image_mean"], stats["stats_image_std"] = (
@@ -105,7 +126,7 @@ def statistics(ds: xr.Dataset) -> xr.Dataset:
         if name in ds:
             key = "response" if name == "responses" else name
             stats[f"stats_{key}_mean"], stats[f"stats_{key}_std"] = (
-                ((dim,), a) for a in mean_std(train[name].values, 0, skip_nan=name == "responses")
+                ((dim,), a) for a in mean_std(samples(name), 0, skip_nan=name == "responses")
             )
     return xr.Dataset(stats)
 
