@@ -61,7 +61,7 @@ KIND_FRACTIONS = (0.3, 0.3, 0.2, 0.2)
 # pixels per square root of a second, at a height of 36 pixels, scaled with the height).
 SHOT_SECONDS = (1.0, 3.0)
 MAX_SPEED = 60.0
-MAX_FLOW = 3.0
+MAX_FLOW = 1.0
 # Temporal kernels: length (s), the rate k (1/s) and the weight beta of the negative lobe of the
 # Adelson-Bergen kernel (``temporal_kernels``): preferred temporal frequencies of about 2-5 Hz.
 KERNEL_SECONDS = 0.35
@@ -181,22 +181,20 @@ def temporal_kernels(scale: np.ndarray, beta: np.ndarray, frame_rate: float) -> 
 def causal_filter(x, kernel, xp=np):
     """Per-neuron causal convolution over frames: x (n, frame, neuron), kernel (neuron, lag) ->
     (n, frame, neuron); output frame t sums kernel[lag] * x[t - lag] (zeros before frame 0)."""
-    frames = x.shape[1]
-    out = x * kernel[:, 0]
-    for lag in range(1, min(kernel.shape[1], frames)):
-        shifted = xp.concatenate([xp.zeros_like(x[:, :lag]), x[:, :-lag]], axis=1)
-        out = out + shifted * kernel[:, lag]
-    return out
+    frames, lags = x.shape[1], kernel.shape[1]
+    padded = xp.pad(x, ((0, 0), (lags - 1, 0), (0, 0)))
+    return sum(kernel[:, lag] * padded[:, lags - 1 - lag : lags - 1 - lag + frames] for lag in range(lags))
 
 
 def leaky_sum(x, decay, xp=np):
-    """y[t] = decay * y[t - 1] + x[t] over frames: x (n, frame, neuron), decay scalar or (neuron,)."""
-    state = x[:, 0]
-    out = [state]
-    for t in range(1, x.shape[1]):
-        state = decay * state + x[:, t]
-        out.append(state)
-    return xp.stack(out, axis=1)
+    """y[t] = decay * y[t - 1] + x[t] over frames (y[-1] = 0): x (n, frame, neuron), decay scalar
+    or (neuron,). Computed by doubling: after the step with shift k, y[t] holds the sum of
+    decay^j x[t - j] over j < 2k, so log2(frames) steps suffice."""
+    shift, factor = 1, decay
+    while shift < x.shape[1]:
+        x = x + factor * xp.pad(x[:, :-shift], ((0, 0), (shift, 0), (0, 0)))
+        shift, factor = 2 * shift, factor * factor
+    return x
 
 
 def drive(params: dict, videos, xp=np):
