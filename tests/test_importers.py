@@ -199,7 +199,10 @@ def test_cli_import_then_info(tmp_path, capsys):
     "importer, names",
     [
         ("arrays", ["images", "responses", "tiers", "image_ids", "behavior_names", "pupil_center", "neuron_ids", "cell_xyz"]),
-        ("sensorium", ["data/images", "data/responses", "meta/trials/tiers.npy", "frame_image_id", "unit_ids"]),
+        (
+            "sensorium",
+            ["data/images", "data/responses", "meta/trials/tiers.npy", "frame_image_id", "unit_ids", "data/videos"],
+        ),
     ],
 )
 def test_importer_help_lists_what_it_reads(importer, names, capsys):

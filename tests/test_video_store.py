@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
+from twin import metrics
+from twin.cli import main
 from twin.data.schema import is_video, make_session, validate
 from twin.data.simulate import simulate
-from twin.data.store import open_session, write_session
+from twin.data.store import open_session, session_info, write_session
 from twin.errors import SessionError
 
 FRAME_COUNT = np.array([10, 7, 9, 10, 6, 8, 10, 10])
@@ -210,3 +212,45 @@ def test_make_session_rejects_bad_video_arrays_in_one_line(case):
     assert str(error.value).startswith("video.npz: ")
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_info_shows_frames_frame_rate_and_clip_length(video, tmp_path, capsys):
+    write_session(video, tmp_path / "v.zarr")
+    info = session_info(open_session(tmp_path / "v.zarr"), tmp_path / "v.zarr")
+    assert info["frames"] == {"min": 6, "median": 9.5, "max": 10}
+    assert info["frame_rate"] == 30.0 and info["clip_frames"] == 10  # default 80, cut to the 10 frames
+    assert info["image_shape"] == [8, 12]
+    assert info["missing_responses"] == 0  # padding is not missing
+    assert main(["info", str(tmp_path / "v.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "frames       6..10 per trial (median 9.5) at 30 Hz; training clips of 10 frames" in out
+
+
+def test_video_oracle_pairs_each_frame_with_the_same_frame_of_other_repeats(tmp_path):
+    rng = np.random.default_rng(3)
+    n_videos, repeats, n_frames = 20, 3, 6
+    signal = rng.gamma(2.0, 1.0, (n_videos, n_frames, 4))
+    image_id = np.r_[np.arange(100, 110), np.repeat(np.arange(n_videos), repeats)]
+    count = rng.integers(3, n_frames + 1, len(image_id))
+    responses = np.full((len(image_id), n_frames, 4), np.nan, np.float32)
+    rows, ids = [], []
+    for trial, (video, frames) in enumerate(zip(image_id, count)):
+        values = (signal[video % n_videos, :frames] + rng.normal(0, 0.5, (frames, 4))).astype(np.float32)
+        responses[trial, :frames] = values
+        if trial >= 10:
+            rows.append(values)
+            ids.extend(video * n_frames + np.arange(frames))
+    ds = make_session(
+        "v.npz",
+        images=rng.integers(0, 256, (len(image_id), n_frames, 4, 4), dtype=np.uint8),
+        responses=responses,
+        tier=["train"] * 10 + ["test"] * (n_videos * repeats),
+        image_id=image_id,
+        frame_count=count,
+        attrs={"frame_rate": 30.0},
+    )
+    write_session(ds, tmp_path / "v.zarr")
+    info = session_info(open_session(tmp_path / "v.zarr"), tmp_path / "v.zarr")
+    expected = metrics.oracle_correlation(np.concatenate(rows), np.array(ids))
+    assert info["oracle_correlation"] == pytest.approx(float(np.nanmean(expected)), rel=1e-9)
+    assert info["oracle_correlation"] > 0.5

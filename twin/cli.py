@@ -250,7 +250,8 @@ def cmd_import(args) -> int:
     if args.shift_responses:
         ds = shift_responses(ds, args.shift_responses)
     write_session(ds, args.out, overwrite=args.overwrite)
-    print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
+    frames = f" x {ds.sizes['frame']} frames" if "frame" in ds.dims else ""
+    print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons{frames}")
     for note in import_notes(ds):
         print(note)
     return 0
@@ -746,7 +747,12 @@ def build_parser() -> argparse.ArgumentParser:
         " (channel, y, x), data/responses/<i>.npy (neuron,), meta/trials/tiers.npy; optional:"
         " data/behavior/<i>.npy, data/pupil_center/<i>.npy, meta/trials/frame_image_id.npy,"
         " meta/neurons/unit_ids.npy (integers or strings), meta/neurons/cell_motor_coordinates.npy. Images are"
-        " block-averaged to 36x64 when they are a whole multiple of it.",
+        " block-averaged to 36x64 when they are a whole multiple of it. A Sensorium 2023 tree (data/videos/<i>.npy"
+        " (y, x, frames), data/responses/<i>.npy (neuron, frames), optional data/behavior/<i>.npy (2, frames),"
+        " data/pupil_center/<i>.npy (2, frames)) gives a video session: each trial ends at its first NaN frame"
+        " and is padded to the longest (frame_count); tiers oracle -> test, live_test_*/final_test_* ->"
+        " final_test, none left out; video ids from meta/trials/condition_hash.npy or video_ids.npy, else"
+        " one per trial; 30 Hz.",
     }
     for name, reads in readers:
         f = formats.add_parser(name, help=f"import {reads}", description=descriptions[name])

@@ -1,7 +1,8 @@
 """Recordings from other formats as session Datasets (write them with ``write_session``).
 
 - ``from_arrays``: one .npz file of arrays (no pickles).
-- ``from_sensorium``: the Sensorium 2022 / neuralpredictors file tree, a folder or a .zip.
+- ``from_sensorium``: the Sensorium 2022 (images) or 2023 (videos) / neuralpredictors file tree,
+  a folder or a .zip.
 - ``shift_responses``: signed responses (dF/F) made non-negative by an explicit, recorded shift.
 
 Both importers take ``pixel_range`` (lo, hi): the image values shown as black and white, for
@@ -44,6 +45,16 @@ ARRAY_KEYS = (
     "cell_xyz",
 )
 ID_KEYS = ("neuron_ids", "unit_ids")  # either names the neurons' ids (integers or strings) in an .npz
+# Sensorium 2023 tier names -> session tiers; "none" trials are left out. live_test_* and
+# final_test_* (main and bonus tracks) hold the competition's withheld trials.
+VIDEO_TIERS = {
+    "train": "train", "validation": "validation", "oracle": "test", "test": "test", "final_test": "final_test"
+}
+VIDEO_TEST_PREFIXES = ("live_test", "final_test")
+# Trial files that name each trial's video (same value = same video); the first one present is used.
+VIDEO_ID_FILES = ("meta/trials/condition_hash.npy", "meta/trials/video_ids.npy", "meta/trials/frame_image_id.npy")
+VIDEO_BEHAVIOR_NAMES = ("pupil", "running")
+FRAME_RATE = 30.0  # Hz: Sensorium 2023 resampled every trial to 30 frames per second
 # Fractions of distinct images per tier when a recording comes without tiers and no image repeats.
 SPLIT = {"train": 0.8, "validation": 0.1, "test": 0.1}
 SHIFTS = ("neuron", "global")
@@ -117,10 +128,11 @@ def shift_responses(ds: xr.Dataset, how: str) -> xr.Dataset:
     if how not in SHIFTS:
         raise SessionError(f"--shift-responses {how!r}: use neuron or global")
     responses = ds["responses"].values  # NaN (missing) stays NaN
-    offset = np.nanmin(responses, axis=0) if how == "neuron" else np.full(responses.shape[1], np.nanmin(responses))
+    per_neuron = responses.reshape(-1, responses.shape[-1])  # (trial [x frame], neuron)
+    offset = np.nanmin(per_neuron, axis=0) if how == "neuron" else np.full(responses.shape[-1], np.nanmin(responses))
     offset = offset.astype(np.float32)
     ds = ds.assign(
-        responses=(("trial", "neuron"), responses - offset),
+        responses=(ds["responses"].dims, responses - offset),
         response_offset=("neuron", offset),
     )
     ds.attrs = {**ds.attrs, "response_shift": how}
@@ -290,6 +302,12 @@ class FileTree:
     def has_folder(self, name: str) -> bool:
         return self.exists(f"{name}/0.npy")
 
+    def is_folder(self, name: str) -> bool:
+        """True when the folder ``name`` (e.g. "data/videos") holds anything."""
+        if self.zip is not None:
+            return any(n.startswith(f"{self.prefix}{name}/") for n in self.names)
+        return Path(self.prefix + name).is_dir()
+
     def load(self, name: str) -> np.ndarray:
         if not self.exists(name):
             raise SessionError(f"{self.path}: file {name} is missing; every trial needs one")
@@ -332,7 +350,8 @@ def from_sensorium(path, size: tuple[int, int] | None = (36, 64), pixel_range=No
     (integers or strings),
     meta/neurons/cell_motor_coordinates.npy. Images are block-averaged to ``size`` when they are
     an integer multiple of it; a single channel is dropped. pixel_range: (lo, hi) stated image
-    range, else inferred."""
+    range, else inferred. A tree with data/videos (Sensorium 2023) gives a video session
+    (``session_from_video_tree``)."""
     path = Path(path)
     if not path.exists():
         raise SessionError(
@@ -340,6 +359,8 @@ def from_sensorium(path, size: tuple[int, int] | None = (36, 64), pixel_range=No
         )
     tree = FileTree(path)
     try:
+        if tree.is_folder("data/videos"):
+            return session_from_video_tree(tree, path, size, pixel_range)
         return session_from_tree(tree, path, size, pixel_range)
     finally:
         tree.close()
@@ -388,6 +409,190 @@ def session_from_tree(tree: FileTree, path: Path, size, pixel_range=None) -> xr.
         names={
             "tier": "meta/trials/tiers.npy",
             "image_id": "meta/trials/frame_image_id.npy",
+            "cell_xyz": "meta/neurons/cell_motor_coordinates.npy",
+        },
+    )
+
+
+def video_tiers(tier: np.ndarray, path: Path) -> np.ndarray:
+    """Sensorium 2023 tier names (trial,) -> session tiers (trial,) str, "none" kept."""
+    where = f"{path}: file meta/trials/tiers.npy"
+    if tier.ndim != 1 or len(tier) == 0 or tier.dtype.kind not in "OUS":
+        raise SessionError(f"{where} has shape {tier.shape} and dtype {tier.dtype}; give one tier name per trial")
+    mapped = []
+    for name in np.asarray(tier).astype(str).tolist():
+        if name == "none":
+            mapped.append(name)
+        elif name in VIDEO_TIERS or name.startswith(VIDEO_TEST_PREFIXES):
+            mapped.append(VIDEO_TIERS.get(name, "final_test"))
+        else:
+            raise SessionError(
+                f"{where} has unknown tier {name!r}; use train, oracle, live_test_*, final_test_*"
+                " (or train, validation, test, final_test; none leaves a trial out)"
+            )
+    return np.array(mapped)
+
+
+def trial_file(tree: FileTree, path: Path, folder: str, trial: int, rows: int | None = None) -> np.ndarray:
+    """data/<folder>/<trial>.npy as float32 with frames last: (y, x, frames) for videos (rows
+    None), else (rows, frames); SessionError naming the file for other shapes or non-numbers."""
+    name = f"data/{folder}/{trial}.npy"
+    array = tree.load(name)
+    wanted = "(y, x, frames)" if rows is None else f"({rows}, frames)" if rows > 0 else "(neurons, frames)"
+    if array.dtype.kind not in "iuf":
+        raise SessionError(f"{path}: file {name} holds {array.dtype} values; save real numbers {wanted}")
+    if array.ndim != (3 if rows is None else 2) or (rows and array.shape[0] != rows) or 0 in array.shape:
+        raise SessionError(f"{path}: file {name} has shape {array.shape}; give {wanted} with frames last")
+    return array
+
+
+def recorded_length(missing: np.ndarray) -> int:
+    """Frames before the first True of ``missing`` (frames,) bool (the tree pads with NaN)."""
+    return int(np.argmax(missing)) if missing.any() else len(missing)
+
+
+def session_from_video_tree(tree: FileTree, path: Path, size, pixel_range=None) -> xr.Dataset:
+    """The video session held by a Sensorium 2023 tree (folder or .zip).
+
+    Per trial i: data/videos/<i>.npy (y, x, frames), data/responses/<i>.npy (neurons, frames);
+    optional data/behavior/<i>.npy (2, frames: pupil, running) and data/pupil_center/<i>.npy
+    (2, frames), every file of a trial with the same frames. meta/trials/tiers.npy names the
+    tiers (``video_tiers``; "none" trials are left out); the first of VIDEO_ID_FILES present
+    gives video ids, else every trial is its own video. A trial's frames end at the first NaN
+    (the tree pads with NaN); trials are padded to the longest with NaN responses and the last
+    frame repeated (frame_count says how many are real). final_test trials may lack response
+    files (NaN). Frames are block-averaged to ``size`` like images; frame_rate is 30 Hz.
+    """
+    from twin.data.images import downscale
+
+    tier = video_tiers(tree.load("meta/trials/tiers.npy"), path)
+    kept = np.flatnonzero(tier != "none")
+    if len(kept) == 0:
+        raise SessionError(
+            f"{path}: file meta/trials/tiers.npy names every trial 'none'; give some train and test trials"
+        )
+    videos, shown_size = [], None
+    for trial in kept:
+        video = trial_file(tree, path, "videos", trial)
+        if shown_size is None:
+            shown_size = list(video.shape[:2])
+        elif list(video.shape[:2]) != shown_size:
+            raise SessionError(
+                f"{path}: file data/videos/{trial}.npy is {video.shape[0]}x{video.shape[1]} pixels but"
+                f" data/videos/{kept[0]}.npy is {shown_size[0]}x{shown_size[1]}; give every video one size"
+            )
+        videos.append(video)
+    frames = [v.shape[-1] for v in videos]
+    length = [recorded_length(np.isnan(v).any(axis=(0, 1))) for v in videos]
+    if 0 in length:
+        raise SessionError(
+            f"{path}: file data/videos/{kept[length.index(0)]}.npy has NaN from its first frame; give at least"
+            " one recorded frame, or tier 'none' to leave the trial out"
+        )
+    optional = [name for name in ("behavior", "pupil_center") if tree.exists(f"data/{name}/{kept[0]}.npy")]
+    extra = {name: [] for name in optional}
+    responses = [None] * len(kept)
+    for index, trial in enumerate(kept):
+        for name in optional:
+            rows = 2 if name == "pupil_center" else 0
+            values = trial_file(tree, path, name, trial, rows)
+            if name == "behavior" and index and values.shape[0] != extra[name][0].shape[0]:
+                raise SessionError(
+                    f"{path}: file data/behavior/{trial}.npy has {values.shape[0]} variables but"
+                    f" data/behavior/{kept[0]}.npy has {extra[name][0].shape[0]}; give every trial the same"
+                )
+            extra[name].append(values)
+        if tier[trial] == "final_test" and not tree.exists(f"data/responses/{trial}.npy"):
+            continue  # withheld: NaN responses
+        responses[index] = trial_file(tree, path, "responses", trial, 0)
+    counts = {r.shape[0] for r in responses if r is not None}
+    if not counts:
+        raise SessionError(
+            f"{path}: folder data/responses holds no file of a kept trial; give train and test responses"
+        )
+    if len(counts) > 1:
+        first = next(i for i, r in enumerate(responses) if r is not None)
+        other = next(i for i, r in enumerate(responses) if r is not None and r.shape[0] != responses[first].shape[0])
+        raise SessionError(
+            f"{path}: file data/responses/{kept[other]}.npy has {responses[other].shape[0]} neurons but"
+            f" data/responses/{kept[first]}.npy has {responses[first].shape[0]}; give every trial the same neurons"
+        )
+    for index, trial in enumerate(kept):
+        named = [("responses", responses[index])] + [(name, extra[name][index]) for name in optional]
+        for name, values in named:
+            if values is None:
+                continue
+            if values.shape[-1] != frames[index]:
+                raise SessionError(
+                    f"{path}: file data/{name}/{trial}.npy has {values.shape[-1]} frames but"
+                    f" data/videos/{trial}.npy has {frames[index]}; give every file of a trial the same frames"
+                )
+            # Responses end where no neuron has one; behavior and pupil_center at any NaN.
+            missing = np.isnan(values).all(axis=0) if name == "responses" else np.isnan(values).any(axis=0)
+            if name == "responses" and missing.all():
+                continue  # no responses on this trial (withheld)
+            length[index] = min(length[index], recorded_length(missing))
+            if length[index] == 0:
+                raise SessionError(
+                    f"{path}: file data/{name}/{trial}.npy has NaN from its first frame; give at least one"
+                    " recorded frame, or tier 'none' to leave the trial out"
+                )
+    n, longest, n_neurons = len(kept), max(length), counts.pop()
+    frame = downscale(np.moveaxis(videos[0][..., :1], -1, 0), size)  # (1, y, x) as stored
+    images = np.empty((n, longest, *frame.shape[1:]), np.uint8 if frame.dtype == np.uint8 else np.float32)
+    stacked = np.full((n, longest, n_neurons), np.nan, dtype=np.float32)
+    per_frame = {name: np.empty((n, longest, extra[name][0].shape[0]), np.float32) for name in optional}
+    for index in range(n):
+        real = length[index]
+        # Padding repeats the last recorded frame: finite, and never shown to a causal model
+        # before the frames it pads.
+        pad = np.r_[np.arange(real), np.full(longest - real, real - 1)]
+        images[index] = downscale(np.moveaxis(videos[index], -1, 0)[pad], size)
+        videos[index] = None  # free each trial's video once copied
+        if responses[index] is not None:
+            stacked[index, :real] = responses[index][:, :real].T
+        for name in optional:
+            per_frame[name][index] = extra[name][index].T[pad]
+    behavior = per_frame.get("behavior")
+    ids, id_file = None, next((name for name in VIDEO_ID_FILES if tree.exists(name)), None)
+    if id_file is not None:
+        given = tree.load(id_file)
+        if given.ndim != 1 or len(given) != len(tier):
+            raise SessionError(
+                f"{path}: file {id_file} has shape {given.shape}; give one id per trial ({len(tier)})"
+            )
+        # Ids of any kind (hash strings, integers) -> int64 numbered by first appearance.
+        _, first, inverse = np.unique(given[kept], return_index=True, return_inverse=True)
+        ids = np.argsort(np.argsort(first))[inverse].astype(np.int64)
+    unit_id = tree.load("meta/neurons/unit_ids.npy") if tree.exists("meta/neurons/unit_ids.npy") else None
+    if unit_id is not None:
+        unit_id = check_unit_ids(unit_id, n_neurons, f"{path}: file meta/neurons/unit_ids.npy")
+    cell_xyz = None
+    if tree.exists("meta/neurons/cell_motor_coordinates.npy"):
+        cell_xyz = tree.load("meta/neurons/cell_motor_coordinates.npy")
+    attrs = {
+        "source": f"{path.name} (twin import sensorium, videos)",
+        "shown_size": shown_size,
+        "frame_rate": FRAME_RATE,
+        "frame_rate_from": "Sensorium 2023 (30 Hz; the tree states no rate)",
+        "video_ids_from": id_file or "none in the tree: every trial is its own video",
+    }
+    return make_session(
+        path,
+        images=images,
+        responses=stacked,
+        tier=tier[kept].astype(str),
+        image_id=np.arange(n) if ids is None else ids,
+        behavior=behavior,
+        behavior_names=VIDEO_BEHAVIOR_NAMES if behavior is not None and behavior.shape[-1] == 2 else None,
+        pupil_center=per_frame.get("pupil_center"),
+        unit_id=unit_id,
+        cell_xyz=cell_xyz,
+        frame_count=np.array(length, np.int64),
+        attrs=attrs | range_attrs(pixel_range, path),
+        names={
+            "tier": "meta/trials/tiers.npy",
+            "image_id": id_file or "image_id",
             "cell_xyz": "meta/neurons/cell_motor_coordinates.npy",
         },
     )

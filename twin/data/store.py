@@ -16,6 +16,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 import twin
 from twin import metrics
+from twin.config import DataConfig
 from twin.data.digest import FIX, check_digest, damaged_chunk, write_digest
 from twin.data.schema import (
     SCHEMA_VERSION,
@@ -85,6 +86,18 @@ def mean_std(values: np.ndarray, axis, skip_nan: bool = False) -> tuple[np.ndarr
     return mean(values, axis=axis).astype(np.float32), std(values, axis=axis).astype(np.float32)
 
 
+def streamed_mean_std(parts: list[np.ndarray], axis) -> tuple[np.ndarray, np.ndarray]:
+    """``mean_std`` of ``parts`` (each (samples, ...)) joined along samples, NaN left out, one
+    part at a time in float64 (two passes: the mean, then squared deviations from it)."""
+    count = sum(np.sum(~np.isnan(part), axis=axis, keepdims=True) for part in parts)
+    mean = sum(np.nansum(part, axis=axis, keepdims=True, dtype=np.float64) for part in parts) / count
+    variance = sum(np.nansum((part - mean) ** 2, axis=axis, keepdims=True) for part in parts) / count
+    return (
+        np.squeeze(mean, axis=axis).astype(np.float32),
+        np.squeeze(np.sqrt(variance), axis=axis).astype(np.float32),
+    )
+
+
 def statistics(ds: xr.Dataset) -> xr.Dataset:
     """Normalization statistics over the train trials of session ``ds``, as ``stats_*`` variables.
 
@@ -97,36 +110,35 @@ def statistics(ds: xr.Dataset) -> xr.Dataset:
     are left out.
     """
     recorded = responses_recorded(np.asarray(ds["responses"].values))
-    train = ds.isel(trial=np.flatnonzero((strings(ds["tier"].values) == "train") & recorded))
-    if is_video(ds):
-        shown = recorded_frames(train["frame_count"].values, ds.sizes["frame"])
+    rows = np.flatnonzero((strings(ds["tier"].values) == "train") & recorded)
+    video = is_video(ds)
+    frame_count = np.asarray(ds["frame_count"].values) if video else None
 
-        def samples(name: str) -> np.ndarray:  # (recorded frame, ...)
-            return np.asarray(train[name].values)[shown]
+    def moments(name: str, axis, skip_nan: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        values = np.asarray(ds[name].values)
+        if video:  # one trial's recorded frames at a time: a float64 copy of all would be large
+            return streamed_mean_std([values[i, : frame_count[i]] for i in rows], axis)
+        return mean_std(values[rows], axis, skip_nan=skip_nan)
 
-    else:
-
-        def samples(name: str) -> np.ndarray:  # (trial, ...)
-            return np.asarray(train[name].values)
-
-    pixel_dims = tuple(d for d in train["images"].dims if d not in ("trial", "frame"))
+    images = np.asarray(ds["images"].values)
+    pixel_dims = tuple(d for d in ds["images"].dims if d not in ("trial", "frame"))
     global_dims = tuple(d for d in pixel_dims if d == "channel")
-    pixels = samples("images")
-    global_axes = (0, *range(pixels.ndim - 2, pixels.ndim))
+    global_axes = (0, len(pixel_dims) - 1, len(pixel_dims))  # samples, y, x
     stats = {}
     stats["stats_image_mean"], stats["stats_image_std"] = (
-        (global_dims, a) for a in mean_std(pixels, global_axes)
+        (global_dims, a) for a in moments("images", global_axes)
     )
     stats["stats_image_pixel_mean"], stats["stats_image_pixel_std"] = (
-        (pixel_dims, a) for a in mean_std(pixels, 0)
+        (pixel_dims, a) for a in moments("images", 0)
     )
-    stats["stats_image_min"] = ((), np.float32(pixels.min()))
-    stats["stats_image_max"] = ((), np.float32(pixels.max()))
+    shown = [images[i, : frame_count[i]] for i in rows] if video else [images[rows]]
+    stats["stats_image_min"] = ((), np.float32(min(part.min() for part in shown)))
+    stats["stats_image_max"] = ((), np.float32(max(part.max() for part in shown)))
     for name, dim in (("responses", "neuron"), ("behavior", "behavior_var"), ("pupil_center", "xy")):
         if name in ds:
             key = "response" if name == "responses" else name
             stats[f"stats_{key}_mean"], stats[f"stats_{key}_std"] = (
-                ((dim,), a) for a in mean_std(samples(name), 0, skip_nan=name == "responses")
+                ((dim,), a) for a in moments(name, 0, skip_nan=name == "responses")
             )
     return xr.Dataset(stats)
 
@@ -240,12 +252,25 @@ def session_info(ds: xr.Dataset, path) -> dict:
     {name: [lo, hi]}, pupil_center}, simulated, oracle_correlation (mean over neurons, test tier,
     when enough images repeat) and for simulated sessions ground_truth_ceiling (mean scores of
     the noise-free responses on the test tier).
+    Video sessions add frames {min, median, max} (recorded frames per trial), frame_rate (Hz)
+    and clip_frames (frames per training clip: [data].clip_frames's default, at most the
+    session's frames); their per-neuron summaries use the recorded frames, and the oracle
+    correlates each frame of a repeated video with the same frame of its other repeats.
     """
     tier = strings(ds["tier"].values)
     image_id = np.asarray(ds["image_id"].values)
     responses = np.asarray(ds["responses"].values)
     recorded = responses_recorded(responses)
     test = (tier == "test") & recorded
+    video = is_video(ds)
+    if video:
+        frame_count = np.asarray(ds["frame_count"].values)
+        shown = recorded_frames(frame_count, ds.sizes["frame"])
+
+    def samples(trials: np.ndarray) -> np.ndarray:
+        """(sample, neuron): the responses of ``trials`` (trial,) bool, recorded frames only."""
+        return responses[trials][shown[trials]] if video else responses[trials]
+
     _, repeats = np.unique(image_id[test], return_counts=True)
     repeats = repeats if repeats.size else np.zeros(1, int)
     behavior = [str(n) for n in ds["behavior_var"].values] if "behavior" in ds else []
@@ -256,8 +281,8 @@ def session_info(ds: xr.Dataset, path) -> dict:
         "trials": {name: int(np.sum(tier == name)) for name in TIERS if np.any(tier == name)},
         "tier_split": str(ds.attrs.get("tier_split", "")),
         "neurons": int(ds.sizes["neuron"]),
-        "quiet_neurons": quiet_neurons(responses[(tier == "train") & recorded], unit_id),
-        "image_shape": [int(ds.sizes[d]) for d in ds["images"].dims[1:]],
+        "quiet_neurons": quiet_neurons(samples((tier == "train") & recorded), unit_id),
+        "image_shape": [int(ds.sizes[d]) for d in ds["images"].dims if d not in ("trial", "frame")],
         "image_dtype": str(ds["images"].dtype),
         "shown_size": [int(v) for v in ds.attrs.get("shown_size", [])],
         "pixel_range": list(pixel_range(ds, path)),
@@ -274,7 +299,7 @@ def session_info(ds: xr.Dataset, path) -> dict:
         "test_repeats": bool(repeats.max() > 1),
         "repeat_metrics": metrics.repeats_note(image_id[test]) or "",
         "trials_without_responses": int(np.sum(~recorded)),
-        "missing_responses": int(np.isnan(responses[recorded]).sum()),
+        "missing_responses": int(np.isnan(samples(recorded)).sum()),
         "responses_signed": bool(np.nanmin(responses) < 0),
         "response_shift": str(ds.attrs.get("response_shift", "")),
         "behavior": behavior,
@@ -285,12 +310,25 @@ def session_info(ds: xr.Dataset, path) -> dict:
         },
         "simulated": bool(ds.attrs.get("simulated", False)),
     }
+    if video:
+        frames = int(ds.sizes["frame"])
+        info["frames"] = {
+            "min": int(frame_count.min()),
+            "median": float(np.median(frame_count)),
+            "max": int(frame_count.max()),
+        }
+        info["frame_rate"] = float(ds.attrs["frame_rate"])
+        info["clip_frames"] = min(DataConfig().clip_frames, frames)
     if not info["repeat_metrics"]:
-        oracle = metrics.oracle_correlation(responses[test], image_id[test])
+        if video:  # samples: (trial x frame, neuron); id: (video, frame); padding is NaN, left out
+            ids = (image_id[test][:, None] * frames + np.arange(frames)).ravel()
+            oracle = metrics.oracle_correlation(responses[test].reshape(-1, responses.shape[-1]), ids)
+        else:
+            oracle = metrics.oracle_correlation(responses[test], image_id[test])
         info["oracle_correlation"] = float(np.nanmean(oracle))
     if behavior:
         values = np.asarray(ds["behavior"].values)
-        info["ranges"]["behavior"] = {n: value_range(values[:, i]) for i, n in enumerate(behavior)}
+        info["ranges"]["behavior"] = {n: value_range(values[..., i]) for i, n in enumerate(behavior)}
     if "pupil_center" in ds:
         info["ranges"]["pupil_center"] = value_range(ds["pupil_center"].values)
     if info["simulated"]:
@@ -351,6 +389,16 @@ def format_info(info: dict) -> str:
         + (f" shown at {'x'.join(map(str, info['shown_size']))}," if info["shown_size"] else "")
         + f" pixel values {ranges['images'][0]:g}..{ranges['images'][1]:g},"
         f" black..white {lo:g}..{hi:g} ({info['pixel_range_from']})",
+        *(
+            [
+                "frames       {min}..{max} per trial (median {median:g}) at {rate:g} Hz; training clips of"
+                " {clip} frames ([data].clip_frames)".format(
+                    **info["frames"], rate=info["frame_rate"], clip=info["clip_frames"]
+                )
+            ]
+            if "frames" in info
+            else []
+        ),
         repeats,
         responses,
         "behavior     "
