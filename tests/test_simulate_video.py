@@ -174,3 +174,17 @@ def test_cli_writes_a_video_store_and_refuses_video_flags_without_video(tmp_path
     assert "--channels with --video" in capsys.readouterr().err
     assert main(["simulate", str(tmp_path / "x.zarr"), "--day2-of", str(out)]) == 2
     assert "a video session; day 2" in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_ground_truth_as_the_ceiling(session, tmp_path):
+    from twin.data.loader import load_session
+    from twin.data.store import write_session
+    from twin.evaluate import ground_truth_scores
+
+    write_session(session, tmp_path / "video.zarr")
+    data = load_session(tmp_path / "video.zarr")
+    scores = ground_truth_scores(data, data.trials("test"))
+    ceiling = ground_truth_ceiling(session)
+    assert set(scores) == set(ceiling)
+    for name in ceiling:
+        np.testing.assert_allclose(scores[name], ceiling[name], rtol=1e-4)
