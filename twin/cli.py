@@ -84,11 +84,12 @@ def check_simulation_memory(args, size: tuple[int, int]) -> None:
     pixels = size[0] * size[1] * args.channels
     needed = 3 * 8 * (trials * frames * (pixels + args.neurons) + args.neurons * pixels)
     available = available_memory()
+    of_frames = f" of {frames} frames" if args.video else ""
     if needed > available:
         raise ConfigError(
-            f"--neurons {args.neurons} --size {args.size} with {trials} trials needs about"
+            f"--neurons {args.neurons} --size {args.size} with {trials} trials{of_frames} needs about"
             f" {needed / 2**30:.0f} GiB, more than the {available / 2**30:.0f} GiB of free memory; use"
-            " fewer neurons, images or pixels"
+            f" fewer neurons, images{', frames' if args.video else ''} or pixels"
         )
 
 

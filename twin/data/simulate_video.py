@@ -63,7 +63,7 @@ SHOT_SECONDS = (1.0, 3.0)
 MAX_SPEED = 60.0
 MAX_FLOW = 1.0
 # Temporal kernels: length (s), the rate k (1/s) and the weight beta of the negative lobe of the
-# Adelson-Bergen kernel (``temporal_kernels``): preferred temporal frequencies of about 2-5 Hz.
+# Adelson-Bergen kernel (``temporal_kernels``): preferred temporal frequencies of about 3-5 Hz.
 KERNEL_SECONDS = 0.35
 TEMPORAL_SCALE = (40.0, 70.0)
 TEMPORAL_BETA = (0.8, 1.0)
@@ -246,6 +246,7 @@ def rate(params: dict, videos, behavior=None, xp=np):
 
 
 def calcium_decay(params: dict) -> float:
+    """Fraction of the calcium trace left one frame later."""
     return float(np.exp(-1 / (float(params["calcium_tau"]) * float(params["frame_rate"]))))
 
 
