@@ -80,14 +80,16 @@ def check_simulation_memory(args, size: tuple[int, int]) -> None:
     from twin.data.images import available_memory
 
     trials = args.train_images + args.test_images * args.repeats
+    frames = args.frames if args.video else 1
     pixels = size[0] * size[1] * args.channels
-    needed = 3 * 8 * (trials * pixels + trials * args.neurons + args.neurons * pixels)
+    needed = 3 * 8 * (trials * frames * (pixels + args.neurons) + args.neurons * pixels)
     available = available_memory()
+    of_frames = f" of {frames} frames" if args.video else ""
     if needed > available:
         raise ConfigError(
-            f"--neurons {args.neurons} --size {args.size} with {trials} trials needs about"
+            f"--neurons {args.neurons} --size {args.size} with {trials} trials{of_frames} needs about"
             f" {needed / 2**30:.0f} GiB, more than the {available / 2**30:.0f} GiB of free memory; use"
-            " fewer neurons, images or pixels"
+            f" fewer neurons, images{', frames' if args.video else ''} or pixels"
         )
 
 
@@ -95,8 +97,9 @@ def check_simulation_disk(args, size: tuple[int, int]) -> None:
     """Refuse --animals K whose K stores (images in uint8, responses and the float32 ground truth
     of each neuron's filters, without compression) cannot fit on the disk that will hold them."""
     trials = args.train_images + args.test_images * args.repeats
+    frames = args.frames if args.video else 1
     pixels = size[0] * size[1] * args.channels
-    per_animal = trials * pixels + 8 * trials * args.neurons + 16 * args.neurons * pixels
+    per_animal = trials * frames * (pixels + 8 * args.neurons) + 16 * args.neurons * pixels
     free = shutil.disk_usage(Path(args.out).absolute().parent).free
     if args.animals * per_animal > free:
         raise ConfigError(
@@ -113,6 +116,7 @@ def cmd_simulate(args) -> int:
 
     if args.day2_of is not None:
         return simulate_day2(args)
+    check_video_flags(args)
     check_output(args.out, args.overwrite, "store" if args.animals is None else "folder", flag="OUT")
     size = parse_size(args.size)
     check_simulation_memory(args, size)
@@ -120,6 +124,20 @@ def cmd_simulate(args) -> int:
         check_simulation_disk(args, size)
 
     def animal(index: int):
+        if args.video:
+            from twin.data.simulate_video import simulate as simulate_video
+
+            return simulate_video(
+                n_neurons=args.neurons,
+                n_train_videos=args.train_images,
+                n_test_videos=args.test_images,
+                repeats=args.repeats,
+                frames=args.frames,
+                size=size,
+                seed=args.seed,
+                frame_rate=args.frame_rate,
+                animal=index,
+            )
         return simulate(
             n_neurons=args.neurons,
             n_train_images=args.train_images,
@@ -135,7 +153,8 @@ def cmd_simulate(args) -> int:
     if args.animals is None:
         ds = animal(1)
         write_session(ds, args.out, overwrite=args.overwrite)
-        print(f"wrote {args.out}: {ds.sizes['trial']} trials x {ds.sizes['neuron']} neurons")
+        frames = f" x {ds.sizes['frame']} frames" if args.video else ""
+        print(f"wrote {args.out}: {ds.sizes['trial']} trials{frames} x {ds.sizes['neuron']} neurons")
         return 0
     with output(args.out, args.overwrite, "folder", flag="OUT") as folder:
         for index in range(1, args.animals + 1):
@@ -145,7 +164,8 @@ def cmd_simulate(args) -> int:
     stores = f"stores {first} .. animal_{args.animals}.zarr" if args.animals > 1 else f"store {first}"
     print(
         f"wrote {args.animals} {stores}:"
-        f" {args.train_images} + {args.test_images}x{args.repeats} images x {args.neurons} neurons each"
+        f" {args.train_images} + {args.test_images}x{args.repeats} {'videos' if args.video else 'images'}"
+        f" x {args.neurons} neurons each"
     )
     return 0
 
@@ -154,15 +174,39 @@ def cmd_simulate(args) -> int:
 SIMULATE_SIZES = {
     "neurons": 100, "train_images": 2000, "test_images": 50, "repeats": 10, "size": "36x64", "channels": 1, "types": 0,
 }
+# With --video: 200 train videos of 120 frames (4 s at 30 Hz: 50 burn-in frames and 70 scored) at
+# 18x32 (half the Sensorium 2023 resolution in each direction), so that fitting a video twin on 2
+# CPU cores takes minutes; 20 test videos, the fewest repeated stimuli the repeat metrics score
+# (twin.metrics.MIN_REPEATED_IMAGES); videos are gray.
+VIDEO_SIZES = {"train_images": 200, "test_images": 20, "size": "18x32", "frames": 120, "frame_rate": 30.0}
+
+
+def check_video_flags(args) -> None:
+    """Fill the sizes whose defaults depend on --video; refuse flags the mode does not take."""
+    defaults = {**SIMULATE_SIZES, **VIDEO_SIZES} if args.video else SIMULATE_SIZES
+    for name, default in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.video:
+        for flag, given in (("--channels", args.channels != 1), ("--types", args.types != 0)):
+            if given:
+                raise ConfigError(f"{flag} with --video: the video animal is gray and has no functional types; drop {flag}")
+        return
+    for name in ("frames", "frame_rate"):
+        if getattr(args, name) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} without --video: add --video to simulate videos, or drop {flag}")
 
 
 def simulate_day2(args) -> int:
     """`twin simulate OUT --day2-of DAY1`: day 2 of the same field of view (twin.data.simulate.day2)."""
+    from twin.data.schema import is_video
     from twin.data.simulate import day2
     from twin.data.store import load_values, open_session, write_session
     from twin.outputs import check_output
 
-    given = [name for name, default in SIMULATE_SIZES.items() if getattr(args, name) != default]
+    given = [name for name, default in SIMULATE_SIZES.items() if getattr(args, name) not in (None, default)]
+    given += [name for name in ("video", "frames", "frame_rate") if getattr(args, name)]
     if given or args.animals is not None:
         flag = "--" + (given[0].replace("_", "-") if given else "animals")
         raise ConfigError(f"{flag} with --day2-of: day 2 takes its sizes from {args.day2_of}; drop {flag}")
@@ -170,6 +214,8 @@ def simulate_day2(args) -> int:
     day1 = open_session(args.day2_of)
     if not day1.attrs.get("simulated"):
         raise ConfigError(f"--day2-of {args.day2_of}: not a simulated session; pass a store written by twin simulate")
+    if is_video(day1):
+        raise ConfigError(f"--day2-of {args.day2_of}: a video session; day 2 is simulated for image sessions only")
     ds = day2(load_values(day1, args.day2_of), seed=args.seed, source=args.day2_of)
     write_session(ds, args.out, overwrite=args.overwrite)
     print(
@@ -652,10 +698,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("simulate", help="write a session store of the simulated animal")
     p.add_argument("out", help="store to write (.zarr)")
     p.add_argument("--neurons", type=at_least(1), default=SIMULATE_SIZES["neurons"])
-    p.add_argument("--train-images", type=at_least(2), default=SIMULATE_SIZES["train_images"])
-    p.add_argument("--test-images", type=at_least(1), default=SIMULATE_SIZES["test_images"])
+    p.add_argument(
+        "--train-images", type=at_least(2), help="shown once each (default 2000; with --video: videos, 200)"
+    )
+    p.add_argument(
+        "--test-images", type=at_least(1), help="shown --repeats times each (default 50; with --video: videos, 20)"
+    )
     p.add_argument("--repeats", type=at_least(1), default=SIMULATE_SIZES["repeats"])
-    p.add_argument("--size", default=SIMULATE_SIZES["size"], help="HEIGHTxWIDTH (default 36x64)")
+    p.add_argument("--size", help="HEIGHTxWIDTH (default 36x64; with --video 18x32)")
+    p.add_argument(
+        "--video", action="store_true",
+        help="a video session: natural-like movies, spatio-temporal and direction-selective neurons, adaptation,"
+        " behavior per frame",
+    )
+    p.add_argument("--frames", type=at_least(1), help="frames per video with --video (default 120)")
+    p.add_argument("--frame-rate", type=at_least(1, float), help="Hz, with --video (default 30)")
     p.add_argument(
         "--channels", type=int, choices=[1, 3], default=SIMULATE_SIZES["channels"],
         help="1: gray images (default); 3: RGB images and luminance and colour-opponent neurons",

@@ -53,12 +53,23 @@ def mean_scores(scores: dict[str, np.ndarray]) -> dict[str, float]:
 
 def ground_truth_scores(data, trials: np.ndarray) -> dict[str, np.ndarray]:
     """Per-neuron scores of the simulator's noise-free responses for ``trials`` of a simulated
-    session (in the session's normalized response units)."""
+    session (in the session's normalized response units). Video sessions are scored per frame
+    after the burn-in (twin.metrics.scored_frames), the noise-free responses given each trial's
+    behavior (as twin.data.simulate.ground_truth_ceiling)."""
     from twin.data.simulate import ground_truth, mean_response
     from twin.data.store import open_session
 
     ds = open_session(data.path)
     images = np.asarray(ds["images"].isel(trial=trials).values, dtype=np.float32)
+    if data.video:
+        from twin.data import simulate_video
+
+        behavior = np.asarray(ds["behavior"].isel(trial=trials).values) if "behavior" in ds else None
+        truth = simulate_video.mean_response(ground_truth(ds), images, behavior=behavior) / data.response_std
+        trial, frame, frame_id = metrics.scored_frames(data.frame_count[trials], data.image_id[trials], images.shape[1])
+        scores = metrics.score(data.responses[trials][trial, frame], truth[trial, frame], frame_id)
+        scores.pop("oracle_correlation", None)
+        return scores
     truth = mean_response(ground_truth(ds), images) / data.response_std
     scores = metrics.score(data.responses[trials], truth, data.image_id[trials])
     scores.pop("oracle_correlation", None)

@@ -22,6 +22,9 @@ EPS = 1e-8
 # noise, e.g. an oracle r of 0.0005 and FEVE above 1 from 3 repeated images; Sensorium has 100.
 MIN_REPEATED_IMAGES = 20
 REPEAT_METRICS = ("correlation_to_average", "feve", "oracle_correlation", "fraction_of_oracle")
+# Video trials are scored per frame after dropping this many first frames of each trial, while the
+# responses still depend on what came before the trial (Sensorium 2023).
+BURN_IN_FRAMES = 50
 
 
 def correlation(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -267,3 +270,14 @@ def adjusted_rand_index(labels_a: np.ndarray, labels_b: np.ndarray) -> float:
     if largest == expected:  # both labelings put everything together or everything apart
         return 1.0
     return float((index - expected) / (largest - expected))
+
+
+def scored_frames(frame_count: np.ndarray, image_id: np.ndarray, n_frames: int, burn_in: int = BURN_IN_FRAMES):
+    """The frames of video trials that are scored (Sensorium 2023): each trial's recorded frames
+    (``frame_count`` (trial,)) from ``burn_in`` on, of trials padded to ``n_frames``. Returns
+    (trial, frame, frame_id), each (k,): ``values[trial, frame]`` turns (trial, frame, neuron)
+    into rows (k, neuron) for ``score``, and frame_id is the same for the same frame of the same
+    video (``image_id`` (trial,)), so repeat metrics average over repeats frame by frame."""
+    frame_count = np.asarray(frame_count)
+    trial, frame = np.nonzero((np.arange(n_frames) >= burn_in) & (np.arange(n_frames) < frame_count[:, None]))
+    return trial, frame, np.asarray(image_id, np.int64)[trial] * n_frames + frame

@@ -73,6 +73,16 @@ COLOUR_FRACTIONS = (0.5, 0.25, 0.25)
 TYPE_JITTER = {"orientation": 0.08, "phase": 0.3, "log_size": 0.05, "position": 1.0}
 
 
+def pink_spectrum(lead: tuple[int, ...], size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Random spectra (*lead, y, x // 2 + 1) complex with amplitude 1/f (spatial frequency f) and
+    no mean: ``np.fft.irfft2(spectrum, s=size)`` is 1/f noise, periodic in y and x."""
+    height, width = size
+    f = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
+    f[0, 0] = np.inf
+    shape = (*lead, *f.shape)
+    return (rng.normal(size=shape) + 1j * rng.normal(size=shape)) / f
+
+
 def natural_images(n: int, size: tuple[int, int], rng: np.random.Generator, channels: int = 1) -> np.ndarray:
     """Natural-like images (n, y, x) uint8, or (n, 3, y, x) RGB for ``channels`` 3: dead leaves
     (edges) + 1/f texture, mean near 128 (see the module doc for colour)."""
@@ -91,11 +101,7 @@ def natural_images(n: int, size: tuple[int, int], rng: np.random.Generator, chan
         cx = rng.uniform(0, width, (n, 1, 1, 1))
         inside = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
         leaves = np.where(inside, rng.normal(0, 1, (n, components, 1, 1)).astype(np.float32), leaves)
-    f = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
-    f[0, 0] = np.inf
-    shape = (n, components, *f.shape)
-    spectrum = rng.normal(size=shape) + 1j * rng.normal(size=shape)
-    texture = np.fft.irfft2(spectrum / f, s=size)
+    texture = np.fft.irfft2(pink_spectrum((n, components), size, rng), s=size)
 
     def standardize(a):
         a = a - a.mean(axis=(2, 3), keepdims=True)
@@ -226,8 +232,14 @@ def mean_response(params: dict, images, xp=np):
     """Noise-free responses (n, neurons) to images (n, [channel,] y, x) in pixel units 0..255.
 
     ``params`` is ``ground_truth(ds)``; ``xp`` is numpy or jax.numpy (only array operations both
-    provide, so ``jax.grad`` goes through it with xp=jax.numpy).
+    provide, so ``jax.grad`` goes through it with xp=jax.numpy). For a video animal images are
+    videos (n, frame, y, x) and the result is (n, frame, neuron), at the mean behavior
+    (twin.data.simulate_video.mean_response).
     """
+    if is_video_animal(params):
+        from twin.data import simulate_video
+
+        return simulate_video.mean_response(params, images, xp)
     g = drive(params, images, xp)
     c50 = xp.asarray(params["c50"])
     return xp.asarray(params["baseline"]) + xp.asarray(params["rmax"]) * g / (g + c50)
@@ -254,9 +266,15 @@ def noisy_responses(params: dict, mean: np.ndarray, z: np.ndarray, rng: np.rando
     """
     sd = float(params["gain_sd"])
     gain = np.exp(sd * z - sd**2 / 2)[..., None]
-    size = np.asarray(params["event_size"])
-    shape = float(params["event_shape"])
-    events = rng.poisson(gain * mean / size)
+    return calcium_events(gain * mean, params["event_size"], params["event_shape"], rng)
+
+
+def calcium_events(mean: np.ndarray, size, shape, rng: np.random.Generator) -> np.ndarray:
+    """Compound Poisson-gamma draws (...) float32 with mean ``mean`` (...): events ~
+    Poisson(mean / size), each of gamma size (shape ``shape``, mean ``size``, broadcast to mean)."""
+    size = np.asarray(size)
+    shape = float(shape)
+    events = rng.poisson(mean / size)
     amounts = rng.gamma(np.maximum(events, 1) * shape, size / shape)
     return np.where(events > 0, amounts, 0.0).astype(np.float32)
 
@@ -323,6 +341,19 @@ def population(
     return params
 
 
+def trial_plan(n_train: int, n_test: int, repeats: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(image_id, tier), each (trial,), of a session showing ``n_train`` stimuli once each (10% of
+    them validation) and ``n_test`` stimuli ``repeats`` times each, in random order. Ids are
+    0..n_train-1 for the train stimuli, then one per test stimulus: indices into the train and
+    test stimuli concatenated."""
+    n_validation = max(1, n_train // 10) if n_train >= 10 else 0
+    image_tier = rng.permutation(np.array(["validation"] * n_validation + ["train"] * (n_train - n_validation)))
+    image_id = np.concatenate([np.arange(n_train), np.repeat(np.arange(n_test) + n_train, repeats)])
+    tier = np.concatenate([image_tier, np.full(n_test * repeats, "test")])
+    order = rng.permutation(len(image_id))
+    return image_id[order], tier[order]
+
+
 def recording(
     params: dict, train_images: np.ndarray, test_images: np.ndarray, repeats: int, rng: np.random.Generator
 ) -> dict:
@@ -333,18 +364,8 @@ def recording(
     behavior (trial, 3), pupil_center (trial, 2)}; image ids are 0.. for the train images in
     their given order, then one per test image.
     """
-    n_train_images, n_test_images = len(train_images), len(test_images)
-    n_validation = max(1, n_train_images // 10) if n_train_images >= 10 else 0
-    image_tier = np.array(["validation"] * n_validation + ["train"] * (n_train_images - n_validation))
-    image_tier = rng.permutation(image_tier)
-    images = np.concatenate([train_images, np.repeat(test_images, repeats, axis=0)])
-    image_id = np.concatenate(
-        [np.arange(n_train_images), np.repeat(np.arange(n_test_images) + n_train_images, repeats)]
-    )
-    tier = np.concatenate([image_tier, np.full(n_test_images * repeats, "test")])
-    order = rng.permutation(len(images))
-    images, image_id, tier = images[order], image_id[order], tier[order]
-
+    image_id, tier = trial_plan(len(train_images), len(test_images), repeats, rng)
+    images = np.concatenate([train_images, test_images])[image_id]
     mean = mean_response(params, images)
     z, behavior, pupil_center = draw_behavior(len(images), rng)
     responses = noisy_responses(params, mean, z, rng)
@@ -381,9 +402,12 @@ NEURON_DIMS = {
 }
 
 
-def to_session(params: dict, trials: dict, cell_xyz: np.ndarray, attrs: dict, unit_id=None) -> xr.Dataset:
+def to_session(
+    params: dict, trials: dict, cell_xyz: np.ndarray, attrs: dict, unit_id=None, dims: dict = NEURON_DIMS
+) -> xr.Dataset:
     """A validated session from ``recording``'s trials, positions (neuron, 3) and the ground
-    truth ``params`` (stored as ``gt_*`` variables); unit ids default to 0..n-1."""
+    truth ``params`` (stored as ``gt_*`` variables with ``dims`` by number of dimensions); unit
+    ids default to 0..n-1."""
     ds = make_session("simulate", **trials, cell_xyz=cell_xyz, unit_id=unit_id, attrs={"simulated": True, **attrs})
     for name, value in params.items():
         value = np.asarray(value)
@@ -391,7 +415,7 @@ def to_session(params: dict, trials: dict, cell_xyz: np.ndarray, attrs: dict, un
             value = value.astype(object)
         elif value.dtype.kind == "f":
             value = value.astype(np.float32)
-        ds[f"gt_{name}"] = (NEURON_DIMS[value.ndim], value)
+        ds[f"gt_{name}"] = (dims[value.ndim], value)
     return ds
 
 
@@ -558,18 +582,29 @@ def ground_truth(ds: xr.Dataset, source=None) -> dict[str, np.ndarray]:
     return {name[3:]: np.asarray(ds[name].values) for name in names}
 
 
+def is_video_animal(params: dict) -> bool:
+    """True for the ground truth of a video animal (spatio-temporal receptive fields)."""
+    return "temporal_even" in params
+
+
 def respond(session_or_params, images, repeats: int = 1, seed: int = 0):
     """Show images (n, y, x) in pixel units to the simulated animal; (n, 3, y, x) to a colour one.
 
     ``session_or_params`` is a simulated session (Dataset) or ``ground_truth(ds)``. Returns
     (mean (n, neurons) noise-free, noisy (repeats, n, neurons)) float32; each noisy trial draws
-    its own behavioral state.
+    its own behavioral state. A video animal takes videos (n, frame, y, x) and returns (n, frame,
+    neurons) and (repeats, n, frame, neurons), at the mean behavior
+    (twin.data.simulate_video.respond).
     """
     params = (
         ground_truth(session_or_params)
         if isinstance(session_or_params, xr.Dataset)
         else session_or_params
     )
+    if is_video_animal(params):
+        from twin.data import simulate_video
+
+        return simulate_video.respond(params, images, repeats, seed)
     images = np.asarray(images)
     image_shape = params["filter_even"].shape[1:]
     if images.shape[1:] != image_shape or images.ndim != len(image_shape) + 1:
@@ -586,7 +621,12 @@ def respond(session_or_params, images, repeats: int = 1, seed: int = 0):
 def ground_truth_ceiling(ds: xr.Dataset) -> dict[str, np.ndarray]:
     """Scores (neuron,) of the noise-free responses against the recorded test tier (twin.metrics):
     the best a perfect twin can do on this session. Keys: single_trial_correlation,
-    correlation_to_average and, with repeats, feve."""
+    correlation_to_average and, with repeats, feve. Video sessions are scored per frame
+    (twin.data.simulate_video.ground_truth_ceiling)."""
+    if "frame" in ds["images"].dims:
+        from twin.data import simulate_video
+
+        return simulate_video.ground_truth_ceiling(ds)
     test = ds.isel(trial=np.flatnonzero(strings(ds["tier"].values) == "test"))
     images = np.asarray(test["images"].values)
     predictions = mean_response(ground_truth(ds), images)

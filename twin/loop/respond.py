@@ -2,7 +2,9 @@
 
 Each PNG is read as the screen shows it (the export's monitor model gives its luminance),
 averaged down to the animal's image size and mapped back to model space; the presentations follow
-the manifest's order, one noisy response of every neuron per presentation.
+the manifest's order, one noisy response of every neuron per presentation. ``present`` shows
+stimuli held in memory: images or, to a video animal, videos (stimulus, frame, y, x), with one
+response per frame.
 """
 
 from __future__ import annotations
@@ -26,6 +28,17 @@ def load_shown_images(stimuli: str | Path, manifest: dict, shape: tuple[int, int
     )
 
 
+def present(animal, shown: np.ndarray, order: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Responses of the simulated animal (session Dataset or ``ground_truth(ds)``) to the stimuli
+    ``shown`` (stimuli, [channel,] y, x), or videos (stimuli, frame, y, x) for a video animal, in
+    model space 0..255, presented in ``order`` (trial,) of stimulus indices: (trial, neuron), or
+    (trial, frame, neuron) for videos; one noisy response per presentation, drawn with ``seed``."""
+    from twin.data.simulate import respond
+
+    _, noisy = respond(animal, np.asarray(shown)[np.asarray(order, np.int64)], repeats=1, seed=seed)
+    return np.asarray(noisy[0], np.float32)
+
+
 def respond_to_stimuli(
     stimuli: str | Path, animal: str | Path, out: str | Path, seed: int = 0, overwrite: bool = False
 ) -> dict:
@@ -34,8 +47,7 @@ def respond_to_stimuli(
     Writes ``out`` (.npz: responses (trial, neuron), stimulus_id (trial,), unit_id (neuron,)) and
     returns those arrays.
     """
-    from twin.data.schema import unit_ids
-    from twin.data.simulate import respond
+    from twin.data.schema import is_video, unit_ids
     from twin.data.store import open_session
     from twin.outputs import check_output
 
@@ -49,13 +61,17 @@ def respond_to_stimuli(
             f"{animal}: not a simulated session (attrs['simulated'] is not set); pass the store"
             " written by `twin simulate`"
         )
+    if is_video(session):
+        raise SessionError(
+            f"{animal}: a video animal, but {stimuli} holds exported images; pass an image animal (a store"
+            " written by twin simulate without --video)"
+        )
     shape = tuple(int(n) for n in session["images"].shape[-2:])
     shown = load_shown_images(stimuli, manifest, shape)
     order = np.asarray(manifest["order"], np.int64)
     ids = np.array([s["stimulus_id"] for s in manifest["stimuli"]], np.int64)
-    _, noisy = respond(session, shown[order], repeats=1, seed=seed)
     arrays = {
-        "responses": np.asarray(noisy[0], np.float32),
+        "responses": present(session, shown, order, seed),
         "stimulus_id": ids[order],
         "unit_id": unit_ids(session["unit_id"].values),
     }
