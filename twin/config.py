@@ -323,6 +323,13 @@ class MEIConfig(Checked):
     """
 
     TABLE: ClassVar[str] = "mei"
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "response_window",
+            lambda c: c.response_window <= c.frames,
+            lambda c: f"is above [mei].frames = {c.frames}; use at most that",
+        ),
+    )
 
     recipe: str = label("walker2019")
     steps: int = integer(1000, 1)
@@ -377,6 +384,14 @@ class MEIConfig(Checked):
     # Precision of the model in the ascent's objective and gradient (as [fit].precision); the
     # images, their updates and the reported activations stay float32.
     precision: str = choice("float32", "bfloat16")
+    # Most exciting videos (MEVs), used when the model is a video model (its `video` attribute):
+    # clips of `frames` frames, the objective the target's response averaged over the last
+    # `response_window` frames; the space-time Gaussian blur has the spatial sigma above and a
+    # constant temporal sigma in frames (0 disables); `static` optimizes one image shown on every frame.
+    frames: int = integer(30, 1)
+    response_window: int = integer(10, 1)
+    temporal_blur_sigma: float = number(1.0, 0)
+    static: bool = flag(False)
 
 
 SECTIONS: dict[str, type] = {

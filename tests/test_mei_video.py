@@ -1,0 +1,165 @@
+"""Most exciting videos: the MEI engine on clips of a toy direction-tuned video model, the
+space-time operations, and the motion direction measure."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy.ndimage import gaussian_filter, gaussian_filter1d, shift
+
+from twin.errors import ConfigError
+from twin.mei import ops
+from twin.mei.context import surround_inputs
+from twin.mei.motion import drifting_grating, motion_direction
+from twin.mei.optimize import evaluate_pairs, neuron_objective, optimize_meis
+from twin.mei.params import Parametrization
+from twin.mei.recipes import RECIPES
+
+SHAPE = (16, 16)
+FRAMES = 8
+RANGE = (-2.0, 2.0)
+DIRECTIONS = (0.0, 90.0, 200.0, 315.0)
+
+
+class DirectionToy(nnx.Module):
+    """A tiny video twin with the Twin call signature: neuron i is a causal linear space-time
+    filter over the whole frame, tuned to a grating drifting towards ``directions[i]`` degrees
+    (twin.mei.motion's convention), then elu + 1."""
+
+    video = True
+
+    def __init__(self, directions=DIRECTIONS, length: int = 4):
+        envelope = np.exp(-0.5 * np.sum((np.indices(SHAPE) - 7.5) ** 2, axis=0) / 4.0**2)
+        # Kernel tap s multiplies frame t - (length - 1) + s: the preferred snippet in forward time.
+        snippets = np.stack([drifting_grating(length, SHAPE, d, period=8.0) * envelope for d in directions])
+        self.kernel = nnx.Variable(jnp.asarray(snippets / np.sqrt(length), jnp.float32))
+        self.length = length
+
+    def __call__(self, images, session=0, *, behavior=None, pupil_center=None, neurons=None):
+        """images (b, t, y, x, c) -> (b, t, n) or (b, t, k)."""
+        kernel = self.kernel[...] if neurons is None else self.kernel[...][neurons]
+        frames = images.shape[1]
+        padded = jnp.pad(images.mean(-1), [(0, 0), (self.length - 1, 0), (0, 0), (0, 0)])
+        drive = sum(
+            jnp.einsum("btyx,nyx->btn", padded[:, s : s + frames], kernel[:, s]) for s in range(self.length)
+        )
+        return jax.nn.elu(drive) + 1
+
+
+def config(**changes):
+    values = dict(steps=40, seeds=2, chunk_size=4, frames=FRAMES, response_window=5) | changes
+    return dataclasses.replace(RECIPES["walker2019"], **values)
+
+
+def run(model, neurons, cfg, image_shape=SHAPE, **kwargs):
+    return optimize_meis(model, 0, neurons, cfg, image_shape=image_shape, pixel_range=RANGE, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("recipe", ["walker2019", "lucid"])
+def test_mev_shapes_range_and_gain(recipe):
+    model = DirectionToy()
+    cfg = dataclasses.replace(RECIPES[recipe], steps=20, seeds=2, chunk_size=4, frames=FRAMES, response_window=5)
+    result = run(model, [0, 2], cfg)
+    assert result.images.shape == (2, 2, FRAMES, *SHAPE)
+    assert result.activations.shape == result.steps.shape == (2, 2)
+    assert np.all(result.images >= RANGE[0] - 1e-5) and np.all(result.images <= RANGE[1] + 1e-5)
+    # The stored activation is the objective of the stored clip: the window's mean response.
+    values = evaluate_pairs(model, neuron_objective(window=5), result.images.reshape(4, FRAMES, *SHAPE),
+                            {"neuron": np.array([0, 0, 2, 2], np.int32)})
+    np.testing.assert_allclose(values.reshape(2, 2), result.activations, rtol=1e-5)
+    responses = model(jnp.asarray(result.images[:, 0, ..., None]), neurons=jnp.array([0, 2]))
+    np.testing.assert_allclose(np.diagonal(np.asarray(responses[:, -5:]).mean(1)), result.activations[:, 0], rtol=1e-5)
+    assert np.all(result.activations > 1.5)  # from about 1 (elu(0) + 1) at the mean gray
+
+
+def test_mev_of_colour_clips_has_a_channel_axis():
+    result = run(DirectionToy(), [1], config(steps=5, seeds=1), image_shape=(2, *SHAPE))
+    assert result.images.shape == (1, 1, FRAMES, 2, *SHAPE)
+
+
+def test_mev_moves_in_the_neurons_preferred_direction():
+    result = run(DirectionToy(), np.arange(len(DIRECTIONS)), config(steps=60, seeds=1))
+    for clip, preferred in zip(result.best_images(), DIRECTIONS):
+        error = (motion_direction(clip) - preferred + 180) % 360 - 180
+        assert abs(error) < 10, (preferred, motion_direction(clip))
+
+
+def test_static_mev_repeats_one_image_on_every_frame():
+    for recipe in ("walker2019", "lucid"):
+        cfg = dataclasses.replace(config(steps=10, static=True), **{
+            k: getattr(RECIPES[recipe], k) for k in ("parametrization", "optimizer", "learning_rate", "jitter")
+        })
+        result = run(DirectionToy(), [0], cfg)
+        clip = result.images[0, 0]
+        assert clip.shape == (FRAMES, *SHAPE) and np.ptp(clip) > 0
+        np.testing.assert_array_equal(clip, np.broadcast_to(clip[:1], clip.shape))
+
+
+def test_surround_of_a_clip_keeps_the_centre_on_every_frame():
+    centre = np.full((1, *SHAPE), 0.5, np.float32)
+    mask = np.zeros((1, *SHAPE), np.float32)
+    mask[:, 6:10, 6:10] = 1
+    found = surround_inputs(
+        DirectionToy(), 0, [0], config(steps=10, seeds=1), centre=centre, centre_mask=mask, direction="excite",
+        image_shape=SHAPE, pixel_range=RANGE, progress=False,
+    )
+    clip = found.result.images[0, 0]
+    assert clip.shape == (FRAMES, *SHAPE)
+    np.testing.assert_allclose(clip[:, 6:10, 6:10], 0.5)
+    assert np.all(found.surround[0, 0][:, 6:10, 6:10] == 0) and np.ptp(clip[:, :6]) > 0
+    assert found.result.activations[0, 0] > found.centre_activation[0]
+
+
+def test_transparent_clips_are_refused():
+    with pytest.raises(ConfigError, match="^--transparency: transparent stimuli are made for image models"):
+        run(DirectionToy(), [0], config(steps=2, seeds=1), backgrounds=np.zeros((1, *SHAPE), np.float32))
+
+
+def test_response_window_cannot_exceed_the_clip():
+    with pytest.raises(ConfigError, match=r"^\[mei\]\.response_window = 9 is above \[mei\]\.frames = 8"):
+        config(response_window=9)
+
+
+def test_rfft3_matches_numpy_and_the_clip_spectrum_round_trips():
+    rng = np.random.default_rng(0)
+    clips = rng.normal(size=(2, 5, 6, 7)).astype(np.float32)
+    real, imag = ops.rfft3(jnp.asarray(clips))
+    expected = np.fft.rfftn(clips, axes=(-3, -2, -1), norm="ortho")
+    np.testing.assert_allclose(real, expected.real, atol=1e-5)
+    np.testing.assert_allclose(imag, expected.imag, atol=1e-5)
+    np.testing.assert_allclose(ops.irfft3(real, imag, 7), clips, atol=1e-5)
+    cfg = config(parametrization="fourier", clip_range=False)
+    for shape in (SHAPE, (3, *SHAPE)):
+        param = Parametrization(cfg, shape, RANGE, frames=FRAMES)
+        clip = jnp.asarray(rng.normal(size=(2, FRAMES, *shape)), jnp.float32)
+        np.testing.assert_allclose(param.image(param.from_image(clip)), clip, atol=1e-4)
+
+
+def test_temporal_blur_matches_scipy():
+    clips = np.random.default_rng(1).normal(size=(2, 9, 3, 4)).astype(np.float32)
+    blurred = ops.temporal_blur(jnp.asarray(clips), 1.2, ops.blur_radius(1.2))
+    np.testing.assert_allclose(blurred, gaussian_filter1d(clips, 1.2, axis=1, mode="reflect", truncate=4.0), atol=1e-5)
+
+
+def test_jitter_moves_every_frame_of_a_clip_alike():
+    clip = jnp.asarray(np.random.default_rng(2).normal(size=(1, 4, 2, 8, 8)), jnp.float32)
+    moved = ops.transform(clip, jnp.array([[1.0, -2.0]]), jnp.ones(1))
+    np.testing.assert_allclose(moved[0, :, :, 1:, :6], clip[0, :, :, :7, 2:], atol=1e-6)
+
+
+@pytest.mark.parametrize("direction", np.arange(0, 360, 45))
+def test_motion_direction_of_gratings_and_textures(direction):
+    assert abs((motion_direction(drifting_grating(16, (24, 24), direction)) - direction + 180) % 360 - 180) < 10
+    texture = gaussian_filter(np.random.default_rng(int(direction)).normal(size=(48, 48)), 2, mode="wrap")
+    radians = np.radians(direction)
+    clip = np.stack([
+        shift(texture, (-np.sin(radians) * t, np.cos(radians) * t), mode="wrap", order=1)[12:36, 12:36]
+        for t in range(16)
+    ])
+    assert abs((motion_direction(clip) - direction + 180) % 360 - 180) < 10
+    # upward is decreasing row
+    if direction == 90:
+        assert np.allclose(clip[1, :-1], clip[0, 1:], atol=0.2)
