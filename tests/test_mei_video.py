@@ -163,3 +163,64 @@ def test_motion_direction_of_gratings_and_textures(direction):
     # upward is decreasing row
     if direction == 90:
         assert np.allclose(clip[1, :-1], clip[0, 1:], atol=0.2)
+
+
+def test_video_store_and_export_write_frames_gif_and_manifest(tmp_path, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    from twin.config import MEIConfig
+    from twin.data.schema import make_session
+    from twin.data.store import write_session
+    from twin.loop import export
+    from twin.mei.store import config_toml, meis_dataset, open_meis, write_meis
+
+    rng = np.random.default_rng(3)
+    session = make_session(
+        "test", images=rng.integers(0, 256, (6, *SHAPE)).astype(np.uint8), responses=rng.random((6, 2)),
+        tier=np.array(["train"] * 4 + ["validation", "test"]), image_id=np.arange(6),
+    )
+    write_session(session, tmp_path / "session.zarr")
+    # Two neurons x two seeds of clips drifting right, in normalized units (pixels = 40 z + 128).
+    clips = np.stack([drifting_grating(FRAMES, SHAPE, 0.0, phase=p) for p in range(4)]).reshape(2, 2, FRAMES, *SHAPE)
+    attrs = {"run": str(tmp_path / "run"), "session": 0, "store": str(tmp_path / "session.zarr"),
+             "mei_config": config_toml(MEIConfig(frames=FRAMES, response_window=3)), "frame_rate": 20.0}
+    variables = {
+        "images": clips.astype(np.float32), "activations": np.ones((2, 2), np.float32), "best_seed": np.array([1, 0]),
+        "unit_id": np.array([5, 9]), "neuron_index": np.array([0, 1]),
+        "image_mean": np.float32(128.0), "image_std": np.float32(40.0),
+    }
+    write_meis(meis_dataset(variables, attrs), tmp_path / "mevs.zarr")
+    store = open_meis(tmp_path / "mevs.zarr")
+    assert store["images"].dims == ("neuron", "seed", "frame", "y", "x")
+    assert store.attrs["frame_rate"] == 20.0
+
+    seen = {}
+
+    def responses(run, session, neuron_index, images, window):
+        seen.update(shape=images.shape, window=window)
+        return np.arange(len(images), dtype=np.float32)
+
+    # The video twin lives in its own module; the export path only needs its responses here.
+    monkeypatch.setattr(export, "own_neuron_clip_responses", responses)
+    manifest = export.export_stimuli(tmp_path / "mevs.zarr", tmp_path / "stimuli", repeats=2)
+    assert seen == {"shape": (2, FRAMES, *SHAPE), "window": 3}
+    assert manifest["frame_rate"] == 20.0 and manifest["frames"] == FRAMES
+    assert [s["kind"] for s in manifest["stimuli"]] == ["mei", "mei"] and not manifest["rejected"]
+    first = manifest["stimuli"][0]
+    assert first["frames"] == FRAMES and first["seed"] == 1 and first["file"] == "stimuli/0000_mei_u5"
+    folder = tmp_path / "stimuli" / first["file"]
+    assert sorted(p.name for p in folder.iterdir()) == [f"frame_{i:04d}.png" for i in range(FRAMES)]
+    gif = Image.open(tmp_path / "stimuli" / first["preview"])
+    assert gif.n_frames == FRAMES and gif.info["duration"] == 50
+    assert Image.open(folder / "frame_0000.png").size == (4 * SHAPE[1], 4 * SHAPE[0])
+    # The whole clip meets the targets: its mean and contrast over all frames, not frame by frame.
+    frames = np.stack([np.asarray(Image.open(folder / f"frame_{i:04d}.png"), float) for i in range(FRAMES)])
+    target = manifest["target"]
+    assert frames.mean() * 80 / 255 == pytest.approx(target["mean_luminance"], rel=0.02)
+    assert frames.std() * 80 / 255 == pytest.approx(target["rms_contrast"], rel=0.05)
+    assert first["mean_luminance"] == pytest.approx(target["mean_luminance"], rel=0.05)
+    assert json.loads((tmp_path / "stimuli" / "manifest.json").read_text())["frames"] == FRAMES
+    rows = (tmp_path / "stimuli" / "manifest.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2 and "stimuli/0000_mei_u5" in rows[1] + rows[2]
