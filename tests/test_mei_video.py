@@ -58,26 +58,22 @@ def run(model, neurons, cfg, image_shape=SHAPE, **kwargs):
     return optimize_meis(model, 0, neurons, cfg, image_shape=image_shape, pixel_range=RANGE, progress=False, **kwargs)
 
 
-@pytest.mark.parametrize("recipe", ["walker2019", "lucid"])
-def test_mev_shapes_range_and_gain(recipe):
+@pytest.mark.parametrize("recipe, image_shape", [("walker2019", SHAPE), ("lucid", (2, *SHAPE))])
+def test_mev_shapes_range_and_gain(recipe, image_shape):
     model = DirectionToy()
     cfg = dataclasses.replace(RECIPES[recipe], steps=20, seeds=2, chunk_size=4, frames=FRAMES, response_window=5)
-    result = run(model, [0, 2], cfg)
-    assert result.images.shape == (2, 2, FRAMES, *SHAPE)
+    result = run(model, [0, 2], cfg, image_shape=image_shape)
+    assert result.images.shape == (2, 2, FRAMES, *image_shape)
     assert result.activations.shape == result.steps.shape == (2, 2)
     assert np.all(result.images >= RANGE[0] - 1e-5) and np.all(result.images <= RANGE[1] + 1e-5)
     # The stored activation is the objective of the stored clip: the window's mean response.
-    values = evaluate_pairs(model, neuron_objective(window=5), result.images.reshape(4, FRAMES, *SHAPE),
+    values = evaluate_pairs(model, neuron_objective(window=5), result.images.reshape(4, FRAMES, *image_shape),
                             {"neuron": np.array([0, 0, 2, 2], np.int32)})
     np.testing.assert_allclose(values.reshape(2, 2), result.activations, rtol=1e-5)
-    responses = model(jnp.asarray(result.images[:, 0, ..., None]), neurons=jnp.array([0, 2]))
+    clips = result.images[:, 0, ..., None] if len(image_shape) == 2 else np.moveaxis(result.images[:, 0], 2, -1)
+    responses = model(jnp.asarray(clips), neurons=jnp.array([0, 2]))
     np.testing.assert_allclose(np.diagonal(np.asarray(responses[:, -5:]).mean(1)), result.activations[:, 0], rtol=1e-5)
     assert np.all(result.activations > 1.5)  # from about 1 (elu(0) + 1) at the mean gray
-
-
-def test_mev_of_colour_clips_has_a_channel_axis():
-    result = run(DirectionToy(), [1], config(steps=5, seeds=1), image_shape=(2, *SHAPE))
-    assert result.images.shape == (1, 1, FRAMES, 2, *SHAPE)
 
 
 def test_mev_moves_in_the_neurons_preferred_direction():
@@ -87,15 +83,14 @@ def test_mev_moves_in_the_neurons_preferred_direction():
         assert abs(error) < 10, (preferred, motion_direction(clip))
 
 
-def test_static_mev_repeats_one_image_on_every_frame():
-    for recipe in ("walker2019", "lucid"):
-        cfg = dataclasses.replace(config(steps=10, static=True), **{
-            k: getattr(RECIPES[recipe], k) for k in ("parametrization", "optimizer", "learning_rate", "jitter")
-        })
-        result = run(DirectionToy(), [0], cfg)
-        clip = result.images[0, 0]
-        assert clip.shape == (FRAMES, *SHAPE) and np.ptp(clip) > 0
-        np.testing.assert_array_equal(clip, np.broadcast_to(clip[:1], clip.shape))
+@pytest.mark.parametrize("recipe", ["walker2019", "lucid"])
+def test_static_mev_repeats_one_image_on_every_frame(recipe):
+    cfg = dataclasses.replace(RECIPES[recipe], steps=3, seeds=1, chunk_size=4, frames=FRAMES, response_window=5,
+                              static=True, jitter=0, scale_jitter=0.0, rotate=0.0)
+    clip = run(DirectionToy(), [0], cfg).images[0, 0]
+    assert clip.shape == (FRAMES, *SHAPE) and np.ptp(clip) > 0
+    np.testing.assert_array_equal(clip, np.broadcast_to(clip[:1], clip.shape))
+    assert np.isnan(motion_direction(clip))
 
 
 def test_surround_of_a_clip_keeps_the_centre_on_every_frame():
@@ -224,3 +219,28 @@ def test_video_store_and_export_write_frames_gif_and_manifest(tmp_path, monkeypa
     assert json.loads((tmp_path / "stimuli" / "manifest.json").read_text())["frames"] == FRAMES
     rows = (tmp_path / "stimuli" / "manifest.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 2 and "stimuli/0000_mei_u5" in rows[1] + rows[2]
+
+
+def test_run_mevs_writes_the_clip_store_png_and_summary(tmp_path):
+    from types import SimpleNamespace
+
+    from twin.mei.run import MeiJob, run_mevs
+    from twin.mei.store import open_meis
+
+    mean, std = np.float32(128.0), np.float32(40.0)
+    job = MeiJob(
+        run="run", model=DirectionToy(), session=0, data=SimpleNamespace(unit_id=np.array([10, 11, 12, 13]), frame_rate=30.0),
+        index=np.array([1, 3]), centre_store=None, config=config(steps=40, seeds=2), config_sources=["test"],
+        attrs={"run": "run", "session": 0}, image_mean=mean, image_std=std, out=tmp_path / "mevs.zarr",
+        overwrite=False, primary=True,
+        engine={"image_shape": SHAPE, "pixel_range": RANGE, "image_stats": (mean, std), "validator": None,
+                "progress": False, "behavior": None, "pupil_center": None},
+    )
+    summary = run_mevs(job)
+    store = open_meis(tmp_path / "mevs.zarr")
+    assert store["images"].dims == ("neuron", "seed", "frame", "y", "x") and store.sizes["frame"] == FRAMES
+    assert store.attrs["frame_rate"] == 30.0 and (tmp_path / "mevs.png").exists()
+    assert [n["id"] for n in summary["neurons"]] == [11, 13] and summary["frames"] == FRAMES
+    for neuron, preferred in zip(summary["neurons"], (DIRECTIONS[1], DIRECTIONS[3])):
+        assert abs((neuron["direction"] - preferred + 180) % 360 - 180) < 10
+    np.testing.assert_allclose(store["direction"].values, [n["direction"] for n in summary["neurons"]])

@@ -20,10 +20,13 @@ def motion_direction(clip: np.ndarray) -> float:
     fit of that plane, v = -(sum P k k^T)^-1 sum P omega k, with a small ridge so that a grating
     (one orientation: the aperture problem) gets the velocity along its k. The clip is
     Hann-windowed in time and space first, so that clips that do not wrap around leak little energy.
+    NaN for a clip without motion (every frame alike).
     """
     clip = np.asarray(clip, np.float64)
     if clip.ndim == 4:
         clip = clip.mean(axis=1)
+    if np.all(clip == clip[:1]):
+        return float("nan")
     frames, height, width = clip.shape
     window = np.hanning(frames)[:, None, None] * np.hanning(height)[None, :, None] * np.hanning(width)[None, None, :]
     power = np.abs(np.fft.fftn((clip - clip.mean()) * window)) ** 2

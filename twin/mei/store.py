@@ -26,7 +26,8 @@ controls.
 
 Video stores (most exciting videos of a video model; attr frame_rate in Hz): images, foreground
 and surround gain a frame axis after seed, (neuron, seed, frame, [channel,] y, x); deis likewise
-(neuron, dei, frame, [channel,] y, x).
+(neuron, dei, frame, [channel,] y, x); direction (neuron,) the best clip's motion direction in
+degrees (twin.mei.motion).
 """
 
 from __future__ import annotations
