@@ -244,3 +244,26 @@ def test_run_mevs_writes_the_clip_store_png_and_summary(tmp_path):
     for neuron, preferred in zip(summary["neurons"], (DIRECTIONS[1], DIRECTIONS[3])):
         assert abs((neuron["direction"] - preferred + 180) % 360 - 180) < 10
     np.testing.assert_allclose(store["direction"].values, [n["direction"] for n in summary["neurons"]])
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_render_clip_matches_a_colour_clip_as_a_whole(pooled):
+    from twin.loop.export import render_clip
+    from twin.loop.monitor import Monitor
+
+    monitor = Monitor().for_channels(3, "test")
+    rng = np.random.default_rng(4)
+    clip = np.clip(128 + 30 * drifting_grating(FRAMES, SHAPE, 45.0)[:, None] * rng.uniform(0.5, 1.5, (1, 3, 1, 1))
+                   + np.linspace(-20, 20, FRAMES)[:, None, None, None], 0, 255)
+    mean = np.array([20.0, 30.0, 25.0])[:, None, None]
+    contrast = 12.0 if pooled else np.array([6.0, 8.0, 7.0])[:, None, None]
+    shown = render_clip(clip, monitor, mean, contrast, pooled)
+    assert shown["screen"].shape == shown["model"].shape == clip.shape and shown["screen"].dtype == np.uint8
+    luminance = monitor.model_to_luminance(shown["model"])
+    if pooled:
+        assert luminance.sum(axis=1).std() == pytest.approx(12.0, rel=0.02)
+    else:
+        np.testing.assert_allclose(luminance.std(axis=(0, 2, 3)), [6.0, 8.0, 7.0], rtol=0.02)
+        np.testing.assert_allclose(luminance.mean(axis=(0, 2, 3)), [20.0, 30.0, 25.0], rtol=0.02)
+    # one gain for the whole clip: the frames keep their brightness ramp
+    assert np.all(np.diff(luminance.mean(axis=(1, 2, 3))) > 0)

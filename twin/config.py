@@ -350,7 +350,7 @@ class MEIConfig(Checked):
     init_mean: float = number(128.0, 0, 255)
     init_std: float = number(8.0, 0)
     # Gradient preconditioning in Fourier space: each frequency scaled 1 / max(1, r ** (2 * p));
-    # 0 disables (pixel parametrization only).
+    # 0 disables (pixel parametrization only; each frame of a clip alike).
     precondition: float = number(0.1, 0)
     blur_target: str = choice("image", "gradient", "none")  # what the Gaussian blur smooths
     blur_sigma: float = number(1.5, 0)  # pixels, falling linearly to final_blur_sigma

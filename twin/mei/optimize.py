@@ -169,6 +169,7 @@ def make_ascent(
     def blur(values, sigma):
         values = ops.gaussian_blur(values, sigma, radius)
         return ops.temporal_blur(values, config.temporal_blur_sigma, frame_radius) if temporal else values
+
     tx = ops.optimizer(config)
     if param.transparent:
         labels = {"image": "image", "opacity": "opacity"}
