@@ -267,3 +267,27 @@ def test_render_clip_matches_a_colour_clip_as_a_whole(pooled):
         np.testing.assert_allclose(luminance.mean(axis=(0, 2, 3)), [20.0, 30.0, 25.0], rtol=0.02)
     # one gain for the whole clip: the frames keep their brightness ramp
     assert np.all(np.diff(luminance.mean(axis=(1, 2, 3))) > 0)
+
+
+@pytest.mark.parametrize("core, members", [("factorized3d", 2), pytest.param("gru", 1, marks=pytest.mark.slow)])
+def test_mevs_of_a_video_twin_and_ensemble_with_held_behavior(core, members):
+    from twin.config import ModelConfig
+    from twin.models.twin import ReadoutSpec, Twin, make_ensemble
+
+    small = ModelConfig(core=core, core_channels=4, core_layers=1, input_kernel=3, temporal_input_kernel=3,
+                        gru_channels=4, gru_input_kernel=3, gru_kernel=3, shifter=True, use_behavior=True)
+    specs = [ReadoutSpec(3, np.ones(3, np.float32))]
+    if members == 1:
+        model = Twin(small, 1, (10, 12), specs, n_behavior=2, rngs=nnx.Rngs(0))
+    else:
+        model = make_ensemble(small, 1, (10, 12), specs, 2, seeds=[0, 1])
+    model.eval()
+    behavior, pupil = np.array([0.5, -1.0], np.float32), np.array([0.1, 0.2], np.float32)
+    result = optimize_meis(model, 0, [2, 0], config(steps=5, seeds=2, frames=6, response_window=2),
+                           image_shape=(10, 12), pixel_range=RANGE, behavior=behavior, pupil_center=pupil, progress=False)
+    assert result.images.shape == (2, 2, 6, 10, 12)
+    clips = jnp.asarray(result.images[:, 0, ..., None])
+    held = {"behavior": jnp.broadcast_to(behavior, (2, 6, 2)), "pupil_center": jnp.broadcast_to(pupil, (2, 6, 2))}
+    responses = np.asarray(model(clips, 0, **held))
+    expected = responses[[0, 1], -2:, [2, 0]].mean(axis=1)
+    np.testing.assert_allclose(result.activations[:, 0], expected, rtol=1e-4)
