@@ -291,3 +291,47 @@ def test_mevs_of_a_video_twin_and_ensemble_with_held_behavior(core, members):
     responses = np.asarray(model(clips, 0, **held))
     expected = responses[[0, 1], -2:, [2, 0]].mean(axis=1)
     np.testing.assert_allclose(result.activations[:, 0], expected, rtol=1e-4)
+
+
+def test_mei_command_on_a_video_run_then_export(tmp_path, capsys):
+    import inspect
+    import json
+
+    from twin import checkpoint
+    from twin.cli import main
+    from twin.config import ModelConfig, RunConfig
+    from twin.data.loader import load_session
+    from twin.data.schema import make_session
+    from twin.data.store import write_session
+    from twin.models.twin import ReadoutSpec
+
+    if "frame_count" not in inspect.signature(make_session).parameters:
+        pytest.skip("twin.data has no video sessions")
+    rng = np.random.default_rng(5)
+    write_session(make_session(
+        "video.npz", images=rng.integers(0, 256, (6, 10, 8, 12), dtype=np.uint8),
+        responses=rng.gamma(2.0, 1.0, (6, 10, 3)).astype(np.float32), tier=np.array(["train"] * 4 + ["test"] * 2),
+        image_id=np.arange(6), behavior=rng.normal(size=(6, 10, 2)).astype(np.float32),
+        frame_count=np.full(6, 10), attrs={"frame_rate": 30.0},
+    ), tmp_path / "v.zarr")
+    records = [checkpoint.session_record(load_session(tmp_path / "v.zarr"))]
+    run_config = RunConfig(
+        model=ModelConfig(core="factorized3d", core_channels=4, core_layers=1, input_kernel=3, temporal_input_kernel=3,
+                          use_behavior=True),
+        mei=config(steps=5, seeds=2, frames=6, response_window=2),
+    )
+    model = checkpoint.make_model(run_config, records, [ReadoutSpec(3, np.full(3, 0.5, np.float32))])
+    checkpoint.write_run_files(tmp_path / "run", run_config, records)
+    checkpoint.save_step(tmp_path / "run" / "checkpoints" / "best", 0, {"model": nnx.state(model)}, {"epoch": 0})
+    run_dir, mevs = str(tmp_path / "run"), str(tmp_path / "mevs.zarr")
+
+    assert main(["mei", run_dir, "--out", str(tmp_path / "x.zarr"), "--deis", "2"]) == 2
+    assert capsys.readouterr().err == f"twin mei: error: --deis: {run_dir} is a video run; twin mei makes most" \
+        " exciting videos there, so drop --deis\n"
+    assert main(["mei", run_dir, "--out", mevs, "--neurons", "0,2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["frames"], summary["frame_rate"], [n["id"] for n in summary["neurons"]]) == (6, 30.0, [0, 2])
+    assert main(["export", mevs, "--out", str(tmp_path / "stimuli")]) == 0
+    manifest = json.loads((tmp_path / "stimuli" / "manifest.json").read_text())
+    assert (manifest["frames"], manifest["frame_rate"], len(manifest["stimuli"])) == (6, 30.0, 2)
+    assert all(np.isfinite(s["predicted_response"]) and s["preview"].endswith(".gif") for s in manifest["stimuli"])
