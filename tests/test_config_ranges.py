@@ -161,6 +161,10 @@ FIELDS = {
         "opacity_penalty": floats(0),
         "opacity_learning_rate": floats(0, lo_open=True),
         "precision": choices("float32", "bfloat16"),
+        "frames": ints(1),
+        "response_window": ints(1),
+        "temporal_blur_sigma": floats(0),
+        "static": FLAG,
     },
     LoopConfig: {
         "simulated_neurons": ints(1),
@@ -197,6 +201,9 @@ def valid_table(draw, cls):
     if cls is FitConfig:
         rate = values.get("learning_rate", FitConfig().learning_rate)
         values["min_learning_rate"] = min(values.get("min_learning_rate", 0.0), rate)
+    if cls is MEIConfig:
+        frames = values.get("frames", MEIConfig().frames)
+        values["response_window"] = min(values.get("response_window", MEIConfig().response_window), frames)
     return values
 
 

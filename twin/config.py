@@ -343,6 +343,13 @@ class MEIConfig(Checked):
     """
 
     TABLE: ClassVar[str] = "mei"
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "response_window",
+            lambda c: c.response_window <= c.frames,
+            lambda c: f"is above [mei].frames = {c.frames}; use at most that",
+        ),
+    )
 
     recipe: str = label("walker2019")
     steps: int = integer(1000, 1)
@@ -363,7 +370,7 @@ class MEIConfig(Checked):
     init_mean: float = number(128.0, 0, 255)
     init_std: float = number(8.0, 0)
     # Gradient preconditioning in Fourier space: each frequency scaled 1 / max(1, r ** (2 * p));
-    # 0 disables (pixel parametrization only).
+    # 0 disables (pixel parametrization only; each frame of a clip alike).
     precondition: float = number(0.1, 0)
     blur_target: str = choice("image", "gradient", "none")  # what the Gaussian blur smooths
     blur_sigma: float = number(1.5, 0)  # pixels, falling linearly to final_blur_sigma
@@ -397,6 +404,14 @@ class MEIConfig(Checked):
     # Precision of the model in the ascent's objective and gradient (as [fit].precision); the
     # images, their updates and the reported activations stay float32.
     precision: str = choice("float32", "bfloat16")
+    # Most exciting videos (MEVs), used when the model is a video model (its `video` attribute):
+    # clips of `frames` frames, the objective the target's response averaged over the last
+    # `response_window` frames; the space-time Gaussian blur has the spatial sigma above and a
+    # constant temporal sigma in frames (0 disables); `static` optimizes one image shown on every frame.
+    frames: int = integer(30, 1)
+    response_window: int = integer(10, 1)
+    temporal_blur_sigma: float = number(1.0, 0)
+    static: bool = flag(False)
 
 
 SECTIONS: dict[str, type] = {

@@ -17,6 +17,14 @@ The output folder (written atomically) holds:
     stimuli/<id>_<kind>_u<unit>.png   one file per stimulus, screen size, 8-bit gray or RGB (``file_label``)
     manifest.csv                      one row per presentation, in presentation order
     manifest.json                     monitor, targets, stimuli, rejected stimuli, the order
+
+A video MEI store (most exciting videos, twin.mei.store) gives one clip per neuron, its MEV
+(kind mei; video stores have no natural controls). A clip is matched as a whole: one offset and
+gain for all its frames set the mean and RMS contrast over every frame and pixel to the targets
+(computed likewise over the frames of the training clips), so its changes in time keep their
+size. Each clip is written as stimuli/<id>_<kind>_u<unit>/frame_0000.png ... and an animated
+preview stimuli/<id>_<kind>_u<unit>.gif at the store's frame rate; the stimulus' file is the
+folder, its preview the GIF, and the manifest states frame_rate and frames.
 """
 
 from __future__ import annotations
@@ -24,13 +32,14 @@ from __future__ import annotations
 import csv
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import numpy as np
 
 from twin.errors import ConfigError
 from twin.loop.files import MANIFEST
-from twin.loop.monitor import UPSAMPLE, Monitor, load_monitor, match_luminance, measure, save_png
+from twin.loop.monitor import UPSAMPLE, Monitor, load_monitor, match_luminance, measure, save_gif, save_png
 
 TOLERANCE = 0.05  # relative deviation from the luminance/contrast targets that rejects a stimulus
 MATCHING = ("channel", "luminance")  # how colour stimuli meet the targets (module doc); the first is the default
@@ -62,6 +71,8 @@ def gather_stimuli(meis, session) -> list[dict]:
     from twin.mei.masks import walker_mask
 
     images = (meis["images"] * meis["image_std"] + meis["image_mean"]).values
+    if "frame" in meis["images"].dims:
+        return gather_clips(meis, images)
     # The mean gray level of each channel: a number, or (channel, 1, 1).
     mean = meis["image_mean"].mean([d for d in meis["image_mean"].dims if d != "channel"]).values
     mean = mean[:, None, None] if mean.ndim else float(mean)
@@ -86,6 +97,19 @@ def gather_stimuli(meis, session) -> list[dict]:
         masked = mean + mask * (natural[i] - mean)
         stimuli.append(neuron | {"kind": "natural_masked", "image_trial": int(trials[i]), "pixels": masked})
     return stimuli
+
+
+def gather_clips(meis, clips: np.ndarray) -> list[dict]:
+    """The MEV of each neuron of the video MEI store ``meis``: dicts with kind mei, neuron, seed
+    and pixels (frame, [channel,] y, x) 0..255 from ``clips`` (neuron, seed, frame, [channel,] y, x)."""
+    from twin.data.schema import unit_ids
+
+    best_seed = meis["best_seed"].values.astype(int)
+    return [
+        {"unit_id": unit, "neuron_index": int(meis["neuron_index"].values[i]), "kind": "mei",
+         "seed": int(best_seed[i]), "pixels": clips[i, best_seed[i]]}
+        for i, unit in enumerate(unit_ids(meis["unit_id"].values).tolist())
+    ]
 
 
 def file_label(unit_id) -> str:
@@ -164,6 +188,19 @@ def render(pixels: np.ndarray, monitor: Monitor, mean, contrast, pooled: bool = 
     }
 
 
+def render_clip(pixels: np.ndarray, monitor: Monitor, mean, contrast, pooled: bool = False) -> dict:
+    """``render`` of a clip (frame, y, x) or (frame, primary, y, x) as a whole (its frames stacked
+    into one tall image): the same keys, screen, model and matched being clips."""
+    frames, height = pixels.shape[0], pixels.shape[-2]
+    colour = pixels.ndim == 4
+    tall = np.moveaxis(pixels, 0, 1) if colour else pixels
+    shown = render(tall.reshape(*tall.shape[:-3], frames * height, tall.shape[-1]), monitor, mean, contrast, pooled)
+    for key in ("screen", "model", "matched"):
+        clip = shown[key].reshape(*tall.shape)
+        shown[key] = np.moveaxis(clip, 1, 0) if colour else clip
+    return shown
+
+
 def csv_cell(value) -> str:
     """A manifest value as a manifest.csv cell: empty for None, per-primary lists space-separated."""
     if value is None:
@@ -182,6 +219,34 @@ def own_neuron_responses(run_path: str, session: int, neuron_index: np.ndarray, 
     neurons = np.unique(neuron_index)
     responses = twin_responses(load_run(run_path), session, images, neurons)
     return responses[np.arange(len(images)), np.searchsorted(neurons, neuron_index)]
+
+
+def own_neuron_clip_responses(
+    run_path: str, session: int, neuron_index: np.ndarray, clips: np.ndarray, window: int
+) -> np.ndarray:
+    """The video twin's response (n,) of each clip's own neuron, averaged over the last ``window``
+    frames (the MEV objective), in the recording's units; behavior and pupil centre at their train
+    means.
+
+    clips: (n, frame, [channel,] y, x) model-space pixels; neuron_index: (n,) indices within the session.
+    """
+    from twin.checkpoint import load_run
+    from twin.mei.optimize import evaluate_pairs, neuron_objective
+    from twin.predict import recording_units
+
+    run = load_run(run_path)
+    data = run.sessions[session]
+    train = data.trials("train")
+
+    def at_train_mean(values):
+        return None if values is None else values[train].reshape(-1, values.shape[-1]).mean(0)
+
+    levels = np.asarray(clips, np.float32)
+    normalized = data.normalize_images(levels if levels.ndim == 4 else np.moveaxis(levels, 2, -1))
+    engine = normalized if levels.ndim == 4 else np.moveaxis(normalized, -1, 2)
+    objective = neuron_objective(session, at_train_mean(data.behavior), at_train_mean(data.pupil_center), window)
+    values = evaluate_pairs(run.model, objective, engine, {"neuron": neuron_index.astype(np.int32)})
+    return recording_units(values[None], data, neuron_index)[0][0]
 
 
 def export_stimuli(
@@ -224,6 +289,7 @@ def export_stimuli(
         )
     inputs = [meis, store.attrs["store"], store.attrs["run"], *([monitor_path] if monitor_path else [])]
     check_output(out, overwrite, inputs=inputs)
+    video = "frame" in store["images"].dims
     channels = store.sizes.get("channel", 1)
     if channels not in (1, 3):
         raise ConfigError(
@@ -239,6 +305,8 @@ def export_stimuli(
         session["images"].values[session["tier"].values == "train"],
         pixel_range(session, store.attrs["store"]),
     )
+    if "frame" in session["images"].dims:  # the training clips' frames as images
+        train = train.reshape(-1, *train.shape[2:])
     mean, contrast = targets(monitor, train, pooled, source)
     # What the manifest states and each stimulus is held to: the summed luminance when pooled.
     target_mean, target_contrast = (mean.sum(), contrast) if pooled else (mean, contrast)
@@ -249,7 +317,7 @@ def export_stimuli(
 
     accepted, rejected = [], []
     for stimulus in gather_stimuli(store, session):
-        shown = render(stimulus.pop("pixels"), monitor, mean, contrast, pooled)
+        shown = (render_clip if video else render)(stimulus.pop("pixels"), monitor, mean, contrast, pooled)
         record = {"seed": None, "image_trial": None} | stimulus
         record |= {"mean_luminance": shown["mean_luminance"], "rms_contrast": shown["rms_contrast"]}
         off = float(max(
@@ -268,20 +336,37 @@ def export_stimuli(
         )
     neuron_index = np.array([record["neuron_index"] for record, _ in accepted], int)
     images = np.stack([shown["model"] for _, shown in accepted])
-    predicted = own_neuron_responses(store.attrs["run"], int(store.attrs["session"]), neuron_index, images)
+    if video:
+        window = tomllib.loads(store.attrs["mei_config"])["mei"]["response_window"]
+        predicted = own_neuron_clip_responses(
+            store.attrs["run"], int(store.attrs["session"]), neuron_index, images, window
+        )
+        frames = images.shape[1]
+        images = images.reshape(-1, *images.shape[2:])  # spectra over frames, averaged per clip
+    else:
+        predicted = own_neuron_responses(store.attrs["run"], int(store.attrs["session"]), neuron_index, images)
     # A one-channel session keeps a channel axis of 1 beside the gray stimuli (y, x).
     spectra = naturalness(images, train[:, 0] if train.ndim == images.ndim + 1 else train)
+    spectral_kl = spectra["spectral_kl"].reshape(len(accepted), -1).mean(axis=1)
 
     stimuli = []
     with output(out, overwrite, inputs=inputs) as tmp:
         (tmp / "stimuli").mkdir()
-        for stimulus_id, ((record, shown), response, kl) in enumerate(
-            zip(accepted, predicted, spectra["spectral_kl"])
-        ):
-            name = f"stimuli/{stimulus_id:04d}_{record['kind']}_u{file_label(record['unit_id'])}.png"
-            save_png(shown["screen"], screen_shape, tmp / name)
+        for stimulus_id, ((record, shown), response, kl) in enumerate(zip(accepted, predicted, spectral_kl)):
+            name = f"stimuli/{stimulus_id:04d}_{record['kind']}_u{file_label(record['unit_id'])}"
+            if video:
+                (tmp / name).mkdir()
+                for frame, screen in enumerate(shown["screen"]):
+                    save_png(screen, screen_shape, tmp / name / f"frame_{frame:04d}.png")
+                save_gif(shown["screen"], screen_shape, tmp / f"{name}.gif", store.attrs["frame_rate"])
+                files = {"file": name, "preview": f"{name}.gif", "frames": frames}
+            else:
+                name = f"{name}.png"
+                save_png(shown["screen"], screen_shape, tmp / name)
+                files = {"file": name}
             stimuli.append(
-                {"stimulus_id": stimulus_id, "file": name}
+                {"stimulus_id": stimulus_id}
+                | files
                 | record
                 | {"predicted_response": float(response), "spectral_kl": float(kl)}
             )
@@ -302,6 +387,7 @@ def export_stimuli(
             "natural_spectral_slope": spectra["natural_spectral_slope"],
             "model_shape": list(model_shape),
             "screen_shape": list(screen_shape),
+            **({"frame_rate": float(store.attrs["frame_rate"]), "frames": frames} if video else {}),
             "repeats": repeats,
             "seed": seed,
             "stimuli": stimuli,

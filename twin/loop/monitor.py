@@ -363,6 +363,17 @@ def save_png(screen: np.ndarray, shape: tuple[int, int], path: str | Path) -> No
     Image.fromarray(pixels if pixels.ndim == 2 else np.moveaxis(pixels, 0, -1)).save(path)
 
 
+def save_gif(screens: np.ndarray, shape: tuple[int, int], path: str | Path, frame_rate: float) -> None:
+    """Screen frames (frame, y, x) or (frame, 3, y, x) uint8 upsampled to ``shape`` as an animated
+    GIF looping at ``frame_rate`` Hz (a preview: GIF times frames in 10 ms steps and holds 256
+    colours)."""
+    frames = [
+        Image.fromarray(pixels if pixels.ndim == 2 else np.moveaxis(pixels, 0, -1))
+        for pixels in (upsample(screen, shape).astype(np.uint8) for screen in screens)
+    ]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / frame_rate), loop=0)
+
+
 def png_to_model(path: str | Path, monitor: Monitor, shape: tuple[int, int]) -> np.ndarray:
     """Read an exported PNG and return what the eye sees in model space: (y, x) float64 0..255,
     or (primary, y, x) on a colour monitor.

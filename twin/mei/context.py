@@ -21,7 +21,7 @@ import numpy as np
 from twin.config import MEIConfig
 from twin.errors import ConfigError
 from twin.mei.masks import THRESHOLD, walker_mask
-from twin.mei.optimize import MEIResult, evaluate_pairs, neuron_objective, optimize_meis
+from twin.mei.optimize import MEIResult, evaluate_pairs, is_video, neuron_objective, optimize_meis
 
 DIRECTIONS = ("excite", "suppress")
 GRAY = ("grey", "gray")  # --background names of the mean gray
@@ -35,7 +35,7 @@ class SurroundResult:
     the lowest for suppress)."""
 
     result: MEIResult
-    surround: np.ndarray  # (n, seeds, [channel,] y, x) images - mask * centre: 0 where the mask is 1
+    surround: np.ndarray  # (n, seeds, [frame,] [channel,] y, x) images - mask * centre: 0 where the mask is 1
     centre_mask: np.ndarray  # (n, y, x) in [0, 1]
     centre_activation: np.ndarray  # (n,) response to mask * centre (the centre on the mean gray)
 
@@ -56,11 +56,19 @@ def surround_inputs(
 ) -> SurroundResult:
     """Surrounds that ``direction`` ("excite" or "suppress") ``neurons (n,)`` around their fixed
     ``centre (n, [channel,] y, x)`` (normalized units) inside ``centre_mask (n, y, x)``. Other
-    keyword arguments as optimize_meis (image_shape, pixel_range, image_stats, validator, ...)."""
+    keyword arguments as optimize_meis (image_shape, pixel_range, image_stats, validator, ...).
+    For a video model the surround is a clip of ``config.frames`` frames around a centre clip
+    (n, frame, [channel,] y, x), or around the centre image shown on every frame."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction {direction!r}: use one of {DIRECTIONS}")
     neurons = np.asarray(neurons, np.int64).reshape(-1)
-    base = neuron_objective(session, behavior, pupil_center)
+    centre = np.asarray(centre, np.float32)
+    window = None
+    if is_video(model):
+        window = config.response_window
+        if centre.ndim == len(kwargs["image_shape"]) + 1:
+            centre = np.broadcast_to(centre[:, None], (len(centre), config.frames, *centre.shape[1:]))
+    base = neuron_objective(session, behavior, pupil_center, window)
     objective = base
     if direction == "suppress":
         objective = lambda model, images, targets: -base(model, images, targets)  # noqa: E731

@@ -1,7 +1,7 @@
 """Image and gradient operations of the MEI recipes: blur, Fourier preconditioning, jitter,
 constraints and schedules. Pure jax.numpy on batches ``(pairs, y, x)`` or ``(pairs, channel, y,
-x)``: spatial operations act on the last two axes of every channel alike, norms on whole images.
-No host syncs."""
+x)``, and of clips ``(pairs, frame, [channel,] y, x)``: spatial operations act on the last two axes
+of every frame and channel alike, norms on whole images or clips. No host syncs."""
 
 from __future__ import annotations
 
@@ -36,6 +36,14 @@ def gaussian_blur(images: jax.Array, sigma: jax.Array, radius: int) -> jax.Array
     rows = sum(kernel[k] * padded[..., k : k + height, :] for k in range(2 * radius + 1))
     padded = jnp.pad(rows, lead + [(0, 0), (radius, radius)], mode="symmetric")
     return sum(kernel[k] * padded[..., :, k : k + width] for k in range(2 * radius + 1))
+
+
+def temporal_blur(clips: jax.Array, sigma: float, radius: int) -> jax.Array:
+    """Gaussian blur of ``clips (p, frame, ...)`` along the frame axis with mirrored ends."""
+    kernel = gaussian_kernel(sigma, radius)
+    frames = clips.shape[1]
+    padded = jnp.pad(clips, [(0, 0), (radius, radius)] + [(0, 0)] * (clips.ndim - 2), mode="symmetric")
+    return sum(kernel[k] * padded[:, k : k + frames] for k in range(2 * radius + 1))
 
 
 def frequency_radius(height: int, width: int) -> np.ndarray:
@@ -105,6 +113,37 @@ def irfft2(real: jax.Array, imag: jax.Array, width: int) -> jax.Array:
     )
 
 
+def complex_dft(real: jax.Array, imag: jax.Array, axis: int, inverse: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Orthonormal complex DFT (or its inverse) of (real, imag) along ``axis``."""
+    length = real.shape[axis]
+    k = np.arange(length)
+    angle = 2 * np.pi * np.outer(k, k) / length
+    cos = jnp.asarray(np.cos(angle) / np.sqrt(length), jnp.float32)
+    sin = jnp.asarray(np.sin(angle) / np.sqrt(length), jnp.float32) * (1.0 if inverse else -1.0)
+    hi = jax.lax.Precision.HIGHEST
+
+    def along(matrix, values):
+        return jnp.moveaxis(jnp.tensordot(matrix, jnp.moveaxis(values, axis, 0), axes=1, precision=hi), 0, axis)
+
+    # (cos + i sin) (real + i imag)
+    return along(cos, real) - along(sin, imag), along(cos, imag) + along(sin, real)
+
+
+def rfft3(clips: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Orthonormal real FFT of ``clips (..., frame, y, x)`` over its last three axes -> (real,
+    imag) each ``(..., frame, y, x // 2 + 1)``; equals ``np.fft.rfftn(clips, axes=(-3, -2, -1),
+    norm="ortho")``."""
+    real, imag = rfft2(clips)
+    return complex_dft(real, imag, -3)
+
+
+def irfft3(real: jax.Array, imag: jax.Array, width: int) -> jax.Array:
+    """Orthonormal inverse of rfft3: (real, imag) ``(..., frame, y, x // 2 + 1)`` -> ``(...,
+    frame, y, x)``."""
+    real, imag = complex_dft(real, imag, -3, inverse=True)
+    return irfft2(real, imag, width)
+
+
 def precondition(gradient: jax.Array, power: float) -> jax.Array:
     """Walker 2019: scale each frequency of ``gradient (..., y, x)`` by 1 / max(1, r ** (2 * power))."""
     height, width = gradient.shape[-2:]
@@ -114,9 +153,10 @@ def precondition(gradient: jax.Array, power: float) -> jax.Array:
 
 
 def transform(images: jax.Array, shift: jax.Array, scale: jax.Array, angle: jax.Array | None = None) -> jax.Array:
-    """Zoom ``images (p, [channel,] y, x)`` by ``scale (p,)`` and rotate by ``angle (p,)`` degrees
-    (counter-clockwise as displayed) about the centre, then translate by ``shift (p, 2)`` (dy, dx)
-    pixels; bilinear, and uncovered pixels become 0 (the mean gray in normalized units)."""
+    """Zoom ``images (p, [frame,] [channel,] y, x)`` by ``scale (p,)`` and rotate by ``angle (p,)``
+    degrees (counter-clockwise as displayed) about the centre, then translate by ``shift (p, 2)``
+    (dy, dx) pixels, every frame of a clip alike; bilinear, and uncovered pixels become 0 (the
+    mean gray in normalized units)."""
     height, width = images.shape[-2:]
     centre = jnp.array([(height - 1) / 2.0, (width - 1) / 2.0])
     grid = jnp.stack(jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")).reshape(2, -1)
@@ -133,7 +173,9 @@ def transform(images: jax.Array, shift: jax.Array, scale: jax.Array, angle: jax.
             sampled = jax.scipy.ndimage.map_coordinates(plane, list(source), order=1, mode="constant")
             return sampled.reshape(height, width)
 
-        return sample(image) if image.ndim == 2 else jax.vmap(sample)(image)
+        if image.ndim == 2:
+            return sample(image)
+        return jax.vmap(sample)(image.reshape(-1, height, width)).reshape(image.shape)
 
     return jax.vmap(one)(images, shift.astype(jnp.float32), scale, angle)
 
@@ -142,7 +184,7 @@ def random_transform(
     images: jax.Array, keys: jax.Array, jitter: int, scale_jitter: float, rotate: float = 0.0
 ) -> jax.Array:
     """Per-pair random integer shift in [-jitter, jitter], zoom in [1 - s, 1 + s] and rotation in
-    [-rotate, rotate] degrees (lucid's transforms)."""
+    [-rotate, rotate] degrees (lucid's transforms), the same for every frame of a clip."""
     if jitter == 0 and scale_jitter == 0.0 and rotate == 0.0:
         return images
     shift_keys, scale_keys, angle_keys = jax.vmap(lambda k: jax.random.split(k, 3), out_axes=1)(keys)
@@ -160,13 +202,13 @@ def image_axes(images: jax.Array) -> tuple[int, ...]:
 
 
 def set_norm(images: jax.Array, norm: float) -> jax.Array:
-    """Rescale each image of ``(p, [channel,] y, x)`` to L2 norm ``norm`` (about 0, the mean gray)."""
+    """Rescale each image or clip of ``(p, ...)`` to L2 norm ``norm`` (about 0, the mean gray)."""
     current = jnp.sqrt(jnp.sum(images**2, axis=image_axes(images), keepdims=True))
     return images * (norm / jnp.maximum(current, 1e-8))
 
 
 def normalize_gradient(gradient: jax.Array, gain) -> jax.Array:
-    """Walker 2019: gain / mean(|grad|) * grad, per image of ``(p, [channel,] y, x)``."""
+    """Walker 2019: gain / mean(|grad|) * grad, per image or clip of ``(p, ...)``."""
     mean = jnp.mean(jnp.abs(gradient), axis=image_axes(gradient), keepdims=True)
     return gradient * (gain / (mean + 1e-12))
 

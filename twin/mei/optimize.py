@@ -6,6 +6,11 @@ The eval-mode model is split with ``nnx.split`` and merged inside a pure functio
 only, never all targets for every image; a Twin computes it from the neuron's receptive field
 alone (Twin.target_responses). Pairs are sharded over all devices (of all hosts after
 twin.distributed.initialize) and cut into chunks that fit device memory.
+
+Video models (``video`` attribute True, ``is_video``) get most exciting videos: clips of
+``config.frames`` frames, (p, frame, [channel,] y, x) in the engine, through the same program;
+each pair's value is its neuron's response averaged over the last ``config.response_window``
+frames.
 """
 
 from __future__ import annotations
@@ -25,20 +30,22 @@ from tqdm import tqdm
 
 from twin import distributed
 from twin.config import MEIConfig
+from twin.errors import ConfigError
 from twin.mei import ops
 from twin.mei.params import Parametrization
 from twin.models.twin import Ensemble, Twin
 from twin.precision import set_precision
 
-# objective(model, images (p, [channel,] y, x), targets {name: (p, ...)}) -> (p,) values to maximize.
+# objective(model, images (p, [frame,] [channel,] y, x), targets {name: (p, ...)}) -> (p,) values to maximize.
 Objective = Callable[[nnx.Module, jax.Array, dict], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
 class MEIResult:
-    """MEIs of ``n`` neurons x ``seeds`` initializations, in normalized image units."""
+    """MEIs of ``n`` neurons x ``seeds`` initializations, in normalized image units (clips of a
+    video model: images (n, seeds, frame, [channel,] y, x))."""
 
-    images: np.ndarray  # (n, seeds, [channel,] y, x)
+    images: np.ndarray  # (n, seeds, [frame,] [channel,] y, x)
     activations: np.ndarray  # (n, seeds) generator's response to the final image
     best_seed: np.ndarray  # (n,) by the validator if given, else by the generator
     steps: np.ndarray  # (n, seeds) steps each pair ran before stopping
@@ -48,7 +55,7 @@ class MEIResult:
     opacity: np.ndarray | None = None  # (n, seeds, y, x) in (0, 1)
 
     def best_images(self) -> np.ndarray:
-        """(n, [channel,] y, x) the chosen seed's image per neuron."""
+        """(n, [frame,] [channel,] y, x) the chosen seed's image per neuron."""
         return self.images[np.arange(len(self.best_seed)), self.best_seed]
 
     def best_activations(self) -> np.ndarray:
@@ -67,27 +74,44 @@ def fixed_inputs(behavior=None, pupil_center=None) -> dict:
     return extra
 
 
-def model_input(images: jax.Array) -> jax.Array:
-    """Engine images (p, y, x) or (p, channel, y, x) -> the model's (p, y, x, channel)."""
-    return images[..., None] if images.ndim == 3 else jnp.moveaxis(images, 1, -1)
+def is_video(model: nnx.Module) -> bool:
+    """Whether ``model`` (a Twin, an Ensemble of them, or anything with the Twin call signature)
+    takes clips: its ``video`` attribute (an Ensemble's members'), False when it has none."""
+    return bool(getattr(getattr(model, "members", model), "video", False))
 
 
-def neuron_objective(session: int = 0, behavior=None, pupil_center=None) -> Objective:
+def model_input(images: jax.Array, video: bool = False) -> jax.Array:
+    """Engine images (p, y, x) or (p, channel, y, x) -> the model's (p, y, x, channel); with
+    ``video``, clips (p, frame, y, x) or (p, frame, channel, y, x) -> (p, frame, y, x, channel)."""
+    channel = 2 if video else 1
+    return images[..., None] if images.ndim == channel + 2 else jnp.moveaxis(images, channel, -1)
+
+
+def neuron_objective(session: int = 0, behavior=None, pupil_center=None, window: int | None = None) -> Objective:
     """Response of neuron ``targets["neuron"][i]`` to image i (one neuron read out per image).
 
     A Twin computes it on each neuron's receptive field only (Twin.target_responses); other
     models with the Twin call signature run each image on its own and read out its neuron.
+    window: None for images; for clips (p, frame, [channel,] y, x) of a video model, the response
+    (frame,) averaged over the last ``window`` frames, with behavior and pupil centre held on
+    every frame.
     """
     extra = fixed_inputs(behavior, pupil_center)
+    video = window is not None
 
     def objective(model, images, targets):
         neurons = targets["neuron"]
-        if isinstance(model, Twin):
+        if isinstance(model, Twin) and not video:
             batch = {k: jnp.broadcast_to(v, (len(images), v.shape[1])) for k, v in extra.items()}
             return model.target_responses(model_input(images), session, neurons=neurons, **batch)
 
         def one(image, neuron):
-            return model(model_input(image[None]), session, neurons=neuron[None], **extra)[0, 0]
+            if not video:
+                return model(model_input(image[None]), session, neurons=neuron[None], **extra)[0, 0]
+            frames = image.shape[0]
+            held = {k: jnp.broadcast_to(v[:, None], (1, frames, v.shape[1])) for k, v in extra.items()}
+            response = model(model_input(image[None], video=True), session, neurons=neuron[None], **held)
+            return response[0, frames - window :, 0].mean()
 
         return jax.vmap(one)(images, neurons)
 
@@ -129,7 +153,7 @@ def apply_model(
 def make_ascent(
     graphdef, stacked: bool, objective: Objective, config: MEIConfig, param: Parametrization
 ):
-    """Pure function (state, keys (p, 2), targets, start | None) -> (images (p, *image_shape),
+    """Pure function (state, keys (p, 2), targets, start | None) -> (images (p, *param.shape),
     values (p,), steps (p,)) running the whole recipe for a batch of pairs. For transparent
     images (``param.transparent``) images is a dict: "images" (over the mean gray), "foreground"
     (the image under the opacity) and "opacity" (p, y, x), and the loss adds
@@ -138,6 +162,14 @@ def make_ascent(
     pixel = not param.fourier
     blur_sigma = ops.schedule(config.blur_sigma, config.final_blur_sigma, config.steps, "linear")
     radius = ops.blur_radius(config.blur_sigma, config.final_blur_sigma)
+    # Clips are also blurred along time, with the same target (image or gradient) as in space.
+    temporal = param.temporal and config.temporal_blur_sigma > 0
+    frame_radius = ops.blur_radius(config.temporal_blur_sigma)
+
+    def blur(values, sigma):
+        values = ops.gaussian_blur(values, sigma, radius)
+        return ops.temporal_blur(values, config.temporal_blur_sigma, frame_radius) if temporal else values
+
     tx = ops.optimizer(config)
     if param.transparent:
         labels = {"image": "image", "opacity": "opacity"}
@@ -147,7 +179,7 @@ def make_ascent(
     def image_of(params, targets, keys=None):
         images = param.to_image(params, keys)
 
-        def per_pair(mask):  # one (y, x) mask per pair, shared by its channels
+        def per_pair(mask):  # one (y, x) mask per pair, shared by its frames and channels
             return jnp.expand_dims(mask, tuple(range(1, images.ndim - 2)))
 
         if "mask" in targets:
@@ -165,7 +197,7 @@ def make_ascent(
         if config.clip_range:
             params = jnp.clip(params, *param.pixel_range)
         if config.blur_target == "image":
-            params = ops.gaussian_blur(params, sigma, radius)
+            params = blur(params, sigma)
         return params
 
     def run(state, keys, targets, start):
@@ -194,7 +226,7 @@ def make_ascent(
             gradient, opacity_gradient = param.split(gradient)
             ascent = -gradient
             if pixel and config.blur_target == "gradient":
-                ascent = ops.gaussian_blur(ascent, sigma, radius)
+                ascent = blur(ascent, sigma)
             if pixel and config.precondition > 0:
                 ascent = ops.precondition(ascent, config.precondition)
             if config.normalize_gradient:
@@ -349,8 +381,8 @@ def evaluate_pairs(
     batch_size: int = 256,
     devices=None,
 ) -> np.ndarray:
-    """(p,) objective values of fixed ``images (p, [channel,] y, x)`` (e.g. a validator scoring
-    MEIs)."""
+    """(p,) objective values of fixed ``images (p, [frame,] [channel,] y, x)`` (e.g. a validator
+    scoring MEIs)."""
     graphdef, state, stacked = split_model(model)
     mesh = distributed.data_mesh(devices)
     state = distributed.replicate(state, mesh)
@@ -400,7 +432,14 @@ def optimize_meis(
     for transparent MEIs (see Parametrization), and the result's images are then over the mean
     gray. validator: a distinct model that picks the best seed. objective: per-pair objective (default ``neuron_objective``; see twin.mei.diverse
     for population objectives). devices: defaults to all devices of all processes.
+
+    A video model (``is_video``) gets clips (n, seeds, config.frames, *image_shape), one image
+    repeated on every frame with ``config.static``; a centre is then a clip or one image (n,
+    *image_shape) shown on every frame; transparent clips are refused.
     """
+    frames = config.frames if is_video(model) else 0
+    if frames and backgrounds is not None:
+        raise ConfigError("--transparency: transparent stimuli are made for image models; drop it for a video model")
     neurons = np.asarray(neurons, np.int64).reshape(-1)
     seeds = config.seeds
     pair_neuron = np.repeat(neurons, seeds)
@@ -410,11 +449,14 @@ def optimize_meis(
         mask = np.broadcast_to(np.asarray(mask, np.float32), (len(neurons), *image_shape[-2:]))
         targets["mask"] = np.repeat(mask, seeds, axis=0)
     if centre is not None:
-        targets["centre"] = np.repeat(np.asarray(centre[0], np.float32), seeds, axis=0)
+        fixed = np.asarray(centre[0], np.float32)
+        if frames and fixed.ndim == len(image_shape) + 1:
+            fixed = np.broadcast_to(fixed[:, None], (len(fixed), frames, *image_shape))
+        targets["centre"] = np.repeat(fixed, seeds, axis=0)
         targets["centre_mask"] = np.repeat(np.asarray(centre[1], np.float32), seeds, axis=0)
-    param = Parametrization(config, image_shape, pixel_range, image_stats, backgrounds)
+    param = Parametrization(config, image_shape, pixel_range, image_stats, backgrounds, frames)
     if objective is None:
-        objective = neuron_objective(session, behavior, pupil_center)
+        objective = neuron_objective(session, behavior, pupil_center, config.response_window if frames else None)
     images, values, steps = run_pairs(
         model, objective, targets, pair_keys(seed, pair_neuron, pair_seed), config, param,
         devices=devices, progress=progress,
@@ -436,7 +478,7 @@ def optimize_meis(
         ).reshape(shape)
         scores = validator_activations
     return MEIResult(
-        images=images.reshape(*shape, *image_shape),
+        images=images.reshape(*shape, *param.shape),
         activations=activations,
         best_seed=np.argmax(scores, axis=1),
         steps=steps.reshape(shape),

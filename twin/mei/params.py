@@ -8,6 +8,13 @@ units, where 0 is the mean gray of the training images.
   orthonormal inverse FFT; with range clipping the result is squashed into the pixel range by a
   sigmoid that maps 0 to 0, as lucid squashes into [0, 1].
 
+Clips (most exciting videos) are ``(pairs, frame, [channel,] y, x)``:
+- pixel: the parameters are the clip.
+- fourier: a space-time spectrum ``(pairs, [channel,] 2, frame, y, x // 2 + 1)`` scaled by
+  1 / max(f, 1 / max(frame, y, x)) ** decay, f the norm of (cycles per frame, cycles per pixel
+  along y, along x), inverted with the orthonormal 3-D inverse FFT.
+- static: the parameters are one image (either parametrization), shown on every frame.
+
 Transparency (sinzlab/mei's transparent MEIs): the parameters are a dict of the image's parameters
 ("image", either of the above) and per-pixel opacity logits ("opacity", (pairs, y, x)); the model
 sees opacity * image + (1 - opacity) * background, the background drawn at random each step from
@@ -38,6 +45,31 @@ def fourier_scale(height: int, width: int, decay: float) -> np.ndarray:
     return (1.0 / np.maximum(frequency, 1.0 / max(height, width)) ** decay).astype(np.float32)
 
 
+def fourier_scale3(frames: int, height: int, width: int, decay: float) -> np.ndarray:
+    """(frame, y, x // 2 + 1) space-time spectrum scale 1 / max(f, 1 / max(t, h, w)) ** decay."""
+    ft = np.fft.fftfreq(frames)[:, None, None]
+    fy = np.fft.fftfreq(height)[None, :, None]
+    fx = np.fft.rfftfreq(width)[None, None, :]
+    frequency = np.sqrt(ft**2 + fy**2 + fx**2)
+    return (1.0 / np.maximum(frequency, 1.0 / max(frames, height, width)) ** decay).astype(np.float32)
+
+
+def fourier_to_clip(spectrum: jax.Array, scale: jax.Array, width: int, channels: bool) -> jax.Array:
+    """``spectrum (..., [channel,] 2, frame, y, x // 2 + 1)`` -> clip ``(..., frame, [channel,] y,
+    width)`` (orthonormal 3-D inverse FFT); ``scale (frame, y, x // 2 + 1)``."""
+    clip = ops.irfft3(spectrum[..., 0, :, :, :] * scale, spectrum[..., 1, :, :, :] * scale, width)
+    return jnp.moveaxis(clip, -4, -3) if channels else clip
+
+
+def clip_to_fourier(clips: jax.Array, scale: jax.Array, channels: bool) -> jax.Array:
+    """Inverse of fourier_to_clip: ``clips (..., frame, [channel,] y, x)`` -> ``(..., [channel,] 2,
+    frame, y, x // 2 + 1)``."""
+    if channels:
+        clips = jnp.moveaxis(clips, -3, -4)
+    real, imag = ops.rfft3(clips)
+    return jnp.stack([real / scale, imag / scale], axis=-4)
+
+
 def fourier_to_image(spectrum: jax.Array, scale: jax.Array, width: int) -> jax.Array:
     """``spectrum (..., 2, y, x // 2 + 1)`` -> image ``(..., y, width)`` (orthonormal inverse FFT)."""
     return ops.irfft2(spectrum[..., 0, :, :] * scale, spectrum[..., 1, :, :] * scale, width)
@@ -64,9 +96,11 @@ def unsquash(images: jax.Array, pixel_range: tuple[float, float]) -> jax.Array:
 
 
 class Parametrization:
-    """Maps parameters to images for one recipe and image shape.
+    """Maps parameters to images (or clips) for one recipe and image shape.
 
-    image_shape: (y, x), or (channel, y, x) for several channels; pixel_range: (lo, hi) valid
+    image_shape: (y, x), or (channel, y, x) for several channels; frames: 0 for images, else the
+    clip length T: stimuli are then clips ``shape`` = (T, *image_shape) (one image repeated when
+    ``config.static``); pixel_range: (lo, hi) valid
     normalized values (floats, or arrays broadcasting against one image, e.g. (y, x) for per-pixel
     or (channel, 1, 1) for per-channel normalization); image_stats: (mean, std) of the
     normalization in pixel levels 0..255 (same layouts; the loader maps the store's pixel_range
@@ -78,11 +112,15 @@ class Parametrization:
 
     def __init__(
         self, config: MEIConfig, image_shape: tuple[int, int], pixel_range, image_stats=None,
-        backgrounds=None,
+        backgrounds=None, frames: int = 0,
     ):
         self.config = config
         self.backgrounds = None if backgrounds is None else jnp.asarray(backgrounds, jnp.float32)
-        self.shape = tuple(image_shape)
+        self.image_shape = tuple(image_shape)
+        self.frames = frames
+        self.shape = (frames, *self.image_shape) if frames else self.image_shape
+        # What the parameters describe: the stimulus, or the one image of a static clip.
+        self.optimized_shape = self.shape if self.temporal else self.image_shape
         self.pixel_range = (np.float32(pixel_range[0]), np.float32(pixel_range[1]))
         self.image_stats = image_stats
         # One pixel level in normalized units: 1 / std of the normalization.
@@ -90,11 +128,24 @@ class Parametrization:
             self.pixel_unit = (self.pixel_range[1] - self.pixel_range[0]) / np.float32(255)
         else:
             self.pixel_unit = 1 / np.asarray(image_stats[1], np.float32)
-        self.scale = jnp.asarray(fourier_scale(*self.shape[-2:], config.fourier_decay))
+        if self.temporal:
+            self.scale = jnp.asarray(fourier_scale3(frames, *self.shape[-2:], config.fourier_decay))
+        else:
+            self.scale = jnp.asarray(fourier_scale(*self.shape[-2:], config.fourier_decay))
 
     @property
     def fourier(self) -> bool:
         return self.config.parametrization == "fourier"
+
+    @property
+    def temporal(self) -> bool:
+        """Whether the parameters have a frame axis (clips that are not static)."""
+        return bool(self.frames) and not self.config.static
+
+    @property
+    def channels(self) -> bool:
+        """Whether images have a channel axis."""
+        return len(self.image_shape) == 3
 
     @property
     def transparent(self) -> bool:
@@ -119,9 +170,10 @@ class Parametrization:
         config = self.config
         if self.fourier:
             height, width = self.shape[-2:]
-            shape = (*self.shape[:-2], 2, height, width // 2 + 1)
+            spectrum = (2, self.frames) if self.temporal else (2,)
+            shape = (*self.image_shape[:-2], *spectrum, height, width // 2 + 1)
             return config.fourier_init_std * jax.random.normal(key, shape, jnp.float32)
-        noise = config.init_mean + config.init_std * jax.random.normal(key, self.shape)
+        noise = config.init_mean + config.init_std * jax.random.normal(key, self.optimized_shape)
         pixels = jnp.clip(noise, 0.0, 255.0)
         if self.image_stats is None:
             return pixels_to_normalized(pixels, self.pixel_range)
@@ -129,20 +181,27 @@ class Parametrization:
         return (pixels - mean) / std
 
     def image(self, params) -> jax.Array:
-        """``params (p, ...)`` -> images ``(p, *image_shape)``; for transparent images the image
-        under the opacity."""
+        """``params (p, ...)`` -> images ``(p, *shape)``; for transparent images the image under
+        the opacity."""
         params, _ = self.split(params)
         if not self.fourier:
-            return params
-        image = fourier_to_image(params, self.scale, self.shape[-1])
-        return squash(image, self.pixel_range) if self.config.clip_range else image
+            image = params
+        elif self.temporal:
+            image = fourier_to_clip(params, self.scale, self.shape[-1], self.channels)
+        else:
+            image = fourier_to_image(params, self.scale, self.shape[-1])
+        if self.fourier and self.config.clip_range:
+            image = squash(image, self.pixel_range)
+        if self.frames and not self.temporal:
+            image = jnp.broadcast_to(image[:, None], (len(image), *self.shape))
+        return image
 
     def opacity(self, params) -> jax.Array:
         """(p, y, x) opacity in (0, 1) of transparent ``params``."""
         return jax.nn.sigmoid(self.split(params)[1])
 
     def to_image(self, params, keys: jax.Array | None = None) -> jax.Array:
-        """What the model sees, ``(p, *image_shape)``: the image, or for transparent images
+        """What the model sees, ``(p, *shape)``: the image, or for transparent images
         opacity * image + (1 - opacity) * background, the background drawn from the bank by
         ``keys (p, 2)`` (the mean gray, 0, without keys)."""
         image = self.image(params)
@@ -157,9 +216,14 @@ class Parametrization:
         return opacity * image + (1 - opacity) * self.backgrounds[draw(keys)]
 
     def from_image(self, images: jax.Array) -> jax.Array:
-        """Parameters that reproduce ``images (p, *image_shape)`` (used to start from an MEI)."""
+        """Parameters that reproduce ``images (p, *shape)`` (used to start from an MEI); a
+        static clip from its first frame."""
+        if self.frames and not self.temporal:
+            images = images[:, 0]
         if not self.fourier:
             return images
         if self.config.clip_range:
             images = unsquash(images, self.pixel_range)
+        if self.temporal:
+            return clip_to_fourier(images, self.scale, self.channels)
         return image_to_fourier(images, self.scale)

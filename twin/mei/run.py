@@ -1,5 +1,6 @@
 """`twin mei`: MEIs of a fitted run's neurons, validated, written as a store and a PNG grid; with
---surround, surrounds around fixed centres; with --transparency, transparent MEIs (twin.mei.context)."""
+--surround, surrounds around fixed centres; with --transparency, transparent MEIs (twin.mei.context).
+A video run (its model's ``video``) gets most exciting videos (run_mevs)."""
 
 from __future__ import annotations
 
@@ -181,6 +182,15 @@ def check_modes(surround, centre, transparency: bool, background, deis: int) -> 
         raise ConfigError(f"--deis {deis}: DEIs are made for plain MEIs; drop --deis or --surround/--transparency")
 
 
+def check_video_modes(run: str, surround, transparency: bool, deis: int) -> None:
+    """One ConfigError line for --surround, --transparency or --deis with the video run ``run``."""
+    for flag, given in (("--surround", surround is not None), ("--transparency", transparency), ("--deis", deis > 0)):
+        if given:
+            raise ConfigError(
+                f"{flag}: {run} is a video run; twin mei makes most exciting videos there, so drop {flag}"
+            )
+
+
 def is_store(path: str) -> bool:
     """Whether ``--centre path`` names an MEI store (a .zarr folder) rather than image files."""
     return Path(path).suffix == ".zarr"
@@ -300,14 +310,18 @@ def engine_arguments(data, validator_model, progress: bool) -> dict:
     train = data.trials("train")
     image_shape = data.image_shape if data.channels == 1 else (data.channels, *data.image_shape)
     mean, std = (broadcastable(stats_channels_first(v)) for v in (data.image_mean, data.image_std))
+
+    def train_mean(values):  # over train trials (and the frames of a video session)
+        return None if values is None else values[train].reshape(-1, values.shape[-1]).mean(0)
+
     return {
         "image_shape": image_shape,
         "pixel_range": tuple(broadcastable(stats_channels_first(v)) for v in data.pixel_range),
         "image_stats": (mean, std),
         "validator": validator_model,
         "progress": progress,
-        "behavior": None if data.behavior is None else data.behavior[train].mean(0),
-        "pupil_center": None if data.pupil_center is None else data.pupil_center[train].mean(0),
+        "behavior": train_mean(data.behavior),
+        "pupil_center": train_mean(data.pupil_center),
     }
 
 
@@ -318,6 +332,7 @@ def prepare_job(run: str, neurons, seeds, recipe, config_path, out, deis: int, s
     import jax
 
     from twin.checkpoint import load_run, read_run_files
+    from twin.mei.optimize import is_video
     from twin.mei.recipes import recipe_config
     from twin.mei.store import open_meis, recipe_attrs
 
@@ -332,6 +347,8 @@ def prepare_job(run: str, neurons, seeds, recipe, config_path, out, deis: int, s
         raise ConfigError(f"--out {out}: name the MEI store with a .zarr suffix")
     check_outputs(out, overwrite, run, validator, stores, run_records, centre, background)
     loaded = load_run(run, stores=stores)
+    if is_video(loaded.model):
+        check_video_modes(run, surround, transparency, deis)
     if not 0 <= session < len(loaded.sessions):
         raise ConfigError(
             f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}"
@@ -674,6 +691,38 @@ def run_meis(job: MeiJob, deis: int, transparency: bool, background: str | None)
     return opacity_summary | mei_summary(job, variables, activation, spectra_summary)
 
 
+def run_mevs(job: MeiJob) -> dict:
+    """Optimize and write the most exciting videos of a video run's neurons: the store (clips
+    (neuron, seed, frame, [channel,] y, x), attr frame_rate, each best clip's motion direction)
+    and a PNG of up to 8 frames of each neuron's best clip; returns the summary {"recipe",
+    "config_sources", "frames", "frame_rate", "static", "neurons": [{"id", "activation",
+    "direction"}]} (direction in degrees, twin.mei.motion; None for static clips)."""
+    from twin.data.schema import plot_text
+    from twin.mei.motion import motion_direction
+    from twin.mei.optimize import optimize_meis
+
+    result = optimize_meis(job.model, job.session, job.index, job.config, **job.engine)
+    best, activation = result.best_images(), result.best_activations()
+    direction = np.array([motion_direction(clip) for clip in best], np.float32)
+    frames = best.shape[1]
+    shown = np.unique(np.linspace(0, frames - 1, min(frames, 8)).round().astype(int))
+    panels = job.pixels(best[:, shown]).reshape(-1, *best.shape[2:])
+    titles = [f"unit {plot_text(u)}: frame {f}" for u in job.data.unit_id[job.index] for f in shown]
+    attrs = job.attrs | {"frame_rate": float(job.data.frame_rate)}
+    write_outputs(job, result_variables(job, result, job.index) | {"direction": direction}, attrs, panels, titles)
+    return {
+        "recipe": job.config.recipe,
+        "config_sources": job.config_sources,
+        "frames": frames,
+        "frame_rate": attrs["frame_rate"],
+        "static": job.config.static,
+        "neurons": [
+            {"id": job.data.unit_id[neuron].item(), "activation": finite(activation[i]), "direction": finite(direction[i])}
+            for i, neuron in enumerate(job.index)
+        ],
+    }
+
+
 def mei_command(
     run: str,
     neurons: str | None = None,
@@ -719,9 +768,11 @@ def mei_command(
     "spectral_kl"}]} (twin.mei.context). transparency: MEIs with a
     per-pixel opacity over ``background`` (grey, noise, or image files or a session store of
     natural images); the summary gains "background", "mean_opacity" and each neuron's
-    "mean_opacity".
+    "mean_opacity". A video run (its model's ``video``) gets most exciting videos instead, with
+    the summary of run_mevs; --surround, --transparency and --deis are refused there.
     """
     from twin import distributed
+    from twin.mei.optimize import is_video
 
     distributed.initialize(coordinator, num_processes, process_id)
     job = prepare_job(
@@ -730,4 +781,6 @@ def mei_command(
     )
     if surround is not None:
         return run_surround(job, surround, centre)
+    if is_video(job.model):
+        return run_mevs(job)
     return run_meis(job, deis, transparency, background)

@@ -23,6 +23,11 @@ x), centre_activation (neuron,) the response to the centre alone on the mean gra
 surround_ratio (neuron,) best activation / centre_activation, and for simulated sessions
 true_centre_activation, true_activation, true_surround_ratio (neuron,). They hold no natural-image
 controls.
+
+Video stores (most exciting videos of a video model; attr frame_rate in Hz): images, foreground
+and surround gain a frame axis after seed, (neuron, seed, frame, [channel,] y, x); deis likewise
+(neuron, dei, frame, [channel,] y, x); direction (neuron,) the best clip's motion direction in
+degrees (twin.mei.motion).
 """
 
 from __future__ import annotations
@@ -60,13 +65,17 @@ IMAGE_DIMS = {0: (), 1: ("channel",), 2: ("y", "x"), 3: ("channel", "y", "x")}
 REQUIRED = ("images", "activations", "best_seed", "unit_id", "neuron_index", "image_mean", "image_std")
 
 
-def dims_of(name: str, value: np.ndarray) -> tuple[str, ...]:
-    """The dimension names of variable ``name`` holding ``value``."""
+def dims_of(name: str, value: np.ndarray, video: bool = False) -> tuple[str, ...]:
+    """The dimension names of variable ``name`` holding ``value`` (of a video store: clips)."""
     if name in ("image_mean", "image_std"):
         return IMAGE_DIMS[value.ndim]
     dims = DIMS.get(name, ("neuron",))
-    if name in CHANNEL_IMAGES and value.ndim == 5:
-        return dims[:2] + ("channel",) + dims[2:]
+    if name not in CHANNEL_IMAGES:
+        return dims
+    if video:
+        dims = dims[:2] + ("frame",) + dims[2:]
+    if value.ndim == len(dims) + 1:
+        return dims[:-2] + ("channel",) + dims[-2:]
     return dims
 
 
@@ -88,9 +97,11 @@ def recipe_attrs(run, session: int, store, config: MEIConfig, config_sources: li
 
 
 def meis_dataset(variables: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
-    """Dataset from arrays named as in the module doc (None values are left out)."""
+    """Dataset from arrays named as in the module doc (None values are left out); a video store
+    when ``attrs`` has frame_rate."""
+    video = "frame_rate" in attrs
     data = {
-        name: (dims_of(name, np.asarray(value)), np.asarray(value))
+        name: (dims_of(name, np.asarray(value), video), np.asarray(value))
         for name, value in variables.items()
         if value is not None
     }
