@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cpu" if args.quick else "cuda"
     timeout = max(args.budget - (time.time() - START), 30)
     log(f"peer on {device}: starting (at most {timeout:.0f} s)")
-    peer = run_peer(QUICK if args.quick else GPU, device, timeout, tuned_malloc=False)
+    peer = run_peer(QUICK if args.quick else GPU, device, timeout, mallocs=("default",))
     status["peer"] = "skipped" if "skipped" in peer else "done"
     log(f"peer: {status['peer']}")
     results = combine(twin, peer, status)

@@ -14,13 +14,13 @@ MLP shifter:
   channels, 9x9 input kernel, full 7x7 hidden convs) on every frame, then a ConvGRU (7x7 input and
   recurrent kernels, 64 channels), full Gaussian readout with the cortex grid-mean predictor,
   MLP shifter, ELU + 1,
-- "factorized3d": Factorized3dCore (benchmarks_training.ipynb's config: 32, 64, 128 channels,
-  11x11 then 11 frames in the first layer, 5x5 then 5 frames after, no padding, so the output
-  has 18 frames fewer and 18 pixels less each way), the same readout and shifter.
+- "factorized3d": Factorized3dCore (models_demo.ipynb's config: 3 layers x 64 channels, 11x11
+  then 11 frames in the first layer, 7x7 then 7 frames after, spatial padding; no temporal
+  padding, so the output has 22 frames fewer than the input), the same readout and shifter.
 sensorium_2023 pins neuralpredictors at 43faede (May 2023), whose Factorized3dCore,
 ConvGRUCell and its VideoFiringRateEncoder are not in neuralpredictors 0.3.0 (installed here):
 they are re-implemented below from that source, the 3D core with the later fix (b779fde,
-2da2835) that makes its per-layer channel counts (32, 64, 128) build at all.
+2da2835) without which a list of per-layer channel counts does not build.
 
 Measures, after one warm-up call, medians over ``--repeats`` timed calls, in frames/s (clip
 frames of the input) and clip-steps/s:
@@ -66,7 +66,9 @@ from torch import nn  # noqa: E402
 
 # Sensorium 2023: 36x64 videos, 80-frame training clips, batch 8 (benchmarks_training.ipynb),
 # ~8,000 neurons per mouse (7,863 in the first); n_train only scales the loss.
-SENSORIUM_2023 = dict(neurons=7863, height=36, width=64, frames=80, batch=8, n_train=600, mev_frames=80, window=10)
+SENSORIUM_2023 = dict(
+    neurons=7863, height=36, width=64, channels=64, frames=80, batch=8, n_train=600, mev_frames=80, window=10
+)
 MEV_NORM = 0.1  # L2 norm of the clip per frame and pixel: sqrt(frames * y * x) * MEV_NORM overall
 DATA_KEY = "session"
 
@@ -95,14 +97,14 @@ STACKED2D_CORE = dict(  # models_demo.ipynb (final_batchnorm_scale=True is 0.3.0
     gamma_hidden=500_000,
 )
 GRU = dict(input_channels=64, rec_channels=64, input_kern=7, rec_kern=7)  # models_demo.ipynb
-FACTORIZED3D_CORE = dict(  # benchmarks_training.ipynb
-    hidden_channels=(32, 64, 128),
+FACTORIZED3D_CORE = dict(  # models_demo.ipynb
+    hidden_channels=(64, 64, 64),
     spatial_input_kernel=11,
     temporal_input_kernel=11,
-    spatial_hidden_kernel=5,
-    temporal_hidden_kernel=5,
-    gamma_input_spatial=10,
-    gamma_input_temporal=0.01,
+    spatial_hidden_kernel=7,
+    temporal_hidden_kernel=7,
+    gamma_input_spatial=0,
+    gamma_input_temporal=0,
     momentum=0.7,
 )
 READOUT = dict(bias=True, init_mu_range=0.2, init_sigma=1.0, feature_reg_weight=0.0, gauss_type="full")
@@ -153,8 +155,8 @@ class GRUModule(nn.Module):
 
 class Factorized3dCore(nn.Module):
     """neuralpredictors' Factorized3dCore (43faede with b779fde/2da2835): per layer a (1, k, k)
-    spatial conv, a (kt, 1, 1) temporal conv, BatchNorm3d, ELU; no padding. (b, c, t, y, x) ->
-    (b, channels[-1], t - sum(kt - 1), y - sum(k - 1), x - sum(k - 1))."""
+    spatial conv ('same' padding), a (kt, 1, 1) temporal conv (none), BatchNorm3d, ELU.
+    (b, c, t, y, x) -> (b, channels[-1], t - sum(kt - 1), y, x)."""
 
     def __init__(self, input_channels, hidden_channels, spatial_input_kernel, temporal_input_kernel,
                  spatial_hidden_kernel, temporal_hidden_kernel, gamma_input_spatial, gamma_input_temporal, momentum):  # fmt: skip
@@ -166,7 +168,7 @@ class Factorized3dCore(nn.Module):
         for i, channels in enumerate(hidden_channels):
             k, kt = (spatial_input_kernel, temporal_input_kernel) if i == 0 else (spatial_hidden_kernel, temporal_hidden_kernel)
             layer = OrderedDict()
-            layer["conv_spatial"] = nn.Conv3d(channels_in, channels, (1, k, k))
+            layer["conv_spatial"] = nn.Conv3d(channels_in, channels, (1, k, k), padding=(0, k // 2, k // 2))
             layer["conv_temporal"] = nn.Conv3d(channels, channels, (kt, 1, 1))
             layer["norm"] = nn.BatchNorm3d(channels, momentum=momentum)
             layer["nonlin"] = nn.ELU()
@@ -220,18 +222,20 @@ class VideoEncoder(nn.Module):
 
 
 def build_model(core: str, shapes: dict, seed: int = 0) -> VideoEncoder:
-    """The ``core`` ("gru" or "factorized3d") baseline at ``shapes`` (neurons, height, width)."""
+    """The ``core`` ("gru" or "factorized3d") baseline at ``shapes`` (neurons, height, width, and
+    channels: of every core layer and of the GRU state; 64 in the baselines)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    neurons, height, width = shapes["neurons"], shapes["height"], shapes["width"]
+    neurons, height, width, channels = shapes["neurons"], shapes["height"], shapes["width"], shapes["channels"]
     if core == "gru":
-        net, gru = Stacked2dCore(**STACKED2D_CORE), GRUModule(**GRU)
+        net = Stacked2dCore(**(STACKED2D_CORE | dict(hidden_channels=channels)))
+        gru = GRUModule(**(GRU | dict(input_channels=channels, rec_channels=channels)))
         trim = STACKED2D_CORE["input_kern"] - 1
-        out_shape = (GRU["rec_channels"], height - trim, width - trim)
+        out_shape = (channels, height - trim, width - trim)
     else:
-        net, gru = Factorized3dCore(input_channels=3, **FACTORIZED3D_CORE), None
-        trim = FACTORIZED3D_CORE["spatial_input_kernel"] - 1 + 2 * (FACTORIZED3D_CORE["spatial_hidden_kernel"] - 1)
-        out_shape = (FACTORIZED3D_CORE["hidden_channels"][-1], height - trim, width - trim)
+        hidden = (channels,) * len(FACTORIZED3D_CORE["hidden_channels"])
+        net, gru = Factorized3dCore(input_channels=3, **(FACTORIZED3D_CORE | dict(hidden_channels=hidden))), None
+        out_shape = (channels, height, width)
     readout = MultiReadoutSharedParametersBase(
         in_shape_dict={DATA_KEY: out_shape},
         n_neurons_dict={DATA_KEY: neurons},
