@@ -79,6 +79,7 @@ FIELDS = {
         "train_fraction": floats(0, 1, lo_open=True),
     },
     ModelConfig: {
+        "core": choices("stacked2d", "factorized3d", "gru"),
         "core_layers": (st.integers(1, 6), ints(1, MAX_LAYERS)[1]),  # few layers: stacks drawn from them
         "core_channels": ints(1, MAX_WIDTH),
         "input_kernel": ints(1),
@@ -90,6 +91,12 @@ FIELDS = {
         "batch_norm_momentum": floats(0, 1, hi_open=True),
         "batch_norm_eps": floats(0, lo_open=True),
         "gamma_input": floats(0),
+        "temporal_input_kernel": ints(1),
+        "temporal_hidden_kernel": ints(1),
+        "gamma_temporal": floats(0),
+        "gru_channels": ints(1, MAX_WIDTH),
+        "gru_input_kernel": ints(1, odd=True),
+        "gru_kernel": ints(1, odd=True),
         "readout": choices("gaussian", "factorized"),
         "gauss_type": choices("full", "isotropic"),
         "init_mu_range": floats(0),

@@ -145,14 +145,15 @@ def session_record(data) -> dict:
     and the store's content digest (None for a store written before digests)."""
     from twin.data.digest import content_digest
 
+    # images (trial, [frame,] y, x, channel), responses (trial, [frame,] neuron): the last axes.
     return {
         "name": data.name,
         "path": str(Path(data.path).absolute()),
         "unit_id": data.unit_id.tolist(),
-        "n_neurons": int(data.responses.shape[1]),
-        "image_shape": [int(s) for s in data.images.shape[1:3]],
-        "channels": int(data.images.shape[3]),
-        "n_behavior": 0 if data.behavior is None else int(data.behavior.shape[1]),
+        "n_neurons": int(data.responses.shape[-1]),
+        "image_shape": [int(s) for s in data.images.shape[-3:-1]],
+        "channels": int(data.images.shape[-1]),
+        "n_behavior": 0 if data.behavior is None else int(data.behavior.shape[-1]),
         "has_positions": data.cell_xyz is not None,
         "digest": content_digest(data.path),
     }
@@ -160,7 +161,7 @@ def session_record(data) -> dict:
 
 def readout_specs(sessions) -> list[ReadoutSpec]:
     """One ReadoutSpec per SessionData (train mean responses, cortex positions)."""
-    return [ReadoutSpec(s.responses.shape[1], s.mean_response, s.cell_xyz) for s in sessions]
+    return [ReadoutSpec(s.responses.shape[-1], s.mean_response, s.cell_xyz) for s in sessions]
 
 
 def make_model(config: RunConfig, records: list[dict], specs: list[ReadoutSpec]) -> Twin | Ensemble:
@@ -301,9 +302,9 @@ def check_neurons(data, record: dict, store: str) -> None:
             f"{store}: unit_id has {len(unit_id)} neurons that differ from the {len(record['unit_id'])}"
             f" of the run's session {record['name']!r}; pass the store the run was fitted on"
         )
-    if list(data.images.shape[1:3]) != record["image_shape"]:
+    if list(data.images.shape[-3:-1]) != record["image_shape"]:
         raise RunError(
-            f"{store}: images are {list(data.images.shape[1:3])} but the run was fitted on"
+            f"{store}: images are {list(data.images.shape[-3:-1])} but the run was fitted on"
             f" {record['image_shape']}; pass a store with the run's image size"
         )
 

@@ -219,7 +219,8 @@ class DataConfig(Checked):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(Checked):
-    """Stacked2dCore + per-session readouts. Defaults: the Sensorium 2022 baseline."""
+    """A core + per-session readouts. Defaults: the Sensorium 2022 baseline; the video-core fields:
+    the Sensorium 2023 baselines (ecker-lab/sensorium_2023)."""
 
     TABLE: ClassVar[str] = "model"
     RULES: ClassVar[tuple[Rule, ...]] = (
@@ -242,6 +243,12 @@ class ModelConfig(Checked):
         ),
     )
 
+    # "stacked2d": images (b, y, x, c). Videos (b, frame, y, x, c), causal in time:
+    # "factorized3d" (each layer a spatial conv, then a temporal conv) or "gru" (the stacked2d core
+    # on every frame, then a ConvGRU). Both use the fields below for their spatial convs; the
+    # Sensorium 2023 factorized baseline is core_layers = 3, input_kernel = 11, pad_input = true,
+    # depth_separable = false, batch_norm_momentum = 0.3; its gru baseline depth_separable = false.
+    core: str = choice("stacked2d", "factorized3d", "gru")
     core_layers: int = integer(4, 1, below=MAX_LAYERS + 1)
     core_channels: int = integer(64, 1, below=MAX_WIDTH + 1)
     # Without pad_input the first layer shrinks the image by input_kernel - 1 pixels.
@@ -259,6 +266,16 @@ class ModelConfig(Checked):
     batch_norm_momentum: float = number(0.1, 0, 1, hi_open=True)
     batch_norm_eps: float = number(1e-5, 0, lo_open=True)
     gamma_input: float = number(6.3831, 0)
+    # factorized3d: frames of the temporal conv of the first layer and of the others (causal:
+    # the current frame and the ones before it).
+    temporal_input_kernel: int = integer(11, 1)
+    temporal_hidden_kernel: int = integer(7, 1)
+    # factorized3d: weight of the smoothness penalty (1d Laplace) on the first temporal kernel.
+    gamma_temporal: float = number(0.01, 0)
+    # gru: state channels and the kernels of its input and recurrent ('same'-padded) convs.
+    gru_channels: int = integer(64, 1, below=MAX_WIDTH + 1)
+    gru_input_kernel: int = integer(7, 1, odd=True)
+    gru_kernel: int = integer(7, 1, odd=True)
     readout: str = choice("gaussian", "factorized")
     gauss_type: str = choice("full", "isotropic")  # 2x2 covariance or one sigma
     # Readout positions start uniform in +-init_mu_range of the grid (-1..1; beyond reads padding).
@@ -430,6 +447,18 @@ def check_image_size(
         + f"[model].input_kernel = {kernel} does not fit the {height}x{width} images of {images} (the"
         f" first layer's output would be {out}); use at most {min(height, width)} or set pad_input = true"
     )
+
+
+def check_core(model: ModelConfig, video: bool, store: str, source: str | None = None) -> None:
+    """ConfigError unless [model].core reads what the session ``store`` holds: "stacked2d" images,
+    "factorized3d" and "gru" videos (``video``). source: the config file, when there is one."""
+    if (model.core != "stacked2d") == video:
+        return
+    if video:
+        fix = f"reads single images but {store} is a video session; use 'factorized3d' or 'gru'"
+    else:
+        fix = f"is a video core but {store} holds images; use 'stacked2d'"
+    raise ConfigError((f"{source}: " if source else "") + f"[model].core = {model.core!r} {fix}")
 
 
 def config_from_dict(values: dict[str, Any], source: str = "<config>") -> RunConfig:

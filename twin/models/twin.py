@@ -20,6 +20,7 @@ from twin.config import ModelConfig
 from twin.errors import ConfigError
 from twin.models.cores import Stacked2dCore
 from twin.models.readouts import FactorizedReadout, GaussianReadout, bilinear_weights, grid_corners
+from twin.models.video import video_core
 
 
 def elu1(x: jax.Array) -> jax.Array:
@@ -61,11 +62,15 @@ class Shifter(nnx.Module):
 
 
 class Twin(nnx.Module):
-    """Digital twin of several sessions: ``Stacked2dCore`` + per-session readouts -> ELU(x) + 1.
+    """Digital twin of several sessions: a core + per-session readouts -> ELU(x) + 1.
 
     in_channels: image channels; image_shape: (y, x); readouts: one ReadoutSpec per session;
     n_behavior: behavior variables, appended as constant image channels when
     ``config.use_behavior``; output: a key of OUTPUTS ("linear" for signed responses).
+    The core is ``config.core``: a ``Stacked2dCore`` for images, or a video core
+    (twin.models.video; ``video`` is True), whose inputs and outputs gain a frame axis after the
+    batch axis: images (b, t, y, x, c), behavior (b, t, k), pupil_center (b, t, 2) -> (b, t, n),
+    every frame read out by the same readout.
     """
 
     def __init__(
@@ -81,8 +86,10 @@ class Twin(nnx.Module):
     ):
         self.output = output
         self.use_behavior = config.use_behavior and n_behavior > 0
-        self.core = Stacked2dCore(
-            in_channels + (n_behavior if self.use_behavior else 0),
+        self.video = config.core != "stacked2d"
+        core_channels = in_channels + (n_behavior if self.use_behavior else 0)
+        self.core = video_core(config, core_channels, rngs=rngs) if self.video else Stacked2dCore(
+            core_channels,
             layers=config.core_layers,
             channels=config.core_channels,
             input_kernel=config.input_kernel,
@@ -149,12 +156,15 @@ class Twin(nnx.Module):
 
         images: (b, y, x, channel) normalized; behavior: (b, n_behavior), needed when the twin
         uses behavior; pupil_center: (b, 2), needed with a shifter; session: static int.
+        A video twin: images (b, t, y, x, channel), behavior (b, t, n_behavior), pupil_center
+        (b, t, 2) -> (b, t, n or k).
         """
         return self.readout(self.features(images, behavior), session, pupil_center=pupil_center, neurons=neurons)
 
     def features(self, images: jax.Array, behavior: jax.Array | None = None) -> jax.Array:
-        """The core's feature map (b, y', x', c') of images (b, y, x, channel); behavior as __call__.
-        A frozen core's eval-mode features of each trial can be computed once (twin.transfer)."""
+        """The core's feature map (b, [t,] y', x', c') of images (b, [t,] y, x, channel); behavior as
+        __call__. A frozen core's eval-mode features of each trial can be computed once
+        (twin.transfer)."""
         return self.core(self.core_input(images, behavior))
 
     def readout(
@@ -165,28 +175,34 @@ class Twin(nnx.Module):
         pupil_center: jax.Array | None = None,
         neurons: jax.Array | None = None,
     ) -> jax.Array:
-        """Predicted responses (b, n or k) from the core's feature map (b, y', x', c'): the
-        session's readout (shifted by its shifter), then the output nonlinearity."""
+        """Predicted responses (b, [t,] n or k) from the core's feature map (b, [t,] y', x', c'): the
+        session's readout (shifted by its shifter) of every image or frame, then the output
+        nonlinearity."""
         shift = self.shift(session, pupil_center)
-        return OUTPUTS[self.output](self.readouts[session](fmap, shift=shift, neurons=neurons))
+        # Frames are read out as a batch of images: (b, t, ...) -> (b * t, ...) and back.
+        leading = fmap.shape[:-3]
+        fmap = fmap.reshape((-1,) + fmap.shape[-3:])
+        if shift is not None:
+            shift = shift.reshape(-1, 2)
+        responses = OUTPUTS[self.output](self.readouts[session](fmap, shift=shift, neurons=neurons))
+        return responses.reshape(leading + responses.shape[-1:])
 
     def core_input(self, images: jax.Array, behavior: jax.Array | None) -> jax.Array:
-        """images (b, y, x, channel) with the behavior variables (b, n_behavior) appended as
-        constant channels when the twin uses them."""
+        """images (b, [t,] y, x, channel) with the behavior variables (b, [t,] n_behavior) appended
+        as constant channels (of each frame) when the twin uses them."""
         if not self.use_behavior:
             return images
         if behavior is None:
-            raise ValueError("this twin uses behavior channels; pass behavior=(batch, n_behavior)")
-        b, h, w, _ = images.shape
-        channels = jnp.broadcast_to(behavior[:, None, None, :], (b, h, w, behavior.shape[-1]))
+            raise ValueError("this twin uses behavior channels; pass behavior=(batch, [frame,] n_behavior)")
+        channels = jnp.broadcast_to(behavior[..., None, None, :], images.shape[:-1] + behavior.shape[-1:])
         return jnp.concatenate([images, channels.astype(images.dtype)], axis=-1)
 
     def shift(self, session: int, pupil_center: jax.Array | None) -> jax.Array | None:
-        """Readout grid shift (b, 2) from the session's shifter, or None without shifters."""
+        """Readout grid shift (b, [t,] 2) from the session's shifter, or None without shifters."""
         if self.shifters is None:
             return None
         if pupil_center is None:
-            raise ValueError("this twin has a shifter; pass pupil_center=(batch, 2)")
+            raise ValueError("this twin has a shifter; pass pupil_center=(batch, [frame,] 2)")
         return self.shifters[session](pupil_center)
 
     def target_responses(
@@ -198,9 +214,10 @@ class Twin(nnx.Module):
         behavior: jax.Array | None = None,
         pupil_center: jax.Array | None = None,
     ) -> jax.Array:
-        """(b,) response of neuron ``neurons[i]`` to image i: ``self(images)[i, neurons[i]]``.
+        """(b,) response of neuron ``neurons[i]`` to image i: ``self(images)[i, neurons[i]]``; for a
+        video twin (b, t): ``self(images)[i, :, neurons[i]]``, each video run through the whole core.
 
-        images: (b, y, x, channel); neurons: (b,) int; behavior, pupil_center as __call__. In eval
+        images: (b, [t,] y, x, channel); neurons: (b,) int; behavior, pupil_center as __call__. In eval
         mode with a Gaussian readout, each neuron reads one bilinear (2, 2) patch, so the core runs
         on that patch's receptive field only (a 28 x 28 input window for the Sensorium core instead
         of the 36 x 64 image: ~9x fewer FLOPs, same values to float rounding). Otherwise each
@@ -210,11 +227,11 @@ class Twin(nnx.Module):
         gaussian = isinstance(readout, GaussianReadout)
         if gaussian and not readout.deterministic:
             raise ValueError("target_responses reads fixed readout points: call model.eval() first")
-        if not (gaussian and all(layer.norm.use_running_average for layer in core.layers)):
+        if self.video or not (gaussian and all(layer.norm.use_running_average for layer in core.layers)):
 
             def one(image, neuron, extra):
                 extra = {k: v[None] for k, v in extra.items()}
-                return self(image[None], session, neurons=neuron[None], **extra)[0, 0]
+                return self(image[None], session, neurons=neuron[None], **extra)[0, ..., 0]
 
             extra = {"behavior": behavior, "pupil_center": pupil_center}
             return jax.vmap(one)(images, neurons, {k: v for k, v in extra.items() if v is not None})
