@@ -1,7 +1,7 @@
 """The PyTorch video peer: the two Sensorium 2023 baselines (ecker-lab/sensorium_2023), timed here.
 
-Run as its own process (``twin bench --video`` starts it twice on the CPU: with and without the
-glibc malloc tunables) and prints one JSON object::
+Run as its own process (``twin bench --video`` starts it once: on the CPU with the glibc malloc
+tunables, on a GPU on cuda) and prints a JSON line after each core, the last holding them all::
 
     python benchmarks/peer_video_torch.py [--shapes JSON] [--repeats 3] [--mev-counts 1,16,128]
         [--mev-budget 16] [--mev-max-steps 2] [--mev-chunk 16] [--mev-neurons 1] [--device cpu|cuda]
@@ -29,7 +29,7 @@ frames of the input) and clip-steps/s:
   regularizers, as sensorium_2023's video training loop),
 - MEV: gradient ascent on a clip of ``mev_frames`` frames (the video channel; behaviour and pupil
   centre fixed) for the target neuron's response averaged over the last ``window`` output frames;
-  SGD (lr 1), the clip rescaled to a fixed L2 norm (MEV_NORM per frame) each step. One neuron at a
+  SGD (lr 1), the clip rescaled to L2 norm MEV_NORM x sqrt(its size) each step. One neuron at a
   time (batch 1, read out that neuron only) and batched (B clips in one pass, the readout's
   ``out_idx`` set to the B targets, clip i read out for its own target), for each count of neurons in
   ``--mev-counts``, in chunks of at most ``--mev-chunk`` clips.

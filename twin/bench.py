@@ -13,6 +13,10 @@ model's compute precision in forward, train and mei, and the inputs of the peak'
 peer runs float32. Default shapes: the Sensorium 2022 baseline (7,776 neurons, 1x36x64, batch 128,
 4 layers x 64 channels); ``quick``: tiny shapes that only check the suite runs.
 
+The video suite (``twin bench --video``, ``run_video_suite``): forward and train frames/s and
+MEV clip-steps/s of the "gru" and "factorized3d" twins next to the Sensorium 2023 baselines
+(benchmarks/peer_video_torch.py), float32, at VIDEO_GPU shapes on a GPU, smaller ones on a CPU.
+
 The peer (benchmarks/peer_torch.py, neuralpredictors 0.3.0) runs in child processes, on the CPU
 once with the default glibc malloc and once with the tunables that stop it returning big buffers
 to the OS on every free, on a GPU once on cuda. Each process times its variants: eager and ``torch.compile`` forward and train
