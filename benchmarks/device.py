@@ -14,6 +14,8 @@ One process per side, one after the other, so JAX and torch never share the GPU'
 DIR/device.json and DIR/device.md are rewritten after every part, so a run stopped early leaves
 what it measured. A side still running at its share of ``--budget`` seconds is stopped.
 ``--quick``: tiny shapes, a 10-step workload and the peer on the CPU (checks the script runs).
+``--video``: instead, ``twin bench --video`` (both video cores and benchmarks/peer_video_torch.py
+at the Sensorium 2023 shapes) in this process, written to DIR/video.json and DIR/video.txt.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from twin.bench import (
     bench_matmul,
     bench_workload,
     fastest_peer,
+    format_video_results,
     peer_variants,
     ratios,
     run_peer,
     run_suite,
+    run_video_suite,
 )
 
 PRECISIONS = ("float32", "bfloat16")
@@ -206,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for device.json and device.md")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, the peer on the CPU")
     parser.add_argument("--budget", type=float, default=450.0, help="seconds for both sides together")
+    parser.add_argument("--video", action="store_true", help="the video suite instead (twin bench --video)")
     parser.add_argument("--side", choices=["twin"], help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)  # the parent's clock, for log lines
     args = parser.parse_args(argv)
@@ -213,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         global START
         START = args.started
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.video:
+        results = run_video_suite(args.quick)
+        write_json(args.out / "video.json", results)
+        (args.out / "video.txt").write_text(format_video_results(results) + "\n")
+        print((args.out / "video.txt").read_text())
+        return 0
     if args.side == "twin":
         twin_side(args.out, args.quick)
         return 0
@@ -229,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cpu" if args.quick else "cuda"
     timeout = max(args.budget - (time.time() - START), 30)
     log(f"peer on {device}: starting (at most {timeout:.0f} s)")
-    peer = run_peer(QUICK if args.quick else GPU, device, timeout, tuned_malloc=False)
+    peer = run_peer(QUICK if args.quick else GPU, device, timeout, mallocs=("default",))
     status["peer"] = "skipped" if "skipped" in peer else "done"
     log(f"peer: {status['peer']}")
     results = combine(twin, peer, status)

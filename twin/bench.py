@@ -13,6 +13,10 @@ model's compute precision in forward, train and mei, and the inputs of the peak'
 peer runs float32. Default shapes: the Sensorium 2022 baseline (7,776 neurons, 1x36x64, batch 128,
 4 layers x 64 channels); ``quick``: tiny shapes that only check the suite runs.
 
+The video suite (``twin bench --video``, ``run_video_suite``): forward and train frames/s and
+MEV clip-steps/s of the "gru" and "factorized3d" twins next to the Sensorium 2023 baselines
+(benchmarks/peer_video_torch.py), float32, at VIDEO_GPU shapes on a GPU, smaller ones on a CPU.
+
 The peer (benchmarks/peer_torch.py, neuralpredictors 0.3.0) runs in child processes, on the CPU
 once with the default glibc malloc and once with the tunables that stop it returning big buffers
 to the OS on every free, on a GPU once on cuda. Each process times its variants: eager and ``torch.compile`` forward and train
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -48,6 +53,7 @@ from twin.precision import DTYPES, set_precision
 
 PEER_SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "peer_torch.py"
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+MALLOCS = ("default", "malloc_tuned")  # the peer's processes: glibc malloc as is, and with MALLOC_TUNABLES
 MEI_NORM = 25.0
 
 
@@ -367,20 +373,22 @@ def peer_available() -> str | None:
     return None
 
 
-def run_peer(shapes: Shapes, device: str = "cpu", timeout: float | None = None, tuned_malloc: bool = True) -> dict:
-    """The peer in child processes on torch ``device``: {"default": {...}, "malloc_tuned": {...}}
-    (the second only with ``tuned_malloc``) or {"skipped": why}. A process still running after
-    ``timeout`` seconds is stopped and its eager figures, printed before the compiled ones, kept."""
+def run_peer(
+    shapes, device: str = "cpu", timeout: float | None = None, mallocs: tuple[str, ...] = MALLOCS, script: Path = PEER_SCRIPT
+) -> dict:
+    """The peer ``script`` (run with ``shapes.peer_arguments()``) in child processes on torch
+    ``device``, one per glibc malloc setting in ``mallocs``: {"default": {...}, "malloc_tuned":
+    {...}} or {"skipped": why}. A process still running after ``timeout`` seconds is stopped and
+    the figures of its last whole JSON line (printed before its later parts) kept."""
     reason = peer_available()
     if reason:
         return {"skipped": reason}
-    settings = (("default", None), ("malloc_tuned", MALLOC_TUNABLES))
     results = {}
-    for name, tunables in settings if tuned_malloc else settings[:1]:
+    for name in mallocs:
         env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-        if tunables:
-            env["GLIBC_TUNABLES"] = tunables
-        command = [sys.executable, str(PEER_SCRIPT), *shapes.peer_arguments(), "--device", device]
+        if name == "malloc_tuned":
+            env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+        command = [sys.executable, str(script), *shapes.peer_arguments(), "--device", device]
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=timeout)
         except subprocess.TimeoutExpired as expired:
@@ -465,7 +473,8 @@ def run_suite(
         print("twin bench: PyTorch peer ...", file=sys.stderr, flush=True)
     # The peer on the same kind of device; the malloc tunables concern CPU runs only.
     device = "cuda" if results["machine"]["platform"] == "gpu" else "cpu"
-    results["peer"] = run_peer(shapes, device, tuned_malloc=device == "cpu") if peer else {"skipped": "--no-peer"}
+    mallocs = MALLOCS if device == "cpu" else MALLOCS[:1]
+    results["peer"] = run_peer(shapes, device, mallocs=mallocs) if peer else {"skipped": "--no-peer"}
     results["peer_variants"] = peer_variants(results["peer"], shapes.mei_neurons)
     results["peer_fastest"] = fastest_peer(results["peer_variants"])
     results["ratios"] = ratios(results)
@@ -535,18 +544,299 @@ def format_peer(peer: dict, variants: dict, fastest: dict) -> list[str]:
     return lines
 
 
+PEER_VIDEO_SCRIPT = PEER_SCRIPT.parent / "peer_video_torch.py"
+VIDEO_CORES = ("gru", "factorized3d")
+MEV_NORM = 0.1  # the clip's L2 norm per pixel and frame, as the video peer's
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoShapes:
+    """Sizes of one video suite run (both cores): model, training batch of clips, MEV clips."""
+
+    neurons: int
+    height: int
+    width: int
+    channels: int  # of every core layer and of the ConvGRU state
+    frames: int  # of each training clip
+    batch: int
+    n_train: int  # training trials: the loss scale sqrt(n_train / batch)
+    mev_frames: int  # of each MEV clip
+    window: int  # the MEV objective: the response averaged over the last ``window`` frames
+    mev_neurons: tuple[int, ...]
+    mev_budget: int  # clip-steps per timed MEV call: steps = budget // neurons, 1 to mev_max_steps
+    mev_max_steps: int
+    mev_chunk: int  # clips per compiled call (twin) or per forward pass (the peer), at most
+    repeats: int
+    peer_mev_neurons: int  # neurons of the peer's one-neuron loop per timed call
+
+    def peer_arguments(self) -> list[str]:
+        keys = ("neurons", "height", "width", "channels", "frames", "batch", "n_train", "mev_frames", "window")
+        return [
+            "--shapes", json.dumps({k: getattr(self, k) for k in keys}),
+            "--repeats", str(self.repeats),
+            "--mev-counts", ",".join(map(str, self.mev_neurons)),
+            "--mev-budget", str(self.mev_budget),
+            "--mev-max-steps", str(self.mev_max_steps),
+            "--mev-chunk", str(self.mev_chunk),
+            "--mev-neurons", str(self.peer_mev_neurons),
+        ]  # fmt: skip
+
+
+# Sensorium 2023: 36x64 clips of 80 frames, batch 8 (its baselines' training), 7,863 neurons.
+VIDEO_GPU = VideoShapes(7863, 36, 64, 64, 80, 8, 600, 80, 10, (1, 16, 128), 128, 4, 16, 3, 2)
+# A 2-core CPU: the same layers at 32 channels (a quarter of the FLOPs) on 24-frame clips (the
+# peer's 3D core needs 23 for one output frame), batch 1, MEVs for 1 and 4 neurons, medians of 3
+# timed calls, so that the suite ends in under 10 minutes.
+VIDEO_CPU = VideoShapes(7863, 36, 64, 32, 24, 1, 600, 24, 2, (1, 4), 4, 1, 4, 3, 1)
+VIDEO_QUICK = VideoShapes(16, 16, 20, 4, 24, 1, 8, 24, 2, (1, 2), 2, 1, 1, 1, 1)
+
+
+def video_shapes(quick: bool) -> VideoShapes:
+    """VIDEO_QUICK, else VIDEO_GPU on a GPU, else VIDEO_CPU."""
+    if quick:
+        return VIDEO_QUICK
+    return VIDEO_GPU if jax.default_backend() == "gpu" else VIDEO_CPU
+
+
+def build_video_twin(shapes: VideoShapes, core: str) -> Twin:
+    """The Sensorium 2023 baseline with ``core`` ("gru" or "factorized3d") at ``shapes``, as the
+    video peer builds it: full convs, behaviour channels, shifter, grid-mean predictor."""
+    layers = dict(
+        gru=dict(core_layers=4, input_kernel=9, pad_input=False, batch_norm_momentum=0.1),
+        factorized3d=dict(core_layers=3, input_kernel=11, pad_input=True, batch_norm_momentum=0.3),
+    )[core]
+    config = ModelConfig(
+        core=core,
+        core_channels=shapes.channels,
+        gru_channels=shapes.channels,
+        hidden_kernel=7,
+        depth_separable=False,
+        core_bias=True,
+        use_behavior=True,
+        shifter=True,
+        grid_mean_predictor=True,
+        **layers,
+    )
+    rng = np.random.default_rng(0)
+    positions = rng.uniform(-300, 300, (shapes.neurons, 2)).astype(np.float32)
+    spec = ReadoutSpec(shapes.neurons, np.ones(shapes.neurons, np.float32), positions)
+    return Twin(config, 1, (shapes.height, shapes.width), [spec], n_behavior=2, rngs=nnx.Rngs(0))
+
+
+def video_inputs(shapes: VideoShapes, count: int, frames: int) -> dict:
+    """Random clips (count, frames, y, x, 1) with constant behaviour (count, frames, 2) and random
+    pupil centres (count, frames, 2), as model keyword arrays."""
+    rng = np.random.default_rng(0)
+    clips = rng.standard_normal((count, frames, shapes.height, shapes.width, 1), np.float32)
+    return {
+        "images": jnp.asarray(clips),
+        "behavior": jnp.ones((count, frames, 2), jnp.float32),
+        "pupil_center": jnp.asarray(rng.standard_normal((count, frames, 2), np.float32)),
+    }
+
+
+def bench_video_forward(shapes: VideoShapes, model: Twin) -> dict:
+    """Eval-mode predictions of a batch of clips: frames/s."""
+    model.eval()
+    graphdef, state = nnx.split(model)
+    arrays = video_inputs(shapes, shapes.batch, shapes.frames)
+
+    @jax.jit
+    def forward(state, arrays):
+        return nnx.merge(graphdef, state)(arrays["images"], 0, behavior=arrays["behavior"], pupil_center=arrays["pupil_center"])
+
+    compiled, compile_s, flops = compile_with_cost(forward, state, arrays)
+    seconds = median_seconds(lambda: compiled(state, arrays).block_until_ready(), shapes.repeats)
+    return throughput(shapes.batch * shapes.frames, seconds, compile_s, flops, "frame")
+
+
+def bench_video_train(shapes: VideoShapes, model: Twin) -> dict:
+    """One step of ``twin fit``'s train step on a batch of clips (Poisson loss over every frame
+    and neuron x sqrt(n_train / batch) + regularizers, Adam): frames/s."""
+    from twin.fit import make_train_step
+    from twin.transfer import optimizer
+
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optimizer(params, None, 0.005)
+    opt_state = tx.init(params)
+    arrays = video_inputs(shapes, shapes.batch, shapes.frames)
+    rng = np.random.default_rng(1)
+    arrays["responses"] = jnp.asarray(rng.poisson(1.0, (shapes.batch, shapes.frames, shapes.neurons)).astype(np.float32))
+    lr = jnp.float32(0.005)
+    train_step = make_train_step(graphdef, tx, [shapes.n_train], scale_loss=True, ensemble=False)
+    compiled, compile_s, flops = compile_with_cost(train_step, params, rest, opt_state, lr, (arrays,), (0,))
+    carry = [params, rest, opt_state]
+
+    def step():
+        *new, metrics = compiled(*carry, lr, (arrays,))
+        carry[:] = new
+        metrics["loss"].block_until_ready()
+
+    seconds = median_seconds(step, shapes.repeats)
+    return throughput(shapes.batch * shapes.frames, seconds, compile_s, flops, "frame")
+
+
+def rescale_clips(clips: jax.Array) -> jax.Array:
+    """clips (B, t, y, x, 1) scaled to L2 norm MEV_NORM * sqrt(t * y * x) each."""
+    norms = jnp.sqrt(jnp.sum(clips**2, axis=(1, 2, 3, 4), keepdims=True))
+    return clips * (MEV_NORM * np.sqrt(np.prod(clips.shape[1:])) / norms)
+
+
+def bench_video_mev(shapes: VideoShapes, model: Twin) -> dict:
+    """Gradient ascent on clips, the video peer's loop in one compiled call per chunk: clip i for
+    neuron i, objective its response averaged over the last ``window`` frames (Twin.target_responses:
+    each clip reads out its own neuron only), SGD (lr 1), each clip rescaled to the norm after every
+    step; behaviour and pupil centre fixed. Clip-steps/s for each count of neurons."""
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    def ascent(state, clips, neurons, fixed, steps):
+        model = nnx.merge(graphdef, state)
+
+        def objective(clips):
+            responses = model.target_responses(
+                clips, 0, neurons=neurons, behavior=fixed["behavior"], pupil_center=fixed["pupil_center"]
+            )  # (B, t)
+            return responses[:, -shapes.window :].mean(axis=1).sum()
+
+        # Unrolled, not a fori_loop: XLA on the CPU runs these convs ~20x slower inside a while loop
+        # (measured here: one step 0.8 s plain, 16 s as fori_loop(0, 1, ...)).
+        for _ in range(steps):
+            clips = rescale_clips(clips + jax.grad(objective)(clips))
+        return clips
+
+    results, compiled = {}, {}
+    for n in shapes.mev_neurons:
+        steps = max(1, min(shapes.mev_max_steps, shapes.mev_budget // n))
+        chunk = min(n, shapes.mev_chunk)
+        fixed = video_inputs(shapes, chunk, shapes.mev_frames)
+        starts = rescale_clips(fixed["images"])
+        chunks = [jnp.arange(first, first + chunk) % shapes.neurons for first in range(0, n, chunk)]
+        if (chunk, steps) not in compiled:  # one compile per chunk size and step count
+            run = jax.jit(functools.partial(ascent, steps=steps))
+            compiled[chunk, steps] = compile_with_cost(run, state, starts, chunks[0], fixed)
+        program, compile_s, flops = compiled[chunk, steps]
+
+        def all_chunks():
+            jax.block_until_ready([program(state, starts, neurons, fixed) for neurons in chunks])
+
+        seconds = median_seconds(all_chunks, shapes.repeats)
+        row = throughput(n * steps, seconds, compile_s, flops * len(chunks), "clip_step")
+        results[str(n)] = {**row, "steps_timed": steps, "chunk": chunk}
+    return results
+
+
+def video_peer_variants(peer: dict, mev_neurons) -> dict:
+    """Each video row's peer figures by variant: {"gru forward": {"default eager": frames/s, ...},
+    "gru mev_N": {"default one-neuron": clip-steps/s, "default batched": ...}, ...}; {} when skipped."""
+    if "skipped" in peer:
+        return {}
+    rows = {}
+    for setting, run in peer.items():
+        for core in VIDEO_CORES:
+            if core not in run:
+                continue
+            for name in ("forward", "train"):
+                rows.setdefault(f"{core} {name}", {})[f"{setting} eager"] = run[core][f"{name}_frame_s"]
+            for n in mev_neurons:
+                row = rows.setdefault(f"{core} mev_{n}", {})
+                row[f"{setting} one-neuron"] = run[core]["mev_one_neuron"]
+                row[f"{setting} batched"] = run[core]["mev_batched"][str(n)]
+    return rows
+
+
+def run_video_suite(quick: bool = False, peer: bool = True) -> dict:
+    """Forward, train and MEV rows of both video cores, the video peer's and the ratios (twin /
+    fastest peer variant), as one JSON-ready dict."""
+    shapes = video_shapes(quick)
+    results = {"machine": machine_info(), "quick": quick, "video": True, "shapes": dataclasses.asdict(shapes)}
+    for core in VIDEO_CORES:
+        model = build_video_twin(shapes, core)  # one model per core: its eager init costs as much as a compile
+        for name, part in (("forward", bench_video_forward), ("train", bench_video_train)):
+            print(f"twin bench --video: {core} {name} ...", file=sys.stderr, flush=True)
+            results[f"{core} {name}"] = part(shapes, model)
+        print(f"twin bench --video: {core} mev ...", file=sys.stderr, flush=True)
+        for n, row in bench_video_mev(shapes, model).items():
+            results[f"{core} mev_{n}"] = row
+    device = "cuda" if results["machine"]["platform"] == "gpu" else "cpu"
+    if peer:
+        print("twin bench --video: PyTorch peer ...", file=sys.stderr, flush=True)
+        # On the CPU only with the malloc tunables: each peer process takes minutes here.
+        mallocs = MALLOCS[1:] if device == "cpu" else MALLOCS[:1]
+        results["peer"] = run_peer(shapes, device, mallocs=mallocs, script=PEER_VIDEO_SCRIPT)
+    else:
+        results["peer"] = {"skipped": "--no-peer"}
+    return results | video_comparison(results, shapes.mev_neurons)
+
+
+def video_comparison(results: dict, mev_neurons) -> dict:
+    """peer_variants, peer_fastest and ratios (twin / fastest peer variant) of the video rows of
+    ``results`` and its "peer"."""
+    variants = video_peer_variants(results["peer"], mev_neurons)
+    fastest = fastest_peer(variants)
+    ratios = {
+        row: results[row][rate] / best["rate"]
+        for row, best in fastest.items()
+        for rate in ("frame_s", "clip_step_s")
+        if rate in results.get(row, {})
+    }
+    return {"peer_variants": variants, "peer_fastest": fastest, "ratios": ratios}
+
+
+def format_video_results(results: dict) -> str:
+    """A plain-text table of ``run_video_suite``'s results."""
+    machine, shapes = results["machine"], results["shapes"]
+    lines = [
+        f"twin bench --video{' --quick' if results['quick'] else ''}  {machine['date']}  {machine['cpu']}"
+        f" ({machine['cpu_count']} cores; JAX on {machine['devices']} {machine['device']} device(s))",
+        "  " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
+        f"  {shapes['neurons']:,} neurons, {shapes['height']}x{shapes['width']}, {shapes['channels']} channels;"
+        f" train/forward: batch {shapes['batch']} x {shapes['frames']} frames; MEV: {shapes['mev_frames']}-frame"
+        f" clips, response over the last {shapes['window']} frames",
+        f"  {'':30}{'twin':>10}{'peer':>10}{'ratio':>8}{'compile s':>11}",
+    ]
+    fastest = results["peer_fastest"]
+    for row, r in results.items():
+        if not (isinstance(r, dict) and ("frame_s" in r or "clip_step_s" in r)):
+            continue
+        unit = "frames/s" if "frame_s" in r else "clip-steps/s"
+        value = r.get("frame_s", r.get("clip_step_s"))
+        best = fastest.get(row, {}).get("rate")
+        peer_text = f"{best:10,.2f}" if best else f"{'-':>10}"
+        ratio = f"{value / best:7.2f}x" if best else f"{'-':>8}"
+        lines.append(f"  {row + ' ' + unit:30}{value:10,.2f}{peer_text}{ratio}{r['compile_s']:11.1f}")
+    peer = results["peer"]
+    if "skipped" in peer:
+        lines.append(f"  peer skipped: {peer['skipped']}")
+    else:
+        first = next(iter(peer.values()))
+        lines.append(f"  peer: torch {first['torch']}, neuralpredictors {first['neuralpredictors']}, {first['threads']} threads")
+        lines.append("    peer variants (frames/s; clip-steps/s for mev):")
+        for name, figures in results["peer_variants"].items():
+            text = ", ".join(f"{v} {rate:,.2f}{'*' if v == fastest[name]['variant'] else ''}" for v, rate in figures.items())
+            lines.append(f"    {name:20} {text}")
+    return "\n".join(lines)
+
+
 def bench_command(
     quick: bool = False,
     as_json: bool = False,
     peer: bool = True,
     parts: tuple[str, ...] = tuple(PARTS),
     precision: str = "float32",
+    video: bool = False,
 ) -> int:
-    """``twin bench``: run the suite (or ``parts`` of it) in ``precision``, print the table or JSON.
-    Returns the exit status."""
-    results = run_suite(quick=quick, peer=peer, parts=parts, precision=precision)
+    """``twin bench``: run the suite (or ``parts`` of it) in ``precision``, or with ``video`` the
+    video suite (float32), print the table or JSON. Returns the exit status."""
+    if video:
+        if precision != "float32":
+            raise ConfigError(f"--precision {precision} is not measured by --video; leave --precision out")
+        results = run_video_suite(quick=quick, peer=peer)
+    else:
+        results = run_suite(quick=quick, peer=peer, parts=parts, precision=precision)
     if as_json:
         print(json.dumps(results, indent=2, allow_nan=False))
     else:
-        print(format_results(results))
+        print(format_video_results(results) if video else format_results(results))
     return 0

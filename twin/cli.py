@@ -631,7 +631,9 @@ def cmd_loop(args) -> int:
 def cmd_bench(args) -> int:
     from twin.bench import bench_command
 
-    return bench_command(quick=args.quick, as_json=args.json, peer=not args.no_peer, precision=args.precision)
+    return bench_command(
+        quick=args.quick, as_json=args.json, peer=not args.no_peer, precision=args.precision, video=args.video
+    )
 
 
 def cmd_convert(args) -> int:
@@ -1096,6 +1098,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small shapes (CI)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-peer", action="store_true", help="skip the PyTorch peer")
+    p.add_argument(
+        "--video", action="store_true", help="the video cores (gru, factorized3d) against the Sensorium 2023 baselines"
+    )
     p.add_argument(
         "--precision", choices=["float32", "bfloat16"], default="float32", help="twin's compute precision (the peer: float32)"
     )
