@@ -444,8 +444,12 @@ def cmd_mei(args) -> int:
             f" ({'; '.join(summary['config_sources'])}),"
             f" median MEI / best natural image {summary['median_ratio']:.2f} under the twin"
             + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
-            + f"; median spectral KL from the natural images {summary['median_spectral_kl']:.2f}"
-            f" (spectral slope: natural {summary['natural_spectral_slope']:.2f})"
+            + (
+                f"; clips of {summary['frames']} frames at {summary['frame_rate']:g} Hz"
+                if "frames" in summary
+                else f"; median spectral KL from the natural images {summary['median_spectral_kl']:.2f}"
+                f" (spectral slope: natural {summary['natural_spectral_slope']:.2f})"
+            )
             + (f"; mean opacity {summary['mean_opacity']:.2f}" if args.transparency else "")
         )
     return 0

@@ -18,13 +18,15 @@ The output folder (written atomically) holds:
     manifest.csv                      one row per presentation, in presentation order
     manifest.json                     monitor, targets, stimuli, rejected stimuli, the order
 
-A video MEI store (most exciting videos, twin.mei.store) gives one clip per neuron, its MEV
-(kind mei; video stores have no natural controls). A clip is matched as a whole: one offset and
+A video MEI store (most exciting videos, twin.mei.store) gives per neuron its MEV (kind mei)
+and its natural control (kind natural): the session's clip of as many frames that the twin rates
+best for that neuron, chosen by `twin mei` (twin.mei.run.natural_clip_checks). A clip is matched as a whole: one offset and
 gain for all its frames set the mean and RMS contrast over every frame and pixel to the targets
 (computed likewise over the frames of the training clips), so its changes in time keep their
 size. Each clip is written as stimuli/<id>_<kind>_u<unit>/frame_0000.png ... and an animated
 preview stimuli/<id>_<kind>_u<unit>.gif at the store's frame rate; the stimulus' file is the
-folder, its preview the GIF, and the manifest states frame_rate and frames.
+folder, its preview the GIF, and the manifest states frame_rate, frames and response_window
+(the last frames whose mean response the MEVs maximized: the rig's response to a clip).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def gather_stimuli(meis, session) -> list[dict]:
 
     images = (meis["images"] * meis["image_std"] + meis["image_mean"]).values
     if "frame" in meis["images"].dims:
-        return gather_clips(meis, images)
+        return gather_clips(meis, images, session)
     # The mean gray level of each channel: a number, or (channel, 1, 1).
     mean = meis["image_mean"].mean([d for d in meis["image_mean"].dims if d != "channel"]).values
     mean = mean[:, None, None] if mean.ndim else float(mean)
@@ -99,17 +101,28 @@ def gather_stimuli(meis, session) -> list[dict]:
     return stimuli
 
 
-def gather_clips(meis, clips: np.ndarray) -> list[dict]:
-    """The MEV of each neuron of the video MEI store ``meis``: dicts with kind mei, neuron, seed
-    and pixels (frame, [channel,] y, x) 0..255 from ``clips`` (neuron, seed, frame, [channel,] y, x)."""
-    from twin.data.schema import unit_ids
+def gather_clips(meis, clips: np.ndarray, session) -> list[dict]:
+    """The MEV of each neuron of the video MEI store ``meis`` and, when the store names it, its
+    natural control: the session's clip of as many frames that the twin rates best for that neuron
+    (best_natural_trial, best_natural_frame). Dicts with kind, neuron, seed or image_trial and
+    pixels (frame, [channel,] y, x) 0..255; clips: the store's (neuron, seed, frame, [channel,] y, x)
+    in pixel levels; session: the session store (xarray) the MEVs were made from."""
+    from twin.data.schema import pixel_range, to_levels, unit_ids
 
     best_seed = meis["best_seed"].values.astype(int)
-    return [
-        {"unit_id": unit, "neuron_index": int(meis["neuron_index"].values[i]), "kind": "mei",
-         "seed": int(best_seed[i]), "pixels": clips[i, best_seed[i]]}
-        for i, unit in enumerate(unit_ids(meis["unit_id"].values).tolist())
-    ]
+    frames = clips.shape[2]
+    stimuli = []
+    for i, unit in enumerate(unit_ids(meis["unit_id"].values).tolist()):
+        neuron = {"unit_id": unit, "neuron_index": int(meis["neuron_index"].values[i])}
+        stimuli.append(neuron | {"kind": "mei", "seed": int(best_seed[i]), "pixels": clips[i, best_seed[i]]})
+        if "best_natural_trial" in meis:
+            trial, start = int(meis["best_natural_trial"].values[i]), int(meis["best_natural_frame"].values[i])
+            natural = session["images"].isel(trial=trial, frame=slice(start, start + frames)).values
+            natural = to_levels(natural, pixel_range(session, meis.attrs["store"]))
+            if natural.ndim == 4 and "channel" not in meis["images"].dims:
+                natural = natural[:, 0]
+            stimuli.append(neuron | {"kind": "natural", "image_trial": trial, "pixels": natural})
+    return stimuli
 
 
 def file_label(unit_id) -> str:
@@ -387,7 +400,11 @@ def export_stimuli(
             "natural_spectral_slope": spectra["natural_spectral_slope"],
             "model_shape": list(model_shape),
             "screen_shape": list(screen_shape),
-            **({"frame_rate": float(store.attrs["frame_rate"]), "frames": frames} if video else {}),
+            **(
+                {"frame_rate": float(store.attrs["frame_rate"]), "frames": frames, "response_window": window}
+                if video
+                else {}
+            ),
             "repeats": repeats,
             "seed": seed,
             "stimuli": stimuli,

@@ -9,6 +9,9 @@ responses.npz (what a rig writes; `twin respond` writes the same):
     stimulus_id (trial,) int64 — the manifest's stimulus id shown on that trial
     unit_id (neuron,) int64 or str — the recorded neurons' ids (those of the run's session, of the
         same kind: integers for integer ids, strings for string ids)
+For clips (a video export) each row of responses is the mean over the clip's last
+``response_window`` frames (manifest.json), the frames whose response the MEVs maximized;
+`twin respond` adds traces (trial, frame, neuron), the responses frame by frame.
 """
 
 from __future__ import annotations
@@ -96,6 +99,9 @@ MANIFEST_FIELDS = {
     "rejected": LIST,
     "order": LIST,
     "natural_spectral_slope": NUMBER,
+    "frame_rate": POSITIVE,
+    "frames": COUNT,
+    "response_window": COUNT,
 }
 MONITOR_FIELDS = {
     "a": per_primary(POSITIVE),
@@ -123,9 +129,13 @@ STIMULUS_FIELDS = {
     "mean_luminance": per_primary(NUMBER),
     "rms_contrast": per_primary(NUMBER),
     "spectral_kl": NUMBER,
+    "preview": STRING,
+    "frames": COUNT,
 }
 # Fields added after the first manifests were written: older exports lack them and stay readable.
 OPTIONAL_FIELDS = ("natural_spectral_slope", "spectral_kl")
+# The fields of video exports (clips), which image exports lack.
+VIDEO_FIELDS = ("frame_rate", "frames", "response_window", "preview")
 CSV_CHECKED = ("file", "kind", "unit_id")  # manifest.csv columns that must agree with manifest.json
 
 
@@ -138,7 +148,7 @@ def check_fields(path: Path, where: str, values: dict, fields: dict) -> None:
             fix = f"rename it to {close[0]!r}" if close else "remove it"
             raise StimulusError(f"{path}: {where}unknown field {shown(name)}; {fix}")
     for name, (description, test) in fields.items():
-        if name not in values and name in OPTIONAL_FIELDS:
+        if name not in values and name in OPTIONAL_FIELDS + VIDEO_FIELDS:
             continue
         if name not in values:
             raise StimulusError(f"{path}: {where}field {name!r} is missing; export the stimuli again")
@@ -254,10 +264,50 @@ def read_manifest(stimuli: str | Path) -> dict:
     check_fields(path, "monitor: ", manifest["monitor"], MONITOR_FIELDS)
     check_fields(path, "target: ", manifest["target"], TARGET_FIELDS)
     check_stimuli(path, manifest)
+    check_video(path, manifest)
     check_csv(folder, manifest)
     for stimulus in manifest["stimuli"]:
-        stimulus_path(folder, stimulus, manifest["screen_shape"], stimulus_mode(manifest))
+        if is_clip_manifest(manifest):
+            clip_paths(folder, stimulus, manifest["screen_shape"], manifest["frames"], stimulus_mode(manifest))
+            preview_path(folder, stimulus)
+        else:
+            stimulus_path(folder, stimulus, manifest["screen_shape"], stimulus_mode(manifest))
     return manifest
+
+
+def is_clip_manifest(manifest: dict) -> bool:
+    """Whether a manifest lists clips (a video export: it states frames) rather than images."""
+    return "frames" in manifest
+
+
+def check_video(path: Path, manifest: dict) -> None:
+    """A video manifest states frame_rate, frames and response_window (at most frames) together,
+    and each of its stimuli its frames (the manifest's) and preview; an image manifest none of them."""
+    given = [name for name in ("frame_rate", "frames", "response_window") if name in manifest]
+    if given and len(given) < 3:
+        missing = next(name for name in ("frame_rate", "frames", "response_window") if name not in manifest)
+        raise StimulusError(f"{path}: field {given[0]!r} is given but {missing!r} is missing; export the stimuli again")
+    for stimulus in manifest["stimuli"]:
+        for name in ("frames", "preview"):
+            if given and name not in stimulus:
+                raise StimulusError(
+                    f"{path}: stimulus {stimulus['stimulus_id']}: field {name!r} is missing; export the stimuli again"
+                )
+            if not given and name in stimulus:
+                raise StimulusError(
+                    f"{path}: stimulus {stimulus['stimulus_id']}: field {name!r} belongs to clips but the manifest"
+                    " states no frames; export the stimuli again"
+                )
+        if given and stimulus["frames"] != manifest["frames"]:
+            raise StimulusError(
+                f"{path}: stimulus {stimulus['stimulus_id']}: field 'frames' is {stimulus['frames']}, not the"
+                f" manifest's {manifest['frames']}; export the stimuli again"
+            )
+    if given and manifest["response_window"] > manifest["frames"]:
+        raise StimulusError(
+            f"{path}: field 'response_window' is {manifest['response_window']}, above frames ="
+            f" {manifest['frames']}; export the stimuli again"
+        )
 
 
 def stimulus_mode(manifest: dict) -> str:
@@ -268,23 +318,23 @@ def stimulus_mode(manifest: dict) -> str:
     return image_mode(Monitor.from_dict(manifest["monitor"]).primaries)
 
 
-def stimulus_path(stimuli: str | Path, stimulus: dict, screen_shape: list[int], mode: str = "L") -> Path:
-    """The image file of one manifest stimulus: inside the folder ``stimuli``, an 8-bit image of
-    ``mode`` (L gray or RGB, ``stimulus_mode``) and of the manifest's screen_shape (height,
-    width), as `twin export` writes it.
-
-    ``stimulus["file"]`` is relative to the folder. Names that leave it (absolute paths, ``..``,
-    symbolic links pointing outside) are refused, so a manifest cannot make the loop read, or the
-    report embed, any other file. Every reader of a stimulus file goes through here.
-    """
+def inside(stimuli: str | Path, stimulus: dict, name: str) -> tuple[Path, str]:
+    """(the resolved path of ``name`` inside the folder ``stimuli``, the prefix of messages about
+    it). Names that leave the folder (absolute paths, ``..``, symbolic links pointing outside)
+    are refused, so a manifest cannot make the loop read, or the report embed, any other file."""
     folder = Path(stimuli).resolve()
-    where = f"{Path(stimuli) / MANIFEST}: stimulus {stimulus['stimulus_id']}: file {shown(stimulus['file'])}"
+    where = f"{Path(stimuli) / MANIFEST}: stimulus {stimulus['stimulus_id']}: file {shown(name)}"
     try:
-        path = (folder / stimulus["file"]).resolve()
+        path = (folder / name).resolve()
     except (OSError, ValueError, RuntimeError):  # a NUL byte, a symbolic-link loop
         path = None
     if path is None or not path.is_relative_to(folder):
         raise StimulusError(f"{where} lies outside {folder}; name an image inside the stimulus folder, relative to it")
+    return path, where
+
+
+def checked_image(path: Path, where: str, screen_shape: list[int], mode: str) -> Path:
+    """``path`` when it is an 8-bit image of ``mode`` and ``screen_shape`` (height, width)."""
     if not path.is_file():
         raise StimulusError(f"{where} is missing or not a file; export the stimuli again")
     try:
@@ -302,24 +352,63 @@ def stimulus_path(stimuli: str | Path, stimulus: dict, screen_shape: list[int], 
     return path
 
 
+def stimulus_path(stimuli: str | Path, stimulus: dict, screen_shape: list[int], mode: str = "L") -> Path:
+    """The image file of one manifest stimulus: inside the folder ``stimuli`` (``inside``), an
+    8-bit image of ``mode`` (L gray or RGB, ``stimulus_mode``) and of the manifest's screen_shape
+    (height, width), as `twin export` writes it. ``stimulus["file"]`` is relative to the folder.
+    Every reader of a stimulus file goes through here, or through ``clip_paths`` for clips."""
+    return checked_image(*inside(stimuli, stimulus, stimulus["file"]), screen_shape, mode)
+
+
+def clip_paths(stimuli: str | Path, stimulus: dict, screen_shape: list[int], frames: int, mode: str = "L") -> list[Path]:
+    """The frame files (frames,) of one clip of a video manifest: ``stimulus["file"]`` is a folder
+    inside ``stimuli`` holding frame_0000.png ... one per frame, each checked as ``stimulus_path``
+    checks an image."""
+    name = stimulus["file"]
+    return [
+        checked_image(*inside(stimuli, stimulus, f"{name}/frame_{frame:04d}.png"), screen_shape, mode)
+        for frame in range(frames)
+    ]
+
+
+def preview_path(stimuli: str | Path, stimulus: dict) -> Path:
+    """The animated GIF preview of one clip of a video manifest, inside the folder ``stimuli``."""
+    path, where = inside(stimuli, stimulus, stimulus["preview"])
+    where = where.replace(": file ", ": preview ")
+    if not path.is_file():
+        raise StimulusError(f"{where} is missing or not a file; export the stimuli again")
+    try:
+        with Image.open(path) as image:
+            image_format = image.format
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise StimulusError(f"{where} is not a readable image ({error}); export the stimuli again") from None
+    if image_format != "GIF":
+        raise StimulusError(f"{where} is a {image_format} image, not a GIF; export the stimuli again")
+    return path
+
+
 def write_responses(
     path: str | Path,
     responses: np.ndarray,
     stimulus_id: np.ndarray,
     unit_id: np.ndarray,
     overwrite: bool = False,
+    traces: np.ndarray | None = None,
 ) -> None:
     """Write responses.npz atomically: responses (trial, neuron), stimulus_id (trial,), unit_id
-    (neuron,) integers or strings; an existing file is replaced only with ``overwrite``."""
+    (neuron,) integers or strings, and for clips optionally traces (trial, frame, neuron); an
+    existing file is replaced only with ``overwrite``."""
     from twin.data.schema import unit_ids
     from twin.outputs import output
 
+    extra = {} if traces is None else {"traces": np.asarray(traces, np.float32)}
     with output(path, overwrite, "file") as staged, open(staged, "wb") as file:
         np.savez(
             file,
             responses=np.asarray(responses, np.float32),
             stimulus_id=np.asarray(stimulus_id, np.int64),
             unit_id=unit_ids(unit_id),
+            **extra,
         )
 
 

@@ -3,6 +3,9 @@
 Figures: fit_curves.png (the run's metrics.jsonl), prediction_scatter.png (twin vs animal, one
 point per shown stimulus), mei_grid.png (each neuron's MEI next to its controls, as shown on the
 screen), responses_bar.png (mean ± s.e.m. response to the MEI and each control, per neuron).
+For clips (a video export) the grid shows each clip's middle frame, the page plays each neuron's
+MEV and natural control as animated GIFs (the export's previews) and xt_<stimulus id>.png is the
+MEV's space-time slice: the clip's centre row (x, across) frame by frame (t, down).
 Every value enters index.html HTML-escaped, through ``text``.
 """
 
@@ -22,7 +25,13 @@ from PIL import Image  # noqa: E402
 
 from twin.data.schema import plot_text  # noqa: E402
 from twin.errors import RunError  # noqa: E402
-from twin.loop.files import stimulus_mode, stimulus_path  # noqa: E402
+from twin.loop.files import (  # noqa: E402
+    clip_paths,
+    is_clip_manifest,
+    preview_path,
+    stimulus_mode,
+    stimulus_path,
+)
 
 KIND_COLORS = {"mei": "#c0392b", "dei": "#e67e22", "natural": "#2c7fb8", "natural_masked": "#7fcdbb"}
 GRID_MAX_NEURONS = 32  # rows of the MEI grid; larger loops show the first ones
@@ -131,7 +140,7 @@ def plot_mei_grid(summary: dict, manifest: dict, stimuli: Path, path: Path) -> N
     for r, (neuron, row) in enumerate(zip(neurons, rows)):
         for c, shown in enumerate(row):
             ax = axes[r, c]
-            file = stimulus_path(stimuli, listed[shown["stimulus_id"]], (height, width), mode)
+            file = shown_image(stimuli, listed[shown["stimulus_id"]], manifest)
             with Image.open(file) as image:
                 # gray PNGs through the gray colour map; RGB ones as they are
                 ax.imshow(np.asarray(image), **({"cmap": "gray", "vmin": 0, "vmax": 255} if mode == "L" else {}))
@@ -144,6 +153,58 @@ def plot_mei_grid(summary: dict, manifest: dict, stimuli: Path, path: Path) -> N
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def shown_image(stimuli: Path, stimulus: dict, manifest: dict) -> Path:
+    """The image file that stands for a stimulus in the grid: the image, or a clip's middle frame."""
+    mode = stimulus_mode(manifest)
+    if is_clip_manifest(manifest):
+        frames = manifest["frames"]
+        return clip_paths(stimuli, stimulus, manifest["screen_shape"], frames, mode)[frames // 2]
+    return stimulus_path(stimuli, stimulus, manifest["screen_shape"], mode)
+
+
+XT_ROW_HEIGHT = 4  # screen pixels per frame in a space-time slice
+
+
+def write_xt_slice(stimuli: Path, stimulus: dict, manifest: dict, path: Path) -> None:
+    """PNG of a clip's space-time slice: its centre row (x, across) in every frame (t, down)."""
+    frames = clip_paths(stimuli, stimulus, manifest["screen_shape"], manifest["frames"], stimulus_mode(manifest))
+    centre = manifest["screen_shape"][0] // 2
+    rows = []
+    for frame in frames:
+        with Image.open(frame) as image:
+            rows.append(np.asarray(image)[centre])
+    slice_ = np.repeat(np.stack(rows), XT_ROW_HEIGHT, axis=0)
+    Image.fromarray(slice_).save(path, format="PNG")
+
+
+def clip_section(summary: dict, manifest: dict, stimuli: Path, folder: Path) -> str:
+    """HTML of each neuron's MEV and natural control playing (GIFs) and the MEV's space-time
+    slice (written to ``folder``)."""
+    listed = {s["stimulus_id"]: s for s in manifest["stimuli"]}
+    parts = [
+        f"<p>{text(manifest['frames'])} frames at {text(manifest['frame_rate'])} Hz; response: mean of the last"
+        f" {text(manifest['response_window'])} frames. Space-time slice: the centre row (x, across) frame by"
+        " frame (t, down).</p>",
+        '<table class="clips">' + row(["unit", "MEV", "natural control", "MEV x–t slice"], "th"),
+    ]
+    for neuron in summary["neurons"][:GRID_MAX_NEURONS]:
+        cells = {}
+        for shown in neuron["stimuli"]:
+            stimulus = listed[shown["stimulus_id"]]
+            if stimulus["kind"] in ("mei", "natural") and stimulus["kind"] not in cells:
+                cells[stimulus["kind"]] = embed(preview_path(stimuli, stimulus), "image/gif")
+            if stimulus["kind"] == "mei":
+                xt = folder / f"xt_{stimulus['stimulus_id']:04d}.png"
+                write_xt_slice(stimuli, stimulus, manifest, xt)
+                cells["xt"] = embed(xt)
+        parts.append(
+            f"<tr><td>{text(neuron['unit_id'])}</td>"
+            + "".join(f"<td>{cells.get(kind, '–')}</td>" for kind in ("mei", "natural", "xt"))
+            + "</tr>"
+        )
+    return "".join(parts) + "</table>"
 
 
 def plot_response_bars(summary: dict, path: Path) -> None:
@@ -184,9 +245,10 @@ def row(values: list, cell: str = "td") -> str:
     return "<tr>" + "".join(f"<{cell}>{text(value)}</{cell}>" for value in values) + "</tr>"
 
 
-def embed(path: Path) -> str:
+def embed(path: Path, media: str = "image/png") -> str:
+    """An <img> holding the file's bytes (the page stays self-contained)."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{text(path.name)}">'
+    return f'<img src="data:{media};base64,{data}" alt="{text(path.name)}">'
 
 
 def luminance_text(value) -> str:
@@ -266,6 +328,7 @@ table { border-collapse: collapse; font-size: 13px; }
 td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f3f3f3; }
 .numbers td:first-child { text-align: left; }
+.clips img { max-width: 260px; margin: 0.2em; }
 """
 
 
@@ -329,6 +392,8 @@ def write_report(folder: Path, summary: dict, manifest: dict, stimuli: Path, run
     ]
     for title, path in figures:
         body += [f"<h2>{text(title)}</h2>", embed(path)]
+    if is_clip_manifest(manifest):
+        body += ["<h2>Clips</h2>", clip_section(summary, manifest, stimuli, folder)]
     body += ["<h2>Per neuron</h2>", neuron_table(summary, manifest)]
     page = (
         '<!doctype html><html><head><meta charset="utf-8"><title>twin: inception loop</title>'

@@ -693,10 +693,12 @@ def run_meis(job: MeiJob, deis: int, transparency: bool, background: str | None)
 
 def run_mevs(job: MeiJob) -> dict:
     """Optimize and write the most exciting videos of a video run's neurons: the store (clips
-    (neuron, seed, frame, [channel,] y, x), attr frame_rate, each best clip's motion direction)
-    and a PNG of up to 8 frames of each neuron's best clip; returns the summary {"recipe",
-    "config_sources", "frames", "frame_rate", "static", "neurons": [{"id", "activation",
-    "direction"}]} (direction in degrees, twin.mei.motion; None for static clips)."""
+    (neuron, seed, frame, [channel,] y, x), attr frame_rate, each best clip's motion direction,
+    its best natural clip: ``natural_clip_checks``) and a PNG of up to 8 frames of each neuron's
+    best clip; returns the summary {"recipe", "config_sources", "frames", "frame_rate", "static",
+    "median_ratio", "median_true_ratio", "neurons": [{"id", "activation", "direction",
+    "best_natural_activation", "ratio", "true_ratio"}]} (direction in degrees, twin.mei.motion;
+    None for static clips)."""
     from twin.data.schema import plot_text
     from twin.mei.motion import motion_direction
     from twin.mei.optimize import optimize_meis
@@ -709,17 +711,67 @@ def run_mevs(job: MeiJob) -> dict:
     panels = job.pixels(best[:, shown]).reshape(-1, *best.shape[2:])
     titles = [f"unit {plot_text(u)}: frame {f}" for u in job.data.unit_id[job.index] for f in shown]
     attrs = job.attrs | {"frame_rate": float(job.data.frame_rate)}
-    write_outputs(job, result_variables(job, result, job.index) | {"direction": direction}, attrs, panels, titles)
+    checks = natural_clip_checks(job, best, activation)
+    variables = result_variables(job, result, job.index) | {"direction": direction} | checks
+    write_outputs(job, variables, attrs, panels, titles)
     return {
         "recipe": job.config.recipe,
         "config_sources": job.config_sources,
         "frames": frames,
         "frame_rate": attrs["frame_rate"],
         "static": job.config.static,
+        "median_ratio": finite(np.median(checks["ratio"])),
+        "median_true_ratio": finite(np.median(checks["true_ratio"])),
         "neurons": [
-            {"id": job.data.unit_id[neuron].item(), "activation": finite(activation[i]), "direction": finite(direction[i])}
+            {
+                "id": job.data.unit_id[neuron].item(),
+                "activation": finite(activation[i]),
+                "direction": finite(direction[i]),
+                "best_natural_activation": finite(checks["best_natural_activation"][i]),
+                "ratio": finite(checks["ratio"][i]),
+                "true_ratio": finite(checks["true_ratio"][i]),
+            }
             for i, neuron in enumerate(job.index)
         ],
+    }
+
+
+def natural_clip_checks(job: MeiJob, best: np.ndarray, activation: np.ndarray) -> dict:
+    """The natural controls of the best MEVs (n, frame, [channel,] y, x) as store variables (n,):
+    each neuron's strongest natural clip of as many frames under the twin, among the train trials
+    cut into whole clips (twin.mei.validate.clip_starts), scored like the MEVs (the response
+    averaged over the last [mei].response_window frames): best_natural_activation,
+    best_natural_trial, best_natural_frame (its first frame) and ratio (activation (n,) over
+    it); for a simulated session the animal's noise-free response to the MEV (true_activation),
+    to its own best such clip (true_best_natural) and their ratio (true_ratio), else NaN."""
+    from twin.mei import validate
+
+    frames, window = best.shape[1], job.config.response_window
+    starts = validate.clip_starts(job.data.frame_count, job.data.trials("train"), frames)
+    if not len(starts):
+        raise ConfigError(
+            f"[mei].frames = {frames}: no train trial of {job.data.path} has that many frames, so there is no"
+            " natural clip to compare the MEVs with; use fewer frames"
+        )
+    natural, where = validate.best_natural_clip(
+        job.model, job.session, job.data.images, starts, frames, window, job.index, **job.fixed
+    )
+    nan = np.full(len(job.index), np.nan, np.float32)
+    true_activation, true_natural = nan, nan
+    truth = simulated_truth(job.data)
+    if truth is not None:
+        mean, std = job.engine["image_stats"]
+        pixels = job.data.images[..., 0] * std + mean
+        true_activation = validate.true_clip_responses(truth, job.pixels(best), job.index, window)
+        true_natural, _ = validate.true_best_natural_clip(truth, pixels, starts, frames, window, job.index)
+    return {
+        "best_natural_activation": natural,
+        "best_natural_trial": starts[where, 0],
+        "best_natural_frame": starts[where, 1],
+        "ratio": activation / natural,
+        "true_activation": true_activation,
+        "true_best_natural": true_natural,
+        "true_ratio": true_activation / true_natural,
     }
 
 
