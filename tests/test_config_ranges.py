@@ -78,6 +78,7 @@ FIELDS = {
         "shuffle_seed": ints(0, SEED_LIMIT - 1),
         "train_fraction": floats(0, 1, lo_open=True),
         "clip_frames": ints(1),
+        "burn_in_frames": ints(0),
     },
     ModelConfig: {
         "core": choices("stacked2d", "factorized3d", "gru"),

@@ -218,6 +218,9 @@ class DataConfig(Checked):
     # Video sessions train on clips of this many frames at a random start per trial and epoch
     # (Sensorium 2023: 80); at most a session's frames, a shorter trial's clip ends in masked padding.
     clip_frames: int = integer(80, 1)
+    # Video trials are scored per frame from this frame on: earlier frames still depend on what
+    # came before the trial (Sensorium 2023: 50).
+    burn_in_frames: int = integer(50, 0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,13 +65,11 @@ def ground_truth_scores(data, trials: np.ndarray) -> dict[str, np.ndarray]:
         from twin.data import simulate_video
 
         behavior = np.asarray(ds["behavior"].isel(trial=trials).values) if "behavior" in ds else None
-        truth = simulate_video.mean_response(ground_truth(ds), images, behavior=behavior) / data.response_std
-        trial, frame, frame_id = metrics.scored_frames(data.frame_count[trials], data.image_id[trials], images.shape[1])
-        scores = metrics.score(data.responses[trials][trial, frame], truth[trial, frame], frame_id)
-        scores.pop("oracle_correlation", None)
-        return scores
-    truth = mean_response(ground_truth(ds), images) / data.response_std
-    scores = metrics.score(data.responses[trials], truth, data.image_id[trials])
+        truth = simulate_video.mean_response(ground_truth(ds), images, behavior=behavior)
+    else:
+        truth = mean_response(ground_truth(ds), images)
+    ids, responses, truth = data.scored(trials, data.responses[trials], truth / data.response_std)
+    scores = metrics.score(responses, truth, ids)
     scores.pop("oracle_correlation", None)
     return scores
 
@@ -104,15 +102,16 @@ def tier_trials(data, tier: str) -> np.ndarray:
 
 
 def score_predictions(data, tier: str, predictions: np.ndarray) -> dict:
-    """Scores of ``predictions`` (k, n) for the trials of ``tier`` of SessionData ``data``:
+    """Scores of ``predictions`` (k, n), or (k, frame, n) for a video session, for the trials of ``tier`` of SessionData ``data``:
     {"tier", "session", "store", "single_trial_correlation", "correlation_to_average", "feve",
     "oracle_correlation", "fraction_of_oracle", "n_neurons", "n_trials", "per_neuron": {name:
     [...]}, "repeat_metrics"} plus "ground_truth_ceiling" and "fraction_of_ceiling" for simulated
     sessions. The repeat metrics (twin.metrics.REPEAT_METRICS) are None when too few images of
     the tier repeat; "repeat_metrics" then says why (twin.metrics.repeats_note), else it is ""."""
     trials = tier_trials(data, tier)
-    image_id = data.image_id[trials]
-    scores = metrics.score(data.responses[trials], predictions, image_id)
+    # Video trials are scored frame by frame: a repeated frame counts as a repeated image.
+    image_id, responses, predicted = data.scored(trials, data.responses[trials], predictions)
+    scores = metrics.score(responses, predicted, image_id)
     result = {
         "tier": tier,
         "session": data.name,

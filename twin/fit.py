@@ -40,7 +40,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from twin import checkpoint, distributed, metrics, transfer
-from twin.config import DataConfig, RunConfig, check_image_size, load_config
+from twin.config import DataConfig, RunConfig, check_core, check_image_size, load_config
 from twin.errors import ConfigError, RunError, SessionError, TwinError
 from twin.models import placement
 from twin.models.twin import Ensemble
@@ -213,8 +213,9 @@ def make_predict(graphdef, ensemble: bool, precision: str = "float32"):
 def predict_trials(apply, data, trials: np.ndarray, batch_size: int, mesh=None, cache=None) -> np.ndarray:
     """Predictions for ``trials`` (k,) of SessionData ``data``, in that order.
 
-    apply(arrays) -> (..., b, n) for a dict of batch arrays (images, optional behavior and
-    pupil_center); the batch axis is the second to last. Returns (..., k, n) numpy. ``cache``:
+    apply(arrays) -> (..., b, n), or (..., b, frame, n) for a video session, for a dict of batch
+    arrays (images, optional behavior and pupil_center). Returns (..., k, n) or (..., k, frame, n)
+    numpy: whole video trials, padding frames included. ``cache``:
     a twin.transfer.FeatureCache of ``data`` whose core features replace the images.
     """
     outputs = []
@@ -228,7 +229,7 @@ def predict_trials(apply, data, trials: np.ndarray, batch_size: int, mesh=None, 
         if mesh is not None:
             arrays = distributed.shard_batch(arrays, mesh)
         outputs.append(np.asarray(apply(arrays)))
-    return np.concatenate(outputs, axis=-2)
+    return np.concatenate(outputs, axis=-3 if data.video else -2)
 
 
 def validation_scores(predict, params, rest, sessions, batch_size, mesh, caches=None) -> np.ndarray:
@@ -241,10 +242,9 @@ def validation_scores(predict, params, rest, sessions, batch_size, mesh, caches=
         predictions = predict_trials(
             lambda arrays: predict(params, rest, arrays, index), data, trials, batch_size, mesh, cache
         )
-        predictions = predictions.reshape((-1,) + predictions.shape[-2:])
-        scores.append(
-            np.stack([metrics.single_trial_correlation(data.responses[trials], p) for p in predictions])
-        )
+        predictions = predictions.reshape((-1, len(trials)) + data.responses.shape[1:])
+        scored = [data.scored(trials, data.responses[trials], p)[1:] for p in predictions]
+        scores.append(np.stack([metrics.single_trial_correlation(r, p) for r, p in scored]))
     return np.concatenate(scores, axis=1).mean(axis=1)
 
 
@@ -357,6 +357,7 @@ def fit(
     sessions = load_sessions(store_paths, config.data)
     check_sessions(sessions, store_paths, config.fit.loss)
     records = [checkpoint.session_record(s) for s in sessions]
+    check_core(config.model, sessions[0].video, str(store_paths[0]), config_source)
     for record in records:
         check_image_size(config.model, record["image_shape"], record["path"], config_source)
     if resume and (workdir / "sessions.json").exists():
@@ -441,7 +442,9 @@ def fit(
         totals = {"loss": 0.0, fit_config.loss: 0.0, "regularizer": 0.0}
         n_done = 0
         lr = jnp.float32(schedule.learning_rate)
-        loader = batches(sessions, "train", train_batch, shuffle=True, seed=epoch_seed(config, epoch))
+        loader = batches(
+            sessions, "train", train_batch, shuffle=True, seed=epoch_seed(config, epoch), clip_frames=config.data.clip_frames
+        )
         with tqdm(total=n_steps, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress) as bar:
             for group in train_groups(loader, len(sessions)):
                 arrays = distributed.shard_batch(tuple(batch_arrays(b, caches) for b in group), mesh)
@@ -576,7 +579,7 @@ def tier_means(predict, params, rest, index: int, data, batch_size: int, mesh) -
             predictions = predict_trials(
                 lambda arrays: predict(params, rest, arrays, index), data, trials, batch_size, mesh
             )
-            predictions = predictions.reshape((-1,) + predictions.shape[-2:]).mean(axis=0)
+            predictions = predictions.reshape((-1, trials.size) + data.responses.shape[1:]).mean(axis=0)
             scores = score_predictions(data, tier, predictions)
             means[tier] = {k: v for k, v in scores.items() if k != "per_neuron"}
     return means

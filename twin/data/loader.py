@@ -23,6 +23,7 @@ from twin.config import DataConfig
 from twin.data.schema import TIERS, is_video, pixel_range, responses_recorded, strings, unit_ids, validate
 from twin.data.store import load_values, open_session
 from twin.errors import ConfigError, SessionError
+from twin.metrics import scored_frames
 
 
 @dataclasses.dataclass
@@ -69,10 +70,21 @@ class SessionData:
     set_aside: np.ndarray | None = None
     frame_count: np.ndarray | None = None
     frame_rate: float | None = None
+    burn_in: int = 0
 
     @property
     def video(self) -> bool:
         return self.frame_count is not None
+
+    def scored(self, trials: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(ids (m,), *rows (m, n)): what is scored of ``values`` (k, n) for ``trials`` (k,) of an
+        image session (rows = trials, ids = image_id), or of ``values`` (k, frame, n) of a video
+        session: each trial's recorded frames from ``burn_in`` on (twin.metrics.scored_frames),
+        ids the same for the same frame of the same video, so repeat metrics average frame by frame."""
+        if not self.video:
+            return (self.image_id[trials], *values)
+        trial, frame, ids = scored_frames(self.frame_count[trials], self.image_id[trials], values[0].shape[1], self.burn_in)
+        return (ids, *(v[trial, frame] for v in values))
 
     @property
     def n_neurons(self) -> int:
@@ -212,7 +224,20 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         set_aside=train_set_aside(tier, image_id, config),
         frame_count=ds["frame_count"].values.astype(np.int64) if video else None,
         frame_rate=float(ds.attrs["frame_rate"]) if video else None,
+        burn_in=check_burn_in(config, ds, path) if video else 0,
     )
+
+
+def check_burn_in(config: DataConfig, ds, path) -> int:
+    """[data].burn_in_frames, or ConfigError when it leaves no frame of the video store ``path``
+    to score."""
+    longest = int(ds["frame_count"].values.max())
+    if config.burn_in_frames >= longest:
+        raise ConfigError(
+            f"{path}: [data].burn_in_frames = {config.burn_in_frames} leaves no frame to score (its trials have"
+            f" at most {longest} recorded frames); set it below {longest}"
+        )
+    return config.burn_in_frames
 
 
 def train_set_aside(tier: np.ndarray, image_id: np.ndarray, config: DataConfig) -> np.ndarray | None:

@@ -186,7 +186,9 @@ class ConvGRU(nnx.Module):
             return h, h
 
         start = jnp.zeros(inputs.shape[:1] + inputs.shape[2:4] + (c,), jnp.float32)
-        _, states = jax.lax.scan(step, start, jnp.moveaxis(inputs, 1, 0))
+        # Unrolled: XLA on CPU runs convolutions inside a loop body several times slower, above
+        # all in the backward pass (benchmarks/RESULTS.md: weight gradient 19.4 s looped, 1.9 s unrolled).
+        _, states = jax.lax.scan(step, start, jnp.moveaxis(inputs, 1, 0), unroll=True)
         return jnp.moveaxis(states, 0, 1)
 
 

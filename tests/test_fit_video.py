@@ -1,0 +1,81 @@
+"""twin fit and twin evaluate on a video session: clips in training, frames scored after the burn-in."""
+
+import json
+
+import numpy as np
+import pytest
+
+from twin.cli import main
+from twin.config import DataConfig
+from twin.data import simulate_video as sv
+from twin.data.loader import load_session
+from twin.data.store import write_session
+
+CONFIG = """
+[data]
+clip_frames = 20
+burn_in_frames = 10
+[model]
+core = "factorized3d"
+core_layers = 1
+core_channels = 4
+input_kernel = 5
+temporal_input_kernel = 5
+readout_init = "random"
+[fit]
+max_epochs = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fit_video")
+    path = root / "v.zarr"
+    write_session(sv.simulate(6, 12, 20, 2, frames=30, size=(12, 16), seed=2), path)
+    (root / "c.toml").write_text(CONFIG)
+    return path
+
+
+def twin(argv, capsys):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_scored_rows_are_the_recorded_frames_after_the_burn_in(store):
+    data = load_session(store, DataConfig(burn_in_frames=10))
+    trials = data.trials("test")
+    ids, responses = data.scored(trials, data.responses[trials])
+    assert responses.shape == (int((data.frame_count[trials] - 10).sum()), data.n_neurons)
+    # The same frame of the same video has the same id: 20 videos x 2 repeats x 20 frames.
+    assert len(np.unique(ids)) == 20 * 20 and np.isfinite(responses).all()
+
+
+def test_fit_then_evaluate_scores_frames(store, capsys):
+    root = store.parent
+    code, out, err = twin(["fit", store, "--config", root / "c.toml", "--out", root / "run"], capsys)
+    assert code == 0, err
+    history = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and all(np.isfinite(h["loss"]) for h in history)
+    code, out, err = twin(["evaluate", root / "run", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert np.isfinite(result["single_trial_correlation"]) and np.isfinite(result["correlation_to_average"])
+    assert 0 < result["ground_truth_ceiling"]["correlation_to_average"] <= 1
+    assert len(result["per_neuron"]["single_trial_correlation"]) == 6
+
+
+def test_image_core_on_a_video_store_is_one_line(store, tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("[data]\nburn_in_frames = 10\n")
+    code, out, err = twin(["fit", store, "--config", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and "[model].core = 'stacked2d' reads single images" in err and "'factorized3d'" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_burn_in_beyond_the_trials_is_one_line(store, tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.replace("burn_in_frames = 10", "burn_in_frames = 30"))
+    code, out, err = twin(["fit", store, "--config", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and "[data].burn_in_frames = 30 leaves no frame to score" in err
+    assert not (tmp_path / "run").exists()
