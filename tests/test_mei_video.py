@@ -221,15 +221,24 @@ def test_video_store_and_export_write_frames_gif_and_manifest(tmp_path, monkeypa
     assert len(rows) == 1 + 2 * 2 and "stimuli/0000_mei_u5" in rows[1] + rows[2]
 
 
-def test_run_mevs_writes_the_clip_store_png_and_summary(tmp_path):
+def test_run_mevs_writes_the_clip_store_png_and_summary(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
+    from twin.mei import run as mei_run
     from twin.mei.run import MeiJob, run_mevs
     from twin.mei.store import open_meis
 
     mean, std = np.float32(128.0), np.float32(40.0)
+    # Natural trials: trial i a grating drifting towards DIRECTIONS[i], two clips long (the last
+    # trial recorded for one clip only); a recorded session, so no ground truth.
+    natural = np.stack([drifting_grating(2 * FRAMES, SHAPE, d) for d in DIRECTIONS])[..., None].astype(np.float32)
+    data = SimpleNamespace(
+        unit_id=np.array([10, 11, 12, 13]), frame_rate=30.0, images=natural, path="session.zarr",
+        frame_count=np.array([2 * FRAMES] * 3 + [FRAMES]), trials=lambda tier: np.arange(4),
+    )
+    monkeypatch.setattr(mei_run, "simulated_truth", lambda data: None)
     job = MeiJob(
-        run="run", model=DirectionToy(), session=0, data=SimpleNamespace(unit_id=np.array([10, 11, 12, 13]), frame_rate=30.0),
+        run="run", model=DirectionToy(), session=0, data=data,
         index=np.array([1, 3]), centre_store=None, config=config(steps=40, seeds=2), config_sources=["test"],
         attrs={"run": "run", "session": 0}, image_mean=mean, image_std=std, out=tmp_path / "mevs.zarr",
         overwrite=False, primary=True,
@@ -244,6 +253,14 @@ def test_run_mevs_writes_the_clip_store_png_and_summary(tmp_path):
     for neuron, preferred in zip(summary["neurons"], (DIRECTIONS[1], DIRECTIONS[3])):
         assert abs((neuron["direction"] - preferred + 180) % 360 - 180) < 10
     np.testing.assert_allclose(store["direction"].values, [n["direction"] for n in summary["neurons"]])
+    # Each neuron's natural control is a clip of its own preferred grating, scored like the MEVs.
+    np.testing.assert_array_equal(store["best_natural_trial"].values, [1, 3])
+    np.testing.assert_array_equal(store["best_natural_frame"].values, [0, 0])
+    clips = natural[[1, 3], :FRAMES]
+    expected = np.asarray(DirectionToy()(clips, neurons=np.array([1, 3])))[:, -5:].mean(axis=1).diagonal()
+    np.testing.assert_allclose(store["best_natural_activation"].values, expected, rtol=1e-5)
+    np.testing.assert_allclose(store["ratio"].values, store["activations"].values.max(axis=1) / expected, rtol=1e-5)
+    assert summary["median_true_ratio"] is None and np.all(np.isnan(store["true_ratio"].values))
 
 
 @pytest.mark.parametrize("pooled", [False, True])
@@ -299,7 +316,7 @@ def test_mei_command_on_a_video_run_then_export(tmp_path, capsys):
 
     from twin import checkpoint
     from twin.cli import main
-    from twin.config import ModelConfig, RunConfig
+    from twin.config import DataConfig, ModelConfig, RunConfig
     from twin.data.loader import load_session
     from twin.data.schema import make_session
     from twin.data.store import write_session
@@ -314,8 +331,9 @@ def test_mei_command_on_a_video_run_then_export(tmp_path, capsys):
         image_id=np.arange(6), behavior=rng.normal(size=(6, 10, 2)).astype(np.float32),
         frame_count=np.full(6, 10), attrs={"frame_rate": 30.0},
     ), tmp_path / "v.zarr")
-    records = [checkpoint.session_record(load_session(tmp_path / "v.zarr"))]
+    records = [checkpoint.session_record(load_session(tmp_path / "v.zarr", DataConfig(burn_in_frames=2)))]
     run_config = RunConfig(
+        data=DataConfig(burn_in_frames=2),
         model=ModelConfig(core="factorized3d", core_channels=4, core_layers=1, input_kernel=3, temporal_input_kernel=3,
                           use_behavior=True),
         mei=config(steps=5, seeds=2, frames=6, response_window=2),
@@ -333,5 +351,8 @@ def test_mei_command_on_a_video_run_then_export(tmp_path, capsys):
     assert (summary["frames"], summary["frame_rate"], [n["id"] for n in summary["neurons"]]) == (6, 30.0, [0, 2])
     assert main(["export", mevs, "--out", str(tmp_path / "stimuli")]) == 0
     manifest = json.loads((tmp_path / "stimuli" / "manifest.json").read_text())
-    assert (manifest["frames"], manifest["frame_rate"], len(manifest["stimuli"])) == (6, 30.0, 2)
+    assert (manifest["frames"], manifest["frame_rate"], manifest["response_window"]) == (6, 30.0, 2)
+    # per neuron its MEV and its best natural clip (the train trials' first 6 frames)
+    assert [s["kind"] for s in manifest["stimuli"]] == ["mei", "natural"] * 2
+    assert all(s["image_trial"] in range(4) for s in manifest["stimuli"][1::2])
     assert all(np.isfinite(s["predicted_response"]) and s["preview"].endswith(".gif") for s in manifest["stimuli"])
