@@ -625,6 +625,7 @@ def cmd_loop(args) -> int:
         overwrite=args.overwrite,
         channels=args.channels,
         days=args.days,
+        video=args.video or None,
     )
     return 0
 
@@ -1093,6 +1094,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--days", type=int, choices=[1, 2], default=1,
         help="1: show the stimuli to the animal of day 1 (default); 2: to day 2 of the same animal, its"
         " neurons found again by twin match (day2.zarr, matches.csv)",
+    )
+    p.add_argument(
+        "--video", action="store_true",
+        help="the video animal: a video twin, most exciting videos, clips on the rig (default: [loop].video)",
     )
     p.add_argument("--seed", type=at_least(0, below=SEED_LIMIT), default=0)
     add_overwrite_flag(p)

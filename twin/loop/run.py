@@ -16,6 +16,15 @@ The default sizes run in about a minute on an idle 2-core CPU. A ``--config`` TO
 override any [data], [model], [fit], [mei] value and, in a [loop] table, the LOOP values below.
 With ``channels = 3`` (``--channels 3``) the animal sees colour and the rig is shown RGB stimuli
 (see twin.data.simulate and twin.loop.export); the stages are the same.
+
+With ``video = true`` (``--video``) the animal watches movies (twin.data.simulate_video: 200 + 20x10
+videos of 120 frames at 18x32 unless [loop] says otherwise), the twin has a video core
+(SMALL_VIDEO_TWIN), the MEI stage makes most exciting videos with the best natural clips as
+controls, the rig is shown clips (PNG frames) and records the mean over each clip's last
+[mei].response_window frames. loop.json adds the twin's fraction of the ground-truth ceiling
+(test tier, frame by frame after the burn-in) and ``direction``: of the selected neurons that are
+direction selective in truth (gt_direction_selective), how many MEVs move (twin.mei.motion)
+within DIRECTION_TOLERANCE degrees of the neuron's gt_preferred_direction.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from twin.config import (
     Checked,
     Valid,
     config_from_dict,
+    flag,
     integer,
     integers,
     number,
@@ -61,6 +71,12 @@ class LoopConfig(Checked):
     channels: int = dataclasses.field(  # 1: gray animal; 3: colour animal, RGB stimuli
         default=1, metadata={"valid": Valid(lambda value: value in (1, 3), "1 (gray) or 3 (RGB)", "is not 1 or 3")}
     )
+    video: bool = flag(False)  # the video animal (module doc); the sizes above then count videos
+    frames: int = integer(120, 1)  # per simulated video
+
+
+# The video animal's sizes unless [loop] sets them: as `twin simulate --video`.
+VIDEO_LOOP = {"train_images": 200, "test_images": 20, "size": [18, 32]}
 
 
 # The small twin the loop fits by default (a preset over the Sensorium defaults in twin.config,
@@ -74,18 +90,40 @@ SMALL_TWIN = {
 }
 
 
-def loop_config(config_path: str | Path | None) -> tuple[LoopConfig, dict]:
-    """(LoopConfig, the set run-config values as a dict of sections): the loop preset under the
-    file's values. Only values set are kept, so a [mei] value changes the chosen recipe's field,
-    not every field."""
+# The small video twin (with --video): a factorized 3-D core of 2 layers of 8 channels, 7-frame
+# temporal kernels (about 0.23 s at 30 Hz, the simulated cells' kernels being 0.35 s), trained on
+# 60-frame clips; MEVs of 30 frames (1 s) whose last 10 frames are scored.
+SMALL_VIDEO_TWIN = {
+    "model": {
+        "core": "factorized3d", "core_layers": 2, "core_channels": 8, "input_kernel": 9, "hidden_kernel": 5,
+        "temporal_input_kernel": 7, "temporal_hidden_kernel": 5, "grid_mean_predictor": True,
+    },
+    "data": {"batch_size": 16, "clip_frames": 60},
+    "fit": {"max_epochs": 15, "patience": 3, "max_lr_decays": 2},
+    "mei": {"frames": 30, "response_window": 10},
+}
+DIRECTION_TOLERANCE = 30.0  # degrees between an MEV's motion and the neuron's preferred direction
+
+
+def loop_config(config_path: str | Path | None, video: bool | None = None) -> tuple[LoopConfig, dict]:
+    """(LoopConfig, the set run-config values as a dict of sections): the loop preset (SMALL_TWIN,
+    or SMALL_VIDEO_TWIN for the video animal: ``video``, else [loop].video) under the file's
+    values. Only values set are kept, so a [mei] value changes the chosen recipe's field, not
+    every field."""
     values = {} if config_path is None else read_toml(config_path)
     for name, table in values.items():
         if not isinstance(table, dict):
             raise ConfigError(
                 f"{config_path}: {name} = {shown(table)} is not a table; write [{name}] and its keys"
             )
-    loop = section_from_dict(LoopConfig, values.pop("loop", {}), str(config_path))
-    merged = {name: SMALL_TWIN.get(name, {}) | values.get(name, {}) for name in set(SMALL_TWIN) | set(values)}
+    loop_values = values.pop("loop", {})
+    if video is not None:
+        loop_values = loop_values | {"video": video}
+    if loop_values.get("video") is True:
+        loop_values = VIDEO_LOOP | loop_values
+    loop = section_from_dict(LoopConfig, loop_values, str(config_path))
+    preset = SMALL_VIDEO_TWIN if loop.video else SMALL_TWIN
+    merged = {name: preset.get(name, {}) | values.get(name, {}) for name in set(preset) | set(values)}
     config_from_dict(merged, str(config_path or "twin loop"))  # check names and types now
     return loop, merged
 
@@ -119,6 +157,7 @@ def run_loop(
     overwrite: bool = False,
     channels: int | None = None,
     days: int = 1,
+    video: bool | None = None,
 ) -> dict:
     """Run the inception loop into ``out``; returns loop.json's content.
 
@@ -130,14 +169,15 @@ def run_loop(
     neuron (default [loop].mei_seeds); recipe: the MEI recipe (default: the config's [mei].recipe,
     else walker2019; see twin.mei.recipes.recipe_config); channels: 1 simulates a gray animal, 3 a
     colour one shown RGB stimuli (default [loop].channels); days: 1 shows the stimuli to the
-    animal of day 1, 2 to day 2 of the same animal, its neurons matched to day 1's (module doc).
+    animal of day 1, 2 to day 2 of the same animal, its neurons matched to day 1's (module doc);
+    video: True runs the loop on the video animal (default [loop].video; module doc).
     """
     from twin.data.store import open_session
     from twin.mei.recipes import recipe_config
     from twin.outputs import check_output, output_in_place
 
     out = check_output(out, overwrite, flag="OUT", inputs=[session] if session else [])
-    loop, run_config = loop_config(config_path)
+    loop, run_config = loop_config(config_path, video)
     if channels is not None and session is not None:
         raise ConfigError(f"--channels {channels}: the loop simulates an animal only without --session; drop one")
     if channels is not None:
@@ -150,6 +190,7 @@ def run_loop(
         raise ConfigError(f"--days {days}: give 1 (stimuli shown on day 1) or 2 (on day 2)")
     if days == 2 and not simulated:
         raise ConfigError(f"--days 2: {store} is not a simulated session; day 2 is simulated from day 1's ground truth")
+    check_video(loop, store if session else None, days)
     with output_in_place(out, overwrite, flag="OUT", inputs=[session] if session else []):
         return run_stages(out, loop, run_config, store, session, simulated, neurons, seeds, recipe, seed, days)
 
@@ -173,7 +214,22 @@ def run_stages(
     names = ["simulate"] * (session is None) + ["fit", "select", "mei", "export"] + ["day 2", "match"] * (days == 2)
     names += ["respond", "closeloop"] * simulated
     stages = Stages(names)
-    if session is None:
+    if session is None and loop.video:
+        from twin.data import simulate_video
+
+        stages.run(
+            "simulate",
+            lambda: write_session(
+                simulate_video.simulate(
+                    loop.simulated_neurons, loop.train_images, loop.test_images, loop.repeats, loop.frames, loop.size,
+                    seed,
+                ),
+                store,
+            ),
+            lambda _: f"{loop.simulated_neurons} neurons, {loop.train_images} + {loop.test_images}x{loop.repeats}"
+            f" videos of {loop.frames} frames -> {store}",
+        )
+    elif session is None:
         stages.run(
             "simulate",
             lambda: write_session(
@@ -214,6 +270,8 @@ def run_stages(
         lambda m: f"recipe {m['recipe']}, median MEI / best natural under the twin {m['median_ratio']:.2f}"
         + (f", on the animal {m['median_true_ratio']:.2f}" if m.get("median_true_ratio") is not None else ""),
     )
+    fit_summary = json.loads((run / "summary.json").read_text())
+    fraction_of_ceiling = fit_summary["sessions"][0].get("test", {}).get("fraction_of_ceiling")
     manifest = stages.run(
         "export",
         lambda: export_stimuli(out / "meis.zarr", out / "stimuli", repeats=loop.rig_repeats, seed=seed),
@@ -228,6 +286,10 @@ def run_stages(
         "stimuli": len(manifest["stimuli"]),
         "rejected": len(manifest["rejected"]),
     }
+    if loop.video:
+        result |= {"video": True, "fraction_of_ceiling": fraction_of_ceiling}
+        if simulated:
+            result["direction"] = direction_numbers(out / "meis.zarr", store)
     if days == 2:
         return day2_stages(stages, out, store, selection, result, seed)
     if simulated:
@@ -243,6 +305,52 @@ def run_stages(
         )
         result |= {k: v for k, v in summary.items() if k != "neurons"}
     return finish(stages, out, result, simulated)
+
+
+def check_video(loop: LoopConfig, session: Path | None, days: int) -> None:
+    """ConfigError for what the video loop does not do: colour, day 2, an image --session (or a
+    video one without --video)."""
+    from twin.data.schema import is_video
+    from twin.data.store import open_session
+
+    if loop.video and loop.channels == 3:
+        raise ConfigError("--video with --channels 3: the video animal is gray; drop one")
+    if loop.video and days == 2:
+        raise ConfigError("--video with --days 2: day 2 is simulated for image sessions only; drop one")
+    if session is not None and is_video(open_session(session)) != loop.video:
+        fix = "add --video (or [loop].video = true)" if not loop.video else "drop --video"
+        raise ConfigError(f"--session {session}: {'a video' if not loop.video else 'an image'} session; {fix}")
+
+
+def direction_numbers(meis: Path, store: Path) -> dict:
+    """How well the MEVs of the store ``meis`` move in the preferred direction of their neurons
+    that are direction selective in the simulated session ``store`` (module doc)."""
+    import numpy as np
+
+    from twin.data.schema import unit_ids
+    from twin.data.store import open_session
+    from twin.mei.store import open_meis
+
+    mevs, truth = open_meis(meis), open_session(store)
+    index = mevs["neuron_index"].values.astype(int)
+    selective = truth["gt_direction_selective"].values.astype(bool)[index]
+    preferred = truth["gt_preferred_direction"].values.astype(float)[index]
+    moving = mevs["direction"].values.astype(float)
+    error = np.abs((moving - preferred + 180) % 360 - 180)
+    units = unit_ids(mevs["unit_id"].values).tolist()
+    neurons = [
+        {"unit_id": units[i], "mev_direction": round(float(moving[i]), 1), "gt_preferred_direction":
+         round(float(preferred[i]), 1), "error": round(float(error[i]), 1) if np.isfinite(error[i]) else None}
+        for i in np.flatnonzero(selective)
+    ]
+    within = int(np.sum(selective & (error <= DIRECTION_TOLERANCE)))  # NaN (no motion) is never within
+    return {
+        "tolerance_degrees": DIRECTION_TOLERANCE,
+        "selective_selected": len(neurons),
+        "within_tolerance": within,
+        "share_within_tolerance": within / len(neurons) if neurons else None,
+        "neurons": neurons,
+    }
 
 
 def finish(stages: Stages, out: Path, result: dict, simulated: bool) -> dict:
@@ -355,6 +463,14 @@ def format_result(result: dict, simulated: bool) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
     lines = [f"inception loop done in {result['seconds']['total']:.0f} s: {result['out']}"]
+    if result.get("video"):
+        lines.append(f"  video twin: {show(result['fraction_of_ceiling'])} of the ground-truth ceiling (test, per frame)")
+        direction = result.get("direction")
+        if direction is not None:
+            lines.append(
+                f"  direction-selective selected neurons whose MEV moves within {direction['tolerance_degrees']:g} deg"
+                f" of their preferred direction: {direction['within_tolerance']} of {direction['selective_selected']}"
+            )
     day2 = result.get("day2")
     if day2 is not None:
         lines += [

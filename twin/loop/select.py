@@ -9,6 +9,10 @@
    regression on pixels + a binned output nonlinearity), when ``ln`` is on;
 4. taken in rank order, skipping neurons within ``edge`` µm of the imaging field's border and
    neurons closer than ``min_distance`` µm to one already chosen (when the session has positions).
+
+Video sessions are scored frame by frame after the burn-in (SessionData.scored: the oracle over
+repeats of the same frame of the same video) and ranked without the LN model, whose pixel
+regression has no time axis.
 """
 
 from __future__ import annotations
@@ -119,17 +123,18 @@ def top_half(values: np.ndarray, among: np.ndarray) -> tuple[np.ndarray, float]:
     return among & (np.nan_to_num(values, nan=-np.inf) >= threshold), threshold
 
 
-def well_predicted(data, test: np.ndarray, twin_r: np.ndarray, note: str) -> tuple:
+def well_predicted(responses: np.ndarray, ids: np.ndarray, twin_r: np.ndarray, note: str) -> tuple:
     """Rules 1 and 2: (oracle (neuron,), reliable, well predicted (neuron,) bool, thresholds).
 
-    note: ``repeats_note`` of the test tier; when set there is no oracle (NaN) and every neuron
-    counts as reliable."""
+    responses: the scored test rows (m, neuron) (SessionData.scored), ids (m,) their stimulus
+    ids; note: ``repeats_note`` of the test tier; when set there is no oracle (NaN) and every
+    neuron counts as reliable."""
     everyone = np.ones(len(twin_r), bool)
     if note:
         good, threshold = top_half(twin_r, everyone)
         oracle = np.full(len(twin_r), np.nan)
         return oracle, everyone, good, {"oracle": None, "fraction_of_oracle": None, "twin_correlation": threshold}
-    oracle = oracle_correlation(data.responses[test], data.image_id[test])
+    oracle = oracle_correlation(responses, ids)
     reliable, oracle_threshold = top_half(oracle, everyone)
     with np.errstate(invalid="ignore", divide="ignore"):
         good, fraction_threshold = top_half(twin_r / oracle, reliable)
@@ -164,10 +169,12 @@ def select_neurons(
         raise ConfigError(f"{run}: session {session} does not exist; the run has {len(loaded.sessions)}")
     data = loaded.sessions[session]
     edge = min_distance if edge is None else edge
+    ln = ln and not data.video
     test = data.trials("test")
-    twin_r = single_trial_correlation(data.responses[test], predict(loaded.model, session, data, test))
-    note = repeats_note(data.image_id[test])
-    oracle, reliable, good, thresholds = well_predicted(data, test, twin_r, note)
+    ids, responses, predicted = data.scored(test, data.responses[test], predict(loaded.model, session, data, test))
+    twin_r = single_trial_correlation(responses, predicted)
+    note = repeats_note(ids)
+    oracle, reliable, good, thresholds = well_predicted(responses, ids, twin_r, note)
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = twin_r / oracle
     ln_r = ln_correlations(data) if ln else np.full(len(oracle), np.nan)
