@@ -177,6 +177,8 @@ FIELDS = {
         "min_distance": floats(0),
         "mei_seeds": ints(1),
         "channels": (st.sampled_from([1, 3]), st.sampled_from([0, 2, 4])),
+        "video": FLAG,
+        "frames": ints(1),
     },
 }
 

@@ -149,7 +149,8 @@ def plot_mei_grid(summary: dict, manifest: dict, stimuli: Path, path: Path) -> N
             -0.05, 0.5, f"unit {plot_text(neuron['unit_id'])}", transform=axes[r, 0].transAxes,
             ha="right", va="center", fontsize=7,
         )
-    fig.suptitle("stimuli as shown (title: measured mean response)", fontsize=9)
+    shown_as = "clips' middle frames" if is_clip_manifest(manifest) else "stimuli"
+    fig.suptitle(f"{shown_as} as shown (title: measured mean response)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)
