@@ -429,6 +429,14 @@ def cmd_mei(args) -> int:
         return 0  # process 0 reports for all hosts
     if args.json:
         print_json(summary)
+    elif "frames" in summary:
+        true_ratio = summary["median_true_ratio"]
+        print(
+            f"wrote {args.out}: clips of {summary['frames']} frames for {len(summary['neurons'])} neurons, recipe"
+            f" {summary['recipe']} ({'; '.join(summary['config_sources'])}), median MEV / best natural clip"
+            f" {summary['median_ratio']:.2f} under the twin"
+            + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
+        )
     elif args.surround:
         true_ratio = summary["median_true_surround_ratio"]
         print(

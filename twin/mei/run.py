@@ -705,21 +705,83 @@ def run_mevs(job: MeiJob) -> dict:
     best, activation = result.best_images(), result.best_activations()
     direction = np.array([motion_direction(clip) for clip in best], np.float32)
     frames = best.shape[1]
+    checks = natural_clip_checks(job, best, natural_clips(job.data, frames))
+    ratio, true_ratio = activation / checks["best_natural_activation"], checks["true_ratio"]
     shown = np.unique(np.linspace(0, frames - 1, min(frames, 8)).round().astype(int))
     panels = job.pixels(best[:, shown]).reshape(-1, *best.shape[2:])
     titles = [f"unit {plot_text(u)}: frame {f}" for u in job.data.unit_id[job.index] for f in shown]
     attrs = job.attrs | {"frame_rate": float(job.data.frame_rate)}
-    write_outputs(job, result_variables(job, result, job.index) | {"direction": direction}, attrs, panels, titles)
+    variables = result_variables(job, result, job.index) | checks | {"direction": direction, "ratio": ratio}
+    write_outputs(job, variables, attrs, panels, titles)
     return {
         "recipe": job.config.recipe,
         "config_sources": job.config_sources,
         "frames": frames,
         "frame_rate": attrs["frame_rate"],
         "static": job.config.static,
+        "median_ratio": finite(np.median(ratio)),
+        "median_true_ratio": finite(np.median(true_ratio)),
         "neurons": [
-            {"id": job.data.unit_id[neuron].item(), "activation": finite(activation[i]), "direction": finite(direction[i])}
+            {
+                "id": job.data.unit_id[neuron].item(),
+                "activation": finite(activation[i]),
+                "best_natural_activation": finite(checks["best_natural_activation"][i]),
+                "ratio": finite(ratio[i]),
+                "true_ratio": finite(true_ratio[i]),
+                "direction": finite(direction[i]),
+            }
             for i, neuron in enumerate(job.index)
         ],
+    }
+
+
+def natural_clips(data, frames: int) -> np.ndarray:
+    """The train trials of the video SessionData ``data`` cut into consecutive clips of ``frames``
+    recorded frames: (clip, frames, y, x, channel) normalized, the natural control of MEVs."""
+    clips = [
+        data.images[trial, start : start + frames]
+        for trial in data.trials("train")
+        for start in range(0, int(data.frame_count[trial]) - frames + 1, frames)
+    ]
+    if not clips:
+        raise ConfigError(
+            f"{data.path}: no train trial has [mei].frames = {frames} recorded frames for a natural clip; lower"
+            " [mei].frames"
+        )
+    return np.stack(clips)
+
+
+def natural_clip_checks(job: MeiJob, best: np.ndarray, clips: np.ndarray) -> dict:
+    """The controls of the best MEVs (n, frame, [channel,] y, x) among natural ``clips``
+    (natural_clips), each (n,): the twin's best natural clip (best_natural_activation,
+    best_natural_clip), and on the simulated animal the MEV's response (true_activation), the
+    truth's best natural clip (true_best_natural) and their ratio (true_ratio; NaN for a recorded
+    session). Every activation is the response averaged over the last [mei].response_window frames."""
+    from twin.data import simulate_video
+    from twin.mei import validate
+
+    window = job.config.response_window
+    activation, where = validate.best_natural(job.model, job.session, clips, job.index, window=window, **job.fixed)
+    checks = {"best_natural_activation": activation, "best_natural_clip": where}
+    truth = simulated_truth(job.data)
+    n = len(job.index)
+    if truth is None:
+        return checks | dict.fromkeys(("true_activation", "true_best_natural", "true_ratio"), np.full(n, np.nan, np.float32))
+
+    def true_window(pixels):  # (m, frame, y, x) pixel levels -> (m, neuron) window means
+        return simulate_video.mean_response(truth, pixels)[:, -window:].mean(axis=1)
+
+    one_channel = clips.shape[-1] == 1
+    natural = []
+    for first in range(0, len(clips), 64):
+        pixels = job.data.denormalize_images(clips[first : first + 64] if not one_channel else clips[first : first + 64, ..., 0])
+        natural.append(true_window(pixels if one_channel else np.moveaxis(pixels, -1, 2))[:, job.index])
+    true_natural = np.concatenate(natural).max(axis=0)
+    true_activation = true_window(job.pixels(best))[np.arange(n), job.index]
+    return checks | {
+        "true_activation": true_activation.astype(np.float32),
+        "true_best_natural": true_natural.astype(np.float32),
+        "true_ratio": (true_activation / true_natural).astype(np.float32),
     }
 
 

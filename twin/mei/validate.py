@@ -79,11 +79,14 @@ def best_natural(
     behavior=None,
     pupil_center=None,
     batch_size: int = 128,
+    window: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The strongest natural image of each neuron under ``model``.
 
-    images: (trial, y, x, channel) normalized; neurons: (n,). Returns activation (n,) and the
-    index (n,) into ``images`` of the best one.
+    images: (trial, y, x, channel) normalized, or clips (trial, frame, y, x, channel) of a video
+    model with ``window``: a clip's activation is the response averaged over its last ``window``
+    frames (the MEV objective), behavior and pupil centre held on every frame; neurons: (n,).
+    Returns activation (n,) and the index (n,) into ``images`` of the best one.
     """
     graphdef, state, stacked = split_model(model)
     neurons = jnp.asarray(neurons, jnp.int32)
@@ -91,11 +94,10 @@ def best_natural(
 
     @jax.jit
     def predict(state, batch):
-        b = batch.shape[0]
-        kwargs = {k: jnp.broadcast_to(v, (b, v.shape[1])) for k, v in extra.items()}
-        return apply_model(
-            graphdef, state, stacked, lambda m: m(batch, session, neurons=neurons, **kwargs)
-        )
+        lead = batch.shape[:2] if window else batch.shape[:1]
+        kwargs = {k: jnp.broadcast_to(v[0], lead + v.shape[1:]) for k, v in extra.items()}
+        out = apply_model(graphdef, state, stacked, lambda m: m(batch, session, neurons=neurons, **kwargs))
+        return out[:, -window:].mean(axis=1) if window else out
 
     best = np.full(len(neurons), -np.inf, np.float32)
     where = np.zeros(len(neurons), np.int64)
