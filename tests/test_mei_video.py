@@ -221,7 +221,7 @@ def test_video_store_and_export_write_frames_gif_and_manifest(tmp_path, monkeypa
     assert len(rows) == 1 + 2 * 2 and "stimuli/0000_mei_u5" in rows[1] + rows[2]
 
 
-def test_run_mevs_writes_the_clip_store_png_and_summary(tmp_path):
+def test_run_mevs_writes_the_clip_store_png_and_summary(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from twin.mei.run import MeiJob, run_mevs
@@ -229,15 +229,24 @@ def test_run_mevs_writes_the_clip_store_png_and_summary(tmp_path):
 
     mean, std = np.float32(128.0), np.float32(40.0)
     job = MeiJob(
-        run="run", model=DirectionToy(), session=0, data=SimpleNamespace(unit_id=np.array([10, 11, 12, 13]), frame_rate=30.0),
+        run="run", model=DirectionToy(), session=0,
+        data=SimpleNamespace(
+            unit_id=np.array([10, 11, 12, 13]), frame_rate=30.0, frame_count=np.full(3, 2 * FRAMES),
+            images=np.random.default_rng(0).normal(size=(3, 2 * FRAMES, *SHAPE, 1)).astype(np.float32),
+            trials=lambda tier: np.arange(3),
+        ),
         index=np.array([1, 3]), centre_store=None, config=config(steps=40, seeds=2), config_sources=["test"],
         attrs={"run": "run", "session": 0}, image_mean=mean, image_std=std, out=tmp_path / "mevs.zarr",
         overwrite=False, primary=True,
         engine={"image_shape": SHAPE, "pixel_range": RANGE, "image_stats": (mean, std), "validator": None,
                 "progress": False, "behavior": None, "pupil_center": None},
     )
+    monkeypatch.setattr("twin.mei.run.simulated_truth", lambda data: None)  # a recorded session
     summary = run_mevs(job)
     store = open_meis(tmp_path / "mevs.zarr")
+    # The natural control: 3 trials of 2 clips each; the MEVs drive the toy more than noise clips.
+    assert set(store["best_natural_clip"].values) <= set(range(6)) and summary["median_ratio"] > 1
+    assert summary["median_true_ratio"] is None and np.isnan(store["true_ratio"].values).all()
     assert store["images"].dims == ("neuron", "seed", "frame", "y", "x") and store.sizes["frame"] == FRAMES
     assert store.attrs["frame_rate"] == 30.0 and (tmp_path / "mevs.png").exists()
     assert [n["id"] for n in summary["neurons"]] == [11, 13] and summary["frames"] == FRAMES
@@ -294,19 +303,16 @@ def test_mevs_of_a_video_twin_and_ensemble_with_held_behavior(core, members):
 
 
 def test_mei_command_on_a_video_run_then_export(tmp_path, capsys):
-    import inspect
     import json
 
     from twin import checkpoint
     from twin.cli import main
-    from twin.config import ModelConfig, RunConfig
+    from twin.config import DataConfig, ModelConfig, RunConfig
     from twin.data.loader import load_session
     from twin.data.schema import make_session
     from twin.data.store import write_session
     from twin.models.twin import ReadoutSpec
 
-    if "frame_count" not in inspect.signature(make_session).parameters:
-        pytest.skip("twin.data has no video sessions")
     rng = np.random.default_rng(5)
     write_session(make_session(
         "video.npz", images=rng.integers(0, 256, (6, 10, 8, 12), dtype=np.uint8),
@@ -314,8 +320,10 @@ def test_mei_command_on_a_video_run_then_export(tmp_path, capsys):
         image_id=np.arange(6), behavior=rng.normal(size=(6, 10, 2)).astype(np.float32),
         frame_count=np.full(6, 10), attrs={"frame_rate": 30.0},
     ), tmp_path / "v.zarr")
-    records = [checkpoint.session_record(load_session(tmp_path / "v.zarr"))]
+    data = DataConfig(burn_in_frames=2)
+    records = [checkpoint.session_record(load_session(tmp_path / "v.zarr", data))]
     run_config = RunConfig(
+        data=data,
         model=ModelConfig(core="factorized3d", core_channels=4, core_layers=1, input_kernel=3, temporal_input_kernel=3,
                           use_behavior=True),
         mei=config(steps=5, seeds=2, frames=6, response_window=2),
