@@ -253,7 +253,9 @@ def test_run_mevs_writes_the_clip_store_png_and_summary(tmp_path, monkeypatch):
     for neuron, preferred in zip(summary["neurons"], (DIRECTIONS[1], DIRECTIONS[3])):
         assert abs((neuron["direction"] - preferred + 180) % 360 - 180) < 10
     np.testing.assert_allclose(store["direction"].values, [n["direction"] for n in summary["neurons"]])
-    # Each neuron's natural control is a clip of its own preferred grating, scored like the MEVs.
+    # Each neuron's natural control is a clip of its own preferred grating (of the 3 x 2 + 1 clips),
+    # scored like the MEVs.
+    np.testing.assert_array_equal(store["best_natural_clip"].values, [2, 6])
     np.testing.assert_array_equal(store["best_natural_trial"].values, [1, 3])
     np.testing.assert_array_equal(store["best_natural_frame"].values, [0, 0])
     clips = natural[[1, 3], :FRAMES]
@@ -311,7 +313,6 @@ def test_mevs_of_a_video_twin_and_ensemble_with_held_behavior(core, members):
 
 
 def test_mei_command_on_a_video_run_then_export(tmp_path, capsys):
-    import inspect
     import json
 
     from twin import checkpoint
@@ -322,8 +323,6 @@ def test_mei_command_on_a_video_run_then_export(tmp_path, capsys):
     from twin.data.store import write_session
     from twin.models.twin import ReadoutSpec
 
-    if "frame_count" not in inspect.signature(make_session).parameters:
-        pytest.skip("twin.data has no video sessions")
     rng = np.random.default_rng(5)
     write_session(make_session(
         "video.npz", images=rng.integers(0, 256, (6, 10, 8, 12), dtype=np.uint8),
@@ -331,9 +330,10 @@ def test_mei_command_on_a_video_run_then_export(tmp_path, capsys):
         image_id=np.arange(6), behavior=rng.normal(size=(6, 10, 2)).astype(np.float32),
         frame_count=np.full(6, 10), attrs={"frame_rate": 30.0},
     ), tmp_path / "v.zarr")
-    records = [checkpoint.session_record(load_session(tmp_path / "v.zarr", DataConfig(burn_in_frames=2)))]
+    data = DataConfig(burn_in_frames=2)
+    records = [checkpoint.session_record(load_session(tmp_path / "v.zarr", data))]
     run_config = RunConfig(
-        data=DataConfig(burn_in_frames=2),
+        data=data,
         model=ModelConfig(core="factorized3d", core_channels=4, core_layers=1, input_kernel=3, temporal_input_kernel=3,
                           use_behavior=True),
         mei=config(steps=5, seeds=2, frames=6, response_window=2),

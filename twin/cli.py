@@ -429,6 +429,14 @@ def cmd_mei(args) -> int:
         return 0  # process 0 reports for all hosts
     if args.json:
         print_json(summary)
+    elif "frames" in summary:
+        true_ratio = summary["median_true_ratio"]
+        print(
+            f"wrote {args.out}: clips of {summary['frames']} frames for {len(summary['neurons'])} neurons, recipe"
+            f" {summary['recipe']} ({'; '.join(summary['config_sources'])}), median MEV / best natural clip"
+            f" {summary['median_ratio']:.2f} under the twin"
+            + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
+        )
     elif args.surround:
         true_ratio = summary["median_true_surround_ratio"]
         print(
@@ -444,12 +452,8 @@ def cmd_mei(args) -> int:
             f" ({'; '.join(summary['config_sources'])}),"
             f" median MEI / best natural image {summary['median_ratio']:.2f} under the twin"
             + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
-            + (
-                f"; clips of {summary['frames']} frames at {summary['frame_rate']:g} Hz"
-                if "frames" in summary
-                else f"; median spectral KL from the natural images {summary['median_spectral_kl']:.2f}"
-                f" (spectral slope: natural {summary['natural_spectral_slope']:.2f})"
-            )
+            + f"; median spectral KL from the natural images {summary['median_spectral_kl']:.2f}"
+            f" (spectral slope: natural {summary['natural_spectral_slope']:.2f})"
             + (f"; mean opacity {summary['mean_opacity']:.2f}" if args.transparency else "")
         )
     return 0

@@ -693,12 +693,10 @@ def run_meis(job: MeiJob, deis: int, transparency: bool, background: str | None)
 
 def run_mevs(job: MeiJob) -> dict:
     """Optimize and write the most exciting videos of a video run's neurons: the store (clips
-    (neuron, seed, frame, [channel,] y, x), attr frame_rate, each best clip's motion direction,
-    its best natural clip: ``natural_clip_checks``) and a PNG of up to 8 frames of each neuron's
-    best clip; returns the summary {"recipe", "config_sources", "frames", "frame_rate", "static",
-    "median_ratio", "median_true_ratio", "neurons": [{"id", "activation", "direction",
-    "best_natural_activation", "ratio", "true_ratio"}]} (direction in degrees, twin.mei.motion;
-    None for static clips)."""
+    (neuron, seed, frame, [channel,] y, x), attr frame_rate, each best clip's motion direction)
+    and a PNG of up to 8 frames of each neuron's best clip; returns the summary {"recipe",
+    "config_sources", "frames", "frame_rate", "static", "neurons": [{"id", "activation",
+    "direction"}]} (direction in degrees, twin.mei.motion; None for static clips)."""
     from twin.data.schema import plot_text
     from twin.mei.motion import motion_direction
     from twin.mei.optimize import optimize_meis
@@ -707,12 +705,17 @@ def run_mevs(job: MeiJob) -> dict:
     best, activation = result.best_images(), result.best_activations()
     direction = np.array([motion_direction(clip) for clip in best], np.float32)
     frames = best.shape[1]
+    clips, starts = natural_clips(job.data, frames)
+    checks = natural_clip_checks(job, best, clips)
+    # where the best natural clip lies in the session, for the rig export of the control
+    checks |= {"best_natural_trial": starts[checks["best_natural_clip"], 0],
+               "best_natural_frame": starts[checks["best_natural_clip"], 1]}
+    ratio, true_ratio = activation / checks["best_natural_activation"], checks["true_ratio"]
     shown = np.unique(np.linspace(0, frames - 1, min(frames, 8)).round().astype(int))
     panels = job.pixels(best[:, shown]).reshape(-1, *best.shape[2:])
     titles = [f"unit {plot_text(u)}: frame {f}" for u in job.data.unit_id[job.index] for f in shown]
     attrs = job.attrs | {"frame_rate": float(job.data.frame_rate)}
-    checks = natural_clip_checks(job, best, activation)
-    variables = result_variables(job, result, job.index) | {"direction": direction} | checks
+    variables = result_variables(job, result, job.index) | checks | {"direction": direction, "ratio": ratio}
     write_outputs(job, variables, attrs, panels, titles)
     return {
         "recipe": job.config.recipe,
@@ -720,58 +723,73 @@ def run_mevs(job: MeiJob) -> dict:
         "frames": frames,
         "frame_rate": attrs["frame_rate"],
         "static": job.config.static,
-        "median_ratio": finite(np.median(checks["ratio"])),
-        "median_true_ratio": finite(np.median(checks["true_ratio"])),
+        "median_ratio": finite(np.median(ratio)),
+        "median_true_ratio": finite(np.median(true_ratio)),
         "neurons": [
             {
                 "id": job.data.unit_id[neuron].item(),
                 "activation": finite(activation[i]),
-                "direction": finite(direction[i]),
                 "best_natural_activation": finite(checks["best_natural_activation"][i]),
-                "ratio": finite(checks["ratio"][i]),
-                "true_ratio": finite(checks["true_ratio"][i]),
+                "ratio": finite(ratio[i]),
+                "true_ratio": finite(true_ratio[i]),
+                "direction": finite(direction[i]),
             }
             for i, neuron in enumerate(job.index)
         ],
     }
 
 
-def natural_clip_checks(job: MeiJob, best: np.ndarray, activation: np.ndarray) -> dict:
-    """The natural controls of the best MEVs (n, frame, [channel,] y, x) as store variables (n,):
-    each neuron's strongest natural clip of as many frames under the twin, among the train trials
-    cut into whole clips (twin.mei.validate.clip_starts), scored like the MEVs (the response
-    averaged over the last [mei].response_window frames): best_natural_activation,
-    best_natural_trial, best_natural_frame (its first frame) and ratio (activation (n,) over
-    it); for a simulated session the animal's noise-free response to the MEV (true_activation),
-    to its own best such clip (true_best_natural) and their ratio (true_ratio), else NaN."""
-    from twin.mei import validate
-
-    frames, window = best.shape[1], job.config.response_window
-    starts = validate.clip_starts(job.data.frame_count, job.data.trials("train"), frames)
+def natural_clips(data, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The train trials of the video SessionData ``data`` cut into consecutive clips of ``frames``
+    recorded frames: (clips (clip, frames, y, x, channel) normalized, the natural control of MEVs;
+    starts (clip, 2): the trial and first frame of each)."""
+    starts = np.array(
+        [
+            (trial, start)
+            for trial in data.trials("train")
+            for start in range(0, int(data.frame_count[trial]) - frames + 1, frames)
+        ],
+        np.int64,
+    ).reshape(-1, 2)
     if not len(starts):
         raise ConfigError(
-            f"[mei].frames = {frames}: no train trial of {job.data.path} has that many frames, so there is no"
-            " natural clip to compare the MEVs with; use fewer frames"
+            f"{data.path}: no train trial has [mei].frames = {frames} recorded frames for a natural clip; lower"
+            " [mei].frames"
         )
-    natural, where = validate.best_natural_clip(
-        job.model, job.session, job.data.images, starts, frames, window, job.index, **job.fixed
-    )
-    nan = np.full(len(job.index), np.nan, np.float32)
-    true_activation, true_natural = nan, nan
+    return np.stack([data.images[trial, start : start + frames] for trial, start in starts]), starts
+
+
+def natural_clip_checks(job: MeiJob, best: np.ndarray, clips: np.ndarray) -> dict:
+    """The controls of the best MEVs (n, frame, [channel,] y, x) among natural ``clips``
+    (natural_clips), each (n,): the twin's best natural clip (best_natural_activation,
+    best_natural_clip), and on the simulated animal the MEV's response (true_activation), the
+    truth's best natural clip (true_best_natural) and their ratio (true_ratio; NaN for a recorded
+    session). Every activation is the response averaged over the last [mei].response_window frames."""
+    from twin.data import simulate_video
+    from twin.mei import validate
+
+    window = job.config.response_window
+    activation, where = validate.best_natural(job.model, job.session, clips, job.index, window=window, **job.fixed)
+    checks = {"best_natural_activation": activation, "best_natural_clip": where}
     truth = simulated_truth(job.data)
-    if truth is not None:
-        mean, std = job.engine["image_stats"]
-        pixels = job.data.images[..., 0] * std + mean
-        true_activation = validate.true_clip_responses(truth, job.pixels(best), job.index, window)
-        true_natural, _ = validate.true_best_natural_clip(truth, pixels, starts, frames, window, job.index)
-    return {
-        "best_natural_activation": natural,
-        "best_natural_trial": starts[where, 0],
-        "best_natural_frame": starts[where, 1],
-        "ratio": activation / natural,
-        "true_activation": true_activation,
-        "true_best_natural": true_natural,
-        "true_ratio": true_activation / true_natural,
+    n = len(job.index)
+    if truth is None:
+        return checks | dict.fromkeys(("true_activation", "true_best_natural", "true_ratio"), np.full(n, np.nan, np.float32))
+
+    def true_window(pixels):  # (m, frame, y, x) pixel levels -> (m, neuron) window means
+        return simulate_video.mean_response(truth, pixels)[:, -window:].mean(axis=1)
+
+    one_channel = clips.shape[-1] == 1
+    natural = []
+    for first in range(0, len(clips), 64):
+        pixels = job.data.denormalize_images(clips[first : first + 64] if not one_channel else clips[first : first + 64, ..., 0])
+        natural.append(true_window(pixels if one_channel else np.moveaxis(pixels, -1, 2))[:, job.index])
+    true_natural = np.concatenate(natural).max(axis=0)
+    true_activation = true_window(job.pixels(best))[np.arange(n), job.index]
+    return checks | {
+        "true_activation": true_activation.astype(np.float32),
+        "true_best_natural": true_natural.astype(np.float32),
+        "true_ratio": (true_activation / true_natural).astype(np.float32),
     }
 
 

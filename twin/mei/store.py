@@ -28,8 +28,9 @@ Video stores (most exciting videos of a video model; attr frame_rate in Hz): ima
 and surround gain a frame axis after seed, (neuron, seed, frame, [channel,] y, x); deis likewise
 (neuron, dei, frame, [channel,] y, x); direction (neuron,) the best clip's motion direction in
 degrees (twin.mei.motion); the natural control of each best clip (twin.mei.run.natural_clip_checks):
-best_natural_activation, best_natural_trial, best_natural_frame (its first frame), ratio,
-true_activation, true_best_natural, true_ratio (neuron,).
+best_natural_activation, best_natural_clip (its index among twin.mei.run.natural_clips),
+best_natural_trial, best_natural_frame (its trial and first frame), ratio, true_activation,
+true_best_natural, true_ratio (neuron,).
 """
 
 from __future__ import annotations

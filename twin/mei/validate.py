@@ -79,11 +79,14 @@ def best_natural(
     behavior=None,
     pupil_center=None,
     batch_size: int = 128,
+    window: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The strongest natural image of each neuron under ``model``.
 
-    images: (trial, y, x, channel) normalized; neurons: (n,). Returns activation (n,) and the
-    index (n,) into ``images`` of the best one.
+    images: (trial, y, x, channel) normalized, or clips (trial, frame, y, x, channel) of a video
+    model with ``window``: a clip's activation is the response averaged over its last ``window``
+    frames (the MEV objective), behavior and pupil centre held on every frame; neurons: (n,).
+    Returns activation (n,) and the index (n,) into ``images`` of the best one.
     """
     graphdef, state, stacked = split_model(model)
     neurons = jnp.asarray(neurons, jnp.int32)
@@ -91,11 +94,10 @@ def best_natural(
 
     @jax.jit
     def predict(state, batch):
-        b = batch.shape[0]
-        kwargs = {k: jnp.broadcast_to(v, (b, v.shape[1])) for k, v in extra.items()}
-        return apply_model(
-            graphdef, state, stacked, lambda m: m(batch, session, neurons=neurons, **kwargs)
-        )
+        lead = batch.shape[:2] if window else batch.shape[:1]
+        kwargs = {k: jnp.broadcast_to(v[0], lead + v.shape[1:]) for k, v in extra.items()}
+        out = apply_model(graphdef, state, stacked, lambda m: m(batch, session, neurons=neurons, **kwargs))
+        return out[:, -window:].mean(axis=1) if window else out
 
     best = np.full(len(neurons), -np.inf, np.float32)
     where = np.zeros(len(neurons), np.int64)
@@ -179,89 +181,3 @@ def optimum_correlation(pixels: np.ndarray, optimal: np.ndarray) -> np.ndarray:
     b = b - b.mean(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
-
-
-def clip_starts(frame_count: np.ndarray, trials: np.ndarray, frames: int) -> np.ndarray:
-    """The natural clips of ``frames`` frames that the MEV controls are chosen from: (m, 2) rows
-    (trial, first frame), each trial of ``trials`` cut into whole clips from frame 0 (its recorded
-    frames ``frame_count`` (trial,)); empty when no trial is that long."""
-    rows = [(t, s) for t in trials for s in range(0, int(frame_count[t]) - frames + 1, frames)]
-    return np.array(rows, np.int64).reshape(-1, 2)
-
-
-def best_natural_clip(
-    model: nnx.Module,
-    session: int,
-    images: np.ndarray,
-    starts: np.ndarray,
-    frames: int,
-    window: int,
-    neurons,
-    *,
-    behavior=None,
-    pupil_center=None,
-    batch_size: int = 32,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The strongest natural clip of each neuron under the video ``model``, scored as the MEVs
-    are: the response averaged over the last ``window`` frames of a clip shown alone.
-
-    images: (trial, frame, y, x, channel) normalized; starts: (m, 2) (trial, first frame) of the
-    candidate clips of ``frames`` frames (``clip_starts``); neurons: (n,). Returns activation
-    (n,) and the row (n,) of ``starts`` of the best clip.
-    """
-    graphdef, state, stacked = split_model(model)
-    neurons = jnp.asarray(neurons, jnp.int32)
-    extra = fixed_inputs(behavior, pupil_center)
-
-    @jax.jit
-    def predict(state, batch):
-        b = batch.shape[0]
-        kwargs = {k: jnp.broadcast_to(v[:, None], (b, frames, v.shape[1])) for k, v in extra.items()}
-        out = apply_model(graphdef, state, stacked, lambda m: m(batch, session, neurons=neurons, **kwargs))
-        return out[..., frames - window :, :].mean(axis=-2)
-
-    best = np.full(len(neurons), -np.inf, np.float32)
-    where = np.zeros(len(neurons), np.int64)
-    offsets = np.arange(frames)
-    for first in range(0, len(starts), batch_size):
-        index = np.minimum(np.arange(first, first + batch_size), len(starts) - 1)
-        trial, start = starts[index, 0], starts[index, 1]
-        batch = images[trial[:, None], start[:, None] + offsets]
-        out = np.asarray(predict(state, jnp.asarray(batch, jnp.float32)))
-        top = out.argmax(axis=0)
-        better = out[top, np.arange(len(neurons))] > best
-        best = np.where(better, out[top, np.arange(len(neurons))], best)
-        where = np.where(better, index[top], where)
-    return best, where
-
-
-def true_clip_responses(params: dict, clips: np.ndarray, neurons, window: int) -> np.ndarray:
-    """(n,) noise-free response of the simulated video animal's neuron ``neurons[i]`` to clip
-    ``clips[i]`` (frame, y, x) in pixel units, averaged over its last ``window`` frames."""
-    from twin.data.simulate_video import mean_response as video_response
-
-    out = video_response(params, np.asarray(clips, np.float32))[:, -window:].mean(axis=1)
-    return out[np.arange(len(clips)), np.asarray(neurons)]
-
-
-def true_best_natural_clip(params: dict, pixels: np.ndarray, starts: np.ndarray, frames: int, window: int, neurons,
-                           batch_size: int = 64):
-    """The simulated video animal's strongest natural clip per neuron among ``starts`` (m, 2)
-    (trial, first frame) of ``pixels`` (trial, frame, y, x) in pixel units: response (n,) as
-    ``true_clip_responses``, row (n,) of ``starts``."""
-    from twin.data.simulate_video import mean_response as video_response
-
-    neurons = np.asarray(neurons)
-    best = np.full(len(neurons), -np.inf)
-    where = np.zeros(len(neurons), np.int64)
-    offsets = np.arange(frames)
-    for first in range(0, len(starts), batch_size):
-        rows = starts[first : first + batch_size]
-        clips = pixels[rows[:, :1], rows[:, 1:] + offsets]
-        out = video_response(params, np.asarray(clips, np.float32))[:, -window:].mean(axis=1)[:, neurons]
-        top = out.argmax(axis=0)
-        value = out[top, np.arange(len(neurons))]
-        better = value > best
-        best = np.where(better, value, best)
-        where = np.where(better, first + top, where)
-    return best.astype(np.float32), where
