@@ -110,7 +110,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, stor
     original = loader.batches
     poisoned = epoch_seed(CONFIG, 2)
 
-    def batches(sessions, tier, batch_size, *, shuffle, seed=0, drop_last=False):
+    def batches(sessions, tier, batch_size, *, shuffle, seed=0, drop_last=False, clip_frames=None):
         for batch in original(sessions, tier, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last):
             if seed == poisoned:
                 batch = dataclasses.replace(batch, responses=batch.responses * np.nan)

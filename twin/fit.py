@@ -312,9 +312,13 @@ def check_distinct(paths) -> None:
 
 
 def check_sessions(sessions, paths, loss: str = "poisson") -> None:
-    """RunError/SessionError for sessions the fit cannot use: a tier missing (or without
-    responses), or signed responses for the poisson ``loss`` (it needs non-negative rates)."""
+    """RunError/SessionError/ConfigError for sessions the fit cannot use: a tier missing (or without
+    responses), a burn-in that leaves no video frame to score, or signed responses for the poisson ``loss`` (it needs non-negative rates)."""
+    from twin.data.loader import check_burn_in
+
     for data, path in zip(sessions, paths):
+        if data.video:
+            check_burn_in(data)
         for tier in ("train", "validation"):
             if not data.trials(tier).size:
                 raise RunError(f"{path}: no {tier} trials with responses; fitting needs train and validation tiers")

@@ -83,6 +83,7 @@ class SessionData:
         ids the same for the same frame of the same video, so repeat metrics average frame by frame."""
         if not self.video:
             return (self.image_id[trials], *values)
+        check_burn_in(self)
         trial, frame, ids = scored_frames(self.frame_count[trials], self.image_id[trials], values[0].shape[1], self.burn_in)
         return (ids, *(v[trial, frame] for v in values))
 
@@ -224,20 +225,18 @@ def load_session(path, config: DataConfig = DataConfig()) -> SessionData:
         set_aside=train_set_aside(tier, image_id, config),
         frame_count=ds["frame_count"].values.astype(np.int64) if video else None,
         frame_rate=float(ds.attrs["frame_rate"]) if video else None,
-        burn_in=check_burn_in(config, ds, path) if video else 0,
+        burn_in=config.burn_in_frames if video else 0,
     )
 
 
-def check_burn_in(config: DataConfig, ds, path) -> int:
-    """[data].burn_in_frames, or ConfigError when it leaves no frame of the video store ``path``
-    to score."""
-    longest = int(ds["frame_count"].values.max())
-    if config.burn_in_frames >= longest:
+def check_burn_in(data: SessionData) -> None:
+    """ConfigError when [data].burn_in_frames leaves no frame of the video session ``data`` to score."""
+    longest = int(data.frame_count.max())
+    if data.burn_in >= longest:
         raise ConfigError(
-            f"{path}: [data].burn_in_frames = {config.burn_in_frames} leaves no frame to score (its trials have"
+            f"{data.path}: [data].burn_in_frames = {data.burn_in} leaves no frame to score (its trials have"
             f" at most {longest} recorded frames); set it below {longest}"
         )
-    return config.burn_in_frames
 
 
 def train_set_aside(tier: np.ndarray, image_id: np.ndarray, config: DataConfig) -> np.ndarray | None:
