@@ -7,11 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from twin.bench import QUICK, peer_available
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# ~45 s on an idle 2-core machine (two processes, a dozen compiles): outside CI's ~10 minutes.
+@pytest.mark.slow
 def test_device_quick_writes_json_and_table(tmp_path):
     env = os.environ | {"PYTHON": sys.executable}
     # A large budget: a loaded CI host must not stop a side (the default suits the GPU run).
