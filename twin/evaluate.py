@@ -102,11 +102,11 @@ def tier_trials(data, tier: str) -> np.ndarray:
 
 
 def score_predictions(data, tier: str, predictions: np.ndarray) -> dict:
-    """Scores of ``predictions`` (k, n), or (k, frame, n) for a video session, for the trials of ``tier`` of SessionData ``data``:
-    {"tier", "session", "store", "single_trial_correlation", "correlation_to_average", "feve",
-    "oracle_correlation", "fraction_of_oracle", "n_neurons", "n_trials", "per_neuron": {name:
-    [...]}, "repeat_metrics"} plus "ground_truth_ceiling" and "fraction_of_ceiling" for simulated
-    sessions. The repeat metrics (twin.metrics.REPEAT_METRICS) are None when too few images of
+    """Scores of ``predictions`` (k, n), or (k, frame, n) for a video session, for the trials of
+    ``tier`` of SessionData ``data``: {"tier", "session", "store", "single_trial_correlation",
+    "correlation_to_average", "feve", "oracle_correlation", "fraction_of_oracle", "n_neurons",
+    "n_trials", "per_neuron": {name: [...]}, "repeat_metrics"} plus "ground_truth_ceiling" and
+    "fraction_of_ceiling" for simulated sessions. The repeat metrics (twin.metrics.REPEAT_METRICS) are None when too few images of
     the tier repeat; "repeat_metrics" then says why (twin.metrics.repeats_note), else it is ""."""
     trials = tier_trials(data, tier)
     # Video trials are scored frame by frame: a repeated frame counts as a repeated image.

@@ -313,7 +313,8 @@ def check_distinct(paths) -> None:
 
 def check_sessions(sessions, paths, loss: str = "poisson") -> None:
     """RunError/SessionError/ConfigError for sessions the fit cannot use: a tier missing (or without
-    responses), a burn-in that leaves no video frame to score, or signed responses for the poisson ``loss`` (it needs non-negative rates)."""
+    responses), a burn-in that leaves no video frame to score, or signed responses for the poisson
+    ``loss`` (it needs non-negative rates)."""
     from twin.data.loader import check_burn_in
 
     for data, path in zip(sessions, paths):
@@ -447,7 +448,8 @@ def fit(
         n_done = 0
         lr = jnp.float32(schedule.learning_rate)
         loader = batches(
-            sessions, "train", train_batch, shuffle=True, seed=epoch_seed(config, epoch), clip_frames=config.data.clip_frames
+            sessions, "train", train_batch, shuffle=True, seed=epoch_seed(config, epoch),
+            clip_frames=config.data.clip_frames,
         )
         with tqdm(total=n_steps, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress) as bar:
             for group in train_groups(loader, len(sessions)):

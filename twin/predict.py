@@ -2,8 +2,8 @@
 
 Images come from a folder or .zip of image files, an .npy array (n, y, x) or (n, c, y, x), a zarr
 array, or a session store (its trials), read ``BLOCK`` images at a time (``twin.data.sources``, the
-readers ``twin screen`` uses), so collections larger than memory stream through. They are prepared as in training: converted to the run's channels
-(grey or RGB), resampled with pillow to the run's image size when only the size differs (not
+readers ``twin screen`` uses), so collections larger than memory stream through. They are
+prepared as in training: converted to the run's channels (grey or RGB), resampled with pillow to the run's image size when only the size differs (not
 the aspect ratio), mapped from their pixel range to pixel levels 0..255 and normalized with the
 run session's statistics (``SessionData.normalize_images``); behavior and pupil center are held
 at their train means. Predictions go through ``twin.evaluate.predict``, the path that scores runs,

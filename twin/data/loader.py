@@ -84,7 +84,8 @@ class SessionData:
         if not self.video:
             return (self.image_id[trials], *values)
         check_burn_in(self)
-        trial, frame, ids = scored_frames(self.frame_count[trials], self.image_id[trials], values[0].shape[1], self.burn_in)
+        frames = values[0].shape[1]
+        trial, frame, ids = scored_frames(self.frame_count[trials], self.image_id[trials], frames, self.burn_in)
         return (ids, *(v[trial, frame] for v in values))
 
     @property
