@@ -106,8 +106,9 @@ def score_predictions(data, tier: str, predictions: np.ndarray) -> dict:
     ``tier`` of SessionData ``data``: {"tier", "session", "store", "single_trial_correlation",
     "correlation_to_average", "feve", "oracle_correlation", "fraction_of_oracle", "n_neurons",
     "n_trials", "per_neuron": {name: [...]}, "repeat_metrics"} plus "ground_truth_ceiling" and
-    "fraction_of_ceiling" for simulated sessions. The repeat metrics (twin.metrics.REPEAT_METRICS) are None when too few images of
-    the tier repeat; "repeat_metrics" then says why (twin.metrics.repeats_note), else it is ""."""
+    "fraction_of_ceiling" for simulated sessions. The repeat metrics (twin.metrics.REPEAT_METRICS)
+    are None when too few images of the tier repeat; "repeat_metrics" then says why
+    (twin.metrics.repeats_note), else it is ""."""
     trials = tier_trials(data, tier)
     # Video trials are scored frame by frame: a repeated frame counts as a repeated image.
     image_id, responses, predicted = data.scored(trials, data.responses[trials], predictions)
