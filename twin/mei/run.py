@@ -774,16 +774,17 @@ def natural_clip_checks(job: MeiJob, best: np.ndarray, clips: np.ndarray) -> dic
     truth = simulated_truth(job.data)
     n = len(job.index)
     if truth is None:
-        return checks | dict.fromkeys(("true_activation", "true_best_natural", "true_ratio"), np.full(n, np.nan, np.float32))
+        missing = ("true_activation", "true_best_natural", "true_ratio")
+        return checks | dict.fromkeys(missing, np.full(n, np.nan, np.float32))
 
     def true_window(pixels):  # (m, frame, y, x) pixel levels -> (m, neuron) window means
         return simulate_video.mean_response(truth, pixels)[:, -window:].mean(axis=1)
 
-    one_channel = clips.shape[-1] == 1
-    natural = []
-    for first in range(0, len(clips), 64):
-        pixels = job.data.denormalize_images(clips[first : first + 64] if not one_channel else clips[first : first + 64, ..., 0])
-        natural.append(true_window(pixels if one_channel else np.moveaxis(pixels, -1, 2))[:, job.index])
+    # The simulated video animal sees one channel (twin simulate --video has no colour).
+    natural = [
+        true_window(job.data.denormalize_images(clips[first : first + 64, ..., 0]))[:, job.index]
+        for first in range(0, len(clips), 64)
+    ]
     true_natural = np.concatenate(natural).max(axis=0)
     true_activation = true_window(job.pixels(best))[np.arange(n), job.index]
     return checks | {
