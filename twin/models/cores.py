@@ -307,6 +307,14 @@ class Layer(nnx.Module):
         return jax.nn.elu(self.norm(self.conv(x)))
 
 
+def hidden_conv(channels: int, kernel: int, depth_separable: bool, bias: bool, rngs: nnx.Rngs):
+    """A hidden layer's spatial conv, channels -> channels, padded to keep the map size (odd
+    ``kernel``): depth-separable, or one full conv."""
+    if depth_separable:
+        return DepthSeparable(channels, kernel, kernel // 2, bias, rngs=rngs)
+    return Conv(channels, channels, kernel, kernel // 2, bias, rngs=rngs)
+
+
 class Stacked2dCore(nnx.Module):
     """Stacked conv layers (neuralpredictors SE2dCore without SE blocks, as in Sensorium 2022).
 
@@ -337,10 +345,7 @@ class Stacked2dCore(nnx.Module):
         first = Conv(in_channels, channels, input_kernel, input_kernel // 2 if pad_input else 0, False, rngs=rngs)
         modules = [Layer(first, channels, momentum, eps, rngs=rngs)]
         for _ in range(1, layers):
-            if depth_separable:
-                hidden = DepthSeparable(channels, hidden_kernel, hidden_kernel // 2, bias, rngs=rngs)
-            else:
-                hidden = Conv(channels, channels, hidden_kernel, hidden_kernel // 2, bias, rngs=rngs)
+            hidden = hidden_conv(channels, hidden_kernel, depth_separable, bias, rngs)
             modules.append(Layer(hidden, channels, momentum, eps, rngs=rngs))
         self.layers = nnx.List(modules)
         self.stack = tuple(range(layers)[i] for i in stack)
@@ -351,7 +356,8 @@ class Stacked2dCore(nnx.Module):
         self.gamma_input = gamma_input
 
     def output_shape(self, image_shape: tuple[int, int]) -> tuple[int, int, int]:
-        """(y, x, channels) of the core output for images of ``image_shape`` (y, x)."""
+        """(y, x, channels) of the core output for images of ``image_shape`` (y, x): the first
+        layer shrinks them unless padded; the stacked layers' channels are concatenated."""
         shrink = 0 if self.pad_input else self.input_kernel - 1
         return image_shape[0] - shrink, image_shape[1] - shrink, self.channels * len(self.stack)
 

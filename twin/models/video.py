@@ -24,7 +24,15 @@ import numpy as np
 from flax import nnx
 
 from twin.config import ModelConfig
-from twin.models.cores import Conv, DepthSeparable, Stacked2dCore, conv, core_arguments, laplace_l2norm, xavier_normal
+from twin.models.cores import (
+    Conv,
+    Stacked2dCore,
+    conv,
+    core_arguments,
+    hidden_conv,
+    laplace_l2norm,
+    xavier_normal,
+)
 
 LAPLACE_1D = np.array([-1, 4, -1], np.float32)
 
@@ -115,10 +123,7 @@ class Factorized3dCore(nnx.Module):
         first = Conv(in_channels, channels, input_kernel, input_kernel // 2 if pad_input else 0, False, rngs=rngs)
         modules = [FactorizedLayer(first, channels, temporal_input_kernel, momentum, eps, rngs=rngs)]
         for _ in range(1, layers):
-            if depth_separable:
-                spatial = DepthSeparable(channels, hidden_kernel, hidden_kernel // 2, bias, rngs=rngs)
-            else:
-                spatial = Conv(channels, channels, hidden_kernel, hidden_kernel // 2, bias, rngs=rngs)
+            spatial = hidden_conv(channels, hidden_kernel, depth_separable, bias, rngs)
             modules.append(FactorizedLayer(spatial, channels, temporal_hidden_kernel, momentum, eps, rngs=rngs))
         self.layers = nnx.List(modules)
         self.stack = tuple(range(layers)[i] for i in stack)
@@ -128,10 +133,8 @@ class Factorized3dCore(nnx.Module):
         self.gamma_input = gamma_input
         self.gamma_temporal = gamma_temporal
 
-    def output_shape(self, image_shape: tuple[int, int]) -> tuple[int, int, int]:
-        """(y, x, channels) of each output frame for frames of ``image_shape`` (y, x)."""
-        shrink = 0 if self.pad_input else self.input_kernel - 1
-        return image_shape[0] - shrink, image_shape[1] - shrink, self.channels * len(self.stack)
+    # (y, x, channels) of each output frame for frames of ``image_shape`` (y, x): as the 2D core's.
+    output_shape = Stacked2dCore.output_shape
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: (b, t, y, x, in) -> (b, t, y', x', channels * len(stack))."""
