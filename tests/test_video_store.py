@@ -185,7 +185,7 @@ BAD_ARRAYS = {
     ),
     "images ndim": (
         lambda a: a.update(images=a["images"][:, :, 0]),
-        "variable 'images' has shape (8, 10, 12); give (trial, frame, y, x)",
+        "variable 'responses' has shape (8, 10, 3) but 'images' (8, 10, 12) has no frame axis",
     ),
     "frame_count trials": (
         lambda a: a.update(frame_count=a["frame_count"][:5]),

@@ -430,6 +430,13 @@ def make_session(
     video = responses.ndim == 3
     lead, frame = (("trial", "frame"), "frame, ") if video else (("trial",), "")
     images = np.asarray(images)
+    if video and images.ndim == 3:  # single images: the frame axis of the responses is a mistake
+        fail(
+            source,
+            f"variable 'responses' has shape {responses.shape} but 'images' {images.shape} has no frame axis;"
+            " give responses (trial, neuron), or videos (trial, frame, [channel,] y, x) with responses"
+            " (trial, frame, neuron)",
+        )
     if images.ndim - len(lead) not in (2, 3):
         fail(
             source,
