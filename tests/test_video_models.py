@@ -13,7 +13,7 @@ from twin.config import FitConfig, ModelConfig, RunConfig, check_core
 from twin.errors import ConfigError
 from twin.models.cores import Conv
 from twin.models.twin import Ensemble, ReadoutSpec, Twin, make_ensemble
-from twin.models.video import ConvGRU, GruCore, TemporalConv, temporal_laplace
+from twin.models.video import ConvGRU, GruCore, TemporalConv, temporal_conv, temporal_laplace, xla_temporal_conv
 from twin.precision import set_precision
 
 FRAMES, SHAPE = 10, (8, 12)
@@ -117,6 +117,19 @@ def test_temporal_conv_against_numpy():
     padded = np.concatenate([np.zeros((2, 3, 3, 5, 3), np.float32), x], axis=1)
     expected = sum(np.einsum("btyxi,io->btyxo", padded[:, i : i + 6], kernel[i]) for i in range(4))
     np.testing.assert_allclose(conv(jnp.asarray(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_temporal_conv_gradients_equal_xla_gradients():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 9, 7, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(5, 4, 6)), jnp.float32)
+
+    def gradients(conv):
+        return jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k))), argnums=(0, 1))(x, kernel)
+
+    for ours, theirs in zip(gradients(temporal_conv), gradients(xla_temporal_conv)):
+        assert ours.shape == theirs.shape
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_gru_against_the_gate_equations():

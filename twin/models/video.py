@@ -52,6 +52,62 @@ def temporal_laplace(kernel: jax.Array) -> jax.Array:
     return jnp.sum(lap**2) / jnp.sum(kernel**2)
 
 
+def xla_temporal_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Causal conv over frames: x (b, t, p, in) with p pixels, kernel (kt, in, out) (index kt - 1
+    weights the current frame) -> (b, t, p, out), products summed in float32; frames before the first
+    count as 0."""
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel[:, None],
+        window_strides=(1, 1),
+        padding=((kernel.shape[0] - 1, 0), (0, 0)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=jnp.float32,
+    )
+
+
+@jax.custom_vjp
+def temporal_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """xla_temporal_conv with a hand-written kernel gradient: XLA CPU's own runs ~6x slower than
+    the forward pass (measured at 32 channels, 11 frames, 80-frame clips)."""
+    return xla_temporal_conv(x, kernel)
+
+
+def temporal_conv_forward(x, kernel):
+    return xla_temporal_conv(x, kernel), (x, kernel)
+
+
+def temporal_conv_backward(residuals, g):
+    x, kernel = residuals
+    grad_x = jax.vjp(lambda x: xla_temporal_conv(x, kernel), x)[1](g)[0]
+    return grad_x, frame_kernel_gradient(x, g, kernel.shape[0]).astype(kernel.dtype)
+
+
+temporal_conv.defvjp(temporal_conv_forward, temporal_conv_backward)
+
+
+def frame_kernel_gradient(x: jax.Array, g: jax.Array, frames: int) -> jax.Array:
+    """d/dkernel of temporal_conv with a kernel of ``frames`` frames: x (b, t, p, in), g (b, t, p, out)
+    -> (frames, in, out) float32.
+
+    Each clip's frame patches (t * p, frames * in), transposed, times its g (t * p, out); a scan over
+    the clips keeps one clip's patches in memory.
+    """
+    t, channels, out = x.shape[1], x.shape[-1], g.shape[-1]
+    padded = jnp.pad(x.astype(g.dtype), ((0, 0), (frames - 1, 0), (0, 0), (0, 0)))
+
+    def add(total, pair):
+        clip, grad = pair
+        columns = jnp.concatenate([clip[i : i + t] for i in range(frames)], axis=-1)
+        product = jnp.matmul(
+            columns.reshape(-1, frames * channels).T, grad.reshape(-1, out), preferred_element_type=jnp.float32
+        )
+        return total + product, None
+
+    total = jax.lax.scan(add, jnp.zeros((frames * channels, out), jnp.float32), (padded, g))[0]
+    return total.reshape(frames, channels, out)
+
+
 class TemporalConv(nnx.Module):
     """Causal conv over frames, kernel (kt, in, out) (index kt - 1 weights the current frame),
     no bias; ``dtype`` as Conv's."""
@@ -64,15 +120,7 @@ class TemporalConv(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: (b, t, y, x, in) -> (b, t, y, x, out) float32; frames before the first count as 0."""
         b, t, h, w, c = x.shape
-        kernel = self.kernel[...]
-        y = jax.lax.conv_general_dilated(
-            x.reshape(b, t, h * w, c).astype(self.dtype),
-            kernel[:, None].astype(self.dtype),
-            window_strides=(1, 1),
-            padding=((kernel.shape[0] - 1, 0), (0, 0)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            preferred_element_type=jnp.float32,
-        )
+        y = temporal_conv(x.reshape(b, t, h * w, c).astype(self.dtype), self.kernel[...].astype(self.dtype))
         return y.reshape(b, t, h, w, -1)
 
 
