@@ -221,6 +221,8 @@ def test_info_shows_frames_frame_rate_and_clip_length(video, tmp_path, capsys):
     assert info["frame_rate"] == 30.0 and info["clip_frames"] == 10  # default 80, cut to the 10 frames
     assert info["image_shape"] == [8, 12]
     assert info["missing_responses"] == 0  # padding is not missing
+    # One test video repeats (8 and 10 recorded frames): its first 8 frames.
+    assert info["repeat_metrics"] == "n/a: only 8 test frames are repeated (at least 20 needed)"
     assert main(["info", str(tmp_path / "v.zarr")]) == 0
     out = capsys.readouterr().out
     assert "frames       6..10 per trial (median 9.5) at 30 Hz; training clips of 10 frames" in out

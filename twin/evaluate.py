@@ -119,7 +119,7 @@ def score_predictions(data, tier: str, predictions: np.ndarray) -> dict:
         "store": str(data.path),
         **dict.fromkeys(("single_trial_correlation", *metrics.REPEAT_METRICS)),
         **mean_scores(scores),
-        "repeat_metrics": metrics.repeats_note(image_id, tier) or "",
+        "repeat_metrics": metrics.repeats_note(image_id, tier, "frames" if data.video else "images") or "",
         "n_neurons": int(data.responses.shape[1]),
         "n_trials": int(trials.size),
     }

@@ -124,13 +124,14 @@ def repeated_images(image_id: np.ndarray) -> int:
     return int(np.sum(counts > 1))
 
 
-def repeats_note(image_id: np.ndarray, tier: str = "test") -> str | None:
+def repeats_note(image_id: np.ndarray, tier: str = "test", unit: str = "images") -> str | None:
     """None when enough images of ``image_id`` (trial,) repeat for the repeat metrics, else why
-    they are not scored, e.g. 'n/a: only 3 test images are repeated (at least 20 needed)'."""
+    they are not scored, e.g. 'n/a: only 3 test images are repeated (at least 20 needed)'; ``unit``
+    names what the ids count ("frames" for the scored frames of videos)."""
     count = repeated_images(image_id)
     if count >= MIN_REPEATED_IMAGES:
         return None
-    return f"n/a: only {count} {tier} images are repeated (at least {MIN_REPEATED_IMAGES} needed)"
+    return f"n/a: only {count} {tier} {unit} are repeated (at least {MIN_REPEATED_IMAGES} needed)"
 
 
 def average_over_repeats(values: np.ndarray, image_id: np.ndarray) -> np.ndarray:

@@ -238,6 +238,16 @@ def quiet_neurons(train_responses: np.ndarray, unit_id: np.ndarray) -> dict:
     }
 
 
+def repeat_metrics_note(image_id: np.ndarray, frame_count: np.ndarray | None) -> str:
+    """twin.metrics.repeats_note of test trials' ``image_id`` (k,), "" when the repeat metrics are
+    scored; of video trials (``frame_count`` (k,)), counted over their recorded frames, which the
+    oracle below pairs frame by frame."""
+    if frame_count is None:
+        return metrics.repeats_note(image_id) or ""
+    _, _, ids = metrics.scored_frames(frame_count, image_id, int(frame_count.max(initial=0)), burn_in=0)
+    return metrics.repeats_note(ids, unit="frames") or ""
+
+
 def session_info(ds: xr.Dataset, path) -> dict:
     """Summary of the session ``ds`` read from the store ``path`` for people and scripts (JSON-ready).
 
@@ -297,7 +307,7 @@ def session_info(ds: xr.Dataset, path) -> dict:
             "max": int(repeats.max()),
         },
         "test_repeats": bool(repeats.max() > 1),
-        "repeat_metrics": metrics.repeats_note(image_id[test]) or "",
+        "repeat_metrics": repeat_metrics_note(image_id[test], frame_count[test] if video else None),
         "trials_without_responses": int(np.sum(~recorded)),
         "missing_responses": int(np.isnan(samples(recorded)).sum()),
         "responses_signed": bool(np.nanmin(responses) < 0),

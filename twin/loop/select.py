@@ -173,7 +173,7 @@ def select_neurons(
     test = data.trials("test")
     ids, responses, predicted = data.scored(test, data.responses[test], predict(loaded.model, session, data, test))
     twin_r = single_trial_correlation(responses, predicted)
-    note = repeats_note(ids)
+    note = repeats_note(ids, unit="frames" if data.video else "images")
     oracle, reliable, good, thresholds = well_predicted(responses, ids, twin_r, note)
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = twin_r / oracle
