@@ -332,6 +332,31 @@ def check_sessions(sessions, paths, loss: str = "poisson") -> None:
             )
 
 
+@dataclasses.dataclass
+class Training:
+    """What one epoch hands to the next, and each checkpoint holds: the trained state (params,
+    rest), the optimizer state, the best epoch's state, the plateau schedule, the last epoch done
+    and why the fit stopped ("max_epochs" or "plateau")."""
+
+    params: dict
+    rest: dict
+    opt_state: dict
+    best_params: dict
+    best_rest: dict
+    schedule: Schedule
+    epoch: int = 0
+    stopped: str = "max_epochs"
+
+    def trees(self) -> dict:
+        """The arrays a checkpoint saves."""
+        names = ("params", "rest", "opt_state", "best_params", "best_rest")
+        return dict(zip(("params", "rest", "opt", "best_params", "best_rest"), (getattr(self, n) for n in names)))
+
+    def meta(self) -> dict:
+        """The JSON a checkpoint saves beside the arrays."""
+        return {"epoch": self.epoch, "schedule": dataclasses.asdict(self.schedule), "stopped": self.stopped}
+
+
 def fit(
     config: RunConfig,
     store_paths: list[str],
@@ -350,32 +375,19 @@ def fit(
     from, named by errors about its values. core_transfer: start from another run's core
     (twin.transfer; a resumed run's core.json decides). Returns the summary (also summary.json).
     """
-    from twin.data.loader import batches, load_sessions
+    from twin.data.loader import load_sessions
 
     called, called_cpu = time.time(), time.process_time()
     workdir = Path(workdir)
     latest_dir = workdir / "checkpoints" / "latest"
-    best_dir = workdir / "checkpoints" / "best"
+    resuming = resume and checkpoint.latest_step(latest_dir) is not None
     if not resume and checkpoint.latest_step(latest_dir) is not None:
         raise RunError(f"{workdir}: already holds a fitted run; pass --resume to continue it or choose another --out")
     check_distinct(store_paths)
     sessions = load_sessions(store_paths, config.data)
-    check_sessions(sessions, store_paths, config.fit.loss)
-    records = [checkpoint.session_record(s) for s in sessions]
-    check_core(config.model, sessions[0].video, str(store_paths[0]), config_source)
-    for record in records:
-        check_image_size(config.model, record["image_shape"], record["path"], config_source)
+    records = checked_records(config, sessions, store_paths, config_source)
     if resume and (workdir / "sessions.json").exists():
-        saved_config, saved_records = checkpoint.read_run_files(workdir)
-        if dataclasses.replace(saved_config, fit=dataclasses.replace(saved_config.fit, max_epochs=1)) != (
-            dataclasses.replace(config, fit=dataclasses.replace(config.fit, max_epochs=1))
-        ):
-            raise RunError(f"{workdir / 'config.toml'}: differs from the config given; resume with the run's own config")
-        if [r["unit_id"] for r in saved_records] != [r["unit_id"] for r in records]:
-            raise RunError(f"{workdir / 'sessions.json'}: the stores given are not the run's; resume with the same stores")
-        checkpoint.check_store_digests(
-            workdir, saved_records, store_paths, fix="resume with the stores the run was fit on, or fit a new run on it"
-        )
+        check_resumed_run(workdir, config, records, store_paths)
     core_transfer, provenance = transfer.resolve(workdir, resume, core_transfer)
     # Several hosts share the run directory: process 0 writes the plain files, every process
     # takes part in the orbax checkpoints.
@@ -384,166 +396,248 @@ def fit(
     if primary:
         checkpoint.write_run_files(workdir, config, records)
 
-    fit_config = config.fit
-    model = checkpoint.make_model(config, records, checkpoint.readout_specs(sessions))
-    fresh = not (resume and checkpoint.latest_step(latest_dir) is not None)
-    if config.model.readout_init == "data" and fresh:  # from scratch and on a transferred core alike
-        placement.place_readouts(model, sessions)
+    model, provenance = initial_model(config, sessions, records, core_transfer, provenance, resuming, workdir, primary)
     ensemble = isinstance(model, Ensemble)
     target = model.members if ensemble else model
-    if core_transfer is not None and fresh:
-        provenance = start_from_core(core_transfer, provenance, config, records, target, workdir, primary)
     frozen = core_transfer is not None and core_transfer.frozen
-    if frozen:  # eval mode: the BatchNorm statistics stay the source's
-        target.core.eval()
     graphdef, params, rest = nnx.split(target, nnx.Param, ...)
     target.eval()
     eval_graphdef = nnx.split(target, nnx.Param, ...)[0]
     target.train()
 
-    tx = transfer.optimizer(params, core_transfer, fit_config.learning_rate)
+    tx = transfer.optimizer(params, core_transfer, config.fit.learning_rate)
     opt_state = jax.vmap(tx.init)(params) if ensemble else tx.init(params)
-    schedule = Schedule(learning_rate=fit_config.learning_rate)
-    best_params, best_rest = params, rest
-    start = 0
-    stopped = "max_epochs"
-    if resume and checkpoint.latest_step(latest_dir) is not None:
-        templates = {"params": params, "rest": rest, "opt": opt_state, "best_params": params, "best_rest": rest}
-        trees, meta = checkpoint.restore_step(latest_dir, templates)
-        params, rest, opt_state = trees["params"], trees["rest"], trees["opt"]
-        best_params, best_rest = trees["best_params"], trees["best_rest"]
-        schedule = Schedule(**meta["schedule"])
-        start = meta["epoch"]
-        stopped = meta["stopped"]
-        if schedule.best_epoch and checkpoint.latest_step(best_dir) != schedule.best_epoch:
-            save_best(model, target, best_params, best_rest, best_dir, schedule)
-    history = read_history(workdir / "metrics.jsonl", start)
-    # A resumed run counts on from the time its last kept epoch had taken.
-    elapsed0 = history[-1].get("elapsed_seconds", 0.0) if history else 0.0
-    cpu0 = history[-1].get("cpu_seconds", 0.0) if history else 0.0
+    training = Training(params, rest, opt_state, params, rest, Schedule(learning_rate=config.fit.learning_rate))
+    if resuming:
+        training = restored_training(workdir, training, model, target)
+    history = read_history(workdir / "metrics.jsonl", training.epoch)
     if primary:
         write_lines(workdir / "metrics.jsonl", history)
+    # A resumed run counts on from the time its last kept epoch had taken.
+    called -= history[-1].get("elapsed_seconds", 0.0) if history else 0.0
+    called_cpu -= history[-1].get("cpu_seconds", 0.0) if history else 0.0
 
     mesh = distributed.data_mesh(devices)
-    params, rest, opt_state = distributed.replicate((params, rest, opt_state), mesh)
+    training.params, training.rest, training.opt_state = distributed.replicate(
+        (training.params, training.rest, training.opt_state), mesh
+    )
     n_train = [len(s.trials("train")) for s in sessions]
     train_step = make_train_step(
-        graphdef, tx, n_train, fit_config.scale_loss, ensemble, fit_config.loss, frozen, fit_config.precision
+        graphdef, tx, n_train, config.fit.scale_loss, ensemble, config.fit.loss, frozen, config.fit.precision
     )
-    predict = make_predict(eval_graphdef, ensemble, fit_config.precision)
-    batch_size = config.data.batch_size
+    predict = make_predict(eval_graphdef, ensemble, config.fit.precision)
     caches = None
     # A frozen core shared by all members and blind to behavior: its features once per trial.
     if frozen and not target.use_behavior and provenance["source_members"] == 1:
-        caches = transfer.feature_caches(eval_graphdef, params, rest, model, sessions, batch_size, mesh, progress)
-    train_batch = train_batch_size(config.data, n_train)
-    n_steps = sum(math.ceil(n / train_batch) for n in n_train)
+        caches = transfer.feature_caches(
+            eval_graphdef, training.params, training.rest, model, sessions, config.data.batch_size, mesh, progress
+        )
+    epochs = Epochs(config, sessions, train_step, predict, mesh, caches, ensemble, progress)
 
     started = time.time()
     # A run that stopped on its plateau stays stopped when resumed.
-    last_epoch = start if stopped == "plateau" else fit_config.max_epochs
-    for epoch in range(start + 1, last_epoch + 1):
-        epoch_start = time.time()
-        totals = {"loss": 0.0, fit_config.loss: 0.0, "regularizer": 0.0}
-        n_done = 0
-        lr = jnp.float32(schedule.learning_rate)
-        loader = batches(
-            sessions, "train", train_batch, shuffle=True, seed=epoch_seed(config, epoch),
-            clip_frames=config.data.clip_frames,
-        )
-        with tqdm(total=n_steps, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress) as bar:
-            for group in train_groups(loader, len(sessions)):
-                arrays = distributed.shard_batch(tuple(batch_arrays(b, caches) for b in group), mesh)
-                sessions_in_step = tuple(int(b.session) for b in group)
-                params, rest, opt_state, values = train_step(params, rest, opt_state, lr, arrays, sessions_in_step)
-                totals = {k: totals[k] + values[k] for k in totals}
-                n_done += 1
-                bar.update(len(group))
-        member_loss = np.atleast_1d(np.asarray(totals["loss"])) / n_done
-        totals = {k: float(jnp.mean(v)) for k, v in totals.items()}
-        validation_start = time.time()
-        if not all(math.isfinite(v) for v in totals.values()):
-            raise TwinError(
-                f"{workdir}: the training loss is not finite ({totals['loss']}) in epoch {epoch}; stopped, the last good"
-                f" checkpoint (epoch {start}) is kept; lower [fit].learning_rate or check the store's responses"
+    last_epoch = training.epoch if training.stopped == "plateau" else config.fit.max_epochs
+    for epoch in range(training.epoch + 1, last_epoch + 1):
+        line = epochs.run(epoch, training, workdir, model, target)
+        line["elapsed_seconds"] = time.time() - called
+        line["cpu_seconds"] = time.process_time() - called_cpu
+        history.append(line)
+        if primary:
+            write_lines(workdir / "metrics.jsonl", history)
+        if progress:
+            tqdm.write(
+                f"epoch {epoch:3d}  loss {line['loss']:.4g}  validation r {line['validation_correlation']:.4f}"
+                f"  lr {line['learning_rate']:.2g}" + ("" if line["event"] == "wait" else f"  {line['event']}")
             )
-        member_scores = validation_scores(predict, params, rest, sessions, batch_size, mesh, caches)
+        if line["event"] == "stop":
+            break
+
+    nnx.update(target, training.best_params, training.best_rest)
+    model.eval()
+    summary = {
+        "epochs": training.epoch,
+        "stopped": training.stopped,
+        "best_epoch": training.schedule.best_epoch,
+        "best_validation_correlation": training.schedule.best_score,
+        "learning_rate_decays": training.schedule.decays,
+        "seconds": time.time() - started,
+        "ensemble_size": config.fit.ensemble_size,
+        "train_batch_size": epochs.train_batch,
+        "n_parameters": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
+        "core": provenance,
+        "core_features": "cached" if caches else "frozen, per step" if frozen else "trained",
+        "sessions": [
+            {"name": data.name, "path": record["path"], **epochs.tier_means(training, index)}
+            for index, (data, record) in enumerate(zip(sessions, records))
+        ],
+    }
+    if primary:
+        write_summary(workdir, summary, history)
+    return summary
+
+
+def initial_model(config: RunConfig, sessions, records, core_transfer, provenance, resuming: bool, workdir, primary):
+    """(model, provenance): the Twin or Ensemble to train, in train mode. A new fit places its
+    readouts from the data (``readout_init = "data"``) and puts in the transferred core (then
+    provenance is the core.json written); a frozen core stays in eval mode, so that its BatchNorm
+    statistics stay the source's. A resumed fit gets its state from the checkpoint instead."""
+    model = checkpoint.make_model(config, records, checkpoint.readout_specs(sessions))
+    if config.model.readout_init == "data" and not resuming:  # from scratch and on a transferred core alike
+        placement.place_readouts(model, sessions)
+    target = model.members if isinstance(model, Ensemble) else model
+    if core_transfer is not None and not resuming:
+        provenance = start_from_core(core_transfer, provenance, config, records, target, workdir, primary)
+    if core_transfer is not None and core_transfer.frozen:
+        target.core.eval()
+    return model, provenance
+
+
+def checked_records(config: RunConfig, sessions, store_paths, config_source: str | None) -> list[dict]:
+    """The sessions' records (checkpoint.session_record) after checking that they can be fit with
+    ``config``: responses for the loss, the core for image or video sessions, the image size."""
+    check_sessions(sessions, store_paths, config.fit.loss)
+    records = [checkpoint.session_record(s) for s in sessions]
+    check_core(config.model, sessions[0].video, str(store_paths[0]), config_source)
+    for record in records:
+        check_image_size(config.model, record["image_shape"], record["path"], config_source)
+    return records
+
+
+def check_resumed_run(workdir: Path, config: RunConfig, records: list[dict], store_paths) -> None:
+    """RunError unless ``config`` (max_epochs aside) and the stores are the run's own."""
+    saved_config, saved_records = checkpoint.read_run_files(workdir)
+    if dataclasses.replace(saved_config, fit=dataclasses.replace(saved_config.fit, max_epochs=1)) != (
+        dataclasses.replace(config, fit=dataclasses.replace(config.fit, max_epochs=1))
+    ):
+        raise RunError(f"{workdir / 'config.toml'}: differs from the config given; resume with the run's own config")
+    if [r["unit_id"] for r in saved_records] != [r["unit_id"] for r in records]:
+        raise RunError(f"{workdir / 'sessions.json'}: the stores given are not the run's; resume with the same stores")
+    checkpoint.check_store_digests(
+        workdir, saved_records, store_paths, fix="resume with the stores the run was fit on, or fit a new run on it"
+    )
+
+
+def restored_training(workdir: Path, training: Training, model, target) -> Training:
+    """The Training of checkpoints/latest (``training`` gives the trees' structure); rewrites
+    checkpoints/best when a kill came between the two saves of an improved epoch."""
+    trees, meta = checkpoint.restore_step(workdir / "checkpoints" / "latest", training.trees())
+    restored = Training(
+        trees["params"], trees["rest"], trees["opt"], trees["best_params"], trees["best_rest"],
+        Schedule(**meta["schedule"]), meta["epoch"], meta["stopped"],
+    )
+    best_dir = workdir / "checkpoints" / "best"
+    best_epoch = restored.schedule.best_epoch
+    if best_epoch and checkpoint.latest_step(best_dir) != best_epoch:
+        save_best(model, target, restored.best_params, restored.best_rest, best_dir, restored.schedule)
+    return restored
+
+
+class Epochs:
+    """The epochs of one fit: train on the train tier, score the validation tier, step the
+    plateau schedule, checkpoint. Holds what every epoch uses alike."""
+
+    def __init__(self, config: RunConfig, sessions, train_step, predict, mesh, caches, ensemble: bool, progress: bool):
+        self.config = config
+        self.ensemble = ensemble
+        self.sessions = sessions
+        self.train_step = train_step
+        self.predict = predict
+        self.mesh = mesh
+        self.caches = caches
+        self.progress = progress
+        n_train = [len(s.trials("train")) for s in sessions]
+        self.train_batch = train_batch_size(config.data, n_train)
+        self.n_steps = sum(math.ceil(n / self.train_batch) for n in n_train)
+
+    def run(self, epoch: int, training: Training, workdir: Path, model, target) -> dict:
+        """Epoch ``epoch``: updates ``training`` and the checkpoints in ``workdir``; returns its
+        metrics.jsonl line without the seconds since the fit began."""
+        epoch_start = time.time()
+        losses, member_loss = self.train(epoch, training)
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise TwinError(
+                f"{workdir}: the training loss is not finite ({losses['loss']}) in epoch {epoch}; stopped, the last"
+                f" good checkpoint (epoch {training.epoch}) is kept; lower [fit].learning_rate or check the store's"
+                " responses"
+            )
+        validation_start = time.time()
+        member_scores = validation_scores(
+            self.predict, training.params, training.rest, self.sessions, self.config.data.batch_size, self.mesh,
+            self.caches,
+        )
         score = float(member_scores.mean())
         checkpoint_start = time.time()
-        lr_used = schedule.learning_rate
-        action = plateau_step(schedule, score, epoch, fit_config)
-        if action == "improved":
-            best_params, best_rest = params, rest
-            save_best(model, target, best_params, best_rest, best_dir, schedule)
-        elif action == "decay" and fit_config.restore_best:
-            params, rest = best_params, best_rest
-        line = {
-            "epoch": epoch,
-            "loss": totals["loss"] / n_done,
-            fit_config.loss: totals[fit_config.loss] / n_done,
-            "regularizer": totals["regularizer"] / n_done,
-            "validation_correlation": score,
-            "learning_rate": lr_used,
-            "event": action,
-        }
-        if ensemble:
+        line = {"epoch": epoch, **losses, "validation_correlation": score}
+        line["learning_rate"] = training.schedule.learning_rate
+        line["event"] = self.step_schedule(epoch, score, training, workdir, model, target)
+        if self.ensemble:
             line["member_loss"] = member_loss.tolist()
             line["member_validation_correlation"] = member_scores.tolist()
-        if action == "stop":
-            stopped = "plateau"
-        checkpoint.save_step(
-            latest_dir,
-            epoch,
-            {"params": params, "rest": rest, "opt": opt_state, "best_params": best_params, "best_rest": best_rest},
-            {"epoch": epoch, "schedule": dataclasses.asdict(schedule), "stopped": stopped},
-        )
-        # Wall seconds of the epoch and its parts; elapsed and CPU (this process, all threads)
-        # since fit() was called (store loading and compilation included).
+        training.epoch = epoch
+        checkpoint.save_step(workdir / "checkpoints" / "latest", epoch, training.trees(), training.meta())
         now = time.time()
         line["seconds"] = now - epoch_start
         line["train_seconds"] = validation_start - epoch_start
         line["validation_seconds"] = checkpoint_start - validation_start
         line["checkpoint_seconds"] = now - checkpoint_start
-        line["elapsed_seconds"] = elapsed0 + now - called
-        line["cpu_seconds"] = cpu0 + time.process_time() - called_cpu
-        history.append(line)
-        if primary:
-            write_lines(workdir / "metrics.jsonl", history)
-        start = epoch
-        if progress:
-            tqdm.write(
-                f"epoch {epoch:3d}  loss {line['loss']:.4g}  validation r {score:.4f}  lr {lr_used:.2g}"
-                + ("" if action == "wait" else f"  {action}")
-            )
-        if action == "stop":
-            break
+        return line
 
-    nnx.update(target, best_params, best_rest)
-    model.eval()
-    summary = {
-        "epochs": start,
-        "stopped": stopped,
-        "best_epoch": schedule.best_epoch,
-        "best_validation_correlation": schedule.best_score,
-        "learning_rate_decays": schedule.decays,
-        "seconds": time.time() - started,
-        "ensemble_size": fit_config.ensemble_size,
-        "train_batch_size": train_batch,
-        "n_parameters": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
-        "core": provenance,
-        "core_features": "cached" if caches else "frozen, per step" if frozen else "trained",
-        "sessions": [
-            {"name": data.name, "path": record["path"], **tier_means(predict, best_params, best_rest, index, data, batch_size, mesh)}
-            for index, (data, record) in enumerate(zip(sessions, records))
-        ],
-    }
-    if primary and history:
+    def train(self, epoch: int, training: Training) -> tuple[dict, np.ndarray]:
+        """One pass over the train tier: the loss terms per step (member mean) and each member's
+        loss per step (members,)."""
+        from twin.data.loader import batches
+
+        loss_name = self.config.fit.loss
+        totals = {"loss": 0.0, loss_name: 0.0, "regularizer": 0.0}
+        n_done = 0
+        lr = jnp.float32(training.schedule.learning_rate)
+        loader = batches(
+            self.sessions, "train", self.train_batch, shuffle=True, seed=epoch_seed(self.config, epoch),
+            clip_frames=self.config.data.clip_frames,
+        )
+        bar = tqdm(total=self.n_steps, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not self.progress)
+        with bar:
+            for group in train_groups(loader, len(self.sessions)):
+                arrays = distributed.shard_batch(tuple(batch_arrays(b, self.caches) for b in group), self.mesh)
+                sessions_in_step = tuple(int(b.session) for b in group)
+                training.params, training.rest, training.opt_state, values = self.train_step(
+                    training.params, training.rest, training.opt_state, lr, arrays, sessions_in_step
+                )
+                totals = {k: totals[k] + values[k] for k in totals}
+                n_done += 1
+                bar.update(len(group))
+        member_loss = np.atleast_1d(np.asarray(totals["loss"])) / n_done
+        return {k: float(jnp.mean(v)) / n_done for k, v in totals.items()}, member_loss
+
+    def step_schedule(self, epoch: int, score: float, training: Training, workdir: Path, model, target) -> str:
+        """The plateau schedule's event for ``score``: an improvement saves checkpoints/best, a
+        decay restores the best weights (``restore_best``), "stop" ends the fit."""
+        action = plateau_step(training.schedule, score, epoch, self.config.fit)
+        if action == "improved":
+            training.best_params, training.best_rest = training.params, training.rest
+            save_best(model, target, training.best_params, training.best_rest, workdir / "checkpoints" / "best",
+                      training.schedule)
+        elif action == "decay" and self.config.fit.restore_best:
+            training.params, training.rest = training.best_params, training.best_rest
+        if action == "stop":
+            training.stopped = "plateau"
+        return action
+
+    def tier_means(self, training: Training, index: int) -> dict:
+        """tier_means of session ``index`` with the best weights."""
+        return tier_means(
+            self.predict, training.best_params, training.best_rest, index, self.sessions[index],
+            self.config.data.batch_size, self.mesh,
+        )
+
+
+def write_summary(workdir: Path, summary: dict, history: list[dict]) -> None:
+    """fit_curves.png of ``history`` and summary.json (atomically)."""
+    if history:
         plot_curves(history, workdir / "fit_curves.png")
-    if primary:
-        tmp = workdir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(workdir / "summary.json")
-    return summary
+    tmp = workdir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(workdir / "summary.json")
 
 
 def start_from_core(core_transfer, provenance, config, records, target, workdir: Path, primary: bool) -> dict:
