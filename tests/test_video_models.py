@@ -114,14 +114,21 @@ def test_temporal_conv_against_numpy():
     conv = TemporalConv(3, 2, 4, rngs=nnx.Rngs(0))
     x = np.random.default_rng(0).normal(size=(2, 6, 3, 5, 3)).astype(np.float32)
     kernel = np.asarray(conv.kernel[...])
-    padded = np.concatenate([np.zeros((2, 3, 3, 5, 3), np.float32), x], axis=1)
+    padded = np.concatenate([np.repeat(x[:, :1], 3, axis=1), x], axis=1)  # the first frame before it
     expected = sum(np.einsum("btyxi,io->btyxo", padded[:, i : i + 6], kernel[i]) for i in range(4))
     np.testing.assert_allclose(conv(jnp.asarray(x)), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_temporal_conv_of_a_constant_input_is_constant():
+    conv = TemporalConv(2, 3, 5, rngs=nnx.Rngs(0))
+    x = jnp.broadcast_to(jnp.asarray([6.9, -1.0]), (1, 8, 2, 2, 2))
+    y = np.asarray(conv(x))
+    np.testing.assert_allclose(y, np.broadcast_to(y[:, -1:], y.shape), rtol=1e-5)
+
+
 def test_temporal_conv_gradients_equal_xla_gradients():
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(3, 9, 7, 4)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(3, 13, 7, 4)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(5, 4, 6)), jnp.float32)
 
     def gradients(conv):

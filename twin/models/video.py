@@ -1,8 +1,9 @@
 """Video cores: ``(batch, frame, y, x, channel) -> (batch, frame, y', x', channel')``, causal in time.
 
-Output frame t depends on input frames 0..t only (temporal convolutions are padded on the left,
-the recurrent state runs forward), so a core returns as many frames as it is given. Both follow
-the Sensorium 2023 baselines (ecker-lab/sensorium_2023 with neuralpredictors):
+Output frame t depends on input frames 0..t only (temporal convolutions are padded on the left
+with the first frame, the recurrent state runs forward), so a core returns as many frames as it
+is given. Both follow the Sensorium 2023 baselines (ecker-lab/sensorium_2023 with
+neuralpredictors):
 
 - ``Factorized3dCore`` (neuralpredictors Factorized3dCore): per layer a k x k spatial conv of
   every frame, then a kt temporal conv of every pixel, BatchNorm, ELU.
@@ -53,14 +54,14 @@ def temporal_laplace(kernel: jax.Array) -> jax.Array:
 
 
 def xla_temporal_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Causal conv over frames: x (b, t, p, in) with p pixels, kernel (kt, in, out) (index kt - 1
-    weights the current frame) -> (b, t, p, out), products summed in float32; frames before the first
-    count as 0."""
+    """Valid conv over frames: x (b, t + kt - 1, p, in) with p pixels, kernel (kt, in, out) ->
+    (b, t, p, out), products summed in float32; output frame i weights input frame i + j by
+    kernel[j]."""
     return jax.lax.conv_general_dilated(
         x,
         kernel[:, None],
         window_strides=(1, 1),
-        padding=((kernel.shape[0] - 1, 0), (0, 0)),
+        padding="VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         preferred_element_type=jnp.float32,
     )
@@ -80,21 +81,21 @@ def temporal_conv_forward(x, kernel):
 def temporal_conv_backward(residuals, g):
     x, kernel = residuals
     grad_x = jax.vjp(lambda x: xla_temporal_conv(x, kernel), x)[1](g)[0]
-    return grad_x, frame_kernel_gradient(x, g, kernel.shape[0]).astype(kernel.dtype)
+    return grad_x, frame_kernel_gradient(x, g).astype(kernel.dtype)
 
 
 temporal_conv.defvjp(temporal_conv_forward, temporal_conv_backward)
 
 
-def frame_kernel_gradient(x: jax.Array, g: jax.Array, frames: int) -> jax.Array:
-    """d/dkernel of temporal_conv with a kernel of ``frames`` frames: x (b, t, p, in), g (b, t, p, out)
-    -> (frames, in, out) float32.
+def frame_kernel_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
+    """d/dkernel of temporal_conv: x (b, t + kt - 1, p, in), g (b, t, p, out) -> (kt, in, out)
+    float32.
 
-    Each clip's frame patches (t * p, frames * in), transposed, times its g (t * p, out); a scan over
+    Each clip's frame patches (t * p, kt * in), transposed, times its g (t * p, out); a scan over
     the clips keeps one clip's patches in memory.
     """
-    t, channels, out = x.shape[1], x.shape[-1], g.shape[-1]
-    padded = jnp.pad(x.astype(g.dtype), ((0, 0), (frames - 1, 0), (0, 0), (0, 0)))
+    t, channels, out = g.shape[1], x.shape[-1], g.shape[-1]
+    frames = x.shape[1] - t + 1
 
     def add(total, pair):
         clip, grad = pair
@@ -104,13 +105,16 @@ def frame_kernel_gradient(x: jax.Array, g: jax.Array, frames: int) -> jax.Array:
         )
         return total + product, None
 
-    total = jax.lax.scan(add, jnp.zeros((frames * channels, out), jnp.float32), (padded, g))[0]
+    total = jax.lax.scan(add, jnp.zeros((frames * channels, out), jnp.float32), (x.astype(g.dtype), g))[0]
     return total.reshape(frames, channels, out)
 
 
 class TemporalConv(nnx.Module):
     """Causal conv over frames, kernel (kt, in, out) (index kt - 1 weights the current frame),
-    no bias; ``dtype`` as Conv's."""
+    no bias; ``dtype`` as Conv's. Frames before the first are taken to be the first (edge
+    padding): a clip starts as if its first frame had been there all along, so a constant input
+    (a behavior channel's offset, a feature's mean) gives a constant output instead of an onset
+    transient."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, *, rngs: nnx.Rngs):
         shape = (kernel, in_channels, out_channels)
@@ -118,9 +122,11 @@ class TemporalConv(nnx.Module):
         self.dtype = jnp.float32
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x: (b, t, y, x, in) -> (b, t, y, x, out) float32; frames before the first count as 0."""
+        """x: (b, t, y, x, in) -> (b, t, y, x, out) float32."""
         b, t, h, w, c = x.shape
-        y = temporal_conv(x.reshape(b, t, h * w, c).astype(self.dtype), self.kernel[...].astype(self.dtype))
+        kernel = self.kernel[...]
+        x = jnp.pad(x.reshape(b, t, h * w, c), ((0, 0), (kernel.shape[0] - 1, 0), (0, 0), (0, 0)), mode="edge")
+        y = temporal_conv(x.astype(self.dtype), kernel.astype(self.dtype))
         return y.reshape(b, t, h, w, -1)
 
 
