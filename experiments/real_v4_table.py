@@ -4,8 +4,9 @@ Usage: python experiments/real_v4_table.py OUT
 
 Reads OUT/twin_<session>, OUT/ensemble_<session>, OUT/shared_<monkey> (twin runs, scored here
 with ``twin.evaluate.evaluate_run``), OUT/peer_<session>/metrics.json (benchmarks/peer_fit_torch.py),
-OUT/ridge_<session>/metrics.json (benchmarks/ridge_fit.py) and OUT/times.txt (name, wall s, CPU s);
-prints markdown tables and writes OUT/per_neuron.png (test r per neuron, twin against the peer).
+OUT/ridge_<session>/metrics.json (benchmarks/ridge_fit.py), OUT/times.txt (name, wall s, CPU s) and
+the seed study (OUT/twin_<session>_seed<k>, OUT/peer_<session>_seed<k>/metrics.json); prints markdown
+tables and writes OUT/per_neuron.png (test r per neuron, twin against the peer).
 """
 
 from __future__ import annotations
@@ -157,6 +158,31 @@ def mei_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+SEEDS = (0, 1, 2)
+
+
+def seed_table(out: Path) -> str:
+    """Per session: the mean test r of the twin and of the peer for each seed, their means over
+    the seeds and the difference; sessions without all seeds are left out."""
+    lines = [
+        "| session | twin, seeds 0 / 1 / 2 | mean | peer, seeds 0 / 1 / 2 | mean | twin - peer |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in SESSIONS:
+        twin = [twin_scores(out / f"twin_{s}_seed{k}") for k in SEEDS]
+        peer = [json_scores(out / f"peer_{s}_seed{k}" / "metrics.json", "sessions", 0) for k in SEEDS]
+        if not all(twin) or None in peer:
+            continue
+        twin_r = [float(np.nanmean(per_neuron(t[0]))) for t in twin]
+        peer_r = [float(np.nanmean(per_neuron(p))) for p in peer]
+        difference = np.mean(twin_r) - np.mean(peer_r)
+        lines.append(
+            f"| {s} | {' / '.join(f'{r:.3f}' for r in twin_r)} | {np.mean(twin_r):.3f} |"
+            f" {' / '.join(f'{r:.3f}' for r in peer_r)} | {np.mean(peer_r):.3f} | {difference:+.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def plot(rows: dict, path: Path) -> None:
     import matplotlib
 
@@ -187,6 +213,8 @@ def main(out: str) -> None:
     print(neuron_table(rows))
     print("\nMEIs of the 8 best-predicted neurons (median over them; 3 seeds each)\n")
     print(mei_table(out))
+    print("\nSeeds: mean test correlation of three fits of each model\n")
+    print(seed_table(out))
     plot(rows, out / "per_neuron.png")
 
 
