@@ -221,8 +221,8 @@ def test_info_shows_frames_frame_rate_and_clip_length(video, tmp_path, capsys):
     assert info["frame_rate"] == 30.0 and info["clip_frames"] == 10  # default 80, cut to the 10 frames
     assert info["image_shape"] == [8, 12]
     assert info["missing_responses"] == 0  # padding is not missing
-    # One test video repeats (8 and 10 recorded frames): its first 8 frames.
-    assert info["repeat_metrics"] == "n/a: only 8 test frames are repeated (at least 20 needed)"
+    # One test video repeats, but evaluate scores frames after the 50-frame burn-in only.
+    assert info["repeat_metrics"] == "n/a: only 0 test frames are repeated (at least 20 needed)"
     assert main(["info", str(tmp_path / "v.zarr")]) == 0
     out = capsys.readouterr().out
     assert "frames       6..10 per trial (median 9.5) at 30 Hz; training clips of 10 frames" in out
@@ -230,18 +230,18 @@ def test_info_shows_frames_frame_rate_and_clip_length(video, tmp_path, capsys):
 
 def test_video_oracle_pairs_each_frame_with_the_same_frame_of_other_repeats(tmp_path):
     rng = np.random.default_rng(3)
-    n_videos, repeats, n_frames = 20, 3, 6
+    n_videos, repeats, n_frames, burn_in = 20, 3, 56, metrics.BURN_IN_FRAMES
     signal = rng.gamma(2.0, 1.0, (n_videos, n_frames, 4))
     image_id = np.r_[np.arange(100, 110), np.repeat(np.arange(n_videos), repeats)]
-    count = rng.integers(3, n_frames + 1, len(image_id))
+    count = rng.integers(burn_in + 3, n_frames + 1, len(image_id))
     responses = np.full((len(image_id), n_frames, 4), np.nan, np.float32)
     rows, ids = [], []
     for trial, (video, frames) in enumerate(zip(image_id, count)):
         values = (signal[video % n_videos, :frames] + rng.normal(0, 0.5, (frames, 4))).astype(np.float32)
         responses[trial, :frames] = values
-        if trial >= 10:
-            rows.append(values)
-            ids.extend(video * n_frames + np.arange(frames))
+        if trial >= 10:  # test trials: the frames after the burn-in are scored
+            rows.append(values[burn_in:])
+            ids.extend(video * n_frames + np.arange(burn_in, frames))
     ds = make_session(
         "v.npz",
         images=rng.integers(0, 256, (len(image_id), n_frames, 4, 4), dtype=np.uint8),

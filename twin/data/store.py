@@ -240,11 +240,11 @@ def quiet_neurons(train_responses: np.ndarray, unit_id: np.ndarray) -> dict:
 
 def repeat_metrics_note(image_id: np.ndarray, frame_count: np.ndarray | None) -> str:
     """twin.metrics.repeats_note of test trials' ``image_id`` (k,), "" when the repeat metrics are
-    scored; of video trials (``frame_count`` (k,)), counted over their recorded frames, which the
-    oracle below pairs frame by frame."""
+    scored; of video trials (``frame_count`` (k,)), counted over the frames evaluate scores (from
+    the default burn-in on), as evaluate counts them."""
     if frame_count is None:
         return metrics.repeats_note(image_id) or ""
-    _, _, ids = metrics.scored_frames(frame_count, image_id, int(frame_count.max(initial=0)), burn_in=0)
+    _, _, ids = metrics.scored_frames(frame_count, image_id, int(frame_count.max(initial=0)))
     return metrics.repeats_note(ids, unit="frames") or ""
 
 
@@ -264,8 +264,9 @@ def session_info(ds: xr.Dataset, path) -> dict:
     the noise-free responses on the test tier).
     Video sessions add frames {min, median, max} (recorded frames per trial), frame_rate (Hz)
     and clip_frames (frames per training clip: [data].clip_frames's default, at most the
-    session's frames); their per-neuron summaries use the recorded frames, and the oracle
-    correlates each frame of a repeated video with the same frame of its other repeats.
+    session's frames); their per-neuron summaries use the recorded frames, and the oracle, as
+    evaluate scores it, correlates each frame after the default burn-in ([data].burn_in_frames)
+    of a repeated video with the same frame of its other repeats.
     """
     tier = strings(ds["tier"].values)
     image_id = np.asarray(ds["image_id"].values)
@@ -330,9 +331,9 @@ def session_info(ds: xr.Dataset, path) -> dict:
         info["frame_rate"] = float(ds.attrs["frame_rate"])
         info["clip_frames"] = min(DataConfig().clip_frames, frames)
     if not info["repeat_metrics"]:
-        if video:  # samples: (trial x frame, neuron); id: (video, frame); padding is NaN, left out
-            ids = (image_id[test][:, None] * frames + np.arange(frames)).ravel()
-            oracle = metrics.oracle_correlation(responses[test].reshape(-1, responses.shape[-1]), ids)
+        if video:  # the frames evaluate scores; id: (video, frame)
+            trial, frame, ids = metrics.scored_frames(frame_count[test], image_id[test], frames)
+            oracle = metrics.oracle_correlation(responses[test][trial, frame], ids)
         else:
             oracle = metrics.oracle_correlation(responses[test], image_id[test])
         info["oracle_correlation"] = float(np.nanmean(oracle))
