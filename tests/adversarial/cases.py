@@ -507,11 +507,97 @@ bad_tree("corrupt-npy", ["images/1.npy"], write("sensorium/data/images/1.npy", b
 bad_tree("images-nan", ["images"], save_npy("sensorium/data/images/0.npy", np.full((1, 36, 64), np.nan, np.float32)))
 bad_tree("coordinates-shape", ["cell_motor_coordinates"], save_npy("sensorium/meta/neurons/cell_motor_coordinates.npy", np.zeros((6, 2))))
 bad_tree("frame-image-id-length", ["frame_image_id"], save_npy("sensorium/meta/trials/frame_image_id.npy", np.arange(3)))
+bad_tree("tiers-short", ["tiers.npy"], remove("sensorium/meta/trials/frame_image_id.npy"),
+         save_npy("sensorium/meta/trials/tiers.npy", np.array(["train"] * 14 + ["validation"] * 3 + ["test"] * 2)))
 bad_tree("behavior-shape-mismatch", ["behavior/3.npy"], save_npy("sensorium/data/behavior/3.npy", np.zeros(4, np.float32)))
 case("sensorium-zip-truncated", SENSORIUM, "import sensorium sensorium.zip out.zarr", copy("sensorium.zip"), truncate("sensorium.zip", 0.6),
      mentions=["sensorium.zip"])
 case("sensorium-zip-no-marker", SENSORIUM, "import sensorium s.zip out.zarr",
      lambda d, fx: zipfile.ZipFile(d / "s.zip", "w").writestr("data/images/0.npy", b""), mentions=["s.zip"])
+
+# Sensorium 2023 video trees: data/videos/<i>.npy (y, x, frames), the other trial files (rows, frames).
+SENS_VIDEO = "import sensorium sensorium_video out.zarr"
+SENS_VIDEO_ZIP = "import sensorium sensorium_video.zip out.zarr"
+VIDEO_FILE = "sensorium_video/data/{}/{}.npy"
+
+
+def bad_video_tree(name: str, mentions: list[str], *steps: Setup, argv: str = SENS_VIDEO, **options) -> None:
+    case(f"sensorium-video-{name}", SENSORIUM, argv, copy("sensorium_video"), *steps, mentions=mentions, **options)
+
+
+def video_file(folder: str, trial: int, change: Callable) -> Setup:
+    """Replace data/<folder>/<trial>.npy of the copied video tree by ``change(its array)``."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        path = d / VIDEO_FILE.format(folder, trial)
+        np.save(path, change(np.load(path)))
+
+    return step
+
+
+def frames_first(d: Path, fx: Fixtures) -> None:
+    """Every video saved (frames, y, x), the layout of twin's own stores, not the tree's."""
+    for path in (d / "sensorium_video/data/videos").glob("*.npy"):
+        np.save(path, np.moveaxis(np.load(path), -1, 0))
+
+
+def zipped(name: str) -> Setup:
+    """Replace the folder ``name`` of the case by ``name``.zip holding it."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        shutil.make_archive(str(d / name), "zip", d, name)
+        shutil.rmtree(d / name)
+
+    return step
+
+
+def lying_video(d: Path, fx: Fixtures) -> None:
+    """videos/3.npy whose header claims (18, 32, 10**9) float32 but holds 16 bytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (18, 32, 10**9)})
+    (d / VIDEO_FILE.format("videos", 3)).write_bytes(header.getvalue() + bytes(16))
+
+
+case("sensorium-video-valid", SENSORIUM, SENS_VIDEO, copy("sensorium_video"), expect=0, allow_new=["out.zarr"],
+     check=store_check("out.zarr", lambda ds: ds.sizes["frame"] == 52 and ds.sizes["trial"] == 12, "out.zarr is not the 12 trials of up to 52 frames"),
+     note="success: the valid tree the cases below damage")
+bad_video_tree("2d-video", ["videos/3.npy"], video_file("videos", 3, lambda v: v[..., 0]))
+bad_video_tree("4d-video", ["videos/3.npy"], video_file("videos", 3, lambda v: v[None]))
+bad_video_tree("frames-first", ["videos/"], frames_first, note="every video (frames, y, x): no trial may pass as a 60-row video")
+bad_video_tree("responses-frames-mismatch", ["responses/1.npy"], video_file("responses", 1, lambda r: r[:, :-1]))
+bad_video_tree("responses-transposed", ["responses/1.npy"], video_file("responses", 1, lambda r: r.T))
+bad_video_tree("behavior-frames-mismatch", ["behavior/2.npy"], video_file("behavior", 2, lambda b: b[:, :-5]))
+bad_video_tree("pupil-frames-mismatch", ["pupil_center/5.npy"], video_file("pupil_center", 5, lambda p: np.pad(p, ((0, 0), (0, 3)))))
+bad_video_tree("pupil-3-rows", ["pupil_center/0.npy"], video_file("pupil_center", 0, lambda p: np.concatenate([p, p[:1]])))
+bad_video_tree("behavior-variables-differ", ["behavior/4.npy"], video_file("behavior", 4, lambda b: b[:1]))
+bad_video_tree("responses-neuron-mismatch", ["responses/4.npy"], video_file("responses", 4, lambda r: r[:5]))
+bad_video_tree("pickled-video", ["videos/4.npy"], save_npy(VIDEO_FILE.format("videos", 4), np.array([{"a": 1}], dtype=object), allow_pickle=True))
+bad_video_tree("corrupt-video", ["videos/1.npy"], write(VIDEO_FILE.format("videos", 1), b"\x93NUMPY garbage" * 20))
+bad_video_tree("truncated-responses", ["responses/5.npy"], truncate(VIDEO_FILE.format("responses", 5)))
+bad_video_tree("strings-behavior", ["behavior/6.npy"], save_npy(VIDEO_FILE.format("behavior", 6), np.array([["a"] * 40] * 2)))
+bad_video_tree("missing-video", ["videos/7.npy"], remove(VIDEO_FILE.format("videos", 7)))
+bad_video_tree("missing-responses", ["responses/2.npy"], remove(VIDEO_FILE.format("responses", 2)))
+bad_video_tree("video-nan-from-start", ["videos/0.npy"], video_file("videos", 0, lambda v: np.full_like(v, np.nan)))
+bad_video_tree("video-inf", ["images"], video_file("videos", 2, lambda v: np.where(np.arange(v.shape[-1]) == 3, np.inf, v)))
+bad_video_tree("tiers-unknown", ["tiers.npy", "training"],
+               save_npy("sensorium_video/meta/trials/tiers.npy", np.array(["training"] * 8 + ["oracle"] * 2 + ["live_test_main", "final_test_main"])))
+bad_video_tree("tiers-all-none", ["tiers.npy"], save_npy("sensorium_video/meta/trials/tiers.npy", np.array(["none"] * 12)))
+bad_video_tree("tiers-short", ["tiers.npy"], save_npy("sensorium_video/meta/trials/tiers.npy", np.array(["train"] * 8 + ["oracle"] * 2 + ["live_test_main"])),
+               note="12 trials of files but 11 tiers: the last trial must not vanish silently")
+bad_video_tree("tiers-short-no-ids", ["tiers.npy"], remove("sensorium_video/meta/trials/condition_hash.npy"),
+               save_npy("sensorium_video/meta/trials/tiers.npy", np.array(["train"] * 8 + ["oracle"] * 2 + ["live_test_main"])),
+               note="as tiers-short without the video ids that would also disagree")
+bad_video_tree("tiers-long", ["videos/12.npy"], save_npy("sensorium_video/meta/trials/tiers.npy", np.array(["train"] * 9 + ["oracle"] * 2 + ["live_test_main", "final_test_main"])))
+case("sensorium-video-train-responses-nan", SENSORIUM, SENS_VIDEO, copy("sensorium_video"), video_file("responses", 3, lambda r: np.full_like(r, np.nan)),
+     expect=0, allow_new=["out.zarr"], check=store_check("out.zarr", lambda ds: bool(np.isnan(ds["responses"].values[3]).all()), "trial 3 has responses"),
+     note="success: a train trial without responses is kept with its video and left out of fitting, said in the output")
+bad_video_tree("condition-hash-length", ["condition_hash.npy"], save_npy("sensorium_video/meta/trials/condition_hash.npy", np.array(["a", "b"])))
+bad_video_tree("unit-ids-length", ["unit_ids"], save_npy("sensorium_video/meta/neurons/unit_ids.npy", np.arange(5)))
+bad_video_tree("lying-header", ["videos/3.npy"], lying_video, mode="subprocess", memory_limit=3 << 30, timeout=120,
+               note="the header claims 2.3 TB of frames")
+bad_video_tree("zip-responses-frames-mismatch", ["sensorium_video.zip", "responses/1.npy"], video_file("responses", 1, lambda r: r[:, :-1]),
+               zipped("sensorium_video"), argv=SENS_VIDEO_ZIP)
+bad_video_tree("zip-truncated", ["sensorium_video.zip"], zipped("sensorium_video"), truncate("sensorium_video.zip", 0.6), argv=SENS_VIDEO_ZIP)
 
 # ---------------------------------------------------------------------------- bad TOML
 FIT = "fit sim.zarr --out run --config bad.toml --max-epochs 1"

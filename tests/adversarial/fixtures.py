@@ -103,11 +103,45 @@ def write_sensorium(root: Path, n: int = 20, n_neurons: int = 6, seed: int = 0) 
     return root
 
 
+VIDEO_TIERS = ["train"] * 8 + ["oracle"] * 2 + ["live_test_main", "final_test_main"]
+
+
+def write_sensorium_video(root: Path, n_neurons: int = 6, seed: int = 0) -> Path:
+    """A valid Sensorium 2023 tree (data/, meta/) under ``root``: 12 trials (VIDEO_TIERS) of 18x32
+    videos, 30-52 frames each with the frame axis last; even trials stored 60 frames long with NaN
+    after their length (as the published tree pads); trials 8 and 9 show one video (oracle repeats)."""
+    rng = np.random.default_rng(seed)
+    for folder in ("data/videos", "data/responses", "data/behavior", "data/pupil_center", "meta/trials", "meta/neurons"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    lengths = [30 + 2 * i for i in range(len(VIDEO_TIERS))]
+    lengths[9] = lengths[8]
+    for i, length in enumerate(lengths):
+        stored = 60 if i % 2 == 0 else length
+        values = {
+            "videos": rng.integers(0, 256, (18, 32, length)).astype(np.float32),
+            "responses": rng.gamma(1.0, 1.0, (n_neurons, length)).astype(np.float32),
+            "behavior": rng.normal(size=(2, length)).astype(np.float32),
+            "pupil_center": rng.normal(size=(2, length)).astype(np.float32),
+        }
+        if i == 9:
+            values["videos"] = np.load(root / "data/videos/8.npy")[..., :length]
+        for folder, value in values.items():
+            padded = np.full((*value.shape[:-1], stored), np.nan, np.float32)
+            padded[..., :length] = value
+            np.save(root / f"data/{folder}/{i}.npy", padded)
+    np.save(root / "meta/trials/tiers.npy", np.array(VIDEO_TIERS))
+    np.save(root / "meta/trials/condition_hash.npy", np.array([f"hash{i}" for i in range(8)] + ["hash8"] * 2 + ["hash10", "hash11"]))
+    np.save(root / "meta/neurons/unit_ids.npy", np.arange(n_neurons) + 100)
+    np.save(root / "meta/neurons/cell_motor_coordinates.npy", rng.normal(size=(n_neurons, 3)))
+    return root
+
+
 class Fixtures:
     """Lazily built shared inputs under ``root``; ``path(name)`` builds one on first use.
 
     Names: sim.zarr (8 neurons, simulated), day2.zarr (its day 2), other.zarr (5 neurons), fit.toml, mei.toml,
-    loop.toml, data.npz (valid arrays), sensorium/ (valid tree), sensorium.zip, run/ (fitted,
+    loop.toml, data.npz (valid arrays), sensorium/ (valid tree), sensorium.zip, sensorium_video/ (valid
+    Sensorium 2023 tree), run/ (fitted,
     2 epochs), transfer/ (day2.zarr's readouts on run's frozen core), meis.zarr (neurons 0..3, 1 seed, 5 steps), stimuli/ (exported), responses.npz.
     """
 
@@ -175,6 +209,9 @@ class Fixtures:
     def build_sensorium_zip(self, target: Path) -> None:
         tree = self.path("sensorium")
         shutil.make_archive(str(target.with_suffix("")), "zip", tree.parent, tree.name)
+
+    def build_sensorium_video(self, target: Path) -> None:
+        write_sensorium_video(target)
 
     def build_run(self, target: Path) -> None:
         self.path("sim.zarr"), self.path("fit.toml")
