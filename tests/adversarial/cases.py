@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fixtures import TINY_FIT, TINY_LOOP, TINY_MEI, Fixtures, cli, recording, toml_text
+from fixtures import TINY_FIT, TINY_LOOP, TINY_MEI, TINY_VIDEO_FIT, TINY_VIDEO_MEI, Fixtures, cli, recording, toml_text
 
 Setup = Callable[[Path, Fixtures], None]
 
@@ -1821,6 +1821,84 @@ bad_stimuli("closeloop-spectral-kl-absent", CLOSELOOP, [], edit_json(MANIFEST, l
             expect=0, allow_new=["rep"], note="stimuli exported before the naturalness fields existed")
 bad_stimuli("respond-spectral-kl-text", RESPOND, ["manifest.json", "spectral_kl"], edit_json(MANIFEST, first_stimulus("spectral_kl", "low")))
 
+
+# ---------------------------------------------------------------------------- video sessions, twins and MEVs
+VSIM = "simulate s.zarr --video --neurons 4 --train-images 4 --test-images 2 --repeats 2 --frames 10 --size 12x16"
+for flag, value in [("--frames", "0"), ("--frames", "-5"), ("--frames", "abc"), ("--frames", "1.5"), ("--frame-rate", "0"),
+                    ("--frame-rate", "-30"), ("--frame-rate", "nan"), ("--frame-rate", "inf"), ("--frame-rate", "abc"),
+                    ("--size", "4x4"), ("--channels", "3"), ("--types", "2")]:
+    case(f"video-simulate{flag}-{value}", CLI, f"{VSIM} {flag} {value}", mentions=[flag])
+case("video-simulate-frames-without-video", CLI, "simulate s.zarr --neurons 4 --train-images 4 --test-images 2 --frames 10", mentions=["--frames"])
+case("video-simulate-frame-rate-without-video", CLI, "simulate s.zarr --neurons 4 --train-images 4 --test-images 2 --frame-rate 60",
+     mentions=["--frame-rate"])
+case("video-simulate-with-day2-of", CLI, "simulate t.zarr --day2-of sim.zarr --video", copy("sim.zarr"), mentions=["--video"])
+case("video-simulate-day2-of-video", CLI, "simulate t.zarr --day2-of video.zarr", copy("video.zarr"), mentions=["video.zarr"])
+case("video-simulate-frames-huge", CLI, VSIM + " --frames 100000000", mentions=["frames"], mode="subprocess", memory_limit=4 << 30, timeout=180,
+     note="refused before allocating (4 GiB address-space limit)")
+case("video-simulate-one-frame", CLI, VSIM + " --frames 1", mentions=["--frames"], note="no simulated neuron responds on a video's first frame")
+for rate in ("2", "5", "12"):
+    case(f"video-simulate-frame-rate-{rate}", CLI, f"{VSIM} --frame-rate {rate}", mentions=["--frame-rate"],
+         note="the temporal kernels are not sampled below ~15 Hz")
+
+VFIT = "fit video.zarr --out run --config bad.toml"
+
+
+def bad_video_fit(name: str, section: str, key: str, value, mentions=None, argv: str = VFIT) -> None:
+    case(f"video-fit-{name}", TOML, argv, copy("video.zarr", "sim.zarr"), toml("bad.toml", merged(TINY_VIDEO_FIT, section, key, value)),
+         mentions=mentions or ["bad.toml", key])
+
+
+bad_video_fit("core-stacked2d", "model", "core", "stacked2d", mentions=["bad.toml", "core", "video.zarr"])
+bad_video_fit("factorized3d-on-images", "model", "core", "factorized3d", argv="fit sim.zarr --out run --config bad.toml",
+              mentions=["bad.toml", "core", "sim.zarr"])
+bad_video_fit("gru-on-images", "model", "core", "gru", argv="fit sim.zarr --out run --config bad.toml", mentions=["bad.toml", "core", "sim.zarr"])
+bad_video_fit("core-unknown", "model", "core", "conv3d")
+bad_video_fit("video-and-image-stores", "model", "core", "factorized3d", argv="fit video.zarr sim.zarr --out run --config bad.toml",
+              mentions=["sim.zarr"])
+bad_video_fit("image-and-video-stores", "model", "core", "stacked2d", argv="fit sim.zarr video.zarr --out run --config bad.toml",
+              mentions=["video.zarr"])
+bad_video_fit("burn-in-all-frames", "data", "burn_in_frames", 30, mentions=["video.zarr", "burn_in_frames"])
+bad_video_fit("burn-in-beyond-frames", "data", "burn_in_frames", 1000, mentions=["video.zarr", "burn_in_frames"])
+bad_video_fit("burn-in-negative", "data", "burn_in_frames", -1)
+bad_video_fit("clip-frames-0", "data", "clip_frames", 0)
+bad_video_fit("clip-frames-float", "data", "clip_frames", 20.5)
+bad_video_fit("temporal-input-kernel-0", "model", "temporal_input_kernel", 0)
+bad_video_fit("temporal-hidden-kernel-negative", "model", "temporal_hidden_kernel", -7)
+bad_video_fit("gamma-temporal-negative", "model", "gamma_temporal", -0.01)
+bad_video_fit("gru-kernel-even", "model", "gru_kernel", 4)
+bad_video_fit("gru-channels-0", "model", "gru_channels", 0)
+bad_video_fit("input-kernel-larger-than-frame", "model", "input_kernel", 13, mentions=["bad.toml", "input_kernel", "video.zarr"])
+case("video-fit-clip-frames-beyond-trials", TOML, VFIT, copy("video.zarr"), toml("bad.toml", merged(TINY_VIDEO_FIT, "data", "clip_frames", 1000)),
+     expect=0, allow_new=["run"], note="success: clips are capped at the session's frames ([data].clip_frames)")
+case("video-fit-core-of-image-run", RUN, "fit video.zarr --out r2 --core run --config video.toml", copy("video.zarr", "video.toml", "run"),
+     mentions=["run"])
+case("video-fit-image-store-on-video-core", RUN, "fit sim.zarr --out r2 --core video_run --config fit.toml", copy("sim.zarr", "fit.toml", "video_run"),
+     mentions=["video_run"])
+case("video-evaluate-image-store", RUN, "evaluate video_run --store sim.zarr", copy("video_run", "sim.zarr"), mentions=["sim.zarr"])
+
+VMEI = "mei video_run --neurons 0:2 --out m.zarr --config bad.toml"
+
+
+def bad_video_mei(name: str, key: str, value, mentions=None, changes: dict | None = None) -> None:
+    values = merged(TINY_VIDEO_MEI, "mei", key, value)
+    values["mei"].update(changes or {})
+    case(f"video-mei-{name}", TOML, VMEI, copy("video_run"), toml("bad.toml", values), mentions=mentions or ["bad.toml", key])
+
+
+bad_video_mei("frames-0", "frames", 0)
+bad_video_mei("frames-negative", "frames", -6)
+bad_video_mei("frames-float", "frames", 6.5)
+bad_video_mei("frames-beyond-trials", "frames", 40, mentions=["frames"])
+bad_video_mei("frames-huge", "frames", 10**9, mentions=["frames"])
+bad_video_mei("response-window-0", "response_window", 0)
+bad_video_mei("response-window-beyond-frames", "response_window", 7)
+bad_video_mei("temporal-blur-negative", "temporal_blur_sigma", -1.0)
+bad_video_mei("temporal-blur-nan", "temporal_blur_sigma", float("nan"))
+bad_video_mei("static-string", "static", "yes")
+bad_video_mei("static-window-beyond-frames", "static", True, mentions=["bad.toml", "response_window"], changes={"response_window": 9})
+for flag in ("--deis 2", "--transparency", "--surround excite"):
+    case(f"video-mei-{flag.split()[0].strip('-')}", CLI, "mei video_run --neurons 0:2 --out m.zarr --config video_mei.toml " + flag,
+         copy("video_run", "video_mei.toml"), mentions=[flag.split()[0]])
 
 # ---------------------------------------------------------------------------- the fast subset
 # One or more cases of each class that need no fitted run: tests/test_adversarial.py runs them in CI.

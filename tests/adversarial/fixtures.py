@@ -27,6 +27,17 @@ TINY_FIT = {
     "fit": {"max_epochs": 2},
 }
 TINY_MEI = {"mei": {"steps": 5, "seeds": 1}}
+# The video animal at its smallest: 12 train and 4 repeated test videos of 30 frames at 12x16, and a
+# one-layer factorized twin of 4 channels fit for one epoch on 20-frame clips; MEVs of 6 frames.
+SIMULATE_VIDEO = ["--video", "--neurons", "6", "--train-images", "12", "--test-images", "4", "--repeats", "2", "--frames", "30",
+                  "--size", "12x16"]
+TINY_VIDEO_FIT = {
+    "data": {"clip_frames": 20, "burn_in_frames": 10},
+    "model": {"core": "factorized3d", "core_layers": 1, "core_channels": 4, "input_kernel": 5, "temporal_input_kernel": 5,
+              "readout_init": "random"},
+    "fit": {"max_epochs": 1},
+}
+TINY_VIDEO_MEI = {"mei": {"steps": 3, "seeds": 1, "frames": 6, "response_window": 2}}
 TINY_LOOP = {
     "loop": {
         "simulated_neurons": 12,
@@ -141,7 +152,8 @@ class Fixtures:
 
     Names: sim.zarr (8 neurons, simulated), day2.zarr (its day 2), other.zarr (5 neurons), fit.toml, mei.toml,
     loop.toml, data.npz (valid arrays), sensorium/ (valid tree), sensorium.zip, sensorium_video/ (valid
-    Sensorium 2023 tree), run/ (fitted,
+    Sensorium 2023 tree), video.zarr (simulated videos, 6 neurons), video.toml, video_mei.toml,
+    video_run/ (a factorized3d twin of video.zarr, 1 epoch), run/ (fitted,
     2 epochs), transfer/ (day2.zarr's readouts on run's frozen core), meis.zarr (neurons 0..3, 1 seed, 5 steps), stimuli/ (exported), responses.npz.
     """
 
@@ -212,6 +224,19 @@ class Fixtures:
 
     def build_sensorium_video(self, target: Path) -> None:
         write_sensorium_video(target)
+
+    def build_video_zarr(self, target: Path) -> None:
+        cli(["simulate", target.name, *SIMULATE_VIDEO], self.root)
+
+    def build_video_toml(self, target: Path) -> None:
+        target.write_text(toml_text(TINY_VIDEO_FIT))
+
+    def build_video_mei_toml(self, target: Path) -> None:
+        target.write_text(toml_text(TINY_VIDEO_MEI))
+
+    def build_video_run(self, target: Path) -> None:
+        self.path("video.zarr"), self.path("video.toml")
+        cli(["fit", "video.zarr", "--out", target.name, "--config", "video.toml"], self.root)
 
     def build_run(self, target: Path) -> None:
         self.path("sim.zarr"), self.path("fit.toml")
