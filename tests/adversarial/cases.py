@@ -1853,10 +1853,16 @@ bad_video_fit("factorized3d-on-images", "model", "core", "factorized3d", argv="f
               mentions=["bad.toml", "core", "sim.zarr"])
 bad_video_fit("gru-on-images", "model", "core", "gru", argv="fit sim.zarr --out run --config bad.toml", mentions=["bad.toml", "core", "sim.zarr"])
 bad_video_fit("core-unknown", "model", "core", "conv3d")
-bad_video_fit("video-and-image-stores", "model", "core", "factorized3d", argv="fit video.zarr sim.zarr --out run --config bad.toml",
-              mentions=["sim.zarr"])
-bad_video_fit("image-and-video-stores", "model", "core", "stacked2d", argv="fit sim.zarr video.zarr --out run --config bad.toml",
-              mentions=["video.zarr"])
+
+
+def video_sized_images(d: Path, fx: Fixtures) -> None:
+    """img.zarr: an image session of video.zarr's 12x16 pixels, so only the frame axis differs."""
+    cli(["simulate", "img.zarr", "--neurons", "4", "--train-images", "20", "--test-images", "2", "--repeats", "2", "--size", "12x16"], d)
+
+
+for first, second, core in (("video.zarr", "img.zarr", "factorized3d"), ("img.zarr", "video.zarr", "stacked2d")):
+    case(f"video-fit-{first.split('.')[0]}-and-{second.split('.')[0]}-stores", TOML, f"fit {first} {second} --out run --config bad.toml",
+         copy("video.zarr"), video_sized_images, toml("bad.toml", merged(TINY_VIDEO_FIT, "model", "core", core)), mentions=["img.zarr", "video"])
 bad_video_fit("burn-in-all-frames", "data", "burn_in_frames", 30, mentions=["video.zarr", "burn_in_frames"])
 bad_video_fit("burn-in-beyond-frames", "data", "burn_in_frames", 1000, mentions=["video.zarr", "burn_in_frames"])
 bad_video_fit("burn-in-negative", "data", "burn_in_frames", -1)
@@ -1871,9 +1877,13 @@ bad_video_fit("input-kernel-larger-than-frame", "model", "input_kernel", 13, men
 case("video-fit-clip-frames-beyond-trials", TOML, VFIT, copy("video.zarr"), toml("bad.toml", merged(TINY_VIDEO_FIT, "data", "clip_frames", 1000)),
      expect=0, allow_new=["run"], note="success: clips are capped at the session's frames ([data].clip_frames)")
 case("video-fit-core-of-image-run", RUN, "fit video.zarr --out r2 --core run --config video.toml", copy("video.zarr", "video.toml", "run"),
-     mentions=["run"])
+     mentions=["video.toml", "core", "stacked2d"])
+case("video-fit-core-of-image-run-config-without-core", RUN, "fit video.zarr --out r2 --core run --config b.toml", copy("video.zarr", "run"),
+     toml("b.toml", "[data]\nburn_in_frames = 10\n"), mentions=["b.toml", "stacked2d", "video.zarr"])
 case("video-fit-image-store-on-video-core", RUN, "fit sim.zarr --out r2 --core video_run --config fit.toml", copy("sim.zarr", "fit.toml", "video_run"),
-     mentions=["video_run"])
+     mentions=["core", "sim.zarr"])
+case("video-fit-frozen-video-core", RUN, "fit video.zarr --out r2 --core video_run --freeze-core --config video.toml",
+     copy("video.zarr", "video.toml", "video_run"), expect=0, allow_new=["r2"], note="success: a video core transferred frozen")
 case("video-evaluate-image-store", RUN, "evaluate video_run --store sim.zarr", copy("video_run", "sim.zarr"), mentions=["sim.zarr"])
 
 VMEI = "mei video_run --neurons 0:2 --out m.zarr --config bad.toml"
