@@ -1889,26 +1889,36 @@ case("video-evaluate-image-store", RUN, "evaluate video_run --store sim.zarr", c
 VMEI = "mei video_run --neurons 0:2 --out m.zarr --config bad.toml"
 
 
-def bad_video_mei(name: str, key: str, value, mentions=None, changes: dict | None = None) -> None:
+def bad_video_mei(name: str, key: str, value, mentions=None, changes: dict | None = None, **options) -> None:
     values = merged(TINY_VIDEO_MEI, "mei", key, value)
     values["mei"].update(changes or {})
-    case(f"video-mei-{name}", TOML, VMEI, copy("video_run"), toml("bad.toml", values), mentions=mentions or ["bad.toml", key])
+    case(f"video-mei-{name}", TOML, VMEI, copy("video_run"), toml("bad.toml", values), mentions=mentions or ["bad.toml", key], **options)
 
 
 bad_video_mei("frames-0", "frames", 0)
 bad_video_mei("frames-negative", "frames", -6)
 bad_video_mei("frames-float", "frames", 6.5)
-bad_video_mei("frames-beyond-trials", "frames", 40, mentions=["frames"])
-bad_video_mei("frames-huge", "frames", 10**9, mentions=["frames"])
+bad_video_mei("frames-beyond-trials", "frames", 40, mentions=["video.zarr", "frames"], changes={"response_window": 2},
+              note="refused before optimizing: no natural clip of 40 frames to compare with")
+bad_video_mei("frames-huge", "frames", 10**9, mentions=["video.zarr", "frames"], mode="subprocess", memory_limit=4 << 30, timeout=120,
+              note="refused before allocating clips of 10**9 frames (4 GiB limit)")
 bad_video_mei("response-window-0", "response_window", 0)
 bad_video_mei("response-window-beyond-frames", "response_window", 7)
 bad_video_mei("temporal-blur-negative", "temporal_blur_sigma", -1.0)
 bad_video_mei("temporal-blur-nan", "temporal_blur_sigma", float("nan"))
 bad_video_mei("static-string", "static", "yes")
+case("video-mei-static", TOML, VMEI, copy("video_run"), toml("bad.toml", merged(TINY_VIDEO_MEI, "mei", "static", True)), expect=0,
+     allow_new=["m.zarr", "m.png"], note="success: one image shown on every frame")
 bad_video_mei("static-window-beyond-frames", "static", True, mentions=["bad.toml", "response_window"], changes={"response_window": 9})
-for flag in ("--deis 2", "--transparency", "--surround excite"):
+
+
+def centre_png(d: Path, fx: Fixtures) -> None:
+    Image.fromarray(np.full((12, 16), 128, np.uint8)).save(d / "centre.png")
+
+
+for flag in ("--deis 2", "--transparency", "--surround excite --centre centre.png"):
     case(f"video-mei-{flag.split()[0].strip('-')}", CLI, "mei video_run --neurons 0:2 --out m.zarr --config video_mei.toml " + flag,
-         copy("video_run", "video_mei.toml"), mentions=[flag.split()[0]])
+         copy("video_run", "video_mei.toml"), centre_png, mentions=[flag.split()[0], "video run"])
 
 # ---------------------------------------------------------------------------- the fast subset
 # One or more cases of each class that need no fitted run: tests/test_adversarial.py runs them in CI.
