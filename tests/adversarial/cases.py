@@ -563,7 +563,7 @@ case("sensorium-video-valid", SENSORIUM, SENS_VIDEO, copy("sensorium_video"), ex
      note="success: the valid tree the cases below damage")
 bad_video_tree("2d-video", ["videos/3.npy"], video_file("videos", 3, lambda v: v[..., 0]))
 bad_video_tree("4d-video", ["videos/3.npy"], video_file("videos", 3, lambda v: v[None]))
-bad_video_tree("frames-first", ["videos/"], frames_first, note="every video (frames, y, x): no trial may pass as a 60-row video")
+bad_video_tree("frames-first", ["videos/"], frames_first, note="every video saved (frames, y, x): refused, not read as videos of 32 frames")
 bad_video_tree("responses-frames-mismatch", ["responses/1.npy"], video_file("responses", 1, lambda r: r[:, :-1]))
 bad_video_tree("responses-transposed", ["responses/1.npy"], video_file("responses", 1, lambda r: r.T))
 bad_video_tree("behavior-frames-mismatch", ["behavior/2.npy"], video_file("behavior", 2, lambda b: b[:, :-5]))
@@ -1933,7 +1933,8 @@ FAST = {
     "loop-into-folder-with-config", "store-deleted-chunk", "store-no-root-json", "pipe-info", "path-newline-missing",
     "animals-huge", "day2-of-nan-position", "match-nan-position", "match-one-cell", "match-tolerance-below-jitter", "loop-days-3",
     "fit-freeze-without-core", "screen-summary-missing", "precision-fit-float16", "simulate-types-more-than-neurons",
-    "simulate-types-with-day2-of",
+    "simulate-types-with-day2-of", "sensorium-video-responses-frames-mismatch", "sensorium-video-tiers-short-no-ids",
+    "video-simulate-one-frame", "video-simulate--frame-rate-nan",
 }
 unknown = FAST - {c.name for c in CASES}
 if unknown:
