@@ -179,7 +179,22 @@ BAD_TREES = {
         lambda root: save(root / "data/videos/1.npy", np.array([["a"]])),
         "file data/videos/1.npy holds <U1 values; save real numbers (y, x, frames)",
     ),
+    "tiers short": (
+        lambda root: save(root / "meta/trials/tiers.npy", np.array(TIERS[:-1])),
+        "file meta/trials/tiers.npy names 8 trials but data/videos/8.npy exists; give one tier per trial",
+    ),
+    "header beyond memory": (
+        lambda root: lying_header(root / "data/videos/2.npy"),
+        "file data/videos/2.npy is larger than this machine's memory (or its header says so)",
+    ),
 }
+
+
+def lying_header(path):
+    """A .npy whose header claims 4 PB of float32 frames but holds 16 bytes."""
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, {"descr": "<f4", "fortran_order": False, "shape": (8, 12, 10**13)})
+        file.write(bytes(16))
 
 
 @pytest.mark.parametrize("case", BAD_TREES)

@@ -184,6 +184,15 @@ def test_sensorium_errors_name_the_file(tmp_path):
         from_sensorium(tmp_path / "empty")
 
 
+def test_sensorium_trial_files_past_the_tiers_are_refused(tmp_path):
+    arrays = recording()
+    write_tree(tmp_path / "mouse", arrays)
+    (tmp_path / "mouse" / "meta" / "trials" / "frame_image_id.npy").unlink()
+    np.save(tmp_path / "mouse" / "meta" / "trials" / "tiers.npy", arrays["tiers"][:-1])
+    with pytest.raises(SessionError, match="tiers.npy names 29 trials but data/images/29.npy exists"):
+        from_sensorium(tmp_path / "mouse")
+
+
 def test_cli_import_then_info(tmp_path, capsys):
     np.savez(tmp_path / "r.npz", **recording())
     assert main(["import", "arrays", str(tmp_path / "r.npz"), str(tmp_path / "r.zarr")]) == 0

@@ -346,6 +346,10 @@ def test_mei_command_on_a_video_run_then_export(tmp_path, capsys):
     assert main(["mei", run_dir, "--out", str(tmp_path / "x.zarr"), "--deis", "2"]) == 2
     assert capsys.readouterr().err == f"twin mei: error: --deis: {run_dir} is a video run; twin mei makes most" \
         " exciting videos there, so drop --deis\n"
+    (tmp_path / "long.toml").write_text("[mei]\nframes = 11\n")  # the trials have 10 frames
+    assert main(["mei", run_dir, "--out", str(tmp_path / "x.zarr"), "--config", str(tmp_path / "long.toml")]) == 2
+    assert "no train trial has [mei].frames = 11 recorded frames for a natural clip" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists()
     assert main(["mei", run_dir, "--out", mevs, "--neurons", "0,2", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["frames"], summary["frame_rate"], [n["id"] for n in summary["neurons"]]) == (6, 30.0, [0, 2])

@@ -176,6 +176,15 @@ def test_cli_writes_a_video_store_and_refuses_video_flags_without_video(tmp_path
     assert "a video session; day 2" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags", [["--frames", "1"], ["--frames", "9", "--frame-rate", "5"]])
+def test_videos_no_neuron_can_respond_to_are_one_line(tmp_path, capsys, flags):
+    sizes = ["--neurons", "4", "--train-images", "4", "--test-images", "2", "--repeats", "2", "--size", "8x12"]
+    assert main(["simulate", str(tmp_path / "v.zarr"), "--video", *flags, *sizes]) == 2
+    err = capsys.readouterr().err
+    assert "simulated neurons never respond to these videos" in err and f"{flags[0]} {flags[1]}" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "v.zarr").exists()
+
+
 def test_evaluate_scores_the_ground_truth_as_the_ceiling(session, tmp_path):
     from twin.data.loader import load_session
     from twin.data.store import write_session

@@ -233,6 +233,41 @@ def test_bad_cores_are_one_line_and_write_nothing(root, multi, capsys, extra, me
     assert not out.exists()
 
 
+def test_an_image_core_on_a_video_store_is_one_line(root, capsys):
+    from twin.data import simulate_video
+
+    write_session(simulate_video.simulate(4, 20, 2, 2, frames=10, size=(12, 16)), root / "v.zarr")
+    (root / "video.toml").write_text('[data]\nburn_in_frames = 2\n[model]\ncore = "factorized3d"\n')
+    (root / "burn_in.toml").write_text("[data]\nburn_in_frames = 2\n")
+    out = root / "bad_video"
+    assert twin("fit", root / "v.zarr", "--out", out, "--core", root / "source", "--config", root / "video.toml") == 2
+    assert f"[model].core = 'factorized3d' but the core of --core {root / 'source'} has 'stacked2d'" in capsys.readouterr().err
+    assert twin("fit", root / "v.zarr", "--out", out, "--core", root / "source", "--config", root / "burn_in.toml") == 2
+    err = capsys.readouterr().err
+    assert "[model].core = 'stacked2d' reads single images but" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.slow  # ~50 s on 2 loaded cores: two video fits
+def test_a_frozen_video_core_transfers_bit_identical(tmp_path):
+    from twin.data import simulate_video
+
+    for name, seed in (("a", 0), ("b", 1)):
+        write_session(simulate_video.simulate(4, 20, 2, 2, frames=10, size=(12, 16), seed=seed), tmp_path / f"{name}.zarr")
+    config = RunConfig(
+        data=DataConfig(clip_frames=8, burn_in_frames=2),
+        model=ModelConfig(core="factorized3d", core_layers=1, core_channels=4, input_kernel=5, temporal_input_kernel=3,
+                          readout_init="random"),
+        fit=FitConfig(max_epochs=1),
+    )
+    fit(config, [str(tmp_path / "a.zarr")], tmp_path / "source", progress=False)
+    save_config(config, tmp_path / "video.toml")
+    out = tmp_path / "frozen"
+    assert twin("fit", tmp_path / "b.zarr", "--out", out, "--config", tmp_path / "video.toml",
+                "--core", tmp_path / "source", "--freeze-core") == 0
+    assert_same_core(core_arrays(out), core_arrays(tmp_path / "source"))
+
+
 def prepare_bad_inputs(root):
     """A config that widens the core, an RGB store and a run whose best checkpoint is damaged."""
     if (root / "damaged").exists():

@@ -428,7 +428,8 @@ def fit(
     predict = make_predict(eval_graphdef, ensemble, config.fit.precision)
     caches = None
     # A frozen core shared by all members and blind to behavior: its features once per trial.
-    if frozen and not target.use_behavior and provenance["source_members"] == 1:
+    # Not for videos: a clip's features depend on where the clip starts (the core is causal).
+    if frozen and not target.use_behavior and provenance["source_members"] == 1 and not sessions[0].video:
         caches = transfer.feature_caches(
             eval_graphdef, training.params, training.rest, model, sessions, config.data.batch_size, mesh, progress
         )

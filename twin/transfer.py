@@ -8,8 +8,9 @@ a single twin's core, or member i from member i's core of an ensemble RUN of K m
 
 - ``--freeze-core``: the core runs in eval mode (its BatchNorm statistics stay fixed) and the
   optimizer leaves it alone (optax.multi_transform with set_to_zero), so the core in the new
-  run's checkpoints are bit-identical to RUN's. When the core's input holds no behavior channels
-  and the members share one core, its features of each train and validation trial are computed
+  run's checkpoints are bit-identical to RUN's. When the core's input holds no behavior channels,
+  the members share one core and the sessions hold images (a video clip's features depend on
+  where the clip starts), its features of each train and validation trial are computed
   once and kept in host memory (when they fit ``cache_budget``) and each step runs the readouts
   only; otherwise each step runs the frozen core forward under stop_gradient.
 - ``--core-learning-rate LR``: the core trains at LR times the plateau schedule's decays so far
@@ -44,6 +45,7 @@ from twin.errors import ConfigError, RunError
 
 # [model] fields that define the core (its input channels include the behavior channels).
 CORE_FIELDS = (
+    "core",
     "core_layers",
     "core_channels",
     "input_kernel",
@@ -56,6 +58,12 @@ CORE_FIELDS = (
     "batch_norm_eps",
     "gamma_input",
     "use_behavior",
+    "temporal_input_kernel",
+    "temporal_hidden_kernel",
+    "gamma_temporal",
+    "gru_channels",
+    "gru_input_kernel",
+    "gru_kernel",
 )
 PROVENANCE = "core.json"
 # Cached core features are kept only when they take at most this many bytes and at most half

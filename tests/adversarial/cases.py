@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fixtures import TINY_FIT, TINY_LOOP, TINY_MEI, Fixtures, cli, recording, toml_text
+from fixtures import TINY_FIT, TINY_LOOP, TINY_MEI, TINY_VIDEO_FIT, TINY_VIDEO_MEI, Fixtures, cli, recording, toml_text
 
 Setup = Callable[[Path, Fixtures], None]
 
@@ -507,11 +507,97 @@ bad_tree("corrupt-npy", ["images/1.npy"], write("sensorium/data/images/1.npy", b
 bad_tree("images-nan", ["images"], save_npy("sensorium/data/images/0.npy", np.full((1, 36, 64), np.nan, np.float32)))
 bad_tree("coordinates-shape", ["cell_motor_coordinates"], save_npy("sensorium/meta/neurons/cell_motor_coordinates.npy", np.zeros((6, 2))))
 bad_tree("frame-image-id-length", ["frame_image_id"], save_npy("sensorium/meta/trials/frame_image_id.npy", np.arange(3)))
+bad_tree("tiers-short", ["tiers.npy"], remove("sensorium/meta/trials/frame_image_id.npy"),
+         save_npy("sensorium/meta/trials/tiers.npy", np.array(["train"] * 14 + ["validation"] * 3 + ["test"] * 2)))
 bad_tree("behavior-shape-mismatch", ["behavior/3.npy"], save_npy("sensorium/data/behavior/3.npy", np.zeros(4, np.float32)))
 case("sensorium-zip-truncated", SENSORIUM, "import sensorium sensorium.zip out.zarr", copy("sensorium.zip"), truncate("sensorium.zip", 0.6),
      mentions=["sensorium.zip"])
 case("sensorium-zip-no-marker", SENSORIUM, "import sensorium s.zip out.zarr",
      lambda d, fx: zipfile.ZipFile(d / "s.zip", "w").writestr("data/images/0.npy", b""), mentions=["s.zip"])
+
+# Sensorium 2023 video trees: data/videos/<i>.npy (y, x, frames), the other trial files (rows, frames).
+SENS_VIDEO = "import sensorium sensorium_video out.zarr"
+SENS_VIDEO_ZIP = "import sensorium sensorium_video.zip out.zarr"
+VIDEO_FILE = "sensorium_video/data/{}/{}.npy"
+
+
+def bad_video_tree(name: str, mentions: list[str], *steps: Setup, argv: str = SENS_VIDEO, **options) -> None:
+    case(f"sensorium-video-{name}", SENSORIUM, argv, copy("sensorium_video"), *steps, mentions=mentions, **options)
+
+
+def video_file(folder: str, trial: int, change: Callable) -> Setup:
+    """Replace data/<folder>/<trial>.npy of the copied video tree by ``change(its array)``."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        path = d / VIDEO_FILE.format(folder, trial)
+        np.save(path, change(np.load(path)))
+
+    return step
+
+
+def frames_first(d: Path, fx: Fixtures) -> None:
+    """Every video saved (frames, y, x), the layout of twin's own stores, not the tree's."""
+    for path in (d / "sensorium_video/data/videos").glob("*.npy"):
+        np.save(path, np.moveaxis(np.load(path), -1, 0))
+
+
+def zipped(name: str) -> Setup:
+    """Replace the folder ``name`` of the case by ``name``.zip holding it."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        shutil.make_archive(str(d / name), "zip", d, name)
+        shutil.rmtree(d / name)
+
+    return step
+
+
+def lying_video(d: Path, fx: Fixtures) -> None:
+    """videos/3.npy whose header claims (18, 32, 10**9) float32 but holds 16 bytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (18, 32, 10**9)})
+    (d / VIDEO_FILE.format("videos", 3)).write_bytes(header.getvalue() + bytes(16))
+
+
+case("sensorium-video-valid", SENSORIUM, SENS_VIDEO, copy("sensorium_video"), expect=0, allow_new=["out.zarr"],
+     check=store_check("out.zarr", lambda ds: ds.sizes["frame"] == 52 and ds.sizes["trial"] == 12, "out.zarr is not the 12 trials of up to 52 frames"),
+     note="success: the valid tree the cases below damage")
+bad_video_tree("2d-video", ["videos/3.npy"], video_file("videos", 3, lambda v: v[..., 0]))
+bad_video_tree("4d-video", ["videos/3.npy"], video_file("videos", 3, lambda v: v[None]))
+bad_video_tree("frames-first", ["videos/"], frames_first, note="every video saved (frames, y, x): refused, not read as videos of 32 frames")
+bad_video_tree("responses-frames-mismatch", ["responses/1.npy"], video_file("responses", 1, lambda r: r[:, :-1]))
+bad_video_tree("responses-transposed", ["responses/1.npy"], video_file("responses", 1, lambda r: r.T))
+bad_video_tree("behavior-frames-mismatch", ["behavior/2.npy"], video_file("behavior", 2, lambda b: b[:, :-5]))
+bad_video_tree("pupil-frames-mismatch", ["pupil_center/5.npy"], video_file("pupil_center", 5, lambda p: np.pad(p, ((0, 0), (0, 3)))))
+bad_video_tree("pupil-3-rows", ["pupil_center/0.npy"], video_file("pupil_center", 0, lambda p: np.concatenate([p, p[:1]])))
+bad_video_tree("behavior-variables-differ", ["behavior/4.npy"], video_file("behavior", 4, lambda b: b[:1]))
+bad_video_tree("responses-neuron-mismatch", ["responses/4.npy"], video_file("responses", 4, lambda r: r[:5]))
+bad_video_tree("pickled-video", ["videos/4.npy"], save_npy(VIDEO_FILE.format("videos", 4), np.array([{"a": 1}], dtype=object), allow_pickle=True))
+bad_video_tree("corrupt-video", ["videos/1.npy"], write(VIDEO_FILE.format("videos", 1), b"\x93NUMPY garbage" * 20))
+bad_video_tree("truncated-responses", ["responses/5.npy"], truncate(VIDEO_FILE.format("responses", 5)))
+bad_video_tree("strings-behavior", ["behavior/6.npy"], save_npy(VIDEO_FILE.format("behavior", 6), np.array([["a"] * 40] * 2)))
+bad_video_tree("missing-video", ["videos/7.npy"], remove(VIDEO_FILE.format("videos", 7)))
+bad_video_tree("missing-responses", ["responses/2.npy"], remove(VIDEO_FILE.format("responses", 2)))
+bad_video_tree("video-nan-from-start", ["videos/0.npy"], video_file("videos", 0, lambda v: np.full_like(v, np.nan)))
+bad_video_tree("video-inf", ["images"], video_file("videos", 2, lambda v: np.where(np.arange(v.shape[-1]) == 3, np.inf, v)))
+bad_video_tree("tiers-unknown", ["tiers.npy", "training"],
+               save_npy("sensorium_video/meta/trials/tiers.npy", np.array(["training"] * 8 + ["oracle"] * 2 + ["live_test_main", "final_test_main"])))
+bad_video_tree("tiers-all-none", ["tiers.npy"], save_npy("sensorium_video/meta/trials/tiers.npy", np.array(["none"] * 12)))
+bad_video_tree("tiers-short", ["tiers.npy"], save_npy("sensorium_video/meta/trials/tiers.npy", np.array(["train"] * 8 + ["oracle"] * 2 + ["live_test_main"])),
+               note="12 trials of files but 11 tiers: the last trial must not vanish silently")
+bad_video_tree("tiers-short-no-ids", ["tiers.npy"], remove("sensorium_video/meta/trials/condition_hash.npy"),
+               save_npy("sensorium_video/meta/trials/tiers.npy", np.array(["train"] * 8 + ["oracle"] * 2 + ["live_test_main"])),
+               note="as tiers-short without the video ids that would also disagree")
+bad_video_tree("tiers-long", ["videos/12.npy"], save_npy("sensorium_video/meta/trials/tiers.npy", np.array(["train"] * 9 + ["oracle"] * 2 + ["live_test_main", "final_test_main"])))
+case("sensorium-video-train-responses-nan", SENSORIUM, SENS_VIDEO, copy("sensorium_video"), video_file("responses", 3, lambda r: np.full_like(r, np.nan)),
+     expect=0, allow_new=["out.zarr"], check=store_check("out.zarr", lambda ds: bool(np.isnan(ds["responses"].values[3]).all()), "trial 3 has responses"),
+     note="success: a train trial without responses is kept with its video and left out of fitting, said in the output")
+bad_video_tree("condition-hash-length", ["condition_hash.npy"], save_npy("sensorium_video/meta/trials/condition_hash.npy", np.array(["a", "b"])))
+bad_video_tree("unit-ids-length", ["unit_ids"], save_npy("sensorium_video/meta/neurons/unit_ids.npy", np.arange(5)))
+bad_video_tree("lying-header", ["videos/3.npy"], lying_video, mode="subprocess", memory_limit=3 << 30, timeout=120,
+               note="the header claims 2.3 TB of frames")
+bad_video_tree("zip-responses-frames-mismatch", ["sensorium_video.zip", "responses/1.npy"], video_file("responses", 1, lambda r: r[:, :-1]),
+               zipped("sensorium_video"), argv=SENS_VIDEO_ZIP)
+bad_video_tree("zip-truncated", ["sensorium_video.zip"], zipped("sensorium_video"), truncate("sensorium_video.zip", 0.6), argv=SENS_VIDEO_ZIP)
 
 # ---------------------------------------------------------------------------- bad TOML
 FIT = "fit sim.zarr --out run --config bad.toml --max-epochs 1"
@@ -1736,6 +1822,104 @@ bad_stimuli("closeloop-spectral-kl-absent", CLOSELOOP, [], edit_json(MANIFEST, l
 bad_stimuli("respond-spectral-kl-text", RESPOND, ["manifest.json", "spectral_kl"], edit_json(MANIFEST, first_stimulus("spectral_kl", "low")))
 
 
+# ---------------------------------------------------------------------------- video sessions, twins and MEVs
+VSIM = "simulate s.zarr --video --neurons 4 --train-images 4 --test-images 2 --repeats 2 --frames 10 --size 12x16"
+for flag, value in [("--frames", "0"), ("--frames", "-5"), ("--frames", "abc"), ("--frames", "1.5"), ("--frame-rate", "0"),
+                    ("--frame-rate", "-30"), ("--frame-rate", "nan"), ("--frame-rate", "inf"), ("--frame-rate", "abc"),
+                    ("--size", "4x4"), ("--channels", "3"), ("--types", "2")]:
+    case(f"video-simulate{flag}-{value}", CLI, f"{VSIM} {flag} {value}", mentions=[flag])
+case("video-simulate-frames-without-video", CLI, "simulate s.zarr --neurons 4 --train-images 4 --test-images 2 --frames 10", mentions=["--frames"])
+case("video-simulate-frame-rate-without-video", CLI, "simulate s.zarr --neurons 4 --train-images 4 --test-images 2 --frame-rate 60",
+     mentions=["--frame-rate"])
+case("video-simulate-with-day2-of", CLI, "simulate t.zarr --day2-of sim.zarr --video", copy("sim.zarr"), mentions=["--video"])
+case("video-simulate-day2-of-video", CLI, "simulate t.zarr --day2-of video.zarr", copy("video.zarr"), mentions=["video.zarr"])
+case("video-simulate-frames-huge", CLI, VSIM + " --frames 100000000", mentions=["frames"], mode="subprocess", memory_limit=4 << 30, timeout=180,
+     note="refused before allocating (4 GiB address-space limit)")
+case("video-simulate-one-frame", CLI, VSIM + " --frames 1", mentions=["--frames"], note="no simulated neuron responds on a video's first frame")
+for rate in ("2", "5", "12"):
+    case(f"video-simulate-frame-rate-{rate}", CLI, f"{VSIM} --frame-rate {rate}", mentions=["--frame-rate"],
+         note="the temporal kernels are not sampled below ~15 Hz")
+
+VFIT = "fit video.zarr --out run --config bad.toml"
+
+
+def bad_video_fit(name: str, section: str, key: str, value, mentions=None, argv: str = VFIT) -> None:
+    case(f"video-fit-{name}", TOML, argv, copy("video.zarr", "sim.zarr"), toml("bad.toml", merged(TINY_VIDEO_FIT, section, key, value)),
+         mentions=mentions or ["bad.toml", key])
+
+
+bad_video_fit("core-stacked2d", "model", "core", "stacked2d", mentions=["bad.toml", "core", "video.zarr"])
+bad_video_fit("factorized3d-on-images", "model", "core", "factorized3d", argv="fit sim.zarr --out run --config bad.toml",
+              mentions=["bad.toml", "core", "sim.zarr"])
+bad_video_fit("gru-on-images", "model", "core", "gru", argv="fit sim.zarr --out run --config bad.toml", mentions=["bad.toml", "core", "sim.zarr"])
+bad_video_fit("core-unknown", "model", "core", "conv3d")
+
+
+def video_sized_images(d: Path, fx: Fixtures) -> None:
+    """img.zarr: an image session of video.zarr's 12x16 pixels, so only the frame axis differs."""
+    cli(["simulate", "img.zarr", "--neurons", "4", "--train-images", "20", "--test-images", "2", "--repeats", "2", "--size", "12x16"], d)
+
+
+for first, second, core in (("video.zarr", "img.zarr", "factorized3d"), ("img.zarr", "video.zarr", "stacked2d")):
+    case(f"video-fit-{first.split('.')[0]}-and-{second.split('.')[0]}-stores", TOML, f"fit {first} {second} --out run --config bad.toml",
+         copy("video.zarr"), video_sized_images, toml("bad.toml", merged(TINY_VIDEO_FIT, "model", "core", core)), mentions=["img.zarr", "video"])
+bad_video_fit("burn-in-all-frames", "data", "burn_in_frames", 30, mentions=["video.zarr", "burn_in_frames"])
+bad_video_fit("burn-in-beyond-frames", "data", "burn_in_frames", 1000, mentions=["video.zarr", "burn_in_frames"])
+bad_video_fit("burn-in-negative", "data", "burn_in_frames", -1)
+bad_video_fit("clip-frames-0", "data", "clip_frames", 0)
+bad_video_fit("clip-frames-float", "data", "clip_frames", 20.5)
+bad_video_fit("temporal-input-kernel-0", "model", "temporal_input_kernel", 0)
+bad_video_fit("temporal-hidden-kernel-negative", "model", "temporal_hidden_kernel", -7)
+bad_video_fit("gamma-temporal-negative", "model", "gamma_temporal", -0.01)
+bad_video_fit("gru-kernel-even", "model", "gru_kernel", 4)
+bad_video_fit("gru-channels-0", "model", "gru_channels", 0)
+bad_video_fit("input-kernel-larger-than-frame", "model", "input_kernel", 13, mentions=["bad.toml", "input_kernel", "video.zarr"])
+case("video-fit-clip-frames-beyond-trials", TOML, VFIT, copy("video.zarr"), toml("bad.toml", merged(TINY_VIDEO_FIT, "data", "clip_frames", 1000)),
+     expect=0, allow_new=["run"], note="success: clips are capped at the session's frames ([data].clip_frames)")
+case("video-fit-core-of-image-run", RUN, "fit video.zarr --out r2 --core run --config video.toml", copy("video.zarr", "video.toml", "run"),
+     mentions=["video.toml", "core", "stacked2d"])
+case("video-fit-core-of-image-run-config-without-core", RUN, "fit video.zarr --out r2 --core run --config b.toml", copy("video.zarr", "run"),
+     toml("b.toml", "[data]\nburn_in_frames = 10\n"), mentions=["b.toml", "stacked2d", "video.zarr"])
+case("video-fit-image-store-on-video-core", RUN, "fit sim.zarr --out r2 --core video_run --config fit.toml", copy("sim.zarr", "fit.toml", "video_run"),
+     mentions=["core", "sim.zarr"])
+case("video-fit-frozen-video-core", RUN, "fit video.zarr --out r2 --core video_run --freeze-core --config video.toml",
+     copy("video.zarr", "video.toml", "video_run"), expect=0, allow_new=["r2"], note="success: a video core transferred frozen")
+case("video-evaluate-image-store", RUN, "evaluate video_run --store sim.zarr", copy("video_run", "sim.zarr"), mentions=["sim.zarr"])
+
+VMEI = "mei video_run --neurons 0:2 --out m.zarr --config bad.toml"
+
+
+def bad_video_mei(name: str, key: str, value, mentions=None, changes: dict | None = None, **options) -> None:
+    values = merged(TINY_VIDEO_MEI, "mei", key, value)
+    values["mei"].update(changes or {})
+    case(f"video-mei-{name}", TOML, VMEI, copy("video_run"), toml("bad.toml", values), mentions=mentions or ["bad.toml", key], **options)
+
+
+bad_video_mei("frames-0", "frames", 0)
+bad_video_mei("frames-negative", "frames", -6)
+bad_video_mei("frames-float", "frames", 6.5)
+bad_video_mei("frames-beyond-trials", "frames", 40, mentions=["video.zarr", "frames"], changes={"response_window": 2},
+              note="refused before optimizing: no natural clip of 40 frames to compare with")
+bad_video_mei("frames-huge", "frames", 10**9, mentions=["video.zarr", "frames"], mode="subprocess", memory_limit=4 << 30, timeout=120,
+              note="refused before allocating clips of 10**9 frames (4 GiB limit)")
+bad_video_mei("response-window-0", "response_window", 0)
+bad_video_mei("response-window-beyond-frames", "response_window", 7)
+bad_video_mei("temporal-blur-negative", "temporal_blur_sigma", -1.0)
+bad_video_mei("temporal-blur-nan", "temporal_blur_sigma", float("nan"))
+bad_video_mei("static-string", "static", "yes")
+case("video-mei-static", TOML, VMEI, copy("video_run"), toml("bad.toml", merged(TINY_VIDEO_MEI, "mei", "static", True)), expect=0,
+     allow_new=["m.zarr", "m.png"], note="success: one image shown on every frame")
+bad_video_mei("static-window-beyond-frames", "static", True, mentions=["bad.toml", "response_window"], changes={"response_window": 9})
+
+
+def centre_png(d: Path, fx: Fixtures) -> None:
+    Image.fromarray(np.full((12, 16), 128, np.uint8)).save(d / "centre.png")
+
+
+for flag in ("--deis 2", "--transparency", "--surround excite --centre centre.png"):
+    case(f"video-mei-{flag.split()[0].strip('-')}", CLI, "mei video_run --neurons 0:2 --out m.zarr --config video_mei.toml " + flag,
+         copy("video_run", "video_mei.toml"), centre_png, mentions=[flag.split()[0], "video run"])
+
 # ---------------------------------------------------------------------------- the fast subset
 # One or more cases of each class that need no fitted run: tests/test_adversarial.py runs them in CI.
 FAST = {
@@ -1749,7 +1933,8 @@ FAST = {
     "loop-into-folder-with-config", "store-deleted-chunk", "store-no-root-json", "pipe-info", "path-newline-missing",
     "animals-huge", "day2-of-nan-position", "match-nan-position", "match-one-cell", "match-tolerance-below-jitter", "loop-days-3",
     "fit-freeze-without-core", "screen-summary-missing", "precision-fit-float16", "simulate-types-more-than-neurons",
-    "simulate-types-with-day2-of",
+    "simulate-types-with-day2-of", "sensorium-video-responses-frames-mismatch", "sensorium-video-tiers-short-no-ids",
+    "video-simulate-one-frame", "video-simulate--frame-rate-nan",
 }
 unknown = FAST - {c.name for c in CASES}
 if unknown:

@@ -27,6 +27,17 @@ TINY_FIT = {
     "fit": {"max_epochs": 2},
 }
 TINY_MEI = {"mei": {"steps": 5, "seeds": 1}}
+# The video animal at its smallest: 12 train and 4 repeated test videos of 30 frames at 12x16, and a
+# one-layer factorized twin of 4 channels fit for one epoch on 20-frame clips; MEVs of 6 frames.
+SIMULATE_VIDEO = ["--video", "--neurons", "6", "--train-images", "12", "--test-images", "4", "--repeats", "2", "--frames", "30",
+                  "--size", "12x16"]
+TINY_VIDEO_FIT = {
+    "data": {"clip_frames": 20, "burn_in_frames": 10},
+    "model": {"core": "factorized3d", "core_layers": 1, "core_channels": 4, "input_kernel": 5, "temporal_input_kernel": 5,
+              "readout_init": "random"},
+    "fit": {"max_epochs": 1},
+}
+TINY_VIDEO_MEI = {"mei": {"steps": 3, "seeds": 1, "frames": 6, "response_window": 2}}
 TINY_LOOP = {
     "loop": {
         "simulated_neurons": 12,
@@ -103,11 +114,46 @@ def write_sensorium(root: Path, n: int = 20, n_neurons: int = 6, seed: int = 0) 
     return root
 
 
+VIDEO_TIERS = ["train"] * 8 + ["oracle"] * 2 + ["live_test_main", "final_test_main"]
+
+
+def write_sensorium_video(root: Path, n_neurons: int = 6, seed: int = 0) -> Path:
+    """A valid Sensorium 2023 tree (data/, meta/) under ``root``: 12 trials (VIDEO_TIERS) of 18x32
+    videos, 30-52 frames each with the frame axis last; even trials stored 60 frames long with NaN
+    after their length (as the published tree pads); trials 8 and 9 show one video (oracle repeats)."""
+    rng = np.random.default_rng(seed)
+    for folder in ("data/videos", "data/responses", "data/behavior", "data/pupil_center", "meta/trials", "meta/neurons"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    lengths = [30 + 2 * i for i in range(len(VIDEO_TIERS))]
+    lengths[9] = lengths[8]
+    for i, length in enumerate(lengths):
+        stored = 60 if i % 2 == 0 else length
+        values = {
+            "videos": rng.integers(0, 256, (18, 32, length)).astype(np.float32),
+            "responses": rng.gamma(1.0, 1.0, (n_neurons, length)).astype(np.float32),
+            "behavior": rng.normal(size=(2, length)).astype(np.float32),
+            "pupil_center": rng.normal(size=(2, length)).astype(np.float32),
+        }
+        if i == 9:
+            values["videos"] = np.load(root / "data/videos/8.npy")[..., :length]
+        for folder, value in values.items():
+            padded = np.full((*value.shape[:-1], stored), np.nan, np.float32)
+            padded[..., :length] = value
+            np.save(root / f"data/{folder}/{i}.npy", padded)
+    np.save(root / "meta/trials/tiers.npy", np.array(VIDEO_TIERS))
+    np.save(root / "meta/trials/condition_hash.npy", np.array([f"hash{i}" for i in range(8)] + ["hash8"] * 2 + ["hash10", "hash11"]))
+    np.save(root / "meta/neurons/unit_ids.npy", np.arange(n_neurons) + 100)
+    np.save(root / "meta/neurons/cell_motor_coordinates.npy", rng.normal(size=(n_neurons, 3)))
+    return root
+
+
 class Fixtures:
     """Lazily built shared inputs under ``root``; ``path(name)`` builds one on first use.
 
     Names: sim.zarr (8 neurons, simulated), day2.zarr (its day 2), other.zarr (5 neurons), fit.toml, mei.toml,
-    loop.toml, data.npz (valid arrays), sensorium/ (valid tree), sensorium.zip, run/ (fitted,
+    loop.toml, data.npz (valid arrays), sensorium/ (valid tree), sensorium.zip, sensorium_video/ (valid
+    Sensorium 2023 tree), video.zarr (simulated videos, 6 neurons), video.toml, video_mei.toml,
+    video_run/ (a factorized3d twin of video.zarr, 1 epoch), run/ (fitted,
     2 epochs), transfer/ (day2.zarr's readouts on run's frozen core), meis.zarr (neurons 0..3, 1 seed, 5 steps), stimuli/ (exported), responses.npz.
     """
 
@@ -175,6 +221,22 @@ class Fixtures:
     def build_sensorium_zip(self, target: Path) -> None:
         tree = self.path("sensorium")
         shutil.make_archive(str(target.with_suffix("")), "zip", tree.parent, tree.name)
+
+    def build_sensorium_video(self, target: Path) -> None:
+        write_sensorium_video(target)
+
+    def build_video_zarr(self, target: Path) -> None:
+        cli(["simulate", target.name, *SIMULATE_VIDEO], self.root)
+
+    def build_video_toml(self, target: Path) -> None:
+        target.write_text(toml_text(TINY_VIDEO_FIT))
+
+    def build_video_mei_toml(self, target: Path) -> None:
+        target.write_text(toml_text(TINY_VIDEO_MEI))
+
+    def build_video_run(self, target: Path) -> None:
+        self.path("video.zarr"), self.path("video.toml")
+        cli(["fit", "video.zarr", "--out", target.name, "--config", "video.toml"], self.root)
 
     def build_run(self, target: Path) -> None:
         self.path("sim.zarr"), self.path("fit.toml")

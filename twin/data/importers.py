@@ -320,6 +320,20 @@ class FileTree:
                 f"{self.path}: file {name} is not a plain .npy array ({error}); save it with"
                 " np.save (no pickles)"
             ) from None
+        except MemoryError:
+            raise SessionError(
+                f"{self.path}: file {name} is larger than this machine's memory (or its header says so);"
+                " check the file"
+            ) from None
+
+    def check_trials(self, folder: str, n: int) -> None:
+        """SessionError when ``folder`` (e.g. "data/videos") holds a trial file past the ``n``
+        trials that meta/trials/tiers.npy names: that trial would be left out silently."""
+        if self.exists(f"{folder}/{n}.npy"):
+            raise SessionError(
+                f"{self.path}: file meta/trials/tiers.npy names {n} trials but {folder}/{n}.npy exists;"
+                " give one tier per trial"
+            )
 
     def stack(self, folder: str, n: int) -> np.ndarray:
         """data/<folder>/<i>.npy for i < n, stacked: (n, ...)."""
@@ -377,6 +391,7 @@ def session_from_tree(tree: FileTree, path: Path, size, pixel_range=None) -> xr.
             " trial (trial,), e.g. 'train', 'test'"
         )
     n = len(tier)
+    tree.check_trials("data/images", n)
     images = tree.stack("data/images", n)
     if images.ndim == 4 and images.shape[1] == 1:
         images = images[:, 0]
@@ -466,6 +481,7 @@ def session_from_video_tree(tree: FileTree, path: Path, size, pixel_range=None) 
     from twin.data.images import downscale
 
     tier = video_tiers(tree.load("meta/trials/tiers.npy"), path)
+    tree.check_trials("data/videos", len(tier))
     kept = np.flatnonzero(tier != "none")
     if len(kept) == 0:
         raise SessionError(

@@ -169,7 +169,8 @@ def temporal_kernels(scale: np.ndarray, beta: np.ndarray, frame_rate: float) -> 
     def kernel(delay):
         s = np.maximum(scale[:, None] * (lags[None, :] - delay[:, None]), 0)
         k = s**3 * np.exp(-s) * (1 / 6 - beta[:, None] * s**2 / 120)
-        return k / np.sqrt((k**2).sum(axis=1, keepdims=True))
+        with np.errstate(invalid="ignore"):  # 0 at every lag (too low a frame rate): NaN, refused by simulate
+            return k / np.sqrt((k**2).sum(axis=1, keepdims=True))
 
     even = kernel(np.zeros_like(scale))
     frequency = np.linspace(0.25, frame_rate / 2, 400)
@@ -398,6 +399,15 @@ def simulate(
     train_videos = natural_videos(n_train_videos, frames, size, rng, frame_rate)
     test_videos = natural_videos(n_test_videos, frames, size, rng, frame_rate)
     params = population(n_neurons, size, train_videos, rng, frame_rate)
+    silent = ~(np.isfinite(params["event_size"]) & (params["event_size"] > 0))
+    if silent.any():
+        # A simple cell rectifies: on a few frames its drive can be 0 throughout; below ~15 Hz
+        # the temporal kernels are not sampled at all (NaN).
+        raise ConfigError(
+            f"simulate: --frames {frames} at --frame-rate {frame_rate:g}: {int(silent.sum())} of the {n_neurons}"
+            f" simulated neurons never respond to these videos (their temporal kernels last {KERNEL_SECONDS} s"
+            " and prefer 3-5 Hz); use more --frames or a --frame-rate of at least 15"
+        )
     trials = recording(params, train_videos, test_videos, repeats, rng)
     cell_xyz = retinotopic_positions(params, rng)
     attrs = {"source": f"twin simulate --video seed {seed}", "animal": "simulated", "seed": seed, "frame_rate": frame_rate}

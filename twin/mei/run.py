@@ -354,6 +354,8 @@ def prepare_job(run: str, neurons, seeds, recipe, config_path, out, deis: int, s
             f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}"
         )
     data = loaded.sessions[session]
+    if is_video(loaded.model):
+        check_clip_frames(data, config.frames)
     centre_store = open_meis(centre) if centre is not None and is_store(centre) else None
     if neurons is None and centre_store is not None:
         index = None  # the centre store's neurons
@@ -739,10 +741,21 @@ def run_mevs(job: MeiJob) -> dict:
     }
 
 
+def check_clip_frames(data, frames: int) -> None:
+    """ConfigError unless a train trial of the video SessionData ``data`` has ``frames`` recorded
+    frames: the natural control of MEVs of that length (natural_clips), checked before optimizing."""
+    train = data.trials("train")
+    if not len(train) or int(data.frame_count[train].max()) < frames:
+        raise ConfigError(
+            f"{data.path}: no train trial has [mei].frames = {frames} recorded frames for a natural clip; lower"
+            " [mei].frames"
+        )
+
+
 def natural_clips(data, frames: int) -> tuple[np.ndarray, np.ndarray]:
     """The train trials of the video SessionData ``data`` cut into consecutive clips of ``frames``
-    recorded frames: (clips (clip, frames, y, x, channel) normalized, the natural control of MEVs;
-    starts (clip, 2): the trial and first frame of each)."""
+    recorded frames (check_clip_frames: at least one): (clips (clip, frames, y, x, channel)
+    normalized, the natural control of MEVs; starts (clip, 2): the trial and first frame of each)."""
     starts = np.array(
         [
             (trial, start)
@@ -751,11 +764,6 @@ def natural_clips(data, frames: int) -> tuple[np.ndarray, np.ndarray]:
         ],
         np.int64,
     ).reshape(-1, 2)
-    if not len(starts):
-        raise ConfigError(
-            f"{data.path}: no train trial has [mei].frames = {frames} recorded frames for a natural clip; lower"
-            " [mei].frames"
-        )
     return np.stack([data.images[trial, start : start + frames] for trial, start in starts]), starts
 
 
