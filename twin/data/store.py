@@ -238,16 +238,6 @@ def quiet_neurons(train_responses: np.ndarray, unit_id: np.ndarray) -> dict:
     }
 
 
-def repeat_metrics_note(image_id: np.ndarray, frame_count: np.ndarray | None) -> str:
-    """twin.metrics.repeats_note of test trials' ``image_id`` (k,), "" when the repeat metrics are
-    scored; of video trials (``frame_count`` (k,)), counted over the frames evaluate scores (from
-    the default burn-in on), as evaluate counts them."""
-    if frame_count is None:
-        return metrics.repeats_note(image_id) or ""
-    _, _, ids = metrics.scored_frames(frame_count, image_id, int(frame_count.max(initial=0)))
-    return metrics.repeats_note(ids, unit="frames") or ""
-
-
 def session_info(ds: xr.Dataset, path) -> dict:
     """Summary of the session ``ds`` read from the store ``path`` for people and scripts (JSON-ready).
 
@@ -282,6 +272,13 @@ def session_info(ds: xr.Dataset, path) -> dict:
         """(sample, neuron): the responses of ``trials`` (trial,) bool, recorded frames only."""
         return responses[trials][shown[trials]] if video else responses[trials]
 
+    # The repeat metrics' samples and ids, as evaluate scores them: test trials, or the frames of
+    # test videos after the default burn-in with id (video, frame).
+    test_responses, test_ids = responses[test], image_id[test]
+    if video:
+        trial, frame, test_ids = metrics.scored_frames(frame_count[test], test_ids, ds.sizes["frame"])
+        test_responses = test_responses[trial, frame]
+
     _, repeats = np.unique(image_id[test], return_counts=True)
     repeats = repeats if repeats.size else np.zeros(1, int)
     behavior = [str(n) for n in ds["behavior_var"].values] if "behavior" in ds else []
@@ -308,7 +305,7 @@ def session_info(ds: xr.Dataset, path) -> dict:
             "max": int(repeats.max()),
         },
         "test_repeats": bool(repeats.max() > 1),
-        "repeat_metrics": repeat_metrics_note(image_id[test], frame_count[test] if video else None),
+        "repeat_metrics": metrics.repeats_note(test_ids, unit="frames" if video else "images") or "",
         "trials_without_responses": int(np.sum(~recorded)),
         "missing_responses": int(np.isnan(samples(recorded)).sum()),
         "responses_signed": bool(np.nanmin(responses) < 0),
@@ -331,12 +328,7 @@ def session_info(ds: xr.Dataset, path) -> dict:
         info["frame_rate"] = float(ds.attrs["frame_rate"])
         info["clip_frames"] = min(DataConfig().clip_frames, frames)
     if not info["repeat_metrics"]:
-        if video:  # the frames evaluate scores; id: (video, frame)
-            trial, frame, ids = metrics.scored_frames(frame_count[test], image_id[test], frames)
-            oracle = metrics.oracle_correlation(responses[test][trial, frame], ids)
-        else:
-            oracle = metrics.oracle_correlation(responses[test], image_id[test])
-        info["oracle_correlation"] = float(np.nanmean(oracle))
+        info["oracle_correlation"] = float(np.nanmean(metrics.oracle_correlation(test_responses, test_ids)))
     if behavior:
         values = np.asarray(ds["behavior"].values)
         info["ranges"]["behavior"] = {n: value_range(values[..., i]) for i, n in enumerate(behavior)}
