@@ -349,8 +349,13 @@ class Training:
 
     def trees(self) -> dict:
         """The arrays a checkpoint saves."""
-        names = ("params", "rest", "opt_state", "best_params", "best_rest")
-        return dict(zip(("params", "rest", "opt", "best_params", "best_rest"), (getattr(self, n) for n in names)))
+        return {
+            "params": self.params,
+            "rest": self.rest,
+            "opt": self.opt_state,
+            "best_params": self.best_params,
+            "best_rest": self.best_rest,
+        }
 
     def meta(self) -> dict:
         """The JSON a checkpoint saves beside the arrays."""
