@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from twin import checkpoint
 from twin.cli import main
 from twin.config import DataConfig
 from twin.data import simulate_video as sv
@@ -79,3 +80,28 @@ def test_burn_in_beyond_the_trials_is_one_line(store, tmp_path, capsys):
     code, out, err = twin(["fit", store, "--config", config, "--out", tmp_path / "run"], capsys)
     assert code == 2 and "[data].burn_in_frames = 30 leaves no frame to score" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_behavior_gain_is_fit_from_the_train_mean_behavior(store, tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.replace("readout_init", "behavior_gain = true\nreadout_init"))
+    code, out, err = twin(["fit", store, "--config", config, "--out", tmp_path / "run"], capsys)
+    assert code == 0, err
+    run = checkpoint.load_run(tmp_path / "run")
+    data, gain = run.sessions[0], run.model.gains[0]
+    train_mean = data.behavior[data.trials("train")].reshape(-1, data.behavior.shape[-1]).mean(0)
+    np.testing.assert_allclose(gain.center[...], train_mean, rtol=1e-5)
+    assert gain.weight[...].shape == (3, 6) and float(np.abs(gain.weight[...]).max()) > 0
+    code, out, err = twin(["evaluate", tmp_path / "run", "--json"], capsys)
+    assert code == 0 and np.isfinite(json.loads(out)["single_trial_correlation"]), err
+
+
+def test_behavior_gain_without_behavior_is_one_line(tmp_path, capsys):
+    path = tmp_path / "no_behavior.zarr"
+    ds = sv.simulate(6, 12, 20, 2, frames=30, size=(12, 16), seed=2).drop_vars(["behavior", "behavior_var"])
+    write_session(ds, path)
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.replace("readout_init", "behavior_gain = true\nreadout_init"))
+    code, out, err = twin(["fit", path, "--config", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and f"{path.absolute()}: has no behavior variable for [model].behavior_gain = true" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -17,10 +17,15 @@ from twin.models.twin import ReadoutSpec, Twin, make_ensemble
 SMALL = ModelConfig(core_layers=3, core_channels=8, input_kernel=5, hidden_kernel=3)
 
 
-def specs(*counts, positions=False):
+def specs(*counts, positions=False, n_behavior=2):
     rng = np.random.default_rng(0)
     return [
-        ReadoutSpec(n, rng.random(n).astype(np.float32), rng.random((n, 3)) * 500 if positions else None)
+        ReadoutSpec(
+            n,
+            rng.random(n).astype(np.float32),
+            rng.random((n, 3)) * 500 if positions else None,
+            rng.normal(size=n_behavior).astype(np.float32) if n_behavior else None,
+        )
         for n in counts
     ]
 
@@ -318,6 +323,7 @@ def test_output_nonlinearity_is_elu_plus_one_and_stays_positive():
         ({"depth_separable": False, "core_bias": True, "stack": (0, -1)}, 2),
         ({"pad_input": True, "stack": (1,), "gauss_type": "isotropic", "shifter": True, "use_behavior": True}, 1),
         ({"grid_mean_predictor": True, "core_bias": True}, 1),
+        ({"behavior_gain": True}, 1),
     ],
 )
 def test_target_responses_on_receptive_fields_equal_full_maps(changes, in_channels):
@@ -329,11 +335,14 @@ def test_target_responses_on_receptive_fields_equal_full_maps(changes, in_channe
     for layer in model.core.layers:  # BatchNorm statistics far from identity
         layer.norm.mean[...] = jnp.asarray(rng.normal(size=8), jnp.float32)
         layer.norm.bias[...] = jnp.asarray(rng.normal(size=8), jnp.float32)
+    if config.behavior_gain:
+        model.gains[0].weight[...] = jnp.asarray(rng.normal(size=(2, 25)), jnp.float32)
     model.eval()
     b = 25
     x = images(b=b, h=14, w=20, c=in_channels, seed=4)
     neurons = jnp.asarray(rng.permutation(25), jnp.int32)
-    kwargs = {"behavior": jnp.asarray(rng.normal(size=(b, 2)), jnp.float32)} if config.use_behavior else {}
+    uses_behavior = config.use_behavior or config.behavior_gain
+    kwargs = {"behavior": jnp.asarray(rng.normal(size=(b, 2)), jnp.float32)} if uses_behavior else {}
     if config.shifter:
         kwargs["pupil_center"] = jnp.asarray(rng.normal(size=(b, 2)) * 3, jnp.float32)
     graphdef, state = nnx.split(model)
@@ -349,6 +358,30 @@ def test_target_responses_on_receptive_fields_equal_full_maps(changes, in_channe
     np.testing.assert_allclose(window, full, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(window_grad, full_grad, rtol=1e-4, atol=1e-6 * float(jnp.abs(full_grad).max()))
     assert float(jnp.abs(full_grad).max()) > 0
+
+
+def test_behavior_gain_multiplies_each_neuron_by_exp_of_its_centered_behavior():
+    config = dataclasses.replace(SMALL, behavior_gain=True)
+    spec = specs(6)[0]
+    model = Twin(config, 1, (12, 16), [spec], n_behavior=2, rngs=nnx.Rngs(0))
+    model.eval()
+    behavior = jax.random.normal(jax.random.key(2), (3, 2))
+    ungained = np.asarray(model(images(), behavior=behavior))
+    rng = np.random.default_rng(1)
+    weight, bias = rng.normal(size=(2, 6)).astype(np.float32), rng.normal(size=6).astype(np.float32)
+    model.gains[0].weight[...], model.gains[0].bias[...] = jnp.asarray(weight), jnp.asarray(bias)
+    expected = ungained * np.exp((np.asarray(behavior) - spec.behavior_mean) @ weight + bias)
+    np.testing.assert_allclose(model(images(), behavior=behavior), expected, rtol=1e-5)
+    neurons = jnp.array([5, 0])
+    np.testing.assert_allclose(model(images(), behavior=behavior, neurons=neurons), expected[:, [5, 0]], rtol=1e-5)
+    with pytest.raises(ValueError, match="has a behavior gain; pass behavior"):
+        model(images())
+
+
+def test_behavior_gain_needs_behavior_in_every_session():
+    config = dataclasses.replace(SMALL, behavior_gain=True)
+    with pytest.raises(ConfigError, match=r"\[model\].behavior_gain = true needs behavior .* every session"):
+        Twin(config, 1, (12, 16), specs(6, 4, n_behavior=0), rngs=nnx.Rngs(0))
 
 
 def test_target_responses_of_a_factorized_readout_read_the_full_map():

@@ -29,13 +29,26 @@ TINY = ModelConfig(
     gru_kernel=3,
     shifter=True,
     use_behavior=True,
+    behavior_gain=True,
 )
+SPEC = ReadoutSpec(5, np.ones(5, np.float32), behavior_mean=np.array([0.3, -0.2], np.float32))
 CORES = ["factorized3d", "gru"]
 
 
 def twin(core: str, seed: int = 0, **changes) -> Twin:
     config = dataclasses.replace(TINY, core=core, **changes)
-    return Twin(config, 1, SHAPE, [ReadoutSpec(5, np.ones(5, np.float32))], n_behavior=2, rngs=nnx.Rngs(seed))
+    model = Twin(config, 1, SHAPE, [SPEC], n_behavior=2, rngs=nnx.Rngs(seed))
+    randomize_gains(model, seed)
+    return model
+
+
+def randomize_gains(model, seed: int = 0):
+    """Behavior-gain weights and biases away from their start at 0 (gain 1)."""
+    gains = model.members.gains if isinstance(model, Ensemble) else model.gains
+    rng = np.random.default_rng(seed)
+    for gain in gains:
+        gain.weight[...] = jnp.asarray(rng.normal(size=gain.weight.shape) * 0.3, jnp.float32)
+        gain.bias[...] = jnp.asarray(rng.normal(size=gain.bias.shape) * 0.3, jnp.float32)
 
 
 def inputs(batch: int = 2, seed: int = 0):
@@ -184,7 +197,7 @@ def test_target_responses_of_a_video_twin(core):
 
 def test_ensemble_of_two_video_twins():
     config = dataclasses.replace(TINY, core="gru")
-    specs = [ReadoutSpec(5, np.ones(5, np.float32))]
+    specs = [SPEC]
     ensemble = make_ensemble(config, 1, SHAPE, specs, 2, seeds=[0, 3])
     ensemble.eval()
     images, behavior, pupil = inputs()
@@ -208,7 +221,8 @@ def test_video_checkpoint_round_trip_gives_identical_outputs(tmp_path, core, ens
         {"name": "video", "path": str(tmp_path / "video.zarr"), "unit_id": list(range(5)), "n_neurons": 5,
          "image_shape": list(SHAPE), "channels": 1, "n_behavior": 2, "has_positions": False}
     ]
-    model = checkpoint.make_model(config, records, [ReadoutSpec(5, np.full(5, 0.5, np.float32))])
+    model = checkpoint.make_model(config, records, [SPEC])
+    randomize_gains(model)
     images, behavior, pupil = inputs()
     run(model, images, behavior, pupil)  # batch statistics away from their start
     model.eval()
@@ -219,6 +233,8 @@ def test_video_checkpoint_round_trip_gives_identical_outputs(tmp_path, core, ens
 
     loaded = checkpoint.load_run(run_dir, load_sessions=False)
     assert isinstance(loaded.model, Ensemble if ensemble_size > 1 else Twin)
+    centers = loaded.model.members.gains[0].center[...] if ensemble_size > 1 else loaded.model.gains[0].center[...]
+    np.testing.assert_array_equal(np.asarray(centers).reshape(-1, 2)[-1], SPEC.behavior_mean)
     assert loaded.config.model.core == core
     np.testing.assert_array_equal(np.asarray(run(loaded.model, images, behavior, pupil)), expected)
 

@@ -160,8 +160,17 @@ def session_record(data) -> dict:
 
 
 def readout_specs(sessions) -> list[ReadoutSpec]:
-    """One ReadoutSpec per SessionData (train mean responses, cortex positions)."""
-    return [ReadoutSpec(s.responses.shape[-1], s.mean_response, s.cell_xyz) for s in sessions]
+    """One ReadoutSpec per SessionData (train mean responses, cortex positions, train mean
+    behavior over trials and frames)."""
+    return [ReadoutSpec(s.responses.shape[-1], s.mean_response, s.cell_xyz, train_behavior_mean(s)) for s in sessions]
+
+
+def train_behavior_mean(data) -> np.ndarray | None:
+    """The normalized behavior (k,) of a SessionData averaged over its train trials (and frames),
+    or None without behavior."""
+    if data.behavior is None:
+        return None
+    return data.behavior[data.trials("train")].reshape(-1, data.behavior.shape[-1]).mean(0)
 
 
 def make_model(config: RunConfig, records: list[dict], specs: list[ReadoutSpec]) -> Twin | Ensemble:
@@ -197,6 +206,7 @@ def abstract_model(config: RunConfig, records: list[dict]) -> Twin | Ensemble:
             r["n_neurons"],
             np.zeros(r["n_neurons"], np.float32),
             np.zeros((r["n_neurons"], 3), np.float32) if r["has_positions"] else None,
+            np.zeros(r["n_behavior"], np.float32) if r["n_behavior"] else None,
         )
         for r in records
     ]

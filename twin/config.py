@@ -299,6 +299,10 @@ class ModelConfig(Checked):
     shifter_hidden: int = integer(5, 1, below=MAX_WIDTH + 1)
     # Behavior variables enter as extra constant image channels when True.
     use_behavior: bool = flag(False)
+    # Each neuron's predicted response is multiplied by exp(w . (behavior - its train mean) + c),
+    # per neuron and frame (the gain that running and pupil set in mouse visual cortex); w and c
+    # start at 0 (gain 1). Needs behavior in every session.
+    behavior_gain: bool = flag(False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -119,7 +119,9 @@ def forward(model, arrays: dict, session: int) -> jax.Array:
     """model(images, session, behavior=..., pupil_center=...) from a dict of batch arrays, or
     the readout of ``arrays["features"]`` (core features computed before) when present."""
     if "features" in arrays:
-        return model.readout(arrays["features"], session, pupil_center=arrays.get("pupil_center"))
+        return model.readout(
+            arrays["features"], session, behavior=arrays.get("behavior"), pupil_center=arrays.get("pupil_center")
+        )
     return model(
         arrays["images"],
         session,
@@ -500,12 +502,18 @@ def initial_model(config: RunConfig, sessions, records, core_transfer, provenanc
 
 def checked_records(config: RunConfig, sessions, store_paths, config_source: str | None) -> list[dict]:
     """The sessions' records (checkpoint.session_record) after checking that they can be fit with
-    ``config``: responses for the loss, the core for image or video sessions, the image size."""
+    ``config``: responses for the loss, the core for image or video sessions, the image size,
+    behavior for a behavior gain."""
     check_sessions(sessions, store_paths, config.fit.loss)
     records = [checkpoint.session_record(s) for s in sessions]
     check_core(config.model, sessions[0].video, str(store_paths[0]), config_source)
     for record in records:
         check_image_size(config.model, record["image_shape"], record["path"], config_source)
+        if config.model.behavior_gain and not record["n_behavior"]:
+            raise ConfigError(
+                f"{record['path']}: has no behavior variable for [model].behavior_gain = true"
+                f"{' in ' + config_source if config_source else ''}; set it to false or add behavior to the store"
+            )
     return records
 
 

@@ -19,7 +19,7 @@ from flax import nnx
 from twin.config import ModelConfig
 from twin.errors import ConfigError
 from twin.models.cores import Stacked2dCore, core_arguments
-from twin.models.readouts import FactorizedReadout, GaussianReadout, bilinear_weights, grid_corners
+from twin.models.readouts import Constant, FactorizedReadout, GaussianReadout, bilinear_weights, grid_corners
 from twin.models.video import video_core
 
 
@@ -36,12 +36,35 @@ OUTPUTS = {"elu1": elu1, "linear": lambda x: x}
 
 @dataclasses.dataclass(frozen=True)
 class ReadoutSpec:
-    """What a session's readout needs: neuron count, mean responses (n,) for the bias, and
-    cortex positions (n, 2 or 3) in micrometres for the grid-mean predictor (or None)."""
+    """What a session's readout needs: neuron count, mean responses (n,) for the bias,
+    cortex positions (n, 2 or 3) in micrometres for the grid-mean predictor (or None), and the
+    train mean of the normalized behavior (k,) for the behavior gain (None without behavior)."""
 
     n_neurons: int
     mean_response: np.ndarray
     positions: np.ndarray | None = None
+    behavior_mean: np.ndarray | None = None
+
+
+class BehaviorGain(nnx.Module):
+    """Per-neuron multiplicative gain of the behavior: exp(weight . (behavior - center) + bias).
+
+    ``weight`` (k, n) and ``bias`` (n,) start at 0 (gain 1); ``center`` (k,) is the session's train
+    mean behavior, fixed, so the weights and the bias are not confounded by the behavior's offset.
+    """
+
+    def __init__(self, behavior_mean: np.ndarray, n_neurons: int):
+        k = len(behavior_mean)
+        self.center = Constant(jnp.asarray(behavior_mean, jnp.float32))
+        self.weight = nnx.Param(jnp.zeros((k, n_neurons), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros(n_neurons, jnp.float32))
+
+    def __call__(self, behavior: jax.Array, neurons: jax.Array | None = None) -> jax.Array:
+        """behavior (..., k) -> gain (..., n), or (..., k') for ``neurons`` (k',) int indices."""
+        weight, bias = self.weight[...], self.bias[...]
+        if neurons is not None:
+            weight, bias = weight[:, neurons], bias[neurons]
+        return jnp.exp((behavior - self.center[...]) @ weight + bias)
 
 
 class Shifter(nnx.Module):
@@ -66,7 +89,8 @@ class Twin(nnx.Module):
 
     in_channels: image channels; image_shape: (y, x); readouts: one ReadoutSpec per session;
     n_behavior: behavior variables, appended as constant image channels when
-    ``config.use_behavior``; output: a key of OUTPUTS ("linear" for signed responses).
+    ``config.use_behavior`` and setting a per-neuron gain (``BehaviorGain``) when
+    ``config.behavior_gain``; output: a key of OUTPUTS ("linear" for signed responses).
     The core is ``config.core``: a ``Stacked2dCore`` for images, or a video core
     (twin.models.video; ``video`` is True), whose inputs and outputs gain a frame axis after the
     batch axis: images (b, t, y, x, c), behavior (b, t, k), pupil_center (b, t, 2) -> (b, t, n),
@@ -123,6 +147,7 @@ class Twin(nnx.Module):
         self.shifters = (
             nnx.List([Shifter(config.shifter_hidden, rngs=rngs) for _ in readouts]) if config.shifter else None
         )
+        self.gains = behavior_gains(config, readouts) if config.behavior_gain else None
         self.image_shape = tuple(image_shape)
         self.in_channels = in_channels
         self.n_behavior = n_behavior
@@ -148,7 +173,9 @@ class Twin(nnx.Module):
         A video twin: images (b, t, y, x, channel), behavior (b, t, n_behavior), pupil_center
         (b, t, 2) -> (b, t, n or k).
         """
-        return self.readout(self.features(images, behavior), session, pupil_center=pupil_center, neurons=neurons)
+        return self.readout(
+            self.features(images, behavior), session, behavior=behavior, pupil_center=pupil_center, neurons=neurons
+        )
 
     def features(self, images: jax.Array, behavior: jax.Array | None = None) -> jax.Array:
         """The core's feature map (b, [t,] y', x', c') of images (b, [t,] y, x, channel); behavior as
@@ -161,12 +188,13 @@ class Twin(nnx.Module):
         fmap: jax.Array,
         session: int = 0,
         *,
+        behavior: jax.Array | None = None,
         pupil_center: jax.Array | None = None,
         neurons: jax.Array | None = None,
     ) -> jax.Array:
         """Predicted responses (b, [t,] n or k) from the core's feature map (b, [t,] y', x', c'): the
         session's readout (shifted by its shifter) of every image or frame, then the output
-        nonlinearity."""
+        nonlinearity, times the behavior gain (b, [t,] k) when the twin has one."""
         shift = self.shift(session, pupil_center)
         # Frames are read out as a batch of images: (b, t, ...) -> (b * t, ...) and back.
         leading = fmap.shape[:-3]
@@ -174,7 +202,17 @@ class Twin(nnx.Module):
         if shift is not None:
             shift = shift.reshape(-1, 2)
         responses = OUTPUTS[self.output](self.readouts[session](fmap, shift=shift, neurons=neurons))
-        return responses.reshape(leading + responses.shape[-1:])
+        responses = responses.reshape(leading + responses.shape[-1:])
+        return responses * self.gain(session, behavior, neurons)
+
+    def gain(self, session: int, behavior: jax.Array | None, neurons: jax.Array | None = None) -> jax.Array | float:
+        """The session's behavior gain (b, [t,] n or k) of behavior (b, [t,] n_behavior), or 1
+        without a BehaviorGain."""
+        if self.gains is None:
+            return 1.0
+        if behavior is None:
+            raise ValueError("this twin has a behavior gain; pass behavior=(batch, [frame,] n_behavior)")
+        return self.gains[session](behavior, neurons)
 
     def core_input(self, images: jax.Array, behavior: jax.Array | None) -> jax.Array:
         """images (b, [t,] y, x, channel) with the behavior variables (b, [t,] n_behavior) appended
@@ -253,11 +291,24 @@ class Twin(nnx.Module):
         features = readout.features[...][neurons]
         value = jnp.einsum("bijc,bij,bc->b", patch, bilinear_weights(fx, fy), features)
         value = value + readout.bias[...][neurons]
-        return OUTPUTS[self.output](value)
+        if self.gains is None:
+            return OUTPUTS[self.output](value)
+        gains = jax.vmap(lambda b, n: self.gain(session, b, n[None])[0])(behavior, neurons)  # image i, neuron i
+        return OUTPUTS[self.output](value) * gains
 
     def regularizer(self, session: int = 0) -> jax.Array:
         """Laplace-L2 on the first layer (x gamma_input) + the session readout's L1 (x gamma_readout)."""
         return self.core.regularizer() + self.readouts[session].regularizer()
+
+
+def behavior_gains(config: ModelConfig, readouts: list[ReadoutSpec]) -> nnx.List:
+    """One BehaviorGain per session; ConfigError when a session has no behavior."""
+    if any(spec.behavior_mean is None for spec in readouts):
+        raise ConfigError(
+            "config [model].behavior_gain = true needs behavior (a behavior variable) in every session"
+            " store; set it to false or add the behavior"
+        )
+    return nnx.List([BehaviorGain(spec.behavior_mean, spec.n_neurons) for spec in readouts])
 
 
 class Ensemble(nnx.Module):
