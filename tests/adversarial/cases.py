@@ -1874,6 +1874,12 @@ bad_video_fit("gamma-temporal-negative", "model", "gamma_temporal", -0.01)
 bad_video_fit("gru-kernel-even", "model", "gru_kernel", 4)
 bad_video_fit("gru-channels-0", "model", "gru_channels", 0)
 bad_video_fit("input-kernel-larger-than-frame", "model", "input_kernel", 13, mentions=["bad.toml", "input_kernel", "video.zarr"])
+bad_video_fit("behavior-gain-not-a-flag", "model", "behavior_gain", "yes")
+case("fit-behavior-gain-without-behavior", TOML, "fit sim.zarr --out run --config bad.toml",
+     copy("sim.zarr"), rewrite_store("sim.zarr", lambda ds: ds.drop_vars([v for v in ds.variables if "behavior" in str(v)])),
+     toml("bad.toml", merged(TINY_FIT, "model", "behavior_gain", True)), mentions=["sim.zarr", "behavior_gain"])
+case("video-fit-behavior-gain", TOML, VFIT, copy("video.zarr"), toml("bad.toml", merged(TINY_VIDEO_FIT, "model", "behavior_gain", True)),
+     expect=0, allow_new=["run"], note="success: the simulated video animal records behavior")
 case("video-fit-clip-frames-beyond-trials", TOML, VFIT, copy("video.zarr"), toml("bad.toml", merged(TINY_VIDEO_FIT, "data", "clip_frames", 1000)),
      expect=0, allow_new=["run"], note="success: clips are capped at the session's frames ([data].clip_frames)")
 case("video-fit-core-of-image-run", RUN, "fit video.zarr --out r2 --core run --config video.toml", copy("video.zarr", "video.toml", "run"),
