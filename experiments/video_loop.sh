@@ -1,10 +1,12 @@
 #!/bin/bash
 # The video inception loop on the simulated animal (experiments/video_loop.md).
 # Usage: experiments/video_loop.sh OUT [NEURONS]   (NEURONS: how many direction-selective cells get MEVs; default 20)
-# simulate --video (100 neurons, 200 train + 20x10 test videos of 120 frames at 18x32), fit the
-# video twin, evaluate (fraction of the ground-truth ceiling), MEVs of direction-selective cells,
-# then the table: MEV vs best natural clip on the true neurons, MEV motion vs preferred direction.
-# Every step skips outputs that already exist, so the script resumes where it stopped.
+# `twin loop --video` into OUT/loop: simulate the animal (100 neurons, 200 train + 20x10 test videos of
+# 120 frames at 18x32), fit the video twin, select 16 neurons, their MEVs, export, the animal's
+# responses to them, closeloop. Then, on the loop's twin: evaluate (fraction of the ground-truth
+# ceiling), MEVs of NEURONS direction-selective cells and the table: MEV vs best natural clip on the
+# true neurons, MEV motion vs preferred direction, grating tuning.
+# Every step skips outputs that already exist, so the script resumes after the loop.
 set -euo pipefail
 OUT=$1
 NEURONS=${2:-20}
@@ -12,8 +14,9 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"
 source "$HERE/experiments/common.sh"
 
-[ -e "$OUT/animal.zarr" ] || timed simulate twin simulate "$OUT/animal.zarr" --video
-fit_once run "$OUT/animal.zarr" --config "$HERE/experiments/video_twin.toml"
+[ -e "$OUT/loop/loop.json" ] || timed loop twin loop "$OUT/loop" --video > "$OUT/loop.log"
+ln -sfn loop/session.zarr "$OUT/animal.zarr"
+ln -sfn loop/run "$OUT/run"
 [ -e "$OUT/evaluate.json" ] || twin evaluate "$OUT/run" --json > "$OUT/evaluate.json"
 neurons=$(python -c "
 import sys, numpy as np, xarray as xr

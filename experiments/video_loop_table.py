@@ -1,4 +1,5 @@
-"""The numbers of experiments/video_loop.md from an OUT folder of experiments/video_loop.sh."""
+"""The numbers of experiments/video_loop.md from an OUT folder of experiments/video_loop.sh (OUT/loop
+is the `twin loop --video` folder; OUT/run and OUT/animal.zarr link to its twin and animal)."""
 
 import json
 import sys
@@ -19,6 +20,15 @@ print(
     f"fit: test single-trial r {scores['single_trial_correlation']:.3f} (ceiling {ceiling['single_trial_correlation']:.3f}),"
     f" correlation to average {scores['correlation_to_average']:.3f} (ceiling {ceiling['correlation_to_average']:.3f}):"
     f" {scores['fraction_of_ceiling']:.3f} of the ground-truth ceiling"
+)
+loop = json.loads((out / "loop" / "loop.json").read_text())
+direction = loop["direction"]
+print(
+    f"twin loop --video ({loop['seconds']['total'] / 60:.0f} min): {loop['n_neurons']} neurons selected; on the animal,"
+    f" MEV / best natural clip median {loop['median_mei_over_best_natural']:.2f}, MEV beats every control (p < 0.05)"
+    f" for {loop['fraction_mei_beats_controls_p05']:.0%}, predicted vs measured r {loop['prediction_correlation']:.2f};"
+    f" MEV motion within {direction['tolerance_degrees']:g} deg of the preferred direction for"
+    f" {direction['within_tolerance']} of the {direction['selective_selected']} direction-selective ones"
 )
 ids = np.array([n["id"] for n in mevs["neurons"]])
 true_ratio = np.array([n["true_ratio"] for n in mevs["neurons"]], float)
