@@ -90,7 +90,7 @@ SMALL_TWIN = {
 }
 
 
-# The video twin (with --video): a factorized 3-D core of 3 layers of 16 channels, temporal kernels
+# The video twin (with --video): a factorized 3-D core of 3 layers of 24 channels, temporal kernels
 # of 11 then 7 frames, a per-neuron behavior gain, batches of 4 80-frame clips, fit until its
 # plateau with patience 10 (the validation correlation of 20 videos moves by ~0.01 an epoch; a
 # 2 x 8 twin stopped after 15 epochs with patience 3 did not learn: validation r 0.00); MEVs of
@@ -99,7 +99,7 @@ SMALL_TWIN = {
 SMALL_VIDEO_TWIN = {  # the settings of experiments/video_loop.md
     "data": {"batch_size": 4},
     "model": {
-        "core": "factorized3d", "core_layers": 3, "core_channels": 16, "input_kernel": 9, "hidden_kernel": 7,
+        "core": "factorized3d", "core_layers": 3, "core_channels": 24, "input_kernel": 9, "hidden_kernel": 7,
         "temporal_input_kernel": 11, "temporal_hidden_kernel": 7, "behavior_gain": True,
     },
     "fit": {"max_epochs": 200, "patience": 10},
