@@ -110,6 +110,7 @@ FIELDS = {
         "shifter": FLAG,
         "shifter_hidden": ints(1, MAX_WIDTH),
         "use_behavior": FLAG,
+        "behavior_gain": FLAG,
     },
     FitConfig: {
         "learning_rate": floats(0, lo_open=True),
