@@ -194,7 +194,7 @@ class Twin(nnx.Module):
     ) -> jax.Array:
         """Predicted responses (b, [t,] n or k) from the core's feature map (b, [t,] y', x', c'): the
         session's readout (shifted by its shifter) of every image or frame, then the output
-        nonlinearity, times the behavior gain (b, [t,] k) when the twin has one."""
+        nonlinearity, times the behavior gain of ``behavior`` (b, [t,] n_behavior) when the twin has one."""
         shift = self.shift(session, pupil_center)
         # Frames are read out as a batch of images: (b, t, ...) -> (b * t, ...) and back.
         leading = fmap.shape[:-3]
