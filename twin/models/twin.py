@@ -203,13 +203,13 @@ class Twin(nnx.Module):
             shift = shift.reshape(-1, 2)
         responses = OUTPUTS[self.output](self.readouts[session](fmap, shift=shift, neurons=neurons))
         responses = responses.reshape(leading + responses.shape[-1:])
+        if self.gains is None:
+            return responses
         return responses * self.gain(session, behavior, neurons)
 
-    def gain(self, session: int, behavior: jax.Array | None, neurons: jax.Array | None = None) -> jax.Array | float:
-        """The session's behavior gain (b, [t,] n or k) of behavior (b, [t,] n_behavior), or 1
-        without a BehaviorGain."""
-        if self.gains is None:
-            return 1.0
+    def gain(self, session: int, behavior: jax.Array | None, neurons: jax.Array | None = None) -> jax.Array:
+        """The session's behavior gain (b, [t,] n or k) of behavior (b, [t,] n_behavior); the twin
+        has a BehaviorGain."""
         if behavior is None:
             raise ValueError("this twin has a behavior gain; pass behavior=(batch, [frame,] n_behavior)")
         return self.gains[session](behavior, neurons)
