@@ -103,7 +103,12 @@ SMALL_VIDEO_TWIN = {  # the settings of experiments/video_loop.md
         "temporal_input_kernel": 11, "temporal_hidden_kernel": 7, "behavior_gain": True,
     },
     "fit": {"max_epochs": 200, "patience": 10},
-    "mei": {"frames": 30, "response_window": 10, "steps": 200, "learning_rate": 30.0, "final_learning_rate": 3.0},
+    # A fixed clip norm (a quarter of a natural clip's): without it the MEVs reach the pixel range and
+    # leave the contrasts the twin was fit on, and their motion strays from the preferred direction.
+    "mei": {
+        "frames": 30, "response_window": 10, "steps": 200, "learning_rate": 30.0, "final_learning_rate": 3.0,
+        "norm": 30.0,
+    },
 }
 DIRECTION_TOLERANCE = 30.0  # degrees between an MEV's motion and the neuron's preferred direction
 
