@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import xarray as xr
 from PIL import Image
 
 from twin.data import simulate_video
@@ -90,6 +91,11 @@ def test_loop_video_leaves_clips_gifs_report_and_numbers(tmp_path):
     for neuron in direction["neurons"]:
         assert truth["gt_direction_selective"].values[neuron["unit_id"]]
         assert neuron["gt_preferred_direction"] == pytest.approx(truth["gt_preferred_direction"].values[neuron["unit_id"]], abs=0.05)
+
+    # the preset's clip norm (SMALL_VIDEO_TWIN) holds, clipping and blur only taking some off
+    clips = xr.open_zarr(out / "meis.zarr", consolidated=False)["images"].values
+    norms = np.sqrt((clips.reshape(*clips.shape[:2], -1) ** 2).sum(-1))
+    assert np.all(norms <= 30.0 * (1 + 1e-5)) and np.all(norms > 20.0), norms
 
     manifest = json.loads((out / "stimuli" / "manifest.json").read_text())
     assert (manifest["frames"], manifest["frame_rate"], manifest["response_window"]) == (20, 30.0, 8)
