@@ -50,6 +50,45 @@ print(
 )
 
 
+def truth_mevs(out: Path, neurons: np.ndarray, store: xr.Dataset) -> np.ndarray:
+    """(n, frame, y, x) MEVs of the true ``neurons`` themselves: the engine and recipe of the
+    store's MEVs, on the simulated animal's noise-free responses (the best the twin could do)."""
+    import tomllib
+
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from twin import checkpoint
+    from twin.config import MEIConfig, section_from_dict
+    from twin.data import simulate_video
+    from twin.data.simulate import ground_truth
+    from twin.mei.optimize import optimize_meis
+    from twin.mei.run import engine_arguments
+
+    data = checkpoint.load_run(out / "run").sessions[0]
+    params = ground_truth(truth)
+
+    class Truth(nnx.Module):  # the Twin call signature; every neuron is computed, then the targets are read
+        video = True
+
+        def __call__(self, clips, session=0, *, neurons=None, behavior=None, pupil_center=None):
+            pixels = clips[..., 0] * data.image_std + data.image_mean
+            responses = simulate_video.mean_response(params, pixels, xp=jnp)
+            return responses if neurons is None else jnp.take(responses, neurons, axis=-1)
+
+    config = section_from_dict(MEIConfig, tomllib.loads(store.attrs["mei_config"])["mei"], "mevs.zarr")
+    arguments = engine_arguments(data, None, progress=False) | {"validator": None}
+    return optimize_meis(Truth(), 0, neurons, config, **arguments).best_images()
+
+
+truth_clips = truth_mevs(out, ids, store)
+truth_error = np.abs((np.array([motion_direction(clip) for clip in truth_clips]) - preferred + 180) % 360 - 180)
+print(
+    f"the true neurons' own MEVs (same engine and recipe): within 30 deg for {int((truth_error <= 30).sum())} of"
+    f" {len(ids)}; median error {np.median(truth_error):.0f} deg; errors {np.round(truth_error).astype(int).tolist()}"
+)
+
+
 def grating_tuning(out: Path, neurons: np.ndarray, frames: int = 60, directions=np.arange(0, 360, 45)):
     """(twin, truth): responses (neuron, direction) of ``neurons`` to full-field gratings at each
     neuron's true wavelength and temporal frequency, averaged after the first half of the clip."""
