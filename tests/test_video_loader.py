@@ -45,6 +45,14 @@ def test_recorded_train_frames_are_normalized(session):
     assert np.isfinite(session.responses[~padded]).all()
 
 
+def test_train_means_average_the_recorded_train_frames(session):
+    means = session.train_means()
+    train = session.trials("train")
+    for name in ("behavior", "pupil_center"):
+        recorded = [getattr(session, name)[t, : FRAME_COUNT[t]] for t in train]  # not the padding
+        np.testing.assert_allclose(means[name], np.concatenate(recorded).mean(0), rtol=1e-5)
+
+
 def test_colour_video_loads_channels_last(tmp_path):
     arrays = video_arrays()
     arrays["images"] = np.stack([arrays["images"], 255 - arrays["images"], arrays["images"] // 2], axis=2)

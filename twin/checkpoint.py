@@ -162,15 +162,7 @@ def session_record(data) -> dict:
 def readout_specs(sessions) -> list[ReadoutSpec]:
     """One ReadoutSpec per SessionData (train mean responses, cortex positions, train mean
     behavior over trials and frames)."""
-    return [ReadoutSpec(s.responses.shape[-1], s.mean_response, s.cell_xyz, train_behavior_mean(s)) for s in sessions]
-
-
-def train_behavior_mean(data) -> np.ndarray | None:
-    """The normalized behavior (k,) of a SessionData averaged over its train trials (and frames),
-    or None without behavior."""
-    if data.behavior is None:
-        return None
-    return data.behavior[data.trials("train")].reshape(-1, data.behavior.shape[-1]).mean(0)
+    return [ReadoutSpec(s.responses.shape[-1], s.mean_response, s.cell_xyz, s.train_means()["behavior"]) for s in sessions]
 
 
 def make_model(config: RunConfig, records: list[dict], specs: list[ReadoutSpec]) -> Twin | Ensemble:

@@ -106,10 +106,7 @@ def predict_images(model, session: int, data, images: np.ndarray, batch_size: in
     from twin.evaluate import predict
 
     n = len(images)
-    train = data.trials("train")
-
-    def at_train_mean(values):
-        return None if values is None else np.broadcast_to(values[train].mean(0), (n, values.shape[1]))
+    held = {k: None if v is None else np.broadcast_to(v, (n, len(v))) for k, v in data.train_means().items()}
 
     shown = dataclasses.replace(
         data,
@@ -117,8 +114,7 @@ def predict_images(model, session: int, data, images: np.ndarray, batch_size: in
         responses=np.zeros((n, data.n_neurons), np.float32),
         tier=np.full(n, "test"),
         image_id=np.arange(n),
-        behavior=at_train_mean(data.behavior),
-        pupil_center=at_train_mean(data.pupil_center),
+        **held,
     )
     return predict(model, session, shown, np.arange(n), batch_size)
 

@@ -105,13 +105,6 @@ class Screened:
         return int(self.image_crops.sum())
 
 
-def train_means(data) -> dict:
-    """Behavior and pupil center of SessionData ``data`` at their train means (absent ones left out)."""
-    train = data.trials("train")
-    fixed = {"behavior": data.behavior, "pupil_center": data.pupil_center}
-    return {k: v[train].mean(0) for k, v in fixed.items() if v is not None}
-
-
 def make_respond(model, session: int, data, index: np.ndarray, masks, batch: int):
     """(respond, state): respond(state, images (b, y, x, c) normalized) -> (b, k) responses of
     neurons ``index`` (k,) in the model's output units (see the module doc for masks and pairs)."""
@@ -119,7 +112,7 @@ def make_respond(model, session: int, data, index: np.ndarray, masks, batch: int
     from twin.models.twin import Twin
 
     graphdef, state, stacked = split_model(model)
-    fixed = train_means(data)
+    fixed = {name: v for name, v in data.train_means().items() if v is not None}
     neurons = jnp.asarray(index, jnp.int32)
     k = len(index)
     if masks is None and not (isinstance(model, Twin) and k <= WINDOW_NEURONS):

@@ -122,6 +122,19 @@ class SessionData:
         """(neuron,) mean over train trials (finite responses; recorded frames of videos), normalized units."""
         return np.nanmean(self.responses[self.trials("train")].reshape(-1, self.n_neurons), axis=0)
 
+    def train_means(self) -> dict[str, np.ndarray | None]:
+        """{"behavior": (k,), "pupil_center": (2,)}: each averaged over the train trials (and the
+        recorded frames of a video session, not its padding), None where the session has none.
+        Predictions and MEIs hold them there."""
+        train = self.trials("train")
+        shown = None
+        if self.video:
+            shown = np.arange(self.images.shape[1]) < self.frame_count[train, None]
+        return {
+            name: None if values is None else (values[train] if shown is None else values[train][shown]).mean(0)
+            for name, values in (("behavior", self.behavior), ("pupil_center", self.pupil_center))
+        }
+
     @functools.cached_property
     def recorded(self) -> np.ndarray:
         """(trial,) bool: the trial has responses (not all NaN); found once, not every epoch."""

@@ -249,15 +249,11 @@ def own_neuron_clip_responses(
 
     run = load_run(run_path)
     data = run.sessions[session]
-    train = data.trials("train")
-
-    def at_train_mean(values):
-        return None if values is None else values[train].reshape(-1, values.shape[-1]).mean(0)
-
+    held = data.train_means()
     levels = np.asarray(clips, np.float32)
     normalized = data.normalize_images(levels if levels.ndim == 4 else np.moveaxis(levels, 2, -1))
     engine = normalized if levels.ndim == 4 else np.moveaxis(normalized, -1, 2)
-    objective = neuron_objective(session, at_train_mean(data.behavior), at_train_mean(data.pupil_center), window)
+    objective = neuron_objective(session, held["behavior"], held["pupil_center"], window)
     values = evaluate_pairs(run.model, objective, engine, {"neuron": neuron_index.astype(np.int32)})
     return recording_units(values[None], data, neuron_index)[0][0]
 

@@ -338,17 +338,13 @@ def mds_command(
     if len(index) < 2:
         raise ConfigError(f"--neurons {neurons!r}: clustering needs at least 2 neurons")
     model = loaded.model
-    train = data.trials("train")
-    fixed = {
-        "behavior": None if data.behavior is None else data.behavior[train].mean(0),
-        "pupil_center": None if data.pupil_center is None else data.pupil_center[train].mean(0),
-    }
+    fixed = data.train_means()
     image_shape = data.image_shape if data.channels == 1 else (data.channels, *data.image_shape)
     image_mean, image_std = stats_channels_first(data.image_mean), stats_channels_first(data.image_std)
     engine_mean, engine_std = broadcastable(image_mean), broadcastable(image_std)
     pixel_range = tuple(broadcastable(stats_channels_first(v)) for v in data.pixel_range)
 
-    natural = responder(model, session, **fixed)(engine_layout(data.images[train]))
+    natural = responder(model, session, **fixed)(engine_layout(data.images[data.trials("train")]))
     natural_mean = natural.mean(0)
     # A neuron the twin predicts as constant would get unbounded z: floor its spread.
     natural_std = np.maximum(natural.std(0), 1e-3 * np.median(natural.std(0)) + 1e-12)

@@ -307,21 +307,15 @@ def engine_arguments(data, validator_model, progress: bool) -> dict:
     """The keyword arguments of optimize_meis for SessionData ``data``: images in the engine's
     layout, (y, x) or (channel, y, x) for several channels; behavior and pupil centre at their
     train means."""
-    train = data.trials("train")
     image_shape = data.image_shape if data.channels == 1 else (data.channels, *data.image_shape)
     mean, std = (broadcastable(stats_channels_first(v)) for v in (data.image_mean, data.image_std))
-
-    def train_mean(values):  # over train trials (and the frames of a video session)
-        return None if values is None else values[train].reshape(-1, values.shape[-1]).mean(0)
-
     return {
         "image_shape": image_shape,
         "pixel_range": tuple(broadcastable(stats_channels_first(v)) for v in data.pixel_range),
         "image_stats": (mean, std),
         "validator": validator_model,
         "progress": progress,
-        "behavior": train_mean(data.behavior),
-        "pupil_center": train_mean(data.pupil_center),
+        **data.train_means(),
     }
 
 
