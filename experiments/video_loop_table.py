@@ -100,11 +100,10 @@ def grating_tuning(out: Path, neurons: np.ndarray, frames: int = 60, directions=
 
     run = checkpoint.load_run(out / "run")
     data, model = run.sessions[0], run.model
-    train = data.trials("train")
     held = {
-        name: jnp.broadcast_to(values[train].mean((0, 1)), (len(directions), frames, values.shape[-1]))
-        for name, values in (("behavior", data.behavior), ("pupil_center", data.pupil_center))
-        if values is not None
+        name: jnp.broadcast_to(mean, (len(directions), frames, len(mean)))
+        for name, mean in data.train_means().items()
+        if mean is not None
     }
     params = ground_truth(truth)
     twin_tuning, true_tuning = [], []
