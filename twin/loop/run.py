@@ -208,76 +208,17 @@ def run_stages(
     days: int = 1,
 ) -> dict:
     """The loop's stages into the folder ``out``, which exists (see ``run_loop``)."""
-    from twin.data.simulate import simulate
-    from twin.data.store import write_session
-    from twin.fit import fit_command
-    from twin.loop.closeloop import closeloop
     from twin.loop.export import export_stimuli
-    from twin.loop.respond import respond_to_stimuli
-    from twin.loop.select import select_neurons
-    from twin.mei.run import mei_command, neurons_flag
 
     config_file = out / "config.toml"
     config_file.write_text(tomli_w.dumps(run_config))
     names = ["simulate"] * (session is None) + ["fit", "select", "mei", "export"] + ["day 2", "match"] * (days == 2)
     names += ["respond", "closeloop"] * simulated
     stages = Stages(names)
-    if session is None and loop.video:
-        from twin.data import simulate_video
-
-        stages.run(
-            "simulate",
-            lambda: write_session(
-                simulate_video.simulate(
-                    loop.simulated_neurons, loop.train_images, loop.test_images, loop.repeats, loop.frames, loop.size,
-                    seed,
-                ),
-                store,
-            ),
-            lambda _: f"{loop.simulated_neurons} neurons, {loop.train_images} + {loop.test_images}x{loop.repeats}"
-            f" videos of {loop.frames} frames -> {store}",
-        )
-    elif session is None:
-        stages.run(
-            "simulate",
-            lambda: write_session(
-                simulate(
-                    loop.simulated_neurons, loop.train_images, loop.test_images, loop.repeats, loop.size, seed,
-                    loop.channels,
-                ),
-                store,
-            ),
-            lambda _: f"{loop.simulated_neurons} {'colour ' * (loop.channels == 3)}neurons,"
-            f" {loop.train_images} + {loop.test_images}x{loop.repeats} images -> {store}",
-        )
+    if session is None:
+        simulate_stage(stages, loop, store, seed)
     run = out / "run"
-    stages.run(
-        "fit",
-        lambda: fit_command(stores=[str(store)], out=str(run), config_path=str(config_file), seeds=None, resume=False, max_epochs=None),
-        lambda _: f"twin in {run}",
-    )
-    selection = stages.run(
-        "select",
-        lambda: select_neurons(run, n=neurons, min_distance=loop.min_distance),
-        lambda s: f"{len(s['neuron_index'])} neurons: " + ",".join(str(u) for u in s["unit_id"]),
-    )
-    (out / "selection.json").write_text(json.dumps(selection, indent=1))
-    mei = stages.run(
-        "mei",
-        lambda: mei_command(
-            run=str(run),
-            neurons=neurons_flag(selection["neuron_index"], selection["unit_id"]),
-            seeds=seeds or loop.mei_seeds,
-            recipe=recipe,
-            config_path=str(config_file) if "mei" in run_config else None,
-            out=str(out / "meis.zarr"),
-            deis=0,
-            session=0,
-            validator=None,
-        ),
-        lambda m: f"recipe {m['recipe']}, median MEI / best natural under the twin {m['median_ratio']:.2f}"
-        + (f", on the animal {m['median_true_ratio']:.2f}" if m.get("median_true_ratio") is not None else ""),
-    )
+    selection, mei = twin_stages(stages, out, run, store, config_file, "mei" in run_config, loop, neurons, seeds, recipe)
     fit_summary = json.loads((run / "summary.json").read_text())
     fraction_of_ceiling = fit_summary["sessions"][0].get("test", {}).get("fraction_of_ceiling")
     manifest = stages.run(
@@ -301,18 +242,101 @@ def run_stages(
     if days == 2:
         return day2_stages(stages, out, store, selection, result, seed)
     if simulated:
-        stages.run(
-            "respond",
-            lambda: respond_to_stimuli(out / "stimuli", animal=store, out=out / "responses.npz", seed=seed + 1),
-            lambda r: f"{r['responses'].shape[0]} trials x {r['responses'].shape[1]} neurons -> {out / 'responses.npz'}",
-        )
-        summary = stages.run(
-            "closeloop",
-            lambda: closeloop(run, out / "stimuli", out / "responses.npz", out / "report"),
-            lambda s: f"report in {out / 'report' / 'index.html'}",
-        )
-        result |= {k: v for k, v in summary.items() if k != "neurons"}
+        result |= rig_stages(stages, out, run, store, seed)
     return finish(stages, out, result, simulated)
+
+
+def simulate_stage(stages: Stages, loop, store: Path, seed: int) -> None:
+    """Simulate the loop's animal (images, colour or video; [loop] sizes) into ``store``."""
+    from twin.data.simulate import simulate
+    from twin.data.store import write_session
+
+    if loop.video:
+        from twin.data import simulate_video
+
+        stages.run(
+            "simulate",
+            lambda: write_session(
+                simulate_video.simulate(
+                    loop.simulated_neurons, loop.train_images, loop.test_images, loop.repeats, loop.frames, loop.size,
+                    seed,
+                ),
+                store,
+            ),
+            lambda _: f"{loop.simulated_neurons} neurons, {loop.train_images} + {loop.test_images}x{loop.repeats}"
+            f" videos of {loop.frames} frames -> {store}",
+        )
+        return
+    stages.run(
+        "simulate",
+        lambda: write_session(
+            simulate(
+                loop.simulated_neurons, loop.train_images, loop.test_images, loop.repeats, loop.size, seed, loop.channels,
+            ),
+            store,
+        ),
+        lambda _: f"{loop.simulated_neurons} {'colour ' * (loop.channels == 3)}neurons,"
+        f" {loop.train_images} + {loop.test_images}x{loop.repeats} images -> {store}",
+    )
+
+
+def twin_stages(
+    stages: Stages, out: Path, run: Path, store: Path, config_file: Path, has_mei: bool, loop, neurons: int, seeds,
+    recipe: str | None,
+) -> tuple[dict, dict]:
+    """Fit the twin into ``run``, select ``neurons`` and optimize their MEIs into out/meis.zarr
+    (the [mei] table of ``config_file`` when ``has_mei``); returns (selection, the MEI summary)."""
+    from twin.fit import fit_command
+    from twin.loop.select import select_neurons
+    from twin.mei.run import mei_command, neurons_flag
+
+    stages.run(
+        "fit",
+        lambda: fit_command(stores=[str(store)], out=str(run), config_path=str(config_file), seeds=None, resume=False, max_epochs=None),
+        lambda _: f"twin in {run}",
+    )
+    selection = stages.run(
+        "select",
+        lambda: select_neurons(run, n=neurons, min_distance=loop.min_distance),
+        lambda s: f"{len(s['neuron_index'])} neurons: " + ",".join(str(u) for u in s["unit_id"]),
+    )
+    (out / "selection.json").write_text(json.dumps(selection, indent=1))
+    mei = stages.run(
+        "mei",
+        lambda: mei_command(
+            run=str(run),
+            neurons=neurons_flag(selection["neuron_index"], selection["unit_id"]),
+            seeds=seeds or loop.mei_seeds,
+            recipe=recipe,
+            config_path=str(config_file) if has_mei else None,
+            out=str(out / "meis.zarr"),
+            deis=0,
+            session=0,
+            validator=None,
+        ),
+        lambda m: f"recipe {m['recipe']}, median MEI / best natural under the twin {m['median_ratio']:.2f}"
+        + (f", on the animal {m['median_true_ratio']:.2f}" if m.get("median_true_ratio") is not None else ""),
+    )
+    return selection, mei
+
+
+def rig_stages(stages: Stages, out: Path, run: Path, store: Path, seed: int) -> dict:
+    """Show the stimuli to the simulated animal (responses.npz) and compare them (closeloop's
+    report); returns closeloop's summary without its per-neuron rows."""
+    from twin.loop.closeloop import closeloop
+    from twin.loop.respond import respond_to_stimuli
+
+    stages.run(
+        "respond",
+        lambda: respond_to_stimuli(out / "stimuli", animal=store, out=out / "responses.npz", seed=seed + 1),
+        lambda r: f"{r['responses'].shape[0]} trials x {r['responses'].shape[1]} neurons -> {out / 'responses.npz'}",
+    )
+    summary = stages.run(
+        "closeloop",
+        lambda: closeloop(run, out / "stimuli", out / "responses.npz", out / "report"),
+        lambda s: f"report in {out / 'report' / 'index.html'}",
+    )
+    return {k: v for k, v in summary.items() if k != "neurons"}
 
 
 def check_video(loop: LoopConfig, session: Path | None, days: int) -> None:
