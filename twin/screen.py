@@ -428,15 +428,35 @@ def screen_command(
     which compiles), batch_size, natural_spectral_slope; crop_spectral_kl (crop,). Writes
     ``<out stem>.png`` too (``plot_top_crops``). Returns ``summarize``'s dict.
     """
+    out, top = Path(out), top or TOP
+    loaded, data, index, crop, sources, extra = prepare_screen(
+        run, images, out, neurons, top, crops, stride, masked, meis, session, overwrite
+    )
+    screened = screen(
+        loaded.model, session, data, sources, index, top=top, crops=crop,
+        batch=batch_size or loaded.config.data.batch_size, masks=extra.get("mask"),
+    )
+    if screened.n_crops == 0:
+        raise SessionError(
+            f"{images[0]}: no image is as large as --crops {crops[0]}x{crops[1]}; pass smaller crops"
+        )
+    attrs = screen_attrs(run, session, images, screened, crop, masked, meis, data, index)
+    write_screen(out, overwrite, screened, min(top, screened.n_crops), sources, crop, data, index, extra, attrs)
+    return summarize(out)
+
+
+def prepare_screen(run, images: list, out: Path, neurons, top: int, crops, stride, masked: bool, meis, session: int,
+                   overwrite: bool):
+    """Check screen_command's arguments and outputs, then load what it screens with: (the run,
+    its SessionData ``session``, the neuron indices, the Crops, the image sources, the MEI
+    values: {"mei_activation", and "mask" when ``masked``} or {}). One error line for the first
+    problem, before any work."""
     from twin.checkpoint import load_run, read_run_files
     from twin.data.sources import open_source
-    from twin.data.store import write_dataset
-    from twin.mei.run import natural_pixels, parse_neurons
+    from twin.mei.run import parse_neurons
     from twin.mei.store import open_meis
-    from twin.naturalness import naturalness
-    from twin.outputs import check_output, output
+    from twin.outputs import check_output
 
-    out, top = Path(out), top or TOP
     if top > MAX_TOP:
         raise ConfigError(f"--top {top}: keeps at most {MAX_TOP:,} images per neuron at each end; give a smaller --top")
     if out.suffix != ".zarr":
@@ -465,17 +485,19 @@ def screen_command(
         extra["mei_activation"], masks = mei_values(mei_store, data, index, session, meis, run)
         if masked:
             extra["mask"] = masks
-    screened = screen(
-        loaded.model, session, data, sources, index, top=top, crops=crop,
-        batch=batch_size or loaded.config.data.batch_size, masks=extra.get("mask"),
-    )
-    if screened.n_crops == 0:
-        raise SessionError(
-            f"{images[0]}: no image is as large as --crops {crops[0]}x{crops[1]}; pass smaller crops"
-        )
-    kept = min(top, screened.n_crops)
+    return loaded, data, index, crop, sources, extra
+
+
+def write_screen(out: Path, overwrite: bool, screened: Screened, kept: int, sources, crop, data, index, extra: dict,
+                 attrs: dict) -> None:
+    """Write the screen store ``out`` (the ``kept`` best and worst crops of each neuron, their
+    pixels and naturalness; see screen_command) and its PNG grid."""
+    from twin.data.store import write_dataset
+    from twin.mei.run import natural_pixels
+    from twin.naturalness import naturalness
+    from twin.outputs import output
+
     ids = np.unique(np.concatenate([screened.top_id[:, :kept], screened.bottom_id[:, :kept]]))
-    attrs = screen_attrs(run, session, images, screened, crop, masked, meis, data, index)
     table = crop_table(ids, screened, sources, crop, data)
     spectra = naturalness(table["crop_pixels"], natural_pixels(data))
     table["crop_spectral_kl"] = spectra["spectral_kl"].astype(np.float32)
@@ -484,7 +506,6 @@ def screen_command(
     write_dataset(ds, out, overwrite=overwrite)
     with output(out.with_suffix(".png"), overwrite, "file") as grid:
         plot_top_crops(ds, grid)
-    return summarize(out)
 
 
 def plot_top_crops(ds: xr.Dataset, path: Path) -> None:
