@@ -53,17 +53,15 @@ print(
 def truth_mevs(out: Path, neurons: np.ndarray, store: xr.Dataset) -> np.ndarray:
     """(n, frame, y, x) MEVs of the true ``neurons`` themselves: the engine and recipe of the
     store's MEVs, on the simulated animal's noise-free responses (the best the twin could do)."""
-    import tomllib
-
     import jax.numpy as jnp
     from flax import nnx
 
     from twin import checkpoint
-    from twin.config import MEIConfig, section_from_dict
     from twin.data import simulate_video
     from twin.data.simulate import ground_truth
     from twin.mei.optimize import optimize_meis
     from twin.mei.run import engine_arguments
+    from twin.mei.store import stored_config
 
     data = checkpoint.load_run(out / "run").sessions[0]
     params = ground_truth(truth)
@@ -76,7 +74,7 @@ def truth_mevs(out: Path, neurons: np.ndarray, store: xr.Dataset) -> np.ndarray:
             responses = simulate_video.mean_response(params, pixels, xp=jnp)
             return responses if neurons is None else jnp.take(responses, neurons, axis=-1)
 
-    config = section_from_dict(MEIConfig, tomllib.loads(store.attrs["mei_config"])["mei"], "mevs.zarr")
+    config = stored_config(store)
     arguments = engine_arguments(data, None, progress=False) | {"validator": None}
     return optimize_meis(Truth(), 0, neurons, config, **arguments).best_images()
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -281,7 +280,7 @@ def export_stimuli(
     from twin.data.schema import pixel_range, to_levels
     from twin.data.store import open_session
     from twin.errors import StimulusError
-    from twin.mei.store import open_meis
+    from twin.mei.store import open_meis, stored_config
     from twin.naturalness import naturalness
     from twin.outputs import check_output, output
 
@@ -346,7 +345,7 @@ def export_stimuli(
     neuron_index = np.array([record["neuron_index"] for record, _ in accepted], int)
     images = np.stack([shown["model"] for _, shown in accepted])
     if video:
-        window = tomllib.loads(store.attrs["mei_config"])["mei"]["response_window"]
+        window = stored_config(store).response_window
         predicted = own_neuron_clip_responses(
             store.attrs["run"], int(store.attrs["session"]), neuron_index, images, window
         )

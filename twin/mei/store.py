@@ -87,6 +87,16 @@ def config_toml(config: MEIConfig) -> str:
     return tomli_w.dumps({"mei": dataclasses.asdict(config)})
 
 
+def stored_config(store: xr.Dataset) -> MEIConfig:
+    """The recipe an MEI store was made with (its ``mei_config`` attr, written by config_toml)."""
+    import tomllib
+
+    from twin.config import section_from_dict
+
+    table = tomllib.loads(store.attrs["mei_config"])["mei"]
+    return section_from_dict(MEIConfig, table, str(store.attrs.get("store", "the MEI store")))
+
+
 def recipe_attrs(run, session: int, store, config: MEIConfig, config_sources: list[str]) -> dict:
     """The attrs every store made by the MEI engine starts with: where it came from and its recipe."""
     return {
