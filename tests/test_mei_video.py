@@ -240,7 +240,8 @@ def test_run_mevs_writes_the_clip_store_png_and_summary(tmp_path, monkeypatch):
     job = MeiJob(
         run="run", model=DirectionToy(), session=0, data=data,
         index=np.array([1, 3]), centre_store=None, config=config(steps=40, seeds=2), config_sources=["test"],
-        attrs={"run": "run", "session": 0}, image_mean=mean, image_std=std, out=tmp_path / "mevs.zarr",
+        attrs={"run": "run", "session": 0, "frame_rate": 30.0}, image_mean=mean, image_std=std,
+        out=tmp_path / "mevs.zarr",
         overwrite=False, primary=True,
         engine={"image_shape": SHAPE, "pixel_range": RANGE, "image_stats": (mean, std), "validator": None,
                 "progress": False, "behavior": None, "pupil_center": None},

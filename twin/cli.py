@@ -429,20 +429,21 @@ def cmd_mei(args) -> int:
         return 0  # process 0 reports for all hosts
     if args.json:
         print_json(summary)
+    elif args.surround:
+        true_ratio = summary["median_true_surround_ratio"]
+        surrounds = f"surround clips of {summary['frames']} frames" if "frames" in summary else "surrounds"
+        print(
+            f"wrote {args.out}: {args.surround} {surrounds} of {len(summary['neurons'])} neurons, recipe"
+            f" {summary['recipe']} ({'; '.join(summary['config_sources'])}), median response with the"
+            f" surround / centre alone {summary['median_surround_ratio']:.2f} under the twin"
+            + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
+        )
     elif "frames" in summary:
         true_ratio = summary["median_true_ratio"]
         print(
             f"wrote {args.out}: clips of {summary['frames']} frames for {len(summary['neurons'])} neurons, recipe"
             f" {summary['recipe']} ({'; '.join(summary['config_sources'])}), median MEV / best natural clip"
             f" {summary['median_ratio']:.2f} under the twin"
-            + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
-        )
-    elif args.surround:
-        true_ratio = summary["median_true_surround_ratio"]
-        print(
-            f"wrote {args.out}: {args.surround} surrounds of {len(summary['neurons'])} neurons, recipe"
-            f" {summary['recipe']} ({'; '.join(summary['config_sources'])}), median response with the"
-            f" surround / centre alone {summary['median_surround_ratio']:.2f} under the twin"
             + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
         )
     else:
@@ -920,12 +921,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", nargs="+", help="session stores to use instead of the run's own")
     p.add_argument(
         "--surround", choices=["excite", "suppress"],
-        help="optimize only the surround of each neuron's fixed --centre, to excite or suppress it",
+        help="optimize only the surround of each neuron's fixed --centre, to excite or suppress it"
+        " (of a video run: surround clips)",
     )
     p.add_argument(
         "--centre", metavar="MEIS.zarr|IMAGES",
-        help="the centres for --surround: an MEI store of this run (each MEI inside its tight mask) or"
-        " image patches on the mean gray (.npy, folder or .zip; one, or one per neuron)",
+        help="the centres for --surround: an MEI store of this run (each MEI or MEV inside its tight mask)"
+        " or image patches on the mean gray (.npy, folder or .zip; one, or one per neuron; on every frame"
+        " of a clip)",
     )
     p.add_argument(
         "--transparency", action="store_true",

@@ -1918,13 +1918,49 @@ case("video-mei-static", TOML, VMEI, copy("video_run"), toml("bad.toml", merged(
 bad_video_mei("static-window-beyond-frames", "static", True, mentions=["bad.toml", "response_window"], changes={"response_window": 9})
 
 
-def centre_png(d: Path, fx: Fixtures) -> None:
-    Image.fromarray(np.full((12, 16), 128, np.uint8)).save(d / "centre.png")
-
-
-for flag in ("--deis 2", "--transparency", "--surround excite --centre centre.png"):
+for flag in ("--deis 2", "--transparency"):
     case(f"video-mei-{flag.split()[0].strip('-')}", CLI, "mei video_run --neurons 0:2 --out m.zarr --config video_mei.toml " + flag,
-         copy("video_run", "video_mei.toml"), centre_png, mentions=[flag.split()[0], "video run"])
+         copy("video_run", "video_mei.toml"), mentions=[flag.split()[0], "video run"])
+
+
+def centre_png(fill=None) -> Setup:
+    """centre/centre.png (12 x 16, the video run's frames): a grating patch on gray 128, or ``fill`` everywhere."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        yy, xx = np.indices((12, 16))
+        patch = 128 + 100 * np.exp(-((yy - 6) ** 2 + (xx - 8) ** 2) / 18.0) * np.cos(xx / 1.2)
+        (d / "centre").mkdir()
+        Image.fromarray(np.full((12, 16), fill, np.uint8) if fill is not None else patch.astype(np.uint8)).save(d / "centre/centre.png")
+
+    return step
+
+
+def video_mevs(steps: int) -> Setup:
+    """mevs.zarr: MEVs of neurons 0 and 1 of the case's video_run, 6 frames, ``steps`` steps at the
+    learning rate of twin loop --video's twin (30)."""
+
+    def step(d: Path, fx: Fixtures) -> None:
+        values = merged(merged(TINY_VIDEO_MEI, "mei", "steps", steps), "mei", "learning_rate", 30.0)
+        (d / "mevs.toml").write_text(toml_text(values))
+        cli(["mei", "video_run", "--neurons", "0:2", "--config", "mevs.toml", "--out", "mevs.zarr", "--json"], d)
+
+    return step
+
+
+VSURROUND = "mei video_run --neurons 0:2 --config video_mei.toml --out s.zarr --surround suppress --centre "
+case("video-surround-patch", CLI, VSURROUND + "centre", copy("video_run", "video_mei.toml"), centre_png(), expect=0,
+     allow_new=["s.zarr", "s.png"], note="success: surround clips around an image patch shown on every frame")
+case("video-surround-grey-patch", CLI, VSURROUND + "centre", copy("video_run", "video_mei.toml"), centre_png(128),
+     mentions=["centre.png", "mean gray"])
+case("video-surround-mevs", CLI, VSURROUND + "mevs.zarr", copy("video_run", "video_mei.toml"), video_mevs(40), expect=0,
+     allow_new=["s.zarr", "s.png"], note="success: surround clips around each MEV inside its tight mask")
+case("video-surround-faint-mevs", CLI, VSURROUND + "mevs.zarr", copy("video_run", "video_mei.toml"), video_mevs(3),
+     mentions=["mevs.zarr", "mean gray"], note="MEVs of 3 steps, too faint for a centre")
+case("video-surround-mevs-other-frames", CLI, VSURROUND.replace("video_mei.toml", "bad.toml") + "mevs.zarr",
+     copy("video_run", "video_mei.toml"), video_mevs(3), toml("bad.toml", merged(TINY_VIDEO_MEI, "mei", "frames", 5)),
+     mentions=["mevs.zarr", "frames"])
+case("video-surround-image-meis", CLI, VSURROUND + "meis.zarr", copy("video_run", "video_mei.toml", "meis.zarr"),
+     mentions=["meis.zarr", "run"], note="MEIs of an image run as the centres of a video run")
 
 # ---------------------------------------------------------------------------- the fast subset
 # One or more cases of each class that need no fitted run: tests/test_adversarial.py runs them in CI.

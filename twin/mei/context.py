@@ -36,8 +36,9 @@ class SurroundResult:
 
     result: MEIResult
     surround: np.ndarray  # (n, seeds, [frame,] [channel,] y, x) images - mask * centre: 0 where the mask is 1
-    centre_mask: np.ndarray  # (n, y, x) in [0, 1]
-    centre_activation: np.ndarray  # (n,) response to mask * centre (the centre on the mean gray)
+    centre_mask: np.ndarray  # (n, y, x) in [0, 1], of a clip the same on every frame
+    centre_alone: np.ndarray  # (n, [frame,] [channel,] y, x) mask * centre: the centre on the mean gray
+    centre_activation: np.ndarray  # (n,) response to centre_alone
 
     @property
     def ratio(self) -> np.ndarray:
@@ -88,7 +89,7 @@ def surround_inputs(
         model, base, alone.astype(np.float32), {"neuron": neurons.astype(np.int32)}, devices=devices
     )
     inside = per_pair_mask(centre_mask, result.images) * centre[:, None]
-    return SurroundResult(result, result.images - inside, centre_mask, centre_activation)
+    return SurroundResult(result, result.images - inside, centre_mask, alone, centre_activation)
 
 
 def check_centre_store(path, ds, run, session: int, unit_id: np.ndarray, image_shape, channels: int,

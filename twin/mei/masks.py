@@ -46,10 +46,10 @@ def hull_region(
 ) -> np.ndarray:
     """(y, x) bool: thresholded |mei - mean| (pixel levels), small blobs dropped, convex hull,
     dilated. Without a blob of ``min_blob`` pixels the largest blob is kept. A colour MEI
-    (channel, y, x) with mean a number or (channel, 1, 1) passes where any channel passes."""
+    (channel, y, x) with mean a number or (channel, 1, 1) passes where any channel passes; a clip
+    (frame, [channel,] y, x) where any frame passes."""
     above = np.abs(np.asarray(mei, np.float64) - mean) > threshold
-    if above.ndim == 3:
-        above = above.any(axis=0)
+    above = above.reshape(-1, *above.shape[-2:]).any(axis=0)
     labels, count = ndimage.label(above)
     if count == 0:
         return above
@@ -106,8 +106,9 @@ def tight_masks(
     blur: float = BLUR,
     solid: bool = False,
 ) -> np.ndarray:
-    """(n, y, x) Walker masks of ``meis (n, [channel,] y, x)`` (normalized units, mean 0; ``image_std``
-    converts the pixel threshold) of ``neurons (n,)``, each eroded until the activation falls
+    """(n, y, x) Walker masks of ``meis (n, [frame,] [channel,] y, x)`` (normalized units, mean 0;
+    ``image_std`` converts the pixel threshold; one mask for all frames of a clip, scored by a
+    clip ``objective``) of ``neurons (n,)``, each eroded until the activation falls
     below ``fraction`` of its full-mask one; the candidates of all neurons are scored in one
     batch. solid: candidates are ``solid_edge`` masks (1 on the whole eroded region) instead
     of the blurred region."""
@@ -122,7 +123,7 @@ def tight_masks(
         else:
             masks = [ndimage.gaussian_filter(r.astype(np.float64), blur, mode="constant") for r in regions]
         candidates.append(np.stack(masks).astype(np.float32))
-    # (k, y, x) masks shared by the channels of a (channel, y, x) MEI
+    # (k, y, x) masks shared by the frames and channels of a ([frame,] [channel,] y, x) MEI
     images = np.concatenate([
         masks.reshape(len(masks), *[1] * (mei.ndim - 2), *masks.shape[1:]) * mei[None]
         for masks, mei in zip(candidates, meis)

@@ -1,6 +1,7 @@
 """`twin mei`: MEIs of a fitted run's neurons, validated, written as a store and a PNG grid; with
 --surround, surrounds around fixed centres; with --transparency, transparent MEIs (twin.mei.context).
-A video run (its model's ``video``) gets most exciting videos (run_mevs)."""
+A video run (its model's ``video``) gets most exciting videos (run_mevs), and with --surround
+surround clips around fixed centre clips."""
 
 from __future__ import annotations
 
@@ -182,9 +183,9 @@ def check_modes(surround, centre, transparency: bool, background, deis: int) -> 
         raise ConfigError(f"--deis {deis}: DEIs are made for plain MEIs; drop --deis or --surround/--transparency")
 
 
-def check_video_modes(run: str, surround, transparency: bool, deis: int) -> None:
-    """One ConfigError line for --surround, --transparency or --deis with the video run ``run``."""
-    for flag, given in (("--surround", surround is not None), ("--transparency", transparency), ("--deis", deis > 0)):
+def check_video_modes(run: str, transparency: bool, deis: int) -> None:
+    """One ConfigError line for --transparency or --deis with the video run ``run``."""
+    for flag, given in (("--transparency", transparency), ("--deis", deis > 0)):
         if given:
             raise ConfigError(
                 f"{flag}: {run} is a video run; twin mei makes most exciting videos there, so drop {flag}"
@@ -196,19 +197,28 @@ def is_store(path: str) -> bool:
     return Path(path).suffix == ".zarr"
 
 
-def store_centres(path, ds, run, session, data, index, image_mean, image_std):
-    """(neuron indices (n,), centres (n, [channel,] y, x) normalized): the best-seed MEIs of
-    ``index (n,)`` (None: all of the store's) from the MEI store ``ds`` read from ``path``, whose
-    normalization must be the session's ``image_mean``, ``image_std`` (channels first)."""
+def store_centres(job: MeiJob, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(neuron indices (n,), centres (n, [frame,] [channel,] y, x) normalized): the best-seed MEIs
+    (of a video run: MEVs) of ``job.index`` (None: all of the store's) in the --centre store
+    ``path``, checked to be of this run and session, with the session's normalization and, of a
+    video run, clips of [mei].frames frames."""
     from twin.mei.context import check_centre_store
 
-    rows = check_centre_store(path, ds, run, session, data.unit_id, data.image_shape, data.channels, index)
-    for name, value in (("image_mean", image_mean), ("image_std", image_std)):
+    ds, data = job.centre_store, job.data
+    rows = check_centre_store(path, ds, job.run, job.session, data.unit_id, data.image_shape, data.channels, job.index)
+    for name, value in (("image_mean", job.image_mean), ("image_std", job.image_std)):
         if not np.array_equal(ds[name].values, value):
             raise ConfigError(
                 f"--centre {path}: variable {name} differs from the normalization of the session's store"
                 f" {data.path}; make the MEIs with the same session store"
             )
+    frames = int(ds.sizes.get("frame", 0))
+    if job.video and frames != job.config.frames:
+        raise ConfigError(
+            f"--centre {path}: variable images holds clips of {frames} frames but [mei].frames is"
+            f" {job.config.frames}; set [mei].frames = {frames} in --config or make the MEVs with"
+            f" {job.config.frames} frames"
+        )
     chosen = ds["images"].values[rows, ds["best_seed"].values.astype(np.int64)[rows]]
     return ds["neuron_index"].values[rows].astype(np.int64), chosen.astype(np.float32)
 
@@ -245,8 +255,8 @@ class MeiJob:
     the neurons of ``centre_store`` (the --centre MEI store, or None); engine: the keyword
     arguments of optimize_meis and surround_inputs (image_shape, pixel_range, image_stats,
     validator, progress, behavior, pupil_center); image_mean, image_std: the session's
-    normalization channels first, as stored; attrs: the store attributes of every path; primary:
-    whether this process writes the outputs.
+    normalization channels first, as stored; attrs: the store attributes of every path (of a
+    video run with frame_rate); primary: whether this process writes the outputs.
     """
 
     run: str
@@ -269,6 +279,22 @@ class MeiJob:
     def fixed(self) -> dict:
         """Behavior and pupil centre, each at its train mean (None when the session has none)."""
         return {name: self.engine[name] for name in ("behavior", "pupil_center")}
+
+    @property
+    def video(self) -> bool:
+        """Whether the run's model takes clips (the engine makes most exciting videos)."""
+        from twin.mei.optimize import is_video
+
+        return is_video(self.model)
+
+    @property
+    def objective(self):
+        """Each image's response of its own neuron (twin.mei.optimize.neuron_objective), behavior
+        and pupil centre held; of a clip, averaged over the last [mei].response_window frames."""
+        from twin.mei.optimize import neuron_objective
+
+        window = self.config.response_window if self.video else None
+        return neuron_objective(self.session, **self.fixed, window=window)
 
     def pixels(self, images: np.ndarray) -> np.ndarray:
         """Normalized images (..., [channel,] y, x) in pixel levels."""
@@ -342,7 +368,7 @@ def prepare_job(run: str, neurons, seeds, recipe, config_path, out, deis: int, s
     check_outputs(out, overwrite, run, validator, stores, run_records, centre, background)
     loaded = load_run(run, stores=stores)
     if is_video(loaded.model):
-        check_video_modes(run, surround, transparency, deis)
+        check_video_modes(run, transparency, deis)
     if not 0 <= session < len(loaded.sessions):
         raise ConfigError(
             f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}"
@@ -357,6 +383,8 @@ def prepare_job(run: str, neurons, seeds, recipe, config_path, out, deis: int, s
         index = parse_neurons("all" if neurons is None else neurons, data.unit_id)
     validator_model = load_validator(validator, session, data, run)
     attrs = recipe_attrs(run, session, data.path, config, config_sources)
+    if is_video(loaded.model):
+        attrs["frame_rate"] = float(data.frame_rate)  # makes the store a video store (twin.mei.store)
     return MeiJob(
         run=run, model=loaded.model, session=session, data=data, index=index, centre_store=centre_store,
         config=config, config_sources=config_sources, attrs=attrs,
@@ -419,50 +447,56 @@ def write_outputs(job: MeiJob, variables: dict, attrs: dict, panels: np.ndarray,
 
 
 def surround_centres(job: MeiJob, centre: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(neurons (n,), centres (n, [channel,] y, x) normalized, centre masks (n, y, x)): the
-    best-seed MEIs of the --centre store inside their tight masks, or the patches of the
-    --centre files inside their Walker masks."""
+    """(neurons (n,), centres (n, [frame,] [channel,] y, x) normalized, centre masks (n, y, x)):
+    the best-seed MEIs (or MEVs) of the --centre store inside their tight masks (of a clip: one
+    mask for all its frames), or the image patches of the --centre files inside their Walker
+    masks (on a video run, shown on every frame)."""
     from twin.mei.masks import THRESHOLD, tight_masks
-    from twin.mei.optimize import neuron_objective
 
     if job.centre_store is None:
         return job.index, *file_centres(centre, job.data, len(job.index), *job.engine["image_stats"])
-    index, centres = store_centres(
-        centre, job.centre_store, job.run, job.session, job.data, job.index, job.image_mean, job.image_std
-    )
-    objective = neuron_objective(job.session, **job.fixed)
-    masks = tight_masks(job.model, objective, centres, index, job.engine["image_stats"][1], solid=True)
+    index, centres = store_centres(job, centre)
+    masks = tight_masks(job.model, job.objective, centres, index, job.engine["image_stats"][1], solid=True)
     empty = np.flatnonzero(~(masks == 1).any(axis=(1, 2)))
     if len(empty):
+        kind, fix = ("MEI", "more steps")
+        if job.video:
+            kind, fix = ("MEV", "more steps, a higher [mei].learning_rate or [mei].norm")
         raise ConfigError(
-            f"--centre {centre}: the MEI of unit {job.data.unit_id[index[empty[0]]]} nowhere differs from"
-            f" the mean gray by {THRESHOLD:g} levels, so it has no centre; pass stronger MEIs (more steps)"
+            f"--centre {centre}: the {kind} of unit {job.data.unit_id[index[empty[0]]]} nowhere differs from"
+            f" the mean gray by {THRESHOLD:g} levels, so it has no centre; pass stronger {kind}s ({fix})"
         )
     return index, centres, masks
 
 
 def surround_truth(job: MeiJob, index: np.ndarray, alone: np.ndarray, best: np.ndarray) -> tuple:
     """The simulated animal's responses (n,) of neurons ``index`` (n,) to the centres ``alone`` and
-    to the best centres with surrounds ``best`` (n, [channel,] y, x), normalized; NaN for a
-    recorded session."""
+    to the best centres with surrounds ``best`` (n, [frame,] [channel,] y, x), normalized (of
+    clips: over the response window); NaN for a recorded session."""
     from twin.mei import validate
 
     truth = simulated_truth(job.data)
     if truth is None:
         nan = np.full(len(index), np.nan, np.float32)
         return nan, nan
+    if job.video:
+        rows = np.arange(len(index))
+        return tuple(true_clip_responses(job, truth, images)[rows, index] for images in (alone, best))
     return tuple(validate.true_responses(truth, job.pixels(images), index) for images in (alone, best))
 
 
 def surround_summary(job: MeiJob, surround: str, variables: dict, activation: np.ndarray,
                      spectra_summary: dict) -> dict:
     """The surround summary of mei_command from the store ``variables`` and the best activations
-    (n,)."""
+    (n,); of a video run with the clips' frames and frame rate, without the spectra."""
     ratio, true_ratio = variables["surround_ratio"], variables["true_surround_ratio"]
+    spectral_kl = variables.get("spectral_kl")
+    clips = {"frames": job.config.frames, "frame_rate": job.attrs["frame_rate"]} if job.video else {}
     return {
         "recipe": job.config.recipe,
         "config_sources": job.config_sources,
         "surround": surround,
+        **clips,
         "median_surround_ratio": finite(np.median(ratio)),
         "median_true_surround_ratio": finite(np.median(true_ratio)),
         **spectra_summary,
@@ -473,17 +507,42 @@ def surround_summary(job: MeiJob, surround: str, variables: dict, activation: np
                 "activation": finite(activation[i]),
                 "surround_ratio": finite(ratio[i]),
                 "true_surround_ratio": finite(true_ratio[i]),
-                "spectral_kl": finite(variables["spectral_kl"][i]),
+                **({} if spectral_kl is None else {"spectral_kl": finite(spectral_kl[i])}),
             }
             for i, neuron in enumerate(variables["neuron_index"])
         ],
     }
 
 
+def surround_panels(job: MeiJob, found, index: np.ndarray, surround: str) -> tuple[np.ndarray, list[str]]:
+    """(panels (m, [channel,] y, x) normalized, titles (m,)) of the PNG of a SurroundResult
+    ``found`` of neurons ``index`` (n,): each neuron's centre alone, then with its best surround;
+    of clips, up to 4 frames of each (one row of 8 per neuron)."""
+    from twin.data.schema import plot_text
+
+    alone, best = found.centre_alone, found.result.best_images()
+    units = job.data.unit_id[index]
+    if not job.video:
+        panels = np.stack([alone, best], axis=1).reshape(-1, *best.shape[1:])
+        titles = [
+            title for unit, ratio in zip(units, found.ratio)
+            for title in (f"unit {plot_text(unit)}: centre", f"{surround} {ratio:.2f}x")
+        ]
+        return panels, titles
+    shown = shown_frames(best.shape[1], 4)
+    panels = np.stack([alone[:, shown], best[:, shown]], axis=1).reshape(-1, *best.shape[2:])
+    titles = [
+        title for unit, ratio in zip(units, found.ratio)
+        for label in (f"unit {plot_text(unit)}: centre", f"{surround} {ratio:.2f}x")
+        for title in (f"{label}, frame {f}" for f in shown)
+    ]
+    return panels, titles
+
+
 def run_surround(job: MeiJob, surround: str, centre: str) -> dict:
     """Optimize, check and write the ``surround`` surrounds (excite or suppress) of the neurons'
-    fixed centres from ``centre``; returns the surround summary of mei_command."""
-    from twin.data.schema import plot_text
+    fixed centres from ``centre`` (of a video run: clips around a centre clip or image); returns
+    the surround summary of mei_command."""
     from twin.mei.context import surround_inputs
 
     index, centres, masks = surround_centres(job, centre)
@@ -491,15 +550,12 @@ def run_surround(job: MeiJob, surround: str, centre: str) -> dict:
         job.model, job.session, index, job.config, centre=centres, centre_mask=masks, direction=surround, **job.engine
     )
     best = found.result.best_images()
-    alone = per_image(found.centre_mask, centres) * centres
-    true_centre, true_activation = surround_truth(job, index, alone, best)
-    true_ratio = true_activation / true_centre
-    spectra, spectra_summary = naturalness_checks(job, best, natural_pixels(job.data))
-    attrs = job.attrs | {
-        "surround": surround,
-        "centre": str(Path(centre).absolute()),
-        "natural_spectral_slope": spectra_summary["natural_spectral_slope"],
-    }
+    true_centre, true_activation = surround_truth(job, index, found.centre_alone, best)
+    attrs = job.attrs | {"surround": surround, "centre": str(Path(centre).absolute())}
+    spectra, spectra_summary = {}, {}
+    if not job.video:  # the spectra of twin.naturalness are of images
+        spectra, spectra_summary = naturalness_checks(job, best, natural_pixels(job.data))
+        attrs["natural_spectral_slope"] = spectra_summary["natural_spectral_slope"]
     variables = result_variables(job, found.result, index) | {
         "surround": found.surround,
         "centre_mask": found.centre_mask,
@@ -507,16 +563,10 @@ def run_surround(job: MeiJob, surround: str, centre: str) -> dict:
         "surround_ratio": found.ratio,
         "true_centre_activation": true_centre,
         "true_activation": true_activation,
-        "true_surround_ratio": true_ratio,
+        "true_surround_ratio": true_activation / true_centre,
         **spectra,
     }
-    # Each neuron's centre alone, then with the surround.
-    panels = np.stack([alone, best], axis=1).reshape(2 * len(index), *best.shape[1:])
-    titles = [
-        title
-        for unit, ratio in zip(job.data.unit_id[index], found.ratio)
-        for title in (f"unit {plot_text(unit)}: centre", f"{surround} {ratio:.2f}x")
-    ]
+    panels, titles = surround_panels(job, found, index, surround)
     write_outputs(job, variables, attrs, job.pixels(panels), titles)
     return surround_summary(job, surround, variables, found.result.best_activations(), spectra_summary)
 
@@ -546,13 +596,12 @@ def natural_checks(job: MeiJob, best: np.ndarray) -> dict:
     (contrast_rms, contrast_activation (n, contrast)) and shift robustness (shift_offset (shift,
     yx), shift_activation (n, shift))."""
     from twin.mei import validate
-    from twin.mei.optimize import neuron_objective
 
     train = job.data.trials("train")
     activation, where = validate.best_natural(
         job.model, job.session, job.data.images[train], job.index, **job.fixed
     )
-    objective = neuron_objective(job.session, **job.fixed)
+    objective = job.objective
     contrast_rms, contrast_activation = validate.contrast_tuning(
         job.model, objective, best, job.index, job.engine["pixel_range"]
     )
@@ -707,17 +756,16 @@ def run_mevs(job: MeiJob) -> dict:
     checks |= {"best_natural_trial": starts[checks["best_natural_clip"], 0],
                "best_natural_frame": starts[checks["best_natural_clip"], 1]}
     ratio, true_ratio = activation / checks["best_natural_activation"], checks["true_ratio"]
-    shown = np.unique(np.linspace(0, frames - 1, min(frames, 8)).round().astype(int))
+    shown = shown_frames(frames, 8)
     panels = job.pixels(best[:, shown]).reshape(-1, *best.shape[2:])
     titles = [f"unit {plot_text(u)}: frame {f}" for u in job.data.unit_id[job.index] for f in shown]
-    attrs = job.attrs | {"frame_rate": float(job.data.frame_rate)}
     variables = result_variables(job, result, job.index) | checks | {"direction": direction, "ratio": ratio}
-    write_outputs(job, variables, attrs, panels, titles)
+    write_outputs(job, variables, job.attrs, panels, titles)
     return {
         "recipe": job.config.recipe,
         "config_sources": job.config_sources,
         "frames": frames,
-        "frame_rate": attrs["frame_rate"],
+        "frame_rate": job.attrs["frame_rate"],
         "static": job.config.static,
         "median_ratio": finite(np.median(ratio)),
         "median_true_ratio": finite(np.median(true_ratio)),
@@ -733,6 +781,11 @@ def run_mevs(job: MeiJob) -> dict:
             for i, neuron in enumerate(job.index)
         ],
     }
+
+
+def shown_frames(frames: int, count: int) -> np.ndarray:
+    """Up to ``count`` frame indices spread evenly over a clip of ``frames`` frames (for PNGs)."""
+    return np.unique(np.linspace(0, frames - 1, min(frames, count)).round().astype(int))
 
 
 def check_clip_frames(data, frames: int) -> None:
@@ -767,7 +820,6 @@ def natural_clip_checks(job: MeiJob, best: np.ndarray, clips: np.ndarray) -> dic
     best_natural_clip), and on the simulated animal the MEV's response (true_activation), the
     truth's best natural clip (true_best_natural) and their ratio (true_ratio; NaN for a recorded
     session). Every activation is the response averaged over the last [mei].response_window frames."""
-    from twin.data import simulate_video
     from twin.mei import validate
 
     window = job.config.response_window
@@ -778,22 +830,28 @@ def natural_clip_checks(job: MeiJob, best: np.ndarray, clips: np.ndarray) -> dic
     if truth is None:
         missing = ("true_activation", "true_best_natural", "true_ratio")
         return checks | dict.fromkeys(missing, np.full(n, np.nan, np.float32))
-
-    def true_window(pixels):  # (m, frame, y, x) pixel levels -> (m, neuron) window means
-        return simulate_video.mean_response(truth, pixels)[:, -window:].mean(axis=1)
-
     # The simulated video animal sees one channel (twin simulate --video has no colour).
-    natural = [
-        true_window(job.data.denormalize_images(clips[first : first + 64, ..., 0]))[:, job.index]
-        for first in range(0, len(clips), 64)
-    ]
-    true_natural = np.concatenate(natural).max(axis=0)
-    true_activation = true_window(job.pixels(best))[np.arange(n), job.index]
+    true_natural = true_clip_responses(job, truth, clips[..., 0])[:, job.index].max(axis=0)
+    true_activation = true_clip_responses(job, truth, best)[np.arange(n), job.index]
     return checks | {
-        "true_activation": true_activation.astype(np.float32),
-        "true_best_natural": true_natural.astype(np.float32),
-        "true_ratio": (true_activation / true_natural).astype(np.float32),
+        "true_activation": true_activation,
+        "true_best_natural": true_natural,
+        "true_ratio": true_activation / true_natural,
     }
+
+
+def true_clip_responses(job: MeiJob, truth: dict, clips: np.ndarray, batch: int = 64) -> np.ndarray:
+    """(m, neuron) float32: the simulated video animal's (``truth``) noise-free responses to
+    normalized one-channel clips (m, frame, y, x), averaged over the last [mei].response_window
+    frames; ``batch`` clips at a time."""
+    from twin.data import simulate_video
+
+    window = job.config.response_window
+    responses = [
+        simulate_video.mean_response(truth, job.pixels(clips[first : first + batch]))[:, -window:].mean(axis=1)
+        for first in range(0, len(clips), batch)
+    ]
+    return np.concatenate(responses).astype(np.float32)
 
 
 def mei_command(
@@ -841,8 +899,12 @@ def mei_command(
     "spectral_kl"}]} (twin.mei.context). transparency: MEIs with a
     per-pixel opacity over ``background`` (grey, noise, or image files or a session store of
     natural images); the summary gains "background", "mean_opacity" and each neuron's
-    "mean_opacity". A video run (its model's ``video``) gets most exciting videos instead, with
-    the summary of run_mevs; --surround, --transparency and --deis are refused there.
+    "mean_opacity".
+
+    A video run (its model's ``video``) gets most exciting videos instead, with the summary of
+    run_mevs; its surrounds are clips around the centre MEVs of an MEV store or around the centre
+    image patches on every frame, their summary has "frames" and "frame_rate" and no spectra;
+    --transparency and --deis are refused there.
     """
     from twin import distributed
     from twin.mei.optimize import is_video

@@ -22,7 +22,8 @@ centre and surround together, activations the responses to them; surround (neuro
 x), centre_activation (neuron,) the response to the centre alone on the mean gray,
 surround_ratio (neuron,) best activation / centre_activation, and for simulated sessions
 true_centre_activation, true_activation, true_surround_ratio (neuron,). They hold no natural-image
-controls.
+controls; video surround stores (surround clips around centre clips, one centre_mask for every
+frame) no spectral_kl or spectral_slope either.
 
 Video stores (most exciting videos of a video model; attr frame_rate in Hz): images, foreground
 and surround gain a frame axis after seed, (neuron, seed, frame, [channel,] y, x); deis likewise
