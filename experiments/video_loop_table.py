@@ -133,3 +133,21 @@ print(
     f" {np.median(true_dsi):.2f} in the truth; the twin's preferred grating direction is the truth's (or a"
     f" neighbour) for {int(agree.sum())} of {len(ids)}"
 )
+
+for surround in ("excite", "suppress"):
+    if not (out / f"surround_{surround}.json").exists():
+        continue
+    found = json.loads((out / f"surround_{surround}.json").read_text())
+    ratio = np.array([n["surround_ratio"] for n in found["neurons"]], float)
+    true_ratio = np.array([n["true_surround_ratio"] for n in found["neurons"]], float)
+    clips = xr.open_zarr(out / f"surround_{surround}.zarr", consolidated=False)
+    alone = clips["surround"].values[np.arange(len(ratio)), clips["best_seed"].values]
+    motion = np.array([motion_direction(clip) for clip in alone])
+    off = np.abs((motion - preferred + 180) % 360 - 180)
+    raised = int((true_ratio > 1).sum())
+    print(
+        f"{surround} surrounds around the MEVs: response with the surround / the MEV's centre alone median"
+        f" {np.median(ratio):.2f} under the twin, {np.median(true_ratio):.2f} on the true neurons (above 1 for"
+        f" {raised} of {len(ratio)}); the surround moves within 30 deg of the preferred direction for"
+        f" {int((off <= 30).sum())} of {len(ratio)}, median {np.nanmedian(off):.0f} deg off"
+    )

@@ -80,6 +80,7 @@ def loop(tmp_path_factory):
     return out
 
 
+@pytest.mark.xdist_group("video_loop")  # one worker builds the loop fixture
 def test_loop_video_leaves_clips_gifs_report_and_numbers(loop):
     from twin.data.schema import strings
     from twin.data.store import open_session
@@ -130,6 +131,7 @@ def test_loop_video_leaves_clips_gifs_report_and_numbers(loop):
     assert Image.open(slices[0]).size == (screen[1], 20 * 4)
 
 
+@pytest.mark.xdist_group("video_loop")  # one worker builds the loop fixture
 def test_surround_clips_around_the_loops_mevs(loop, capsys):
     """`twin mei --surround` on a video run: surround clips around each MEV inside its tight mask
     (one mask for every frame), the centre kept on every frame, scored by the twin and by the
@@ -182,6 +184,7 @@ def test_surround_clips_around_the_loops_mevs(loop, capsys):
     assert "surround.zarr: holds excite surrounds" in capsys.readouterr().err
 
 
+@pytest.mark.xdist_group("video_loop")  # one worker builds the loop fixture
 def test_surround_clips_around_an_image_patch_on_every_frame(loop, capsys):
     from twin.cli import main
     from twin.mei.store import open_meis

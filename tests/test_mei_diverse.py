@@ -117,3 +117,17 @@ def test_tight_mask_keeps_ninety_percent():
     both = np.stack([full * mei, mask * mei]).astype(np.float32)
     values = evaluate_pairs(model, neuron_objective(0), both, {"neuron": np.array([2, 2])})
     assert values[1] >= 0.9 * values[0]
+
+
+def test_tight_masks_scored_in_groups_match_one_batch(monkeypatch):
+    from twin.mei import masks as masks_module
+
+    model = toy()
+    meis = optimize_meis(model, 0, [1, 2, 4], config(steps=30, step_gain=4.0, seeds=1), image_shape=SHAPE,
+                         pixel_range=RANGE, progress=False).best_images()
+    together = masks_module.tight_masks(model, neuron_objective(0), meis, [1, 2, 4], 64.0)
+    monkeypatch.setattr(masks_module, "MASKED_VALUES", 1)  # every neuron's candidates on their own
+    alone = masks_module.tight_masks(model, neuron_objective(0), meis, [1, 2, 4], 64.0)
+    assert together.shape == (3, *SHAPE) and together.sum() > 0
+    np.testing.assert_array_equal(alone, together)
+    assert masks_module.value_groups([3, 3, 3, 10, 1], 6) == [[0, 1], [2], [3], [4]]

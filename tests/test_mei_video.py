@@ -361,3 +361,46 @@ def test_mei_command_on_a_video_run_then_export(tmp_path, capsys):
     assert [s["kind"] for s in manifest["stimuli"]] == ["mei", "natural"] * 2
     assert all(s["image_trial"] in range(4) for s in manifest["stimuli"][1::2])
     assert all(np.isfinite(s["predicted_response"]) and s["preview"].endswith(".gif") for s in manifest["stimuli"])
+
+
+def test_run_surround_around_centre_clips_of_a_recorded_session(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from twin.mei import run as mei_run
+    from twin.mei.run import MeiJob, run_surround
+    from twin.mei.store import meis_dataset, open_meis
+
+    mean, std = np.float32(128.0), np.float32(40.0)
+    # Centre clips: each neuron's preferred grating inside a disc of radius 3, gray outside.
+    disc = (np.sum((np.indices(SHAPE) - 7.5) ** 2, axis=0) <= 9).astype(np.float32)
+    clips = np.stack([drifting_grating(FRAMES, SHAPE, d, period=8.0) * disc for d in (DIRECTIONS[1], DIRECTIONS[3])])
+    clips = clips.astype(np.float32)
+    attrs = {"run": str(tmp_path / "run"), "session": 0, "frame_rate": 30.0}
+    centres = meis_dataset({
+        "images": clips[:, None], "activations": np.ones((2, 1), np.float32),
+        "best_seed": np.zeros(2, np.int64), "unit_id": np.array([11, 13]), "neuron_index": np.array([1, 3]),
+        "image_mean": mean, "image_std": std,
+    }, attrs)
+    data = SimpleNamespace(unit_id=np.array([10, 11, 12, 13]), image_shape=SHAPE, channels=1, path="session.zarr")
+    monkeypatch.setattr(mei_run, "simulated_truth", lambda data: None)  # a recorded session
+    job = MeiJob(
+        run=attrs["run"], model=DirectionToy(), session=0, data=data, index=None, centre_store=centres,
+        config=config(steps=30, seeds=2), config_sources=["test"], attrs=attrs, image_mean=mean, image_std=std,
+        out=tmp_path / "surround.zarr", overwrite=False, primary=True,
+        engine={"image_shape": SHAPE, "pixel_range": RANGE, "image_stats": (mean, std), "validator": None,
+                "progress": False, "behavior": None, "pupil_center": None},
+    )
+    summary = run_surround(job, "excite", "centres.zarr")
+    store = open_meis(tmp_path / "surround.zarr")
+    assert store["images"].shape == (2, 2, FRAMES, *SHAPE) and store["centre_mask"].shape == (2, *SHAPE)
+    assert (summary["frames"], summary["frame_rate"], [n["id"] for n in summary["neurons"]]) == (FRAMES, 30.0, [11, 13])
+    inside = np.broadcast_to((store["centre_mask"].values == 1)[:, None, None], store["images"].shape)
+    assert inside.any() and not inside.all()
+    np.testing.assert_array_equal(store["images"].values[inside], np.broadcast_to(clips[:, None], inside.shape)[inside])
+    # A full-field filter: the surround drives it further, measured over the response window.
+    window = np.asarray(DirectionToy()(store["images"].values[:, 0, ..., None], neurons=np.array([1, 3])))[:, -5:]
+    np.testing.assert_allclose(store["activations"].values[:, 0], window.mean(axis=1).diagonal(), rtol=1e-5)
+    assert np.all(store["surround_ratio"].values > 1.05)
+    assert summary["median_true_surround_ratio"] is None and np.all(np.isnan(store["true_surround_ratio"].values))
+    assert "spectral_kl" not in store and "spectral_kl" not in summary["neurons"][0]
+    assert (tmp_path / "surround.png").stat().st_size > 0

@@ -435,7 +435,7 @@ def cmd_mei(args) -> int:
         print(
             f"wrote {args.out}: {args.surround} {surrounds} of {len(summary['neurons'])} neurons, recipe"
             f" {summary['recipe']} ({'; '.join(summary['config_sources'])}), median response with the"
-            f" surround / centre alone {summary['median_surround_ratio']:.2f} under the twin"
+            f" surround / centre alone {two_places(summary['median_surround_ratio'])} under the twin"
             + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
         )
     elif "frames" in summary:
@@ -443,7 +443,7 @@ def cmd_mei(args) -> int:
         print(
             f"wrote {args.out}: clips of {summary['frames']} frames for {len(summary['neurons'])} neurons, recipe"
             f" {summary['recipe']} ({'; '.join(summary['config_sources'])}), median MEV / best natural clip"
-            f" {summary['median_ratio']:.2f} under the twin"
+            f" {two_places(summary['median_ratio'])} under the twin"
             + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
         )
     else:
@@ -451,13 +451,18 @@ def cmd_mei(args) -> int:
         print(
             f"wrote {args.out}: {len(summary['neurons'])} neurons, recipe {summary['recipe']}"
             f" ({'; '.join(summary['config_sources'])}),"
-            f" median MEI / best natural image {summary['median_ratio']:.2f} under the twin"
+            f" median MEI / best natural image {two_places(summary['median_ratio'])} under the twin"
             + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
-            + f"; median spectral KL from the natural images {summary['median_spectral_kl']:.2f}"
+            + f"; median spectral KL from the natural images {two_places(summary['median_spectral_kl'])}"
             f" (spectral slope: natural {summary['natural_spectral_slope']:.2f})"
-            + (f"; mean opacity {summary['mean_opacity']:.2f}" if args.transparency else "")
+            + (f"; mean opacity {two_places(summary['mean_opacity'])}" if args.transparency else "")
         )
     return 0
+
+
+def two_places(value: float | None) -> str:
+    """A summary number as printed: two decimals, or n/a for None (not finite)."""
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def cmd_mds(args) -> int:

@@ -23,6 +23,7 @@ THRESHOLD = 16.0  # pixel levels 0..255 (twin.data.loader maps any store range o
 MIN_BLOB = 50  # pixels
 DILATE = 2  # pixels
 BLUR = 1.5  # pixels
+MASKED_VALUES = 1 << 26  # float32 values of masked candidates held at once in tight_masks (256 MiB)
 
 
 def convex_hull(region: np.ndarray) -> np.ndarray:
@@ -96,6 +97,19 @@ def solid_edge(region: np.ndarray, blur: float = BLUR) -> np.ndarray:
     return np.maximum(region, ndimage.gaussian_filter(region, blur, mode="constant"))
 
 
+def candidate_masks(mei: np.ndarray, image_std, blur: float = BLUR, solid: bool = False) -> np.ndarray:
+    """(k, y, x) float32: the Walker mask of ``mei ([frame,] [channel,] y, x)`` (normalized units)
+    eroded step by step down to nothing, before the blur (``solid_edge`` masks when ``solid``)."""
+    regions = [hull_region(mei * image_std, 0.0)]
+    while regions[-1].any():
+        regions.append(ndimage.binary_erosion(regions[-1]))
+    if solid:
+        masks = [solid_edge(r, blur) for r in regions]
+    else:
+        masks = [ndimage.gaussian_filter(r.astype(np.float64), blur, mode="constant") for r in regions]
+    return np.stack(masks).astype(np.float32)
+
+
 def tight_masks(
     model,
     objective: Objective,
@@ -108,36 +122,41 @@ def tight_masks(
 ) -> np.ndarray:
     """(n, y, x) Walker masks of ``meis (n, [frame,] [channel,] y, x)`` (normalized units, mean 0;
     ``image_std`` converts the pixel threshold; one mask for all frames of a clip, scored by a
-    clip ``objective``) of ``neurons (n,)``, each eroded until the activation falls
-    below ``fraction`` of its full-mask one; the candidates of all neurons are scored in one
-    batch. solid: candidates are ``solid_edge`` masks (1 on the whole eroded region) instead
-    of the blurred region."""
+    clip ``objective``) of ``neurons (n,)``, each eroded until the activation falls below
+    ``fraction`` of its full-mask one; the candidates of many neurons are scored together, up to
+    MASKED_VALUES values at a time. solid: candidates are ``solid_edge`` masks (1 on the whole
+    eroded region) instead of the blurred region."""
     neurons = np.asarray(neurons, np.int64).reshape(-1)
-    candidates = []
-    for mei in meis:
-        regions = [hull_region(mei * image_std, 0.0)]
-        while regions[-1].any():
-            regions.append(ndimage.binary_erosion(regions[-1]))
-        if solid:
-            masks = [solid_edge(r, blur) for r in regions]
-        else:
-            masks = [ndimage.gaussian_filter(r.astype(np.float64), blur, mode="constant") for r in regions]
-        candidates.append(np.stack(masks).astype(np.float32))
-    # (k, y, x) masks shared by the frames and channels of a ([frame,] [channel,] y, x) MEI
-    images = np.concatenate([
-        masks.reshape(len(masks), *[1] * (mei.ndim - 2), *masks.shape[1:]) * mei[None]
-        for masks, mei in zip(candidates, meis)
-    ])
-    owner = np.repeat(neurons, [len(masks) for masks in candidates]).astype(np.int32)
-    values = evaluate_pairs(model, objective, images, {"neuron": owner})
+    candidates = [candidate_masks(mei, image_std, blur, solid) for mei in meis]
     chosen = []
-    first = 0
-    for masks in candidates:
-        scores = values[first : first + len(masks)]
-        first += len(masks)
-        below = np.flatnonzero(scores < fraction * scores[0])
-        chosen.append(masks[below[0] - 1] if len(below) else masks[-1])
+    for group in value_groups([len(masks) * mei.size for masks, mei in zip(candidates, meis)], MASKED_VALUES):
+        # (k, y, x) masks shared by the frames and channels of a ([frame,] [channel,] y, x) MEI
+        images = np.concatenate([
+            candidates[i].reshape(len(candidates[i]), *[1] * (meis[i].ndim - 2), *meis[i].shape[-2:]) * meis[i][None]
+            for i in group
+        ])
+        owner = np.repeat(neurons[group], [len(candidates[i]) for i in group]).astype(np.int32)
+        values = evaluate_pairs(model, objective, images, {"neuron": owner})
+        first = 0
+        for i in group:
+            scores = values[first : first + len(candidates[i])]
+            first += len(candidates[i])
+            below = np.flatnonzero(scores < fraction * scores[0])
+            chosen.append(candidates[i][below[0] - 1] if len(below) else candidates[i][-1])
     return np.stack(chosen)
+
+
+def value_groups(sizes: list[int], budget: int) -> list[list[int]]:
+    """Consecutive indices of ``sizes`` grouped so that each group's sizes add up to at most
+    ``budget`` (a larger size alone in its group)."""
+    groups, total = [[]], 0
+    for i, size in enumerate(sizes):
+        if groups[-1] and total + size > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += size
+    return groups if groups[0] else []
 
 
 def tight_mask(

@@ -213,11 +213,16 @@ def store_centres(job: MeiJob, path: str) -> tuple[np.ndarray, np.ndarray]:
                 f" {data.path}; make the MEIs with the same session store"
             )
     frames = int(ds.sizes.get("frame", 0))
+    if frames and not job.video:
+        raise ConfigError(
+            f"--centre {path}: variable images holds clips but {job.run} is an image run; pass MEIs made by"
+            f" twin mei {job.run}"
+        )
     if job.video and frames != job.config.frames:
         raise ConfigError(
-            f"--centre {path}: variable images holds clips of {frames} frames but [mei].frames is"
-            f" {job.config.frames}; set [mei].frames = {frames} in --config or make the MEVs with"
-            f" {job.config.frames} frames"
+            f"--centre {path}: variable images holds {f'clips of {frames} frames' if frames else 'images'} but"
+            f" [mei].frames is {job.config.frames}; give MEVs of {job.config.frames} frames made by twin mei"
+            f" {job.run}, or set [mei].frames in --config to theirs"
         )
     chosen = ds["images"].values[rows, ds["best_seed"].values.astype(np.int64)[rows]]
     return ds["neuron_index"].values[rows].astype(np.int64), chosen.astype(np.float32)
@@ -314,16 +319,25 @@ def check_outputs(out: Path, overwrite: bool, run: str, validator, stores, run_r
     check_output(out.with_suffix(".png"), overwrite, "file", inputs=inputs)
 
 
-def load_validator(validator: str | None, session: int, data, run: str):
-    """The model of the run ``validator`` (None: none), checked to have ``data``'s neurons."""
+def load_validator(validator: str | None, session: int, data, run: str, video: bool):
+    """The model of the run ``validator`` (None: none), checked to have ``data``'s neurons and to
+    take clips when the run's model does (``video``)."""
     from twin.checkpoint import load_run
+    from twin.mei.optimize import is_video
 
     if validator is None:
         return None
     model = load_run(validator, load_sessions=False).model
-    if model.n_neurons[session] != data.n_neurons:
+    if is_video(model) != video:
+        kinds = ("an image run", "a video run")
         raise ConfigError(
-            f"--validator {validator}: session {session} has {model.n_neurons[session]}"
+            f"--validator {validator}: is {kinds[is_video(model)]} but {run} is {kinds[video]}; pass a run fit on"
+            " the same session"
+        )
+    neurons = model.n_neurons[session] if session < len(model.n_neurons) else 0
+    if neurons != data.n_neurons:
+        raise ConfigError(
+            f"--validator {validator}: session {session} has {neurons}"
             f" neurons there but {data.n_neurons} in {run}; pass a run fit on the same session"
         )
     return model
@@ -374,14 +388,14 @@ def prepare_job(run: str, neurons, seeds, recipe, config_path, out, deis: int, s
             f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}"
         )
     data = loaded.sessions[session]
-    if is_video(loaded.model):
+    if is_video(loaded.model) and surround is None:
         check_clip_frames(data, config.frames)
     centre_store = open_meis(centre) if centre is not None and is_store(centre) else None
     if neurons is None and centre_store is not None:
         index = None  # the centre store's neurons
     else:
         index = parse_neurons("all" if neurons is None else neurons, data.unit_id)
-    validator_model = load_validator(validator, session, data, run)
+    validator_model = load_validator(validator, session, data, run, is_video(loaded.model))
     attrs = recipe_attrs(run, session, data.path, config, config_sources)
     if is_video(loaded.model):
         attrs["frame_rate"] = float(data.frame_rate)  # makes the store a video store (twin.mei.store)
@@ -458,6 +472,12 @@ def surround_centres(job: MeiJob, centre: str) -> tuple[np.ndarray, np.ndarray, 
     index, centres = store_centres(job, centre)
     masks = tight_masks(job.model, job.objective, centres, index, job.engine["image_stats"][1], solid=True)
     empty = np.flatnonzero(~(masks == 1).any(axis=(1, 2)))
+    full = np.flatnonzero(~(masks < 0.5).any(axis=(1, 2)))
+    if len(full):
+        raise ConfigError(
+            f"--centre {centre}: the centre of unit {job.data.unit_id[index[full[0]]]} covers the whole frame"
+            " and leaves no surround; pass image patches on the mean gray as --centre instead"
+        )
     if len(empty):
         kind, fix = ("MEI", "more steps")
         if job.video:
@@ -517,7 +537,7 @@ def surround_summary(job: MeiJob, surround: str, variables: dict, activation: np
 def surround_panels(job: MeiJob, found, index: np.ndarray, surround: str) -> tuple[np.ndarray, list[str]]:
     """(panels (m, [channel,] y, x) normalized, titles (m,)) of the PNG of a SurroundResult
     ``found`` of neurons ``index`` (n,): each neuron's centre alone, then with its best surround;
-    of clips, up to 4 frames of each (one row of 8 per neuron)."""
+    of clips, the same (up to 4) frames of each, in one row per neuron."""
     from twin.data.schema import plot_text
 
     alone, best = found.centre_alone, found.result.best_images()
