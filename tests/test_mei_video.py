@@ -390,6 +390,15 @@ def test_run_surround_around_centre_clips_of_a_recorded_session(tmp_path, monkey
         engine={"image_shape": SHAPE, "pixel_range": RANGE, "image_stats": (mean, std), "validator": None,
                 "progress": False, "behavior": None, "pupil_center": None},
     )
+    # A tight mask over the whole frame leaves no surround: refused before any optimization.
+    from twin.mei import masks
+
+    with monkeypatch.context() as patch:
+        patch.setattr(masks, "tight_masks", lambda *args, **kwargs: np.ones((2, *SHAPE), np.float32))
+        with pytest.raises(ConfigError, match="^--centre centres.zarr: the centre of unit 11 covers the whole frame"):
+            run_surround(job, "excite", "centres.zarr")
+    assert not (tmp_path / "surround.zarr").exists()
+
     summary = run_surround(job, "excite", "centres.zarr")
     store = open_meis(tmp_path / "surround.zarr")
     assert store["images"].shape == (2, 2, FRAMES, *SHAPE) and store["centre_mask"].shape == (2, *SHAPE)

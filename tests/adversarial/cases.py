@@ -1947,6 +1947,11 @@ def video_mevs(steps: int) -> Setup:
     return step
 
 
+case("video-mei-image-validator", CLI, "mei video_run --neurons 0:2 --out m.zarr --config video_mei.toml --validator run",
+     copy("video_run", "video_mei.toml", "run"), mentions=["--validator", "image run"])
+case("mei-video-validator", CLI, "mei run --neurons 0:2 --out m.zarr --config mei.toml --validator video_run",
+     copy("run", "mei.toml", "video_run"), mentions=["--validator", "video run"])
+
 VSURROUND = "mei video_run --neurons 0:2 --config video_mei.toml --out s.zarr --surround suppress --centre "
 case("video-surround-patch", CLI, VSURROUND + "centre", copy("video_run", "video_mei.toml"), centre_png(), expect=0,
      allow_new=["s.zarr", "s.png"], note="success: surround clips around an image patch shown on every frame")
