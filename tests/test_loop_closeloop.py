@@ -23,7 +23,9 @@ def make_loop_files(tmp_path, repeats=8, seed=0):
     the MEIs of units 11 and 12 drive their neurons 3x and the others do nothing special."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "sessions.json").write_text(json.dumps([{"name": "s", "path": "s.zarr", "unit_id": [10] + UNITS}]))
+    record = {"name": "s", "path": "s.zarr", "unit_id": [10] + UNITS, "n_neurons": 1 + len(UNITS), "image_shape": [36, 64],
+              "channels": 1, "n_behavior": 0, "has_positions": False}
+    (run / "sessions.json").write_text(json.dumps([record]))
     (run / "metrics.jsonl").write_text(
         "\n".join(json.dumps({"epoch": e, "train_loss": 1 / (e + 1), "validation_correlation": 0.1 * e, "lr": 0.009}) for e in range(5))
     )

@@ -163,7 +163,7 @@ def damaged(source, path, change):
         (["--surround", "excite", "--centre", "SESSION"], "variable 'activations' is missing"),
         (["--surround", "excite", "--centre", "TWO.npy", "--neurons", "0,1,2"], "holds 2 images for 3 neurons"),
         (["--surround", "excite", "--centre", "GRAY.npy"], "nowhere differs from the mean gray"),
-        (["--surround", "excite", "--centre", "FAINT"], "the MEI of unit 0 nowhere differs from the mean gray"),
+        (["--surround", "excite", "--centre", "FAINT"], "the MEI of unit 0 has no centre (it nowhere differs from the mean gray"),
         (["--transparency", "--background", "missing.npy"], "missing.npy: no such file"),
         (["--transparency", "--background", "pink"], "--background pink: no such file or folder; give grey, noise"),
     ],

@@ -366,6 +366,7 @@ def test_mei_command_on_a_video_run_then_export(tmp_path, capsys):
 def test_run_surround_around_centre_clips_of_a_recorded_session(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
+    from twin.mei import masks
     from twin.mei import run as mei_run
     from twin.mei.run import MeiJob, run_surround
     from twin.mei.store import meis_dataset, open_meis
@@ -391,12 +392,17 @@ def test_run_surround_around_centre_clips_of_a_recorded_session(tmp_path, monkey
                 "progress": False, "behavior": None, "pupil_center": None},
     )
     # A tight mask over the whole frame leaves no surround: refused before any optimization.
-    from twin.mei import masks
-
     with monkeypatch.context() as patch:
         patch.setattr(masks, "tight_masks", lambda *args, **kwargs: np.ones((2, *SHAPE), np.float32))
         with pytest.raises(ConfigError, match="^--centre centres.zarr: the centre of unit 11 covers the whole frame"):
             run_surround(job, "excite", "centres.zarr")
+    # A centre the twin barely sees (a corner far from every filter's envelope) has no tight mask.
+    corner = np.zeros(SHAPE, np.float32)
+    corner[:4, :4] = 1
+    corner_clips = np.broadcast_to(drifting_grating(FRAMES, SHAPE, 0.0) * corner, clips.shape).astype(np.float32)
+    faint = dataclasses.replace(job, centre_store=centres.assign(images=(centres["images"].dims, corner_clips[:, None])))
+    with pytest.raises(ConfigError, match=r"the MEV of unit 1[13] has no centre \(the twin's response to it stays above 90%"):
+        run_surround(faint, "excite", "centres.zarr")
     assert not (tmp_path / "surround.zarr").exists()
 
     summary = run_surround(job, "excite", "centres.zarr")

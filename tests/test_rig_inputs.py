@@ -464,10 +464,13 @@ def test_broken_run_files(loop):
     run = loop[0]
     (run / "metrics.jsonl").write_text('{"epoch": 0, "loss": 1.0}\n{"epoch": 1, "lo')
     refused(loop, "metrics.jsonl: line 2 is not a JSON object; delete the line", RunError)
-    (run / "sessions.json").write_text("[{}]")
+    records = json.loads((run / "sessions.json").read_text())
+    (run / "sessions.json").write_text(json.dumps([records[0] | {"unit_id": []}]))
     refused(loop, "sessions.json: session 0 has no list of integer or string unit_id", RunError)
+    (run / "sessions.json").write_text("[{}]")
+    refused(loop, "sessions.json: not a list of session records with channels, has_positions", RunError)
     (run / "sessions.json").write_text("{")
-    refused(loop, "sessions.json: not readable JSON", RunError)
+    refused(loop, "sessions.json: not valid JSON", RunError)
 
 
 # ---------------------------------------------------------------------------- output into a closed pipe

@@ -240,20 +240,28 @@ RECORD_KEYS = {"name", "path", "unit_id", "n_neurons", "image_shape", "channels"
 
 def read_run_files(run_dir: Path) -> tuple[RunConfig, list[dict]]:
     """config.toml and sessions.json of a run directory (RunError when missing)."""
-    for name in ("config.toml", "sessions.json"):
-        if not (run_dir / name).exists():
-            raise RunError(f"{run_dir}: no {name}; pass a run directory written by twin fit")
-    config = load_config(run_dir / "config.toml")
+    if not (run_dir / "config.toml").exists():
+        raise RunError(f"{run_dir}: no config.toml; pass a run directory written by twin fit")
+    records = read_session_records(run_dir)
+    return load_config(run_dir / "config.toml"), records
+
+
+def read_session_records(run_dir: Path) -> list[dict]:
+    """The session records of a run directory's sessions.json, checked to hold RECORD_KEYS
+    (RunError when missing or damaged)."""
+    path = run_dir / "sessions.json"
+    if not path.exists():
+        raise RunError(f"{run_dir}: no sessions.json; pass a run directory written by twin fit")
     try:
-        records = json.loads((run_dir / "sessions.json").read_text(encoding="utf-8"))
+        records = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunError(f"{run_dir / 'sessions.json'}: not valid JSON ({error}); it is damaged: fit the run again") from None
+        raise RunError(f"{path}: not valid JSON ({error}); it is damaged: fit the run again") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) and RECORD_KEYS <= set(r) for r in records):
         raise RunError(
-            f"{run_dir / 'sessions.json'}: not a list of session records with {', '.join(sorted(RECORD_KEYS))};"
-            " it is damaged: fit the run again"
+            f"{path}: not a list of session records with {', '.join(sorted(RECORD_KEYS))}; it is damaged: fit"
+            " the run again"
         )
-    return config, records
+    return records
 
 
 def check_store_digests(

@@ -25,23 +25,20 @@ P_VALUE = 0.05
 
 def run_unit_ids(run: str | Path, session: int) -> np.ndarray:
     """The unit ids (neuron,) int64 or str of one session of a run, from its sessions.json."""
-    path = Path(run) / "sessions.json"
-    try:
-        sessions = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunError(f"{path}: not found; pass a run directory written by `twin fit`") from None
-    except (OSError, ValueError) as error:
-        raise RunError(f"{path}: not readable JSON ({error}); pass a run directory written by `twin fit`") from None
-    if not isinstance(sessions, list):
-        raise RunError(f"{path}: not a list of sessions; pass a run directory written by `twin fit`")
+    from twin.checkpoint import read_session_records
+
+    sessions = read_session_records(Path(run))
     if not 0 <= session < len(sessions):
         raise RunError(
-            f"{path}: the stimuli were made for session {session} but the run has"
+            f"{Path(run) / 'sessions.json'}: the stimuli were made for session {session} but the run has"
             f" {len(sessions)}; pass the run the MEIs came from"
         )
-    ids = sessions[session].get("unit_id") if isinstance(sessions[session], dict) else None
+    ids = sessions[session]["unit_id"]
     if not isinstance(ids, list) or not ids or not (all(map(is_integer, ids)) or all(isinstance(u, str) for u in ids)):
-        raise RunError(f"{path}: session {session} has no list of integer or string unit_id; fit the run again")
+        raise RunError(
+            f"{Path(run) / 'sessions.json'}: session {session} has no list of integer or string unit_id; fit the"
+            " run again"
+        )
     return unit_ids(ids)
 
 

@@ -465,28 +465,42 @@ def surround_centres(job: MeiJob, centre: str) -> tuple[np.ndarray, np.ndarray, 
     the best-seed MEIs (or MEVs) of the --centre store inside their tight masks (of a clip: one
     mask for all its frames), or the image patches of the --centre files inside their Walker
     masks (on a video run, shown on every frame)."""
-    from twin.mei.masks import THRESHOLD, tight_masks
+    from twin.mei.masks import tight_masks
 
     if job.centre_store is None:
         return job.index, *file_centres(centre, job.data, len(job.index), *job.engine["image_stats"])
     index, centres = store_centres(job, centre)
     masks = tight_masks(job.model, job.objective, centres, index, job.engine["image_stats"][1], solid=True)
-    empty = np.flatnonzero(~(masks == 1).any(axis=(1, 2)))
+    check_centre_masks(job, centre, index, centres, masks)
+    return index, centres, masks
+
+
+def check_centre_masks(job: MeiJob, centre: str, index: np.ndarray, centres: np.ndarray, masks: np.ndarray) -> None:
+    """ConfigError naming the first of neurons ``index`` (n,) whose tight mask (n, y, x) of its
+    centre (n, [frame,] [channel,] y, x) from the --centre store leaves no surround or no centre."""
+    from twin.mei.masks import THRESHOLD, hull_region
+
     full = np.flatnonzero(~(masks < 0.5).any(axis=(1, 2)))
     if len(full):
         raise ConfigError(
             f"--centre {centre}: the centre of unit {job.data.unit_id[index[full[0]]]} covers the whole frame"
             " and leaves no surround; pass image patches on the mean gray as --centre instead"
         )
-    if len(empty):
-        kind, fix = ("MEI", "more steps")
-        if job.video:
-            kind, fix = ("MEV", "more steps, a higher [mei].learning_rate or [mei].norm")
-        raise ConfigError(
-            f"--centre {centre}: the {kind} of unit {job.data.unit_id[index[empty[0]]]} nowhere differs from"
-            f" the mean gray by {THRESHOLD:g} levels, so it has no centre; pass stronger {kind}s ({fix})"
-        )
-    return index, centres, masks
+    empty = np.flatnonzero(~(masks == 1).any(axis=(1, 2)))
+    if not len(empty):
+        return
+    kind, fix = ("MEI", "more steps")
+    if job.video:
+        kind, fix = ("MEV", "more steps, a higher [mei].learning_rate or [mei].norm")
+    first = empty[0]
+    if hull_region(centres[first] * job.engine["image_stats"][1], 0.0).any():
+        why = "the twin's response to it stays above 90% as its mask is eroded away"
+    else:
+        why = f"it nowhere differs from the mean gray by {THRESHOLD:g} levels"
+    raise ConfigError(
+        f"--centre {centre}: the {kind} of unit {job.data.unit_id[index[first]]} has no centre ({why});"
+        f" pass stronger {kind}s ({fix})"
+    )
 
 
 def surround_truth(job: MeiJob, index: np.ndarray, alone: np.ndarray, best: np.ndarray) -> tuple:
