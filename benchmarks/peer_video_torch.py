@@ -44,9 +44,7 @@ import collections.abc
 import importlib.metadata
 import json
 import os
-import statistics
 import sys
-import time
 import types
 from collections import OrderedDict
 
@@ -62,6 +60,7 @@ from neuralpredictors import regularizers  # noqa: E402
 from neuralpredictors.layers.cores import Stacked2dCore  # noqa: E402
 from neuralpredictors.layers.readouts import FullGaussian2d, MultiReadoutSharedParametersBase  # noqa: E402
 from neuralpredictors.layers.shifters import MLPShifter  # noqa: E402
+from peer_torch import median_rate  # noqa: E402 (the image peer beside this file; the same timing)
 from torch import nn  # noqa: E402
 
 # Sensorium 2023: 36x64 videos, 80-frame training clips, batch 8 (benchmarks_training.ipynb),
@@ -256,30 +255,6 @@ def output_frames(core: str, frames: int) -> int:
         return frames
     kernels = [FACTORIZED3D_CORE["temporal_input_kernel"]] + [FACTORIZED3D_CORE["temporal_hidden_kernel"]] * 2
     return frames - sum(k - 1 for k in kernels)
-
-
-def synchronized(run):
-    """``run`` followed by waiting for the GPU, when there is one (its kernels run asynchronously)."""
-    if not torch.cuda.is_initialized():
-        return run
-
-    def call():
-        run()
-        torch.cuda.synchronize()
-
-    return call
-
-
-def median_rate(work, run, repeats: int) -> float:
-    """``work`` units per second: median over ``repeats`` timed calls of ``run`` after one warm-up."""
-    run = synchronized(run)
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return work / statistics.median(times)
 
 
 def with_behavior(video):
