@@ -133,5 +133,5 @@ def test_read_responses_rejects_malformed_files(tmp_path):
     np.savez(path, responses=np.ones((3, 2)), stimulus_id=np.arange(3))
     with pytest.raises(StimulusError, match="missing array 'unit_id'"):
         read_responses(path)
-    with pytest.raises(StimulusError, match="not found"):
+    with pytest.raises(StimulusError, match="nothing.npz: no such file"):
         read_responses(tmp_path / "nothing.npz")

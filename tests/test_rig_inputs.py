@@ -4,11 +4,13 @@ Each test copies one exported stimulus folder (test_loop_closeloop's) and tamper
 """
 
 import csv
+import io
 import json
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from html.parser import HTMLParser
 
 import numpy as np
@@ -379,15 +381,31 @@ def test_cut_and_empty_responses(loop):
     path = loop[2]
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) // 2])
-    refused(loop, "responses.npz: not a readable .npz of numeric arrays .*; write it with numpy.savez")
+    refused(loop, "responses.npz: not a readable .npz file .*; save it with np.savez")
     path.write_bytes(b"")
-    refused(loop, "responses.npz: not a readable .npz of numeric arrays .*; write it with numpy.savez")
+    refused(loop, "responses.npz: not a readable .npz file .*; save it with np.savez")
     with open(path, "wb") as file:
         np.save(file, np.zeros((3, 3)))
-    refused(loop, "responses.npz: not a readable .npz of numeric arrays \\(a single .npy array, not an archive")
+    refused(loop, "responses.npz: holds one array, not named arrays")
     path.unlink()
     path.mkdir()
-    refused(loop, "responses.npz: not a readable .npz")
+    refused(loop, "responses.npz: no such file")
+
+
+def test_responses_whose_header_claims_terabytes(loop):
+    """A responses array whose .npy header claims 10^12 values but holds 16 bytes."""
+    path = loop[2]
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**9, 3000)})
+    with np.load(path) as file:
+        arrays = dict(file)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("responses.npy", header.getvalue() + bytes(16))
+        for key in ("stimulus_id", "unit_id"):
+            member = io.BytesIO()
+            np.save(member, arrays[key])
+            archive.writestr(f"{key}.npy", member.getvalue())
+    refused(loop, "responses.npz: variable 'responses' (is larger than this machine's memory|cannot be read)")
 
 
 class Payload:
@@ -406,7 +424,7 @@ def test_pickles_in_responses_never_run(loop, tmp_path):
     with np.load(path) as file:
         arrays = dict(file)
     np.savez(path, **arrays | {"unit_id": np.array([Payload(marker)] * 5, dtype=object)})
-    refused(loop, "responses.npz: not a readable .npz of numeric arrays \\(Object arrays cannot be loaded")
+    refused(loop, "responses.npz: variable 'unit_id' is an object array")
     assert not marker.exists()
     with np.load(path, allow_pickle=True) as file:  # the payload is real
         file["unit_id"]

@@ -393,6 +393,25 @@ case("fit-config-dev-zero", KIND, "fit sim.zarr --out run --config /dev/zero", c
 case("import-npz-lying-header", KIND, "import arrays data.npz out.zarr", lying_npz, mentions=["data.npz", "images"], mode="subprocess", memory_limit=3 << 30,
      timeout=120, note="the header claims 2.3 TB of images")
 
+
+def lying_responses(d: Path, fx: Fixtures) -> None:
+    """responses.npz whose responses.npy header claims (10**9, 3000) float32 but holds 16 bytes."""
+    with np.load(d / "responses.npz") as file:
+        arrays = dict(file)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**9, 3000)})
+    with zipfile.ZipFile(d / "responses.npz", "w") as archive:
+        archive.writestr("responses.npy", header.getvalue() + bytes(16))
+        for key in ("stimulus_id", "unit_id"):
+            member = io.BytesIO()
+            np.save(member, arrays[key])
+            archive.writestr(f"{key}.npy", member.getvalue())
+
+
+case("closeloop-responses-lying-header", KIND, CLOSELOOP, copy("run", "stimuli", "responses.npz"), lying_responses,
+     mentions=["responses.npz", "responses"], mode="subprocess", memory_limit=3 << 30, timeout=120,
+     note="the header claims 12 TB of responses")
+
 case("loop-session-is-mei-store", KIND, "loop out --session meis.zarr --config loop.toml", copy("meis.zarr", "loop.toml"), mentions=["meis.zarr"])
 case("loop-config-is-folder", KIND, "loop out --config c.toml", mkdir("c.toml"), mentions=["c.toml"])
 

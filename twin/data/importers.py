@@ -160,47 +160,55 @@ def import_notes(ds: xr.Dataset) -> list[str]:
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The named arrays of the .npz ``path`` (no pickles), checked against ARRAY_KEYS."""
-    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
-    with open(path, "rb") as file:
-        try:
-            npz = np.load(file, allow_pickle=False)
-        except unreadable as error:
-            raise SessionError(f"{path}: not a readable .npz file ({error}); save it with np.savez") from None
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise SessionError(
-                f"{path}: holds one array, not named arrays; save np.savez(path, images=..., responses=...)"
-            )
-        with npz:
-            unknown = sorted(set(npz.files) - set(ARRAY_KEYS))
-            if unknown:
-                raise SessionError(f"{path}: unknown key {unknown[0]!r}; use {', '.join(ARRAY_KEYS)}")
-            for key in ("images", "responses"):
-                if key not in npz.files:
-                    raise SessionError(f"{path}: variable {key!r} is missing; add it to the .npz")
-            arrays = {}
-            for key in npz.files:
-                try:
-                    arrays[key] = npz[key]
-                except ValueError as error:
-                    if "allow_pickle" not in str(error):
-                        raise SessionError(
-                            f"{path}: variable {key!r} cannot be read ({error}); save it again with np.savez"
-                        ) from None
-                    raise SessionError(
-                        f"{path}: variable {key!r} is an object array; save numbers or fixed-width"
-                        " strings"
-                    ) from None
-                except unreadable as error:
-                    raise SessionError(
-                        f"{path}: variable {key!r} cannot be read ({error}); save it again with np.savez"
-                    ) from None
-                except MemoryError:
-                    raise SessionError(
-                        f"{path}: variable {key!r} is larger than this machine's memory (or its header"
-                        " says so); save a smaller recording, or check the file"
-                    ) from None
-    return arrays
+    """The named arrays of the .npz ``path`` (npz_arrays), checked against ARRAY_KEYS."""
+
+    def check(keys: list[str]) -> None:
+        unknown = sorted(set(keys) - set(ARRAY_KEYS))
+        if unknown:
+            raise SessionError(f"{path}: unknown key {unknown[0]!r}; use {', '.join(ARRAY_KEYS)}")
+        for key in ("images", "responses"):
+            if key not in keys:
+                raise SessionError(f"{path}: variable {key!r} is missing; add it to the .npz")
+
+    return npz_arrays(path, SessionError, check)
+
+
+def npz_arrays(path: Path, error: type[Exception], check=None) -> dict[str, np.ndarray]:
+    """Every named array of the .npz ``path``, read without unpickling (an object array could run
+    code). ``check(keys)`` may refuse the file before any array is read. A file that is missing,
+    damaged, one plain array, or holds an array that is pickled or larger than memory (or whose
+    header says so) is one ``error`` line naming the file and the variable."""
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError)
+    if not path.is_file():
+        raise error(f"{path}: no such file; pass an .npz of named arrays (np.savez)")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except unreadable as problem:
+        reason = str(problem) or "empty or cut short"
+        raise error(f"{path}: not a readable .npz file ({reason}); save it with np.savez") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise error(f"{path}: holds one array, not named arrays; save it with np.savez(path, name=array, ...)")
+    with npz:
+        if check is not None:
+            check(npz.files)
+        return {key: npz_member(npz, key, path, error) for key in npz.files}
+
+
+def npz_member(npz, key: str, path: Path, error: type[Exception]) -> np.ndarray:
+    """Array ``key`` of the open NpzFile ``npz`` of ``path`` (see npz_arrays)."""
+    try:
+        return npz[key]
+    except ValueError as problem:
+        if "allow_pickle" in str(problem):
+            raise error(f"{path}: variable {key!r} is an object array; save numbers or fixed-width strings") from None
+        raise error(f"{path}: variable {key!r} cannot be read ({problem}); save it again with np.savez") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as problem:
+        raise error(f"{path}: variable {key!r} cannot be read ({problem}); save it again with np.savez") from None
+    except MemoryError:
+        raise error(
+            f"{path}: variable {key!r} is larger than this machine's memory (or its header says so); save a"
+            " smaller array, or check the file"
+        ) from None
 
 
 def range_attrs(pixel_range, source) -> dict:

@@ -20,8 +20,6 @@ import csv
 import difflib
 import io
 import json
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -414,28 +412,19 @@ def write_responses(
 
 def read_responses(path: str | Path) -> dict[str, np.ndarray]:
     """Read and check a rig's responses.npz (see the module docstring)."""
+    from twin.data.importers import npz_arrays
     from twin.data.schema import unit_ids
 
     path = Path(path)
-    try:
-        # allow_pickle=False: an object array in a rig file could run code when unpickled
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an archive of named arrays")
-        with loaded as file:
-            arrays = {key: file[key] for key in file.files}
-    except FileNotFoundError:
-        raise StimulusError(f"{path}: responses file not found; pass the rig's .npz") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        reason = str(error) or "empty or cut short"
-        raise StimulusError(
-            f"{path}: not a readable .npz of numeric arrays ({reason}); write it with numpy.savez"
-        ) from None
-    for key in ("responses", "stimulus_id", "unit_id"):
-        if key not in arrays:
-            raise StimulusError(
-                f"{path}: missing array {key!r}; a rig file holds responses, stimulus_id, unit_id"
-            )
+
+    def check(keys: list[str]) -> None:
+        for key in ("responses", "stimulus_id", "unit_id"):
+            if key not in keys:
+                raise StimulusError(
+                    f"{path}: missing array {key!r}; a rig file holds responses, stimulus_id, unit_id"
+                )
+
+    arrays = npz_arrays(path, StimulusError, check)
     responses, stimulus_id, unit_id = arrays["responses"], arrays["stimulus_id"], arrays["unit_id"]
     if responses.ndim != 2:
         raise StimulusError(f"{path}: responses has shape {responses.shape}; write (trial, neuron)")
