@@ -425,6 +425,8 @@ def cmd_mei(args) -> int:
     )
     import jax
 
+    from twin.evaluate import decimals
+
     if jax.process_index() != 0:
         return 0  # process 0 reports for all hosts
     if args.json:
@@ -435,7 +437,7 @@ def cmd_mei(args) -> int:
         print(
             f"wrote {args.out}: {args.surround} {surrounds} of {len(summary['neurons'])} neurons, recipe"
             f" {summary['recipe']} ({'; '.join(summary['config_sources'])}), median response with the"
-            f" surround / centre alone {two_places(summary['median_surround_ratio'])} under the twin"
+            f" surround / centre alone {decimals(summary['median_surround_ratio'], 2)} under the twin"
             + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
         )
     elif "frames" in summary:
@@ -443,7 +445,7 @@ def cmd_mei(args) -> int:
         print(
             f"wrote {args.out}: clips of {summary['frames']} frames for {len(summary['neurons'])} neurons, recipe"
             f" {summary['recipe']} ({'; '.join(summary['config_sources'])}), median MEV / best natural clip"
-            f" {two_places(summary['median_ratio'])} under the twin"
+            f" {decimals(summary['median_ratio'], 2)} under the twin"
             + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
         )
     else:
@@ -451,18 +453,13 @@ def cmd_mei(args) -> int:
         print(
             f"wrote {args.out}: {len(summary['neurons'])} neurons, recipe {summary['recipe']}"
             f" ({'; '.join(summary['config_sources'])}),"
-            f" median MEI / best natural image {two_places(summary['median_ratio'])} under the twin"
+            f" median MEI / best natural image {decimals(summary['median_ratio'], 2)} under the twin"
             + (f", {true_ratio:.2f} on the simulated animal" if true_ratio is not None else "")
-            + f"; median spectral KL from the natural images {two_places(summary['median_spectral_kl'])}"
+            + f"; median spectral KL from the natural images {decimals(summary['median_spectral_kl'], 2)}"
             f" (spectral slope: natural {summary['natural_spectral_slope']:.2f})"
-            + (f"; mean opacity {two_places(summary['mean_opacity'])}" if args.transparency else "")
+            + (f"; mean opacity {decimals(summary['mean_opacity'], 2)}" if args.transparency else "")
         )
     return 0
-
-
-def two_places(value: float | None) -> str:
-    """A summary number as printed: two decimals, or n/a for None (not finite)."""
-    return "n/a" if value is None else f"{value:.2f}"
 
 
 def cmd_mds(args) -> int:

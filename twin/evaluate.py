@@ -150,9 +150,9 @@ def evaluate_run(run_dir: str | Path, stores: list[str] | None = None, tier: str
     return [score_session(run.model, index, data, tier, batch_size) for index, data in enumerate(run.sessions)]
 
 
-def number(value) -> str:
-    """A score with 4 decimals, or n/a for None."""
-    return "n/a" if value is None else f"{value:.4f}"
+def decimals(value: float | None, places: int = 4) -> str:
+    """A number as printed: ``places`` decimals, or n/a for None (absent or not finite)."""
+    return "n/a" if value is None else f"{value:.{places}f}"
 
 
 def format_results(results: list[dict]) -> str:
@@ -162,12 +162,12 @@ def format_results(results: list[dict]) -> str:
     for r in results:
         lines.append(f"{r['session']} ({r['tier']}, {r['n_neurons']} neurons, {r['n_trials']} trials)")
         for name in ("single_trial_correlation", *metrics.REPEAT_METRICS):
-            value = r["repeat_metrics"] if r[name] is None and r["repeat_metrics"] else number(r[name])
+            value = r["repeat_metrics"] if r[name] is None and r["repeat_metrics"] else decimals(r[name])
             lines.append(f"  {name:26s} {value}")
         if r.get("fraction_of_ceiling") is not None:
             ceiling = r["ground_truth_ceiling"]
             lines.append(
-                f"  ground-truth ceiling: r to average {number(ceiling['correlation_to_average'])},"
+                f"  ground-truth ceiling: r to average {decimals(ceiling['correlation_to_average'])},"
                 f" twin reaches {r['fraction_of_ceiling']:.1%} of it"
             )
     return "\n".join(lines)

@@ -701,7 +701,7 @@ def tier_means(predict, params, rest, index: int, data, batch_size: int, mesh) -
 
 def format_summary(summary: dict, workdir) -> str:
     """One screen: epochs, best validation score, per-session test scores, where things are."""
-    from twin.evaluate import number
+    from twin.evaluate import decimals
 
     lines = [
         f"fit {workdir}: {summary['epochs']} epochs ({summary['stopped']}), {summary['seconds']:.0f} s,"
@@ -716,8 +716,8 @@ def format_summary(summary: dict, workdir) -> str:
                 text = f"  {session['name']} {tier}: r {s['single_trial_correlation']:.4f}"
                 if not s["repeat_metrics"]:
                     text += (
-                        f", r to average {number(s['correlation_to_average'])}, FEVE {number(s['feve'])},"
-                        f" oracle r {number(s['oracle_correlation'])}"
+                        f", r to average {decimals(s['correlation_to_average'])}, FEVE {decimals(s['feve'])},"
+                        f" oracle r {decimals(s['oracle_correlation'])}"
                     )
                 elif tier == "test":  # validation images are not repeated by design
                     text += f", r to average, FEVE and oracle r {s['repeat_metrics']}"

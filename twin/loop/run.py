@@ -490,9 +490,10 @@ def found_again(selection: dict, matched: dict, day2) -> dict:
 
 def format_result(result: dict, simulated: bool) -> str:
     """The final summary block."""
+    from twin.evaluate import decimals
 
     def show(value):
-        return "n/a" if value is None else f"{value:.2f}"
+        return decimals(value, 2)
 
     lines = [f"inception loop done in {result['seconds']['total']:.0f} s: {result['out']}"]
     if result.get("video"):

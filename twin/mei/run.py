@@ -381,23 +381,24 @@ def prepare_job(run: str, neurons, seeds, recipe, config_path, out, deis: int, s
         raise ConfigError(f"--out {out}: name the MEI store with a .zarr suffix")
     check_outputs(out, overwrite, run, validator, stores, run_records, centre, background)
     loaded = load_run(run, stores=stores)
-    if is_video(loaded.model):
+    video = is_video(loaded.model)
+    if video:
         check_video_modes(run, transparency, deis)
     if not 0 <= session < len(loaded.sessions):
         raise ConfigError(
             f"--session {session}: run {run} has sessions 0..{len(loaded.sessions) - 1}"
         )
     data = loaded.sessions[session]
-    if is_video(loaded.model) and surround is None:
+    if video and surround is None:
         check_clip_frames(data, config.frames)
     centre_store = open_meis(centre) if centre is not None and is_store(centre) else None
     if neurons is None and centre_store is not None:
         index = None  # the centre store's neurons
     else:
         index = parse_neurons("all" if neurons is None else neurons, data.unit_id)
-    validator_model = load_validator(validator, session, data, run, is_video(loaded.model))
+    validator_model = load_validator(validator, session, data, run, video)
     attrs = recipe_attrs(run, session, data.path, config, config_sources)
-    if is_video(loaded.model):
+    if video:
         attrs["frame_rate"] = float(data.frame_rate)  # makes the store a video store (twin.mei.store)
     return MeiJob(
         run=run, model=loaded.model, session=session, data=data, index=index, centre_store=centre_store,
